@@ -1,0 +1,232 @@
+"""The `hpod` command: run the daemon or a worker, submit studies, inspect them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEMO_SPEC: dict[str, Any] = {
+    "objective": "gradient_boosting",
+    "space": {
+        "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+        "max_leaf_nodes": {"type": "int", "low": 4, "high": 64, "log": True},
+        "min_samples_leaf": {"type": "int", "low": 2, "high": 64, "log": True},
+        "l2_regularization": {"type": "float", "low": 1e-4, "high": 10.0, "log": True},
+        "max_iter": {"type": "int", "low": 20, "high": 150, "step": 10},
+    },
+    "directions": ["minimize"],
+    "budget": {"trials": 60},
+    "max_concurrent": 4,
+    "sampler": {"name": "tpe", "seed": 1},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hpod` console script."""
+    args = _parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpod", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon (and local workers on the embedded broker)")
+    p.add_argument("--no-workers", action="store_true", help="do not start local workers")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="run a Celery worker that evaluates trials")
+    p.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 1)
+    p.add_argument("-n", "--name", default="hpod@%h")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a study spec (JSON file) to the daemon")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--wait", action="store_true", help="show progress until it completes")
+    p.add_argument("--name", help="override the study name")
+    p.add_argument("--url", help="daemon URL (default: the configured HTTP address)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("demo", help="start a daemon, run a demo study with progress, stop")
+    p.add_argument("--trials", type=int, default=60)
+    p.set_defaults(func=cmd_demo)
+
+    for name, func, text in [
+        ("studies", cmd_studies, "list studies"),
+        ("status", cmd_status, "show a study's status"),
+        ("best", cmd_best, "print a study's best parameters as JSON"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        if name != "studies":
+            p.add_argument("name")
+        p.add_argument("--url")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the wire protocol")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("objectives", help="list the registered objectives")
+    p.set_defaults(func=cmd_objectives)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT."""
+    from hpod.config import load_settings
+    from hpod.daemon.service import Daemon
+    from hpod.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(Daemon(settings, start_workers=False if args.no_workers else None).run())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Celery worker in this process."""
+    from hpod.daemon.local_workers import worker_argv
+
+    argv = worker_argv(args.concurrency, args.name, loglevel="INFO")
+    os.execv(sys.executable, argv)
+
+
+def _client(url: str | None = None) -> Any:
+    from hpod.client import Client
+
+    return Client(url)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a spec; with --wait, follow it to the end and print the best result."""
+    spec = json.loads(args.spec.read_text())
+    if args.name:
+        spec["name"] = args.name
+    client = _client(args.url)
+    status = client.create_study(spec)
+    print(f"study {spec['name']!r}: {'created' if status['created'] else 'already exists'}")
+    if args.wait:
+        status = _follow(client, spec["name"])
+        _print_best(status)
+    return 0
+
+
+def _follow(client: Any, name: str) -> dict[str, Any]:
+    """Show a live progress bar until the study ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[best]}"),
+    ]
+    with Progress(*columns) as progress:
+        bar = progress.add_task(name, total=None, best="")
+
+        def update(status: dict[str, Any]) -> None:
+            counts = status["counts"]
+            done = sum(counts.get(k, 0) for k in ("complete", "pruned", "fail"))
+            best = status.get("best")
+            text = f"best {best['value']:.5g} (trial {best['number']})" if best else ""
+            progress.update(bar, total=status["budget"].get("trials"), completed=done, best=text)
+
+        result: dict[str, Any] = client.wait(name, on_progress=update)
+        return result
+
+
+def _print_best(status: dict[str, Any]) -> None:
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items()))
+    print(f"study {status['name']!r} {status['state']}: {counts}")
+    if status.get("best"):
+        best = status["best"]
+        print(f"best value {best['value']:.6g} at trial {best['number']}")
+        print("best params:", json.dumps(best["params"], indent=2, sort_keys=True))
+    for t in status.get("best_trials", []):
+        print(f"pareto trial {t['number']}: values {t['values']} params {json.dumps(t['params'])}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start `hpod run` on the embedded default, run a demo study, print the best, stop."""
+    from hpod.config import load_settings
+
+    settings = load_settings()
+    daemon = subprocess.Popen([sys.executable, "-m", "hpod", "run"])
+    try:
+        client = _client()
+        _wait_healthy(client, daemon)
+        spec = {**DEMO_SPEC, "name": f"demo-{time.strftime('%Y%m%d-%H%M%S')}"}
+        spec["budget"] = {"trials": args.trials}
+        client.create_study(spec)
+        print(f"demo study {spec['name']!r}: {args.trials} trials of gradient boosting, "
+              f"data in {settings.data_dir}")
+        _print_best(_follow(client, spec["name"]))
+        print(f"\nInspect it: hpod status {spec['name']}   |   "
+              f"optuna studies --storage {settings.optuna_storage_url()}")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    return 0
+
+
+def _wait_healthy(client: Any, daemon: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited with code {daemon.returncode}")
+        try:
+            client._http("GET", "/health")
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit("the daemon did not become healthy in time")
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    """List studies."""
+    for row in _client(args.url).studies():
+        best = "" if row["best_value"] is None else f"best {row['best_value']:.6g}"
+        print(f"{row['name']:<40} {row['state'] or '-':<10} {row['mode']:<10} {best}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a study's status."""
+    status = _client(args.url).status(args.name)
+    _print_best(status)
+    print(f"in flight: {status['in_flight']}  budget: {status['budget']}")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    """Print a study's best parameters as JSON."""
+    status = _client(args.url).status(args.name)
+    print(json.dumps(status.get("best") or status.get("best_trials"), indent=2))
+    return 0
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    """Print the JSON Schema of hpod's requests."""
+    from hpod.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_objectives(_args: argparse.Namespace) -> int:
+    """List registered objective names."""
+    from hpod.config import load_settings
+    from hpod.workers.registry import ObjectiveRegistry
+
+    for name in ObjectiveRegistry(load_settings().objectives).names():
+        print(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

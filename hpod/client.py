@@ -1,0 +1,212 @@
+"""The Python client other applications use to hand optimisation work to hpod.
+
+Over AMQP (``amqp://…``) it publishes requests on ``hpod.requests`` with pika and receives the
+reply on RabbitMQ's direct reply-to; `run_study` subscribes to ``study.completed`` *before*
+creating the study, so the result arrives as an event, without polling. Over HTTP
+(``http://…``) it calls the daemon's API and `wait` polls the study's status.
+
+    from hpod.client import Client
+    with Client("amqp://guest:guest@127.0.0.1//") as hpod:
+        best = hpod.run_study(spec)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from hpod.errors import HpodError
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class ClientError(HpodError):
+    """The daemon refused a request; `error` holds its code, field and message."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"{error.get('field') or 'request'}: {error.get('message')}")
+        self.error = error
+
+
+class Client:
+    """Talks to an hpod daemon over AMQP or HTTP."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30) -> None:
+        from hpod.config import load_settings
+
+        settings = load_settings()
+        self.url = url or settings.http_url()
+        self.timeout = timeout
+        self._amqp = self.url.startswith(("amqp://", "amqps://"))
+        self._token = token
+        if not self._amqp and token is None:
+            self._token = settings.token()
+        self._channel: Any = None
+        self._connection: Any = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the AMQP connection, if any."""
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+
+    # --- requests ----------------------------------------------------------------------
+
+    def create_study(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create (or idempotently re-create) a study; returns its status."""
+        if self._amqp:
+            return self._request({"type": "study.create", "study": spec})
+        return self._http("POST", "/studies", spec)
+
+    def stop_study(self, name: str) -> dict[str, Any]:
+        """Stop asking trials for study `name`."""
+        if self._amqp:
+            return self._request({"type": "study.stop", "name": name})
+        return self._http("POST", f"/studies/{name}/stop", {})
+
+    def ask(self, study: str, request_id: str | None = None) -> dict[str, Any]:
+        """A trial to evaluate yourself: ``{"trial": n, "params": {...}}``."""
+        rid = request_id or uuid.uuid4().hex
+        if self._amqp:
+            return self._request({"type": "trial.ask", "study": study, "id": rid})
+        return self._http("POST", f"/studies/{study}/ask", {}, idempotency_key=rid)
+
+    def tell(self, study: str, trial: int, values: float | list[float] | None, state: str = "complete") -> dict[str, Any]:
+        """Tell the outcome of a trial you asked for; repeating it is harmless."""
+        body = {"trial": trial, "values": values, "state": state}
+        if self._amqp:
+            return self._request({"type": "trial.tell", "study": study, **body})
+        return self._http("POST", f"/studies/{study}/tell", body)
+
+    def enqueue(self, study: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Propose a configuration for the study to evaluate next."""
+        if self._amqp:
+            return self._request({"type": "trial.enqueue", "study": study, "params": params})
+        return self._http("POST", f"/studies/{study}/enqueue", {"params": params})
+
+    def status(self, name: str) -> dict[str, Any]:
+        """Counts, best and state of study `name` (HTTP only)."""
+        return self._http("GET", f"/studies/{name}")
+
+    def studies(self) -> list[dict[str, Any]]:
+        """A summary per study (HTTP only)."""
+        result: list[dict[str, Any]] = self._http("GET", "/studies")["studies"]
+        return result
+
+    def run_study(self, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Create a study and block until it completes; returns the `study.completed` event."""
+        if not self._amqp:
+            self.create_study(spec)
+            return self.wait(spec["name"], timeout=timeout)
+        channel = self._get_channel()
+        events = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.exchange_declare("hpod.events", exchange_type="topic", durable=True)
+        channel.queue_bind(events, "hpod.events", routing_key="study.completed")
+        status = self.create_study(spec)
+        if status.get("state") in {"completed", "stopped"}:
+            return {"event": "study.completed", "study": spec["name"], **status}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _method, _props, body in channel.consume(events, auto_ack=True, inactivity_timeout=1):
+            if body is not None:
+                event = json.loads(body)
+                if event.get("study") == spec["name"]:
+                    channel.cancel()
+                    result: dict[str, Any] = event
+                    return result
+            if deadline is not None and time.monotonic() > deadline:
+                channel.cancel()
+                raise TimeoutError(f"study {spec['name']!r} did not complete in {timeout} s")
+        raise HpodError("event stream closed")
+
+    def wait(
+        self,
+        name: str,
+        timeout: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        interval: float = 0.5,
+    ) -> dict[str, Any]:
+        """Poll study `name` over HTTP until it is completed or stopped; returns its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(name)
+            if on_progress is not None:
+                on_progress(status)
+            if status["state"] in {"completed", "stopped"} and not status.get("running"):
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"study {name!r} did not complete in {timeout} s")
+            time.sleep(interval)
+
+    # --- transports --------------------------------------------------------------------
+
+    def _get_channel(self) -> Any:
+        if self._channel is None:
+            import pika
+
+            params = pika.URLParameters(self.url)
+            self._connection = pika.BlockingConnection(params)
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+        return self._channel
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        import pika
+
+        channel = self._get_channel()
+        replies: list[bytes] = []
+        correlation_id = uuid.uuid4().hex
+        tag = channel.basic_consume(
+            REPLY_TO, lambda _c, _m, _p, body: replies.append(body), auto_ack=True
+        )
+        props = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=2,
+            reply_to=REPLY_TO,
+            correlation_id=correlation_id,
+        )
+        body = json.dumps({"v": 1, "id": message.pop("id", correlation_id), **message})
+        channel.basic_publish("", "hpod.requests", body.encode(), props)
+        deadline = time.monotonic() + self.timeout
+        while not replies and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=0.2)
+        channel.basic_cancel(tag)
+        if not replies:
+            raise TimeoutError(f"no reply from hpod within {self.timeout} s")
+        return _unwrap(json.loads(replies[0]))
+
+    def _http(
+        self, method: str, path: str, body: Any = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        if idempotency_key:
+            request.add_header("Idempotency-Key", idempotency_key)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                reply = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            reply = json.loads(exc.read() or b"{}")
+            if "error" not in reply:
+                raise
+        return _unwrap(reply)
+
+
+def _unwrap(reply: dict[str, Any]) -> dict[str, Any]:
+    if reply.get("ok") is False:
+        raise ClientError(reply["error"])
+    result: dict[str, Any] = reply.get("result", reply)
+    return result

@@ -1,0 +1,1 @@
+"""The daemon: service lifecycle, intake (queue and HTTP), study loops."""

@@ -1,0 +1,229 @@
+"""The HTTP intake and read API (aiohttp), on loopback by default.
+
+Mutating routes turn their body into the same request the queue carries and go through the
+same `RequestHandler`; they need the API token (``Authorization: Bearer …``). Reads are open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from hpod import __version__
+from hpod.daemon.manager import StudyManager
+from hpod.daemon.requests import RequestHandler
+from hpod.errors import RequestRejected
+from hpod.schema import StudySpec, json_schema
+
+HANDLER = web.AppKey("handler", RequestHandler)
+MANAGER = web.AppKey("manager", StudyManager)
+TOKEN = web.AppKey("token", str)
+
+STATUS_BY_CODE = {
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "not_running": 409,
+    "budget_exhausted": 409,
+}
+
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(handler: RequestHandler, manager: StudyManager, token: str, max_bytes: int) -> web.Application:
+    """The aiohttp application serving hpod's HTTP API."""
+    app = web.Application(client_max_size=max_bytes, middlewares=[_errors])
+    app[HANDLER] = handler
+    app[MANAGER] = manager
+    app[TOKEN] = token
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/openapi.json", openapi),
+            web.get("/studies", list_studies),
+            web.get("/studies/{name}", get_study),
+            web.post("/studies", _mutating(create_study)),
+            web.post("/studies/{name}/stop", _mutating(stop_study)),
+            web.post("/studies/{name}/ask", _mutating(ask)),
+            web.post("/studies/{name}/tell", _mutating(tell)),
+            web.post("/studies/{name}/enqueue", _mutating(enqueue)),
+            web.post("/mode", _mutating(set_mode)),
+        ]
+    )
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Route) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestRejected as exc:
+        return _error(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error(RequestRejected("too_large", "", exc.text or "request body too large"))
+
+
+def _error(exc: RequestRejected) -> web.Response:
+    status = STATUS_BY_CODE.get(exc.code, 400)
+    return web.json_response({"v": 1, "ok": False, "error": exc.as_dict()}, status=status)
+
+
+def _mutating(route: Route) -> Route:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), request.app[TOKEN].encode()):
+            error = {"code": "unauthorized", "field": "Authorization", "message": "missing or wrong API token"}
+            return web.json_response({"v": 1, "ok": False, "error": error}, status=401)
+        return await route(request)
+
+    return guarded
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return {}
+    import json
+
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestRejected("not_json", "", f"not valid JSON: {exc}") from exc
+
+
+async def _run(request: web.Request, message: dict[str, Any], status: int = 200) -> web.Response:
+    key = request.headers.get("Idempotency-Key")
+    if key and "id" not in message:
+        message["id"] = key
+    reply = await request.app[HANDLER].handle(message, "http")
+    if not reply["ok"]:
+        return web.json_response(reply, status=STATUS_BY_CODE.get(reply["error"]["code"], 400))
+    return web.json_response(reply, status=status)
+
+
+def _envelope(type_: str, **fields: Any) -> dict[str, Any]:
+    return {"v": 1, "type": type_, **fields}
+
+
+async def create_study(request: web.Request) -> web.Response:
+    """POST /studies: body is a study spec."""
+    spec = await _body(request)
+    return await _run(request, _envelope("study.create", study=spec), status=201)
+
+
+async def stop_study(request: web.Request) -> web.Response:
+    """POST /studies/{name}/stop."""
+    return await _run(request, _envelope("study.stop", name=request.match_info["name"]))
+
+
+async def ask(request: web.Request) -> web.Response:
+    """POST /studies/{name}/ask: a trial for an external evaluator."""
+    return await _run(request, _envelope("trial.ask", study=request.match_info["name"]))
+
+
+async def tell(request: web.Request) -> web.Response:
+    """POST /studies/{name}/tell: body ``{"trial": n, "values": [...], "state": …}``."""
+    body = await _body(request)
+    fields = body if isinstance(body, dict) else {"body": body}
+    return await _run(request, _envelope("trial.tell", study=request.match_info["name"], **fields))
+
+
+async def enqueue(request: web.Request) -> web.Response:
+    """POST /studies/{name}/enqueue: body ``{"params": {...}}``."""
+    body = await _body(request)
+    fields = body if isinstance(body, dict) else {"body": body}
+    return await _run(request, _envelope("trial.enqueue", study=request.match_info["name"], **fields))
+
+
+async def set_mode(request: web.Request) -> web.Response:
+    """POST /mode: body ``{"mode": "fast", "study": optional}``."""
+    body = await _body(request)
+    fields = body if isinstance(body, dict) else {"body": body}
+    return await _run(request, _envelope("mode.set", **fields))
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: liveness and load."""
+    manager = request.app[MANAGER]
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "running_studies": len(manager.runs),
+            "in_flight": manager.limits.inflight,
+        }
+    )
+
+
+async def list_studies(request: web.Request) -> web.Response:
+    """GET /studies."""
+    return web.json_response({"studies": await request.app[MANAGER].list()})
+
+
+async def get_study(request: web.Request) -> web.Response:
+    """GET /studies/{name}: counts, best and live state."""
+    return web.json_response(await request.app[MANAGER].status(request.match_info["name"]))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: the OpenAPI 3.1 document of this API."""
+    return web.json_response(openapi_document())
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document, built from the same pydantic models that validate requests."""
+    schemas = json_schema()["$defs"]
+    schemas["StudySpecBody"] = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schemas["StudySpecBody"].pop("$defs", {}))
+    text = _reref(schemas)
+
+    def op(summary: str, body: str | None = None, secured: bool = False) -> dict[str, Any]:
+        spec: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
+        if body:
+            ref = {"$ref": f"#/components/schemas/{body}"}
+            spec["requestBody"] = {"content": {"application/json": {"schema": ref}}}
+        if secured:
+            spec["security"] = [{"bearer": []}]
+            spec["responses"]["401"] = {"description": "missing or wrong token"}
+        spec["responses"]["400"] = {"description": "invalid request; the error names the field"}
+        return spec
+
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "hpod", "version": __version__},
+        "components": {
+            "schemas": text,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/health": {"get": op("Liveness and load")},
+            "/studies": {
+                "get": op("List studies"),
+                "post": op("Create a study", "StudySpecBody", secured=True),
+            },
+            "/studies/{name}": {"get": op("Study status"), "parameters": name},
+            "/studies/{name}/stop": {"post": op("Stop a study", secured=True), "parameters": name},
+            "/studies/{name}/ask": {"post": op("Ask a trial", secured=True), "parameters": name},
+            "/studies/{name}/tell": {
+                "post": op("Tell a trial's result", "TrialTell", secured=True),
+                "parameters": name,
+            },
+            "/studies/{name}/enqueue": {
+                "post": op("Propose a configuration", "TrialEnqueue", secured=True),
+                "parameters": name,
+            },
+            "/mode": {"post": op("Switch a mode", "ModeSet", secured=True)},
+        },
+    }
+
+
+def _reref(schemas: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    text = json.dumps(schemas).replace("#/$defs/", "#/components/schemas/")
+    result: dict[str, Any] = json.loads(text)
+    return result

@@ -1,0 +1,109 @@
+"""Queue intake: consume `hpod.requests` and `hpod.results` and hand them to the event loop.
+
+kombu's consumers are synchronous and work the same on RabbitMQ and on the embedded broker, so
+they run in one thread; each message is handed to an async handler on the event loop and
+acknowledged only after that handler returns, i.e. after its effect is persisted. A handler
+that raises (storage down, say) gets the message requeued after a pause, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from kombu import Connection, Consumer, Message
+
+from hpod.config import Settings
+from hpod.messaging import REQUESTS, RESULTS, connect, queue
+
+log = structlog.get_logger("hpod.intake")
+
+Handler = Callable[[bytes, dict[str, Any]], Awaitable[None]]
+
+
+class QueueIntake:
+    """Consumes the daemon's queues in a thread; one async handler per queue."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        on_request: Handler,
+        on_result: Handler,
+        prefetch: int = 64,
+    ) -> None:
+        self._settings = settings
+        self._loop = loop
+        self._handlers = {REQUESTS: on_request, RESULTS: on_result}
+        self._prefetch = prefetch
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpod-intake", daemon=True)
+
+    def start(self) -> None:
+        """Start consuming; returns once the queues are declared and consumed."""
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise RuntimeError("could not start consuming from the broker within 30 s")
+
+    def stop(self) -> None:
+        """Stop consuming; the message being handled finishes and is acknowledged first."""
+        self._stopping.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                with connect(self._settings) as conn:
+                    self._consume(conn)
+                    delay = 0.5
+            except Exception as exc:  # broker gone: retry with backoff, never crash the daemon
+                log.warning("intake.broker_error", error=repr(exc), retry_in=delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10)
+
+    def _consume(self, conn: Connection) -> None:
+        channel = conn.channel()
+        channel.basic_qos(0, self._prefetch, False)
+        consumers = [
+            Consumer(channel, queues=[queue(name)], on_message=self._bind(name), accept=None)
+            for name in self._handlers
+        ]
+        for consumer in consumers:
+            consumer.consume()
+        self._ready.set()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    conn.heartbeat_check()
+        finally:
+            for consumer in consumers:
+                consumer.cancel()
+
+    def _bind(self, name: str) -> Callable[[Message], None]:
+        def on_message(message: Message) -> None:
+            self._handle(name, message)
+
+        return on_message
+
+    def _handle(self, name: str, message: Message) -> None:
+        props = dict(message.properties)
+        props["headers"] = dict(message.headers or {})
+        future = asyncio.run_coroutine_threadsafe(
+            self._handlers[name](bytes(message.body), props), self._loop
+        )
+        try:
+            future.result()
+        except Exception as exc:
+            log.error("intake.handler_failed", queue=name, error=repr(exc))
+            time.sleep(1.0)
+            message.requeue()
+        else:
+            message.ack()

@@ -1,0 +1,89 @@
+"""Local Celery worker processes that `hpod run` starts itself on the embedded broker.
+
+They are ordinary `celery worker` processes (prefork pool), so a trial runs exactly as it would
+on a separate machine; a worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import structlog
+
+from hpod.config import Settings
+from hpod.messaging import TRIALS
+
+log = structlog.get_logger("hpod.local_workers")
+
+
+def worker_argv(concurrency: int, name: str, loglevel: str = "WARNING") -> list[str]:
+    """The command line of one hpod Celery worker."""
+    return [
+        sys.executable, "-m", "celery", "-A", "hpod.workers.celery_app", "worker",
+        "--pool=prefork", f"--concurrency={concurrency}", "-Q", TRIALS, "-n", name,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        f"--loglevel={loglevel}",
+    ]
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a worker see the daemon's broker, storage and objectives."""
+    env = dict(os.environ)
+    # One trial per pool process: BLAS/OpenMP threads beyond one only fight over the cores
+    # (two HistGradientBoosting fits went from 0.25 s to 15 s each when both used all cores).
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["HPOD_DATA_DIR"] = str(settings.data_dir)
+    if settings.broker_url:
+        env["HPOD_BROKER_URL"] = settings.broker_url
+    env["HPOD_STORAGE_URL"] = settings.optuna_storage_url()
+    if settings.objectives:
+        import json
+
+        env["HPOD_OBJECTIVES"] = json.dumps(settings.objectives)
+    return env
+
+
+class LocalWorkers:
+    """One supervised Celery worker process with `concurrency` pool processes."""
+
+    def __init__(self, settings: Settings, concurrency: int) -> None:
+        self._settings = settings
+        self._concurrency = concurrency
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the worker and its supervisor."""
+        self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name="local-workers")
+
+    def _spawn(self) -> None:
+        argv = worker_argv(self._concurrency, f"local-{os.getpid()}@%h")
+        self._proc = subprocess.Popen(argv, env=worker_env(self._settings))
+        log.info("workers.started", pid=self._proc.pid, concurrency=self._concurrency)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            if self._proc is not None and self._proc.poll() is not None and not self._stopping:
+                log.warning("workers.died", code=self._proc.returncode)
+                self._spawn()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (finish running trials), then kill after `timeout` seconds."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)

@@ -1,0 +1,193 @@
+"""The study manager: every operation a request can ask for, whatever channel it came on."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from hpod.config import Settings
+from hpod.daemon.bus import Bus
+from hpod.daemon.store import StudyStore
+from hpod.daemon.studies import Limits, Result, StudyRun
+from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
+from hpod.errors import RequestRejected
+from hpod.modes import load_modes
+from hpod.policies import PolicyChain
+from hpod.schema import ModeSet, StudySpec, TrialTell, check_finite
+from hpod.workers.registry import ObjectiveRegistry
+
+log = structlog.get_logger("hpod.manager")
+
+
+class StudyManager:
+    """Owns the running study loops and carries out validated requests."""
+
+    def __init__(self, settings: Settings, store: StudyStore, bus: Bus) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.limits = Limits(settings.max_inflight)
+        self.registry = ObjectiveRegistry(settings.objectives)
+        self.modes = load_modes()
+        self.default_mode = "balanced"
+
+    @property
+    def runs(self) -> dict[str, StudyRun]:
+        """Running study loops by name."""
+        return self.limits.runs
+
+    async def start(self) -> None:
+        """Resume every study that was running when the daemon last stopped."""
+        for spec in await self.store.call(self.store.running_studies):
+            await self._start_run(spec)
+
+    async def _start_run(self, spec: StudySpec) -> None:
+        run = StudyRun(spec, self.store, self.bus, self.settings, self.limits, PolicyChain())
+        self.runs[spec.name] = run
+        await run.start()
+        assert run.task is not None
+        run.task.add_done_callback(lambda _t: self.runs.pop(spec.name, None))
+
+    async def shutdown(self) -> None:
+        """Cancel the study loops; their state is in storage and resumes on the next start."""
+        tasks = [r.task for r in self.runs.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def create(self, spec: StudySpec) -> dict[str, Any]:
+        """Create and start a study; the same request again changes nothing."""
+        if spec.objective is not None and spec.objective not in self.registry:
+            known = ", ".join(self.registry.names())
+            raise RequestRejected(
+                "unknown_objective", "study.objective",
+                f"unknown objective {spec.objective!r} (registered: {known})",
+            )
+        self._check_mode(spec.mode, "study.mode")
+        created = await self.store.call(self.store.create, spec)
+        if created:
+            await self.bus.event("study.created", spec.name, spec=spec.model_dump(mode="json"))
+            await self._start_run(spec)
+        return {"created": created, **await self.status(spec.name)}
+
+    async def stop(self, name: str) -> dict[str, Any]:
+        """Stop asking new trials for study `name`."""
+        run = self.runs.get(name)
+        if run is not None:
+            await run.stop()
+        else:
+            await self.store.call(self.store.spec, name)
+            attrs = await self.store.call(self.store.study_attrs, name)
+            if attrs.get(STATE_ATTR) == "running":
+                await self.store.call(self.store.set_attr, name, STATE_ATTR, "stopped")
+        return await self.status(name)
+
+    async def ask(self, name: str, request_id: str | None) -> dict[str, Any]:
+        """A trial for an external evaluator."""
+        run = await self._running(name)
+        asked = await run.ask_external(request_id)
+        return {"study": name, "trial": asked.number, "params": asked.params}
+
+    async def tell(self, request: TrialTell) -> dict[str, Any]:
+        """An external evaluator's result; a repeated tell is answered, not applied twice."""
+        spec = await self.store.call(self.store.spec, request.study)
+        if request.values is not None:
+            check_finite(request.values)
+            if len(request.values) != len(spec.directions):
+                raise RequestRejected(
+                    "invalid", "values",
+                    f"{len(request.values)} values given, the study has "
+                    f"{len(spec.directions)} direction(s)",
+                )
+        frozen = await self.store.call(self.store.trial, spec, request.trial)
+        if frozen.user_attrs.get("hpod:external") is not True:
+            raise RequestRejected(
+                "invalid", "trial",
+                f"trial {request.trial} is evaluated by hpod's workers, not told from outside",
+            )
+        result = Result(request.trial, request.state, request.values)
+        run = self.runs.get(request.study)
+        if run is not None:
+            told = await run.on_result(result)
+        else:
+            told = await self.store.call(
+                self.store.tell, spec, result.number, result.state, result.values
+            ) is not None
+        return {"study": request.study, "trial": request.trial, "already_told": not told}
+
+    async def enqueue(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Queue a proposed configuration: it is the next trial the study evaluates."""
+        spec = await self.store.call(self.store.spec, name)
+        check_params(params, spec.space)
+        run = await self._running(name)
+        study = await self.store.call(self.store.open, spec)
+        await self.store.call(lambda: study.enqueue_trial(params, skip_if_exists=True))
+        run.wake.set()
+        return {"study": name, "enqueued": params}
+
+    async def set_mode(self, request: ModeSet) -> dict[str, Any]:
+        """Switch a study's mode, or the default mode, live."""
+        field = "mode"
+        self._check_mode(request.mode, field)
+        if request.study is None:
+            self.default_mode = request.mode
+        else:
+            await self.store.call(self.store.spec, request.study)
+            await self.store.call(self.store.set_attr, request.study, MODE_ATTR, request.mode)
+        await self.bus.event("mode.changed", request.study, mode=request.mode)
+        return {"study": request.study, "mode": request.mode}
+
+    def _check_mode(self, mode: str, field: str) -> None:
+        if mode not in self.modes:
+            raise RequestRejected(
+                "invalid", field, f"unknown mode {mode!r} (known: {', '.join(sorted(self.modes))})"
+            )
+
+    async def _running(self, name: str) -> StudyRun:
+        run = self.runs.get(name)
+        if run is None:
+            await self.store.call(self.store.spec, name)  # raises not_found for unknown names
+            raise RequestRejected("not_running", "study", f"study {name!r} is not running")
+        return run
+
+    # --- results and status ------------------------------------------------------------
+
+    async def on_worker_result(self, body: dict[str, Any]) -> None:
+        """A worker's result: tell it through the study loop (or directly if it ended)."""
+        result = Result(
+            number=int(body["number"]),
+            state=str(body["state"]),
+            values=body.get("values"),
+            error=body.get("error"),
+            duration=body.get("duration"),
+            extra={"worker": body.get("worker"), "attempt": body.get("attempt")},
+        )
+        run = self.runs.get(body["study"])
+        if run is not None:
+            await run.on_result(result)
+            return
+        try:
+            spec = await self.store.call(self.store.spec, body["study"])
+        except RequestRejected:
+            log.warning("result.unknown_study", study=body["study"])
+            return
+        await self.store.call(
+            self.store.tell, spec, result.number, result.state, result.values, result.error
+        )
+
+    async def status(self, name: str) -> dict[str, Any]:
+        """Counts, best and live state of study `name`."""
+        spec = await self.store.call(self.store.spec, name)
+        summary = await self.store.call(self.store.summary, spec)
+        run = self.runs.get(name)
+        summary["in_flight"] = len(run.inflight) if run else 0
+        summary["running"] = run is not None
+        return summary
+
+    async def list(self) -> list[dict[str, Any]]:
+        """A summary line per study."""
+        return await self.store.call(self.store.list_studies)

@@ -1,0 +1,91 @@
+"""One entry point for every request, from the queue or over HTTP: validate, act, answer.
+
+Both channels call `RequestHandler.handle`; a rejected request gets an error that names the
+field, an event `request.rejected` and a log line, and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+
+from hpod.daemon.bus import Bus
+from hpod.daemon.manager import StudyManager
+from hpod.errors import RequestRejected
+from hpod.schema import (
+    ModeSet,
+    Request,
+    StudyCreate,
+    StudyStop,
+    TrialAsk,
+    TrialEnqueue,
+    TrialTell,
+    parse_request,
+)
+
+log = structlog.get_logger("hpod.requests")
+
+
+class RequestHandler:
+    """Validates requests and carries them out through the study manager."""
+
+    def __init__(self, manager: StudyManager, bus: Bus, max_bytes: int) -> None:
+        self.manager = manager
+        self.bus = bus
+        self.max_bytes = max_bytes
+
+    async def handle(self, raw: bytes | dict[str, Any], channel: str) -> dict[str, Any]:
+        """The reply to one request: ``{"ok": true, "result": …}`` or ``{"ok": false, "error": …}``."""
+        request_id = _peek_id(raw)
+        try:
+            request = parse_request(raw, self.max_bytes)
+            result = await self._execute(request)
+        except RequestRejected as rejected:
+            await self._rejected(rejected, raw, request_id, channel)
+            return {"v": 1, "ok": False, "id": request_id, "error": rejected.as_dict()}
+        return {"v": 1, "ok": True, "id": request.id, "type": request.type, "result": result}
+
+    async def _execute(self, request: Request) -> Any:
+        body = request.body
+        if isinstance(body, StudyCreate):
+            return await self.manager.create(body.study)
+        if isinstance(body, StudyStop):
+            return await self.manager.stop(body.name)
+        if isinstance(body, TrialAsk):
+            return await self.manager.ask(body.study, request.id)
+        if isinstance(body, TrialTell):
+            return await self.manager.tell(body)
+        if isinstance(body, TrialEnqueue):
+            return await self.manager.enqueue(body.study, dict(body.params))
+        if isinstance(body, ModeSet):
+            return await self.manager.set_mode(body)
+        raise RequestRejected("unknown_type", "type", f"unhandled type {request.type!r}")
+
+    async def _rejected(
+        self, rejected: RequestRejected, raw: bytes | dict[str, Any], request_id: str | None, channel: str
+    ) -> None:
+        log.warning("request.rejected", channel=channel, id=request_id, **rejected.as_dict())
+        await self.bus.event(
+            "request.rejected", None, id=request_id, channel=channel, error=rejected.as_dict()
+        )
+        if rejected.code in {"not_json", "too_large"} and isinstance(raw, bytes):
+            await self.bus.dead_letter(raw[: self.max_bytes], rejected.message)
+
+    async def on_queue_message(self, body: bytes, props: dict[str, Any]) -> None:
+        """A request from ``hpod.requests``: handle it and answer on `reply_to`, if given."""
+        reply = await self.handle(body, "amqp")
+        reply_to = props.get("reply_to")
+        if reply_to:
+            await self.bus.reply(reply_to, props.get("correlation_id"), reply)
+
+
+def _peek_id(raw: bytes | dict[str, Any]) -> str | None:
+    """The request's id if it can be read at all, to correlate even a rejected request."""
+    try:
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None

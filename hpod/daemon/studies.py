@@ -1,0 +1,300 @@
+"""Study loops: one asyncio task per running study asks, dispatches and tells.
+
+A study's budget is exact across restarts: every trial Optuna created counts (whoever
+evaluates it), a trial is told once (a second result is ignored), and a trial that was asked
+but whose task never reached the broker is dispatched again when the daemon comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from optuna.trial import TrialState
+
+from hpod.config import Settings
+from hpod.daemon.bus import Bus
+from hpod.daemon.store import FINISHED, AskedTrial, StudyStore
+from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, REQUEST_ATTR, STATE_ATTR
+from hpod.errors import RequestRejected
+from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
+from hpod.schema import StudySpec
+
+log = structlog.get_logger("hpod.studies")
+
+
+@dataclass
+class InFlight:
+    """A trial dispatched to the workers and not yet told."""
+
+    trial: AskedTrial
+    attempt: int
+    deadline: float
+
+
+@dataclass
+class Result:
+    """A trial outcome, from a worker or an external evaluator."""
+
+    number: int
+    state: str
+    values: list[float] | None = None
+    error: str | None = None
+    duration: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Limits:
+    """The global cap on trials in flight, shared by every study."""
+
+    def __init__(self, max_inflight: int) -> None:
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.runs: dict[str, StudyRun] = {}
+
+    def available(self) -> bool:
+        """Whether one more trial may be dispatched."""
+        return self.inflight < self.max_inflight
+
+    def wake_all(self) -> None:
+        """A slot freed up: let every study loop look again."""
+        for run in self.runs.values():
+            run.wake.set()
+
+
+class StudyRun:
+    """The loop of one running study."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        store: StudyStore,
+        bus: Bus,
+        settings: Settings,
+        limits: Limits,
+        policies: PolicyChain,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self.limits = limits
+        self.policies = policies
+        self.inflight: dict[int, InFlight] = {}
+        self.external: dict[str, AskedTrial] = {}
+        self.told: set[int] = set()
+        self.n_created = 0
+        self.created_at = time.time()
+        self.stopping = False
+        self.wake = asyncio.Event()
+        self.done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        """The study's name."""
+        return self.spec.name
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the study's state from storage and start its loop."""
+        await self._recover()
+        self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
+
+    async def _recover(self) -> None:
+        attrs = await self.store.call(self.store.study_attrs, self.name)
+        self.created_at = float(attrs.get("hpod:created_at", time.time()))
+        trials = await self.store.call(self.store.trials, self.spec, None)
+        self.n_created = len(trials)
+        pending = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        for t in trials:
+            if t.state in FINISHED:
+                self.told.add(t.number)
+            if t.user_attrs.get(EXTERNAL_ATTR):
+                key = t.user_attrs.get(REQUEST_ATTR) or f"trial-{t.number}"
+                self.external[key] = AskedTrial(t._trial_id, t.number, dict(t.params))
+        for frozen in pending:
+            if frozen.state == TrialState.WAITING or frozen.user_attrs.get(EXTERNAL_ATTR):
+                continue
+            asked = await self.store.call(self.store.rebuild, self.spec, frozen)
+            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0))
+            if attempt:
+                # Its task reached the broker before the restart: wait for its result.
+                self.inflight[asked.number] = InFlight(asked, attempt, self._deadline())
+                self.limits.inflight += 1
+            else:
+                await self._dispatch(asked, attempt=1)
+        if pending:
+            log.info("study.recovered", study=self.name, in_flight=len(self.inflight))
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.spec.trial_timeout + self.settings.trial_grace_seconds
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                await self._fill()
+                if self._finished():
+                    break
+                timeout = self._next_deadline()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except TimeoutError:
+                    await self._expire()
+                self.wake.clear()
+            await self._complete()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("study.loop_failed", study=self.name, error=repr(exc))
+            raise
+        finally:
+            self.done.set()
+
+    def _budget_left(self) -> bool:
+        budget = self.spec.budget
+        if budget.trials is not None and self.n_created >= budget.trials:
+            return False
+        return budget.seconds is None or time.time() - self.created_at < budget.seconds
+
+    def _finished(self) -> bool:
+        if self.inflight:
+            return False
+        if self.stopping:
+            return True
+        return not self._budget_left() and not self._external_pending()
+
+    def _external_pending(self) -> bool:
+        return any(a.number not in self.told for a in self.external.values())
+
+    async def _fill(self) -> None:
+        """Ask and dispatch trials while the budget and the concurrency limits allow."""
+        if self.spec.objective is None:
+            return
+        while (
+            not self.stopping
+            and self._budget_left()
+            and len(self.inflight) < self.spec.max_concurrent
+            and self.limits.available()
+        ):
+            self.n_created += 1
+            asked = await self.store.call(self.store.ask, self.spec)
+            try:
+                self.policies.before_dispatch(TrialEvent(self.spec, asked.number, asked.params))
+            except SkipEvaluation as skip:
+                extra = {"skipped": skip.reason}
+                await self.on_result(Result(asked.number, "complete", skip.values, extra=extra))
+                continue
+            await self._dispatch(asked, attempt=1)
+
+    async def _dispatch(self, asked: AskedTrial, attempt: int) -> None:
+        task = {
+            "study": self.name,
+            "trial_id": asked.trial_id,
+            "number": asked.number,
+            "params": asked.params,
+            "objective": self.spec.objective,
+            "objective_kwargs": self.spec.objective_kwargs,
+            "fidelity": 1.0,
+            "attempt": attempt,
+        }
+        if asked.number not in self.inflight:
+            self.limits.inflight += 1
+        self.inflight[asked.number] = InFlight(asked, attempt, self._deadline())
+        timeout = self.spec.trial_timeout
+        await self.bus.dispatch(task, soft_limit=timeout, hard_limit=timeout + 30)
+        await self.store.call(self.store.mark_dispatched, asked.trial_id, attempt)
+
+    def _next_deadline(self) -> float | None:
+        timeouts = [f.deadline for f in self.inflight.values()]
+        if self.spec.budget.seconds is not None and self._budget_left():
+            timeouts.append(time.monotonic() + self.spec.budget.seconds - (time.time() - self.created_at))
+        return max(0.05, min(timeouts) - time.monotonic()) if timeouts else None
+
+    async def _expire(self) -> None:
+        """Trials whose worker never answered: dispatch again, or fail after max attempts."""
+        now = time.monotonic()
+        for flight in [f for f in self.inflight.values() if f.deadline <= now]:
+            if flight.attempt < self.settings.max_attempts:
+                log.warning("trial.redispatch", study=self.name, trial=flight.trial.number)
+                await self._dispatch(flight.trial, flight.attempt + 1)
+            else:
+                error = f"no result after {flight.attempt} attempts (worker lost or stuck)"
+                await self.on_result(Result(flight.trial.number, "failed", error=error))
+
+    # --- results -----------------------------------------------------------------------
+
+    async def on_result(self, result: Result) -> bool:
+        """Tell Optuna a trial's outcome and publish it; False if it was already told."""
+        frozen = await self.store.call(
+            self.store.tell, self.spec, result.number, result.state, result.values, result.error
+        )
+        flight = self.inflight.pop(result.number, None)
+        if flight is not None:
+            self.limits.inflight -= 1
+            self.limits.wake_all()
+        self.told.add(result.number)
+        self.wake.set()
+        if frozen is None:
+            return False
+        self.policies.after_tell(
+            TrialEvent(
+                self.spec,
+                result.number,
+                frozen.params,
+                state=result.state,
+                values=frozen.values,
+                duration=result.duration,
+            )
+        )
+        event = {"completed": "trial.completed", "pruned": "trial.pruned", "failed": "trial.failed"}
+        await self.bus.event(
+            event[result.state.replace("complete", "completed")],
+            self.name,
+            trial=result.number,
+            params=frozen.params,
+            values=frozen.values,
+            error=result.error,
+            duration=result.duration,
+            **result.extra,
+        )
+        return True
+
+    # --- external evaluators -----------------------------------------------------------
+
+    async def ask_external(self, request_id: str | None) -> AskedTrial:
+        """A trial for an external evaluator; the same request id gets the same trial."""
+        if request_id and request_id in self.external:
+            return self.external[request_id]
+        if self.stopping or not self._budget_left():
+            raise RequestRejected("budget_exhausted", "study", f"study {self.name!r} asks no more trials")
+        self.n_created += 1
+        asked = await self.store.call(self.store.ask, self.spec, True, request_id)
+        self.external[request_id or f"trial-{asked.number}"] = asked
+        return asked
+
+    async def stop(self) -> None:
+        """Ask no more trials; trials in flight are still told, then the loop ends."""
+        self.stopping = True
+        await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "stopped")
+        self.wake.set()
+
+    async def _complete(self) -> None:
+        state = "stopped" if self.stopping else "completed"
+        if state == "completed":
+            await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "completed")
+        summary = await self.store.call(self.store.summary, self.spec)
+        await self.bus.event(
+            "study.completed",
+            self.name,
+            reason=state,
+            n_trials=summary["n_trials"],
+            counts=summary["counts"],
+            best=summary["best"],
+            best_trials=summary["best_trials"],
+        )
+        log.info("study.completed", study=self.name, reason=state, n_trials=summary["n_trials"])

@@ -1,0 +1,139 @@
+"""Optuna glue shared by the daemon and the workers: storages, samplers, pruners, spaces.
+
+hpod keeps its own bookkeeping in Optuna's study and trial user attributes (prefix
+``hpod:``), so the storage stays a plain Optuna storage that the `optuna` CLI and
+optuna-dashboard read unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from hpod.errors import RequestRejected
+from hpod.schema import CategoricalParam, FloatParam, IntParam, ParamSpec, StudySpec
+
+SPEC_ATTR = "hpod:spec"
+STATE_ATTR = "hpod:state"
+CREATED_ATTR = "hpod:created_at"
+MODE_ATTR = "hpod:mode"
+EXTERNAL_ATTR = "hpod:external"
+DISPATCHED_ATTR = "hpod:dispatched"
+REQUEST_ATTR = "hpod:request_id"
+ERROR_ATTR = "hpod:error"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_storage(url: str) -> BaseStorage:
+    """An Optuna storage for `url`: ``journal:///path`` or any SQLAlchemy RDB URL."""
+    if url.startswith("journal://"):
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
+    if url.startswith("sqlite"):
+        # Several processes (daemon, workers reporting) share the file: wait for locks
+        # instead of failing at once.
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a spec asks for."""
+    seed = spec.sampler.seed
+    name = spec.sampler.name
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def check_sampler_available(spec: StudySpec) -> None:
+    """Refuse a sampler whose optional dependency is missing, before the study exists."""
+    needs = {"cmaes": "cmaes", "gp": "scipy"}
+    module = needs.get(spec.sampler.name)
+    if module is None:
+        return
+    try:
+        __import__(module)
+    except ImportError as exc:
+        raise RequestRejected(
+            "unavailable",
+            "study.sampler.name",
+            f"sampler {spec.sampler.name!r} needs the {module!r} package on the daemon",
+        ) from exc
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner a spec asks for (used where `should_prune()` is answered)."""
+    p = spec.pruner
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+    )
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Suggest every active parameter of `space`, in order (conditions see earlier values).
+
+    Calling it again on the same trial returns the values already stored, so a trial can be
+    rebuilt after a restart.
+    """
+    params: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.condition is not None:
+            parent = params.get(p.condition.param, _INACTIVE)
+            if parent is _INACTIVE or parent not in p.condition.values:
+                continue
+        if isinstance(p, FloatParam):
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, IntParam):
+            params[name] = trial.suggest_int(name, p.low, p.high, log=p.log, step=p.step)
+        else:
+            params[name] = trial.suggest_categorical(name, p.choices)
+    return params
+
+
+_INACTIVE = object()
+
+
+def check_params(params: dict[str, Any], space: dict[str, ParamSpec]) -> None:
+    """Refuse a proposed configuration that the space could not have produced."""
+    for name, value in params.items():
+        field = f"params.{name}"
+        p = space.get(name)
+        if p is None:
+            raise RequestRejected("invalid", field, f"{name!r} is not a parameter of the space")
+        if isinstance(p, CategoricalParam):
+            if value not in p.choices or type(value) is not type(_match(value, p.choices)):
+                raise RequestRejected("invalid", field, f"{value!r} is not one of {p.choices!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestRejected("invalid", field, f"expected a number, got {value!r}")
+        if isinstance(p, IntParam) and not float(value).is_integer():
+            raise RequestRejected("invalid", field, f"expected an integer, got {value!r}")
+        if not math.isfinite(value) or not p.low <= value <= p.high:
+            raise RequestRejected("invalid", field, f"{value!r} is outside [{p.low}, {p.high}]")
+
+
+def _match(value: Any, choices: list[Any]) -> Any:
+    return next(c for c in choices if c == value)
+
+
+def load_spec(storage: BaseStorage, study_name: str) -> StudySpec | None:
+    """The hpod spec stored with a study, or None for a study hpod does not manage."""
+    study_id = storage.get_study_id_from_name(study_name)
+    raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    return StudySpec.model_validate_json(raw) if raw else None

@@ -1,0 +1,90 @@
+"""The policy chain: small units with no-op hooks around dispatch and tell.
+
+Modelled on dramatiq's middleware: `before_*` hooks run in chain order, `after_*` hooks in
+reverse, so policies nest like layers. A policy that wants a trial not to be evaluated (a cache
+hit) raises `SkipEvaluation` with the outcome to tell instead. Any other exception from a hook
+is logged and the policy is skipped for that call: one faulty policy never stops a study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import structlog
+
+from hpod.errors import HpodError
+from hpod.schema import StudySpec
+
+log = structlog.get_logger("hpod.policies")
+
+
+class SkipEvaluation(HpodError):  # noqa: N818  (a control signal, named like dramatiq's SkipMessage)
+    """Raised by a `before_dispatch` hook: tell these values now, do not dispatch the trial."""
+
+    def __init__(self, values: list[float], reason: str) -> None:
+        super().__init__(reason)
+        self.values = values
+        self.reason = reason
+
+
+@dataclass
+class TrialEvent:
+    """What a hook sees of a trial: its study, number, params and, after tell, its outcome."""
+
+    spec: StudySpec
+    number: int
+    params: dict[str, Any]
+    fidelity: float = 1.0
+    state: str | None = None
+    values: list[float] | None = None
+    duration: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy:
+    """Base class of policies: every hook is a no-op; override what the policy needs."""
+
+    #: Study options this policy reads; an unknown option in a request is an error.
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def before_dispatch(self, trial: TrialEvent) -> None:
+        """Called before a trial goes to a worker; may adjust it or raise `SkipEvaluation`."""
+
+    def after_tell(self, trial: TrialEvent) -> None:
+        """Called after a trial's outcome is persisted in Optuna."""
+
+
+class PolicyChain:
+    """An ordered list of policies with failure isolation."""
+
+    def __init__(self, policies: list[Policy] | None = None) -> None:
+        self.policies: list[Policy] = list(policies or [])
+
+    def add(self, policy: Policy, *, before: type[Policy] | None = None) -> None:
+        """Append `policy`, or insert it before the first policy of type `before`."""
+        if any(type(p) is type(policy) for p in self.policies):
+            raise ValueError(f"{type(policy).__name__} is already in the chain")
+        index = next(
+            (i for i, p in enumerate(self.policies) if before and isinstance(p, before)),
+            len(self.policies),
+        )
+        self.policies.insert(index, policy)
+
+    def before_dispatch(self, trial: TrialEvent) -> None:
+        """Run `before_dispatch` hooks in order; `SkipEvaluation` propagates on purpose."""
+        for policy in self.policies:
+            try:
+                policy.before_dispatch(trial)
+            except SkipEvaluation:
+                raise
+            except Exception:
+                log.exception("policy.failed", policy=type(policy).__name__, hook="before_dispatch")
+
+    def after_tell(self, trial: TrialEvent) -> None:
+        """Run `after_tell` hooks in reverse order."""
+        for policy in reversed(self.policies):
+            try:
+                policy.after_tell(trial)
+            except Exception:
+                log.exception("policy.failed", policy=type(policy).__name__, hook="after_tell")

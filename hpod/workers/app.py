@@ -1,0 +1,52 @@
+"""The Celery app of hpod's workers: JSON only, late acks, retried when a worker dies.
+
+`task_acks_late` with `task_reject_on_worker_lost` means a trial whose worker process dies is
+delivered again to another worker rather than lost; the daemon tells Optuna only once, however
+many times a trial is evaluated. Messages are JSON; a pickled message is refused by
+`accept_content` before any code runs.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from hpod.config import Settings, load_settings
+from hpod.messaging import TRIALS
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app wired to the broker in force, configured for at-least-once trials."""
+    import hpod.workers.fs_transport  # noqa: F401  (registers the embedded transport)
+
+    settings = settings or load_settings()
+    app = Celery("hpod", broker=settings.broker, set_as_current=False)
+    trials = Queue(TRIALS, exchange=Exchange(""), routing_key=TRIALS, durable=True)
+    app.conf.update(
+        broker_transport_options=settings.broker_transport_options(),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[trials],
+        task_default_queue=TRIALS,
+        task_default_exchange="",
+        task_default_routing_key=TRIALS,
+        task_create_missing_queues=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # The embedded broker has no broadcast channel for remote control; RabbitMQ has.
+        worker_enable_remote_control=not settings.embedded,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    app.conf.hpod_settings = settings
+    from hpod.workers.tasks import register
+
+    register(app)
+    return app

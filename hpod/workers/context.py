@@ -1,0 +1,103 @@
+"""The trial context an objective is called with: its parameters and its way to talk back.
+
+An objective never sees Optuna or the broker: it reads `params` and `fidelity`, trains on
+`subsample(...)` of its data, calls `report(value, step)` as it learns and asks
+`should_prune()`. Reports go to the study's Optuna storage, so the study's pruner decides
+with the intermediate values of every trial, whichever worker ran them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from hpod.errors import HpodError
+
+T = TypeVar("T")
+
+
+class TrialPruned(HpodError):
+    """Raised by an objective to stop a trial that `should_prune()` condemned."""
+
+
+class Reporter(Protocol):
+    """Where intermediate values go and where the pruning verdict comes from."""
+
+    def report(self, value: float, step: int) -> None:
+        """Record the intermediate `value` at `step`."""
+
+    def should_prune(self) -> bool:
+        """Whether the study's pruner would stop this trial now."""
+
+
+class NoPruning:
+    """A reporter for a trial run outside a study (e.g. an objective tried by hand)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, float]] = []
+
+    def report(self, value: float, step: int) -> None:
+        """Keep the value so a caller can inspect the learning curve."""
+        self.reports.append((step, value))
+
+    def should_prune(self) -> bool:
+        """Never prune: there is no study to compare with."""
+        return False
+
+
+class TrialContext:
+    """What an objective is called with: params, fidelity, subsampling and reporting."""
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        fidelity: float = 1.0,
+        reporter: Reporter | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < fidelity <= 1.0:
+            raise ValueError(f"fidelity must be in (0, 1], got {fidelity}")
+        self.params = dict(params)
+        self.fidelity = fidelity
+        self.reporter = reporter if reporter is not None else NoPruning()
+        self.seed = seed
+        self.last_report: tuple[int, float] | None = None
+
+    def subsample(self, *arrays: T) -> tuple[T, ...]:
+        """The first `fidelity` share of rows of each array, the same rows for all of them.
+
+        Rows are drawn with a fixed seed, so two trials at the same fidelity see the same data
+        and their scores compare fairly.
+        """
+        if not arrays:
+            return ()
+        n = len(arrays[0])  # type: ignore[arg-type]
+        if any(len(a) != n for a in arrays):  # type: ignore[arg-type]
+            raise ValueError("subsample needs arrays of the same length")
+        if self.fidelity >= 1.0:
+            return arrays
+        keep = max(1, round(n * self.fidelity))
+        rows = np.random.default_rng(self.seed).permutation(n)[:keep]
+        rows.sort()
+        return tuple(_take(a, rows) for a in arrays)
+
+    def report(self, value: float, step: int) -> None:
+        """Report an intermediate objective value (e.g. validation loss after epoch `step`)."""
+        self.last_report = (step, float(value))
+        self.reporter.report(float(value), step)
+
+    def should_prune(self) -> bool:
+        """Whether the study's pruner says this trial should stop now."""
+        return self.reporter.should_prune()
+
+
+def _take(array: T, rows: np.ndarray) -> T:
+    if isinstance(array, np.ndarray):
+        return array[rows]  # type: ignore[return-value]
+    if hasattr(array, "iloc"):
+        return array.iloc[rows]  # type: ignore[no-any-return, attr-defined]
+    if isinstance(array, Sequence):
+        return type(array)(array[i] for i in rows)  # type: ignore[call-arg, return-value]
+    return np.asarray(array)[rows]  # type: ignore[return-value]

@@ -1,0 +1,458 @@
+"""The embedded default broker: a crash-safe kombu transport over one shared directory.
+
+When no RabbitMQ is configured, the daemon and the local Celery worker processes on the same
+machine exchange messages through a directory (``broker_url = "hpodfs://"``). This module is
+kombu's stock ``filesystem`` transport with the parts that make it unsafe for that job replaced:
+
+* **Atomic publish.** The stock ``_put`` creates ``<t>_<uuid>.<queue>.msg`` and then writes to
+  it, so a reader can open a half-written or empty file (that killed a worker). Here the message
+  is written to ``<final>.<owner>.tmp`` (a name no reader matches), flushed and fsynced, renamed
+  to its final name (atomic on POSIX) and the directory is fsynced, so a message is either
+  absent or complete and durable. Names start with ``time.time_ns()`` (wall clock, zero-padded),
+  so the FIFO order is kept across reboots; the stock transport used ``monotonic()``.
+* **Exclusive claim.** The stock ``_get`` ``shutil.move``s the file to ``/tmp``, which is a
+  copy + delete when ``/tmp`` is another file system, so two consumers could both get one
+  message. Here a consumer claims a message with one ``os.rename`` inside the same folder to
+  ``<original>.<pid>-<start-ms>.claimed``; exactly one process can win that rename.
+* **At-least-once.** The claimed file is deleted only when the message is acked (or rejected
+  without requeue). Rejecting with requeue, ``basic_recover`` and the restore kombu's QoS does
+  when a channel closes rename the claimed file back to its ``.msg`` name, so the message is not
+  re-published *and* left claimed. Claimed files of processes that died (SIGKILL, OOM, power
+  loss) are renamed back by any live consumer: once at channel start, then at most every
+  ``claim_recovery_interval`` seconds from ``_get``.
+
+Everything else (exchange tables in ``control_folder``, fanout, topic and direct routing) is the
+stock transport's. Transport options: ``data_folder_in``, ``data_folder_out``, ``control_folder``
+(created if missing), ``polling_interval``, ``claim_recovery_interval`` (seconds, default 5) and
+``fsync`` (default true; false trades durability on power loss for speed). The stock
+``store_processed`` option is not supported. The directory must be on a local file system of a
+single machine: liveness of a claimer is judged by its pid.
+
+Importing this module registers the transport as ``hpodfs`` in
+``kombu.transport.TRANSPORT_ALIASES``, so import it before a Connection/Celery app resolves
+``hpodfs://``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from queue import Empty
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
+from kombu.exceptions import ChannelError
+from kombu.transport import TRANSPORT_ALIASES, filesystem, virtual
+from kombu.utils import json as kombu_json
+
+__all__ = [
+    "ALIAS",
+    "Channel",
+    "Transport",
+    "recover_orphans",
+]
+
+ALIAS = "hpodfs"
+
+MSG_SUFFIX = ".msg"
+TMP_SUFFIX = ".tmp"
+CLAIM_SUFFIX = ".claimed"
+CORRUPT_SUFFIX = ".corrupt"
+
+DEFAULT_RECOVERY_INTERVAL = 5.0
+#: psutil derives a process's start time from the boot time, which the kernel may report a
+#: second off as the clock is adjusted; start times this close are taken to be the same.
+_START_TOLERANCE = 2.0
+
+Payload = dict[str, Any]
+
+logger = logging.getLogger(__name__)
+
+# kombu's JSON (it round-trips the types kombu puts in headers), typed for this module.
+_dumps: Callable[[Any], str] = kombu_json.dumps
+_loads: Callable[[bytes], Any] = kombu_json.loads
+
+
+# --------------------------------------------------------------------------------------------
+# Owner tokens: who wrote a .tmp file / claimed a .msg file, and is that process still alive?
+# --------------------------------------------------------------------------------------------
+
+_owner_cache: tuple[int, str] | None = None
+
+
+def _owner_token() -> str:
+    """``<pid>-<process start time in ms>`` of the calling process (recomputed after a fork)."""
+    global _owner_cache
+    pid = os.getpid()
+    if _owner_cache is None or _owner_cache[0] != pid:
+        started = psutil.Process(pid).create_time()
+        _owner_cache = (pid, f"{pid}-{round(started * 1000)}")
+    return _owner_cache[1]
+
+
+def _parse_owned(name: str, suffix: str) -> tuple[str, int, float | None] | None:
+    """Split ``<original>.<pid>-<ms><suffix>`` into (original, pid, start time or None)."""
+    if not name.endswith(suffix):
+        return None
+    original, _, owner = name[: -len(suffix)].rpartition(".")
+    if not original.endswith(MSG_SUFFIX):
+        return None
+    pid_text, _, started_text = owner.partition("-")
+    try:
+        pid = int(pid_text)
+        started = int(started_text) / 1000 if started_text else None
+    except ValueError:
+        return None
+    return original, pid, started
+
+
+def _owner_alive(pid: int, started: float | None) -> bool:
+    """Whether the process that wrote ``<pid>-<started>`` can still ack or finish a write.
+
+    Caveat, pid reuse: pids are recycled, so a pid alone could name an unrelated live process
+    (e.g. a restarted container whose new worker gets the same small pid) and the orphan would
+    never be recovered. The claimer's start time is therefore part of the name and must match
+    too. What remains is a new process that gets the same pid within ``_START_TOLERANCE``
+    seconds of the dead one's start: then recovery waits until that process exits. The error is
+    always "alive when dead" (a delay), never "dead when alive" (a duplicate), because a pid
+    that is in use cannot be handed to another process. A zombie (killed, not yet reaped by its
+    parent) counts as dead: it can never ack.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if started is None:
+            return True
+        return bool(abs(proc.create_time() - started) <= _START_TOLERANCE)
+    except psutil.NoSuchProcess:  # includes ZombieProcess
+        return False
+    except psutil.AccessDenied:
+        return True  # it exists; assume it is ours to wait for
+
+
+def recover_orphans(folder: str | os.PathLike[str], names: Iterable[str] | None = None) -> int:
+    """Put back messages claimed by dead processes and delete their unfinished writes.
+
+    Returns how many messages were made ready again. Safe to run from many processes at once:
+    each orphan is moved by a single rename that only one of them wins.
+    """
+    folder = os.fspath(folder)
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
+    recovered = 0
+    for name in names:
+        if name.endswith(CLAIM_SUFFIX):
+            parsed = _parse_owned(name, CLAIM_SUFFIX)
+            if parsed is None or _owner_alive(parsed[1], parsed[2]):
+                continue
+            try:
+                os.rename(os.path.join(folder, name), os.path.join(folder, parsed[0]))
+            except FileNotFoundError:
+                continue  # acked, or recovered by another process first
+            recovered += 1
+            logger.warning(
+                "hpodfs: recovered message %s claimed by dead process %d", parsed[0], parsed[1]
+            )
+        elif name.endswith(TMP_SUFFIX):
+            parsed = _parse_owned(name, TMP_SUFFIX)
+            if parsed is None or _owner_alive(parsed[1], parsed[2]):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+    return recovered
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (POSIX only; Windows cannot open a directory)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unclaimed_name(path: str) -> str:
+    """The ``.msg`` path a claimed path came from."""
+    return path[: -len(CLAIM_SUFFIX)].rpartition(".")[0]
+
+
+def _check_queue_name(queue: object) -> str:
+    if not isinstance(queue, str) or not queue or any(c in queue for c in ("/", "\\", "\0")):
+        raise ChannelError(f"hpodfs: invalid queue name {queue!r}")
+    return queue
+
+
+class _Claims:
+    """Delivery tag -> claimed path, shared by the channels of one connection.
+
+    Shared because kombu may settle a message on another channel of the same connection than
+    the one whose ``_get`` claimed it (``Transport._reject_inbound_message`` uses the first
+    channel). A lock because Celery may ack from a pool thread.
+    """
+
+    def __init__(self) -> None:
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, tag: str, path: str) -> None:
+        with self._lock:
+            self._paths[tag] = path
+
+    def pop(self, tag: str) -> str | None:
+        with self._lock:
+            return self._paths.pop(tag, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._paths)
+
+
+class Channel(filesystem.Channel):
+    """A filesystem channel with atomic puts, rename claims and ack-time deletion."""
+
+    supports_fanout = True
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)  # type: ignore[no-untyped-call]
+        self._claims: _Claims = connection.claims
+        self._pending: dict[str, deque[str]] = {}
+        options = self.transport_options
+        self._fsync = bool(options.get("fsync", True))
+        self._recovery_interval = float(
+            options.get("claim_recovery_interval", DEFAULT_RECOVERY_INTERVAL)
+        )
+        for folder in (self._in_folder, self._out_folder, os.fspath(self.control_folder)):
+            os.makedirs(folder, exist_ok=True)
+        self._next_recovery = 0.0
+        self._maybe_recover()
+
+    # -- folders ---------------------------------------------------------------------------
+
+    @property
+    def _in_folder(self) -> str:
+        return str(self.data_folder_in)
+
+    @property
+    def _out_folder(self) -> str:
+        return str(self.data_folder_out)
+
+    def _ready_names(self, queue: str) -> list[str]:
+        """Names of the ready messages of `queue`, oldest first (no .tmp/.claimed files)."""
+        wanted = f"{queue}{MSG_SUFFIX}"
+        try:
+            names = os.listdir(self._in_folder)
+        except OSError as exc:
+            raise ChannelError(f"hpodfs: cannot list {self._in_folder!r}") from exc
+        # `<time_ns>_<uuid>` contains no dot, so the rest of a name is exactly `<queue>.msg`
+        # for a ready message and longer for a temporary or claimed one.
+        return sorted(name for name in names if name.partition(".")[2] == wanted)
+
+    def _maybe_recover(self) -> None:
+        now = time.monotonic()
+        if now < self._next_recovery:
+            return
+        self._next_recovery = now + self._recovery_interval
+        if recover_orphans(self._in_folder):
+            self._pending.clear()  # recovered messages are older than the names listed
+
+    # -- publish ---------------------------------------------------------------------------
+
+    # kombu's AbstractChannel names the second argument `message`, its filesystem Channel
+    # `payload`: no override can match both names; kombu passes it positionally.
+    def _put(self, queue: str, payload: Payload, **kwargs: Any) -> None:  # type: ignore[override]
+        """Write `payload` to a temporary file, fsync it, then rename it into `queue`."""
+        queue = _check_queue_name(queue)
+        folder = self._out_folder
+        final = os.path.join(folder, f"{time.time_ns():020d}_{uuid.uuid4()}.{queue}{MSG_SUFFIX}")
+        tmp = f"{final}.{_owner_token()}{TMP_SUFFIX}"
+        data = _dumps(payload).encode("utf-8")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                if self._fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.rename(tmp, final)
+            if self._fsync:
+                _fsync_dir(folder)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise ChannelError(f"hpodfs: cannot add a message to {folder!r}") from exc
+
+    # -- consume ---------------------------------------------------------------------------
+
+    def _get(self, queue: str, timeout: float | None = None) -> Payload:
+        """Claim and return the oldest ready message of `queue`, or raise ``queue.Empty``.
+
+        The directory is listed only when the names from the previous listing are used up;
+        names that other consumers claimed meanwhile just lose the rename.
+        """
+        self._maybe_recover()
+        pending = self._pending.setdefault(queue, deque())
+        listed = False
+        while True:
+            if not pending:
+                if listed:
+                    raise Empty()
+                pending.extend(self._ready_names(queue))
+                listed = True
+                continue
+            payload = self._claim(pending.popleft())
+            if payload is not None:
+                return payload
+
+    def _claim(self, name: str) -> Payload | None:
+        """Rename `name` to a claimed name of ours and read it; None when another won it."""
+        path = os.path.join(self._in_folder, name)
+        claimed = f"{path}.{_owner_token()}{CLAIM_SUFFIX}"
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ChannelError(f"hpodfs: cannot claim {path!r}") from exc
+        try:
+            with open(claimed, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.rename(claimed, path)
+            raise ChannelError(f"hpodfs: cannot read {claimed!r}") from exc
+        try:
+            payload = _loads(raw)
+            if not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+                raise ValueError("not a kombu message")
+        except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+            logger.error("hpodfs: quarantined unreadable message %s%s", path, CORRUPT_SUFFIX)
+            with contextlib.suppress(OSError):
+                os.rename(claimed, path + CORRUPT_SUFFIX)
+            return None
+        # kombu stamps the delivery tag at *publish* time and stores it in the message, so every
+        # fanout copy and every redelivery would carry the same tag. Give each claim its own tag,
+        # as AMQP does, so that tags map one-to-one to claimed files.
+        tag = str(uuid.uuid4())
+        payload["properties"]["delivery_tag"] = tag
+        self._claims.add(tag, claimed)
+        return payload
+
+    # -- settle ----------------------------------------------------------------------------
+
+    def _discard(self, tag: str) -> bool:
+        """Delete the claimed file of `tag`; False if `tag` is not a claim of this connection."""
+        path = self._claims.pop(tag)
+        if path is None:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            logger.warning("hpodfs: %s vanished before its ack (taken as orphaned?)", path)
+        except OSError:
+            logger.exception("hpodfs: cannot delete acked message %s", path)
+        return True
+
+    def _requeue(self, tag: str) -> bool:
+        """Rename the claimed file of `tag` back to its ready name; False if not ours."""
+        path = self._claims.pop(tag)
+        if path is None:
+            return False
+        try:
+            os.rename(path, _unclaimed_name(path))
+        except FileNotFoundError:
+            logger.warning("hpodfs: %s vanished before its requeue", path)
+        except OSError as exc:
+            raise ChannelError(f"hpodfs: cannot requeue {path!r}") from exc
+        self._pending.clear()  # list again, so the message is next, as in AMQP
+        return True
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        """Delete the message's claimed file, then forget it (``multiple`` is ignored)."""
+        self._discard(delivery_tag)
+        super().basic_ack(delivery_tag, multiple=multiple)  # type: ignore[no-untyped-call]
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Put the message back (requeue) or delete it; never publishes a copy."""
+        settled = self._requeue(delivery_tag) if requeue else self._discard(delivery_tag)
+        # Once settled here, QoS must only forget the tag: with requeue=True it would _restore.
+        super().basic_reject(  # type: ignore[no-untyped-call]
+            delivery_tag, requeue=requeue and not settled
+        )
+
+    def _restore(self, message: Any) -> None:
+        """Restore an unacked message (channel close, recover): rename, do not re-publish."""
+        if not self._requeue(message.delivery_tag):
+            super()._restore(message)  # type: ignore[no-untyped-call]
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Get one message; with ``no_ack`` it is deleted at once, as it will never be acked."""
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)  # type: ignore[no-untyped-call]
+        if message is not None and no_ack:
+            self._discard(message.delivery_tag)
+        return message
+
+    def basic_consume(
+        self,
+        queue: str,
+        no_ack: bool,
+        callback: Callable[[Any], Any],
+        consumer_tag: str,
+        **kwargs: Any,
+    ) -> None:
+        """Consume; for a ``no_ack`` consumer each message is deleted when delivered."""
+        super().basic_consume(  # type: ignore[no-untyped-call]
+            queue, no_ack, callback, consumer_tag, **kwargs
+        )
+        if not no_ack:
+            return
+        deliver: Callable[[Payload], Any] = self.connection._callbacks[queue]
+
+        def _deliver_and_discard(raw_message: Payload) -> Any:
+            self._discard(raw_message["properties"]["delivery_tag"])
+            return deliver(raw_message)
+
+        self.connection._callbacks[queue] = _deliver_and_discard
+
+    # -- queue management ------------------------------------------------------------------
+
+    def _size(self, queue: str) -> int:
+        """Ready messages of `queue` (not the claimed ones, not unfinished writes)."""
+        return len(self._ready_names(queue))
+
+    def _purge(self, queue: str) -> int:
+        """Delete the ready messages of `queue`; claimed ones are left to their consumers."""
+        self._pending.pop(queue, None)
+        count = 0
+        for name in self._ready_names(queue):
+            with contextlib.suppress(FileNotFoundError):  # claimed meanwhile
+                os.unlink(os.path.join(self._in_folder, name))
+                count += 1
+        return count
+
+
+class Transport(filesystem.Transport):
+    """The ``hpodfs://`` transport: kombu's filesystem transport made crash-safe."""
+
+    Channel = Channel
+    # Exchange declarations are per-process state; keep ours apart from the stock transport's.
+    global_state = virtual.BrokerState()  # type: ignore[no-untyped-call]
+    driver_type = "filesystem"
+    driver_name = ALIAS
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        self.claims = _Claims()
+        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
+
+
+TRANSPORT_ALIASES[ALIAS] = "hpod.workers.fs_transport:Transport"

@@ -1,0 +1,1 @@
+"""Example objectives that ship with hpod, registered under `hpod.objectives`."""

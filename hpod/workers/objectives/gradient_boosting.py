@@ -1,0 +1,133 @@
+"""Gradient-boosted trees on a generated classification problem: a realistic, cheap objective.
+
+A scikit-learn ``HistGradientBoostingClassifier`` is fitted on a synthetic data set made by
+``make_classification`` (nothing is downloaded) and scored by validation log-loss. It has the
+shape of a real tuning problem — six interacting hyperparameters, a noisy but smooth response,
+over-fitting at one end and under-fitting at the other — while one fit at the default size
+takes a fraction of a second on one core. Fits use a single OpenMP thread, so that concurrent
+trials on one machine do not fight over the cores.
+
+The fidelity is the share of the *training* rows used; the validation rows never change, so
+scores at different fidelities measure the same thing and compare fairly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import log_loss
+from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's dependency
+
+from hpod.workers.context import TrialContext
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def gradient_boosting(
+    ctx: TrialContext,
+    *,
+    n_samples: int = 4000,
+    n_features: int = 20,
+    n_informative: int = 8,
+    n_classes: int = 2,
+    validation_fraction: float = 0.25,
+    seed: int = 0,
+) -> float:
+    """Validation log-loss of a HistGradientBoostingClassifier; lower is better.
+
+    Parameters read from ``ctx.params`` (all optional; the default is scikit-learn's) and the
+    recommended search space:
+
+    - ``learning_rate``: float, log, [0.01, 0.5] (default 0.1)
+    - ``max_iter``: int, [20, 300] (default 100) — the number of boosting rounds
+    - ``max_leaf_nodes``: int, log, [4, 128] (default 31)
+    - ``max_depth``: int, [2, 12], or None for unlimited (default None)
+    - ``min_samples_leaf``: int, log, [2, 100] (default 20)
+    - ``l2_regularization``: float, [0, 10] (default 0), or log [1e-6, 10]
+
+    With the default data, scikit-learn's defaults score 0.146 and a tuned model about 0.14;
+    poor settings score far worse: 0.58 for learning_rate=0.01 with max_iter=20 (under-fit),
+    0.32 for learning_rate=0.5 with 128 leaves of 2 rows (over-fit).
+
+    Keyword arguments (the study's ``objective_kwargs``) describe the data set:
+    ``n_samples`` (4000), ``n_features`` (20), ``n_informative`` (8), ``n_classes`` (2),
+    ``validation_fraction`` (0.25) and ``seed`` (0, for the data, the split and the model).
+
+    Early stopping is switched off explicitly: scikit-learn turns it on by itself above 10,000
+    training rows, which would make a trial's effective ``max_iter`` depend on the fidelity.
+
+    Raises ValueError when the fidelity leaves some class out of the training rows (at the
+    default size that needs a fidelity below about 0.01; use a minimum of 0.05 or more).
+    """
+    x_train, x_val, y_train, y_val = _data(
+        int(n_samples),
+        int(n_features),
+        int(n_informative),
+        int(n_classes),
+        float(validation_fraction),
+        int(seed),
+    )
+    x_train, y_train = ctx.subsample(x_train, y_train)
+    classes = np.unique(y_val)
+    if len(np.unique(y_train)) < len(classes):
+        raise ValueError(
+            f"fidelity {ctx.fidelity} leaves {len(y_train)} training rows that do not contain "
+            "every class; use a higher minimum fidelity"
+        )
+    p = ctx.params
+    model = HistGradientBoostingClassifier(
+        learning_rate=float(p.get("learning_rate", 0.1)),
+        max_iter=int(p.get("max_iter", 100)),
+        max_leaf_nodes=int(p.get("max_leaf_nodes", 31)),
+        max_depth=_optional_int(p.get("max_depth")),
+        min_samples_leaf=int(p.get("min_samples_leaf", 20)),
+        l2_regularization=float(p.get("l2_regularization", 0.0)),
+        early_stopping=False,
+        random_state=int(seed),
+    )
+    # One OpenMP thread: workers run about one trial per core, and HistGradientBoosting's
+    # default of one thread per core makes concurrent trials oversubscribe the CPU. Measured
+    # on two cores with two concurrent trials: 15 s per fit unlimited, 0.3 s with this limit.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model.fit(x_train, y_train)
+        proba = model.predict_proba(x_val)
+    return float(log_loss(y_val, proba, labels=classes))
+
+
+def _optional_int(value: Any) -> int | None:
+    """An int, or None for "no limit" (a categorical choice may be JSON null)."""
+    return None if value is None else int(value)
+
+
+@lru_cache(maxsize=4)
+def _data(
+    n_samples: int,
+    n_features: int,
+    n_informative: int,
+    n_classes: int,
+    validation_fraction: float,
+    seed: int,
+) -> Split:
+    """The generated data set, split into train and validation; built once per process.
+
+    Cached because every trial of a study asks for the same data; the arrays are marked
+    read-only so that no objective can change them for the trials that follow.
+    """
+    x, y = make_classification(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=n_informative,
+        n_classes=n_classes,
+        random_state=seed,
+    )
+    parts: Split = tuple(
+        train_test_split(x, y, test_size=validation_fraction, random_state=seed, stratify=y)
+    )
+    for array in parts:
+        array.flags.writeable = False
+    return parts

@@ -1,0 +1,64 @@
+"""End to end on the embedded default: no broker, local worker processes, SQLite storage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import DaemonFactory, quadratic_spec
+
+
+def test_study_runs_to_its_exact_budget_on_the_embedded_default(start_daemon: DaemonFactory) -> None:
+    """A study submitted over HTTP runs on local Celery workers and completes at its budget."""
+    daemon = start_daemon()
+    status, reply = daemon.request("POST", "/studies", quadratic_spec("embedded-1", trials=16))
+    assert status == 201, reply
+    final = daemon.wait_study("embedded-1")
+    assert final["state"] == "completed"
+    assert final["n_trials"] == 16
+    assert final["counts"] == {"complete": 16}
+    assert final["best"]["value"] < 1.0
+
+
+def test_cli_submit_waits_and_prints_the_best(start_daemon: DaemonFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`hpod submit SPEC --wait` follows the study to the end and prints the best params."""
+    import json
+
+    daemon = start_daemon()
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(quadratic_spec("cli-1", trials=8)))
+    out = subprocess.run(
+        [sys.executable, "-m", "hpod", "submit", str(spec_file), "--wait"],
+        env=daemon.env, capture_output=True, text=True, timeout=180, check=True,
+    ).stdout
+    assert "completed: 8 complete" in out
+    assert "best params" in out
+    best = subprocess.run(
+        [sys.executable, "-m", "hpod", "best", "cli-1"],
+        env=daemon.env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert set(json.loads(best)["params"]) == {"x", "y"}
+
+
+def test_studies_survive_a_sigkill_of_the_embedded_daemon(start_daemon: DaemonFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL mid-study, restart on the same data: the study ends at exactly its budget."""
+    spec = quadratic_spec("crash-embedded", trials=30, objective_kwargs={"sleep": 0.2})
+    daemon = start_daemon(data_dir=tmp_path / "data")
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    _wait_for_progress(daemon, "crash-embedded", at_least=6)
+    daemon.kill()
+    restarted = start_daemon(data_dir=tmp_path / "data")
+    final = restarted.wait_study("crash-embedded")
+    assert final["n_trials"] == 30
+    assert final["counts"] == {"complete": 30}
+
+
+def _wait_for_progress(daemon, name: str, at_least: int) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if daemon.get(f"/studies/{name}")["counts"].get("complete", 0) >= at_least:
+            return
+        time.sleep(0.1)
+    raise AssertionError(daemon.log()[-3000:])
