@@ -154,7 +154,9 @@ class Client:
         if self._channel is None:
             import pika
 
-            params = pika.URLParameters(self.url)
+            # kombu and Celery spell the default vhost "//"; pika needs it quoted.
+            url = self.url[:-2] + "/%2F" if self.url.endswith("//") else self.url
+            params = pika.URLParameters(url)
             self._connection = pika.BlockingConnection(params)
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-AMQP_URL = os.environ.get("HPOD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+AMQP_URL = os.environ.get("HPOD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 POSTGRES_DSN = os.environ.get("HPOD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRED = os.environ.get("HPOD_REQUIRE_SERVICES") == "1"
 

@@ -94,12 +94,12 @@ class QueueIntake:
         return on_message
 
     def _handle(self, name: str, message: Message) -> None:
+        body = message.body
+        raw = body if isinstance(body, bytes) else str(body).encode()
         props = dict(message.properties)
         props["headers"] = dict(message.headers or {})
-        future = asyncio.run_coroutine_threadsafe(
-            self._handlers[name](bytes(message.body), props), self._loop
-        )
         try:
+            future = asyncio.run_coroutine_threadsafe(self._handlers[name](raw, props), self._loop)
             future.result()
         except Exception as exc:
             log.error("intake.handler_failed", queue=name, error=repr(exc))

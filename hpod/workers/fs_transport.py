@@ -13,7 +13,7 @@ kombu's stock ``filesystem`` transport with the parts that make it unsafe for th
 * **Exclusive claim.** The stock ``_get`` ``shutil.move``s the file to ``/tmp``, which is a
   copy + delete when ``/tmp`` is another file system, so two consumers could both get one
   message. Here a consumer claims a message with one ``os.rename`` inside the same folder to
-  ``<original>.<pid>-<start-ms>.claimed``; exactly one process can win that rename.
+  ``<original>.<pid>-<start>.claimed``; exactly one process can win that rename.
 * **At-least-once.** The claimed file is deleted only when the message is acked (or rejected
   without requeue). Rejecting with requeue, ``basic_recover`` and the restore kombu's QoS does
   when a channel closes rename the claimed file back to its ``.msg`` name, so the message is not
@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ from collections.abc import Callable, Iterable
 from queue import Empty
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
+import psutil  # type: ignore[import-untyped]  # types-psutil is not installed
 from kombu.exceptions import ChannelError
 from kombu.transport import TRANSPORT_ALIASES, filesystem, virtual
 from kombu.utils import json as kombu_json
@@ -66,9 +67,6 @@ CLAIM_SUFFIX = ".claimed"
 CORRUPT_SUFFIX = ".corrupt"
 
 DEFAULT_RECOVERY_INTERVAL = 5.0
-#: psutil derives a process's start time from the boot time, which the kernel may report a
-#: second off as the clock is adjusted; start times this close are taken to be the same.
-_START_TOLERANCE = 2.0
 
 Payload = dict[str, Any]
 
@@ -83,58 +81,76 @@ _loads: Callable[[bytes], Any] = kombu_json.loads
 # Owner tokens: who wrote a .tmp file / claimed a .msg file, and is that process still alive?
 # --------------------------------------------------------------------------------------------
 
+
+def _start_stamp(pid: int) -> str | None:
+    """A clock-independent start stamp of process `pid`: None if it is gone or a zombie.
+
+    On Linux it is field 22 of ``/proc/<pid>/stat``, the start in clock ticks since boot,
+    which no wall-clock adjustment changes (psutil's ``create_time`` adds the boot time and so
+    moves when NTP steps the clock). Elsewhere it is "" for any live process: unknown.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone, or hidden from us (hidepid): ask the kernel directly
+            return "" if psutil.pid_exists(pid) else None
+        fields = stat[stat.rindex(b")") + 2 :].split()  # the name in (...) may hold spaces
+        if fields[0] in (b"Z", b"X"):  # zombie (killed, not reaped yet) or dead
+            return None
+        return fields[19].decode("ascii")
+    try:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        pass
+    return ""
+
+
 _owner_cache: tuple[int, str] | None = None
 
 
 def _owner_token() -> str:
-    """``<pid>-<process start time in ms>`` of the calling process (recomputed after a fork)."""
+    """``<pid>-<start stamp>`` (or ``<pid>``) of the calling process, recomputed after a fork."""
     global _owner_cache
     pid = os.getpid()
     if _owner_cache is None or _owner_cache[0] != pid:
-        started = psutil.Process(pid).create_time()
-        _owner_cache = (pid, f"{pid}-{round(started * 1000)}")
+        stamp = _start_stamp(pid)
+        _owner_cache = (pid, f"{pid}-{stamp}" if stamp else str(pid))
     return _owner_cache[1]
 
 
-def _parse_owned(name: str, suffix: str) -> tuple[str, int, float | None] | None:
-    """Split ``<original>.<pid>-<ms><suffix>`` into (original, pid, start time or None)."""
+def _parse_owned(name: str, suffix: str) -> tuple[str, int, str] | None:
+    """Split ``<original>.<pid>[-<stamp>]<suffix>`` into (original, pid, stamp or "")."""
     if not name.endswith(suffix):
         return None
     original, _, owner = name[: -len(suffix)].rpartition(".")
     if not original.endswith(MSG_SUFFIX):
         return None
-    pid_text, _, started_text = owner.partition("-")
-    try:
-        pid = int(pid_text)
-        started = int(started_text) / 1000 if started_text else None
-    except ValueError:
+    pid_text, _, stamp = owner.partition("-")
+    if not pid_text.isdigit():
         return None
-    return original, pid, started
+    return original, int(pid_text), stamp
 
 
-def _owner_alive(pid: int, started: float | None) -> bool:
-    """Whether the process that wrote ``<pid>-<started>`` can still ack or finish a write.
+def _owner_alive(pid: int, stamp: str) -> bool:
+    """Whether the process that wrote ``<pid>-<stamp>`` may still ack or finish a write.
 
     Caveat, pid reuse: pids are recycled, so a pid alone could name an unrelated live process
-    (e.g. a restarted container whose new worker gets the same small pid) and the orphan would
-    never be recovered. The claimer's start time is therefore part of the name and must match
-    too. What remains is a new process that gets the same pid within ``_START_TOLERANCE``
-    seconds of the dead one's start: then recovery waits until that process exits. The error is
-    always "alive when dead" (a delay), never "dead when alive" (a duplicate), because a pid
-    that is in use cannot be handed to another process. A zombie (killed, not yet reaped by its
-    parent) counts as dead: it can never ack.
+    (e.g. a restarted container whose new worker gets the same small pid, or this very process)
+    and the orphan would not be recovered while that process lives. So on Linux the claimer's
+    start stamp is part of the name and must match too; what remains is the same pid *and* the
+    same start tick, which in practice only a reboot can produce. On other systems only the pid
+    is checked. Either way the error is "alive when dead" (recovery is delayed until the
+    impostor exits), never "dead when alive" (a duplicate), since a pid in use is not reissued.
+    A zombie counts as dead: it can never ack.
     """
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if started is None:
-            return True
-        return bool(abs(proc.create_time() - started) <= _START_TOLERANCE)
-    except psutil.NoSuchProcess:  # includes ZombieProcess
+    current = _start_stamp(pid)
+    if current is None:
         return False
-    except psutil.AccessDenied:
-        return True  # it exists; assume it is ours to wait for
+    return not stamp or not current or current == stamp
 
 
 def recover_orphans(folder: str | os.PathLike[str], names: Iterable[str] | None = None) -> int:

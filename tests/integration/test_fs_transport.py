@@ -21,8 +21,8 @@ from hpod.workers import fs_transport
 from hpod.workers.fs_transport import CLAIM_SUFFIX, MSG_SUFFIX, TMP_SUFFIX, Transport
 
 # The child side of the multi-process tests, run as `python worker.py <role> ...`.
-WORKER_SCRIPT = r'''
-import hashlib, json, os, socket, sys, time
+WORKER_SCRIPT = r"""
+import hashlib, os, socket, sys, time
 
 import hpod.workers.fs_transport  # noqa: F401  (registers hpodfs://)
 from kombu import Connection, Consumer, Producer, Queue
@@ -64,7 +64,7 @@ with Connection("hpodfs://", transport_options=options) as conn:
             out.write(message.payload["id"])
         os.rename(ready + ".part", ready)
         time.sleep(600)  # never acks: killed by the test
-'''
+"""
 
 
 @pytest.fixture
@@ -253,7 +253,9 @@ def test_stress_three_producers_three_consumers(
 
 
 def test_message_of_killed_consumer_is_redelivered(
-    connect: Callable[..., Connection], folders: tuple[Path, Path], worker_script: Path,
+    connect: Callable[..., Connection],
+    folders: tuple[Path, Path],
+    worker_script: Path,
     tmp_path: Path,
 ) -> None:
     """A message claimed by a consumer that is SIGKILLed before acking goes to another consumer."""
@@ -283,7 +285,9 @@ def test_message_of_killed_consumer_is_redelivered(
 
 
 def test_orphan_recovered_at_channel_start(
-    connect: Callable[..., Connection], folders: tuple[Path, Path], worker_script: Path,
+    connect: Callable[..., Connection],
+    folders: tuple[Path, Path],
+    worker_script: Path,
     tmp_path: Path,
 ) -> None:
     """A new channel puts back messages claimed by dead processes before its first get."""
@@ -377,10 +381,24 @@ def test_unfinished_write_of_dead_process_is_removed(
     """A temporary file left by a dead writer is deleted by recovery and never delivered."""
     data = folders[0]
     data.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     orphan = data / f"{time.time_ns():020d}_u.jobs.msg.{dead.stdout.strip()}-1{TMP_SUFFIX}"
     orphan.write_bytes(b'{"half')
     conn = connect()
     assert not orphan.exists()
     assert conn.default_channel._size("jobs") == 0
+
+
+def test_no_ack_consumer_leaves_nothing_behind(
+    connect: Callable[..., Connection], folders: tuple[Path, Path]
+) -> None:
+    """A message taken with no_ack is deleted on delivery, as nobody will ever ack it."""
+    _publish(connect(), "n1")
+    message = connect().SimpleQueue("jobs", no_ack=True).get(timeout=1)
+    assert message.payload == {"id": "n1"}
+    assert _names(folders[0]) == []

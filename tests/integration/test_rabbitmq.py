@@ -1,0 +1,134 @@
+"""hpod on RabbitMQ with Celery workers in separate processes, driven by plain pika clients."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pika
+import pytest
+
+from conftest import DaemonFactory, quadratic_spec
+
+pytestmark = pytest.mark.broker
+
+
+class Subscriber:
+    """A plain pika subscriber to hpod.events, bound before anything is published."""
+
+    def __init__(self, url: str, keys: tuple[str, ...] = ("#",)) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare("hpod.events", exchange_type="topic", durable=True)
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        for key in keys:
+            self.channel.queue_bind(self.queue, "hpod.events", routing_key=key)
+        self.events: list[dict[str, Any]] = []
+
+    def until(self, predicate: Any, timeout: float = 180) -> dict[str, Any]:
+        """Collect events until one satisfies `predicate`; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                self.connection.process_data_events(time_limit=0.1)
+                continue
+            event = json.loads(body)
+            self.events.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"no matching event; got {[e['event'] for e in self.events]}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+
+def publish(url: str, message: dict[str, Any], reply: bool = True) -> dict[str, Any] | None:
+    """Publish a request with plain pika, as any app would; returns the reply if asked for."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    replies: list[bytes] = []
+    if reply:
+        channel.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append(b), auto_ack=True)
+    props = pika.BasicProperties(
+        content_type="application/json", delivery_mode=2, correlation_id=uuid.uuid4().hex,
+        reply_to="amq.rabbitmq.reply-to" if reply else None,
+    )
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    channel.basic_publish("", "hpod.requests", body, props)
+    deadline = time.monotonic() + 30
+    while reply and not replies and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.1)
+    connection.close()
+    return json.loads(replies[0]) if replies else None
+
+
+def test_a_study_published_with_pika_runs_on_celery_workers(rabbitmq: str, start_daemon: DaemonFactory, start_worker) -> None:  # type: ignore[no-untyped-def]
+    """A plain pika publish starts a study; separate worker processes evaluate it; a
+    subscriber receives its study.completed event with the best parameters."""
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq)
+    start_worker(daemon.env)
+    events = Subscriber(rabbitmq)
+    spec = quadratic_spec("amqp-pika-1", trials=20)
+    reply = publish(rabbitmq, {"v": 1, "type": "study.create", "id": "create-1", "study": spec})
+    assert reply is not None and reply["ok"], reply
+    done = events.until(lambda e: e["event"] == "study.completed" and e["study"] == "amqp-pika-1")
+    assert done["n_trials"] == 20
+    assert set(done["best"]["params"]) == {"x", "y"}
+    completed = [e for e in events.events if e["event"] == "trial.completed"]
+    assert len(completed) == 20
+    assert {e["worker"].split(":")[1].split("@")[0] for e in completed} == {"w0"}
+    events.close()
+
+
+def test_sigkill_of_the_daemon_loses_nothing_and_tells_nothing_twice(rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL mid-study, restart: exactly the budget, every trial told exactly once."""
+    events = Subscriber(rabbitmq, ("trial.*", "study.*"))
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq, data_dir=tmp_path / "d")
+    start_worker(daemon.env)
+    spec = quadratic_spec("amqp-crash", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=6)
+    assert publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})["ok"]  # type: ignore[index]
+    events.until(lambda e: e["event"] == "trial.completed" and e["trial"] >= 8)
+    daemon.kill()
+    time.sleep(1.0)  # results keep arriving in hpod.results while the daemon is down
+    start_daemon("--no-workers", broker_url=rabbitmq, data_dir=tmp_path / "d")
+    events.until(lambda e: e["event"] == "study.completed" and e["study"] == "amqp-crash")
+    told = Counter(e["trial"] for e in events.events if e["event"] == "trial.completed")
+    assert sorted(told) == list(range(40))
+    assert set(told.values()) == {1}, told
+
+
+def test_external_evaluator_asks_and_tells_over_the_queue(rabbitmq: str, start_daemon: DaemonFactory) -> None:
+    """ask → evaluate outside → tell over AMQP; a repeated tell is answered idempotently."""
+    start_daemon("--no-workers", broker_url=rabbitmq)
+    spec = quadratic_spec("amqp-external", trials=3)
+    del spec["objective"]
+    assert publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})["ok"]  # type: ignore[index]
+    for i in range(3):
+        asked = publish(rabbitmq, {"v": 1, "type": "trial.ask", "id": f"ask-{i}", "study": "amqp-external"})
+        again = publish(rabbitmq, {"v": 1, "type": "trial.ask", "id": f"ask-{i}", "study": "amqp-external"})
+        assert asked["ok"] and again["result"] == asked["result"]  # type: ignore[index]
+        params = asked["result"]["params"]  # type: ignore[index]
+        tell = {"v": 1, "type": "trial.tell", "study": "amqp-external",
+                "trial": asked["result"]["trial"], "values": [params["x"] ** 2 + params["y"] ** 2]}  # type: ignore[index]
+        first = publish(rabbitmq, tell)
+        second = publish(rabbitmq, tell)
+        assert first["result"]["already_told"] is False  # type: ignore[index]
+        assert second["ok"] and second["result"]["already_told"] is True  # type: ignore[index]
+    late = publish(rabbitmq, {"v": 1, "type": "trial.ask", "study": "amqp-external"})
+    assert late["error"]["code"] in {"budget_exhausted", "not_running"}  # type: ignore[index]
+
+
+def test_the_python_client_runs_a_study_and_gets_the_best_as_an_event(rabbitmq: str, start_daemon: DaemonFactory, start_worker) -> None:  # type: ignore[no-untyped-def]
+    """The five-line client example: run_study returns the study.completed event."""
+    from hpod.client import Client
+
+    start_worker(start_daemon(broker_url=rabbitmq).env)
+    with Client(rabbitmq) as hpod:
+        best = hpod.run_study(quadratic_spec("client-amqp", trials=10), timeout=120)
+    assert best["event"] == "study.completed"
+    assert best["best"]["value"] < 2.0
