@@ -176,8 +176,13 @@ class StudySpec(WireModel):
         return self
 
     def canonical(self) -> str:
-        """A stable JSON text of the spec, to compare two requests for the same study."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable JSON text of the spec, to compare two requests for the same study.
+
+        Keys are sorted, except the space's: its order is meaning (conditions refer back).
+        """
+        data = self.model_dump(mode="json")
+        data["space"] = list(data["space"].items())
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 class Header(WireModel):
@@ -224,7 +229,7 @@ class TrialTell(WireModel):
     @model_validator(mode="after")
     def _values_when_complete(self) -> TrialTell:
         if self.state == "complete" and not self.values:
-            raise ValueError("a complete trial needs values")
+            raise RequestRejected("invalid", "values", "a complete trial needs values")
         return self
 
 
@@ -288,13 +293,14 @@ def _load_json(raw: bytes | str, max_bytes: int) -> Any:
     if size > max_bytes:
         raise RequestRejected("too_large", "", f"message of {size} bytes exceeds {max_bytes}")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_parse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestRejected("not_json", "", f"not valid JSON: {exc}") from exc
 
 
-def _reject_constant(name: str) -> float:
-    raise RequestRejected("invalid", "", f"{name} is not a valid JSON number")
+def _parse_constant(name: str) -> float:
+    # NaN and Infinity parse, so that validation can name the field that holds them.
+    return float(name)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -51,6 +51,7 @@ def make_app(handler: RequestHandler, manager: StudyManager, token: str, max_byt
             web.post("/studies/{name}/tell", _mutating(tell)),
             web.post("/studies/{name}/enqueue", _mutating(enqueue)),
             web.post("/mode", _mutating(set_mode)),
+            web.post("/requests", _mutating(any_request)),
         ]
     )
     return app
@@ -145,6 +146,13 @@ async def set_mode(request: web.Request) -> web.Response:
     return await _run(request, _envelope("mode.set", **fields))
 
 
+async def any_request(request: web.Request) -> web.Response:
+    """POST /requests: any request envelope, exactly as it would travel on the queue."""
+    reply = await request.app[HANDLER].handle(await request.read(), "http")
+    status = 200 if reply["ok"] else STATUS_BY_CODE.get(reply["error"]["code"], 400)
+    return web.json_response(reply, status=status)
+
+
 async def health(request: web.Request) -> web.Response:
     """GET /health: liveness and load."""
     manager = request.app[MANAGER]
@@ -217,6 +225,7 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": name,
             },
             "/mode": {"post": op("Switch a mode", "ModeSet", secured=True)},
+            "/requests": {"post": op("Any request envelope, as on the queue", secured=True)},
         },
     }
 

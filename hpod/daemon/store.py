@@ -77,7 +77,7 @@ class StudyStore:
             study_id = None
         if study_id is not None:
             stored = self.storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
-            if stored is not None and stored != spec.canonical():
+            if stored is not None and StudySpec.model_validate_json(stored).canonical() != spec.canonical():
                 raise RequestRejected(
                     "conflict",
                     "study.name",
@@ -92,7 +92,7 @@ class StudyStore:
         self.storage.set_study_user_attr(study_id, STATE_ATTR, "running")
         # The spec is written last: a study without it is not yet hpod's, and a retried
         # create adopts it.
-        self.storage.set_study_user_attr(study_id, SPEC_ATTR, spec.canonical())
+        self.storage.set_study_user_attr(study_id, SPEC_ATTR, spec.model_dump_json())
         return True
 
     def running_studies(self) -> list[StudySpec]:
@@ -125,17 +125,24 @@ class StudyStore:
         for s in self.storage.get_all_studies():
             if SPEC_ATTR not in s.user_attrs:
                 continue
-            best = s.best_trial if len(s.directions) == 1 else None
+            best = self._best_value(s._study_id) if len(s.directions) == 1 else None
             rows.append(
                 {
                     "name": s.study_name,
                     "state": s.user_attrs.get(STATE_ATTR),
                     "mode": s.user_attrs.get(MODE_ATTR)
                     or json.loads(s.user_attrs[SPEC_ATTR])["mode"],
-                    "best_value": best.value if best else None,
+                    "best_value": best,
                 }
             )
         return rows
+
+    def _best_value(self, study_id: int) -> float | None:
+        try:
+            value: float | None = self.storage.get_best_trial(study_id).value
+        except ValueError:  # no complete trial yet
+            return None
+        return value
 
     def _study_id(self, name: str) -> int:
         try:

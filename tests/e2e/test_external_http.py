@@ -1,0 +1,49 @@
+"""An external evaluator over HTTP: ask, evaluate itself, tell; enqueue a known configuration."""
+
+from __future__ import annotations
+
+from conftest import DaemonFactory, quadratic_spec
+
+
+def test_external_evaluator_over_http(start_daemon: DaemonFactory) -> None:
+    """ask/tell over HTTP; a repeated ask with the same key returns the same trial and a
+    repeated tell is acknowledged without being applied twice; the study completes."""
+    daemon = start_daemon("--no-workers")
+    spec = quadratic_spec("http-external", trials=4)
+    del spec["objective"]
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    for i in range(4):
+        key = {"Idempotency-Key": f"ask-{i}"}
+        status, asked = daemon.request("POST", "/studies/http-external/ask", {}, headers=key)
+        assert status == 200, asked
+        assert daemon.request("POST", "/studies/http-external/ask", {}, headers=key)[1] == asked
+        trial, params = asked["result"]["trial"], asked["result"]["params"]
+        value = params["x"] ** 2 + params["y"] ** 2
+        told = daemon.request("POST", "/studies/http-external/tell", {"trial": trial, "values": value})
+        again = daemon.request("POST", "/studies/http-external/tell", {"trial": trial, "values": value})
+        assert told[1]["result"]["already_told"] is False
+        assert again[1]["result"]["already_told"] is True
+    final = daemon.wait_study("http-external", timeout=30)
+    assert final["state"] == "completed" and final["counts"] == {"complete": 4}
+
+
+def test_enqueued_configuration_is_evaluated_first(start_daemon: DaemonFactory) -> None:
+    """An app's proposed configuration (today's production settings) is the next trial."""
+    daemon = start_daemon("--no-workers")
+    spec = quadratic_spec("http-enqueue", trials=2)
+    del spec["objective"]
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    status, reply = daemon.request("POST", "/studies/http-enqueue/enqueue", {"params": {"x": 0.25, "y": -1.0}})
+    assert status == 200, reply
+    asked = daemon.request("POST", "/studies/http-enqueue/ask", {})[1]["result"]
+    assert asked["params"] == {"x": 0.25, "y": -1.0}
+
+
+def test_mutating_routes_need_the_token(start_daemon: DaemonFactory) -> None:
+    """Without the right bearer token a POST is refused with 401 and changes nothing."""
+    daemon = start_daemon("--no-workers")
+    spec = quadratic_spec("no-token", trials=2)
+    assert daemon.request("POST", "/studies", spec, token=None)[0] == 401
+    assert daemon.request("POST", "/studies", spec, token="wrong-token-xxxxxxxx")[0] == 401
+    assert daemon.get("/studies") == {"studies": []}
+    assert daemon.get("/openapi.json")["openapi"].startswith("3.")
