@@ -123,8 +123,11 @@ def _follow(client: Any, name: str) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[best]}"),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[best]}"),
     ]
     with Progress(*columns) as progress:
         bar = progress.add_task(name, total=None, best="")
@@ -163,11 +166,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         spec = {**DEMO_SPEC, "name": f"demo-{time.strftime('%Y%m%d-%H%M%S')}"}
         spec["budget"] = {"trials": args.trials}
         client.create_study(spec)
-        print(f"demo study {spec['name']!r}: {args.trials} trials of gradient boosting, "
-              f"data in {settings.data_dir}")
+        print(
+            f"demo study {spec['name']!r}: {args.trials} trials of gradient boosting, "
+            f"data in {settings.data_dir}"
+        )
         _print_best(_follow(client, spec["name"]))
-        print(f"\nInspect it: hpod status {spec['name']}   |   "
-              f"optuna studies --storage {settings.optuna_storage_url()}")
+        print(
+            f"\nInspect it: hpod status {spec['name']}   |   "
+            f"optuna studies --storage {settings.optuna_storage_url()}"
+        )
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)

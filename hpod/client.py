@@ -37,7 +37,9 @@ class ClientError(HpodError):
 class Client:
     """Talks to an hpod daemon over AMQP or HTTP."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30
+    ) -> None:
         from hpod.config import load_settings
 
         settings = load_settings()
@@ -82,7 +84,9 @@ class Client:
             return self._request({"type": "trial.ask", "study": study, "id": rid})
         return self._http("POST", f"/studies/{study}/ask", {}, idempotency_key=rid)
 
-    def tell(self, study: str, trial: int, values: float | list[float] | None, state: str = "complete") -> dict[str, Any]:
+    def tell(
+        self, study: str, trial: int, values: float | list[float] | None, state: str = "complete"
+    ) -> dict[str, Any]:
         """Tell the outcome of a trial you asked for; repeating it is harmless."""
         body = {"trial": trial, "values": values, "state": state}
         if self._amqp:

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     local_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
     max_message_bytes: int = Field(default=1 << 20, gt=0)
     trial_grace_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=2, ge=1, description="Dispatches of a trial whose worker died.")
+    max_attempts: int = Field(
+        default=2, ge=1, description="Dispatches of a trial whose worker died."
+    )
     objectives: dict[str, str] = Field(default_factory=dict)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -57,7 +59,9 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _known_scheme(cls, url: str | None) -> str | None:
-        if url and not url.startswith(("amqp://", "amqps://", "pyamqp://", f"{EMBEDDED_SCHEME}://")):
+        if url and not url.startswith(
+            ("amqp://", "amqps://", "pyamqp://", f"{EMBEDDED_SCHEME}://")
+        ):
             raise ValueError("broker_url must be amqp://… (RabbitMQ) or unset (embedded)")
         return url
 
@@ -123,9 +127,16 @@ class Settings(BaseSettings):
         path = self.data_dir / "api-token"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = path.with_name(f".api-token.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32))
+            try:  # link, not rename: if another process got there first, its token stays
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return path.read_text().strip()
 
     def http_url(self) -> str:

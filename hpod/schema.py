@@ -129,6 +129,13 @@ class PrunerSpec(WireModel):
     n_warmup_steps: int = Field(default=0, ge=0)
 
 
+Direction = Literal["minimize", "maximize"]
+
+
+def _minimize() -> list[Direction]:
+    return ["minimize"]
+
+
 class StudySpec(WireModel):
     """Everything that defines a study; the same name with another spec is refused."""
 
@@ -140,9 +147,7 @@ class StudySpec(WireModel):
     )
     objective_kwargs: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, ParamSpec] = Field(min_length=1)
-    directions: list[Literal["minimize", "maximize"]] = Field(
-        default_factory=lambda: ["minimize"], min_length=1, max_length=8
-    )
+    directions: list[Direction] = Field(default_factory=_minimize, min_length=1, max_length=8)
     budget: Budget
     mode: str = Field(default="balanced", pattern=NAME_PATTERN)
     max_concurrent: int = Field(default=4, gt=0, le=1024)
@@ -285,7 +290,7 @@ def parse_request(raw: bytes | str | dict[str, Any], max_bytes: int = 1 << 20) -
         raise RequestRejected("unknown_type", "type", f"unknown type {header.type!r} ({known})")
     fields = {k: v for k, v in data.items() if k not in {"v", "type", "id"}}
     body = _validate(body_model, fields, prefix="")
-    return Request(type=header.type, id=header.id, body=body)  # type: ignore[arg-type]
+    return Request(type=header.type, id=header.id, body=body)
 
 
 def _load_json(raw: bytes | str, max_bytes: int) -> Any:

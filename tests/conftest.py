@@ -75,7 +75,10 @@ def postgres_url() -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + f"/{name}"
+        yield (
+            POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
+            + f"/{name}"
+        )
     finally:
         with admin.cursor() as cur:
             cur.execute(
@@ -157,8 +160,15 @@ class Daemon(Proc):
                 time.sleep(0.2)
         raise RuntimeError(f"daemon not healthy:\n{self.log()}")
 
-    def request(self, method: str, path: str, body: Any = None, token: str | None = "default",
-                raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = "default",
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         """One HTTP call; returns (status, decoded JSON body)."""
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -215,7 +225,11 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
 
     def factory(*args: str, data_dir: Path | None = None, **settings: str) -> Daemon:
         env = hpod_env(data_dir or tmp_path / "data", **settings)
-        daemon = Daemon([sys.executable, "-m", "hpod", "run", *args], env, tmp_path / f"daemon-{len(started)}.log")
+        daemon = Daemon(
+            [sys.executable, "-m", "hpod", "run", *args],
+            env,
+            tmp_path / f"daemon-{len(started)}.log",
+        )
         started.append(daemon)
         return daemon.start()
 
@@ -230,7 +244,16 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Proc]]:
     started: list[Proc] = []
 
     def factory(env: dict[str, str], concurrency: int = 2) -> Proc:
-        argv = [sys.executable, "-m", "hpod", "worker", "-c", str(concurrency), "-n", f"w{len(started)}@%h"]
+        argv = [
+            sys.executable,
+            "-m",
+            "hpod",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"w{len(started)}@%h",
+        ]
         proc = Proc(argv, env, tmp_path / f"worker-{len(started)}.log").start()
         started.append(proc)
         return proc

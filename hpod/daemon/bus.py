@@ -42,7 +42,9 @@ class Bus:
             self._producer = self._conn.Producer()
         return self._producer
 
-    def _send(self, body: bytes, exchange: Any, routing_key: str, declare: list[Any], **props: Any) -> None:
+    def _send(
+        self, body: bytes, exchange: Any, routing_key: str, declare: list[Any], **props: Any
+    ) -> None:
         self._get_producer().publish(
             body,
             exchange=exchange,
@@ -63,14 +65,17 @@ class Bus:
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: dict[str, Any]) -> None:
         """Answer a queued request on its `reply_to` queue."""
-        await self._run(
-            self._send, dumps(body), "", reply_to, [], correlation_id=correlation_id
-        )
+        await self._run(self._send, dumps(body), "", reply_to, [], correlation_id=correlation_id)
 
     async def dead_letter(self, raw: bytes, reason: str) -> None:
         """Keep a message that cannot be parsed on `hpod.requests.dead`, with the reason."""
         await self._run(
-            self._send, raw, "", DEAD_LETTERS, [queue(DEAD_LETTERS)], headers={"x-hpod-error": reason}
+            self._send,
+            raw,
+            "",
+            DEAD_LETTERS,
+            [queue(DEAD_LETTERS)],
+            headers={"x-hpod-error": reason},
         )
 
     async def dispatch(self, task: dict[str, Any], soft_limit: float, hard_limit: float) -> None:

@@ -33,7 +33,9 @@ STATUS_BY_CODE = {
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(handler: RequestHandler, manager: StudyManager, token: str, max_bytes: int) -> web.Application:
+def make_app(
+    handler: RequestHandler, manager: StudyManager, token: str, max_bytes: int
+) -> web.Application:
     """The aiohttp application serving hpod's HTTP API."""
     app = web.Application(client_max_size=max_bytes, middlewares=[_errors])
     app[HANDLER] = handler
@@ -76,7 +78,11 @@ def _mutating(route: Route) -> Route:
     async def guarded(request: web.Request) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), request.app[TOKEN].encode()):
-            error = {"code": "unauthorized", "field": "Authorization", "message": "missing or wrong API token"}
+            error = {
+                "code": "unauthorized",
+                "field": "Authorization",
+                "message": "missing or wrong API token",
+            }
             return web.json_response({"v": 1, "ok": False, "error": error}, status=401)
         return await route(request)
 
@@ -136,7 +142,9 @@ async def enqueue(request: web.Request) -> web.Response:
     """POST /studies/{name}/enqueue: body ``{"params": {...}}``."""
     body = await _body(request)
     fields = body if isinstance(body, dict) else {"body": body}
-    return await _run(request, _envelope("trial.enqueue", study=request.match_info["name"], **fields))
+    return await _run(
+        request, _envelope("trial.enqueue", study=request.match_info["name"], **fields)
+    )
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -184,7 +192,9 @@ async def openapi(request: web.Request) -> web.Response:
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document, built from the same pydantic models that validate requests."""
     schemas = json_schema()["$defs"]
-    schemas["StudySpecBody"] = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas["StudySpecBody"] = StudySpec.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
     schemas.update(schemas["StudySpecBody"].pop("$defs", {}))
     text = _reref(schemas)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -22,7 +22,7 @@ from hpod.messaging import REQUESTS, RESULTS, connect, queue
 
 log = structlog.get_logger("hpod.intake")
 
-Handler = Callable[[bytes, dict[str, Any]], Awaitable[None]]
+Handler = Callable[[bytes, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class QueueIntake:

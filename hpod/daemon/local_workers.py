@@ -22,9 +22,21 @@ log = structlog.get_logger("hpod.local_workers")
 def worker_argv(concurrency: int, name: str, loglevel: str = "WARNING") -> list[str]:
     """The command line of one hpod Celery worker."""
     return [
-        sys.executable, "-m", "celery", "-A", "hpod.workers.celery_app", "worker",
-        "--pool=prefork", f"--concurrency={concurrency}", "-Q", TRIALS, "-n", name,
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "hpod.workers.celery_app",
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={concurrency}",
+        "-Q",
+        TRIALS,
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
         f"--loglevel={loglevel}",
     ]
 
@@ -73,8 +85,8 @@ class LocalWorkers:
                 log.warning("workers.died", code=self._proc.returncode)
                 self._spawn()
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown (finish running trials), then kill after `timeout` seconds."""
+    async def stop(self, grace: float = 30.0) -> None:
+        """Warm shutdown (finish running trials), then kill after `grace` seconds."""
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
@@ -83,7 +95,7 @@ class LocalWorkers:
             return
         proc.terminate()
         try:
-            await asyncio.to_thread(proc.wait, timeout)
+            await asyncio.to_thread(proc.wait, grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             await asyncio.to_thread(proc.wait)

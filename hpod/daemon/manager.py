@@ -64,7 +64,8 @@ class StudyManager:
         if spec.objective is not None and spec.objective not in self.registry:
             known = ", ".join(self.registry.names())
             raise RequestRejected(
-                "unknown_objective", "study.objective",
+                "unknown_objective",
+                "study.objective",
                 f"unknown objective {spec.objective!r} (registered: {known})",
             )
         self._check_mode(spec.mode, "study.mode")
@@ -99,14 +100,16 @@ class StudyManager:
             check_finite(request.values)
             if len(request.values) != len(spec.directions):
                 raise RequestRejected(
-                    "invalid", "values",
+                    "invalid",
+                    "values",
                     f"{len(request.values)} values given, the study has "
                     f"{len(spec.directions)} direction(s)",
                 )
         frozen = await self.store.call(self.store.trial, spec, request.trial)
         if frozen.user_attrs.get("hpod:external") is not True:
             raise RequestRejected(
-                "invalid", "trial",
+                "invalid",
+                "trial",
                 f"trial {request.trial} is evaluated by hpod's workers, not told from outside",
             )
         result = Result(request.trial, request.state, request.values)
@@ -114,9 +117,12 @@ class StudyManager:
         if run is not None:
             told = await run.on_result(result)
         else:
-            told = await self.store.call(
-                self.store.tell, spec, result.number, result.state, result.values
-            ) is not None
+            told = (
+                await self.store.call(
+                    self.store.tell, spec, result.number, result.state, result.values
+                )
+                is not None
+            )
         return {"study": request.study, "trial": request.trial, "already_told": not told}
 
     async def enqueue(self, name: str, params: dict[str, Any]) -> dict[str, Any]:

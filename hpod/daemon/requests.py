@@ -37,7 +37,7 @@ class RequestHandler:
         self.max_bytes = max_bytes
 
     async def handle(self, raw: bytes | dict[str, Any], channel: str) -> dict[str, Any]:
-        """The reply to one request: ``{"ok": true, "result": …}`` or ``{"ok": false, "error": …}``."""
+        """The reply to a request: ``{"ok": true, "result": …}`` or ``{"ok": false, …}``."""
         request_id = _peek_id(raw)
         try:
             request = parse_request(raw, self.max_bytes)
@@ -64,7 +64,11 @@ class RequestHandler:
         raise RequestRejected("unknown_type", "type", f"unhandled type {request.type!r}")
 
     async def _rejected(
-        self, rejected: RequestRejected, raw: bytes | dict[str, Any], request_id: str | None, channel: str
+        self,
+        rejected: RequestRejected,
+        raw: bytes | dict[str, Any],
+        request_id: str | None,
+        channel: str,
     ) -> None:
         log.warning("request.rejected", channel=channel, id=request_id, **rejected.as_dict())
         await self.bus.event(

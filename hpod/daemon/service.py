@@ -59,7 +59,9 @@ class Daemon:
         bus = Bus(s, make_celery(s))
         manager = StudyManager(s, store, bus)
         handler = RequestHandler(manager, bus, s.max_message_bytes)
-        workers = LocalWorkers(s, s.local_workers) if self.start_workers and s.local_workers else None
+        workers = (
+            LocalWorkers(s, s.local_workers) if self.start_workers and s.local_workers else None
+        )
         if workers:
             workers.start()
         await manager.start()

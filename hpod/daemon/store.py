@@ -77,7 +77,10 @@ class StudyStore:
             study_id = None
         if study_id is not None:
             stored = self.storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
-            if stored is not None and StudySpec.model_validate_json(stored).canonical() != spec.canonical():
+            if (
+                stored is not None
+                and StudySpec.model_validate_json(stored).canonical() != spec.canonical()
+            ):
                 raise RequestRejected(
                     "conflict",
                     "study.name",
@@ -163,7 +166,9 @@ class StudyStore:
             )
         return self._studies[spec.name]
 
-    def ask(self, spec: StudySpec, external: bool = False, request_id: str | None = None) -> AskedTrial:
+    def ask(
+        self, spec: StudySpec, external: bool = False, request_id: str | None = None
+    ) -> AskedTrial:
         """Ask Optuna for a trial and suggest its whole (conditional) parameter set."""
         study = self.open(spec)
         trial = study.ask()
@@ -183,7 +188,9 @@ class StudyStore:
         """Record that a trial's task reached the broker (so a restart waits for it)."""
         self.storage.set_trial_user_attr(trial_id, DISPATCHED_ATTR, attempt)
 
-    def trials(self, spec: StudySpec, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    def trials(
+        self, spec: StudySpec, states: tuple[TrialState, ...] | None = None
+    ) -> list[FrozenTrial]:
         """The study's trials, optionally only those in `states`."""
         return self.open(spec).get_trials(deepcopy=False, states=states)
 

@@ -212,7 +212,9 @@ class StudyRun:
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
         if self.spec.budget.seconds is not None and self._budget_left():
-            timeouts.append(time.monotonic() + self.spec.budget.seconds - (time.time() - self.created_at))
+            timeouts.append(
+                time.monotonic() + self.spec.budget.seconds - (time.time() - self.created_at)
+            )
         return max(0.05, min(timeouts) - time.monotonic()) if timeouts else None
 
     async def _expire(self) -> None:
@@ -271,7 +273,9 @@ class StudyRun:
         if request_id and request_id in self.external:
             return self.external[request_id]
         if self.stopping or not self._budget_left():
-            raise RequestRejected("budget_exhausted", "study", f"study {self.name!r} asks no more trials")
+            raise RequestRejected(
+                "budget_exhausted", "study", f"study {self.name!r} asks no more trials"
+            )
         self.n_created += 1
         asked = await self.store.call(self.store.ask, self.spec, True, request_id)
         self.external[request_id or f"trial-{asked.number}"] = asked

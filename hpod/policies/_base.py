@@ -19,7 +19,7 @@ from hpod.schema import StudySpec
 log = structlog.get_logger("hpod.policies")
 
 
-class SkipEvaluation(HpodError):  # noqa: N818  (a control signal, named like dramatiq's SkipMessage)
+class SkipEvaluation(HpodError):
     """Raised by a `before_dispatch` hook: tell these values now, do not dispatch the trial."""
 
     def __init__(self, values: list[float], reason: str) -> None:

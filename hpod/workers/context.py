@@ -93,11 +93,12 @@ class TrialContext:
         return self.reporter.should_prune()
 
 
-def _take(array: T, rows: np.ndarray) -> T:
+def _take(array: Any, rows: np.ndarray) -> Any:
+    """The given rows of a NumPy array, a pandas object or a plain sequence."""
     if isinstance(array, np.ndarray):
-        return array[rows]  # type: ignore[return-value]
+        return array[rows]
     if hasattr(array, "iloc"):
-        return array.iloc[rows]  # type: ignore[no-any-return, attr-defined]
+        return array.iloc[rows]
     if isinstance(array, Sequence):
-        return type(array)(array[i] for i in rows)  # type: ignore[call-arg, return-value]
-    return np.asarray(array)[rows]  # type: ignore[return-value]
+        return type(array)(array[i] for i in rows)  # type: ignore[call-arg]
+    return np.asarray(array)[rows]

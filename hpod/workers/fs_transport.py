@@ -241,7 +241,7 @@ class Channel(filesystem.Channel):
     supports_fanout = True
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
-        super().__init__(connection, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(connection, **kwargs)
         self._claims: _Claims = connection.claims
         self._pending: dict[str, deque[str]] = {}
         options = self.transport_options
@@ -287,7 +287,7 @@ class Channel(filesystem.Channel):
 
     # kombu's AbstractChannel names the second argument `message`, its filesystem Channel
     # `payload`: no override can match both names; kombu passes it positionally.
-    def _put(self, queue: str, payload: Payload, **kwargs: Any) -> None:  # type: ignore[override]
+    def _put(self, queue: str, payload: Payload, **kwargs: Any) -> None:
         """Write `payload` to a temporary file, fsync it, then rename it into `queue`."""
         queue = _check_queue_name(queue)
         folder = self._out_folder
@@ -396,24 +396,22 @@ class Channel(filesystem.Channel):
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         """Delete the message's claimed file, then forget it (``multiple`` is ignored)."""
         self._discard(delivery_tag)
-        super().basic_ack(delivery_tag, multiple=multiple)  # type: ignore[no-untyped-call]
+        super().basic_ack(delivery_tag, multiple=multiple)
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Put the message back (requeue) or delete it; never publishes a copy."""
         settled = self._requeue(delivery_tag) if requeue else self._discard(delivery_tag)
         # Once settled here, QoS must only forget the tag: with requeue=True it would _restore.
-        super().basic_reject(  # type: ignore[no-untyped-call]
-            delivery_tag, requeue=requeue and not settled
-        )
+        super().basic_reject(delivery_tag, requeue=requeue and not settled)
 
     def _restore(self, message: Any) -> None:
         """Restore an unacked message (channel close, recover): rename, do not re-publish."""
         if not self._requeue(message.delivery_tag):
-            super()._restore(message)  # type: ignore[no-untyped-call]
+            super()._restore(message)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """Get one message; with ``no_ack`` it is deleted at once, as it will never be acked."""
-        message = super().basic_get(queue, no_ack=no_ack, **kwargs)  # type: ignore[no-untyped-call]
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
         if message is not None and no_ack:
             self._discard(message.delivery_tag)
         return message
@@ -427,9 +425,7 @@ class Channel(filesystem.Channel):
         **kwargs: Any,
     ) -> None:
         """Consume; for a ``no_ack`` consumer each message is deleted when delivered."""
-        super().basic_consume(  # type: ignore[no-untyped-call]
-            queue, no_ack, callback, consumer_tag, **kwargs
-        )
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         if not no_ack:
             return
         deliver: Callable[[Payload], Any] = self.connection._callbacks[queue]
@@ -462,13 +458,13 @@ class Transport(filesystem.Transport):
 
     Channel = Channel
     # Exchange declarations are per-process state; keep ours apart from the stock transport's.
-    global_state = virtual.BrokerState()  # type: ignore[no-untyped-call]
+    global_state = virtual.BrokerState()
     driver_type = "filesystem"
     driver_name = ALIAS
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         self.claims = _Claims()
-        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(client, **kwargs)
 
 
 TRANSPORT_ALIASES[ALIAS] = "hpod.workers.fs_transport:Transport"

@@ -8,7 +8,9 @@ import sys
 from conftest import DaemonFactory, quadratic_spec
 
 
-def test_study_runs_to_its_exact_budget_on_the_embedded_default(start_daemon: DaemonFactory) -> None:
+def test_study_runs_to_its_exact_budget_on_the_embedded_default(
+    start_daemon: DaemonFactory,
+) -> None:
     """A study submitted over HTTP runs on local Celery workers and completes at its budget."""
     daemon = start_daemon()
     status, reply = daemon.request("POST", "/studies", quadratic_spec("embedded-1", trials=16))
@@ -29,18 +31,28 @@ def test_cli_submit_waits_and_prints_the_best(start_daemon: DaemonFactory, tmp_p
     spec_file.write_text(json.dumps(quadratic_spec("cli-1", trials=8)))
     out = subprocess.run(
         [sys.executable, "-m", "hpod", "submit", str(spec_file), "--wait"],
-        env=daemon.env, capture_output=True, text=True, timeout=180, check=True,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     ).stdout
     assert "completed: 8 complete" in out
     assert "best params" in out
     best = subprocess.run(
         [sys.executable, "-m", "hpod", "best", "cli-1"],
-        env=daemon.env, capture_output=True, text=True, timeout=60, check=True,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert set(json.loads(best)["params"]) == {"x", "y"}
 
 
-def test_studies_survive_a_sigkill_of_the_embedded_daemon(start_daemon: DaemonFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_studies_survive_a_sigkill_of_the_embedded_daemon(
+    start_daemon: DaemonFactory, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL mid-study, restart on the same data: the study ends at exactly its budget."""
     spec = quadratic_spec("crash-embedded", trials=30, objective_kwargs={"sleep": 0.2})
     daemon = start_daemon(data_dir=tmp_path / "data")

@@ -19,8 +19,12 @@ def test_external_evaluator_over_http(start_daemon: DaemonFactory) -> None:
         assert daemon.request("POST", "/studies/http-external/ask", {}, headers=key)[1] == asked
         trial, params = asked["result"]["trial"], asked["result"]["params"]
         value = params["x"] ** 2 + params["y"] ** 2
-        told = daemon.request("POST", "/studies/http-external/tell", {"trial": trial, "values": value})
-        again = daemon.request("POST", "/studies/http-external/tell", {"trial": trial, "values": value})
+        told = daemon.request(
+            "POST", "/studies/http-external/tell", {"trial": trial, "values": value}
+        )
+        again = daemon.request(
+            "POST", "/studies/http-external/tell", {"trial": trial, "values": value}
+        )
         assert told[1]["result"]["already_told"] is False
         assert again[1]["result"]["already_told"] is True
     final = daemon.wait_study("http-external", timeout=30)
@@ -33,7 +37,9 @@ def test_enqueued_configuration_is_evaluated_first(start_daemon: DaemonFactory) 
     spec = quadratic_spec("http-enqueue", trials=2)
     del spec["objective"]
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    status, reply = daemon.request("POST", "/studies/http-enqueue/enqueue", {"params": {"x": 0.25, "y": -1.0}})
+    status, reply = daemon.request(
+        "POST", "/studies/http-enqueue/enqueue", {"params": {"x": 0.25, "y": -1.0}}
+    )
     assert status == 200, reply
     asked = daemon.request("POST", "/studies/http-enqueue/ask", {})[1]["result"]
     assert asked["params"] == {"x": 0.25, "y": -1.0}

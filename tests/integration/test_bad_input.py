@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Daemon, hpod_env, quadratic_spec
 from test_rabbitmq import Subscriber, publish
 
@@ -53,7 +52,12 @@ TABLE: list[tuple[str, Any, str, str]] = [
     ("unknown version", {**create(spec()), "v": 2}, "unsupported_version", "v"),
     ("unknown type", {"v": 1, "type": "study.explode"}, "unknown_type", "type"),
     ("id of wrong type", {**create(spec()), "id": 5}, "invalid", "id"),
-    ("unknown objective", create(spec(objective="no_such_objective")), "unknown_objective", "study.objective"),
+    (
+        "unknown objective",
+        create(spec(objective="no_such_objective")),
+        "unknown_objective",
+        "study.objective",
+    ),
     ("bad study name", create(spec(name="bad name!")), "invalid", "study.name"),
     ("unknown field", create({**spec(), "colour": "blue"}), "invalid", "study.colour"),
     ("empty space", create(space()), "invalid", "study.space"),
@@ -61,32 +65,83 @@ TABLE: list[tuple[str, Any, str, str]] = [
     ("log with low <= 0", create(space(x={**F, "log": True})), "invalid", "study.space.x"),
     ("step not positive", create(space(x={**F, "step": 0})), "invalid", "study.space.x.step"),
     ("unknown param type", create(space(x={"type": "complex"})), "invalid", "study.space.x"),
-    ("empty choices", create(space(c={"type": "categorical", "choices": []})), "invalid", "study.space.c.choices"),
-    ("duplicate choices", create(space(c={"type": "categorical", "choices": [1, 1]})), "invalid", "study.space.c.choices"),
-    ("condition on unknown param",
-     create(space(x=F, y={**F, "condition": {"param": "nope", "values": [1]}})),
-     "invalid", "study.space.y.condition.param"),
-    ("condition on impossible value",
-     create(space(c={"type": "categorical", "choices": ["a"]}, y={**F, "condition": {"param": "c", "values": ["b"]}})),
-     "invalid", "study.space.y.condition.values"),
+    (
+        "empty choices",
+        create(space(c={"type": "categorical", "choices": []})),
+        "invalid",
+        "study.space.c.choices",
+    ),
+    (
+        "duplicate choices",
+        create(space(c={"type": "categorical", "choices": [1, 1]})),
+        "invalid",
+        "study.space.c.choices",
+    ),
+    (
+        "condition on unknown param",
+        create(space(x=F, y={**F, "condition": {"param": "nope", "values": [1]}})),
+        "invalid",
+        "study.space.y.condition.param",
+    ),
+    (
+        "condition on impossible value",
+        create(
+            space(
+                c={"type": "categorical", "choices": ["a"]},
+                y={**F, "condition": {"param": "c", "values": ["b"]}},
+            )
+        ),
+        "invalid",
+        "study.space.y.condition.values",
+    ),
     ("unknown direction", create(spec(directions=["sideways"])), "invalid", "study.directions.0"),
     ("budget of zero trials", create(spec(budget={"trials": 0})), "invalid", "study.budget.trials"),
     ("budget without limits", create(spec(budget={})), "invalid", "study.budget"),
-    ("negative time budget", create(spec(budget={"seconds": -5})), "invalid", "study.budget.seconds"),
+    (
+        "negative time budget",
+        create(spec(budget={"seconds": -5})),
+        "invalid",
+        "study.budget.seconds",
+    ),
     ("unknown mode", create(spec(mode="ludicrous")), "invalid", "study.mode"),
     ("unknown sampler", create(spec(sampler={"name": "oracle"})), "invalid", "study.sampler.name"),
-    ("same name, other spec", create({**quadratic_spec(EXTERNAL, trials=99)}), "conflict", "study.name"),
+    (
+        "same name, other spec",
+        create({**quadratic_spec(EXTERNAL, trials=99)}),
+        "conflict",
+        "study.name",
+    ),
     ("oversized message", {**create(spec()), "padding": "x" * 70_000}, "too_large", ""),
     ("tell unknown study", {**tell(trial=0, values=[1.0]), "study": "ghost"}, "not_found", "study"),
     ("tell unknown trial", tell(trial=999, values=[1.0]), "not_found", "trial"),
     ("tell negative trial", tell(trial=-1, values=[1.0]), "invalid", "trial"),
-    ("tell NaN", b'{"v":1,"type":"trial.tell","study":"victim","trial":1,"values":[NaN]}', "invalid", "values.0"),
-    ("tell Infinity", b'{"v":1,"type":"trial.tell","study":"victim","trial":1,"values":[Infinity]}', "invalid", "values.0"),
+    (
+        "tell NaN",
+        b'{"v":1,"type":"trial.tell","study":"victim","trial":1,"values":[NaN]}',
+        "invalid",
+        "values.0",
+    ),
+    (
+        "tell Infinity",
+        b'{"v":1,"type":"trial.tell","study":"victim","trial":1,"values":[Infinity]}',
+        "invalid",
+        "values.0",
+    ),
     ("tell too many values", tell(trial=1, values=[1.0, 2.0]), "invalid", "values"),
     ("tell complete without values", tell(trial=1), "invalid", "values"),
     ("tell unknown state", tell(trial=1, values=[1.0], state="meh"), "invalid", "state"),
-    ("enqueue unknown param", {"v": 1, "type": "trial.enqueue", "study": EXTERNAL, "params": {"z": 1}}, "invalid", "params.z"),
-    ("enqueue out of range", {"v": 1, "type": "trial.enqueue", "study": EXTERNAL, "params": {"x": 9.0}}, "invalid", "params.x"),
+    (
+        "enqueue unknown param",
+        {"v": 1, "type": "trial.enqueue", "study": EXTERNAL, "params": {"z": 1}},
+        "invalid",
+        "params.z",
+    ),
+    (
+        "enqueue out of range",
+        {"v": 1, "type": "trial.enqueue", "study": EXTERNAL, "params": {"x": 9.0}},
+        "invalid",
+        "params.x",
+    ),
     ("ask unknown study", {"v": 1, "type": "trial.ask", "study": "ghost"}, "not_found", "study"),
     ("stop unknown study", {"v": 1, "type": "study.stop", "name": "ghost"}, "not_found", "study"),
     ("mode.set unknown mode", {"v": 1, "type": "mode.set", "mode": "ludicrous"}, "invalid", "mode"),
@@ -101,7 +156,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     require_service("RabbitMQ", "127.0.0.1", 5672)
     tmp = tmp_path_factory.mktemp("bad-input")
     env = hpod_env(tmp / "data", broker_url=AMQP_URL, max_message_bytes="65536")
-    proc = Daemon([sys.executable, "-m", "hpod", "run", "--no-workers"], env, tmp / "daemon.log").start()
+    proc = Daemon(
+        [sys.executable, "-m", "hpod", "run", "--no-workers"], env, tmp / "daemon.log"
+    ).start()
     victim = quadratic_spec(EXTERNAL, trials=5)
     del victim["objective"]
     assert proc.request("POST", "/studies", victim)[0] == 201
@@ -117,7 +174,9 @@ def _as_bytes(message: Any) -> bytes:
 
 @pytest.mark.broker
 @pytest.mark.parametrize(("case", "message", "code", "field"), TABLE, ids=[t[0] for t in TABLE])
-def test_bad_request_over_http(daemon: Daemon, case: str, message: Any, code: str, field: str) -> None:
+def test_bad_request_over_http(
+    daemon: Daemon, case: str, message: Any, code: str, field: str
+) -> None:
     """Over HTTP, the malformed request gets a 4xx with its specific error code and field."""
     before = daemon.get("/studies")
     status, reply = daemon.request("POST", "/requests", raw=_as_bytes(message))
@@ -130,7 +189,9 @@ def test_bad_request_over_http(daemon: Daemon, case: str, message: Any, code: st
 
 @pytest.mark.broker
 @pytest.mark.parametrize(("case", "message", "code", "field"), TABLE, ids=[t[0] for t in TABLE])
-def test_bad_request_over_the_queue(daemon: Daemon, case: str, message: Any, code: str, field: str) -> None:
+def test_bad_request_over_the_queue(
+    daemon: Daemon, case: str, message: Any, code: str, field: str
+) -> None:
     """Over AMQP, the reply names the error and field, and a request.rejected event records it."""
     events = Subscriber(daemon.env["HPOD_BROKER_URL"], ("request.rejected",))
     before = daemon.get("/studies")
@@ -165,7 +226,9 @@ def test_unparseable_messages_are_dead_lettered(daemon: Daemon) -> None:
 
 
 @pytest.mark.broker
-def test_repeated_tell_is_idempotent_and_the_daemon_still_serves(daemon: Daemon, tmp_path: Path) -> None:
+def test_repeated_tell_is_idempotent_and_the_daemon_still_serves(
+    daemon: Daemon, tmp_path: Path
+) -> None:
     """After the whole table, a tell is applied once, repeated tells are acknowledged, and the
     external study is exactly as the valid requests left it."""
     first = daemon.request("POST", f"/studies/{EXTERNAL}/tell", {"trial": 0, "values": [0.5]})

@@ -10,7 +10,6 @@ from typing import Any
 
 import pika
 import pytest
-
 from conftest import DaemonFactory, quadratic_spec
 
 pytestmark = pytest.mark.broker
@@ -53,9 +52,13 @@ def publish(url: str, message: dict[str, Any], reply: bool = True) -> dict[str, 
     channel = connection.channel()
     replies: list[bytes] = []
     if reply:
-        channel.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append(b), auto_ack=True)
+        channel.basic_consume(
+            "amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append(b), auto_ack=True
+        )
     props = pika.BasicProperties(
-        content_type="application/json", delivery_mode=2, correlation_id=uuid.uuid4().hex,
+        content_type="application/json",
+        delivery_mode=2,
+        correlation_id=uuid.uuid4().hex,
         reply_to="amq.rabbitmq.reply-to" if reply else None,
     )
     body = message if isinstance(message, bytes) else json.dumps(message).encode()
@@ -67,7 +70,9 @@ def publish(url: str, message: dict[str, Any], reply: bool = True) -> dict[str, 
     return json.loads(replies[0]) if replies else None
 
 
-def test_a_study_published_with_pika_runs_on_celery_workers(rabbitmq: str, start_daemon: DaemonFactory, start_worker) -> None:  # type: ignore[no-untyped-def]
+def test_a_study_published_with_pika_runs_on_celery_workers(
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker
+) -> None:  # type: ignore[no-untyped-def]
     """A plain pika publish starts a study; separate worker processes evaluate it; a
     subscriber receives its study.completed event with the best parameters."""
     daemon = start_daemon("--no-workers", broker_url=rabbitmq)
@@ -85,12 +90,16 @@ def test_a_study_published_with_pika_runs_on_celery_workers(rabbitmq: str, start
     events.close()
 
 
-def test_sigkill_of_the_daemon_loses_nothing_and_tells_nothing_twice(rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_of_the_daemon_loses_nothing_and_tells_nothing_twice(
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL mid-study, restart: exactly the budget, every trial told exactly once."""
     events = Subscriber(rabbitmq, ("trial.*", "study.*"))
     daemon = start_daemon("--no-workers", broker_url=rabbitmq, data_dir=tmp_path / "d")
     start_worker(daemon.env)
-    spec = quadratic_spec("amqp-crash", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=6)
+    spec = quadratic_spec(
+        "amqp-crash", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=6
+    )
     assert publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})["ok"]  # type: ignore[index]
     events.until(lambda e: e["event"] == "trial.completed" and e["trial"] >= 8)
     daemon.kill()
@@ -102,19 +111,30 @@ def test_sigkill_of_the_daemon_loses_nothing_and_tells_nothing_twice(rabbitmq: s
     assert set(told.values()) == {1}, told
 
 
-def test_external_evaluator_asks_and_tells_over_the_queue(rabbitmq: str, start_daemon: DaemonFactory) -> None:
+def test_external_evaluator_asks_and_tells_over_the_queue(
+    rabbitmq: str, start_daemon: DaemonFactory
+) -> None:
     """ask → evaluate outside → tell over AMQP; a repeated tell is answered idempotently."""
     start_daemon("--no-workers", broker_url=rabbitmq)
     spec = quadratic_spec("amqp-external", trials=3)
     del spec["objective"]
     assert publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})["ok"]  # type: ignore[index]
     for i in range(3):
-        asked = publish(rabbitmq, {"v": 1, "type": "trial.ask", "id": f"ask-{i}", "study": "amqp-external"})
-        again = publish(rabbitmq, {"v": 1, "type": "trial.ask", "id": f"ask-{i}", "study": "amqp-external"})
+        asked = publish(
+            rabbitmq, {"v": 1, "type": "trial.ask", "id": f"ask-{i}", "study": "amqp-external"}
+        )
+        again = publish(
+            rabbitmq, {"v": 1, "type": "trial.ask", "id": f"ask-{i}", "study": "amqp-external"}
+        )
         assert asked["ok"] and again["result"] == asked["result"]  # type: ignore[index]
         params = asked["result"]["params"]  # type: ignore[index]
-        tell = {"v": 1, "type": "trial.tell", "study": "amqp-external",
-                "trial": asked["result"]["trial"], "values": [params["x"] ** 2 + params["y"] ** 2]}  # type: ignore[index]
+        tell = {
+            "v": 1,
+            "type": "trial.tell",
+            "study": "amqp-external",
+            "trial": asked["result"]["trial"],
+            "values": [params["x"] ** 2 + params["y"] ** 2],
+        }  # type: ignore[index]
         first = publish(rabbitmq, tell)
         second = publish(rabbitmq, tell)
         assert first["result"]["already_told"] is False  # type: ignore[index]
@@ -123,7 +143,9 @@ def test_external_evaluator_asks_and_tells_over_the_queue(rabbitmq: str, start_d
     assert late["error"]["code"] in {"budget_exhausted", "not_running"}  # type: ignore[index]
 
 
-def test_the_python_client_runs_a_study_and_gets_the_best_as_an_event(rabbitmq: str, start_daemon: DaemonFactory, start_worker) -> None:  # type: ignore[no-untyped-def]
+def test_the_python_client_runs_a_study_and_gets_the_best_as_an_event(
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker
+) -> None:  # type: ignore[no-untyped-def]
     """The five-line client example: run_study returns the study.completed event."""
     from hpod.client import Client
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import DaemonFactory
 
 
@@ -21,7 +20,12 @@ def mixed_spec(name: str) -> dict[str, object]:
             "C": {"type": "float", "low": 1e-3, "high": 1e3, "log": True},
             "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
             "kernel": {"type": "categorical", "choices": ["rbf", "poly"]},
-            "degree": {"type": "int", "low": 2, "high": 4, "condition": {"param": "kernel", "values": ["poly"]}},
+            "degree": {
+                "type": "int",
+                "low": 2,
+                "high": 4,
+                "condition": {"param": "kernel", "values": ["poly"]},
+            },
         },
         "budget": {"trials": 12},
         "sampler": {"name": "tpe", "seed": 3},
@@ -47,7 +51,10 @@ def check_plain_optuna(url: str) -> None:
         assert ("degree" in trial.params) == (trial.params["kernel"] == "poly")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "optuna"), "studies", "--storage", url, "-f", "json"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     assert "storage-study" in out
 
@@ -58,11 +65,17 @@ def test_a_study_runs_on_sqlite(start_daemon: DaemonFactory, tmp_path: Path) -> 
     check_plain_optuna(url)
     import sqlite3
 
-    mode = sqlite3.connect(tmp_path / "data" / "studies.db").execute("PRAGMA journal_mode").fetchone()[0]
+    mode = (
+        sqlite3.connect(tmp_path / "data" / "studies.db")
+        .execute("PRAGMA journal_mode")
+        .fetchone()[0]
+    )
     assert mode == "wal"
 
 
 @pytest.mark.postgres
-def test_a_study_runs_on_postgresql(start_daemon: DaemonFactory, tmp_path: Path, postgres_url: str) -> None:
+def test_a_study_runs_on_postgresql(
+    start_daemon: DaemonFactory, tmp_path: Path, postgres_url: str
+) -> None:
     """The same study on a real PostgreSQL."""
     check_plain_optuna(run_study(start_daemon, tmp_path, postgres_url))

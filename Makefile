@@ -1,0 +1,33 @@
+# The two commands of the README: `make run` (demo study on the embedded default) and
+# `make test` (the whole suite). Both install what they need into .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	HPOD_DATA_DIR=$${HPOD_DATA_DIR:-$(CURDIR)/.hpod} $(VENV)/bin/hpod demo
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check hpod tests bench
+	$(VENV)/bin/mypy hpod
+
+bench: install
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) .hpod

@@ -1,0 +1,229 @@
+"""Core benchmark: latency to first dispatch, trials/s through RabbitMQ + Celery, idle memory.
+
+Each figure is printed next to a baseline measured in the same run on the same machine (plain
+Optuna on the same kind of storage), because shared machines are noisy: read the ratios.
+
+    python bench/core.py [--trials 300] [--amqp amqp://guest:guest@127.0.0.1:5672/%2F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pika
+import psutil
+
+SPACE = {
+    "x": {"type": "float", "low": -2.0, "high": 2.0},
+    "y": {"type": "float", "low": -2.0, "high": 2.0},
+}
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def env_for(data_dir: Path, **settings: str) -> dict[str, str]:
+    """Environment of hpod processes for this benchmark."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPOD_")}
+    env.update(
+        HPOD_DATA_DIR=str(data_dir),
+        HPOD_HTTP_PORT=str(free_port()),
+        HPOD_API_TOKEN="bench-token-" + "x" * 16,
+        HPOD_LOG_LEVEL="warning",
+        HPOD_CONFIG=str(data_dir / "none.toml"),
+        **{f"HPOD_{k.upper()}": v for k, v in settings.items()},
+    )
+    return env
+
+
+def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start an hpod process quietly."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpod", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_healthy(env: dict[str, str]) -> None:
+    """Block until the daemon's /health answers."""
+    url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}/health"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("daemon did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM and wait."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def purge(channel: Any) -> None:
+    """Empty hpod's queues of earlier runs' messages."""
+    for q in ("hpod.requests", "hpod.results", "hpod.trials"):
+        channel.queue_declare(q, durable=True)
+        channel.queue_purge(q)
+
+
+def create_message(name: str, trials: int, concurrent: int, objective: str | None) -> bytes:
+    """A study.create request."""
+    study: dict[str, Any] = {
+        "name": name,
+        "space": SPACE,
+        "budget": {"trials": trials},
+        "max_concurrent": concurrent,
+        "sampler": {"name": "random", "seed": 0},
+    }
+    if objective:
+        study["objective"] = objective
+    return json.dumps({"v": 1, "type": "study.create", "study": study}).encode()
+
+
+def bench_first_dispatch(amqp: str, tmp: Path, n: int) -> list[float]:
+    """Seconds from publishing study.create to its first task on hpod.trials (no worker)."""
+    env = env_for(tmp / "dispatch", broker_url=amqp)
+    daemon = start(["run", "--no-workers"], env)
+    wait_healthy(env)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp))
+    ch = conn.channel()
+    purge(ch)
+    latencies = []
+    try:
+        for i in range(n):
+            name = f"dispatch-{uuid.uuid4().hex[:8]}-{i}"
+            t0 = time.perf_counter()
+            ch.basic_publish("", "hpod.requests", create_message(name, 1, 1, "quadratic"))
+            while True:
+                method, _props, _body = ch.basic_get("hpod.trials", auto_ack=True)
+                if method is not None:
+                    latencies.append(time.perf_counter() - t0)
+                    break
+                time.sleep(0.0005)
+    finally:
+        conn.close()
+        stop(daemon)
+    return latencies
+
+
+def bench_throughput(amqp: str, tmp: Path, trials: int, concurrency: int) -> float:
+    """Trials/s of the trivial objective through RabbitMQ and Celery, one trial per task."""
+    env = env_for(tmp / "throughput", broker_url=amqp, max_inflight="256")
+    daemon = start(["run", "--no-workers"], env)
+    worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
+    wait_healthy(env)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp))
+    ch = conn.channel()
+    ch.exchange_declare("hpod.events", exchange_type="topic", durable=True)
+    events = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(events, "hpod.events", routing_key="study.completed")
+    time.sleep(3)  # let the worker connect, so its start-up is not counted
+    name = f"throughput-{uuid.uuid4().hex[:8]}"
+    try:
+        t0 = time.perf_counter()
+        ch.basic_publish("", "hpod.requests", create_message(name, trials, 32, "quadratic"))
+        while True:
+            method, _props, body = ch.basic_get(events, auto_ack=True)
+            if method is not None and json.loads(body)["study"] == name:
+                break
+            conn.process_data_events(time_limit=0.05)
+        return trials / (time.perf_counter() - t0)
+    finally:
+        conn.close()
+        stop(worker)
+        stop(daemon)
+
+
+def baseline_plain_optuna(tmp: Path, trials: int) -> float:
+    """Plain Optuna ask + tell of the same objective on SQLite (WAL), in one process."""
+    path = tmp / "baseline.db"
+    import sqlite3
+
+    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
+    study = optuna.create_study(
+        storage=f"sqlite:///{path}", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    t0 = time.perf_counter()
+    for _ in range(trials):
+        trial = study.ask()
+        x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+        study.tell(trial, (x - 0.5) ** 2 + (y - 0.5) ** 2)
+    return trials / (time.perf_counter() - t0)
+
+
+def bench_idle_memory(tmp: Path) -> tuple[float, bool]:
+    """Resident MB of an idle daemon (embedded default, workers not counted); torch loaded?"""
+    env = env_for(tmp / "idle", local_workers="0")
+    daemon = start(["run"], env)
+    wait_healthy(env)
+    time.sleep(5)
+    proc = psutil.Process(daemon.pid)
+    rss = proc.memory_info().rss / 2**20
+    torch_loaded = any("libtorch" in m.path for m in proc.memory_maps())
+    stop(daemon)
+    return rss, torch_loaded
+
+
+def bare_python_memory() -> float:
+    """Resident MB of a bare Python process, for scale."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import psutil; print(psutil.Process().memory_info().rss)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout) / 2**20
+
+
+def main() -> None:
+    """Run every measurement and print figures with their baselines."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--dispatches", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        lat = bench_first_dispatch(args.amqp, tmp, args.dispatches)
+        p50, p90 = statistics.median(lat), statistics.quantiles(lat, n=10)[-1]
+        print(f"study request -> first dispatch (RabbitMQ): p50 {p50 * 1000:.1f} ms, "
+              f"p90 {p90 * 1000:.1f} ms over {len(lat)} studies")
+        hpod_rate = bench_throughput(args.amqp, tmp, args.trials, args.concurrency)
+        base_rate = baseline_plain_optuna(tmp, args.trials)
+        print(f"trivial objective through RabbitMQ + Celery, 1 trial/task, "
+              f"{args.concurrency} worker processes: {hpod_rate:.1f} trials/s")
+        print(f"baseline, plain Optuna ask+tell on SQLite WAL in-process: {base_rate:.1f} trials/s "
+              f"(hpod/baseline = {hpod_rate / base_rate:.2f})")
+        rss, torch_loaded = bench_idle_memory(tmp)
+        bare = bare_python_memory()
+        print(f"idle daemon resident memory: {rss:.0f} MB (bare Python: {bare:.0f} MB, "
+              f"ratio {rss / bare:.1f}); torch loaded: {torch_loaded}")
+
+
+if __name__ == "__main__":
+    main()
