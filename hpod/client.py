@@ -48,7 +48,7 @@ class Client:
         self._amqp = self.url.startswith(("amqp://", "amqps://"))
         self._token = token
         if not self._amqp and token is None:
-            self._token = settings.token()
+            self._token = settings.existing_token()
         self._channel: Any = None
         self._connection: Any = None
 

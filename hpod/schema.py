@@ -155,6 +155,15 @@ class StudySpec(WireModel):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
 
+    @field_validator("objective_kwargs")
+    @classmethod
+    def _finite_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(kwargs, allow_nan=False)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"must be plain JSON with finite numbers ({exc})") from exc
+        return kwargs
+
     @model_validator(mode="after")
     def _check_conditions(self) -> StudySpec:
         seen: dict[str, ParamSpec] = {}

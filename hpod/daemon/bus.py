@@ -67,15 +67,22 @@ class Bus:
         """Answer a queued request on its `reply_to` queue."""
         await self._run(self._send, dumps(body), "", reply_to, [], correlation_id=correlation_id)
 
-    async def dead_letter(self, raw: bytes, reason: str) -> None:
+    async def dead_letter(self, raw: bytes, reason: str, origin: dict[str, Any]) -> None:
         """Keep a message that cannot be parsed on `hpod.requests.dead`, with the reason."""
+        headers = {"x-hpod-error": reason}
+        headers.update({f"x-original-{k}": str(v) for k, v in origin.items() if v})
         await self._run(
-            self._send,
+            self._get_producer().publish,
             raw,
-            "",
-            DEAD_LETTERS,
-            [queue(DEAD_LETTERS)],
-            headers={"x-hpod-error": reason},
+            exchange="",
+            routing_key=DEAD_LETTERS,
+            declare=[queue(DEAD_LETTERS)],
+            content_type="application/octet-stream",
+            content_encoding="binary",
+            delivery_mode=2,
+            retry=True,
+            retry_policy=RETRY_POLICY,
+            headers=headers,
         )
 
     async def dispatch(self, task: dict[str, Any], soft_limit: float, hard_limit: float) -> None:

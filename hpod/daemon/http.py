@@ -111,14 +111,16 @@ async def _run(request: web.Request, message: dict[str, Any], status: int = 200)
     return web.json_response(reply, status=status)
 
 
-def _envelope(type_: str, **fields: Any) -> dict[str, Any]:
-    return {"v": 1, "type": type_, **fields}
+def _envelope(type_: str, body: Any = None, **path: Any) -> dict[str, Any]:
+    """The queue envelope of an HTTP call: the route decides type and study, not the body."""
+    fields = body if isinstance(body, dict) else ({} if body is None else {"body": body})
+    return {**fields, "v": 1, "type": type_, **path}
 
 
 async def create_study(request: web.Request) -> web.Response:
     """POST /studies: body is a study spec."""
     spec = await _body(request)
-    return await _run(request, _envelope("study.create", study=spec), status=201)
+    return await _run(request, {"v": 1, "type": "study.create", "study": spec}, status=201)
 
 
 async def stop_study(request: web.Request) -> web.Response:
@@ -134,24 +136,18 @@ async def ask(request: web.Request) -> web.Response:
 async def tell(request: web.Request) -> web.Response:
     """POST /studies/{name}/tell: body ``{"trial": n, "values": [...], "state": …}``."""
     body = await _body(request)
-    fields = body if isinstance(body, dict) else {"body": body}
-    return await _run(request, _envelope("trial.tell", study=request.match_info["name"], **fields))
+    return await _run(request, _envelope("trial.tell", body, study=request.match_info["name"]))
 
 
 async def enqueue(request: web.Request) -> web.Response:
     """POST /studies/{name}/enqueue: body ``{"params": {...}}``."""
     body = await _body(request)
-    fields = body if isinstance(body, dict) else {"body": body}
-    return await _run(
-        request, _envelope("trial.enqueue", study=request.match_info["name"], **fields)
-    )
+    return await _run(request, _envelope("trial.enqueue", body, study=request.match_info["name"]))
 
 
 async def set_mode(request: web.Request) -> web.Response:
     """POST /mode: body ``{"mode": "fast", "study": optional}``."""
-    body = await _body(request)
-    fields = body if isinstance(body, dict) else {"body": body}
-    return await _run(request, _envelope("mode.set", **fields))
+    return await _run(request, _envelope("mode.set", await _body(request)))
 
 
 async def any_request(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ import structlog
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
 from hpod.daemon.store import StudyStore
-from hpod.daemon.studies import Limits, Result, StudyRun
+from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
 from hpod.modes import load_modes
@@ -48,7 +48,23 @@ class StudyManager:
         self.runs[spec.name] = run
         await run.start()
         assert run.task is not None
-        run.task.add_done_callback(lambda _t: self.runs.pop(spec.name, None))
+        run.task.add_done_callback(lambda task: self._on_run_done(spec, task))
+
+    def _on_run_done(self, spec: StudySpec, task: asyncio.Task[None]) -> None:
+        """Forget a finished loop; restart one that crashed, so a study never stalls."""
+        if self.runs.get(spec.name) is not None and self.runs[spec.name].task is task:
+            del self.runs[spec.name]
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("study.loop_crashed", study=spec.name, error=repr(task.exception()))
+        asyncio.get_running_loop().call_later(
+            5.0, lambda: asyncio.ensure_future(self._restart(spec))
+        )
+
+    async def _restart(self, spec: StudySpec) -> None:
+        attrs = await self.store.call(self.store.study_attrs, spec.name)
+        if spec.name not in self.runs and attrs.get(STATE_ATTR) == "running":
+            await self._start_run(spec)
 
     async def shutdown(self) -> None:
         """Cancel the study loops; their state is in storage and resumes on the next start."""
@@ -117,12 +133,7 @@ class StudyManager:
         if run is not None:
             told = await run.on_result(result)
         else:
-            told = (
-                await self.store.call(
-                    self.store.tell, spec, result.number, result.state, result.values
-                )
-                is not None
-            )
+            told = await self._tell_directly(spec, result)
         return {"study": request.study, "trial": request.trial, "already_told": not told}
 
     async def enqueue(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -181,9 +192,16 @@ class StudyManager:
         except RequestRejected:
             log.warning("result.unknown_study", study=body["study"])
             return
-        await self.store.call(
+        await self._tell_directly(spec, result)
+
+    async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
+        """Tell a trial of a study whose loop is not running (stopped, or ended)."""
+        frozen = await self.store.call(
             self.store.tell, spec, result.number, result.state, result.values, result.error
         )
+        if frozen is not None:
+            await publish_told(self.bus, spec.name, result, frozen)
+        return frozen is not None
 
     async def status(self, name: str) -> dict[str, Any]:
         """Counts, best and live state of study `name`."""

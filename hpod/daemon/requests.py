@@ -36,14 +36,16 @@ class RequestHandler:
         self.bus = bus
         self.max_bytes = max_bytes
 
-    async def handle(self, raw: bytes | dict[str, Any], channel: str) -> dict[str, Any]:
+    async def handle(
+        self, raw: bytes | dict[str, Any], channel: str, origin: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The reply to a request: ``{"ok": true, "result": …}`` or ``{"ok": false, …}``."""
         request_id = _peek_id(raw)
         try:
             request = parse_request(raw, self.max_bytes)
             result = await self._execute(request)
         except RequestRejected as rejected:
-            await self._rejected(rejected, raw, request_id, channel)
+            await self._rejected(rejected, raw, request_id, channel, origin or {})
             return {"v": 1, "ok": False, "id": request_id, "error": rejected.as_dict()}
         return {"v": 1, "ok": True, "id": request.id, "type": request.type, "result": result}
 
@@ -69,17 +71,23 @@ class RequestHandler:
         raw: bytes | dict[str, Any],
         request_id: str | None,
         channel: str,
+        origin: dict[str, Any],
     ) -> None:
         log.warning("request.rejected", channel=channel, id=request_id, **rejected.as_dict())
         await self.bus.event(
             "request.rejected", None, id=request_id, channel=channel, error=rejected.as_dict()
         )
-        if rejected.code in {"not_json", "too_large"} and isinstance(raw, bytes):
-            await self.bus.dead_letter(raw[: self.max_bytes], rejected.message)
+        if (
+            channel == "amqp"
+            and rejected.code in {"not_json", "too_large"}
+            and isinstance(raw, bytes)
+        ):
+            await self.bus.dead_letter(raw, rejected.message, origin)
 
     async def on_queue_message(self, body: bytes, props: dict[str, Any]) -> None:
         """A request from ``hpod.requests``: handle it and answer on `reply_to`, if given."""
-        reply = await self.handle(body, "amqp")
+        origin = {k: props.get(k) for k in ("reply_to", "correlation_id", "message_id")}
+        reply = await self.handle(body, "amqp", origin)
         reply_to = props.get("reply_to")
         if reply_to:
             await self.bus.reply(reply_to, props.get("correlation_id"), reply)

@@ -8,6 +8,7 @@ The methods here are plain synchronous functions; `StudyStore.call` runs one on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -185,8 +187,12 @@ class StudyStore:
         return AskedTrial(frozen._trial_id, frozen.number, suggest(trial, spec.space))
 
     def mark_dispatched(self, trial_id: int, attempt: int) -> None:
-        """Record that a trial's task reached the broker (so a restart waits for it)."""
-        self.storage.set_trial_user_attr(trial_id, DISPATCHED_ATTR, attempt)
+        """Record that a trial's task reached the broker (so a restart waits for it).
+
+        A fast trial may already be told by now; then there is nothing left to record.
+        """
+        with contextlib.suppress(UpdateFinishedTrialError):
+            self.storage.set_trial_user_attr(trial_id, DISPATCHED_ATTR, attempt)
 
     def trials(
         self, spec: StudySpec, states: tuple[TrialState, ...] | None = None
@@ -220,6 +226,12 @@ class StudyStore:
         if error:
             self.storage.set_trial_user_attr(frozen._trial_id, ERROR_ATTR, error[:2000])
         study = self.open(spec)
+        if state == "complete" and (values is None or len(values) != len(spec.directions)):
+            # A worker's objective returned the wrong shape: the trial fails, visibly.
+            got = "no values" if values is None else f"{len(values)} values"
+            error = f"objective returned {got} for {len(spec.directions)} direction(s)"
+            self.storage.set_trial_user_attr(frozen._trial_id, ERROR_ATTR, error)
+            state, values = "failed", None
         tell_values = values if state == "complete" else None
         return study.tell(number, tell_values, state=STATES[state], skip_if_finished=True)
 

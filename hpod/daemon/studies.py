@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
 from hpod.daemon.store import FINISHED, AskedTrial, StudyStore
-from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, REQUEST_ATTR, STATE_ATTR
+from hpod.engine import DISPATCHED_ATTR, ERROR_ATTR, EXTERNAL_ATTR, REQUEST_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.schema import StudySpec
@@ -45,6 +45,27 @@ class Result:
     error: str | None = None
     duration: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+TRIAL_EVENTS = {
+    TrialState.COMPLETE: "trial.completed",
+    TrialState.PRUNED: "trial.pruned",
+    TrialState.FAIL: "trial.failed",
+}
+
+
+async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial) -> None:
+    """Publish the event of a trial just told (its state as Optuna recorded it)."""
+    await bus.event(
+        TRIAL_EVENTS[frozen.state],
+        study,
+        trial=result.number,
+        params=frozen.params,
+        values=frozen.values,
+        error=result.error or frozen.user_attrs.get(ERROR_ATTR),
+        duration=result.duration,
+        **result.extra,
+    )
 
 
 class Limits:
@@ -253,17 +274,7 @@ class StudyRun:
                 duration=result.duration,
             )
         )
-        event = {"completed": "trial.completed", "pruned": "trial.pruned", "failed": "trial.failed"}
-        await self.bus.event(
-            event[result.state.replace("complete", "completed")],
-            self.name,
-            trial=result.number,
-            params=frozen.params,
-            values=frozen.values,
-            error=result.error,
-            duration=result.duration,
-            **result.extra,
-        )
+        await publish_told(self.bus, self.name, result, frozen)
         return True
 
     # --- external evaluators -----------------------------------------------------------

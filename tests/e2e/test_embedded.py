@@ -74,3 +74,15 @@ def _wait_for_progress(daemon, name: str, at_least: int) -> None:  # type: ignor
             return
         time.sleep(0.1)
     raise AssertionError(daemon.log()[-3000:])
+
+
+def test_an_objective_returning_the_wrong_shape_fails_its_trials(
+    start_daemon: DaemonFactory,
+) -> None:
+    """A single-valued objective on a two-direction study fails each trial with the reason,
+    and the study still ends at its budget instead of stalling."""
+    daemon = start_daemon()
+    spec = quadratic_spec("wrong-shape", trials=4, directions=["minimize", "maximize"])
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    final = daemon.wait_study("wrong-shape", timeout=120)
+    assert final["counts"] == {"fail": 4}

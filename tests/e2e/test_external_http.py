@@ -53,3 +53,15 @@ def test_mutating_routes_need_the_token(start_daemon: DaemonFactory) -> None:
     assert daemon.request("POST", "/studies", spec, token="wrong-token-xxxxxxxx")[0] == 401
     assert daemon.get("/studies") == {"studies": []}
     assert daemon.get("/openapi.json")["openapi"].startswith("3.")
+
+
+def test_the_route_not_the_body_decides_the_request(start_daemon: DaemonFactory) -> None:
+    """A body smuggling `type` or `study` into POST /mode cannot stop or touch a study."""
+    daemon = start_daemon("--no-workers")
+    spec = quadratic_spec("smuggle", trials=2)
+    del spec["objective"]
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    body = {"type": "study.stop", "name": "smuggle", "mode": "fast"}
+    status, reply = daemon.request("POST", "/mode", body)
+    assert status == 400 and reply["error"]["field"] == "name"
+    assert daemon.get("/studies/smuggle")["state"] == "running"
