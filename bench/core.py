@@ -158,15 +158,23 @@ def bench_throughput(amqp: str, tmp: Path, trials: int, concurrency: int) -> flo
         stop(daemon)
 
 
-def baseline_plain_optuna(tmp: Path, trials: int) -> float:
-    """Plain Optuna ask + tell of the same objective on SQLite (WAL), in one process."""
-    path = tmp / "baseline.db"
+def baseline_plain_optuna(tmp: Path, trials: int, kind: str = "wal") -> float:
+    """Plain Optuna ask + tell of the same objective, in one process, on a local storage."""
     import sqlite3
 
-    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
-    study = optuna.create_study(
-        storage=f"sqlite:///{path}", sampler=optuna.samplers.RandomSampler(seed=0)
-    )
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = tmp / f"baseline-{kind}-{uuid.uuid4().hex[:6]}"
+    storage: Any
+    if kind == "journal":
+        storage = JournalStorage(JournalFileBackend(str(path)))
+    else:
+        if kind == "wal":
+            sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
+        storage = f"sqlite:///{path}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     t0 = time.perf_counter()
     for _ in range(trials):
         trial = study.ask()
@@ -211,18 +219,32 @@ def main() -> None:
         tmp = Path(d)
         lat = bench_first_dispatch(args.amqp, tmp, args.dispatches)
         p50, p90 = statistics.median(lat), statistics.quantiles(lat, n=10)[-1]
-        print(f"study request -> first dispatch (RabbitMQ): p50 {p50 * 1000:.1f} ms, "
-              f"p90 {p90 * 1000:.1f} ms over {len(lat)} studies")
+        print(
+            f"study request -> first dispatch (RabbitMQ): p50 {p50 * 1000:.1f} ms, "
+            f"p90 {p90 * 1000:.1f} ms over {len(lat)} studies"
+        )
         hpod_rate = bench_throughput(args.amqp, tmp, args.trials, args.concurrency)
         base_rate = baseline_plain_optuna(tmp, args.trials)
-        print(f"trivial objective through RabbitMQ + Celery, 1 trial/task, "
-              f"{args.concurrency} worker processes: {hpod_rate:.1f} trials/s")
-        print(f"baseline, plain Optuna ask+tell on SQLite WAL in-process: {base_rate:.1f} trials/s "
-              f"(hpod/baseline = {hpod_rate / base_rate:.2f})")
+        print(
+            f"trivial objective through RabbitMQ + Celery, 1 trial/task, "
+            f"{args.concurrency} worker processes: {hpod_rate:.1f} trials/s"
+        )
+        print(
+            f"baseline, plain Optuna ask+tell on SQLite WAL in-process: {base_rate:.1f} trials/s "
+            f"(hpod/baseline = {hpod_rate / base_rate:.2f})"
+        )
+        rates = {k: baseline_plain_optuna(tmp, 200, k) for k in ("sqlite", "wal", "journal")}
+        print(
+            "default-storage choice, plain Optuna random ask+tell, 200 trials: "
+            + ", ".join(f"{k} {v:.0f} trials/s" for k, v in rates.items())
+            + f" (WAL/plain SQLite = {rates['wal'] / rates['sqlite']:.1f})"
+        )
         rss, torch_loaded = bench_idle_memory(tmp)
         bare = bare_python_memory()
-        print(f"idle daemon resident memory: {rss:.0f} MB (bare Python: {bare:.0f} MB, "
-              f"ratio {rss / bare:.1f}); torch loaded: {torch_loaded}")
+        print(
+            f"idle daemon resident memory: {rss:.0f} MB (bare Python: {bare:.0f} MB, "
+            f"ratio {rss / bare:.1f}); torch loaded: {torch_loaded}"
+        )
 
 
 if __name__ == "__main__":
