@@ -130,9 +130,12 @@ def bench_first_dispatch(amqp: str, tmp: Path, n: int) -> list[float]:
     return latencies
 
 
-def bench_throughput(amqp: str, tmp: Path, trials: int, concurrency: int) -> float:
+def bench_throughput(
+    amqp: str, tmp: Path, trials: int, concurrency: int, storage: str | None = None
+) -> float:
     """Trials/s of the trivial objective through RabbitMQ and Celery, one trial per task."""
-    env = env_for(tmp / "throughput", broker_url=amqp, max_inflight="256")
+    extra = {"storage_url": storage} if storage else {}
+    env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256", **extra)
     daemon = start(["run", "--no-workers"], env)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
     wait_healthy(env)

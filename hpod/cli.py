@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_best(_follow(client, spec["name"]))
         print(
             f"\nInspect it: hpod status {spec['name']}   |   "
-            f"optuna studies --storage {settings.optuna_storage_url()}"
+            f"optuna studies {settings.optuna_cli_storage()}"
         )
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -8,6 +8,7 @@ optuna-dashboard read unchanged.
 from __future__ import annotations
 
 import math
+import sqlite3
 from typing import Any
 
 import optuna
@@ -34,10 +35,19 @@ def make_storage(url: str) -> BaseStorage:
     if url.startswith("journal://"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
     if url.startswith("sqlite"):
+        _use_wal(url)
         # Several processes (daemon, workers reporting) share the file: wait for locks
         # instead of failing at once.
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def _use_wal(url: str) -> None:
+    """Put a SQLite file in WAL mode (persistent): readers stop blocking the writer."""
+    path = url.removeprefix("sqlite:///")
+    if path and path != url and not path.startswith(":memory:"):
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:

@@ -21,7 +21,7 @@ def test_no_broker_means_the_embedded_default(
     assert settings.embedded
     options = settings.broker_transport_options()
     assert Path(options["data_folder_in"]).is_dir()
-    assert settings.optuna_storage_url() == f"sqlite:///{tmp_path / 'studies.db'}"
+    assert settings.optuna_storage_url() == f"journal://{tmp_path / 'studies.journal'}"
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
