@@ -159,7 +159,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hpod.config import load_settings
 
     settings = load_settings()
-    daemon = subprocess.Popen([sys.executable, "-m", "hpod", "run"])
+    env = {"HPOD_LOG_LEVEL": "warning", **os.environ}  # keep the screen for the progress bar
+    daemon = subprocess.Popen([sys.executable, "-m", "hpod", "run"], env=env)
     try:
         client = _client()
         _wait_healthy(client, daemon)
@@ -195,16 +196,41 @@ def _wait_healthy(client: Any, daemon: subprocess.Popen[bytes], timeout: float =
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    """List studies."""
-    for row in _client(args.url).studies():
+    """List studies (from the daemon, or from the storage when it is not running)."""
+    try:
+        rows = _client(args.url).studies()
+    except OSError:
+        from hpod.config import load_settings
+        from hpod.daemon.store import StudyStore
+
+        store = StudyStore(load_settings().optuna_storage_url())
+        rows = store.list_studies()
+        store.close()
+    for row in rows:
         best = "" if row["best_value"] is None else f"best {row['best_value']:.6g}"
         print(f"{row['name']:<40} {row['state'] or '-':<10} {row['mode']:<10} {best}")
     return 0
 
 
+def _status(name: str, url: str | None) -> dict[str, Any]:
+    """A study's status from the daemon, or straight from the storage when it is not running."""
+    try:
+        status: dict[str, Any] = _client(url).status(name)
+        return status
+    except OSError:  # daemon not reachable: the storage alone can answer
+        from hpod.config import load_settings
+        from hpod.daemon.store import StudyStore
+
+        store = StudyStore(load_settings().optuna_storage_url())
+        try:
+            return {**store.summary(store.spec(name)), "in_flight": 0, "running": False}
+        finally:
+            store.close()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show a study's status."""
-    status = _client(args.url).status(args.name)
+    status = _status(args.name, args.url)
     _print_best(status)
     print(f"in flight: {status['in_flight']}  budget: {status['budget']}")
     return 0
@@ -212,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     """Print a study's best parameters as JSON."""
-    status = _client(args.url).status(args.name)
+    status = _status(args.name, args.url)
     print(json.dumps(status.get("best") or status.get("best_trials"), indent=2))
     return 0
 

@@ -47,8 +47,7 @@ class Client:
         self.timeout = timeout
         self._amqp = self.url.startswith(("amqp://", "amqps://"))
         self._token = token
-        if not self._amqp and token is None:
-            self._token = settings.existing_token()
+        self._settings = settings
         self._channel: Any = None
         self._connection: Any = None
 
@@ -197,6 +196,8 @@ class Client:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
+        if self._token is None:  # read lazily: the daemon writes it when it first starts
+            self._token = self._settings.existing_token()
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         if idempotency_key:

@@ -19,26 +19,16 @@ from hpod.messaging import TRIALS
 log = structlog.get_logger("hpod.local_workers")
 
 
-def worker_argv(concurrency: int, name: str, loglevel: str = "WARNING") -> list[str]:
-    """The command line of one hpod Celery worker."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "hpod.workers.celery_app",
-        "worker",
-        "--pool=prefork",
-        f"--concurrency={concurrency}",
-        "-Q",
-        TRIALS,
-        "-n",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        f"--loglevel={loglevel}",
-    ]
+def worker_argv(
+    concurrency: int, name: str, loglevel: str = "WARNING", quiet: bool = False
+) -> list[str]:
+    """The command line of one hpod Celery worker (`quiet` drops Celery's start-up banner)."""
+    app = ["-m", "celery", "-A", "hpod.workers.celery_app", *(["--quiet"] if quiet else [])]
+    options = [f"--concurrency={concurrency}", "-Q", TRIALS, "-n", name, f"--loglevel={loglevel}"]
+    # No gossip, mingle or heartbeat: the embedded broker has no broadcast, and hpod does not
+    # use them on RabbitMQ either.
+    chatter = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return [sys.executable, *app, "worker", "--pool=prefork", *options, *chatter]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -74,8 +64,9 @@ class LocalWorkers:
         self._task = asyncio.create_task(self._supervise(), name="local-workers")
 
     def _spawn(self) -> None:
-        argv = worker_argv(self._concurrency, f"local-{os.getpid()}@%h")
-        self._proc = subprocess.Popen(argv, env=worker_env(self._settings))
+        argv = worker_argv(self._concurrency, f"local-{os.getpid()}@%h", quiet=True)
+        env = {**worker_env(self._settings), "HPOD_LOCAL_WORKER": "1"}
+        self._proc = subprocess.Popen(argv, env=env)
         log.info("workers.started", pid=self._proc.pid, concurrency=self._concurrency)
 
     async def _supervise(self) -> None:

@@ -1,5 +1,15 @@
 """The module `celery -A hpod.workers.celery_app worker` loads: the app built from settings."""
 
+import os
+import warnings
+
+from celery.exceptions import SecurityWarning
+
 from hpod.workers.app import make_celery
+
+if os.environ.get("HPOD_LOCAL_WORKER") == "1":
+    # Started by `hpod run` as its own child: the operator already chose the daemon's user;
+    # repeating Celery's root warning on every demo run only hides the progress bar.
+    warnings.filterwarnings("ignore", message="You're running the worker", category=SecurityWarning)
 
 app = make_celery()

@@ -86,3 +86,30 @@ def test_an_objective_returning_the_wrong_shape_fails_its_trials(
     assert daemon.request("POST", "/studies", spec)[0] == 201
     final = daemon.wait_study("wrong-shape", timeout=120)
     assert final["counts"] == {"fail": 4}
+
+
+def test_the_demo_of_make_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`hpod demo` (what `make run` runs) starts a daemon on the embedded default, completes
+    its study with a progress bar, prints the best parameters and leaves no daemon behind;
+    `hpod status` then reads the study from storage."""
+    from conftest import hpod_env
+
+    env = hpod_env(tmp_path / "data")
+    out = subprocess.run(
+        [sys.executable, "-m", "hpod", "demo", "--trials", "12"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert "completed: 12 complete" in out and "best params" in out
+    listing = subprocess.run(
+        [sys.executable, "-m", "hpod", "studies"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "demo-" in listing and "completed" in listing
