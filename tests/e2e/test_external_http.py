@@ -65,3 +65,42 @@ def test_the_route_not_the_body_decides_the_request(start_daemon: DaemonFactory)
     status, reply = daemon.request("POST", "/mode", body)
     assert status == 400 and reply["error"]["field"] == "name"
     assert daemon.get("/studies/smuggle")["state"] == "running"
+
+
+def test_a_multi_objective_study_over_http(start_daemon: DaemonFactory) -> None:
+    """Two directions: tells carry two values, and the status lists the Pareto front."""
+    daemon = start_daemon("--no-workers")
+    spec = quadratic_spec("http-multi", trials=5, directions=["minimize", "maximize"])
+    del spec["objective"]
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    for _ in range(5):
+        asked = daemon.request("POST", "/studies/http-multi/ask", {})[1]["result"]
+        x, y = asked["params"]["x"], asked["params"]["y"]
+        reply = daemon.request(
+            "POST", "/studies/http-multi/tell", {"trial": asked["trial"], "values": [x * x, y]}
+        )
+        assert reply[0] == 200, reply
+    final = daemon.wait_study("http-multi", timeout=30)
+    assert final["counts"] == {"complete": 5}
+    assert final["best"] is None and 1 <= len(final["best_trials"]) <= 5
+    assert all(len(t["values"]) == 2 for t in final["best_trials"])
+
+
+def test_a_time_budget_ends_the_study(start_daemon: DaemonFactory) -> None:
+    """A study with only a time budget stops asking when it is spent and completes."""
+    daemon = start_daemon()
+    spec = quadratic_spec("http-seconds", objective_kwargs={"sleep": 0.2}, max_concurrent=2)
+    spec["budget"] = {"seconds": 3}
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    final = daemon.wait_study("http-seconds", timeout=60)
+    assert final["state"] == "completed"
+    assert final["counts"].get("complete", 0) >= 2
+    assert "running" not in final["counts"]
+
+
+def test_the_idle_daemon_does_not_load_torch(start_daemon: DaemonFactory) -> None:
+    """torch costs 180 MB: the daemon never imports it (only a worker running the MLP does)."""
+    daemon = start_daemon("--no-workers")
+    assert daemon.proc is not None
+    maps = open(f"/proc/{daemon.proc.pid}/maps").read()  # noqa: SIM115
+    assert "libtorch" not in maps
