@@ -135,7 +135,9 @@ def bench_throughput(
 ) -> float:
     """Trials/s of the trivial objective through RabbitMQ and Celery, one trial per task."""
     extra = {"storage_url": storage} if storage else {}
-    env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256", **extra)
+    env = env_for(
+        tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256", **extra
+    )
     daemon = start(["run", "--no-workers"], env)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
     wait_healthy(env)
