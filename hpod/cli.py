@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpod.config import redact
+from hpod.errors import ConfigError
+
 DEMO_SPEC: dict[str, Any] = {
     "objective": "gradient_boosting",
     "space": {
@@ -71,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--url")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("config", help="configuration tools")
+    config_sub = p.add_subparsers(required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate settings and modes without starting")
+    check.set_defaults(func=cmd_config_check)
+
     p = sub.add_parser("schema", help="print the JSON Schema of the wire protocol")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("objectives", help="list the registered objectives")
@@ -80,11 +88,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    from hpod.config import load_settings
     from hpod.daemon.service import Daemon
     from hpod.logs import configure_logging
 
-    settings = load_settings()
+    try:
+        settings, _modes = _validated_config()
+    except ConfigError as exc:
+        print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(Daemon(settings, start_workers=False if args.no_workers else None).run())
     return 0
@@ -241,6 +252,36 @@ def cmd_best(args: argparse.Namespace) -> int:
     status = _status(args.name, args.url)
     print(json.dumps(status.get("best") or status.get("best_trials"), indent=2))
     return 0
+
+
+def cmd_config_check(_args: argparse.Namespace) -> int:
+    """Validate the settings and the modes; exit 1 with the bad setting named."""
+    try:
+        settings, modes = _validated_config()
+    except ConfigError as exc:
+        print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"configuration OK: broker {'embedded' if settings.embedded else 'amqp'}, "
+        f"storage {redact(settings.optuna_storage_url())}, modes {', '.join(sorted(modes))}"
+    )
+    return 0
+
+
+def _validated_config() -> tuple[Any, dict[str, Any]]:
+    """Settings and modes, or `ConfigError` naming the first bad setting."""
+    from pydantic import ValidationError
+
+    from hpod.config import load_settings
+    from hpod.modes import load_modes
+
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"{field}: {err['msg']}") from exc
+    return settings, load_modes()
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ embedded, persistent broker in the data directory, so a newcomer needs no server
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +156,11 @@ class Settings(BaseSettings):
     def http_url(self) -> str:
         """Where the daemon's HTTP API listens, as a client would call it."""
         return f"http://{self.http_host}:{self.http_port}"
+
+
+def redact(url: str) -> str:
+    """A URL safe to log or show: any password replaced by ``***``."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def load_settings(**overrides: Any) -> Settings:
