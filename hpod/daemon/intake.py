@@ -9,6 +9,7 @@ that raises (storage down, say) gets the message requeued after a pause, never d
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,7 @@ import structlog
 from kombu import Connection, Consumer, Message
 
 from hpod.config import Settings
+from hpod.logs import bind_ids
 from hpod.messaging import REQUESTS, RESULTS, connect, queue
 
 log = structlog.get_logger("hpod.intake")
@@ -41,6 +43,7 @@ class QueueIntake:
         self._handlers = {REQUESTS: on_request, RESULTS: on_result}
         self._prefetch = prefetch
         self._stopping = threading.Event()
+        self._requests_paused = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpod-intake", daemon=True)
 
@@ -49,6 +52,10 @@ class QueueIntake:
         self._thread.start()
         if not self._ready.wait(timeout=30):
             raise RuntimeError("could not start consuming from the broker within 30 s")
+
+    def pause_requests(self) -> None:
+        """Stop taking requests (a drain); results keep flowing so running trials finish."""
+        self._requests_paused.set()
 
     def stop(self) -> None:
         """Stop consuming; the message being handled finishes and is acknowledged first."""
@@ -99,7 +106,11 @@ class QueueIntake:
         props = dict(message.properties)
         props["headers"] = dict(message.headers or {})
         try:
-            future = asyncio.run_coroutine_threadsafe(self._handlers[name](raw, props), self._loop)
+            # The handler's task inherits this thread's context: ids bound here are on every
+            # log line the handler writes.
+            with bind_ids(**_ids(name, raw)):
+                handler = self._handlers[name](raw, props)
+                future = asyncio.run_coroutine_threadsafe(handler, self._loop)
             future.result()
         except Exception as exc:
             log.error("intake.handler_failed", queue=name, error=repr(exc))
@@ -107,3 +118,22 @@ class QueueIntake:
             message.requeue()
         else:
             message.ack()
+
+
+def _ids(queue_name: str, raw: bytes) -> dict[str, Any]:
+    """The study, trial and request ids of a message, for its log lines (best effort)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    study = data.get("study")
+    if isinstance(study, dict):  # study.create carries the whole spec
+        study = study.get("name")
+    if queue_name == RESULTS:
+        return {"study": study, "trial": data.get("number")}
+    return {
+        "request": data.get("id"),
+        "study": study if isinstance(study, str) else data.get("name"),
+    }

@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 
 import structlog
 
@@ -48,6 +49,22 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _relay(proc: subprocess.Popen[bytes]) -> None:
+    """Pass the worker's output on as the daemon's own log lines, so all of it is JSON.
+
+    The worker already logs JSON through hpod's setup; Celery also prints a few plain lines
+    (e.g. "Warm shutdown"), which become ``worker.output`` events here.
+    """
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        if line.startswith("{"):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        elif line:
+            log.info("worker.output", pid=proc.pid, text=line)
+
+
 class LocalWorkers:
     """One supervised Celery worker process with `concurrency` pool processes."""
 
@@ -66,7 +83,12 @@ class LocalWorkers:
     def _spawn(self) -> None:
         argv = worker_argv(self._concurrency, f"local-{os.getpid()}@%h", quiet=True)
         env = {**worker_env(self._settings), "HPOD_LOCAL_WORKER": "1"}
-        self._proc = subprocess.Popen(argv, env=env)
+        self._proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(
+            target=_relay, args=(self._proc,), name="local-worker-output", daemon=True
+        ).start()
         log.info("workers.started", pid=self._proc.pid, concurrency=self._concurrency)
 
     async def _supervise(self) -> None:

@@ -35,6 +35,8 @@ class RequestHandler:
         self.manager = manager
         self.bus = bus
         self.max_bytes = max_bytes
+        #: Set when the daemon drains: requests are refused, to be sent again after a restart.
+        self.draining = False
 
     async def handle(
         self, raw: bytes | dict[str, Any], channel: str, origin: dict[str, Any] | None = None
@@ -42,6 +44,8 @@ class RequestHandler:
         """The reply to a request: ``{"ok": true, "result": …}`` or ``{"ok": false, …}``."""
         request_id = _peek_id(raw)
         try:
+            if self.draining:
+                raise RequestRejected("draining", "", "hpod is shutting down; send it again later")
             request = parse_request(raw, self.max_bytes)
             result = await self._execute(request)
         except RequestRejected as rejected:

@@ -46,7 +46,21 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.conf.hpod_settings = settings
+    _log_like_the_daemon(settings)
     from hpod.workers.tasks import register
 
     register(app)
     return app
+
+
+def _log_like_the_daemon(settings: Settings) -> None:
+    """Workers log through hpod's structlog setup (JSON lines to journald, no secrets)."""
+    from celery import signals
+
+    from hpod.logs import configure_logging
+
+    def setup(**_kwargs: object) -> None:
+        configure_logging(settings.log_format, settings.log_level)
+
+    # Connecting this signal stops Celery from installing its own log handlers.
+    signals.setup_logging.connect(setup, weak=False)
