@@ -47,6 +47,8 @@ def test_a_killed_pool_process_has_its_trial_retried(
     assert all(
         e["event"] == "trial.completed" for e in events.events if e["event"].startswith("trial.")
     )
+    # Celery saw its pool process die with the trial, and the trial ran again.
+    assert "WorkerLostError" in worker.log()
 
 
 def test_a_killed_worker_machine_has_its_trials_taken_over(
