@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import structlog
 from celery import Celery
 from kombu import Connection, Producer
 
 from hpod.config import Settings
 from hpod.messaging import DEAD_LETTERS, EVALUATE_TASK, connect, dumps, events_exchange, queue
 
+log = structlog.get_logger("hpod.bus")
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
 
 
@@ -31,6 +34,17 @@ class Bus:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-publish")
         self._conn: Connection | None = None
         self._producer: Producer | None = None
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener(event)` on the event loop for every event the daemon publishes
+        (the web page's live updates), in addition to the broker."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Stop calling `listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -60,8 +74,13 @@ class Bus:
 
     async def event(self, event_type: str, study: str | None, **data: Any) -> None:
         """Publish an event on `hpod.events` with routing key `event_type`."""
-        body = dumps({"v": 1, "event": event_type, "study": study, "time": time.time(), **data})
-        await self._run(self._send, body, events_exchange, event_type, [events_exchange])
+        event = {"v": 1, "event": event_type, "study": study, "time": time.time(), **data}
+        await self._run(self._send, dumps(event), events_exchange, event_type, [events_exchange])
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener (a web page) must never break the daemon
+                log.exception("bus.listener_failed")
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: dict[str, Any]) -> None:
         """Answer a queued request on its `reply_to` queue."""
