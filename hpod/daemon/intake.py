@@ -77,21 +77,28 @@ class QueueIntake:
     def _consume(self, conn: Connection) -> None:
         channel = conn.channel()
         channel.basic_qos(0, self._prefetch, False)
-        consumers = [
-            Consumer(channel, queues=[queue(name)], on_message=self._bind(name), accept=None)
+        consumers = {
+            name: Consumer(channel, queues=[queue(name)], on_message=self._bind(name), accept=None)
             for name in self._handlers
-        ]
-        for consumer in consumers:
-            consumer.consume()
+        }
+        for name, consumer in consumers.items():
+            if not (name == REQUESTS and self._requests_paused.is_set()):
+                consumer.consume()
         self._ready.set()
+        requests_active = not self._requests_paused.is_set()
         try:
             while not self._stopping.is_set():
+                if requests_active and self._requests_paused.is_set():
+                    # A drain: requests stay on the queue for the next start.
+                    consumers[REQUESTS].cancel()
+                    requests_active = False
+                    log.info("intake.requests_paused")
                 try:
                     conn.drain_events(timeout=0.5)
                 except TimeoutError:
                     conn.heartbeat_check()
         finally:
-            for consumer in consumers:
+            for consumer in consumers.values():
                 consumer.cancel()
 
     def _bind(self, name: str) -> Callable[[Message], None]:

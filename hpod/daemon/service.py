@@ -79,6 +79,10 @@ class Daemon:
             log.error("daemon.reload_refused", setting=field, error=err["msg"])
             notify.notify("READY=1", f"STATUS=reload refused: {field}: {err['msg']}")
             return False
+        except ValueError as exc:  # a TOML syntax error in the settings file
+            log.error("daemon.reload_refused", setting="config file", error=str(exc))
+            notify.notify("READY=1", f"STATUS=reload refused: {exc}")
+            return False
         except ConfigError as exc:
             log.error("daemon.reload_refused", setting="modes", error=str(exc))
             notify.notify("READY=1", f"STATUS=reload refused: {exc}")

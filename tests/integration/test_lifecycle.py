@@ -159,6 +159,12 @@ def test_sighup_reloads_settings_and_refuses_a_bad_file(
     _wait_log(daemon, "daemon.reload_refused")
     refused = next(e for e in log_events(daemon) if e["event"] == "daemon.reload_refused")
     assert refused["setting"] == "max_inflight"
+    config.write_text("max_inflight = [unclosed\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while sum(e["event"] == "daemon.reload_refused" for e in log_events(daemon)) < 2:
+        assert time.monotonic() < deadline, daemon.log()[-2000:]
+        time.sleep(0.1)
     assert daemon.get("/health")["status"] == "ok"
     daemon.stop()
 
