@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--url")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("doctor", help="where the time goes (one study, or all) and resources")
+    p.add_argument("name", nargs="?", help="a study (default: every study and the daemon)")
+    p.add_argument("--url")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("workers", help="list the live workers")
+    p.add_argument("--url")
+    p.set_defaults(func=cmd_workers)
+
     p = sub.add_parser("config", help="configuration tools")
     config_sub = p.add_subparsers(required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate settings and modes without starting")
@@ -254,6 +263,110 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _get(url: str | None, path: str) -> dict[str, Any] | None:
+    """GET a document from the daemon; None (with the reason on stderr) if it cannot answer."""
+    from hpod.client import ClientError
+
+    client = _client(url)
+    try:
+        reply: dict[str, Any] = client._http("GET", path)
+        return reply
+    except ClientError as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"hpod: the daemon at {client.url} does not answer: {exc}", file=sys.stderr)
+    return None
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / (1 << 20):.0f} MB"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} %"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Show where a study's time goes and its bottleneck; without a name, the whole daemon."""
+    report = _get(args.url, f"/studies/{args.name}/doctor" if args.name else "/doctor")
+    if report is None:
+        return 1
+    if args.name:
+        _print_breakdown(report)
+    else:
+        _print_daemon_doctor(report)
+    return 0
+
+
+def _print_breakdown(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("stage", "seconds", "share", title=f"study {report['study']!r}")
+    for stage, seconds in report["seconds"].items():
+        table.add_row(stage, f"{seconds:.3f}", f"{report['shares'][stage]:.0%}")
+    Console().print(table)
+    print(f"{report['trials']} trials told, {report['total_seconds']:.3f} s accounted")
+    print(report["verdict"])
+
+
+def _print_daemon_doctor(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    res = report["resources"]
+    table = Table("process", "pid", "role", "cpu", "rss", title="daemon and local workers")
+    for p in res["processes"]:
+        table.add_row(
+            p.get("node") or ("hpod run" if p["role"] == "daemon" else ""),
+            str(p["pid"]),
+            p["role"],
+            _pct(p["cpu_percent"]),
+            _mb(p["rss_bytes"]),
+        )
+    console = Console()
+    console.print(table)
+    high = res["memory_high_water_bytes"]
+    state = "ON: dispatching one trial at a time" if res["backpressure"] else "off"
+    print(f"memory {_mb(res['rss_bytes_total'])} (high-water {_mb(high)}), back-pressure {state}")
+    print(
+        f"in flight {res['in_flight']}/{res['max_inflight']}, workers {res['workers']}, "
+        f"queues {res['queue_depth']}"
+    )
+    studies = Table("study", "trials", "bottleneck", "share", title="studies")
+    for name, r in report["studies"].items():
+        stage = r["bottleneck"]
+        share = f"{r['shares'][stage]:.0%}" if stage else "-"
+        studies.add_row(name, str(r["trials"]), stage or "-", share)
+    console.print(studies)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """List the live workers: Celery's answers on RabbitMQ, local processes when embedded."""
+    from rich.console import Console
+    from rich.table import Table
+
+    reply = _get(args.url, "/workers")
+    if reply is None:
+        return 1
+    table = Table(
+        "worker", "pid", "pool", "active", "cpu", "rss", title=f"{reply['broker']} workers"
+    )
+    for w in reply["workers"]:
+        active = "-" if w["active"] is None else str(w["active"])
+        table.add_row(
+            w["name"],
+            str(w["pid"]),
+            str(w["pool"]),
+            active,
+            _pct(w["cpu_percent"]),
+            _mb(w["rss_bytes"]),
+        )
+    Console().print(table)
+    print(f"{len(reply['workers'])} worker(s)")
+    return 0
+
+
 def cmd_config_check(_args: argparse.Namespace) -> int:
     """Validate the settings and the modes; exit 1 with the bad setting named."""
     try:
@@ -281,6 +394,8 @@ def _validated_config() -> tuple[Any, dict[str, Any]]:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "settings"
         raise ConfigError(f"{field}: {err['msg']}") from exc
+    except ValueError as exc:  # TOML syntax error in the settings file
+        raise ConfigError(f"settings file: {exc}") from exc
     return settings, load_modes()
 
 

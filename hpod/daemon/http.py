@@ -1,7 +1,9 @@
 """The HTTP intake and read API (aiohttp), on loopback by default.
 
 Mutating routes turn their body into the same request the queue carries and go through the
-same `RequestHandler`; they need the API token (``Authorization: Bearer …``). Reads are open.
+same `RequestHandler`; they need the API token (``Authorization: Bearer …``). Reads are open,
+including the Prometheus metrics (``/metrics``) and the diagnostics (``/doctor``,
+``/studies/{name}/doctor``, ``/workers``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from aiohttp import web
 
 from hpod import __version__
 from hpod.daemon.manager import StudyManager
+from hpod.daemon.metrics import CONTENT_TYPE_LATEST
 from hpod.daemon.requests import RequestHandler
+from hpod.daemon.web import add_web_routes
 from hpod.errors import RequestRejected
 from hpod.schema import StudySpec, json_schema
 
@@ -47,6 +51,10 @@ def make_app(
             web.get("/openapi.json", openapi),
             web.get("/studies", list_studies),
             web.get("/studies/{name}", get_study),
+            web.get("/studies/{name}/doctor", study_doctor),
+            web.get("/doctor", doctor),
+            web.get("/workers", workers),
+            web.get("/metrics", metrics),
             web.post("/studies", _mutating(create_study)),
             web.post("/studies/{name}/stop", _mutating(stop_study)),
             web.post("/studies/{name}/ask", _mutating(ask)),
@@ -56,6 +64,7 @@ def make_app(
             web.post("/requests", _mutating(any_request)),
         ]
     )
+    add_web_routes(app)
     return app
 
 
@@ -180,6 +189,28 @@ async def get_study(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MANAGER].status(request.match_info["name"]))
 
 
+async def study_doctor(request: web.Request) -> web.Response:
+    """GET /studies/{name}/doctor: seconds per stage of the study's trials, and its bottleneck."""
+    report = await request.app[MANAGER].doctor_study(request.match_info["name"])
+    return web.json_response(report)
+
+
+async def doctor(request: web.Request) -> web.Response:
+    """GET /doctor: every study's breakdown, process resources and back-pressure."""
+    return web.json_response(request.app[MANAGER].doctor_all())
+
+
+async def workers(request: web.Request) -> web.Response:
+    """GET /workers: the live workers (Celery inspect on RabbitMQ, local processes otherwise)."""
+    return web.json_response(await request.app[MANAGER].workers())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: every series in Prometheus' text format."""
+    body = request.app[MANAGER].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI 3.1 document of this API."""
     return web.json_response(openapi_document())
@@ -220,6 +251,13 @@ def openapi_document() -> dict[str, Any]:
                 "post": op("Create a study", "StudySpecBody", secured=True),
             },
             "/studies/{name}": {"get": op("Study status"), "parameters": name},
+            "/studies/{name}/doctor": {
+                "get": op("Where the study's time goes, and its bottleneck"),
+                "parameters": name,
+            },
+            "/doctor": {"get": op("All studies' breakdowns, resources and back-pressure")},
+            "/workers": {"get": op("Live workers")},
+            "/metrics": {"get": op("Prometheus metrics (text format)")},
             "/studies/{name}/stop": {"post": op("Stop a study", secured=True), "parameters": name},
             "/studies/{name}/ask": {"post": op("Ask a trial", secured=True), "parameters": name},
             "/studies/{name}/tell": {

@@ -9,6 +9,9 @@ import structlog
 
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
+from hpod.daemon.doctor import Doctor
+from hpod.daemon.metrics import Metrics
+from hpod.daemon.monitor import Monitor
 from hpod.daemon.store import StudyStore
 from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
@@ -22,7 +25,11 @@ log = structlog.get_logger("hpod.manager")
 
 
 class StudyManager:
-    """Owns the running study loops and carries out validated requests."""
+    """Owns the running study loops and carries out validated requests.
+
+    It also owns what observes them: the metrics registry, the resource monitor (started
+    and stopped with the manager) and the per-study time breakdowns.
+    """
 
     def __init__(self, settings: Settings, store: StudyStore, bus: Bus) -> None:
         self.settings = settings
@@ -32,6 +39,13 @@ class StudyManager:
         self.registry = ObjectiveRegistry(settings.objectives)
         self.modes = load_modes()
         self.default_mode = "balanced"
+        self.metrics = Metrics()
+        self.metrics.watch_inflight(
+            lambda: self.limits.inflight,
+            lambda: {name: len(run.inflight) for name, run in self.runs.items()},
+        )
+        self.monitor = Monitor(settings, self.limits, self.metrics)
+        self.doctor = Doctor()
 
     @property
     def runs(self) -> dict[str, StudyRun]:
@@ -39,12 +53,22 @@ class StudyManager:
         return self.limits.runs
 
     async def start(self) -> None:
-        """Resume every study that was running when the daemon last stopped."""
+        """Start the resource monitor; resume every study that was running at the last stop."""
+        self.monitor.start()
         for spec in await self.store.call(self.store.running_studies):
             await self._start_run(spec)
 
     async def _start_run(self, spec: StudySpec) -> None:
-        run = StudyRun(spec, self.store, self.bus, self.settings, self.limits, PolicyChain())
+        run = StudyRun(
+            spec,
+            self.store,
+            self.bus,
+            self.settings,
+            self.limits,
+            PolicyChain(),
+            self.metrics,
+            self.doctor.breakdown(spec.name),
+        )
         self.runs[spec.name] = run
         await run.start()
         assert run.task is not None
@@ -67,11 +91,13 @@ class StudyManager:
             await self._start_run(spec)
 
     async def shutdown(self) -> None:
-        """Cancel the study loops; their state is in storage and resumes on the next start."""
+        """Cancel the study loops (their state is in storage and resumes on the next start)
+        and stop the resource monitor."""
         tasks = [r.task for r in self.runs.values() if r.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.monitor.stop()
 
     # --- requests ----------------------------------------------------------------------
 
@@ -155,6 +181,7 @@ class StudyManager:
         else:
             await self.store.call(self.store.spec, request.study)
             await self.store.call(self.store.set_attr, request.study, MODE_ATTR, request.mode)
+        self.metrics.mode_changes.labels(request.mode).inc()
         await self.bus.event("mode.changed", request.study, mode=request.mode)
         return {"study": request.study, "mode": request.mode}
 
@@ -181,6 +208,7 @@ class StudyManager:
             values=body.get("values"),
             error=body.get("error"),
             duration=body.get("duration"),
+            started_at=body.get("started_at"),
             extra={"worker": body.get("worker"), "attempt": body.get("attempt")},
         )
         run = self.runs.get(body["study"])
@@ -200,6 +228,7 @@ class StudyManager:
             self.store.tell, spec, result.number, result.state, result.values, result.error
         )
         if frozen is not None:
+            self.metrics.told(spec.name, frozen)
             await publish_told(self.bus, spec.name, result, frozen)
         return frozen is not None
 
@@ -215,3 +244,18 @@ class StudyManager:
     async def list(self) -> list[dict[str, Any]]:
         """A summary line per study."""
         return await self.store.call(self.store.list_studies)
+
+    # --- observation -------------------------------------------------------------------
+
+    async def doctor_study(self, name: str) -> dict[str, Any]:
+        """Where study `name`'s time went, and its bottleneck."""
+        await self.store.call(self.store.spec, name)  # raises not_found for unknown names
+        return {**self.doctor.report(name), "running": name in self.runs}
+
+    def doctor_all(self) -> dict[str, Any]:
+        """Every study's breakdown, the process resources and the back-pressure state."""
+        return {"studies": self.doctor.reports(), "resources": self.monitor.status()}
+
+    async def workers(self) -> dict[str, Any]:
+        """The live workers, as the broker in force can tell."""
+        return await self.monitor.workers()

@@ -64,6 +64,16 @@ class StudyStore:
         """Run `fn(*args)` on the Optuna thread and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    async def call_timed(self, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """Like `call`, with the seconds `fn` itself took (not the wait for the thread)."""
+
+        def timed() -> tuple[T, float]:
+            started = time.perf_counter()
+            result = fn(*args)
+            return result, time.perf_counter() - started
+
+        return await self.call(timed)
+
     def close(self) -> None:
         """Finish pending calls and release the thread."""
         self._thread.shutdown(wait=True)

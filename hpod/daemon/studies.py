@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
+from hpod.daemon.doctor import TimeBreakdown
+from hpod.daemon.metrics import Metrics
 from hpod.daemon.store import FINISHED, AskedTrial, StudyStore
 from hpod.engine import DISPATCHED_ATTR, ERROR_ATTR, EXTERNAL_ATTR, REQUEST_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
@@ -24,6 +27,8 @@ from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.studies")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,6 +38,8 @@ class InFlight:
     trial: AskedTrial
     attempt: int
     deadline: float
+    #: `time.time()` of the last dispatch; None for a trial recovered after a restart.
+    dispatched_at: float | None = None
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Result:
     values: list[float] | None = None
     error: str | None = None
     duration: float | None = None
+    #: `time.time()` on the worker when it started the trial.
+    started_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,16 +78,30 @@ async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial
 
 
 class Limits:
-    """The global cap on trials in flight, shared by every study."""
+    """The global cap on trials in flight, shared by every study, and memory back-pressure."""
 
     def __init__(self, max_inflight: int) -> None:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.runs: dict[str, StudyRun] = {}
+        #: Set by the resource monitor while memory is above the high-water mark.
+        self.backpressure = False
 
     def available(self) -> bool:
-        """Whether one more trial may be dispatched."""
-        return self.inflight < self.max_inflight
+        """Whether one more trial may be dispatched.
+
+        Under back-pressure at most one trial is in flight, all studies together: memory
+        stops growing with concurrency, yet no study stalls.
+        """
+        cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
+        return self.inflight < cap
+
+    def set_backpressure(self, on: bool) -> None:
+        """Throttle dispatch (`on`) or lift the throttle and let every study fill up again."""
+        lifted = self.backpressure and not on
+        self.backpressure = on
+        if lifted:
+            self.wake_all()
 
     def wake_all(self) -> None:
         """A slot freed up: let every study loop look again."""
@@ -97,6 +120,8 @@ class StudyRun:
         settings: Settings,
         limits: Limits,
         policies: PolicyChain,
+        metrics: Metrics,
+        timings: TimeBreakdown,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -104,6 +129,8 @@ class StudyRun:
         self.settings = settings
         self.limits = limits
         self.policies = policies
+        self.metrics = metrics
+        self.timings = timings
         self.inflight: dict[int, InFlight] = {}
         self.external: dict[str, AskedTrial] = {}
         self.told: set[int] = set()
@@ -123,6 +150,7 @@ class StudyRun:
 
     async def start(self) -> None:
         """Recover the study's state from storage and start its loop."""
+        self.metrics.strategy_decisions.labels(self.spec.sampler.name).inc()
         await self._recover()
         self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
 
@@ -202,17 +230,32 @@ class StudyRun:
             and len(self.inflight) < self.spec.max_concurrent
             and self.limits.available()
         ):
-            self.n_created += 1
-            asked = await self.store.call(self.store.ask, self.spec)
-            try:
-                self.policies.before_dispatch(TrialEvent(self.spec, asked.number, asked.params))
-            except SkipEvaluation as skip:
-                extra = {"skipped": skip.reason}
-                await self.on_result(Result(asked.number, "complete", skip.values, extra=extra))
-                continue
-            await self._dispatch(asked, attempt=1)
+            await self._ask_and_dispatch()
 
-    async def _dispatch(self, asked: AskedTrial, attempt: int) -> None:
+    async def _ask_and_dispatch(self) -> None:
+        """Ask one trial, run it through the policies, and dispatch it (or tell a skip)."""
+        asked_at = time.perf_counter()
+        self.n_created += 1
+        asked = await self._timed("sampler", self.store.ask, self.spec)
+        try:
+            with self.timings.measure("policies"):
+                self.policies.before_dispatch(TrialEvent(self.spec, asked.number, asked.params))
+        except SkipEvaluation as skip:
+            self.metrics.skipped(skip.reason)
+            extra = {"skipped": skip.reason}
+            await self.on_result(Result(asked.number, "complete", skip.values, extra=extra))
+            return
+        await self._dispatch(asked, attempt=1, asked_at=asked_at)
+
+    async def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        """Call `fn` on the Optuna thread and count its time (there) in `stage`."""
+        result, seconds = await self.store.call_timed(fn, *args)
+        self.timings.add(stage, seconds)
+        return result
+
+    async def _dispatch(
+        self, asked: AskedTrial, attempt: int, asked_at: float | None = None
+    ) -> None:
         task = {
             "study": self.name,
             "trial_id": asked.trial_id,
@@ -225,10 +268,13 @@ class StudyRun:
         }
         if asked.number not in self.inflight:
             self.limits.inflight += 1
-        self.inflight[asked.number] = InFlight(asked, attempt, self._deadline())
+        self.inflight[asked.number] = InFlight(asked, attempt, self._deadline(), time.time())
         timeout = self.spec.trial_timeout
-        await self.bus.dispatch(task, soft_limit=timeout, hard_limit=timeout + 30)
-        await self.store.call(self.store.mark_dispatched, asked.trial_id, attempt)
+        with self.timings.measure("dispatch"):
+            await self.bus.dispatch(task, soft_limit=timeout, hard_limit=timeout + 30)
+        if asked_at is not None:
+            self.metrics.dispatch_latency.observe(time.perf_counter() - asked_at)
+        await self._timed("storage", self.store.mark_dispatched, asked.trial_id, attempt)
 
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
@@ -253,8 +299,14 @@ class StudyRun:
 
     async def on_result(self, result: Result) -> bool:
         """Tell Optuna a trial's outcome and publish it; False if it was already told."""
-        frozen = await self.store.call(
-            self.store.tell, self.spec, result.number, result.state, result.values, result.error
+        frozen = await self._timed(
+            "storage",
+            self.store.tell,
+            self.spec,
+            result.number,
+            result.state,
+            result.values,
+            result.error,
         )
         flight = self.inflight.pop(result.number, None)
         if flight is not None:
@@ -264,18 +316,35 @@ class StudyRun:
         self.wake.set()
         if frozen is None:
             return False
-        self.policies.after_tell(
-            TrialEvent(
-                self.spec,
-                result.number,
-                frozen.params,
-                state=result.state,
-                values=frozen.values,
-                duration=result.duration,
+        self._account(result, flight, frozen)
+        with self.timings.measure("policies"):
+            self.policies.after_tell(
+                TrialEvent(
+                    self.spec,
+                    result.number,
+                    frozen.params,
+                    state=result.state,
+                    values=frozen.values,
+                    duration=result.duration,
+                )
             )
-        )
         await publish_told(self.bus, self.name, result, frozen)
         return True
+
+    def _account(self, result: Result, flight: InFlight | None, frozen: FrozenTrial) -> None:
+        """Count a told trial in the metrics and in the study's time breakdown."""
+        self.metrics.told(self.name, frozen)
+        self.timings.trials += 1
+        if result.duration is not None:
+            self.timings.add("evaluation", result.duration)
+            self.metrics.evaluation.labels(self.spec.objective or "external").observe(
+                result.duration
+            )
+        dispatched_at = flight.dispatched_at if flight is not None else None
+        if dispatched_at is not None and result.started_at is not None:
+            wait = max(0.0, result.started_at - dispatched_at)
+            self.timings.add("queue_wait", wait)
+            self.metrics.queue_wait.observe(wait)
 
     # --- external evaluators -----------------------------------------------------------
 
@@ -288,7 +357,7 @@ class StudyRun:
                 "budget_exhausted", "study", f"study {self.name!r} asks no more trials"
             )
         self.n_created += 1
-        asked = await self.store.call(self.store.ask, self.spec, True, request_id)
+        asked = await self._timed("sampler", self.store.ask, self.spec, True, request_id)
         self.external[request_id or f"trial-{asked.number}"] = asked
         return asked
 

@@ -3,7 +3,8 @@
 The result goes back as a message on ``hpod.results`` (not a Celery result backend), so the
 daemon receives it as an event and never polls. The message is published *before* the task
 is acknowledged: a worker that dies in between causes a second evaluation, whose result the
-daemon ignores because the trial is already told.
+daemon ignores because the trial is already told. The message carries ``started_at`` (the
+worker's wall clock when it took the task), from which the daemon measures the queue wait.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def register(app: Celery) -> None:
 
     @app.task(name=EVALUATE_TASK, bind=True)  # type: ignore[untyped-decorator]
     def evaluate(self: Task, **message: Any) -> None:
+        started_at = time.time()
         settings: Settings = app.conf.hpod_settings
         outcome = run_trial(
             settings,
@@ -129,6 +131,7 @@ def register(app: Celery) -> None:
             "number": message["number"],
             "attempt": message.get("attempt", 1),
             "worker": f"{HOSTNAME}:{self.request.hostname}",
+            "started_at": started_at,
             **outcome,
         }
         with app.producer_pool.acquire(block=True) as producer:

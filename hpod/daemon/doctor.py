@@ -1,0 +1,95 @@
+"""Where a study's time goes: seconds per stage of a trial's path, and the bottleneck.
+
+The study loop adds the seconds of each stage as trials pass through it: the sampler (the
+``ask`` call on the Optuna thread), dispatch (publishing the task), queue wait (dispatch to
+a worker starting), evaluation (as the worker measured it), storage (``tell`` and the
+bookkeeping writes) and the policy chain's hooks. The stage with the largest share is the
+bottleneck, and the verdict says what to change about it. Evaluation and queue wait are
+summed over trials that run in parallel (worker-seconds); the other stages run one at a
+time in the daemon. The figures cover this daemon's lifetime (they are not persisted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+#: The stages, in the order a trial meets them, each with what to do when it dominates.
+ADVICE = {
+    "sampler": "asking Optuna is slow; a cheaper sampler (random, tpe) or a smaller "
+    "space would help",
+    "dispatch": "publishing tasks is slow; check the broker (and its disk)",
+    "queue_wait": "trials wait before a worker starts them; add workers (for trials of "
+    "a few milliseconds the broker's round trip dominates: batch them)",
+    "evaluation": "the objective itself takes the time, as it should; lower fidelity or "
+    "more aggressive pruning make it cheaper",
+    "storage": "storage writes are slow; the journal file or PostgreSQL is faster than SQLite",
+    "policies": "a policy hook is slow; the log names the policies in the chain",
+}
+STAGES = tuple(ADVICE)
+
+
+class TimeBreakdown:
+    """Seconds one study spent in each stage, accumulated as its trials pass."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.trials = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Count `seconds` (negative values, from clock skew between hosts, count as 0)."""
+        self.seconds[stage] += max(0.0, seconds)
+
+    @contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        """Count the time the block takes, even when it raises."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+    def bottleneck(self) -> str | None:
+        """The stage with the largest share, or None before anything was measured."""
+        stage = max(STAGES, key=lambda s: self.seconds[s])
+        return stage if self.seconds[stage] > 0 else None
+
+    def report(self) -> dict[str, Any]:
+        """Seconds and shares per stage, the bottleneck and a one-sentence verdict."""
+        total = sum(self.seconds.values())
+        shares = {s: (v / total if total else 0.0) for s, v in self.seconds.items()}
+        stage = self.bottleneck()
+        if stage is None:
+            verdict = "no timings recorded by this daemon yet"
+        else:
+            verdict = f"bottleneck: {stage} ({shares[stage]:.0%} of the time): {ADVICE[stage]}"
+        return {
+            "seconds": dict(self.seconds),
+            "shares": shares,
+            "total_seconds": total,
+            "trials": self.trials,
+            "bottleneck": stage,
+            "verdict": verdict,
+        }
+
+
+class Doctor:
+    """The time breakdowns of every study this daemon ran, by study name."""
+
+    def __init__(self) -> None:
+        self._studies: dict[str, TimeBreakdown] = {}
+
+    def breakdown(self, study: str) -> TimeBreakdown:
+        """The breakdown of `study`, created empty on first use."""
+        return self._studies.setdefault(study, TimeBreakdown())
+
+    def report(self, study: str) -> dict[str, Any]:
+        """The report of `study` (empty if this daemon never ran it)."""
+        breakdown = self._studies.get(study) or TimeBreakdown()
+        return {"study": study, **breakdown.report()}
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """The reports of every study this daemon ran."""
+        return {name: self.report(name) for name in sorted(self._studies)}

@@ -1,0 +1,171 @@
+"""Prometheus metrics of the daemon, served at ``GET /metrics``.
+
+All series live in one `CollectorRegistry` owned by a `Metrics` object, not in
+prometheus-client's global registry, so several daemons (or tests) in one process never
+share or clash on a series. Counters and histograms are updated where things happen (the
+study loops, the manager); gauges of sampled state (queue depths, workers, process
+resources) are set by the resource monitor; the in-flight gauges are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from optuna.trial import FrozenTrial, TrialState
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+#: Optuna's final states as hpod names them on the wire and in ``hpod_trials_total``.
+STATE_NAMES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+}
+
+#: From a few milliseconds (a publish) to a minute (a broker in trouble).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: From a trivial objective to a long training run.
+DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class _StudyInflight:
+    """Trials in flight per running study, read from the study loops at scrape time."""
+
+    def __init__(self, per_study: Callable[[], dict[str, int]]) -> None:
+        self._per_study = per_study
+
+    def describe(self) -> Iterable[Metric]:
+        """The family this collector yields (so the registry can detect name clashes)."""
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        """One sample per running study."""
+        family = self._family()
+        for study, count in self._per_study().items():
+            family.add_metric([study], count)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "hpod_study_inflight_trials",
+            "Trials of a study dispatched to workers and not yet told.",
+            labels=["study"],
+        )
+
+
+class Metrics:
+    """Every series hpod exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.trials = Counter(
+            "hpod_trials", "Trials told, by final state.", ["study", "state"], registry=r
+        )
+        self.dispatch_latency = Histogram(
+            "hpod_dispatch_latency_seconds",
+            "From asking Optuna for a trial to its task reaching the broker.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.evaluation = Histogram(
+            "hpod_evaluation_seconds",
+            "Duration of an evaluation, as reported by the worker.",
+            ["objective"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "hpod_queue_wait_seconds",
+            "From dispatch to a worker starting the trial.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "hpod_queue_depth", "Messages ready in a queue (sampled).", ["queue"], registry=r
+        )
+        self.inflight = Gauge("hpod_inflight_trials", "Trials in flight, all studies.", registry=r)
+        self.cache_hits = Counter(
+            "hpod_cache_hits", "Trials answered from the result cache.", registry=r
+        )
+        self.cache_misses = Counter(
+            "hpod_cache_misses", "Trials looked up in the result cache and not found.", registry=r
+        )
+        self.prunes = Counter(
+            "hpod_prunes",
+            "Pruned trials, by the step (number of reported values) they stopped at.",
+            ["study", "rung"],
+            registry=r,
+        )
+        self.mode_changes = Counter(
+            "hpod_mode_changes", "Live mode switches, by new mode.", ["mode"], registry=r
+        )
+        self.strategy_decisions = Counter(
+            "hpod_strategy_decisions",
+            "Strategy choices (at study start: the sampler).",
+            ["sampler"],
+            registry=r,
+        )
+        self.workers = Gauge(
+            "hpod_workers",
+            "Live workers: Celery nodes answering ping on RabbitMQ; "
+            "local pool processes on the embedded broker.",
+            registry=r,
+        )
+        self.backpressure = Gauge(
+            "hpod_backpressure",
+            "1 while memory is above the high-water mark and dispatch is throttled.",
+            registry=r,
+        )
+        self.process_cpu = Gauge(
+            "hpod_process_cpu_percent",
+            "CPU use of the daemon and of its local workers, in percent of one core.",
+            ["process"],
+            registry=r,
+        )
+        self.process_rss = Gauge(
+            "hpod_process_rss_bytes",
+            "Resident memory of the daemon and of its local workers.",
+            ["process"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+    def watch_inflight(
+        self, total: Callable[[], int], per_study: Callable[[], dict[str, int]]
+    ) -> None:
+        """Read the in-flight counts from the study loops whenever metrics are scraped."""
+        self.inflight.set_function(lambda: float(total()))
+        self.registry.register(_StudyInflight(per_study))
+
+    def told(self, study: str, frozen: FrozenTrial) -> None:
+        """Count a trial just told, and where a pruned trial stopped."""
+        state = STATE_NAMES.get(frozen.state)
+        if state is None:
+            return
+        self.trials.labels(study, state).inc()
+        if frozen.state == TrialState.PRUNED:
+            self.prunes.labels(study, str(len(frozen.intermediate_values))).inc()
+
+    def skipped(self, reason: str) -> None:
+        """Count a trial a policy answered without an evaluation (a cache hit)."""
+        if reason == "cached":
+            self.cache_hits.inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (`CONTENT_TYPE_LATEST`)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,126 @@
+"""GET /events: the daemon's events as Server-Sent Events, for the live web page.
+
+Each connection subscribes one listener to the `Bus`. The listener runs on the event loop
+(the bus calls it there) and only puts the event into the connection's own bounded queue,
+so a slow or stalled browser can never hold up the daemon: when its queue is full the
+oldest event is dropped, and the stream tells the page with a ``lagged`` message so that it
+re-reads the state instead of trusting an incomplete history. A comment line every
+`HEARTBEAT_SECONDS` keeps proxies from closing an idle stream and is how a vanished client
+is noticed (the write fails); the listener is removed when the stream ends, whatever ends
+it. On shutdown every stream is ended at once, so that aiohttp's graceful shutdown does
+not wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("hpod.web")
+
+#: Seconds between heartbeat comments on an idle stream.
+HEARTBEAT_SECONDS = 15.0
+#: Events kept for one connection that has not sent them yet; older ones are dropped.
+QUEUE_SIZE = 512
+#: Milliseconds a browser waits before it reconnects a broken stream (the SSE ``retry``).
+RETRY_MS = 3000
+
+
+class Subscription:
+    """One connection's bounded queue of events, fed by a `Bus` listener.
+
+    `study` narrows the stream to that study's events plus the global ``mode.changed``.
+    `None` in the queue ends the stream.
+    """
+
+    def __init__(self, study: str | None, size: int = QUEUE_SIZE) -> None:
+        self.study = study
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(size)
+        self.dropped = 0
+
+    def wanted(self, event: dict[str, Any]) -> bool:
+        """Whether the connection asked for this event."""
+        if self.study is None:
+            return True
+        if event.get("study") == self.study:
+            return True
+        return event.get("event") == "mode.changed" and event.get("study") is None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """The bus listener: queue the event, dropping the oldest when the client lags."""
+        if not self.wanted(event):
+            return
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+    def close(self) -> None:
+        """End the stream (the sentinel goes in even when the queue is full)."""
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+SUBSCRIPTIONS = web.AppKey("web_subscriptions", set[Subscription])
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """One SSE message carrying the event as JSON (one ``data:`` line: JSON has no newline)."""
+    return b"data: " + json.dumps(event, default=str).encode() + b"\n\n"
+
+
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """GET /events[?study=NAME]: every event the daemon publishes, as it happens."""
+    from hpod.daemon.http import MANAGER  # http imports this package: import late
+
+    bus = request.app[MANAGER].bus
+    subscription = Subscription(request.query.get("study") or None)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache, no-store",
+            "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
+        }
+    )
+    subscriptions = request.app[SUBSCRIPTIONS]
+    subscriptions.add(subscription)
+    bus.add_listener(subscription)
+    try:
+        await response.prepare(request)
+        await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
+        await _pump(subscription, response)
+    except ConnectionError:  # the client went away; aiohttp's ClientConnectionResetError too
+        pass
+    finally:
+        bus.remove_listener(subscription)
+        subscriptions.discard(subscription)
+    return response
+
+
+async def _pump(subscription: Subscription, response: web.StreamResponse) -> None:
+    """Write queued events (and heartbeats while idle) until the stream is closed."""
+    while True:
+        try:
+            event = await asyncio.wait_for(subscription.queue.get(), HEARTBEAT_SECONDS)
+        except TimeoutError:
+            await response.write(b": heartbeat\n\n")
+            continue
+        if event is None:
+            return
+        if subscription.dropped:
+            lagged = {"dropped": subscription.dropped}
+            subscription.dropped = 0
+            await response.write(b"event: lagged\ndata: " + json.dumps(lagged).encode() + b"\n\n")
+        await response.write(encode(event))
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: end every open stream so that the server's shutdown need not wait."""
+    subscriptions: set[Subscription] = app[SUBSCRIPTIONS]
+    for subscription in list(subscriptions):
+        subscription.close()

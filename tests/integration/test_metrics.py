@@ -1,0 +1,132 @@
+"""GET /metrics during real studies: on RabbitMQ with a separate worker, and embedded."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Daemon, DaemonFactory, quadratic_spec
+from prometheus_client.parser import text_string_to_metric_families
+
+#: Every hpod family /metrics must expose, whether or not it has samples yet.
+FAMILIES = {
+    "hpod_trials",
+    "hpod_dispatch_latency_seconds",
+    "hpod_evaluation_seconds",
+    "hpod_queue_wait_seconds",
+    "hpod_queue_depth",
+    "hpod_inflight_trials",
+    "hpod_study_inflight_trials",
+    "hpod_cache_hits",
+    "hpod_cache_misses",
+    "hpod_prunes",
+    "hpod_mode_changes",
+    "hpod_strategy_decisions",
+    "hpod_workers",
+    "hpod_backpressure",
+    "hpod_process_cpu_percent",
+    "hpod_process_rss_bytes",
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+}
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(daemon: Daemon) -> tuple[set[str], Samples]:
+    """The family names and the samples of one GET /metrics, parsed as Prometheus does."""
+    with urllib.request.urlopen(daemon.url + "/metrics", timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    families = list(text_string_to_metric_families(text))
+    samples = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
+    return {f.name for f in families}, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of sample `name` with exactly `labels`, or None if absent."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape_until(daemon: Daemon, check: Callable[[Samples], bool], timeout: float = 60) -> Samples:
+    """Scrape until `check` holds on the samples (it may take a sampling period or two)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _names, samples = scrape(daemon)
+        if check(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.3)
+
+
+def exercise(daemon: Daemon, name: str) -> Samples:
+    """Run a study on the workers, switch a mode, prune an external trial; the samples at the end.
+
+    Asserts on the way that the per-study in-flight gauge shows the study while it runs.
+    """
+    spec = quadratic_spec(name, trials=12, objective_kwargs={"sleep": 0.3}, max_concurrent=2)
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    running = scrape_until(
+        daemon, lambda s: bool(value(s, "hpod_study_inflight_trials", study=name))
+    )
+    assert value(running, "hpod_study_inflight_trials", study=name)
+    assert value(running, "hpod_inflight_trials")
+    external = quadratic_spec(f"{name}-ext", trials=1)
+    del external["objective"]
+    assert daemon.request("POST", "/studies", external)[0] == 201
+    trial = daemon.request("POST", f"/studies/{name}-ext/ask", {})[1]["result"]["trial"]
+    told = {"trial": trial, "state": "pruned", "values": None}
+    assert daemon.request("POST", f"/studies/{name}-ext/tell", told)[0] == 200
+    assert daemon.request("POST", "/mode", {"mode": "fast", "study": name})[0] == 200
+    daemon.wait_study(name)
+    return scrape_until(daemon, lambda s: (value(s, "hpod_workers") or 0) >= 1)
+
+
+def check_series(daemon: Daemon, samples: Samples, name: str) -> None:
+    """Every family is there, and each series shows what the exercise did."""
+    names, _ = scrape(daemon)
+    assert names >= FAMILIES, FAMILIES - names
+    assert value(samples, "hpod_trials_total", study=name, state="complete") == 12
+    assert value(samples, "hpod_trials_total", study=f"{name}-ext", state="pruned") == 1
+    assert value(samples, "hpod_prunes_total", study=f"{name}-ext", rung="0") == 1
+    assert value(samples, "hpod_mode_changes_total", mode="fast") == 1
+    assert value(samples, "hpod_strategy_decisions_total", sampler="random") == 2
+    assert value(samples, "hpod_dispatch_latency_seconds_count") == 12
+    assert value(samples, "hpod_evaluation_seconds_count", objective="quadratic") == 12
+    assert (value(samples, "hpod_evaluation_seconds_sum", objective="quadratic") or 0) >= 3.6
+    assert value(samples, "hpod_queue_wait_seconds_count") == 12
+    assert value(samples, "hpod_inflight_trials") == 0
+    assert value(samples, "hpod_cache_hits_total") == 0
+    assert value(samples, "hpod_cache_misses_total") == 0
+    for queue in ("hpod.trials", "hpod.requests"):
+        assert (value(samples, "hpod_queue_depth", queue=queue) or 0) >= 0
+        assert value(samples, "hpod_queue_depth", queue=queue) is not None
+    assert (value(samples, "hpod_workers") or 0) >= 1
+    assert value(samples, "hpod_backpressure") == 0
+    assert (value(samples, "process_resident_memory_bytes") or 0) > 0
+    assert (value(samples, "process_cpu_seconds_total") or 0) > 0
+    assert (value(samples, "hpod_process_rss_bytes", process="daemon") or 0) > 0
+    assert value(samples, "hpod_process_cpu_percent", process="daemon") is not None
+
+
+@pytest.mark.broker
+def test_metrics_on_rabbitmq_with_a_separate_worker(
+    rabbitmq: str,
+    start_daemon: DaemonFactory,
+    start_worker: Callable[[dict[str, str]], Any],
+) -> None:
+    """On RabbitMQ, /metrics parses and counts trials, latencies, prunes, modes and workers."""
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq)
+    start_worker(daemon.env)
+    samples = exercise(daemon, "metrics-amqp")
+    check_series(daemon, samples, "metrics-amqp")
+
+
+def test_metrics_on_the_embedded_default(start_daemon: DaemonFactory) -> None:
+    """On the embedded broker, /metrics counts the same, and its local pool processes as workers."""
+    daemon = start_daemon()
+    samples = exercise(daemon, "metrics-embedded")
+    check_series(daemon, samples, "metrics-embedded")
+    assert (value(samples, "hpod_process_rss_bytes", process="local_workers") or 0) > 0
