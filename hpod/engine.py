@@ -7,13 +7,17 @@ optuna-dashboard read unchanged.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import sqlite3
+import threading
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import BaseJournalFileLock  # not re-exported; stable ABC
 
 from hpod.errors import RequestRejected
 from hpod.schema import CategoricalParam, FloatParam, IntParam, ParamSpec, StudySpec
@@ -30,10 +34,42 @@ ERROR_ATTR = "hpod:error"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+class KernelJournalLock(BaseJournalFileLock):
+    """A journal-file write lock that the kernel releases when its holder dies.
+
+    Optuna's own locks (a symlink or an O_EXCL file) outlive a SIGKILLed holder, and every
+    other process then waits out a 30 s grace period before breaking them; surviving SIGKILL
+    is hpod's job, so its processes lock with flock(2) instead. Only writers lock (Optuna
+    reads whole lines without a lock), so `optuna` and optuna-dashboard still read the file.
+    """
+
+    def __init__(self, journal_path: str) -> None:
+        self._path = journal_path + ".flock"
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Block until this process holds the lock."""
+        self._thread_lock.acquire()
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self._thread_lock.release()
+
+
 def make_storage(url: str) -> BaseStorage:
     """An Optuna storage for `url`: ``journal:///path`` or any SQLAlchemy RDB URL."""
     if url.startswith("journal://"):
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
+        path = url.removeprefix("journal://")
+        return JournalStorage(JournalFileBackend(path, lock_obj=KernelJournalLock(path)))
     if url.startswith("sqlite"):
         _use_wal(url)
         # Several processes (daemon, workers reporting) share the file: wait for locks

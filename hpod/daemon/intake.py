@@ -112,6 +112,7 @@ class QueueIntake:
         raw = body if isinstance(body, bytes) else str(body).encode()
         props = dict(message.properties)
         props["headers"] = dict(message.headers or {})
+        props["redelivered"] = bool((message.delivery_info or {}).get("redelivered"))
         try:
             # The handler's task inherits this thread's context: ids bound here are on every
             # log line the handler writes.

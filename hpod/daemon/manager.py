@@ -200,8 +200,13 @@ class StudyManager:
 
     # --- results and status ------------------------------------------------------------
 
-    async def on_worker_result(self, body: dict[str, Any]) -> None:
-        """A worker's result: tell it through the study loop (or directly if it ended)."""
+    async def on_worker_result(self, body: dict[str, Any], redelivered: bool = False) -> None:
+        """A worker's result: tell it through the study loop (or directly if it ended).
+
+        A result the broker delivers again after a daemon crash may have been told without its
+        event going out; then the event is published again from the stored trial, so events
+        are at-least-once (a consumer may see a trial's event twice, never zero times).
+        """
         result = Result(
             number=int(body["number"]),
             state=str(body["state"]),
@@ -212,15 +217,15 @@ class StudyManager:
             extra={"worker": body.get("worker"), "attempt": body.get("attempt")},
         )
         run = self.runs.get(body["study"])
-        if run is not None:
-            await run.on_result(result)
-            return
         try:
-            spec = await self.store.call(self.store.spec, body["study"])
+            spec = run.spec if run else await self.store.call(self.store.spec, body["study"])
         except RequestRejected:
             log.warning("result.unknown_study", study=body["study"])
             return
-        await self._tell_directly(spec, result)
+        told = await (run.on_result(result) if run else self._tell_directly(spec, result))
+        if not told and redelivered:
+            frozen = await self.store.call(self.store.trial, spec, result.number)
+            await publish_told(self.bus, spec.name, result, frozen)
 
     async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
         """Tell a trial of a study whose loop is not running (stopped, or ended)."""

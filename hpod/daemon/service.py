@@ -179,7 +179,7 @@ class Daemon:
             await asyncio.sleep(0.1)
         return manager.limits.inflight == 0
 
-    async def _on_result(self, body: bytes, _props: dict[str, Any]) -> None:
+    async def _on_result(self, body: bytes, props: dict[str, Any]) -> None:
         assert self._manager is not None
         try:
             message = json.loads(body)
@@ -188,4 +188,4 @@ class Daemon:
         except ValueError as exc:
             log.error("result.malformed", error=repr(exc), body=body[:200])
             return
-        await self._manager.on_worker_result(message)
+        await self._manager.on_worker_result(message, bool(props.get("redelivered")))

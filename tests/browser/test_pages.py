@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +85,7 @@ class Tab:
     page: Page
     daemon: Daemon
     external: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def open(self, path: str) -> Page:
@@ -119,6 +121,7 @@ def tab(browser: Browser) -> Iterator[Callable[[Daemon], Tab]]:
                 opened.external.append(route.request.url)
                 route.abort()
             else:
+                opened.requests.append(url.path)
                 route.continue_()
 
         context.route("**/*", guard)
@@ -310,6 +313,38 @@ def test_pruned_failed_and_pareto_front(
     ppage.screenshot(path=str(artifacts / "study-pareto.png"), full_page=True)
     opened.check_clean()
     pareto.check_clean()
+
+
+def test_a_burst_of_events_is_coalesced_and_the_page_stays_bounded(
+    start_daemon: DaemonFactory, tab: Callable[[Daemon], Tab]
+) -> None:
+    """Hundreds of trial events in a few seconds cause a handful of reads, not one per
+    event, and the page's activity log stays bounded; the page still shows every trial."""
+    daemon = start_daemon("--no-workers")
+    _external_study(daemon, "web-burst", trials=300)
+    opened = tab(daemon)
+    page = opened.open("/study/web-burst")
+    page.wait_for_selector("#live[data-state='live']")
+    overview = tab(daemon)
+    overview.open("/").wait_for_selector("#live[data-state='live']")
+    # The trials are told from a thread: Playwright's sync API answers the page's routed
+    # requests only while this thread waits in a Playwright call.
+    started = time.monotonic()
+    teller = threading.Thread(target=lambda: [_ask_tell(daemon, "web-burst") for _ in range(300)])
+    teller.start()
+    page.wait_for_function(f"({HISTORY_POINTS})() === 300", timeout=90_000)
+    seconds = time.monotonic() - started
+    teller.join()
+    reads = [p for p in opened.requests if p.startswith("/studies/web-burst/trials")]
+    # One coalesced refresh a second at most (plus the first read and a trailing one).
+    assert 3 <= len(reads) <= seconds + 3, (len(reads), seconds)
+    assert page.locator("#activity li").count() == 100
+    overview.page.wait_for_selector("tr[data-study='web-burst'][data-state='completed']")
+    status_reads = [p for p in overview.requests if p == "/studies/web-burst"]
+    assert len(status_reads) <= seconds + 3, (len(status_reads), seconds)
+    assert page.evaluate("() => document.querySelectorAll('#trials tbody tr').length") == 100
+    opened.check_clean()
+    overview.check_clean()
 
 
 def test_intermediate_values_of_a_reporting_objective(

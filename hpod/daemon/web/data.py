@@ -22,6 +22,8 @@ from hpod.schema import StudySpec
 
 #: Most trials one GET /studies/{name}/trials answers with; a client pages on with `from`.
 MAX_TRIALS_PER_PAGE = 5000
+#: Up to this many trials are read one by one; more are read with the whole study.
+INCREMENTAL_READ_MAX = 200
 #: Importances are computed only from this many complete trials on: below it the forest
 #: that estimates them says little.
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -73,10 +75,22 @@ def read_trials(
     next: the lowest trial number returned that is not finished yet (its state and
     intermediate values may still change), or the one after the last returned.
     """
-    trials = store.trials(spec)
-    selected = [
-        t for t in trials if t.number >= first and (state is None or t.state.name.lower() == state)
-    ]
+    storage = store.storage
+    study_id = storage.get_study_id_from_name(spec.name)
+    total = storage.get_n_trials(study_id)
+    if total - first <= INCREMENTAL_READ_MAX:
+        # A page following the study asks for the few trials since its last read: fetch
+        # just those (an RDB storage would otherwise load every trial of the study).
+        trials = []
+        for number in range(first, total):
+            try:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            except KeyError:
+                continue
+            trials.append(storage.get_trial(trial_id))
+    else:
+        trials = [t for t in store.trials(spec) if t.number >= first]
+    selected = [t for t in trials if state is None or t.state.name.lower() == state]
     page = selected[:limit]
     unfinished = [t.number for t in page if not t.state.is_finished()]
     if unfinished:
@@ -89,7 +103,7 @@ def read_trials(
         "study": spec.name,
         "directions": spec.directions,
         "space": spec.model_dump(mode="json")["space"],
-        "n_trials": len(trials),
+        "n_trials": total,
         "from": first,
         "next_from": next_from,
         "more": len(selected) > len(page),

@@ -36,8 +36,8 @@ SERVED_SUFFIXES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/
 PLOTLY = "plotly.min.js"
 TRIAL_STATES = ("complete", "pruned", "fail", "running", "waiting")
 
-#: No request leaves the daemon's origin; Plotly needs inline styles and, for WebGL plots
-#: (parallel coordinates), generated functions.
+#: No request leaves the daemon's origin. Plotly needs inline styles, and its WebGL plots
+#: (parallel coordinates) compile functions from strings ('unsafe-eval').
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
@@ -62,8 +62,9 @@ def _manager(request: web.Request) -> StudyManager:
 # --- pages ---------------------------------------------------------------------------
 
 
-@cache
 def _template(name: str) -> str:
+    # Read on every request (5 KB), like the scripts: the shell and its scripts always
+    # come from the same installed version.
     return (STATIC / name).read_text(encoding="utf-8")
 
 

@@ -137,8 +137,6 @@ const hpod = (() => {
     }
   }
 
-  function isLocked() { return !token(); }
-
   // --- the token -------------------------------------------------------------------
 
   function setupToken() {
@@ -168,36 +166,50 @@ const hpod = (() => {
   /**
    * Follow GET /events. `onEvent(event)` gets every event; `onResync()` is called when
    * events may have been missed (reconnected after a break, or the server dropped some
-   * because this page fell behind), so the page re-reads its state.
+   * because this page fell behind), so the page re-reads its state. The browser retries a
+   * broken stream by itself, but gives up on an HTTP error (a proxy's 502 while the daemon
+   * restarts, say): then a new stream is opened after a pause.
    */
   function connectEvents(query, onEvent, onResync) {
     const live = $("live");
+    const url = `/events${query ? `?${query}` : ""}`;
     const setState = (state, text) => {
       if (!live) return;
       live.dataset.state = state;
       live.textContent = text;
     };
+    let source = null;
     let opened = false;
     let broken = false;
-    const source = new EventSource(`/events${query ? `?${query}` : ""}`);
-    source.onopen = () => {
-      setState("live", "live");
-      if (opened && broken) onResync("reconnected");
-      opened = true;
-      broken = false;
+    let closedByPage = false;
+    const open = () => {
+      source = new EventSource(url);
+      source.onopen = () => {
+        setState("live", "live");
+        if (opened && broken) onResync("reconnected");
+        opened = true;
+        broken = false;
+      };
+      source.onerror = () => {
+        broken = true;
+        setState("down", "reconnecting…");
+        if (source.readyState === EventSource.CLOSED && !closedByPage) setTimeout(open, 5000);
+      };
+      source.onmessage = (message) => {
+        let event;
+        try { event = JSON.parse(message.data); } catch (_) { return; }
+        onEvent(event);
+      };
+      source.addEventListener("lagged", () => onResync("lagged"));
     };
-    source.onerror = () => {
-      broken = true;
-      setState("down", "reconnecting…");
-    };
-    source.onmessage = (message) => {
-      let event;
-      try { event = JSON.parse(message.data); } catch (_) { return; }
-      onEvent(event);
-    };
-    source.addEventListener("lagged", () => onResync("lagged"));
-    window.addEventListener("pagehide", () => source.close());
-    return source;
+    window.addEventListener("pagehide", () => { closedByPage = true; if (source) source.close(); });
+    window.addEventListener("pageshow", (event) => {
+      if (!event.persisted) return; // back from the back-forward cache: start afresh
+      closedByPage = false;
+      open();
+      onResync("restored");
+    });
+    open();
   }
 
   /**
@@ -351,7 +363,7 @@ const hpod = (() => {
 
   return {
     config, $, el, setText, num, duration, bytes, clock, paramsText, HttpError, getJSON, send,
-    showOutcome, isLocked, token, connectEvents, refresher, whileVisible, RateMeter, rateText,
+    showOutcome, token, connectEvents, refresher, whileVisible, RateMeter, rateText,
     logActivity, stateBadge, progress, finished, averageRate, fillModes,
   };
 })();

@@ -250,10 +250,11 @@
       if (last > xs[xs.length - 1]) { xs.push(last); ys.push(best); }
       traces.push({ type: "scatter", mode: "lines", name: "best so far", x: xs, y: ys, line: { shape: "hv", color: COLORS.best, width: 2 }, hovertemplate: "best after trial %{x}: %{y:.5g}<extra></extra>" });
     }
+    const logY = $("history-log").checked && complete.every((t) => t.values[k] > 0) && prunedValued.every((t) => lastIntermediate(t) > 0);
     const ytitle = directions.length === 1 ? `value (${directions[0]})` : `objective ${k} (${directions[k]})`;
     Plotly.react("plot-history", traces, layout({
       xaxis: { title: { text: "trial" }, rangemode: "tozero" },
-      yaxis: { title: { text: ytitle } },
+      yaxis: { title: { text: ytitle }, type: logY ? "log" : "linear" },
       yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
     }), PLOT_CONFIG);
     const shown = complete.length + pruned.length + failed.length;
@@ -277,7 +278,8 @@
         hovertemplate: `trial ${t.number} (${t.state})<br>step %{x}: %{y:.5g}<extra></extra>`,
       };
     });
-    Plotly.react("plot-intermediate", traces, layout({ xaxis: { title: { text: "step" } }, yaxis: { title: { text: "intermediate value" } } }), PLOT_CONFIG);
+    const logY = $("intermediate-log").checked && reporting.every((t) => t.intermediate.every((p) => p[1] === null || p[1] > 0));
+    Plotly.react("plot-intermediate", traces, layout({ xaxis: { title: { text: "step" } }, yaxis: { title: { text: "intermediate value" }, type: logY ? "log" : "linear" } }), PLOT_CONFIG);
     hpod.setText("intermediate-note", `${reporting.length} trials${reporting.length === INTERMEDIATE_MAX ? " (latest)" : ""}`);
   }
 
@@ -315,9 +317,20 @@
     if (param.log) {
       // Log-scaled parameters are drawn on log10 axes, labelled in their own units.
       const ticks = logTicks(param.low, param.high);
-      return { label: `${name} (log)`, values: values.map((v) => Math.log10(v)), range: [Math.log10(param.low), Math.log10(param.high)], tickvals: ticks.map(Math.log10), ticktext: ticks.map((t) => num(t, 3)) };
+      return { label: `${name} (log)`, values: values.map((v) => Math.log10(v)), range: [Math.log10(param.low), Math.log10(param.high)], tickvals: ticks.map(Math.log10), ticktext: ticks.map(tickText) };
+    }
+    if (param.type === "int" && (param.high - param.low) / (param.step || 1) <= 10) {
+      const ticks = [];
+      for (let v = param.low; v <= param.high; v += param.step || 1) ticks.push(v);
+      return { label: name, values, range: [param.low, param.high], tickvals: ticks, ticktext: ticks.map(String) };
     }
     return { label: name, values, range: [param.low, param.high] };
+  }
+
+  function tickText(v) {
+    const abs = Math.abs(v);
+    const short = Number(v.toPrecision(3));
+    return abs !== 0 && (abs < 1e-3 || abs >= 1e5) ? short.toExponential() : String(short);
   }
 
   /** 1-2-5 steps of each decade within [low, high] (the ends when fewer than three fit). */
@@ -500,6 +513,7 @@
     hpod.setText("study-name", NAME);
     hpod.setText("crumb-name", NAME);
     setupActions();
+    for (const id of ["history-log", "intermediate-log"]) $(id).addEventListener("change", renderAll);
     hpod.connectEvents(`study=${encodeURIComponent(NAME)}`, onEvent, () => resync().catch(console.warn));
     start().catch((err) => showError(`Cannot read the study: ${err.message}`));
     hpod.whileVisible(() => { if (status && status.running && status.in_flight > 0) refreshSoon(); }, INFLIGHT_POLL_MS);
