@@ -120,8 +120,6 @@ class Daemon:
         workers = (
             LocalWorkers(s, s.local_workers) if self.start_workers and s.local_workers else None
         )
-        if workers:
-            workers.start()
         await manager.start()
         intake = QueueIntake(s, loop, handler.on_queue_message, self._on_result)
         await asyncio.to_thread(intake.start)
@@ -130,6 +128,8 @@ class Daemon:
         runner = web.AppRunner(app, access_log=access_log)
         await runner.setup()
         await web.TCPSite(runner, s.http_host, s.http_port).start()
+        if workers:  # started last: if anything above fails, no orphaned worker is left
+            workers.start()
         watchdog = loop.create_task(notify.watchdog(), name="watchdog")
         notify.notify("READY=1", "STATUS=serving")
         log.info(

@@ -38,6 +38,8 @@ class FakeBus:
 
 
 class FakeManager:
+    """The part of `StudyManager` the stream uses: its bus."""
+
     def __init__(self) -> None:
         self.bus = FakeBus()
 

@@ -141,16 +141,6 @@ def tab(browser: Browser) -> Iterator[Callable[[Daemon], Tab]]:
         context.close()
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _external_study(daemon: Daemon, name: str, trials: int, **extra: Any) -> None:
     spec = quadratic_spec(name, trials=trials, **extra)
     del spec["objective"]

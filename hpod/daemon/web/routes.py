@@ -90,7 +90,6 @@ def page_config(manager: StudyManager, study: str | None) -> dict[str, Any]:
         "modes": sorted(manager.modes),
         "default_mode": manager.default_mode,
         "requests": request_types(),
-        "max_trials_per_page": MAX_TRIALS_PER_PAGE,
     }
 
 

@@ -97,9 +97,12 @@
       el("td", { class: "num rate" }, hpod.rateText(item.meter)),
       el("td", { class: "num inflight" }, String(s.in_flight)),
       el("td", { class: "muted" }, s.objective || "external"));
+    const added = !item.row;
     if (item.row) item.row.replaceWith(row); else $("studies").tBodies[0].append(row);
     item.row = row;
+    if (added) sortRows();
     $("no-studies").hidden = true;
+    hpod.setText("studies-note", `${studies.size} ${studies.size === 1 ? "study" : "studies"}`);
   }
 
   function renderRates() {

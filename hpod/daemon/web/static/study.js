@@ -19,6 +19,9 @@
   const REFRESH_MS = 1000;
   const IMPORTANCE_MS = 5000;
   const INFLIGHT_POLL_MS = 5000;
+  const REREAD_WINDOW = 200;
+  const FINISHED = new Set(["complete", "pruned", "fail"]);
+  const EVENT_STATES = { "trial.completed": "complete", "trial.pruned": "pruned", "trial.failed": "fail" };
   const COLORS = { complete: "#2f6fde", pruned: "#e8871e", fail: "#d64545", running: "#2a9d5c", waiting: "#8a94a6", best: "#10284f" };
   const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"] };
   const BASE_LAYOUT = {
@@ -51,18 +54,44 @@
     meter.seed = hpod.averageRate(status);
   }
 
+  /**
+   * Read the trials from `nextFrom` on (paging through `more`), then set `nextFrom` to the
+   * lowest trial still unfinished: its state and intermediate values may change. A trial
+   * left unfinished far behind the newest (an external ask never told) is not re-read
+   * forever: reads go back at most REREAD_WINDOW trials, and its event still updates it.
+   */
   async function loadTrials() {
+    let from = nextFrom;
+    let lowest = null;
+    let highest = -1;
     for (;;) {
-      const page = await hpod.getJSON(`${PATH}/trials?from=${nextFrom}`);
+      const page = await hpod.getJSON(`${PATH}/trials?from=${from}`);
       space = page.space;
-      for (const t of page.trials) trials.set(t.number, t);
-      nextFrom = page.next_from;
-      if (!page.more) break;
+      for (const t of page.trials) {
+        trials.set(t.number, t);
+        highest = Math.max(highest, t.number);
+        if (!FINISHED.has(t.state) && (lowest === null || t.number < lowest)) lowest = t.number;
+      }
+      if (!page.more || !page.trials.length) {
+        const next = lowest === null ? page.next_from : lowest;
+        nextFrom = Math.max(next, highest + 1 - REREAD_WINDOW, 0);
+        break;
+      }
+      from = page.trials[page.trials.length - 1].number + 1;
     }
     if (trials.size > MAX_KEEP) {
       const numbers = [...trials.keys()].sort((a, b) => a - b);
       for (const n of numbers.slice(0, trials.size - MAX_KEEP)) trials.delete(n);
     }
+  }
+
+  /** A trial event updates the trial at once (the coalesced refresh brings the rest). */
+  function applyEvent(event) {
+    const t = trials.get(event.trial);
+    if (!t) return;
+    t.state = EVENT_STATES[event.event];
+    t.values = event.values;
+    if (event.error) t.error = event.error;
   }
 
   async function refresh() {
@@ -399,7 +428,7 @@
   }
 
   function stateCell(t) {
-    return el("span", { class: `badge state-${t.state}`, title: t.error || null }, t.state);
+    return el("span", { class: `badge state-${t.state}`, title: t.error || null }, t.state === "fail" ? "failed" : t.state);
   }
 
   function renderTrialsTable(rows) {
@@ -492,6 +521,7 @@
       case "trial.pruned":
       case "trial.failed":
         meter.add();
+        applyEvent(event);
         refreshSoon();
         break;
       case "study.completed":
