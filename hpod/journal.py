@@ -1,0 +1,261 @@
+"""Group commit for Optuna's journal file: many storage operations, one durable write.
+
+Optuna's :class:`~optuna.storages.journal.JournalFileBackend` turns every storage operation
+(create a trial, set a param, a user attribute, a state) into its own lock + write + fsync,
+which caps a journal at a few hundred trials per second. :class:`GroupCommitJournalBackend`
+lets a caller wrap a batch of operations in :meth:`~GroupCommitJournalBackend.group`: the
+process holds the journal's write lock for the whole group, buffers the operations' logs in
+memory (while still replaying them, so Optuna learns trial ids as usual) and writes them with
+one write and one fsync when the group exits. The group is durable when ``__exit__``
+returns, so callers acknowledge work (answer a client, dispatch a trial) only after that.
+
+The file keeps Optuna's own line format, so the ``optuna`` CLI, optuna-dashboard and a plain
+``JournalFileBackend`` read it unchanged. Outside a group the backend writes each call
+durably, like Optuna's.
+
+All writers of one file must share its write lock (hpod's processes use
+:class:`hpod.engine.KernelJournalLock` through :func:`hpod.engine.make_storage`): a group
+numbers its buffered logs on the assumption that nobody else appends while it holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import BaseJournalFileLock  # not re-exported; stable ABC
+
+__all__ = ["GroupCommitJournalBackend", "JournalGroupError", "storage_group"]
+
+_CHUNK = 1 << 20
+
+
+class JournalGroupError(RuntimeError):
+    """A group's commit failed, so this process's view of the journal no longer matches it.
+
+    Raised by every later call on the backend. The file itself is consistent (see
+    :meth:`GroupCommitJournalBackend.group`): build a new storage to go on.
+    """
+
+
+class GroupCommitJournalBackend(JournalFileBackend):
+    """A :class:`~optuna.storages.journal.JournalFileBackend` that can group writes.
+
+    Args:
+        file_path: The journal file (created when missing).
+        lock_obj: The write lock every writer of the file uses; Optuna's symlink lock when
+            omitted, as for ``JournalFileBackend``.
+    """
+
+    def __init__(self, file_path: str, lock_obj: BaseJournalFileLock | None = None) -> None:
+        lock = lock_obj or JournalFileSymlinkLock(file_path)
+        super().__init__(file_path, lock_obj=lock)
+        self._path = file_path
+        self._write_lock = lock
+        self._broken: BaseException | None = None
+        # The open group: its thread and what the file held when it began.
+        self._owner: int | None = None
+        self._base_number = 0  # log number of the first buffered log
+        self._base_offset = 0  # byte offset where it will be written
+        self._entry_size = 0  # file size when the group began (> base: a torn last line)
+        self._lines: list[bytes] = []
+        # The last line boundary this object knows (log number, byte offset), so opening a
+        # group scans only what other processes appended since.
+        self._known_number = 0
+        self._known_offset = 0
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """Group the storage operations made inside the ``with`` block into one durable write.
+
+        On entry the process takes the journal's write lock and keeps it until the group's
+        logs are on disk, so no other writer appends in between: logs reach the file in the
+        order this process replayed them. A group belongs to the thread that opened it, and
+        one opened inside it on that thread joins it. Appends from another thread while it is
+        open raise :class:`RuntimeError` (waiting for the lock would deadlock on
+        ``JournalStorage``'s own lock, held by the waiting thread).
+
+        The logs are written when the outermost group exits, also when its body raised: the
+        storage has already applied them in memory, and the file must not fall behind. If
+        that write or its fsync fails, the error propagates and the backend is closed (every
+        later call raises :class:`JournalGroupError`): treat none of the group's operations
+        as done. The file is truncated back to where the group began (had that failed too,
+        it may end with a prefix of the group: whole lines that readers take as written, and
+        a torn last line that they ignore and the next write removes). The in-memory
+        storage still holds the group's operations: replace it with a new one.
+        """
+        self._check_usable()
+        me = threading.get_ident()
+        if self._owner == me:
+            yield
+            return
+        self._write_lock.acquire()
+        try:
+            self._begin(me)
+        except BaseException:
+            self._write_lock.release()
+            raise
+        try:
+            yield
+        finally:
+            try:
+                if self._lines:
+                    self._commit(self._lines)
+            finally:
+                self._owner = None
+                self._lines = []  # replaced, not cleared: a reader may hold the old list
+                self._write_lock.release()
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        """Logs from ``log_number_from`` on: the file's, then those buffered by an open group."""
+        self._check_usable()
+        if self._owner is None:
+            yield from super().read_logs(log_number_from)
+            return
+        base, lines = self._base_number, self._lines
+        buffered = len(lines)
+        if log_number_from < base:
+            # The lock keeps the file at `base` lines; the slice only guards a generator
+            # that is consumed after the group committed.
+            yield from itertools.islice(super().read_logs(log_number_from), base - log_number_from)
+        for line in lines[max(log_number_from - base, 0) : buffered]:
+            # Replay what the file will hold (JSON turns tuples into lists, keys into str),
+            # exactly as a reader of the file will.
+            yield json.loads(line)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Buffer ``logs`` in the open group, or write them durably at once outside one."""
+        self._check_usable()
+        # Encoding first makes an unserializable log fail before anything is kept, as in
+        # Optuna's backend; the bytes are those of JournalFileBackend.append_logs.
+        lines = [(json.dumps(log, separators=(",", ":")) + "\n").encode() for log in logs]
+        owner = self._owner
+        if owner == threading.get_ident():
+            self._lines.extend(lines)
+            return
+        if owner is not None:
+            raise RuntimeError("journal group open on another thread: write from that thread")
+        self._write_lock.acquire()
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                _drop_torn_line(fd, size, _end_of_last_line(fd, size))
+                _write_all(fd, b"".join(lines))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            self._write_lock.release()
+
+    def _begin(self, owner: int) -> None:
+        """Count the file's complete lines (log numbers) and open the group for `owner`."""
+        number, offset = self._known_number, self._known_offset
+        with open(self._path, "rb") as f:
+            f.seek(offset)
+            pos = offset
+            while chunk := f.read(_CHUNK):
+                newlines = chunk.count(b"\n")
+                if newlines:
+                    number += newlines
+                    offset = pos + chunk.rindex(b"\n") + 1
+                pos += len(chunk)
+        self._known_number, self._known_offset = number, offset
+        self._base_number, self._base_offset, self._entry_size = number, offset, pos
+        self._lines = []
+        self._owner = owner
+
+    def _commit(self, lines: list[bytes]) -> None:
+        """Write a group's lines with one write and one fsync, or roll back and close."""
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size != self._entry_size:
+                # Our log numbers assumed the file stood still: writing now would attach our
+                # ops to other trials. Nothing is written; the group is lost.
+                exc = JournalGroupError(
+                    f"{self._path} changed while this process held its write lock: "
+                    "a writer is not using the same lock"
+                )
+                self._broken = exc
+                raise exc
+            try:
+                _drop_torn_line(fd, size, self._base_offset)
+                _write_all(fd, b"".join(lines))
+                os.fsync(fd)
+            except BaseException as exc:
+                self._broken = exc
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._base_offset)
+                    os.fsync(fd)
+                raise
+        finally:
+            os.close(fd)
+        # Record where each new line starts, so that Optuna's reader seeks straight to the
+        # next unread log instead of rereading the file from the top.
+        offsets = self._log_number_offset
+        number, offset = self._base_number, self._base_offset
+        for line in lines:
+            offsets[number] = offset
+            number += 1
+            offset += len(line)
+        offsets[number] = offset
+        self._known_number, self._known_offset = number, offset
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise JournalGroupError(
+                f"a group commit to {self._path} failed; build a new storage"
+            ) from self._broken
+
+
+def _end_of_last_line(fd: int, size: int) -> int:
+    """The offset just past the file's last newline (its size unless a torn line ends it)."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        start = max(end - _CHUNK, 0)
+        chunk = os.pread(fd, end - start, start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        end = start
+    return 0
+
+
+def _drop_torn_line(fd: int, size: int, end: int) -> None:
+    """Cut a torn last line (a writer killed mid-write while holding the lock).
+
+    No reader ever returned it, and appending after it would fuse it with the next log into
+    one undecodable line that stops every reader of the file.
+    """
+    if size > end:
+        os.ftruncate(fd, end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def storage_group(storage: optuna.storages.BaseStorage) -> contextlib.AbstractContextManager[None]:
+    """Group `storage`'s writes made in the ``with`` block, where the storage can.
+
+    That is the backend's :meth:`GroupCommitJournalBackend.group` for a ``JournalStorage`` on
+    a :class:`GroupCommitJournalBackend`, and a no-op otherwise: RDB storages commit each
+    call in its own transaction and stay so.
+    """
+    backend = getattr(storage, "_backend", None) if isinstance(storage, JournalStorage) else None
+    if isinstance(backend, GroupCommitJournalBackend):
+        return backend.group()
+    return contextlib.nullcontext()
