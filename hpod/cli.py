@@ -28,7 +28,7 @@ DEMO_SPEC: dict[str, Any] = {
     "directions": ["minimize"],
     "budget": {"trials": 60},
     "max_concurrent": 4,
-    "sampler": {"name": "tpe", "seed": 1},
+    "sampler": {"seed": 1},
 }
 
 
@@ -73,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("name")
         p.add_argument("--url")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("mode", help="list the modes, or switch one study's or the default")
+    p.add_argument("mode", nargs="?", help="the mode to switch to (omit to list the modes)")
+    p.add_argument("--study", help="the study to switch (default: the default mode)")
+    p.add_argument("--url")
+    p.set_defaults(func=cmd_mode)
+
+    p = sub.add_parser("cache", help="the shared result cache")
+    cache_sub = p.add_subparsers(required=True, metavar="ACTION")
+    cache_sub.add_parser("stats", help="entries, size, hits").set_defaults(func=cmd_cache_stats)
+    cache_sub.add_parser("clear", help="forget every cached result").set_defaults(
+        func=cmd_cache_clear
+    )
 
     p = sub.add_parser("doctor", help="where the time goes (one study, or all) and resources")
     p.add_argument("name", nargs="?", help="a study (default: every study and the daemon)")
@@ -191,7 +204,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"demo study {spec['name']!r}: {args.trials} trials of gradient boosting, "
             f"data in {settings.data_dir}"
         )
-        _print_best(_follow(client, spec["name"]))
+        final = _follow(client, spec["name"])
+        _print_best(final)
+        _print_efficiency(client.status(spec["name"]).get("efficiency"))
         print(
             f"\nInspect it: hpod status {spec['name']}   |   "
             f"optuna studies {settings.optuna_cli_storage()}"
@@ -243,16 +258,106 @@ def _status(name: str, url: str | None) -> dict[str, Any]:
 
         store = StudyStore(load_settings().optuna_storage_url())
         try:
-            return {**store.summary(store.spec(name)), "in_flight": 0, "running": False}
+            spec = store.spec(name)
+            return {
+                **store.summary(spec),
+                "efficiency": store.efficiency(spec),
+                "in_flight": 0,
+                "running": False,
+            }
         finally:
             store.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show a study's status."""
+    """Show a study's status and what the efficiency policies saved."""
     status = _status(args.name, args.url)
     _print_best(status)
-    print(f"in flight: {status['in_flight']}  budget: {status['budget']}")
+    print(
+        f"mode: {status.get('mode')}  in flight: {status['in_flight']}  budget: {status['budget']}"
+    )
+    if status.get("plan"):
+        plan = status["plan"]
+        print(
+            f"plan: sampler {plan['sampler']}, pruner {plan['pruner']}, data ladder "
+            f"{'/'.join(f'{f:.0%}' for f in plan['ladder'])}, {plan['parallelism']} in parallel, "
+            f"{plan['pack']} per task; policies {', '.join(plan['policies'])}"
+        )
+    _print_efficiency(status.get("efficiency"))
+    return 0
+
+
+def _print_efficiency(eff: dict[str, Any] | None) -> None:
+    """The efficiency report: what caching, subsampling, pruning and batching saved."""
+    if not eff or not eff.get("trials"):
+        return
+    print(f"efficiency over {eff['trials']} trials:")
+    print(f"  cache hits        {eff['cache_hits']} (partial: {eff['cache_partial_hits']})")
+    rungs = ", ".join(f"{n} at {where}" for where, n in sorted(eff["pruned_at"].items()))
+    print(f"  pruned            {eff['pruned']}" + (f" ({rungs})" if rungs else ""))
+    if eff.get("data_fraction") is not None:
+        print(f"  data evaluated    {eff['data_fraction']:.2f} of the full data per trial")
+    print(f"  compute spent     {eff['cpu_seconds']:.2f} CPU s")
+    if eff.get("full_evaluation_cpu_seconds") is not None:
+        ratio = eff.get("compute_ratio")
+        print(
+            f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
+            + (f", {ratio:.2f}x what was spent" if ratio else "")
+        )
+    if eff.get("dispatch_overhead_seconds") is not None:
+        print(f"  dispatch overhead {eff['dispatch_overhead_seconds'] * 1000:.1f} ms per trial")
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    """List the modes with their knobs, or switch a study's (or the default) mode."""
+    if args.mode is None:
+        modes = _get(args.url, "/modes")
+        if modes is None:
+            return 1
+        for name, knobs in modes["modes"].items():
+            mark = "*" if name == modes["default"] else " "
+            ladder = "/".join(f"{f:.0%}" for f in knobs["ladder"])
+            print(
+                f"{mark} {name:<10} sampler {knobs['sampler']:<6} pruner {knobs['pruner']:<18} "
+                f"ladder {ladder:<12} {knobs['description']}"
+            )
+        return 0
+    from hpod.client import ClientError
+
+    try:
+        reply = _client(args.url).set_mode(args.mode, args.study)
+    except ClientError as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
+        return 1
+    target = f"study {reply['study']!r}" if reply.get("study") else "the default"
+    print(f"{target}: mode {reply['mode']}")
+    return 0
+
+
+def _result_cache() -> Any:
+    from hpod.cache import ResultCache
+    from hpod.config import load_settings
+
+    settings = load_settings()
+    return ResultCache(
+        settings.result_cache_dir(), settings.cache_ttl_seconds, settings.cache_size_mb
+    )
+
+
+def cmd_cache_stats(_args: argparse.Namespace) -> int:
+    """Print the result cache's statistics (read from disk: no daemon needed)."""
+    stats = _result_cache().stats()
+    print(
+        f"{stats['directory']}: {stats['entries']} entries, {_mb(stats['bytes'])} of "
+        f"{_mb(stats['size_limit_bytes'])}, {stats['hits']} hits, {stats['misses']} misses, "
+        f"entries expire after {stats['ttl_seconds'] or 'never'} s"
+    )
+    return 0
+
+
+def cmd_cache_clear(_args: argparse.Namespace) -> int:
+    """Forget every cached result (safe while the daemon runs)."""
+    print(f"removed {_result_cache().clear()} entries")
     return 0
 
 

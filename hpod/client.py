@@ -98,6 +98,13 @@ class Client:
             return self._request({"type": "trial.enqueue", "study": study, "params": params})
         return self._http("POST", f"/studies/{study}/enqueue", {"params": params})
 
+    def set_mode(self, mode: str, study: str | None = None) -> dict[str, Any]:
+        """Switch `study`'s mode live, or the default mode for studies created from now on."""
+        body: dict[str, Any] = {"mode": mode} if study is None else {"mode": mode, "study": study}
+        if self._amqp:
+            return self._request({"type": "mode.set", **body})
+        return self._http("POST", "/mode", body)
+
     def status(self, name: str) -> dict[str, Any]:
         """Counts, best and state of study `name` (HTTP only)."""
         return self._http("GET", f"/studies/{name}")

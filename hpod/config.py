@@ -63,6 +63,15 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Dispatches of a trial whose worker died."
     )
     objectives: dict[str, str] = Field(default_factory=dict)
+    cache_dir: Path | None = Field(
+        default=None, description="Result cache folder; unset for <data_dir>/cache."
+    )
+    cache_ttl_seconds: float | None = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="Cached results expire after this; unset: never.",
+    )
+    cache_size_mb: int = Field(default=1024, gt=0, description="Cache size limit; oldest culled.")
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -103,6 +112,10 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def result_cache_dir(self) -> Path:
+        """Where the result cache lives (shared by every study, kept across restarts)."""
+        return self.cache_dir or self.data_dir / "cache"
 
     @property
     def embedded(self) -> bool:

@@ -12,14 +12,15 @@ import math
 import os
 import sqlite3
 import threading
+import warnings
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import BaseJournalFileLock  # not re-exported; stable ABC
 
 from hpod.errors import RequestRejected
+from hpod.journal import GroupCommitJournalBackend
 from hpod.schema import CategoricalParam, FloatParam, IntParam, ParamSpec, StudySpec
 
 SPEC_ATTR = "hpod:spec"
@@ -30,8 +31,13 @@ EXTERNAL_ATTR = "hpod:external"
 DISPATCHED_ATTR = "hpod:dispatched"
 REQUEST_ATTR = "hpod:request_id"
 ERROR_ATTR = "hpod:error"
+#: What a trial's evaluation cost: CPU seconds, data evaluated, rungs, cache use, overhead.
+COST_ATTR = "hpod:cost"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Multivariate TPE, its `group` option and a few pruners are flagged experimental; hpod pins
+# Optuna's version and tests them, so the warning is noise in every log line.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class KernelJournalLock(BaseJournalFileLock):
@@ -69,7 +75,7 @@ def make_storage(url: str) -> BaseStorage:
     """An Optuna storage for `url`: ``journal:///path`` or any SQLAlchemy RDB URL."""
     if url.startswith("journal://"):
         path = url.removeprefix("journal://")
-        return JournalStorage(JournalFileBackend(path, lock_obj=KernelJournalLock(path)))
+        return JournalStorage(GroupCommitJournalBackend(path, lock_obj=KernelJournalLock(path)))
     if url.startswith("sqlite"):
         _use_wal(url)
         # Several processes (daemon, workers reporting) share the file: wait for locks
@@ -86,25 +92,39 @@ def _use_wal(url: str) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a spec asks for."""
-    seed = spec.sampler.seed
-    name = spec.sampler.name
+def make_sampler(
+    name: str, options: dict[str, Any], seed: int | None, parallel: bool = False
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler `name` with the mode's `options`.
+
+    With trials evaluated in parallel, TPE lies constantly about the trials still running,
+    so trials asked together are spread out instead of piling onto one point.
+    """
+    options = dict(options)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        options.setdefault("scramble", True)
+        return optuna.samplers.QMCSampler(seed=seed, **options)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, **options)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, **options)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, **options)
+    if name != "tpe":
+        raise ValueError(f"unknown sampler {name!r}")
+    if parallel:
+        options.setdefault("constant_liar", True)
+    if options.get("multivariate"):
+        options.setdefault("group", True)
+    return optuna.samplers.TPESampler(seed=seed, **options)
 
 
-def check_sampler_available(spec: StudySpec) -> None:
+def check_sampler_available(name: str) -> None:
     """Refuse a sampler whose optional dependency is missing, before the study exists."""
     needs = {"cmaes": "cmaes", "gp": "scipy"}
-    module = needs.get(spec.sampler.name)
+    module = needs.get(name)
     if module is None:
         return
     try:
@@ -113,22 +133,8 @@ def check_sampler_available(spec: StudySpec) -> None:
         raise RequestRejected(
             "unavailable",
             "study.sampler.name",
-            f"sampler {spec.sampler.name!r} needs the {module!r} package on the daemon",
+            f"sampler {name!r} needs the {module!r} package on the daemon",
         ) from exc
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The Optuna pruner a spec asks for (used where `should_prune()` is answered)."""
-    p = spec.pruner
-    if p.name == "none":
-        return optuna.pruners.NopPruner()
-    if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
-    )
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:

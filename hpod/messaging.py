@@ -21,6 +21,8 @@ DEAD_LETTERS = "hpod.requests.dead"
 TRIALS = "hpod.trials"
 EVENTS_EXCHANGE = "hpod.events"
 EVALUATE_TASK = "hpod.evaluate"
+#: One task evaluating several trials in turn (cheap evaluations packed by the batching policy).
+EVALUATE_BATCH_TASK = "hpod.evaluate_batch"
 
 events_exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 

@@ -1,4 +1,10 @@
-"""Mode presets (fast / balanced / thorough …), loaded from TOML data, never from code."""
+"""Modes (fast / balanced / thorough …): named sets of policy knobs, loaded from TOML data.
+
+A mode is data, never code: the packaged file `hpod/data/modes.toml` defines the three
+standard modes, and the file named by ``HPOD_MODES_FILE`` may change them or add more. Every
+value is validated here, so a bad file is refused as a whole with the mode and key named
+(the daemon then keeps the modes it had).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,101 @@ import os
 import tomllib
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpod.errors import ConfigError
 
+PrunerName = Literal[
+    "none", "median", "percentile", "patient", "successive_halving", "hyperband", "wilcoxon"
+]
+SamplerName = Literal["tpe", "random", "qmc", "cmaes", "gp", "nsga2"]
+PolicyName = Literal["cache", "subsampling", "pruning", "batching"]
+ALL_POLICIES: tuple[PolicyName, ...] = ("cache", "subsampling", "pruning", "batching")
 
-def load_modes(path: str | None = None) -> dict[str, dict[str, Any]]:
-    """The modes defined by the packaged file, overridden by `path` or `HPOD_MODES_FILE`."""
-    modes: dict[str, dict[str, Any]] = tomllib.loads(
+
+class Mode(BaseModel):
+    """The knobs one mode sets; a study's explicit sampler/pruner/max_concurrent win."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    #: The efficiency policies in force (take one out to switch it off, e.g. for an ablation).
+    policies: list[PolicyName] = Field(default_factory=lambda: list(ALL_POLICIES))
+    sampler: SamplerName = "tpe"
+    #: Keyword arguments of the Optuna sampler (e.g. ``multivariate = true``).
+    sampler_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    pruner: PrunerName = "median"
+    #: Keyword arguments of the Optuna pruner (e.g. ``n_startup_trials = 5``).
+    pruner_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    #: Aggressive pruning: stop a trial whose intermediate value is worse than the best at
+    #: the same step by more than this share of the best's magnitude (0 switches it off).
+    threshold: float = Field(default=0.0, ge=0.0, le=10.0)
+    #: …but only once this many trials have reported at that step.
+    threshold_min_trials: int = Field(default=8, ge=1)
+    #: Data fractions a trial climbs, for objectives whose fidelity is the data size.
+    ladder: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=10)
+    #: Trials in flight per study when the study does not set max_concurrent.
+    parallelism: int = Field(default=4, ge=1, le=1024)
+    #: Pack evaluations into one worker task until their measured time reaches this (0: off).
+    batch_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
+    #: At most this many evaluations in one packed task.
+    max_pack: int = Field(default=1, ge=1, le=10_000)
+
+    @field_validator("ladder")
+    @classmethod
+    def _check_ladder(cls, ladder: list[float]) -> list[float]:
+        if any(not 0.0 < f <= 1.0 for f in ladder):
+            raise ValueError(f"fractions must be in (0, 1], got {ladder}")
+        if ladder != sorted(set(ladder)):
+            raise ValueError(f"fractions must strictly increase, got {ladder}")
+        if ladder[-1] != 1.0:
+            raise ValueError(f"the last rung must be the full data (1.0), got {ladder[-1]}")
+        return ladder
+
+
+def load_modes(path: str | None = None) -> dict[str, Mode]:
+    """The packaged modes, changed or extended by `path` or the file in ``HPOD_MODES_FILE``.
+
+    A mode in the extra file replaces the packaged mode of the same name key by key (keys it
+    does not give keep the packaged value); raises `ConfigError` naming the mode and key.
+    """
+    raw: dict[str, dict[str, Any]] = tomllib.loads(
         files("hpod").joinpath("data/modes.toml").read_text()
     )
     extra = path or os.environ.get("HPOD_MODES_FILE")
     if extra:
         try:
-            modes.update(tomllib.loads(Path(extra).read_text()))
+            overrides = tomllib.loads(Path(extra).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read modes file {extra}: {exc}") from exc
-    return modes
+        for name, table in overrides.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"modes file {extra}: [{name}] must be a table of knobs")
+            raw[name] = {**raw.get(name, {}), **table}
+    return {name: _validate(name, table, extra) for name, table in raw.items()}
+
+
+def _validate(name: str, table: dict[str, Any], source: str | None) -> Mode:
+    where = f"modes file {source}" if source else "packaged modes"
+    try:
+        mode = Mode.model_validate(table)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        raise ConfigError(f"{where}: [{name}].{key}: {err['msg']}") from exc
+    # Options are keyword arguments of Optuna classes: build them once, so a typo is
+    # refused with the file instead of failing every trial later.
+    from hpod.engine import make_sampler
+    from hpod.policies.pruning import build_pruners
+
+    try:
+        make_sampler(mode.sampler, mode.sampler_options, None, parallel=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [{name}].sampler_options: {exc}") from exc
+    try:
+        build_pruners(mode.pruner, mode.pruner_options, mode.threshold, 8, mode.ladder)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [{name}].pruner_options: {exc}") from exc
+    return mode

@@ -117,14 +117,18 @@ class Budget(WireModel):
 class SamplerSpec(WireModel):
     """Which Optuna sampler asks, and its seed (for reproducible studies)."""
 
-    name: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
+    name: Literal["tpe", "random", "qmc", "cmaes", "gp", "nsga2"] | None = Field(
+        default=None, description="Omit to use the sampler of the study's mode."
+    )
     seed: int | None = None
 
 
 class PrunerSpec(WireModel):
     """Which Optuna pruner answers `should_prune()` in the workers."""
 
-    name: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    name: Literal[
+        "none", "median", "percentile", "patient", "successive_halving", "hyperband", "wilcoxon"
+    ] = "median"
     n_startup_trials: int = Field(default=5, ge=0)
     n_warmup_steps: int = Field(default=0, ge=0)
 
@@ -150,10 +154,14 @@ class StudySpec(WireModel):
     directions: list[Direction] = Field(default_factory=_minimize, min_length=1, max_length=8)
     budget: Budget
     mode: str = Field(default="balanced", pattern=NAME_PATTERN)
-    max_concurrent: int = Field(default=4, gt=0, le=1024)
+    max_concurrent: int | None = Field(
+        default=None, gt=0, le=1024, description="Omit to use the parallelism of the mode."
+    )
     trial_timeout: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
-    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    pruner: PrunerSpec | None = Field(
+        default=None, description="Omit to use the pruner of the study's mode."
+    )
 
     @field_validator("objective_kwargs")
     @classmethod

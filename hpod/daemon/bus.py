@@ -19,7 +19,15 @@ from celery import Celery
 from kombu import Connection, Producer
 
 from hpod.config import Settings
-from hpod.messaging import DEAD_LETTERS, EVALUATE_TASK, connect, dumps, events_exchange, queue
+from hpod.messaging import (
+    DEAD_LETTERS,
+    EVALUATE_BATCH_TASK,
+    EVALUATE_TASK,
+    connect,
+    dumps,
+    events_exchange,
+    queue,
+)
 
 log = structlog.get_logger("hpod.bus")
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
@@ -110,6 +118,20 @@ class Bus:
             self._celery.send_task,
             EVALUATE_TASK,
             kwargs=task,
+            soft_time_limit=soft_limit,
+            time_limit=hard_limit,
+            retry=True,
+            retry_policy=RETRY_POLICY,
+        )
+
+    async def dispatch_pack(
+        self, tasks: list[dict[str, Any]], soft_limit: float, hard_limit: float
+    ) -> None:
+        """Send several trials to one Celery worker, as one task (see the batching policy)."""
+        await self._run(
+            self._celery.send_task,
+            EVALUATE_BATCH_TASK,
+            kwargs={"trials": tasks},
             soft_time_limit=soft_limit,
             time_limit=hard_limit,
             retry=True,

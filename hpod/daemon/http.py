@@ -55,6 +55,9 @@ def make_app(
             web.get("/doctor", doctor),
             web.get("/workers", workers),
             web.get("/metrics", metrics),
+            web.get("/modes", list_modes),
+            web.get("/cache", cache_stats),
+            web.delete("/cache", _mutating(cache_clear)),
             web.post("/studies", _mutating(create_study)),
             web.post("/studies/{name}/stop", _mutating(stop_study)),
             web.post("/studies/{name}/ask", _mutating(ask)),
@@ -195,6 +198,23 @@ async def study_doctor(request: web.Request) -> web.Response:
     return web.json_response(report)
 
 
+async def list_modes(request: web.Request) -> web.Response:
+    """GET /modes: every mode's knobs and the default mode."""
+    manager = request.app[MANAGER]
+    modes = {name: mode.model_dump() for name, mode in manager.modes.items()}
+    return web.json_response({"default": manager.default_mode, "modes": modes})
+
+
+async def cache_stats(request: web.Request) -> web.Response:
+    """GET /cache: entries, size and hits of the shared result cache."""
+    return web.json_response(request.app[MANAGER].cache.stats())
+
+
+async def cache_clear(request: web.Request) -> web.Response:
+    """DELETE /cache: forget every cached result (token needed)."""
+    return web.json_response({"cleared": request.app[MANAGER].cache.clear()})
+
+
 async def doctor(request: web.Request) -> web.Response:
     """GET /doctor: every study's breakdown, process resources and back-pressure."""
     return web.json_response(request.app[MANAGER].doctor_all())
@@ -269,6 +289,11 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": name,
             },
             "/mode": {"post": op("Switch a mode", "ModeSet", secured=True)},
+            "/modes": {"get": op("Every mode's knobs and the default mode")},
+            "/cache": {
+                "get": op("Result cache statistics"),
+                "delete": op("Clear the result cache", secured=True),
+            },
             "/requests": {"post": op("Any request envelope, as on the queue", secured=True)},
         },
     }

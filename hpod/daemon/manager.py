@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import structlog
 
+from hpod.cache import ResultCache
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
 from hpod.daemon.doctor import Doctor
@@ -16,8 +18,13 @@ from hpod.daemon.store import StudyStore
 from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
-from hpod.modes import load_modes
+from hpod.modes import Mode, load_modes
 from hpod.policies import PolicyChain
+from hpod.policies.batching import BatchingPolicy
+from hpod.policies.caching import CachePolicy
+from hpod.policies.plan import Plan, resolve_plan
+from hpod.policies.pruning_policy import PruningPolicy
+from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import ModeSet, StudySpec, TrialTell, check_finite
 from hpod.workers.registry import ObjectiveRegistry
 
@@ -37,8 +44,11 @@ class StudyManager:
         self.bus = bus
         self.limits = Limits(settings.max_inflight)
         self.registry = ObjectiveRegistry(settings.objectives)
-        self.modes = load_modes()
-        self.default_mode = "balanced"
+        self.modes: dict[str, Mode] = load_modes()
+        self.default_mode = self._stored_default_mode()
+        self.cache = ResultCache(
+            settings.result_cache_dir(), settings.cache_ttl_seconds, settings.cache_size_mb
+        )
         self.metrics = Metrics()
         self.metrics.watch_inflight(
             lambda: self.limits.inflight,
@@ -58,6 +68,27 @@ class StudyManager:
         for spec in await self.store.call(self.store.running_studies):
             await self._start_run(spec)
 
+    def policy_chain(self) -> PolicyChain:
+        """A study's efficiency policies, in order: the cache first (a hit needs nothing
+        else), then the data ladder and the pruners it carries, then batching."""
+        return PolicyChain(
+            [CachePolicy(self.cache), SubsamplingPolicy(), PruningPolicy(), BatchingPolicy()]
+        )
+
+    async def plan_of(self, spec: StudySpec) -> Plan:
+        """The study's plan under its mode in force (a live switch is stored on the study)."""
+        attrs = await self.store.call(self.store.study_attrs, spec.name)
+        mode = attrs.get(MODE_ATTR) or spec.mode
+        if mode not in self.modes:  # a mode removed from the file since: the default applies
+            log.warning("study.mode_unknown", study=spec.name, mode=mode, using=self.default_mode)
+            mode = self.default_mode
+        return resolve_plan(spec, mode, self.modes[mode])
+
+    async def replan(self) -> None:
+        """Re-resolve every running study's plan (after a mode switch or a modes reload)."""
+        for run in list(self.runs.values()):
+            await run.set_plan(await self.plan_of(run.spec))
+
     async def _start_run(self, spec: StudySpec) -> None:
         run = StudyRun(
             spec,
@@ -65,9 +96,10 @@ class StudyManager:
             self.bus,
             self.settings,
             self.limits,
-            PolicyChain(),
+            self.policy_chain(),
             self.metrics,
             self.doctor.breakdown(spec.name),
+            await self.plan_of(spec),
         )
         self.runs[spec.name] = run
         await run.start()
@@ -110,7 +142,9 @@ class StudyManager:
                 "study.objective",
                 f"unknown objective {spec.objective!r} (registered: {known})",
             )
-        self._check_mode(spec.mode, "study.mode")
+        mode = spec.mode if "mode" in spec.model_fields_set else self.default_mode
+        self._check_mode(mode, "study.mode")
+        spec = spec.model_copy(update={"mode": mode})
         created = await self.store.call(self.store.create, spec)
         if created:
             await self.bus.event("study.created", spec.name, spec=spec.model_dump(mode="json"))
@@ -178,12 +212,27 @@ class StudyManager:
         self._check_mode(request.mode, field)
         if request.study is None:
             self.default_mode = request.mode
+            self._default_mode_file().write_text(request.mode + "\n")
         else:
             await self.store.call(self.store.spec, request.study)
             await self.store.call(self.store.set_attr, request.study, MODE_ATTR, request.mode)
+            run = self.runs.get(request.study)
+            if run is not None:
+                await run.set_plan(await self.plan_of(run.spec))
         self.metrics.mode_changes.labels(request.mode).inc()
         await self.bus.event("mode.changed", request.study, mode=request.mode)
         return {"study": request.study, "mode": request.mode}
+
+    def _default_mode_file(self) -> Path:
+        return self.settings.data_dir / "default-mode"
+
+    def _stored_default_mode(self) -> str:
+        """The default mode last set by `mode.set` without a study (kept across restarts)."""
+        try:
+            mode = self._default_mode_file().read_text().strip()
+        except OSError:
+            return "balanced"
+        return mode if mode in self.modes else "balanced"
 
     def _check_mode(self, mode: str, field: str) -> None:
         if mode not in self.modes:
@@ -201,31 +250,46 @@ class StudyManager:
     # --- results and status ------------------------------------------------------------
 
     async def on_worker_result(self, body: dict[str, Any], redelivered: bool = False) -> None:
-        """A worker's result: tell it through the study loop (or directly if it ended).
+        """A worker's result message (one trial, or a pack's ``results``): tell each through
+        its study loop (or directly if the loop ended).
 
         A result the broker delivers again after a daemon crash may have been told without its
         event going out; then the event is published again from the stored trial, so events
         are at-least-once (a consumer may see a trial's event twice, never zero times).
         """
-        result = Result(
-            number=int(body["number"]),
-            state=str(body["state"]),
-            values=body.get("values"),
-            error=body.get("error"),
-            duration=body.get("duration"),
-            started_at=body.get("started_at"),
-            extra={"worker": body.get("worker"), "attempt": body.get("attempt")},
-        )
-        run = self.runs.get(body["study"])
+        bodies = body.get("results", [body])
+        by_study: dict[str, list[Result]] = {}
+        for item in bodies:
+            by_study.setdefault(str(item["study"]), []).append(
+                Result(
+                    number=int(item["number"]),
+                    state=str(item["state"]),
+                    values=item.get("values"),
+                    error=item.get("error"),
+                    duration=item.get("duration"),
+                    started_at=item.get("started_at"),
+                    cost=item.get("cost"),
+                    extra={"worker": item.get("worker"), "attempt": item.get("attempt")},
+                )
+            )
+        for study, results in by_study.items():
+            await self._tell_results(study, results, redelivered)
+
+    async def _tell_results(self, study: str, results: list[Result], redelivered: bool) -> None:
+        run = self.runs.get(study)
         try:
-            spec = run.spec if run else await self.store.call(self.store.spec, body["study"])
+            spec = run.spec if run else await self.store.call(self.store.spec, study)
         except RequestRejected:
-            log.warning("result.unknown_study", study=body["study"])
+            log.warning("result.unknown_study", study=study)
             return
-        told = await (run.on_result(result) if run else self._tell_directly(spec, result))
-        if not told and redelivered:
-            frozen = await self.store.call(self.store.trial, spec, result.number)
-            await publish_told(self.bus, spec.name, result, frozen)
+        if run is not None:
+            told = await run.on_results(results)
+        else:
+            told = [await self._tell_directly(spec, result) for result in results]
+        for result, was_told in zip(results, told, strict=True):
+            if not was_told and redelivered:
+                frozen = await self.store.call(self.store.trial, spec, result.number)
+                await publish_told(self.bus, spec.name, result, frozen)
 
     async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
         """Tell a trial of a study whose loop is not running (stopped, or ended)."""
@@ -244,6 +308,18 @@ class StudyManager:
         run = self.runs.get(name)
         summary["in_flight"] = len(run.inflight) if run else 0
         summary["running"] = run is not None
+        summary["efficiency"] = await self.store.call(self.store.efficiency, spec)
+        if run is not None:
+            summary["mode"] = run.plan.mode
+            summary["plan"] = {
+                "sampler": run.plan.sampler,
+                "pruner": run.plan.pruner,
+                "ladder": list(run.plan.ladder),
+                "policies": sorted(run.plan.policies),
+                "parallelism": run.plan.parallelism,
+                "pack": run._pack_size(),
+                "policies_report": run.policies.describe(),
+            }
         return summary
 
     async def list(self) -> list[dict[str, Any]]:

@@ -98,6 +98,7 @@ class Daemon:
         if self._manager is not None:
             self._manager.modes = modes
             self._manager.limits.max_inflight = self.settings.max_inflight
+            await self._manager.replan()
         configure_logging(self.settings.log_format, self.settings.log_level)
         log.info("daemon.reloaded", changed=changed, needs_restart=ignored, modes=sorted(modes))
         notify.notify("READY=1", "STATUS=serving")
@@ -183,8 +184,14 @@ class Daemon:
         assert self._manager is not None
         try:
             message = json.loads(body)
-            if not isinstance(message, dict) or not {"study", "number"} <= message.keys():
-                raise ValueError("a result needs study and number")
+            if not isinstance(message, dict):
+                raise ValueError("a result must be a JSON object")
+            items = message.get("results", [message])
+            if not isinstance(items, list) or not all(
+                isinstance(item, dict) and {"study", "number", "state"} <= item.keys()
+                for item in items
+            ):
+                raise ValueError("a result needs study, number and state")
         except ValueError as exc:
             log.error("result.malformed", error=repr(exc), body=body[:200])
             return

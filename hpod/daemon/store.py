@@ -22,6 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import (
+    COST_ATTR,
     CREATED_ATTR,
     DISPATCHED_ATTR,
     ERROR_ATTR,
@@ -36,11 +37,24 @@ from hpod.engine import (
     suggest,
 )
 from hpod.errors import RequestRejected
+from hpod.journal import storage_group
+from hpod.policies.plan import Plan
 from hpod.schema import StudySpec
 
 T = TypeVar("T")
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A trial's outcome to tell, with what its evaluation cost (for the efficiency report)."""
+
+    number: int
+    state: str
+    values: list[float] | None = None
+    error: str | None = None
+    cost: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class StudyStore:
         self.storage: BaseStorage = make_storage(storage_url)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-optuna")
         self._studies: dict[str, optuna.Study] = {}
+        self._plans: dict[str, Plan] = {}
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the Optuna thread and await its result."""
@@ -82,7 +97,7 @@ class StudyStore:
 
     def create(self, spec: StudySpec) -> bool:
         """Create the study of `spec`; False if it already exists with the very same spec."""
-        check_sampler_available(spec)
+        check_sampler_available(spec.sampler.name or "tpe")
         try:
             study_id = self.storage.get_study_id_from_name(spec.name)
         except KeyError:
@@ -171,12 +186,33 @@ class StudyStore:
     # --- trials ------------------------------------------------------------------------
 
     def open(self, spec: StudySpec) -> optuna.Study:
-        """The Optuna study object for `spec`, with its sampler (cached)."""
+        """The Optuna study object for `spec`, with the sampler of its plan (cached)."""
         if spec.name not in self._studies:
+            plan = self._plans.get(spec.name)
+            sampler = (
+                make_sampler(plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1)
+                if plan is not None
+                else make_sampler(spec.sampler.name or "tpe", {}, spec.sampler.seed)
+            )
             self._studies[spec.name] = optuna.load_study(
-                study_name=spec.name, storage=self.storage, sampler=make_sampler(spec)
+                study_name=spec.name, storage=self.storage, sampler=sampler
             )
         return self._studies[spec.name]
+
+    def set_plan(self, spec: StudySpec, plan: Plan) -> None:
+        """Use `plan` for the study's next asks; a new sampler starts from the stored trials.
+
+        Samplers keep no state Optuna needs besides the storage (CMA-ES keeps its own in
+        system attributes), so swapping one never loses or confuses trials.
+        """
+        old = self._plans.get(spec.name)
+        self._plans[spec.name] = plan
+        if old is None or (old.sampler, old.sampler_options, old.parallelism > 1) != (
+            plan.sampler,
+            plan.sampler_options,
+            plan.parallelism > 1,
+        ):
+            self._studies.pop(spec.name, None)
 
     def ask(
         self, spec: StudySpec, external: bool = False, request_id: str | None = None
@@ -191,6 +227,11 @@ class StudyStore:
         params = suggest(trial, spec.space)
         return AskedTrial(trial._trial_id, trial.number, params)
 
+    def ask_many(self, spec: StudySpec, n: int) -> list[AskedTrial]:
+        """Ask `n` trials in one durable write group (the sampler lies about earlier ones)."""
+        with storage_group(self.storage):
+            return [self.ask(spec) for _ in range(n)]
+
     def rebuild(self, spec: StudySpec, frozen: FrozenTrial) -> AskedTrial:
         """Finish suggesting a RUNNING trial found after a restart (params may be partial)."""
         trial = optuna.Trial(self.open(spec), frozen._trial_id)
@@ -203,6 +244,12 @@ class StudyStore:
         """
         with contextlib.suppress(UpdateFinishedTrialError):
             self.storage.set_trial_user_attr(trial_id, DISPATCHED_ATTR, attempt)
+
+    def mark_dispatched_many(self, trial_ids: list[int], attempt: int) -> None:
+        """`mark_dispatched` for a pack of trials, in one durable write group."""
+        with storage_group(self.storage):
+            for trial_id in trial_ids:
+                self.mark_dispatched(trial_id, attempt)
 
     def trials(
         self, spec: StudySpec, states: tuple[TrialState, ...] | None = None
@@ -245,6 +292,26 @@ class StudyStore:
         tell_values = values if state == "complete" else None
         return study.tell(number, tell_values, state=STATES[state], skip_if_finished=True)
 
+    def tell_many(self, spec: StudySpec, outcomes: list[Outcome]) -> list[FrozenTrial | None]:
+        """Tell several outcomes in one durable write group; None for those already told.
+
+        The cost of each evaluation is stored on its trial (`hpod:cost`) before the tell, in
+        the same group: the efficiency report reads it from storage.
+        """
+        told: list[FrozenTrial | None] = []
+        with storage_group(self.storage):
+            for o in outcomes:
+                if o.cost:
+                    trial_id = self._trial_id(spec, o.number)
+                    with contextlib.suppress(UpdateFinishedTrialError):
+                        self.storage.set_trial_user_attr(trial_id, COST_ATTR, o.cost)
+                told.append(self.tell(spec, o.number, o.state, o.values, o.error))
+        return told
+
+    def _trial_id(self, spec: StudySpec, number: int) -> int:
+        study = self.open(spec)
+        return self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
     def summary(self, spec: StudySpec) -> dict[str, Any]:
         """Counts by state and the best trial(s): what `hpod status` shows."""
         study = self.open(spec)
@@ -276,3 +343,83 @@ class StudyStore:
                 for t in study.best_trials
             ]
         return out
+
+    def efficiency(self, spec: StudySpec) -> dict[str, Any]:
+        """What the efficiency policies saved, from the costs stored on the trials.
+
+        The full-evaluation estimate is what plain Optuna would have spent: one full-data
+        evaluation per trial. A trial that ran on full data costs what it measured; a trial
+        pruned on a fraction is scaled up by the study's measured cost ratio of that fraction
+        to the full data (trials that ran both); a cache hit costs what the cached evaluation
+        did. External trials (no cost recorded) are left out.
+        """
+        costs = [
+            (t, t.user_attrs[COST_ATTR])
+            for t in self.open(spec).get_trials(deepcopy=False, states=FINISHED)
+            if t.user_attrs.get(COST_ATTR)
+        ]
+        ratios: dict[float, list[float]] = {}
+        full_cpus: list[float] = []
+        for _, cost in costs:
+            rungs = {float(r[0]): float(r[3]) for r in cost.get("rungs", []) if not r[2]}
+            if rungs.get(1.0):
+                full_cpus.append(rungs[1.0])
+                for fraction, cpu in rungs.items():
+                    ratios.setdefault(fraction, []).append(cpu / rungs[1.0])
+            elif cost.get("full_cpu") is not None:
+                full_cpus.append(float(cost["full_cpu"]))
+        mean_full = sum(full_cpus) / len(full_cpus) if full_cpus else None
+        cpu = data = estimate = 0.0
+        hits = partial = 0
+        overheads: list[float] = []
+        pruned_at: dict[str, int] = {}
+        for t, cost in costs:
+            cpu += float(cost.get("cpu") or 0.0)
+            data += float(cost.get("data") or 0.0)
+            hits += cost.get("cache") == "hit"
+            partial += cost.get("cache") == "partial"
+            estimate += _full_cost(cost, ratios, mean_full)
+            if cost.get("overhead") is not None:
+                overheads.append(float(cost["overhead"]))
+            if t.state == TrialState.PRUNED:
+                where = (
+                    f"{round(float(cost['pruned_at']) * 100)}% of the data"
+                    if cost.get("pruned_at") is not None
+                    else f"step {t.last_step}"
+                )
+                pruned_at[where] = pruned_at.get(where, 0) + 1
+        counted = len(costs)
+        known = mean_full is not None
+        return {
+            "trials": counted,
+            "cache_hits": hits,
+            "cache_partial_hits": partial,
+            "pruned": sum(pruned_at.values()),
+            "pruned_at": pruned_at,
+            "data_evaluated": round(data, 4),
+            "data_fraction": round(data / counted, 4) if counted else None,
+            "cpu_seconds": round(cpu, 4),
+            "full_evaluation_cpu_seconds": round(estimate, 4) if known else None,
+            "saved_cpu_seconds": round(estimate - cpu, 4) if known else None,
+            "compute_ratio": round(estimate / cpu, 3) if known and cpu > 0 else None,
+            "dispatch_overhead_seconds": (
+                round(sum(overheads) / len(overheads), 5) if overheads else None
+            ),
+        }
+
+
+def _full_cost(
+    cost: dict[str, Any], ratios: dict[float, list[float]], mean_full: float | None
+) -> float:
+    """One trial's estimated cost had it been evaluated once on the full data."""
+    if cost.get("full_cpu") is not None:
+        return float(cost["full_cpu"])
+    if cost.get("cache") == "hit" and cost.get("cached_cpu") is not None:
+        return float(cost["cached_cpu"])
+    evaluated = [(float(r[0]), float(r[3])) for r in cost.get("rungs", []) if not r[2]]
+    if evaluated:
+        fraction, cpu = evaluated[-1]
+        known = ratios.get(fraction)
+        if known:
+            return cpu / max(sorted(known)[len(known) // 2], 1e-9)
+    return mean_full or 0.0

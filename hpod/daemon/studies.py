@@ -8,6 +8,8 @@ but whose task never reached the broker is dispatched again when the daemon come
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +22,12 @@ from hpod.config import Settings
 from hpod.daemon.bus import Bus
 from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.metrics import Metrics
-from hpod.daemon.store import FINISHED, AskedTrial, StudyStore
+from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.engine import DISPATCHED_ATTR, ERROR_ATTR, EXTERNAL_ATTR, REQUEST_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
+from hpod.policies.batching import BatchingPolicy
+from hpod.policies.plan import Plan
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.studies")
@@ -40,6 +44,10 @@ class InFlight:
     deadline: float
     #: `time.time()` of the last dispatch; None for a trial recovered after a restart.
     dispatched_at: float | None = None
+    #: The worker task it travels in (several trials share one when packed).
+    task: int = 0
+    #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,9 +61,16 @@ class Result:
     duration: float | None = None
     #: `time.time()` on the worker when it started the trial.
     started_at: float | None = None
+    #: What the evaluation cost, as the worker measured it (see `hpod.workers.tasks`).
+    cost: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+STATE_NAMES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+}
 TRIAL_EVENTS = {
     TrialState.COMPLETE: "trial.completed",
     TrialState.PRUNED: "trial.pruned",
@@ -78,7 +93,8 @@ async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial
 
 
 class Limits:
-    """The global cap on trials in flight, shared by every study, and memory back-pressure."""
+    """The global cap on worker tasks in flight, shared by every study, and memory
+    back-pressure. A task carries one trial, or several cheap ones packed together."""
 
     def __init__(self, max_inflight: int) -> None:
         self.max_inflight = max_inflight
@@ -90,7 +106,7 @@ class Limits:
     def available(self) -> bool:
         """Whether one more trial may be dispatched.
 
-        Under back-pressure at most one trial is in flight, all studies together: memory
+        Under back-pressure at most one task is in flight, all studies together: memory
         stops growing with concurrency, yet no study stalls.
         """
         cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
@@ -122,8 +138,16 @@ class StudyRun:
         policies: PolicyChain,
         metrics: Metrics,
         timings: TimeBreakdown,
+        plan: Plan,
     ) -> None:
         self.spec = spec
+        self.plan = plan
+        self.batching = next(
+            (p for p in policies.policies if isinstance(p, BatchingPolicy)), BatchingPolicy()
+        )
+        #: Trial numbers in flight by worker task.
+        self.tasks: dict[int, set[int]] = {}
+        self._task_ids = itertools.count(1)
         self.store = store
         self.bus = bus
         self.settings = settings
@@ -150,7 +174,8 @@ class StudyRun:
 
     async def start(self) -> None:
         """Recover the study's state from storage and start its loop."""
-        self.metrics.strategy_decisions.labels(self.spec.sampler.name).inc()
+        self.metrics.strategy_decisions.labels(self.plan.sampler).inc()
+        await self.store.call(self.store.set_plan, self.spec, self.plan)
         await self._recover()
         self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
 
@@ -173,15 +198,16 @@ class StudyRun:
             attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0))
             if attempt:
                 # Its task reached the broker before the restart: wait for its result.
-                self.inflight[asked.number] = InFlight(asked, attempt, self._deadline())
-                self.limits.inflight += 1
+                task = self._new_task({asked.number})
+                self.inflight[asked.number] = InFlight(asked, attempt, self._deadline(), None, task)
             else:
-                await self._dispatch(asked, attempt=1)
+                await self._dispatch([(asked, self._task_plan(asked))], attempt=1)
         if pending:
             log.info("study.recovered", study=self.name, in_flight=len(self.inflight))
 
-    def _deadline(self) -> float:
-        return time.monotonic() + self.spec.trial_timeout + self.settings.trial_grace_seconds
+    def _deadline(self, pack: int = 1) -> float:
+        timeout = self.spec.trial_timeout * pack
+        return time.monotonic() + timeout + self.settings.trial_grace_seconds
 
     async def _loop(self) -> None:
         try:
@@ -220,6 +246,12 @@ class StudyRun:
     def _external_pending(self) -> bool:
         return any(a.number not in self.told for a in self.external.values())
 
+    async def set_plan(self, plan: Plan) -> None:
+        """Follow a new plan (the mode changed): trials dispatched from now on use it."""
+        self.plan = plan
+        await self.store.call(self.store.set_plan, self.spec, plan)
+        self.wake.set()
+
     async def _fill(self) -> None:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
         if self.spec.objective is None:
@@ -227,25 +259,68 @@ class StudyRun:
         while (
             not self.stopping
             and self._budget_left()
-            and len(self.inflight) < self.spec.max_concurrent
+            and len(self.tasks) < self.plan.parallelism
             and self.limits.available()
         ):
-            await self._ask_and_dispatch()
+            await self._ask_and_dispatch(self._pack_size())
 
-    async def _ask_and_dispatch(self) -> None:
-        """Ask one trial, run it through the policies, and dispatch it (or tell a skip)."""
+    def _pack_size(self) -> int:
+        """Trials for the next task: the batching policy's pack, within the budget."""
+        pack = (
+            self.batching.pack_size(self.plan.batch_seconds, self.plan.max_pack)
+            if self.plan.uses("batching")
+            else 1
+        )
+        if self.spec.budget.trials is not None:
+            pack = min(pack, self.spec.budget.trials - self.n_created)
+        return max(1, pack)
+
+    async def _ask_and_dispatch(self, n: int) -> None:
+        """Ask `n` trials, run each through the policies, dispatch them as one task (or tell
+        the skipped ones at once)."""
         asked_at = time.perf_counter()
-        self.n_created += 1
-        asked = await self._timed("sampler", self.store.ask, self.spec)
-        try:
-            with self.timings.measure("policies"):
-                self.policies.before_dispatch(TrialEvent(self.spec, asked.number, asked.params))
-        except SkipEvaluation as skip:
-            self.metrics.skipped(skip.reason)
-            extra = {"skipped": skip.reason}
-            await self.on_result(Result(asked.number, "complete", skip.values, extra=extra))
-            return
-        await self._dispatch(asked, attempt=1, asked_at=asked_at)
+        self.n_created += n
+        asked_trials = await self._timed("sampler", self.store.ask_many, self.spec, n)
+        to_dispatch: list[tuple[AskedTrial, dict[str, Any]]] = []
+        skipped: list[Result] = []
+        for asked in asked_trials:
+            event = TrialEvent(
+                self.spec, asked.number, asked.params, plan=self.plan, task=self.plan.base_task()
+            )
+            try:
+                with self.timings.measure("policies"):
+                    self.policies.before_dispatch(event)
+            except SkipEvaluation as skip:
+                self.metrics.skipped(skip.reason)
+                extra = {"skipped": skip.reason}
+                skipped.append(
+                    Result(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
+                )
+                continue
+            if event.notes.get("cache"):
+                event.task["cache"] = event.notes["cache"]
+            to_dispatch.append((asked, event.task))
+        if to_dispatch:
+            await self._dispatch(to_dispatch, attempt=1, asked_at=asked_at)
+        if skipped:
+            await self.on_results(skipped)
+
+    def _task_plan(self, asked: AskedTrial) -> dict[str, Any]:
+        """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
+        event = TrialEvent(
+            self.spec, asked.number, asked.params, plan=self.plan, task=self.plan.base_task()
+        )
+        # A recovered trial is evaluated whatever the cache says: it is already in storage.
+        with contextlib.suppress(SkipEvaluation):
+            self.policies.before_dispatch(event)
+        event.task.pop("cached", None)
+        return event.task
+
+    def _new_task(self, numbers: set[int]) -> int:
+        task = next(self._task_ids)
+        self.tasks[task] = numbers
+        self.limits.inflight += 1
+        return task
 
     async def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
         """Call `fn` on the Optuna thread and count its time (there) in `stage`."""
@@ -254,27 +329,55 @@ class StudyRun:
         return result
 
     async def _dispatch(
-        self, asked: AskedTrial, attempt: int, asked_at: float | None = None
+        self,
+        trials: list[tuple[AskedTrial, dict[str, Any]]],
+        attempt: int,
+        asked_at: float | None = None,
     ) -> None:
-        task = {
-            "study": self.name,
-            "trial_id": asked.trial_id,
-            "number": asked.number,
-            "params": asked.params,
-            "objective": self.spec.objective,
-            "objective_kwargs": self.spec.objective_kwargs,
-            "fidelity": 1.0,
-            "attempt": attempt,
-        }
-        if asked.number not in self.inflight:
-            self.limits.inflight += 1
-        self.inflight[asked.number] = InFlight(asked, attempt, self._deadline(), time.time())
-        timeout = self.spec.trial_timeout
+        """Send `trials` to the workers as one task (one trial, or a pack of them)."""
+        messages = []
+        for asked, plan in trials:
+            self._forget_task_of(asked.number)
+            messages.append(
+                {
+                    "study": self.name,
+                    "trial_id": asked.trial_id,
+                    "number": asked.number,
+                    "params": asked.params,
+                    "objective": self.spec.objective,
+                    "objective_kwargs": self.spec.objective_kwargs,
+                    "attempt": attempt,
+                    "plan": plan,
+                }
+            )
+        task = self._new_task({asked.number for asked, _ in trials})
+        now = time.time()
+        for asked, plan in trials:
+            self.inflight[asked.number] = InFlight(
+                asked, attempt, self._deadline(len(trials)), now, task, plan
+            )
+        timeout = self.spec.trial_timeout * len(trials)
         with self.timings.measure("dispatch"):
-            await self.bus.dispatch(task, soft_limit=timeout, hard_limit=timeout + 30)
+            if len(messages) == 1:
+                await self.bus.dispatch(messages[0], soft_limit=timeout, hard_limit=timeout + 30)
+            else:
+                await self.bus.dispatch_pack(messages, soft_limit=timeout, hard_limit=timeout + 30)
         if asked_at is not None:
             self.metrics.dispatch_latency.observe(time.perf_counter() - asked_at)
-        await self._timed("storage", self.store.mark_dispatched, asked.trial_id, attempt)
+        trial_ids = [asked.trial_id for asked, _ in trials]
+        await self._timed("storage", self.store.mark_dispatched_many, trial_ids, attempt)
+
+    def _forget_task_of(self, number: int) -> None:
+        """Take trial `number` out of the task it was in (it is told or re-dispatched)."""
+        flight = self.inflight.get(number)
+        if flight is None or flight.task not in self.tasks:
+            return
+        members = self.tasks[flight.task]
+        members.discard(number)
+        if not members:
+            del self.tasks[flight.task]
+            self.limits.inflight -= 1
+            self.limits.wake_all()
 
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
@@ -290,7 +393,7 @@ class StudyRun:
         for flight in [f for f in self.inflight.values() if f.deadline <= now]:
             if flight.attempt < self.settings.max_attempts:
                 log.warning("trial.redispatch", study=self.name, trial=flight.trial.number)
-                await self._dispatch(flight.trial, flight.attempt + 1)
+                await self._dispatch([(flight.trial, flight.plan)], flight.attempt + 1)
             else:
                 error = f"no result after {flight.attempt} attempts (worker lost or stuck)"
                 await self.on_result(Result(flight.trial.number, "failed", error=error))
@@ -299,37 +402,47 @@ class StudyRun:
 
     async def on_result(self, result: Result) -> bool:
         """Tell Optuna a trial's outcome and publish it; False if it was already told."""
-        frozen = await self._timed(
-            "storage",
-            self.store.tell,
-            self.spec,
-            result.number,
-            result.state,
-            result.values,
-            result.error,
-        )
-        flight = self.inflight.pop(result.number, None)
-        if flight is not None:
-            self.limits.inflight -= 1
-            self.limits.wake_all()
-        self.told.add(result.number)
-        self.wake.set()
-        if frozen is None:
-            return False
-        self._account(result, flight, frozen)
-        with self.timings.measure("policies"):
-            self.policies.after_tell(
-                TrialEvent(
-                    self.spec,
-                    result.number,
-                    frozen.params,
-                    state=result.state,
-                    values=frozen.values,
-                    duration=result.duration,
+        return (await self.on_results([result]))[0]
+
+    async def on_results(self, results: list[Result]) -> list[bool]:
+        """Tell several outcomes in one durable write, then publish them; for each, whether
+        it was told now (False: it had been told before)."""
+        now = time.time()
+        outcomes = []
+        for result in results:
+            cost = dict(result.cost) if result.cost else None
+            flight = self.inflight.get(result.number)
+            if cost is not None and flight is not None and flight.dispatched_at is not None:
+                cost["overhead"] = max(0.0, now - flight.dispatched_at - (result.duration or 0.0))
+            if cost is not None and flight is not None and flight.plan.get("cache"):
+                cost.setdefault("cache", flight.plan["cache"])
+            outcomes.append(Outcome(result.number, result.state, result.values, result.error, cost))
+        told = await self._timed("storage", self.store.tell_many, self.spec, outcomes)
+        answers = []
+        for result, outcome, frozen in zip(results, outcomes, told, strict=True):
+            self._forget_task_of(result.number)
+            flight = self.inflight.pop(result.number, None)
+            self.told.add(result.number)
+            answers.append(frozen is not None)
+            if frozen is None:
+                continue
+            self._account(result, flight, frozen)
+            with self.timings.measure("policies"):
+                self.policies.after_tell(
+                    TrialEvent(
+                        self.spec,
+                        result.number,
+                        frozen.params,
+                        plan=self.plan,
+                        state=STATE_NAMES[frozen.state],
+                        values=frozen.values,
+                        duration=result.duration,
+                        cost=outcome.cost,
+                    )
                 )
-            )
-        await publish_told(self.bus, self.name, result, frozen)
-        return True
+            await publish_told(self.bus, self.name, result, frozen)
+        self.wake.set()
+        return answers
 
     def _account(self, result: Result, flight: InFlight | None, frozen: FrozenTrial) -> None:
         """Count a told trial in the metrics and in the study's time breakdown."""

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import structlog
 
 from hpod.errors import HpodError
+from hpod.policies.plan import Plan
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.policies")
@@ -22,37 +23,51 @@ log = structlog.get_logger("hpod.policies")
 class SkipEvaluation(HpodError):
     """Raised by a `before_dispatch` hook: tell these values now, do not dispatch the trial."""
 
-    def __init__(self, values: list[float], reason: str) -> None:
+    def __init__(
+        self, values: list[float], reason: str, cost: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(reason)
         self.values = values
         self.reason = reason
+        self.cost = cost or {}
 
 
 @dataclass
 class TrialEvent:
-    """What a hook sees of a trial: its study, number, params and, after tell, its outcome."""
+    """What a hook sees of a trial: its study, number, params and, after tell, its outcome.
+
+    Before dispatch, `task` is the worker's part of the plan (JSON) that the policies fill
+    in: the data ladder, the pruners, cached rungs. After tell, `cost` is what the worker
+    reported the evaluation cost (CPU seconds, data evaluated, rungs reached).
+    """
 
     spec: StudySpec
     number: int
     params: dict[str, Any]
-    fidelity: float = 1.0
+    plan: Plan | None = None
+    task: dict[str, Any] = field(default_factory=dict)
     state: str | None = None
     values: list[float] | None = None
     duration: float | None = None
+    cost: dict[str, Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Policy:
     """Base class of policies: every hook is a no-op; override what the policy needs."""
 
-    #: Study options this policy reads; an unknown option in a request is an error.
-    options: ClassVar[frozenset[str]] = frozenset()
+    #: The name a mode's `policies` list switches it on by.
+    name: ClassVar[str] = ""
 
     def before_dispatch(self, trial: TrialEvent) -> None:
         """Called before a trial goes to a worker; may adjust it or raise `SkipEvaluation`."""
 
     def after_tell(self, trial: TrialEvent) -> None:
         """Called after a trial's outcome is persisted in Optuna."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the policy has measured or decided, for the study's status (JSON)."""
+        return {}
 
 
 class PolicyChain:
@@ -74,6 +89,8 @@ class PolicyChain:
     def before_dispatch(self, trial: TrialEvent) -> None:
         """Run `before_dispatch` hooks in order; `SkipEvaluation` propagates on purpose."""
         for policy in self.policies:
+            if not _in_force(policy, trial):
+                continue
             try:
                 policy.before_dispatch(trial)
             except SkipEvaluation:
@@ -81,10 +98,21 @@ class PolicyChain:
             except Exception:
                 log.exception("policy.failed", policy=type(policy).__name__, hook="before_dispatch")
 
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Each named policy's own report, by name."""
+        return {p.name: p.describe() for p in self.policies if p.name and p.describe()}
+
     def after_tell(self, trial: TrialEvent) -> None:
         """Run `after_tell` hooks in reverse order."""
         for policy in reversed(self.policies):
+            if not _in_force(policy, trial):
+                continue
             try:
                 policy.after_tell(trial)
             except Exception:
                 log.exception("policy.failed", policy=type(policy).__name__, hook="after_tell")
+
+
+def _in_force(policy: Policy, trial: TrialEvent) -> bool:
+    """A named policy runs only when the trial's plan lists it (no plan: all run)."""
+    return trial.plan is None or not policy.name or trial.plan.uses(policy.name)

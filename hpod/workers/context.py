@@ -65,11 +65,13 @@ class TrialContext:
         self.seed = seed
         self.last_report: tuple[int, float] | None = None
 
-    def subsample(self, *arrays: T) -> tuple[T, ...]:
-        """The first `fidelity` share of rows of each array, the same rows for all of them.
+    def subsample(self, *arrays: T, stratify: Any = None) -> tuple[T, ...]:
+        """The `fidelity` share of rows of each array, the same rows for all of them.
 
-        Rows are drawn with a fixed seed, so two trials at the same fidelity see the same data
-        and their scores compare fairly.
+        Deterministic: rows are drawn with a fixed seed, so two trials at the same fidelity
+        see the same data and their scores compare fairly, and the rows of a smaller fraction
+        are a subset of a larger one's. With `stratify` (labels, one per row) every class keeps
+        its share, and at least one row.
         """
         if not arrays:
             return ()
@@ -78,8 +80,20 @@ class TrialContext:
             raise ValueError("subsample needs arrays of the same length")
         if self.fidelity >= 1.0:
             return arrays
-        keep = max(1, round(n * self.fidelity))
-        rows = np.random.default_rng(self.seed).permutation(n)[:keep]
+        if stratify is None:
+            keep = max(1, round(n * self.fidelity))
+            rows = np.random.default_rng(self.seed).permutation(n)[:keep]
+        else:
+            labels = np.asarray(stratify)
+            if len(labels) != n:
+                raise ValueError("stratify needs one label per row")
+            parts = []
+            for index, label in enumerate(np.unique(labels)):
+                members = np.flatnonzero(labels == label)
+                keep = max(1, round(len(members) * self.fidelity))
+                order = np.random.default_rng([self.seed, index]).permutation(len(members))
+                parts.append(members[order[:keep]])
+            rows = np.concatenate(parts)
         rows.sort()
         return tuple(_take(a, rows) for a in arrays)
 

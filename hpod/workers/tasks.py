@@ -1,43 +1,49 @@
-"""The `hpod.evaluate` task: run one trial of a registered objective, publish its result.
+"""The evaluation tasks: run trials of a registered objective, publish their results.
 
-The result goes back as a message on ``hpod.results`` (not a Celery result backend), so the
-daemon receives it as an event and never polls. The message is published *before* the task
-is acknowledged: a worker that dies in between causes a second evaluation, whose result the
-daemon ignores because the trial is already told. The message carries ``started_at`` (the
-worker's wall clock when it took the task), from which the daemon measures the queue wait.
+Results go back as messages on ``hpod.results`` (not a Celery result backend), so the daemon
+receives them as events and never polls. A message is published *before* the task is
+acknowledged: a worker that dies in between causes a second evaluation, whose result the
+daemon ignores because the trial is already told. Each result carries ``started_at`` (the
+worker's wall clock when it took the task), from which the daemon measures the queue wait,
+and what the evaluation cost (CPU seconds, data evaluated, rungs), for the efficiency report.
+
+``hpod.evaluate`` runs one trial; ``hpod.evaluate_batch`` runs several cheap ones packed by
+the batching policy and answers with one message, so dispatch cost is paid once per pack.
 """
 
 from __future__ import annotations
 
-import math
 import socket
 import time
 import traceback
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import optuna
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from optuna.pruners import BasePruner
 
 from hpod.config import Settings
-from hpod.engine import load_spec, make_pruner, make_storage
-from hpod.errors import HpodError
-from hpod.messaging import EVALUATE_TASK, RESULTS, queue
-from hpod.workers.context import TrialContext, TrialPruned
+from hpod.engine import make_storage
+from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
+from hpod.policies.fidelity import evaluate, version_of
+from hpod.policies.pruning import build_pruners, should_prune
 from hpod.workers.registry import ObjectiveRegistry
 
 HOSTNAME = socket.gethostname()
 
 
 class StorageReporter:
-    """Reports intermediate values to the study's Optuna storage and asks its pruner."""
+    """Reports intermediate values to the study's Optuna storage and asks the plan's pruners."""
 
-    def __init__(self, settings: Settings, study_name: str, trial_id: int) -> None:
+    def __init__(
+        self, settings: Settings, study_name: str, trial_id: int, pruners: list[BasePruner]
+    ) -> None:
         self._settings = settings
         self._study_name = study_name
         self._trial_id = trial_id
+        self._pruners = pruners
         self._trial: optuna.Trial | None = None
 
     def _get_trial(self) -> optuna.Trial:
@@ -51,16 +57,17 @@ class StorageReporter:
         self._get_trial().report(value, step)
 
     def should_prune(self) -> bool:
-        """The study's own pruner decides, from all trials' intermediate values."""
-        return bool(self._get_trial().should_prune())
+        """The plan's pruners decide, from all trials' intermediate values in storage."""
+        if not self._pruners:
+            return False
+        trial = self._get_trial()
+        frozen = trial.study._storage.get_trial(self._trial_id)
+        return should_prune(trial.study, frozen, self._pruners)
 
 
 @lru_cache(maxsize=64)
 def _load_study(storage_url: str, study_name: str) -> optuna.Study:
-    storage = _storage(storage_url)
-    spec = load_spec(storage, study_name)
-    pruner = make_pruner(spec) if spec else optuna.pruners.NopPruner()
-    return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+    return optuna.load_study(study_name=study_name, storage=_storage(storage_url))
 
 
 @lru_cache(maxsize=4)
@@ -73,25 +80,44 @@ def _registry(configured: tuple[tuple[str, str], ...]) -> ObjectiveRegistry:
     return ObjectiveRegistry(dict(configured))
 
 
-def run_trial(
-    settings: Settings,
-    *,
-    study: str,
-    trial_id: int,
-    objective: str,
-    params: dict[str, Any],
-    objective_kwargs: dict[str, Any] | None = None,
-    fidelity: float = 1.0,
-) -> dict[str, Any]:
-    """Evaluate one trial and describe the outcome as a result message body (no I/O)."""
+def run_trial(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the trial a task message describes; the outcome as a result body (no I/O)."""
     started = time.perf_counter()
+    plan: dict[str, Any] = message.get("plan") or {}
     outcome: dict[str, Any]
     try:
-        fn = _registry(tuple(sorted(settings.objectives.items()))).get(objective)
-        ctx = TrialContext(params, fidelity, StorageReporter(settings, study, trial_id))
-        outcome = {"state": "complete", "values": _as_values(fn(ctx, **(objective_kwargs or {})))}
-    except (TrialPruned, optuna.TrialPruned):
-        outcome = {"state": "pruned", "values": None}
+        fn = _registry(tuple(sorted(settings.objectives.items()))).get(message["objective"])
+        ladder = [float(f) for f in plan.get("ladder", [1.0])]
+        pruners = build_pruners(
+            plan.get("pruner", "none"),
+            plan.get("pruner_options", {}),
+            float(plan.get("threshold", 0.0)),
+            int(plan.get("threshold_min_trials", 8)),
+            ladder,
+        )
+        reporter = StorageReporter(settings, message["study"], message["trial_id"], pruners)
+        cached = {float(k): v for k, v in (message.get("cached") or {}).items()}
+        result = evaluate(
+            fn,
+            message["params"],
+            message.get("objective_kwargs") or {},
+            ladder,
+            reporter,
+            cached,
+        )
+        outcome = {
+            "state": "pruned" if result.pruned else "complete",
+            "values": result.values,
+            "cost": {
+                "cpu": result.cpu_seconds,
+                "full_cpu": result.full_cpu_seconds,
+                "data": result.data_evaluated,
+                "rungs": [list(rung) for rung in result.rungs],
+                "pruned_at": result.pruned_at,
+                "objective_version": version_of(fn),
+                "mode": plan.get("mode"),
+            },
+        }
     except SoftTimeLimitExceeded:
         outcome = {"state": "failed", "error": "trial time limit exceeded"}
     except Exception as exc:  # an objective may raise anything; the trial fails, not the worker
@@ -101,39 +127,22 @@ def run_trial(
     return outcome
 
 
-def _as_values(result: Any) -> list[float]:
-    values = [float(v) for v in result] if isinstance(result, Sequence) else [float(result)]
-    if not values or not all(math.isfinite(v) for v in values):
-        raise HpodError(f"objective returned {values!r}: values must be finite numbers")
-    return values
+def _result_body(message: dict[str, Any], worker: str, started_at: float) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "study": message["study"],
+        "trial_id": message["trial_id"],
+        "number": message["number"],
+        "attempt": message.get("attempt", 1),
+        "worker": worker,
+        "started_at": started_at,
+    }
 
 
 def register(app: Celery) -> None:
-    """Register `hpod.evaluate` on `app`."""
+    """Register `hpod.evaluate` and `hpod.evaluate_batch` on `app`."""
 
-    @app.task(name=EVALUATE_TASK, bind=True)  # type: ignore[untyped-decorator]
-    def evaluate(self: Task, **message: Any) -> None:
-        started_at = time.time()
-        settings: Settings = app.conf.hpod_settings
-        outcome = run_trial(
-            settings,
-            study=message["study"],
-            trial_id=message["trial_id"],
-            objective=message["objective"],
-            params=message["params"],
-            objective_kwargs=message.get("objective_kwargs"),
-            fidelity=message.get("fidelity", 1.0),
-        )
-        body = {
-            "v": 1,
-            "study": message["study"],
-            "trial_id": message["trial_id"],
-            "number": message["number"],
-            "attempt": message.get("attempt", 1),
-            "worker": f"{HOSTNAME}:{self.request.hostname}",
-            "started_at": started_at,
-            **outcome,
-        }
+    def publish(body: dict[str, Any]) -> None:
         with app.producer_pool.acquire(block=True) as producer:
             producer.publish(
                 body,
@@ -145,3 +154,22 @@ def register(app: Celery) -> None:
                 retry=True,
                 retry_policy={"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5},
             )
+
+    @app.task(name=EVALUATE_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def evaluate_one(self: Task, **message: Any) -> None:
+        started_at = time.time()
+        settings: Settings = app.conf.hpod_settings
+        outcome = run_trial(settings, message)
+        worker = f"{HOSTNAME}:{self.request.hostname}"
+        publish({**_result_body(message, worker, started_at), **outcome})
+
+    @app.task(name=EVALUATE_BATCH_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def evaluate_batch(self: Task, trials: list[dict[str, Any]]) -> None:
+        settings: Settings = app.conf.hpod_settings
+        worker = f"{HOSTNAME}:{self.request.hostname}"
+        results = []
+        for message in trials:
+            started_at = time.time()
+            outcome = run_trial(settings, message)
+            results.append({**_result_body(message, worker, started_at), **outcome})
+        publish({"v": 1, "results": results})

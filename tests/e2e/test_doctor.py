@@ -93,7 +93,8 @@ def test_doctor_and_workers_on_rabbitmq(
     assert worker["name"].startswith("w0@")
     assert worker["pool"] == 3
     assert worker["active"] == 0
-    assert worker["tasks_done"] >= 6
+    # The batching policy packs cheap trials: six trials take one to six tasks.
+    assert 1 <= worker["tasks_done"] <= 6
 
 
 def test_doctor_of_an_unknown_study_is_not_found(start_daemon: DaemonFactory) -> None:

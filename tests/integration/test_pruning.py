@@ -25,7 +25,7 @@ SPEC = StudySpec.model_validate(
 
 def test_a_hopeless_trial_is_pruned_by_the_study_pruner(tmp_path: Path) -> None:
     """After two good trials, a trial with a uselessly small learning rate is pruned in the
-    worker, and its reports are in the storage for the daemon to tell."""
+    worker by the pruner its task names, and its reports are in the storage for the daemon."""
     settings = Settings(data_dir=tmp_path, storage_url=f"journal://{tmp_path / 'j.log'}")
     store = StudyStore(settings.optuna_storage_url())
     store.create(SPEC)
@@ -34,11 +34,17 @@ def test_a_hopeless_trial_is_pruned_by_the_study_pruner(tmp_path: Path) -> None:
         asked = store.ask(SPEC)
         outcome = run_trial(
             settings,
-            study="pruning",
-            trial_id=asked.trial_id,
-            objective="mlp_digits",
-            params={"lr": lr},
-            objective_kwargs={"epochs": 6},
+            {
+                "study": "pruning",
+                "trial_id": asked.trial_id,
+                "objective": "mlp_digits",
+                "params": {"lr": lr},
+                "objective_kwargs": {"epochs": 6},
+                "plan": {
+                    "pruner": "median",
+                    "pruner_options": {"n_startup_trials": 2, "n_warmup_steps": 1},
+                },
+            },
         )
         store.tell(SPEC, asked.number, outcome["state"], outcome.get("values"))
         outcomes.append(outcome["state"])

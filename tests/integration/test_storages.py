@@ -36,6 +36,8 @@ def mixed_spec(name: str) -> dict[str, Any]:
         },
         "budget": {"trials": 12},
         "sampler": {"name": "tpe", "seed": 3},
+        # Reports on every rung of the data ladder, none pruned: all twelve complete.
+        "pruner": {"name": "none"},
     }
 
 

@@ -15,16 +15,16 @@ SPEC = StudySpec.model_validate(
 class Recorder(Policy):
     """Records the hooks it sees into a shared list."""
 
-    def __init__(self, name: str, calls: list[str]) -> None:
-        self.name, self.calls = name, calls
+    def __init__(self, label: str, calls: list[str]) -> None:
+        self.label, self.calls = label, calls
 
     def before_dispatch(self, trial: TrialEvent) -> None:
         """Record the call."""
-        self.calls.append(f"before:{self.name}")
+        self.calls.append(f"before:{self.label}")
 
     def after_tell(self, trial: TrialEvent) -> None:
         """Record the call."""
-        self.calls.append(f"after:{self.name}")
+        self.calls.append(f"after:{self.label}")
 
 
 class Broken(Policy):

@@ -104,6 +104,9 @@ def mlp_digits(
     return val_loss
 
 
+mlp_digits.hpod_fidelity = "epochs"  # type: ignore[attr-defined]
+
+
 def _network(inputs: int, hidden: int, layers: int, dropout: float) -> torch.nn.Module:
     """`layers` blocks of Linear -> ReLU -> Dropout, then a linear layer to the 10 classes."""
     import torch  # lazily, like in `mlp_digits`

@@ -1,0 +1,130 @@
+"""Running a trial on a data ladder: the subsampling policy's worker side.
+
+An objective whose fidelity is the data size (it declares ``hpod_fidelity = "data"`` and
+trains on ``ctx.subsample(...)``) is evaluated on each rung of the ladder in turn — say a
+ninth, a third, then all of the data. After each partial rung its value is reported at the
+rung's step and the pruners are asked; a loser stops on a small fraction. Only the full-data
+rung's value is ever told as the trial's value: quality is judged on full fidelity alone.
+
+Objectives that report by themselves (epochs) or have no fidelity run once, at full data.
+The CPU time spent in the objective is measured on every rung, so the efficiency report and
+the benchmark count every evaluation, pruned and partial ones included.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from hpod.errors import HpodError
+from hpod.policies.pruning import fidelity_step
+from hpod.workers.context import NoPruning, Reporter, TrialContext, TrialPruned
+
+#: An objective's attribute naming its fidelity: "data" (subsamples), "epochs" (reports).
+FIDELITY_ATTR = "hpod_fidelity"
+#: An objective's attribute naming its version (part of the cache key); "1" if absent.
+VERSION_ATTR = "hpod_version"
+
+
+@dataclass
+class Evaluation:
+    """What running one trial cost and gave; `values` is None when it was pruned."""
+
+    values: list[float] | None = None
+    cpu_seconds: float = 0.0
+    #: CPU seconds of the full-data evaluation alone (None if it never ran).
+    full_cpu_seconds: float | None = None
+    #: Sum of the data fractions evaluated (1.0 for one full evaluation).
+    data_evaluated: float = 0.0
+    #: (fraction, first value, whether it came from the cache, CPU seconds) per rung reached.
+    rungs: list[tuple[float, float, bool, float]] = field(default_factory=list)
+    pruned: bool = False
+    #: The data fraction of the rung after which a ladder trial was pruned.
+    pruned_at: float | None = None
+
+
+def fidelity_of(fn: Callable[..., Any]) -> str | None:
+    """The fidelity an objective declares ("data", "epochs") or None."""
+    value = getattr(fn, FIDELITY_ATTR, None)
+    return str(value) if value is not None else None
+
+
+def version_of(fn: Callable[..., Any]) -> str:
+    """The version an objective declares; bump it when its results change."""
+    return str(getattr(fn, VERSION_ATTR, "1"))
+
+
+def evaluate(
+    fn: Callable[..., Any],
+    params: Mapping[str, Any],
+    kwargs: Mapping[str, Any],
+    ladder: Sequence[float],
+    reporter: Reporter,
+    cached: Mapping[float, list[float]] | None = None,
+) -> Evaluation:
+    """Evaluate `fn` on `params`, climbing `ladder` if the objective subsamples.
+
+    `cached` gives values already known for some fractions (from the result cache): those
+    rungs are reported again (the pruners must see them) but not recomputed. A pruned trial
+    (by the ladder's pruners, or by the objective raising `TrialPruned` itself) comes back
+    with ``pruned`` set; any other exception of the objective propagates.
+    """
+    result = Evaluation()
+    try:
+        _climb(fn, params, kwargs, ladder, reporter, cached or {}, result)
+    except (TrialPruned, optuna.TrialPruned):
+        result.pruned = True
+        result.values = None
+    return result
+
+
+def _climb(
+    fn: Callable[..., Any],
+    params: Mapping[str, Any],
+    kwargs: Mapping[str, Any],
+    ladder: Sequence[float],
+    reporter: Reporter,
+    cached: Mapping[float, list[float]],
+    result: Evaluation,
+) -> None:
+    rungs = list(ladder) if fidelity_of(fn) == "data" and len(ladder) > 1 else [1.0]
+    for fraction in rungs:
+        known = cached.get(fraction)
+        spent = 0.0
+        if known is not None:
+            values = list(known)
+        else:
+            own_reports = fraction == 1.0 and len(rungs) == 1
+            ctx = TrialContext(params, fraction, reporter if own_reports else NoPruning())
+            started = time.process_time()
+            try:
+                values = as_values(fn(ctx, **kwargs))
+            finally:
+                spent = time.process_time() - started
+                result.cpu_seconds += spent
+                result.data_evaluated += fraction
+                if fraction == 1.0:
+                    result.full_cpu_seconds = spent
+        result.rungs.append((fraction, values[0], known is not None, spent))
+        if fraction == 1.0:
+            result.values = values
+            if len(rungs) > 1:
+                reporter.report(values[0], fidelity_step(fraction))
+            break
+        reporter.report(values[0], fidelity_step(fraction))
+        if reporter.should_prune():
+            result.pruned_at = fraction
+            raise TrialPruned(f"pruned after the rung on {fraction:.0%} of the data")
+
+
+def as_values(result: Any) -> list[float]:
+    """An objective's return value as a list of finite floats."""
+    values = [float(v) for v in result] if isinstance(result, Sequence) else [float(result)]
+    if not values or not all(math.isfinite(v) for v in values):
+        raise HpodError(f"objective returned {values!r}: values must be finite numbers")
+    return values

@@ -1,0 +1,26 @@
+"""The pruning policy: which pruners the worker asks after each intermediate report.
+
+Optuna's pruners (median, percentile, patient, successive halving, Hyperband, Wilcoxon) plus
+hpod's aggressive threshold, as the study's plan names them; the worker builds them from this
+JSON (`hpod.policies.pruning.build_pruners`). Without this policy nothing is pruned.
+"""
+
+from __future__ import annotations
+
+from hpod.policies._base import Policy, TrialEvent
+
+
+class PruningPolicy(Policy):
+    """Sends the plan's pruners with every trial."""
+
+    name = "pruning"
+
+    def before_dispatch(self, trial: TrialEvent) -> None:
+        """Set the task's pruner and threshold from the study's plan."""
+        plan = trial.plan
+        if plan is None or not plan.single_objective:
+            return
+        trial.task["pruner"] = plan.pruner
+        trial.task["pruner_options"] = dict(plan.pruner_options)
+        trial.task["threshold"] = plan.threshold
+        trial.task["threshold_min_trials"] = plan.threshold_min_trials
