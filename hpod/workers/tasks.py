@@ -27,7 +27,7 @@ from optuna.pruners import BasePruner
 from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
-from hpod.policies.fidelity import evaluate, version_of
+from hpod.policies.fidelity import evaluate, fidelity_of, version_of
 from hpod.policies.pruning import build_pruners, should_prune
 from hpod.workers.registry import ObjectiveRegistry
 
@@ -87,7 +87,11 @@ def run_trial(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
     outcome: dict[str, Any]
     try:
         fn = _registry(tuple(sorted(settings.objectives.items()))).get(message["objective"])
+        # The ladder applies only to objectives that subsample; for the others the pruners
+        # must not expect its rungs as steps (an epoch objective reports epochs 1, 2, ...).
         ladder = [float(f) for f in plan.get("ladder", [1.0])]
+        if fidelity_of(fn) != "data":
+            ladder = [1.0]
         pruners = build_pruners(
             plan.get("pruner", "none"),
             plan.get("pruner_options", {}),
