@@ -33,6 +33,8 @@ REQUEST_ATTR = "hpod:request_id"
 ERROR_ATTR = "hpod:error"
 #: What a trial's evaluation cost: CPU seconds, data evaluated, rungs, cache use, overhead.
 COST_ATTR = "hpod:cost"
+#: A budget changed live (the spec keeps the one the study was created with).
+BUDGET_ATTR = "hpod:budget"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Multivariate TPE, its `group` option and a few pruners are flagged experimental; hpod pins

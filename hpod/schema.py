@@ -229,6 +229,29 @@ class StudyStop(WireModel):
     name: str = Field(pattern=NAME_PATTERN)
 
 
+class StudyPause(WireModel):
+    """Dispatch no new trials until resumed; trials in flight are still told."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class StudyResume(WireModel):
+    """Resume a paused study: it dispatches again up to its budget."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class StudyBudget(WireModel):
+    """Change a study's budget live (more trials, fewer, or a time limit).
+
+    A budget below the trials already created ends the study once its trials in flight are
+    told; a study that had completed is not restarted (create a new study instead).
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    budget: Budget
+
+
 class TrialAsk(WireModel):
     """An external evaluator asks a study for a configuration to evaluate itself."""
 
@@ -272,13 +295,26 @@ class ModeSet(WireModel):
 BODIES: dict[str, type[WireModel]] = {
     "study.create": StudyCreate,
     "study.stop": StudyStop,
+    "study.pause": StudyPause,
+    "study.resume": StudyResume,
+    "study.budget": StudyBudget,
     "trial.ask": TrialAsk,
     "trial.tell": TrialTell,
     "trial.enqueue": TrialEnqueue,
     "mode.set": ModeSet,
 }
 
-RequestBody = StudyCreate | StudyStop | TrialAsk | TrialTell | TrialEnqueue | ModeSet
+RequestBody = (
+    StudyCreate
+    | StudyStop
+    | StudyPause
+    | StudyResume
+    | StudyBudget
+    | TrialAsk
+    | TrialTell
+    | TrialEnqueue
+    | ModeSet
+)
 
 
 class Request(BaseModel):

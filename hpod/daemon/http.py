@@ -60,6 +60,9 @@ def make_app(
             web.delete("/cache", _mutating(cache_clear)),
             web.post("/studies", _mutating(create_study)),
             web.post("/studies/{name}/stop", _mutating(stop_study)),
+            web.post("/studies/{name}/pause", _mutating(pause_study)),
+            web.post("/studies/{name}/resume", _mutating(resume_study)),
+            web.post("/studies/{name}/budget", _mutating(set_budget)),
             web.post("/studies/{name}/ask", _mutating(ask)),
             web.post("/studies/{name}/tell", _mutating(tell)),
             web.post("/studies/{name}/enqueue", _mutating(enqueue)),
@@ -138,6 +141,22 @@ async def create_study(request: web.Request) -> web.Response:
 async def stop_study(request: web.Request) -> web.Response:
     """POST /studies/{name}/stop."""
     return await _run(request, _envelope("study.stop", name=request.match_info["name"]))
+
+
+async def pause_study(request: web.Request) -> web.Response:
+    """POST /studies/{name}/pause."""
+    return await _run(request, _envelope("study.pause", name=request.match_info["name"]))
+
+
+async def resume_study(request: web.Request) -> web.Response:
+    """POST /studies/{name}/resume."""
+    return await _run(request, _envelope("study.resume", name=request.match_info["name"]))
+
+
+async def set_budget(request: web.Request) -> web.Response:
+    """POST /studies/{name}/budget: body ``{"budget": {"trials": 80}}``."""
+    body = await _body(request)
+    return await _run(request, _envelope("study.budget", body, name=request.match_info["name"]))
 
 
 async def ask(request: web.Request) -> web.Response:
@@ -279,6 +298,18 @@ def openapi_document() -> dict[str, Any]:
             "/workers": {"get": op("Live workers")},
             "/metrics": {"get": op("Prometheus metrics (text format)")},
             "/studies/{name}/stop": {"post": op("Stop a study", secured=True), "parameters": name},
+            "/studies/{name}/pause": {
+                "post": op("Pause a study", secured=True),
+                "parameters": name,
+            },
+            "/studies/{name}/resume": {
+                "post": op("Resume a paused study", secured=True),
+                "parameters": name,
+            },
+            "/studies/{name}/budget": {
+                "post": op("Change a study's budget", "StudyBudget", secured=True),
+                "parameters": name,
+            },
             "/studies/{name}/ask": {"post": op("Ask a trial", secured=True), "parameters": name},
             "/studies/{name}/tell": {
                 "post": op("Tell a trial's result", "TrialTell", secured=True),

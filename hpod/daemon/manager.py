@@ -25,7 +25,7 @@ from hpod.policies.caching import CachePolicy
 from hpod.policies.plan import Plan, resolve_plan
 from hpod.policies.pruning_policy import PruningPolicy
 from hpod.policies.subsampling import SubsamplingPolicy
-from hpod.schema import ModeSet, StudySpec, TrialTell, check_finite
+from hpod.schema import Budget, ModeSet, StudySpec, TrialTell, check_finite
 from hpod.workers.registry import ObjectiveRegistry
 
 log = structlog.get_logger("hpod.manager")
@@ -119,7 +119,7 @@ class StudyManager:
 
     async def _restart(self, spec: StudySpec) -> None:
         attrs = await self.store.call(self.store.study_attrs, spec.name)
-        if spec.name not in self.runs and attrs.get(STATE_ATTR) == "running":
+        if spec.name not in self.runs and attrs.get(STATE_ATTR) in ("running", "paused"):
             await self._start_run(spec)
 
     async def shutdown(self) -> None:
@@ -161,6 +161,27 @@ class StudyManager:
             attrs = await self.store.call(self.store.study_attrs, name)
             if attrs.get(STATE_ATTR) == "running":
                 await self.store.call(self.store.set_attr, name, STATE_ATTR, "stopped")
+        return await self.status(name)
+
+    async def pause(self, name: str) -> dict[str, Any]:
+        """Pause study `name`: nothing new is dispatched until it is resumed."""
+        run = await self._running(name)
+        await run.pause()
+        await self.bus.event("study.paused", name)
+        return await self.status(name)
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        """Resume a paused study."""
+        run = await self._running(name)
+        await run.resume()
+        await self.bus.event("study.resumed", name)
+        return await self.status(name)
+
+    async def set_budget(self, name: str, budget: Budget) -> dict[str, Any]:
+        """Change a running (or paused) study's budget live."""
+        run = await self._running(name)
+        await run.set_budget(budget)
+        await self.bus.event("study.budget_changed", name, budget=budget.model_dump(mode="json"))
         return await self.status(name)
 
     async def ask(self, name: str, request_id: str | None) -> dict[str, Any]:
@@ -308,6 +329,8 @@ class StudyManager:
         run = self.runs.get(name)
         summary["in_flight"] = len(run.inflight) if run else 0
         summary["running"] = run is not None
+        if run is not None:
+            summary["budget"] = run.budget.model_dump(mode="json")
         summary["efficiency"] = await self.store.call(self.store.efficiency, spec)
         if run is not None:
             summary["mode"] = run.plan.mode

@@ -17,7 +17,10 @@ from hpod.errors import RequestRejected
 from hpod.schema import (
     ModeSet,
     Request,
+    StudyBudget,
     StudyCreate,
+    StudyPause,
+    StudyResume,
     StudyStop,
     TrialAsk,
     TrialEnqueue,
@@ -59,6 +62,12 @@ class RequestHandler:
             return await self.manager.create(body.study)
         if isinstance(body, StudyStop):
             return await self.manager.stop(body.name)
+        if isinstance(body, StudyPause):
+            return await self.manager.pause(body.name)
+        if isinstance(body, StudyResume):
+            return await self.manager.resume(body.name)
+        if isinstance(body, StudyBudget):
+            return await self.manager.set_budget(body.name, body.budget)
         if isinstance(body, TrialAsk):
             return await self.manager.ask(body.study, request.id)
         if isinstance(body, TrialTell):

@@ -22,6 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import (
+    BUDGET_ATTR,
     COST_ATTR,
     CREATED_ATTR,
     DISPATCHED_ATTR,
@@ -126,11 +127,11 @@ class StudyStore:
         return True
 
     def running_studies(self) -> list[StudySpec]:
-        """Specs of the studies hpod was running when it last stopped."""
+        """Specs of the studies hpod was running (or had paused) when it last stopped."""
         specs = []
         for study in self.storage.get_all_studies():
             attrs = study.user_attrs
-            if attrs.get(STATE_ATTR) == "running" and SPEC_ATTR in attrs:
+            if attrs.get(STATE_ATTR) in ("running", "paused") and SPEC_ATTR in attrs:
                 specs.append(StudySpec.model_validate_json(attrs[SPEC_ATTR]))
         return specs
 
@@ -326,7 +327,7 @@ class StudyStore:
             "mode": attrs.get(MODE_ATTR, spec.mode),
             "directions": spec.directions,
             "objective": spec.objective,
-            "budget": spec.budget.model_dump(),
+            "budget": attrs.get(BUDGET_ATTR) or spec.budget.model_dump(),
             "n_trials": len(trials),
             "counts": counts,
             "created_at": attrs.get(CREATED_ATTR),

@@ -23,12 +23,19 @@ from hpod.daemon.bus import Bus
 from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
-from hpod.engine import DISPATCHED_ATTR, ERROR_ATTR, EXTERNAL_ATTR, REQUEST_ATTR, STATE_ATTR
+from hpod.engine import (
+    BUDGET_ATTR,
+    DISPATCHED_ATTR,
+    ERROR_ATTR,
+    EXTERNAL_ATTR,
+    REQUEST_ATTR,
+    STATE_ATTR,
+)
 from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.plan import Plan
-from hpod.schema import StudySpec
+from hpod.schema import Budget, StudySpec
 
 log = structlog.get_logger("hpod.studies")
 
@@ -161,6 +168,10 @@ class StudyRun:
         self.n_created = 0
         self.created_at = time.time()
         self.stopping = False
+        #: Paused: nothing new is dispatched until resumed (trials in flight are still told).
+        self.paused = False
+        #: The budget in force: the spec's, or one changed live (`study.budget`).
+        self.budget: Budget = spec.budget
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -182,6 +193,9 @@ class StudyRun:
     async def _recover(self) -> None:
         attrs = await self.store.call(self.store.study_attrs, self.name)
         self.created_at = float(attrs.get("hpod:created_at", time.time()))
+        self.paused = attrs.get(STATE_ATTR) == "paused"
+        if attrs.get(BUDGET_ATTR):
+            self.budget = Budget.model_validate(attrs[BUDGET_ATTR])
         trials = await self.store.call(self.store.trials, self.spec, None)
         self.n_created = len(trials)
         pending = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -231,7 +245,7 @@ class StudyRun:
             self.done.set()
 
     def _budget_left(self) -> bool:
-        budget = self.spec.budget
+        budget = self.budget
         if budget.trials is not None and self.n_created >= budget.trials:
             return False
         return budget.seconds is None or time.time() - self.created_at < budget.seconds
@@ -241,6 +255,8 @@ class StudyRun:
             return False
         if self.stopping:
             return True
+        if self.paused:
+            return False
         return not self._budget_left() and not self._external_pending()
 
     def _external_pending(self) -> bool:
@@ -258,6 +274,7 @@ class StudyRun:
             return
         while (
             not self.stopping
+            and not self.paused
             and self._budget_left()
             and len(self.tasks) < self.plan.parallelism
             and self.limits.available()
@@ -271,8 +288,8 @@ class StudyRun:
             if self.plan.uses("batching")
             else 1
         )
-        if self.spec.budget.trials is not None:
-            pack = min(pack, self.spec.budget.trials - self.n_created)
+        if self.budget.trials is not None:
+            pack = min(pack, self.budget.trials - self.n_created)
         return max(1, pack)
 
     async def _ask_and_dispatch(self, n: int) -> None:
@@ -381,9 +398,9 @@ class StudyRun:
 
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
-        if self.spec.budget.seconds is not None and self._budget_left():
+        if self.budget.seconds is not None and self._budget_left():
             timeouts.append(
-                time.monotonic() + self.spec.budget.seconds - (time.time() - self.created_at)
+                time.monotonic() + self.budget.seconds - (time.time() - self.created_at)
             )
         return max(0.05, min(timeouts) - time.monotonic()) if timeouts else None
 
@@ -473,6 +490,26 @@ class StudyRun:
         asked = await self._timed("sampler", self.store.ask, self.spec, True, request_id)
         self.external[request_id or f"trial-{asked.number}"] = asked
         return asked
+
+    async def pause(self) -> None:
+        """Dispatch nothing new until `resume`; trials in flight are still told."""
+        self.paused = True
+        await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "paused")
+        self.wake.set()
+
+    async def resume(self) -> None:
+        """Dispatch again, up to the budget."""
+        self.paused = False
+        await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "running")
+        self.wake.set()
+
+    async def set_budget(self, budget: Budget) -> None:
+        """Use `budget` from now on (stored, so a restart keeps it)."""
+        self.budget = budget
+        await self.store.call(
+            self.store.set_attr, self.name, BUDGET_ATTR, budget.model_dump(mode="json")
+        )
+        self.wake.set()
 
     async def stop(self) -> None:
         """Ask no more trials; trials in flight are still told, then the loop ends."""

@@ -236,6 +236,30 @@ def test_switching_the_mode_needs_the_token_and_is_published(
     page.wait_for_selector("#study-mode:text('fast')")
     page.screenshot(path=str(artifacts / "study-mode-switched.png"), full_page=True)
 
+    # Pause, resume and a budget change: applied in the daemon, visible on the page at once.
+    page.click("#study-pause")
+    page.wait_for_selector("#action-message.ok:text('Pause requested')")
+    page.wait_for_selector("#study-state.state-paused")
+    assert daemon.get("/studies/web-mode")["state"] == "paused"
+    assert page.is_disabled("#study-pause") and page.is_enabled("#study-resume")
+    page.click("#study-resume")
+    page.wait_for_selector("#action-message.ok:text('Resume requested')")
+    page.wait_for_selector("#study-state.state-running")
+    new_budget = daemon.get("/studies/web-mode")["n_trials"] + 40
+    page.fill("#budget-trials", str(new_budget))
+    page.click("#budget-set")
+    page.wait_for_selector(f"#action-message.ok:text('Budget changed to {new_budget} trials')")
+    assert daemon.get("/studies/web-mode")["budget"]["trials"] == new_budget
+    progress = "document.getElementById('card-progress').textContent"
+    page.wait_for_function(f"() => {progress}.includes('/ {new_budget} trials')")
+    # The efficiency panel and the best-against-compute plot follow the study.
+    page.wait_for_function(
+        "() => document.getElementById('eff-compute').textContent.includes('CPU')"
+    )
+    page.wait_for_function(
+        "() => (document.getElementById('plot-compute').data || []).some((t) => t.x.length > 0)"
+    )
+
     # The token is kept for the tab (sessionStorage), not asked again after a reload.
     opened.check_clean()
     page.reload()

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.daemon.store import StudyStore
-from hpod.engine import ERROR_ATTR
+from hpod.engine import COST_ATTR, ERROR_ATTR
 from hpod.schema import StudySpec
 
 #: Most trials one GET /studies/{name}/trials answers with; a client pages on with `from`.
@@ -63,6 +63,8 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "datetime_start": _when(trial.datetime_start),
         "datetime_complete": _when(trial.datetime_complete),
         "error": trial.user_attrs.get(ERROR_ATTR),
+        "cpu": _finite((trial.user_attrs.get(COST_ATTR) or {}).get("cpu")),
+        "cache": (trial.user_attrs.get(COST_ATTR) or {}).get("cache"),
     }
 
 

@@ -291,6 +291,9 @@ const hpod = (() => {
     "trial.failed": (e) => `trial ${e.trial} failed${e.error ? `: ${String(e.error).split("\n")[0]}` : ""}`,
     "study.completed": (e) => `${e.reason === "stopped" ? "stopped" : "completed"} after ${e.n_trials} trials`,
     "mode.changed": (e) => `mode changed to ${e.mode}${e.study ? "" : " (default mode)"}`,
+    "study.paused": () => "paused",
+    "study.resumed": () => "resumed",
+    "study.budget_changed": (e) => `budget changed to ${e.budget && e.budget.trials ? `${e.budget.trials} trials` : "a time limit"}`,
     "request.rejected": (e) => `request rejected (${e.channel}): ${e.error ? e.error.message : ""}`,
   };
 

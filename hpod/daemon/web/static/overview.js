@@ -96,6 +96,8 @@
       el("td", { class: "num best" }, bestText(s)),
       el("td", { class: "num rate" }, hpod.rateText(item.meter)),
       el("td", { class: "num inflight" }, String(s.in_flight)),
+      el("td", { class: "num compute" }, computeText(s.efficiency, "cpu_seconds")),
+      el("td", { class: "num saved" }, computeText(s.efficiency, "saved_cpu_seconds")),
       el("td", { class: "muted" }, s.objective || "external"));
     const added = !item.row;
     if (item.row) item.row.replaceWith(row); else $("studies").tBodies[0].append(row);
@@ -113,6 +115,12 @@
   }
 
   // --- daemon-wide cards -----------------------------------------------------------
+
+  function computeText(efficiency, key) {
+    const value = efficiency ? efficiency[key] : null;
+    if (value === null || value === undefined) return "–";
+    return Math.abs(value) >= 100 ? `${value.toFixed(0)} s` : `${value.toFixed(1)} s`;
+  }
 
   async function loadHealth() {
     const health = await hpod.getJSON("/health");
@@ -209,6 +217,11 @@
       case "study.completed":
         entry(name).refresh();
         refreshHealth();
+        break;
+      case "study.paused":
+      case "study.resumed":
+      case "study.budget_changed":
+        entry(name).refresh();
         break;
       case "mode.changed":
         if (name && studies.has(name) && studies.get(name).status) {

@@ -231,7 +231,11 @@
   function renderActions() {
     const select = $("mode-select");
     if (!select.matches(":focus")) hpod.fillModes(select, status.mode);
-    $("study-stop").disabled = status.state !== "running";
+    const live = status.running && (status.state === "running" || status.state === "paused");
+    $("study-stop").disabled = !live;
+    $("study-pause").disabled = !live || status.state === "paused";
+    $("study-resume").disabled = !live || status.state !== "paused";
+    $("budget-set").disabled = !live;
     if (!$("budget-action").hidden && status.budget.trials && !$("budget-trials").value) {
       $("budget-trials").value = status.budget.trials;
     }
@@ -288,6 +292,52 @@
     }), PLOT_CONFIG);
     const shown = complete.length + pruned.length + failed.length;
     hpod.setText("history-note", trials.size >= MAX_KEEP ? `last ${MAX_KEEP} trials` : `${shown} finished`);
+  }
+
+  /** Best full-data value against the CPU seconds spent in the objective (every rung,
+   *  pruned trials and cache hits at zero included), in the order trials finished. */
+  function renderCompute(rows) {
+    const k = objective;
+    const finished = rows.filter((t) => FINISHED.has(t.state) && t.datetime_complete)
+      .sort((a, b) => (a.datetime_complete < b.datetime_complete ? -1 : a.datetime_complete > b.datetime_complete ? 1 : a.number - b.number));
+    const xs = [], ys = [], text = [];
+    let spent = 0, best = null;
+    for (const t of finished) {
+      spent += t.cpu || 0;
+      if (t.state === "complete" && t.values && t.values[k] !== null && (best === null || better(t.values[k], best))) best = t.values[k];
+      if (best !== null) { xs.push(spent); ys.push(best); text.push(`trial ${t.number}`); }
+    }
+    const traces = directions.length === 1 && xs.length
+      ? [{ type: "scatter", mode: "lines+markers", name: "best so far", meta: "compute", x: xs, y: ys, text, line: { shape: "hv", color: COLORS.best, width: 2 }, marker: { size: 4 }, hovertemplate: "%{x:.3g} CPU s (%{text}): best %{y:.5g}<extra></extra>" }]
+      : [];
+    Plotly.react("plot-compute", traces, layout({
+      xaxis: { title: { text: "CPU seconds in the objective" }, rangemode: "tozero" },
+      yaxis: { title: { text: directions.length === 1 ? `best value (${directions[0]})` : "single objective only" } },
+    }), PLOT_CONFIG);
+  }
+
+  function seconds(value) {
+    if (value === null || value === undefined) return "–";
+    return value >= 100 ? `${value.toFixed(0)} s` : value >= 1 ? `${value.toFixed(1)} s` : `${(value * 1000).toFixed(0)} ms`;
+  }
+
+  /** The efficiency report (status.efficiency) and the plan in force (status.plan). */
+  function renderEfficiency() {
+    const e = status.efficiency;
+    if (!e) { $("efficiency").hidden = true; return; }
+    $("efficiency").hidden = false;
+    hpod.setText("eff-compute", `${seconds(e.cpu_seconds)} CPU`);
+    const full = e.full_evaluation_cpu_seconds;
+    hpod.setText("eff-full", full === null ? "–" : `${seconds(full)} CPU` + (e.compute_ratio ? ` (${e.compute_ratio.toFixed(2)}× spent)` : ""));
+    hpod.setText("eff-cache", `${e.cache_hits}` + (e.cache_partial_hits ? ` (+${e.cache_partial_hits} partial)` : ""));
+    const where = Object.entries(e.pruned_at || {}).map(([at, n]) => `${n} at ${at}`).join(", ");
+    hpod.setText("eff-pruned", `${e.pruned}` + (where ? ` (${where})` : ""));
+    hpod.setText("eff-data", e.data_fraction === null ? "–" : e.data_fraction.toFixed(2));
+    hpod.setText("eff-overhead", seconds(e.dispatch_overhead_seconds));
+    const plan = status.plan;
+    hpod.setText("eff-plan", plan
+      ? `${plan.sampler} sampler · ${plan.pruner} pruner · data ${plan.ladder.map((f) => `${Math.round(f * 100)}%`).join(" → ")} · ${plan.pack} per task`
+      : "");
   }
 
   function renderIntermediate(rows) {
@@ -490,17 +540,19 @@
     renderHeader();
     renderCards();
     renderActions();
+    renderEfficiency();
     renderObjectiveSelect();
     renderBest();
     renderTrialsTable(rows);
     if (!hasPlotly()) {
-      for (const id of ["plot-history", "plot-intermediate", "plot-parallel", "plot-importance"]) {
+      for (const id of ["plot-compute", "plot-history", "plot-intermediate", "plot-parallel", "plot-importance"]) {
         $(id).replaceChildren(el("p", { class: "empty" }, "Plotly.js is not available on this daemon (pip install plotly)."));
       }
       $("importance-empty").hidden = true;
       return;
     }
     renderHistory(rows);
+    renderCompute(rows);
     renderIntermediate(rows);
     renderPareto(rows);
     renderParallel(rows);
@@ -525,6 +577,9 @@
         refreshSoon();
         break;
       case "study.completed":
+      case "study.paused":
+      case "study.resumed":
+      case "study.budget_changed":
         refreshSoon();
         break;
       case "mode.changed":
@@ -532,6 +587,7 @@
           status.mode = event.mode;
           renderHeader();
           renderActions();
+          refreshSoon(); // the plan shown in the efficiency panel follows the mode
         }
         break;
       default:

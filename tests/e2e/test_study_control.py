@@ -1,0 +1,75 @@
+"""Pause, resume and a live budget change, over HTTP and the queue envelope, across a restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conftest import Daemon, DaemonFactory, quadratic_spec
+
+
+def created(daemon: Daemon, name: str) -> int:
+    """Trials created so far."""
+    n: int = daemon.get(f"/studies/{name}")["n_trials"]
+    return n
+
+
+def settle(daemon: Daemon, name: str, timeout: float = 30) -> dict[str, object]:
+    """Wait until nothing of the study is in flight; its status."""
+    deadline = time.monotonic() + timeout
+    while (status := daemon.get(f"/studies/{name}"))["in_flight"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
+def test_pause_resume_and_budget_change_survive_a_restart(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """A paused study dispatches nothing (also after a restart) until resumed; a budget
+    change applies at once and is kept; the study ends at exactly the new budget."""
+    data = tmp_path / "data"
+    daemon = start_daemon(data_dir=data)
+    spec = quadratic_spec("control", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=1)
+    spec["mode"] = "thorough"
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    while created(daemon, "control") < 3:
+        time.sleep(0.05)
+    status, reply = daemon.request("POST", "/studies/control/pause")
+    assert status == 200 and reply["result"]["state"] == "paused", reply
+    paused_at = settle(daemon, "control")["n_trials"]
+    time.sleep(1.0)
+    assert created(daemon, "control") == paused_at
+    status, reply = daemon.request(
+        "POST",
+        "/requests",
+        {"v": 1, "type": "study.budget", "name": "control", "budget": {"trials": paused_at + 4}},
+    )
+    assert status == 200 and reply["result"]["budget"]["trials"] == paused_at + 4, reply
+    daemon.stop()
+    daemon = start_daemon(data_dir=data)
+    time.sleep(1.0)
+    status_after = daemon.get("/studies/control")
+    assert status_after["state"] == "paused" and status_after["running"]
+    assert status_after["n_trials"] == paused_at
+    assert status_after["budget"]["trials"] == paused_at + 4
+    assert daemon.request("POST", "/studies/control/resume")[0] == 200
+    final = daemon.wait_study("control")
+    assert final["n_trials"] == paused_at + 4 and final["state"] == "completed"
+    assert final["counts"] == {"complete": paused_at + 4}
+
+
+def test_control_of_a_finished_or_unknown_study_is_refused(start_daemon: DaemonFactory) -> None:
+    """Pausing a study that is not running, or changing a budget to nonsense, is refused
+    with the field named; nothing changes."""
+    daemon = start_daemon()
+    spec = quadratic_spec("finished", trials=2)
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    daemon.wait_study("finished")
+    status, reply = daemon.request("POST", "/studies/finished/pause")
+    assert status == 409 and reply["error"]["code"] == "not_running", reply
+    status, reply = daemon.request("POST", "/studies/nobody/resume")
+    assert status == 404 and reply["error"]["field"] == "study", reply
+    status, reply = daemon.request("POST", "/studies/finished/budget", {"budget": {"trials": 0}})
+    assert status == 400 and reply["error"]["field"] == "budget.trials", reply
+    assert daemon.get("/studies/finished")["state"] == "completed"
