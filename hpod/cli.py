@@ -74,6 +74,23 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--url")
         p.set_defaults(func=func)
 
+    for name, func, text in [
+        ("stop", cmd_stop, "stop a study (trials in flight still finish)"),
+        ("pause", cmd_pause, "pause a study: dispatch nothing new until resumed"),
+        ("resume", cmd_resume, "resume a paused study"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name")
+        p.add_argument("--url")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("budget", help="change a study's budget live")
+    p.add_argument("name")
+    p.add_argument("--trials", type=int)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--url")
+    p.set_defaults(func=cmd_budget)
+
     p = sub.add_parser("mode", help="list the modes, or switch one study's or the default")
     p.add_argument("mode", nargs="?", help="the mode to switch to (omit to list the modes)")
     p.add_argument("--study", help="the study to switch (default: the default mode)")
@@ -306,6 +323,46 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
         )
     if eff.get("dispatch_overhead_seconds") is not None:
         print(f"  dispatch overhead {eff['dispatch_overhead_seconds'] * 1000:.1f} ms per trial")
+
+
+def _control(call: Any, *args: Any, **kwargs: Any) -> int:
+    """Run a client call that changes a study; print its state, or the error."""
+    from hpod.client import ClientError
+
+    try:
+        status = call(*args, **kwargs)
+    except ClientError as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
+        return 1
+    budget = status.get("budget") or {}
+    limits = ", ".join(f"{v} {k}" for k, v in budget.items() if v is not None)
+    print(
+        f"study {status['name']!r}: {status['state']}, {status['n_trials']} trials, budget {limits}"
+    )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop a study."""
+    return _control(_client(args.url).stop_study, args.name)
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause a study."""
+    return _control(_client(args.url).pause_study, args.name)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a paused study."""
+    return _control(_client(args.url).resume_study, args.name)
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """Change a study's budget live."""
+    if args.trials is None and args.seconds is None:
+        print("hpod: give --trials, --seconds or both", file=sys.stderr)
+        return 2
+    return _control(_client(args.url).set_budget, args.name, args.trials, args.seconds)
 
 
 def cmd_mode(args: argparse.Namespace) -> int:

@@ -76,6 +76,27 @@ class Client:
             return self._request({"type": "study.stop", "name": name})
         return self._http("POST", f"/studies/{name}/stop", {})
 
+    def pause_study(self, name: str) -> dict[str, Any]:
+        """Dispatch nothing new for study `name` until it is resumed."""
+        if self._amqp:
+            return self._request({"type": "study.pause", "name": name})
+        return self._http("POST", f"/studies/{name}/pause", {})
+
+    def resume_study(self, name: str) -> dict[str, Any]:
+        """Resume a paused study."""
+        if self._amqp:
+            return self._request({"type": "study.resume", "name": name})
+        return self._http("POST", f"/studies/{name}/resume", {})
+
+    def set_budget(
+        self, name: str, trials: int | None = None, seconds: float | None = None
+    ) -> dict[str, Any]:
+        """Change study `name`'s budget live."""
+        budget = {k: v for k, v in (("trials", trials), ("seconds", seconds)) if v is not None}
+        if self._amqp:
+            return self._request({"type": "study.budget", "name": name, "budget": budget})
+        return self._http("POST", f"/studies/{name}/budget", {"budget": budget})
+
     def ask(self, study: str, request_id: str | None = None) -> dict[str, Any]:
         """A trial to evaluate yourself: ``{"trial": n, "params": {...}}``."""
         rid = request_id or uuid.uuid4().hex

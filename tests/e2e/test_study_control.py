@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,3 +75,39 @@ def test_control_of_a_finished_or_unknown_study_is_refused(start_daemon: DaemonF
     status, reply = daemon.request("POST", "/studies/finished/budget", {"budget": {"trials": 0}})
     assert status == 400 and reply["error"]["field"] == "budget.trials", reply
     assert daemon.get("/studies/finished")["state"] == "completed"
+
+
+def test_the_command_line_pauses_resumes_rebudgets_and_stops(start_daemon: DaemonFactory) -> None:
+    """`hpod pause|resume|budget|stop NAME` do what the routes do and print the new state."""
+    daemon = start_daemon()
+    spec = quadratic_spec("cli-control", trials=500, objective_kwargs={"sleep": 0.05})
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+
+    def hpod(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "hpod", *args, "--url", daemon.url],
+            env=daemon.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "paused" in hpod("pause", "cli-control")
+    assert "budget 20 trials" in hpod("budget", "cli-control", "--trials", "20")
+    assert "running" in hpod("resume", "cli-control")
+    final = daemon.wait_study("cli-control")
+    assert final["n_trials"] == 20 and final["state"] == "completed"
+    second = quadratic_spec("cli-stop", trials=500, objective_kwargs={"sleep": 0.05})
+    assert daemon.request("POST", "/studies", second)[0] == 201
+    assert "stopped" in hpod("stop", "cli-stop")
+    assert daemon.wait_study("cli-stop")["state"] == "stopped"
+    refused = subprocess.run(
+        [sys.executable, "-m", "hpod", "budget", "cli-control", "--url", daemon.url],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--trials" in refused.stderr
