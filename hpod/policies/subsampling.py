@@ -6,9 +6,12 @@ it for objectives that subsample (`hpod.policies.fidelity`) and ignores it for t
 A ladder only saves compute when a small fraction costs much less than the full data: an
 objective with a large fixed cost per fit (small data sets, many boosting rounds) pays for
 every rung almost in full, and the ladder then costs more than evaluating on all the data
-at once. So the policy measures: from the rungs' CPU times and how many trials reach each
-rung, it estimates the ladder's cost per trial against a full evaluation's, and once the
-ladder is seen not to save at least a fifth, the study's next trials go straight to full data.
+at once. So the policy measures: from the rungs' CPU times and the share of trials that
+reach each rung, it estimates the ladder's cost per trial against a full evaluation's, and
+once the ladder is seen not to save at least a fifth, the study's next trials go straight to
+full data. Under successive halving or Hyperband the share reaching rung k is taken as the
+pruner's own 1/eta^k: early in a study almost every trial is promoted (there is nobody to
+lose against yet), and judging by that would switch off ladders that pay in the long run.
 """
 
 from __future__ import annotations
@@ -71,3 +74,12 @@ class SubsamplingPolicy(Policy):
         """The verdict, for the study's status."""
         verdict = "measuring" if self.cost_ratio is None else ("on" if self.pays else "off")
         return {"ladder": verdict, "ladder_cost_ratio": self.cost_ratio}
+
+
+def _halving_rate(trial: TrialEvent) -> float | None:
+    """The reduction factor of a successive-halving or Hyperband plan, else None."""
+    plan = trial.plan
+    if plan is None or plan.pruner not in ("successive_halving", "hyperband"):
+        return None
+    default = 4 if plan.pruner == "successive_halving" else 3
+    return float(plan.pruner_options.get("reduction_factor", default))

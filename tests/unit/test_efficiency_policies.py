@@ -305,3 +305,15 @@ def test_packs_are_sized_from_measured_durations() -> None:
     assert policy.pack_size(0.0, 500) == 1
     policy.after_tell(event(duration=5.0, cost={"cache": "hit"}))  # not an evaluation
     assert policy.pack_size(0.5, 500) == 50
+
+
+def test_early_promotions_under_successive_halving_do_not_switch_the_ladder_off() -> None:
+    """Early in a study every trial is promoted; the verdict uses the pruner's 1/eta^k
+    instead, so a ladder of cheap rungs stays on."""
+    policy = SubsamplingPolicy()
+    for _ in range(10):
+        rungs = [[0.111111, 0.5, False, 0.4], [0.333333, 0.4, False, 0.5], [1.0, 0.3, False, 1.0]]
+        policy.after_tell(event(cost={"rungs": rungs}))
+    # Measured survival (everybody) would give 0.4 + 0.5 + 1.0 = 1.9; with eta = 3: 0.68.
+    assert policy.cost_ratio == pytest.approx(0.4 + 0.5 / 3 + 1.0 / 9)
+    assert policy.describe()["ladder"] == "on"
