@@ -61,13 +61,16 @@ class SubsamplingPolicy(Policy):
             self.reached[float(fraction)] = self.reached.get(float(fraction), 0) + 1
             if not from_cache:
                 self.cpu.setdefault(float(fraction), []).append(float(cpu))
-        self._judge()
+        self._judge(_halving_rate(trial))
 
-    def _judge(self) -> None:
+    def _judge(self, eta: float | None) -> None:
         full = self.cpu.get(1.0, [])
         if self.ladder_trials < MIN_LADDER_TRIALS or len(full) < MIN_FULL_EVALUATIONS:
             return
-        expected = sum(median(self.cpu[f]) * self.reached[f] / self.ladder_trials for f in self.cpu)
+        expected = 0.0
+        for rung, fraction in enumerate(sorted(self.cpu)):
+            reach = self.reached[fraction] / self.ladder_trials if eta is None else eta**-rung
+            expected += median(self.cpu[fraction]) * reach
         self.cost_ratio = expected / max(median(full), 1e-9)
 
     def describe(self) -> dict[str, Any]:
