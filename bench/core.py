@@ -33,6 +33,17 @@ SPACE = {
 }
 
 
+#: Modes of the overhead runs: every efficiency policy off but batching (or that too).
+BENCH_MODES = """
+[bench-unbatched]
+policies = []
+[bench-batched]
+policies = ["batching"]
+batch_seconds = 0.5
+max_pack = 1000
+"""
+
+
 def free_port() -> int:
     """An unused loopback port."""
     with socket.socket() as s:
@@ -44,7 +55,10 @@ def free_port() -> int:
 def env_for(data_dir: Path, **settings: str) -> dict[str, str]:
     """Environment of hpod processes for this benchmark."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPOD_")}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "bench-modes.toml").write_text(BENCH_MODES)
     env.update(
+        HPOD_MODES_FILE=str(data_dir / "bench-modes.toml"),
         HPOD_DATA_DIR=str(data_dir),
         HPOD_HTTP_PORT=str(free_port()),
         HPOD_API_TOKEN="bench-token-" + "x" * 16,
@@ -89,17 +103,6 @@ def purge(channel: Any) -> None:
     for q in ("hpod.requests", "hpod.results", "hpod.trials"):
         channel.queue_declare(q, durable=True)
         channel.queue_purge(q)
-
-
-#: Modes of the overhead runs: every efficiency policy off but batching (or that too).
-BENCH_MODES = """
-[bench-unbatched]
-policies = []
-[bench-batched]
-policies = ["batching"]
-batch_seconds = 0.5
-max_pack = 1000
-"""
 
 
 def create_message(
@@ -160,14 +163,7 @@ def bench_throughput(
 ) -> float:
     """Trials/s of the trivial objective through RabbitMQ and Celery on the default durable
     storage (journal file, group commit), from study request to `study.completed`."""
-    modes = tmp / "bench-modes.toml"
-    modes.write_text(BENCH_MODES)
-    env = env_for(
-        tmp / f"throughput-{uuid.uuid4().hex[:6]}",
-        broker_url=amqp,
-        max_inflight="256",
-        modes_file=str(modes),
-    )
+    env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256")
     daemon = start(["run", "--no-workers"], env)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
     wait_healthy(env)

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     memory_high_water_mb: int | None = Field(
         default=None, gt=0, description="Above this RSS (daemon + local workers), dispatch less."
     )
-    max_inflight: int = Field(default=64, gt=0, description="Trials in flight, all studies.")
+    max_inflight: int = Field(default=64, gt=0, description="Worker tasks in flight, all studies.")
     local_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
     max_message_bytes: int = Field(default=1 << 20, gt=0)
     trial_grace_seconds: float = Field(default=60.0, gt=0)

@@ -125,7 +125,7 @@ def make_sampler(
 
 def check_sampler_available(name: str) -> None:
     """Refuse a sampler whose optional dependency is missing, before the study exists."""
-    needs = {"cmaes": "cmaes", "gp": "scipy"}
+    needs = {"cmaes": "cmaes", "gp": "scipy", "qmc": "scipy"}
     module = needs.get(name)
     if module is None:
         return

@@ -153,7 +153,11 @@ class StudySpec(WireModel):
     space: dict[str, ParamSpec] = Field(min_length=1)
     directions: list[Direction] = Field(default_factory=_minimize, min_length=1, max_length=8)
     budget: Budget
-    mode: str = Field(default="balanced", pattern=NAME_PATTERN)
+    mode: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Omit for the daemon's default mode (balanced unless switched).",
+    )
     max_concurrent: int | None = Field(
         default=None, gt=0, le=1024, description="Omit to use the parallelism of the mode."
     )

@@ -32,6 +32,8 @@ STATUS_BY_CODE = {
     "too_large": 413,
     "not_running": 409,
     "budget_exhausted": 409,
+    "paused": 409,
+    "draining": 503,
 }
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -78,7 +78,7 @@ class StudyManager:
     async def plan_of(self, spec: StudySpec) -> Plan:
         """The study's plan under its mode in force (a live switch is stored on the study)."""
         attrs = await self.store.call(self.store.study_attrs, spec.name)
-        mode = attrs.get(MODE_ATTR) or spec.mode
+        mode = attrs.get(MODE_ATTR) or spec.mode or self.default_mode
         if mode not in self.modes:  # a mode removed from the file since: the default applies
             log.warning("study.mode_unknown", study=spec.name, mode=mode, using=self.default_mode)
             mode = self.default_mode
@@ -142,7 +142,7 @@ class StudyManager:
                 "study.objective",
                 f"unknown objective {spec.objective!r} (registered: {known})",
             )
-        mode = spec.mode if "mode" in spec.model_fields_set else self.default_mode
+        mode = spec.mode or self.default_mode
         self._check_mode(mode, "study.mode")
         spec = spec.model_copy(update={"mode": mode})
         created = await self.store.call(self.store.create, spec)
@@ -165,21 +165,21 @@ class StudyManager:
 
     async def pause(self, name: str) -> dict[str, Any]:
         """Pause study `name`: nothing new is dispatched until it is resumed."""
-        run = await self._running(name)
+        run = await self._live(name)
         await run.pause()
         await self.bus.event("study.paused", name)
         return await self.status(name)
 
     async def resume(self, name: str) -> dict[str, Any]:
         """Resume a paused study."""
-        run = await self._running(name)
+        run = await self._live(name)
         await run.resume()
         await self.bus.event("study.resumed", name)
         return await self.status(name)
 
     async def set_budget(self, name: str, budget: Budget) -> dict[str, Any]:
         """Change a running (or paused) study's budget live."""
-        run = await self._running(name)
+        run = await self._live(name)
         await run.set_budget(budget)
         await self.bus.event("study.budget_changed", name, budget=budget.model_dump(mode="json"))
         return await self.status(name)
@@ -260,6 +260,15 @@ class StudyManager:
             raise RequestRejected(
                 "invalid", field, f"unknown mode {mode!r} (known: {', '.join(sorted(self.modes))})"
             )
+
+    async def _live(self, name: str) -> StudyRun:
+        """The loop of a study that is running or paused, not one that is stopping."""
+        run = await self._running(name)
+        if run.stopping:
+            raise RequestRejected(
+                "not_running", "study", f"study {name!r} is stopping: it asks no more trials"
+            )
+        return run
 
     async def _running(self, name: str) -> StudyRun:
         run = self.runs.get(name)

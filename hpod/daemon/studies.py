@@ -284,7 +284,13 @@ class StudyRun:
     def _pack_size(self) -> int:
         """Trials for the next task: the batching policy's pack, within the budget."""
         pack = (
-            self.batching.pack_size(self.plan.batch_seconds, self.plan.max_pack)
+            self.batching.pack_size(
+                self.plan.batch_seconds,
+                self.plan.max_pack,
+                learning_sampler=self.plan.sampler not in ("random", "qmc"),
+                told=len(self.told),
+                parallelism=self.plan.parallelism,
+            )
             if self.plan.uses("batching")
             else 1
         )
@@ -482,6 +488,10 @@ class StudyRun:
         """A trial for an external evaluator; the same request id gets the same trial."""
         if request_id and request_id in self.external:
             return self.external[request_id]
+        if self.paused and not self.stopping:
+            raise RequestRejected(
+                "paused", "study", f"study {self.name!r} is paused: resume it to ask trials"
+            )
         if self.stopping or not self._budget_left():
             raise RequestRejected(
                 "budget_exhausted", "study", f"study {self.name!r} asks no more trials"

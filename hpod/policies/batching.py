@@ -38,8 +38,26 @@ class BatchingPolicy(Policy):
         """The measured evaluation time the packs are sized from."""
         return {"mean_evaluation_seconds": self.mean_seconds}
 
-    def pack_size(self, batch_seconds: float, max_pack: int) -> int:
-        """Trials per task: one until a duration is known or when batching is off."""
+    def pack_size(
+        self,
+        batch_seconds: float,
+        max_pack: int,
+        *,
+        learning_sampler: bool = False,
+        told: int = 0,
+        parallelism: int = 1,
+    ) -> int:
+        """Trials per task: one until a duration is known or when batching is off.
+
+        A sampler that learns from results (TPE, CMA-ES, GP) must not be starved of them:
+        trials asked before any of them is told are, to it, blind guesses. So for such a
+        sampler all packs in flight together hold at most a quarter as many trials as it has
+        seen told; a pack grows with the study. Random and QMC samplers learn nothing, so
+        their packs are bounded by time alone.
+        """
         if batch_seconds <= 0 or max_pack <= 1 or self.mean_seconds is None:
             return 1
-        return max(1, min(max_pack, math.floor(batch_seconds / self.mean_seconds)))
+        pack = min(max_pack, math.floor(batch_seconds / self.mean_seconds))
+        if learning_sampler:
+            pack = min(pack, told // (4 * max(1, parallelism)))
+        return max(1, pack)

@@ -317,3 +317,14 @@ def test_early_promotions_under_successive_halving_do_not_switch_the_ladder_off(
     # Measured survival (everybody) would give 0.4 + 0.5 + 1.0 = 1.9; with eta = 3: 0.68.
     assert policy.cost_ratio == pytest.approx(0.4 + 0.5 / 3 + 1.0 / 9)
     assert policy.describe()["ladder"] == "on"
+
+
+def test_a_learning_sampler_is_not_starved_by_big_packs() -> None:
+    """For TPE, packs in flight stay within a quarter of the trials told; random is free."""
+    policy = BatchingPolicy()
+    for _ in range(3):
+        policy.after_tell(event(duration=0.0001))
+    assert policy.pack_size(0.5, 500) == 500
+    assert policy.pack_size(0.5, 500, learning_sampler=True, told=4, parallelism=4) == 1
+    assert policy.pack_size(0.5, 500, learning_sampler=True, told=160, parallelism=4) == 10
+    assert policy.pack_size(0.5, 500, learning_sampler=True, told=90_000, parallelism=4) == 500

@@ -83,6 +83,16 @@ def test_json_schema_covers_every_request_type() -> None:
     """`hpod schema` lists one schema per request type, each requiring v and type."""
     schema = json_schema()
     names = {ref["$ref"].rsplit("/", 1)[1] for ref in schema["oneOf"]}
-    assert names == {"StudyCreate", "StudyStop", "TrialAsk", "TrialTell", "TrialEnqueue", "ModeSet"}
+    assert names == {
+        "StudyCreate",
+        "StudyStop",
+        "StudyPause",
+        "StudyResume",
+        "StudyBudget",
+        "TrialAsk",
+        "TrialTell",
+        "TrialEnqueue",
+        "ModeSet",
+    }
     for name in names:
         assert {"v", "type"} <= set(schema["$defs"][name]["required"])
