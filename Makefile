@@ -26,8 +26,10 @@ lint: install
 	$(VENV)/bin/ruff check hpod tests bench
 	$(VENV)/bin/mypy hpod
 
+# Both benchmarks write their tables into docs/benchmarks.md (about 50 minutes in all).
 bench: install
 	$(PY) bench/core.py
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) .hpod
