@@ -1,0 +1,104 @@
+"""Strategies — the actions of the strategy policy — and when each cannot apply.
+
+A strategy is a sampler, a pruner and a fidelity schedule. Some make no sense for a given
+study, and are masked rather than left for a learner to discover the hard way: CMA-ES needs a
+mostly continuous space without conditions, pruning needs intermediate reports, a data ladder
+needs an objective that subsamples, and single- and multi-objective samplers are not
+interchangeable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hpod.schema import CategoricalParam, StudySpec
+
+Fidelity = Literal["data", "epochs", "none"]
+
+
+@dataclass(frozen=True)
+class SpaceShape:
+    """What the masks need to know about a study: its space, directions and fidelity."""
+
+    n_params: int
+    n_continuous: int
+    n_categorical: int
+    n_conditional: int
+    n_directions: int
+    fidelity: Fidelity
+
+    @classmethod
+    def of(cls, spec: StudySpec, fidelity: Fidelity) -> SpaceShape:
+        """The shape of `spec`'s study for an objective of the given fidelity."""
+        params = list(spec.space.values())
+        return cls(
+            n_params=len(params),
+            n_continuous=sum(not isinstance(p, CategoricalParam) for p in params),
+            n_categorical=sum(isinstance(p, CategoricalParam) for p in params),
+            n_conditional=sum(p.condition is not None for p in params),
+            n_directions=len(spec.directions),
+            fidelity=fidelity,
+        )
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One action: a sampler, a pruner and a fidelity schedule, by name."""
+
+    name: str
+    sampler: str
+    pruner: str = "none"
+    ladder: tuple[float, ...] = (1.0,)
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+
+    def mask_reason(self, shape: SpaceShape) -> str | None:
+        """Why this strategy cannot apply to a study of `shape`, or None if it can."""
+        multi = shape.n_directions > 1
+        if multi and self.sampler not in ("nsga2", "tpe", "random", "qmc"):
+            return f"{self.sampler} optimises a single objective"
+        if not multi and self.sampler == "nsga2":
+            return "NSGA-II is for several objectives"
+        if multi and (self.pruner != "none" or len(self.ladder) > 1):
+            return "Optuna cannot prune multi-objective trials"
+        if self.sampler == "cmaes":
+            if shape.n_conditional:
+                return "CMA-ES cannot follow conditional parameters"
+            if shape.n_continuous < max(2, 0.8 * shape.n_params):
+                return "CMA-ES needs a mostly continuous space of two or more dimensions"
+        if self.pruner != "none" and shape.fidelity == "none":
+            return "pruning needs an objective that reports intermediate values"
+        if len(self.ladder) > 1 and shape.fidelity != "data":
+            return "a data ladder needs an objective that subsamples"
+        return None
+
+
+THIRDS = (1 / 9, 1 / 3, 1.0)
+
+#: The built-in strategies; an operator adds more in the modes file (issue 6, item 1).
+BUILTIN: tuple[Strategy, ...] = (
+    Strategy("random", "random"),
+    Strategy("qmc", "qmc"),
+    Strategy("tpe", "tpe"),
+    Strategy("tpe-multivariate", "tpe", sampler_options={"multivariate": True}),
+    Strategy("cmaes", "cmaes"),
+    Strategy("gp", "gp"),
+    Strategy("nsga2", "nsga2"),
+    Strategy("tpe-median", "tpe", "median", sampler_options={"multivariate": True}),
+    Strategy("tpe-hyperband", "tpe", "hyperband", sampler_options={"multivariate": True}),
+    Strategy(
+        "tpe-halving-ladder",
+        "tpe",
+        "successive_halving",
+        THIRDS,
+        {"multivariate": True},
+        {"reduction_factor": 3},
+    ),
+    Strategy("cmaes-median", "cmaes", "median"),
+)
+
+
+def available(shape: SpaceShape, strategies: tuple[Strategy, ...] = BUILTIN) -> list[Strategy]:
+    """The strategies that can apply to a study of `shape`, in their given order."""
+    return [s for s in strategies if s.mask_reason(shape) is None]
