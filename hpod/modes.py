@@ -9,6 +9,7 @@ value is validated here, so a bad file is refused as a whole with the mode and k
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpod.errors import ConfigError
+from hpod.schema import NAME_PATTERN
 
 PrunerName = Literal[
     "none", "median", "percentile", "patient", "successive_halving", "hyperband", "wilcoxon"
@@ -90,6 +92,11 @@ def load_modes(path: str | None = None) -> dict[str, Mode]:
 
 def _validate(name: str, table: dict[str, Any], source: str | None) -> Mode:
     where = f"modes file {source}" if source else "packaged modes"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ConfigError(
+            f"{where}: [{name}]: a mode name is letters, digits, '.', '_' and '-' "
+            "(it travels in requests and Prometheus labels)"
+        )
     try:
         mode = Mode.model_validate(table)
     except ValidationError as exc:

@@ -53,6 +53,8 @@ class CachePolicy(Policy):
         cost = trial.cost
         if trial.spec.objective is None or not cost or "objective_version" not in cost:
             return
+        if cost.get("deterministic") is False:  # another call could give another result
+            return
         version = str(cost["objective_version"])
         self.cache.set_objective_version(trial.spec.objective, version)
         for fraction, value, from_cache, cpu in cost.get("rungs", []):

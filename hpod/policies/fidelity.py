@@ -29,6 +29,8 @@ from hpod.workers.context import NoPruning, Reporter, TrialContext, TrialPruned
 FIDELITY_ATTR = "hpod_fidelity"
 #: An objective's attribute naming its version (part of the cache key); "1" if absent.
 VERSION_ATTR = "hpod_version"
+#: An objective's attribute; False for one whose result varies between identical calls.
+DETERMINISTIC_ATTR = "hpod_deterministic"
 
 
 @dataclass
@@ -52,6 +54,13 @@ def fidelity_of(fn: Callable[..., Any]) -> str | None:
     """The fidelity an objective declares ("data", "epochs") or None."""
     value = getattr(fn, FIDELITY_ATTR, None)
     return str(value) if value is not None else None
+
+
+def deterministic(fn: Callable[..., Any]) -> bool:
+    """Whether the objective gives the same result for the same params, kwargs and data
+    fraction (registered objectives take their seeds as keyword arguments; one that does not
+    declares ``hpod_deterministic = False`` and is never cached)."""
+    return bool(getattr(fn, DETERMINISTIC_ATTR, True))
 
 
 def version_of(fn: Callable[..., Any]) -> str:

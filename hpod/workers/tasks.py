@@ -27,7 +27,7 @@ from optuna.pruners import BasePruner
 from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
-from hpod.policies.fidelity import evaluate, fidelity_of, version_of
+from hpod.policies.fidelity import deterministic, evaluate, fidelity_of, version_of
 from hpod.policies.pruning import build_pruners, should_prune
 from hpod.workers.registry import ObjectiveRegistry
 
@@ -119,6 +119,7 @@ def run_trial(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
                 "rungs": [list(rung) for rung in result.rungs],
                 "pruned_at": result.pruned_at,
                 "objective_version": version_of(fn),
+                "deterministic": deterministic(fn),
                 "mode": plan.get("mode"),
             },
         }

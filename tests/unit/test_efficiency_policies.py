@@ -328,3 +328,13 @@ def test_a_learning_sampler_is_not_starved_by_big_packs() -> None:
     assert policy.pack_size(0.5, 500, learning_sampler=True, told=4, parallelism=4) == 1
     assert policy.pack_size(0.5, 500, learning_sampler=True, told=160, parallelism=4) == 10
     assert policy.pack_size(0.5, 500, learning_sampler=True, told=90_000, parallelism=4) == 500
+
+
+def test_results_of_a_non_deterministic_objective_are_never_cached(tmp_path: Path) -> None:
+    """An objective declaring hpod_deterministic = False could give another result next
+    time: nothing it returns is stored."""
+    policy = CachePolicy(ResultCache(tmp_path, None, 10))
+    cost = {"objective_version": "1", "rungs": [], "full_cpu": 1.0, "deterministic": False}
+    policy.after_tell(event(state="complete", values=[0.3], cost=cost))
+    policy.before_dispatch(event())  # no SkipEvaluation: a miss
+    assert policy.cache.stats()["entries"] <= 1  # at most the objective's version

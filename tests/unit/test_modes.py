@@ -49,6 +49,7 @@ def test_an_operator_adds_a_mode_and_changes_one(tmp_path: Path) -> None:
         ("[fast]\npolicies = ['cache', 'magic']\n", "[fast].policies"),
         ("[fast]\nunknown_knob = 1\n", "[fast].unknown_knob"),
         ("fast = 3\n", "[fast] must be a table"),
+        ('["night shift"]\nthreshold = 0.1\n', "[night shift]: a mode name is"),
         ("[fast\n", "cannot read modes file"),
     ],
 )
