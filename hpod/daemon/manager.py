@@ -349,7 +349,7 @@ class StudyManager:
                 "ladder": list(run.plan.ladder),
                 "policies": sorted(run.plan.policies),
                 "parallelism": run.plan.parallelism,
-                "pack": run._pack_size(),
+                "pack": run.next_pack_size(),
                 "policies_report": run.policies.describe(),
             }
         return summary

@@ -279,9 +279,9 @@ class StudyRun:
             and len(self.tasks) < self.plan.parallelism
             and self.limits.available()
         ):
-            await self._ask_and_dispatch(self._pack_size())
+            await self._ask_and_dispatch(self.next_pack_size())
 
-    def _pack_size(self) -> int:
+    def next_pack_size(self) -> int:
         """Trials for the next task: the batching policy's pack, within the budget."""
         pack = (
             self.batching.pack_size(
