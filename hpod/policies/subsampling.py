@@ -80,9 +80,12 @@ class SubsamplingPolicy(Policy):
 
 
 def _halving_rate(trial: TrialEvent) -> float | None:
-    """The reduction factor of a successive-halving or Hyperband plan, else None."""
+    """The reduction factor of a plan pruning with successive halving or Hyperband, else
+    None (then the measured share of trials reaching each rung is used)."""
     plan = trial.plan
-    if plan is None or plan.pruner not in ("successive_halving", "hyperband"):
+    if plan is None or not plan.uses("pruning"):
+        return None  # nothing stops a trial: each one climbs every rung
+    if plan.pruner not in ("successive_halving", "hyperband"):
         return None
     default = 4 if plan.pruner == "successive_halving" else 3
     return float(plan.pruner_options.get("reduction_factor", default))

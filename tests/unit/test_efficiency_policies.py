@@ -338,3 +338,18 @@ def test_results_of_a_non_deterministic_objective_are_never_cached(tmp_path: Pat
     policy.after_tell(event(state="complete", values=[0.3], cost=cost))
     policy.before_dispatch(event())  # no SkipEvaluation: a miss
     assert policy.cache.stats()["entries"] <= 1  # at most the objective's version
+
+
+def test_without_the_pruning_policy_a_ladder_is_judged_by_what_trials_climb() -> None:
+    """With pruning switched off every trial climbs every rung: the halving rate of the
+    plan's (unused) pruner must not make the ladder look cheap."""
+    no_pruning = MODES["balanced"].model_copy(
+        update={"policies": ["cache", "subsampling", "batching"]}
+    )
+    plan = resolve_plan(spec(), "balanced", no_pruning)
+    policy = SubsamplingPolicy()
+    for _ in range(10):
+        rungs = [[0.111111, 0.5, False, 0.4], [0.333333, 0.4, False, 0.5], [1.0, 0.3, False, 1.0]]
+        policy.after_tell(TrialEvent(spec(), 0, {"C": 1.0}, plan=plan, cost={"rungs": rungs}))
+    assert policy.cost_ratio == pytest.approx(1.9)
+    assert policy.describe()["ladder"] == "off"
