@@ -82,7 +82,11 @@ class LocalWorkers:
 
     def _spawn(self) -> None:
         argv = worker_argv(self._concurrency, f"local-{os.getpid()}@%h", quiet=True)
-        env = {**worker_env(self._settings), "HPOD_LOCAL_WORKER": "1"}
+        env = {
+            **worker_env(self._settings),
+            "HPOD_LOCAL_WORKER": "1",
+            "HPOD_DAEMON_PID": str(os.getpid()),
+        }
         self._proc = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

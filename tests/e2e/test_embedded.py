@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import psutil
 from conftest import DaemonFactory, quadratic_spec
 
 
@@ -54,12 +55,20 @@ def test_cli_submit_waits_and_prints_the_best(start_daemon: DaemonFactory, tmp_p
 def test_studies_survive_a_sigkill_of_the_embedded_daemon(
     start_daemon: DaemonFactory, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL mid-study, restart on the same data: the study ends at exactly its budget."""
+    """SIGKILL mid-study: the local worker stops too; restart on the same data: the study
+    ends at exactly its budget."""
     spec = quadratic_spec("crash-embedded", trials=30, objective_kwargs={"sleep": 0.2})
     daemon = start_daemon(data_dir=tmp_path / "data")
     assert daemon.request("POST", "/studies", spec)[0] == 201
     _wait_for_progress(daemon, "crash-embedded", at_least=6)
+    assert daemon.proc is not None
+    workers = psutil.Process(daemon.proc.pid).children()
+    assert workers, "the daemon started no local worker"
     daemon.kill()
+    # The kernel tells the orphaned local worker to stop (PR_SET_PDEATHSIG): no second
+    # worker keeps taking trials next to the restarted daemon's.
+    _gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, [p.cmdline() for p in alive]
     restarted = start_daemon(data_dir=tmp_path / "data")
     final = restarted.wait_study("crash-embedded")
     assert final["n_trials"] == 30
