@@ -307,9 +307,7 @@ class StudyRun:
         to_dispatch: list[tuple[AskedTrial, dict[str, Any]]] = []
         skipped: list[Result] = []
         for asked in asked_trials:
-            event = TrialEvent(
-                self.spec, asked.number, asked.params, plan=self.plan, task=self.plan.base_task()
-            )
+            event = self._event(asked)
             try:
                 with self.timings.measure("policies"):
                     self.policies.before_dispatch(event)
@@ -328,11 +326,15 @@ class StudyRun:
         if skipped:
             await self.on_results(skipped)
 
-    def _task_plan(self, asked: AskedTrial) -> dict[str, Any]:
-        """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
-        event = TrialEvent(
+    def _event(self, asked: AskedTrial) -> TrialEvent:
+        """A just-asked trial as the policies see it, its task at the plan's base."""
+        return TrialEvent(
             self.spec, asked.number, asked.params, plan=self.plan, task=self.plan.base_task()
         )
+
+    def _task_plan(self, asked: AskedTrial) -> dict[str, Any]:
+        """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
+        event = self._event(asked)
         # A recovered trial is evaluated whatever the cache says: it is already in storage.
         with contextlib.suppress(SkipEvaluation):
             self.policies.before_dispatch(event)

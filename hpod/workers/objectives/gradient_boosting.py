@@ -13,19 +13,15 @@ scores at different fidelities measure the same thing and compare fairly.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import log_loss
-from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's dependency
 
 from hpod.workers.context import TrialContext
-
-Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+from hpod.workers.objectives._generated import Split, classification_split
 
 
 def gradient_boosting(
@@ -107,7 +103,6 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-@lru_cache(maxsize=4)
 def _data(
     n_samples: int,
     n_features: int,
@@ -116,21 +111,8 @@ def _data(
     validation_fraction: float,
     seed: int,
 ) -> Split:
-    """The generated data set, split into train and validation; built once per process.
-
-    Cached because every trial of a study asks for the same data; the arrays are marked
-    read-only so that no objective can change them for the trials that follow.
-    """
-    x, y = make_classification(
-        n_samples=n_samples,
-        n_features=n_features,
-        n_informative=n_informative,
-        n_classes=n_classes,
-        random_state=seed,
+    """The generated data set, split into train and validation (scikit-learn's default
+    label noise, flip_y = 0.01); built once per process."""
+    return classification_split(
+        n_samples, n_features, n_informative, n_classes, 0.01, validation_fraction, seed
     )
-    parts: Split = tuple(
-        train_test_split(x, y, test_size=validation_fraction, random_state=seed, stratify=y)
-    )
-    for array in parts:
-        array.flags.writeable = False
-    return parts

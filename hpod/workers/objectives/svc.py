@@ -16,13 +16,14 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, make_classification
-from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from hpod.workers.context import TrialContext
+from hpod.workers.objectives._generated import Split, classification_split
 
 KERNELS = ("rbf", "linear", "poly")
 GAMMA_NAMES = ("scale", "auto")
@@ -145,17 +146,10 @@ def _synthetic(
     flip_y: float,
     validation_fraction: float,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> Split:
     """The generated, standardised data set split into train and validation; built once."""
-    x, y = make_classification(
-        n_samples=n_samples,
-        n_features=n_features,
-        n_informative=n_informative,
-        flip_y=flip_y,
-        random_state=seed,
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=validation_fraction, random_state=seed, stratify=y
+    x_train, x_val, y_train, y_val = classification_split(
+        n_samples, n_features, n_informative, 2, flip_y, validation_fraction, seed
     )
     scaler = StandardScaler().fit(x_train)
     parts = (scaler.transform(x_train), scaler.transform(x_val), y_train, y_val)
