@@ -97,6 +97,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--url")
     p.set_defaults(func=cmd_mode)
 
+    p = sub.add_parser("strategy", help="switch a study's strategy live (auto, mode or a name)")
+    p.add_argument("name")
+    p.add_argument("strategy", help="auto, mode, or a strategy's name (hpod policy status)")
+    p.add_argument("--url")
+    p.set_defaults(func=cmd_strategy)
+
+    p = sub.add_parser("policy", help="the strategy policy: status, reset, export, import")
+    policy_sub = p.add_subparsers(required=True, metavar="ACTION")
+    q = policy_sub.add_parser("status", help="weights in force, experiences, recent decisions")
+    q.add_argument("--url")
+    q.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    q.set_defaults(func=cmd_policy_status)
+    q = policy_sub.add_parser("reset", help="forget the learnt policy (back to the shipped one)")
+    q.add_argument("--url")
+    q.set_defaults(func=cmd_policy_reset)
+    q = policy_sub.add_parser("export", help="write weights and replay buffer to a JSON file")
+    q.add_argument("file", type=Path)
+    q.add_argument("--url")
+    q.set_defaults(func=cmd_policy_export)
+    q = policy_sub.add_parser("import", help="load a bundle written by `hpod policy export`")
+    q.add_argument("file", type=Path)
+    q.add_argument("--url")
+    q.set_defaults(func=cmd_policy_import)
+    # `hpod policy train` (offline training of the policy) is added here by the learning
+    # core (hpod/policies/strategy/train.py).
+
     p = sub.add_parser("cache", help="the shared result cache")
     cache_sub = p.add_subparsers(required=True, metavar="ACTION")
     cache_sub.add_parser("stats", help="entries, size, hits").set_defaults(func=cmd_cache_stats)
@@ -276,9 +302,12 @@ def _status(name: str, url: str | None) -> dict[str, Any]:
         store = StudyStore(load_settings().optuna_storage_url())
         try:
             spec = store.spec(name)
+            from hpod.daemon.strategy import strategy_status
+
             return {
                 **store.summary(spec),
                 "efficiency": store.efficiency(spec),
+                "strategy": strategy_status(store.study_attrs(name), spec),
                 "in_flight": 0,
                 "running": False,
             }
@@ -300,8 +329,33 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{'/'.join(f'{f:.0%}' for f in plan['ladder'])}, {plan['parallelism']} in parallel, "
             f"{plan['pack']} per task; policies {', '.join(plan['policies'])}"
         )
+    _print_strategy(status.get("strategy"))
     _print_efficiency(status.get("efficiency"))
     return 0
+
+
+def _reward(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _print_strategy(strategy: dict[str, Any] | None) -> None:
+    """The study's strategy and its decisions: at how many told trials, what, by whom, and
+    the reward its window earned."""
+    if not strategy or not strategy.get("current"):
+        return
+    print(
+        f"strategy: {strategy['current']} ({strategy['source']}; setting "
+        f"{strategy['setting']}): {strategy['reason']}"
+    )
+    decisions = strategy.get("decisions") or []
+    if len(decisions) > 1 or (decisions and decisions[0].get("reward") is not None):
+        print("  told  strategy             source   reward")
+        for d in decisions[-20:]:
+            print(
+                f"  {d['told']:>4}  {d['strategy']:<20} {d['source']:<8} {_reward(d['reward'])}"
+            )
+        if len(decisions) > 20:
+            print(f"  ({len(decisions) - 20} earlier decisions not shown)")
 
 
 def _print_efficiency(eff: dict[str, Any] | None) -> None:
@@ -388,6 +442,100 @@ def cmd_mode(args: argparse.Namespace) -> int:
         return 1
     target = f"study {reply['study']!r}" if reply.get("study") else "the default"
     print(f"{target}: mode {reply['mode']}")
+    return 0
+
+
+def cmd_strategy(args: argparse.Namespace) -> int:
+    """Switch a study's strategy live; the new setting decides at once."""
+    from hpod.client import ClientError
+
+    try:
+        status = _client(args.url).set_strategy(args.name, args.strategy)
+    except ClientError as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
+        return 1
+    _print_strategy(status.get("strategy"))
+    return 0
+
+
+def _policy_call(url: str | None, method: str, *args: Any) -> dict[str, Any] | None:
+    """Call a policy method of the client; None (with the reason on stderr) on an error."""
+    from hpod.client import ClientError
+
+    client = _client(url)
+    try:
+        result: dict[str, Any] = getattr(client, method)(*args)
+        return result
+    except ClientError as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"hpod: the daemon at {client.url} does not answer: {exc}", file=sys.stderr)
+    return None
+
+
+def _print_policy(status: dict[str, Any]) -> None:
+    """The strategy policy's status, in a few lines."""
+    weights = status.get("weights") or "none"
+    print(f"strategy policy version {status.get('version')}: weights {weights}")
+    if status.get("fallback"):
+        print(f"  fallback: {status['fallback']}")
+    experiences = status.get("experiences") or {}
+    print(
+        f"  experiences: {experiences.get('shipped', 0)} shipped, "
+        f"{experiences.get('local', 0)} learnt here"
+    )
+    if status.get("learning"):
+        print(f"  learning: {json.dumps(status['learning'], sort_keys=True)}")
+    if status.get("strategies"):
+        print(f"  strategies: {', '.join(status['strategies'])}")
+    for d in (status.get("recent") or [])[-10:]:
+        print(f"  {json.dumps(d, sort_keys=True)}")
+
+
+def cmd_policy_status(args: argparse.Namespace) -> int:
+    """Show the strategy policy: weights in force, fallback, experiences, recent decisions."""
+    status = _policy_call(args.url, "policy_status")
+    if status is None:
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        _print_policy(status)
+    return 0
+
+
+def cmd_policy_reset(args: argparse.Namespace) -> int:
+    """Forget the locally learnt policy and its replay buffer."""
+    status = _policy_call(args.url, "policy_reset")
+    if status is None:
+        return 1
+    print("strategy policy reset to the shipped one")
+    _print_policy(status)
+    return 0
+
+
+def cmd_policy_export(args: argparse.Namespace) -> int:
+    """Write the policy's weights and replay buffer to a JSON file."""
+    bundle = _policy_call(args.url, "policy_export")
+    if bundle is None:
+        return 1
+    args.file.write_text(json.dumps(bundle) + "\n")
+    print(f"wrote {args.file}: {len(bundle.get('replay') or [])} experiences")
+    return 0
+
+
+def cmd_policy_import(args: argparse.Namespace) -> int:
+    """Load a policy bundle written by `hpod policy export` into the daemon."""
+    try:
+        bundle = json.loads(args.file.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"hpod: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+    status = _policy_call(args.url, "policy_import", bundle)
+    if status is None:
+        return 1
+    print(f"imported {args.file}")
+    _print_policy(status)
     return 0
 
 

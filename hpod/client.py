@@ -126,6 +126,30 @@ class Client:
             return self._request({"type": "mode.set", **body})
         return self._http("POST", "/mode", body)
 
+    def set_strategy(self, name: str, strategy: str) -> dict[str, Any]:
+        """Switch study `name`'s strategy live: "auto", "mode" or a strategy's name."""
+        if self._amqp:
+            return self._request({"type": "study.strategy", "name": name, "strategy": strategy})
+        return self._http("POST", f"/studies/{name}/strategy", {"strategy": strategy})
+
+    # --- the strategy policy (HTTP only) -----------------------------------------------
+
+    def policy_status(self) -> dict[str, Any]:
+        """The strategy policy: weights in force, fallback, experiences, recent decisions."""
+        return self._http("GET", "/policy")
+
+    def policy_reset(self) -> dict[str, Any]:
+        """Forget the locally learnt policy and its replay buffer; returns the new status."""
+        return self._http("POST", "/policy/reset", {})
+
+    def policy_export(self) -> dict[str, Any]:
+        """The policy's weights and replay buffer as one JSON bundle."""
+        return self._http("GET", "/policy/export")
+
+    def policy_import(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Load a bundle from `policy_export`; a bad one raises `ClientError` naming the field."""
+        return self._http("POST", "/policy/import", bundle)
+
     def status(self, name: str) -> dict[str, Any]:
         """Counts, best and state of study `name` (HTTP only)."""
         return self._http("GET", f"/studies/{name}")

@@ -55,6 +55,8 @@ class Mode(BaseModel):
     batch_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
     #: At most this many evaluations in one packed task.
     max_pack: int = Field(default=1, ge=1, le=10_000)
+    #: Trials told between two choices of the strategy policy (sampler, pruner, ladder).
+    strategy_window: int = Field(default=12, ge=2, le=100_000)
 
     @field_validator("ladder")
     @classmethod

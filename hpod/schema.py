@@ -166,6 +166,16 @@ class StudySpec(WireModel):
     pruner: PrunerSpec | None = Field(
         default=None, description="Omit to use the pruner of the study's mode."
     )
+    strategy: str = Field(
+        default="auto",
+        pattern=NAME_PATTERN,
+        description=(
+            "Who picks the sampler, pruner and data ladder: 'auto' (the strategy policy, at "
+            "the start and every window of trials), 'mode' (the mode's own), or the name of a "
+            "strategy to force (GET /policy lists them). A spec that names its sampler or "
+            "pruner keeps them: the policy does not override what the spec sets."
+        ),
+    )
 
     @field_validator("objective_kwargs")
     @classmethod
@@ -289,6 +299,13 @@ class TrialEnqueue(WireModel):
     params: dict[str, Scalar] = Field(min_length=1)
 
 
+class StudyStrategy(WireModel):
+    """Change a running study's strategy live: 'auto', 'mode' or a strategy name."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    strategy: str = Field(pattern=NAME_PATTERN)
+
+
 class ModeSet(WireModel):
     """Switch the mode of one study, or the default mode when `study` is omitted."""
 
@@ -302,6 +319,7 @@ BODIES: dict[str, type[WireModel]] = {
     "study.pause": StudyPause,
     "study.resume": StudyResume,
     "study.budget": StudyBudget,
+    "study.strategy": StudyStrategy,
     "trial.ask": TrialAsk,
     "trial.tell": TrialTell,
     "trial.enqueue": TrialEnqueue,
@@ -314,6 +332,7 @@ RequestBody = (
     | StudyPause
     | StudyResume
     | StudyBudget
+    | StudyStrategy
     | TrialAsk
     | TrialTell
     | TrialEnqueue

@@ -3,7 +3,8 @@
 Mutating routes turn their body into the same request the queue carries and go through the
 same `RequestHandler`; they need the API token (``Authorization: Bearer …``). Reads are open,
 including the Prometheus metrics (``/metrics``) and the diagnostics (``/doctor``,
-``/studies/{name}/doctor``, ``/workers``).
+``/studies/{name}/doctor``, ``/workers``), and the strategy policy's status (``/policy``);
+exporting the policy (its replay buffer names studies) needs the token too.
 """
 
 from __future__ import annotations
@@ -65,10 +66,15 @@ def make_app(
             web.post("/studies/{name}/pause", _mutating(pause_study)),
             web.post("/studies/{name}/resume", _mutating(resume_study)),
             web.post("/studies/{name}/budget", _mutating(set_budget)),
+            web.post("/studies/{name}/strategy", _mutating(set_strategy)),
             web.post("/studies/{name}/ask", _mutating(ask)),
             web.post("/studies/{name}/tell", _mutating(tell)),
             web.post("/studies/{name}/enqueue", _mutating(enqueue)),
             web.post("/mode", _mutating(set_mode)),
+            web.get("/policy", policy_status),
+            web.post("/policy/reset", _mutating(policy_reset)),
+            web.get("/policy/export", _mutating(policy_export)),
+            web.post("/policy/import", _mutating(policy_import)),
             web.post("/requests", _mutating(any_request)),
         ]
     )
@@ -159,6 +165,33 @@ async def set_budget(request: web.Request) -> web.Response:
     """POST /studies/{name}/budget: body ``{"budget": {"trials": 80}}``."""
     body = await _body(request)
     return await _run(request, _envelope("study.budget", body, name=request.match_info["name"]))
+
+
+async def set_strategy(request: web.Request) -> web.Response:
+    """POST /studies/{name}/strategy: body ``{"strategy": "auto" | "mode" | name}``."""
+    body = await _body(request)
+    return await _run(request, _envelope("study.strategy", body, name=request.match_info["name"]))
+
+
+async def policy_status(request: web.Request) -> web.Response:
+    """GET /policy: the strategy agent's weights, fallback, experiences and recent decisions."""
+    return web.json_response(await request.app[MANAGER].policy_status())
+
+
+async def policy_reset(request: web.Request) -> web.Response:
+    """POST /policy/reset: back to the shipped policy, local experience forgotten (token)."""
+    return web.json_response(await request.app[MANAGER].policy_reset())
+
+
+async def policy_export(request: web.Request) -> web.Response:
+    """GET /policy/export: weights and replay buffer as one JSON bundle (token)."""
+    return web.json_response(await request.app[MANAGER].policy_export())
+
+
+async def policy_import(request: web.Request) -> web.Response:
+    """POST /policy/import: body is a bundle from /policy/export (token); a bad bundle is a
+    400 naming the field."""
+    return web.json_response(await request.app[MANAGER].policy_import(await _body(request)))
 
 
 async def ask(request: web.Request) -> web.Response:
@@ -312,6 +345,10 @@ def openapi_document() -> dict[str, Any]:
                 "post": op("Change a study's budget", "StudyBudget", secured=True),
                 "parameters": name,
             },
+            "/studies/{name}/strategy": {
+                "post": op("Switch a study's strategy live", "StudyStrategy", secured=True),
+                "parameters": name,
+            },
             "/studies/{name}/ask": {"post": op("Ask a trial", secured=True), "parameters": name},
             "/studies/{name}/tell": {
                 "post": op("Tell a trial's result", "TrialTell", secured=True),
@@ -323,6 +360,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/mode": {"post": op("Switch a mode", "ModeSet", secured=True)},
             "/modes": {"get": op("Every mode's knobs and the default mode")},
+            "/policy": {"get": op("The strategy policy: weights, fallback, experiences")},
+            "/policy/reset": {"post": op("Forget the learnt strategy policy", secured=True)},
+            "/policy/export": {"get": op("The strategy policy as a JSON bundle", secured=True)},
+            "/policy/import": {"post": op("Load a strategy policy bundle", secured=True)},
             "/cache": {
                 "get": op("Result cache statistics"),
                 "delete": op("Clear the result cache", secured=True),

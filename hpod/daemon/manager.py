@@ -15,6 +15,7 @@ from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.monitor import Monitor
 from hpod.daemon.store import StudyStore
+from hpod.daemon.strategy import check_setting, strategy_status
 from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
@@ -24,6 +25,7 @@ from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import CachePolicy
 from hpod.policies.plan import Plan, resolve_plan
 from hpod.policies.pruning_policy import PruningPolicy
+from hpod.policies.strategy.agent import StrategyAgent
 from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import Budget, ModeSet, StudySpec, TrialTell, check_finite
 from hpod.workers.registry import ObjectiveRegistry
@@ -35,7 +37,8 @@ class StudyManager:
     """Owns the running study loops and carries out validated requests.
 
     It also owns what observes them: the metrics registry, the resource monitor (started
-    and stopped with the manager) and the per-study time breakdowns.
+    and stopped with the manager) and the per-study time breakdowns; and the one strategy
+    agent every study's loop asks (weights and replay buffer in ``<data_dir>/policy``).
     """
 
     def __init__(self, settings: Settings, store: StudyStore, bus: Bus) -> None:
@@ -56,6 +59,7 @@ class StudyManager:
         )
         self.monitor = Monitor(settings, self.limits, self.metrics)
         self.doctor = Doctor()
+        self.agent = StrategyAgent(settings.data_dir / "policy")
 
     @property
     def runs(self) -> dict[str, StudyRun]:
@@ -85,9 +89,10 @@ class StudyManager:
         return resolve_plan(spec, mode, self.modes[mode])
 
     async def replan(self) -> None:
-        """Re-resolve every running study's plan (after a mode switch or a modes reload)."""
+        """Re-resolve every running study's plan (after a mode switch or a modes reload); each
+        keeps its strategy."""
         for run in list(self.runs.values()):
-            await run.set_plan(await self.plan_of(run.spec))
+            await run.set_mode_plan(await self.plan_of(run.spec))
 
     async def _start_run(self, spec: StudySpec) -> None:
         run = StudyRun(
@@ -100,6 +105,7 @@ class StudyManager:
             self.metrics,
             self.doctor.breakdown(spec.name),
             await self.plan_of(spec),
+            self.agent,
         )
         self.runs[spec.name] = run
         await run.start()
@@ -130,6 +136,7 @@ class StudyManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.monitor.stop()
+        self.agent.close()
 
     # --- requests ----------------------------------------------------------------------
 
@@ -144,6 +151,7 @@ class StudyManager:
             )
         mode = spec.mode or self.default_mode
         self._check_mode(mode, "study.mode")
+        check_setting(spec.strategy, spec, self._strategy_names(), "study.strategy")
         spec = spec.model_copy(update={"mode": mode})
         created = await self.store.call(self.store.create, spec)
         if created:
@@ -239,10 +247,50 @@ class StudyManager:
             await self.store.call(self.store.set_attr, request.study, MODE_ATTR, request.mode)
             run = self.runs.get(request.study)
             if run is not None:
-                await run.set_plan(await self.plan_of(run.spec))
+                await run.set_mode_plan(await self.plan_of(run.spec))
         self.metrics.mode_changes.labels(request.mode).inc()
         await self.bus.event("mode.changed", request.study, mode=request.mode)
         return {"study": request.study, "mode": request.mode}
+
+    async def set_strategy(self, name: str, setting: str) -> dict[str, Any]:
+        """Switch a running study's strategy setting live ('auto', 'mode' or a strategy's
+        name); the new setting decides at once, recorded as a decision of the study."""
+        run = await self._live(name)
+        check_setting(setting, run.spec, self._strategy_names(), "strategy")
+        await run.strategy.switch(setting)
+        return await self.status(name)
+
+    def _strategy_names(self) -> list[str]:
+        return [strategy.name for strategy in self.agent.strategies]
+
+    # --- the strategy policy -----------------------------------------------------------
+
+    async def policy_status(self) -> dict[str, Any]:
+        """The strategy agent: weights in force, fallback, experiences, learning, recent
+        decisions; and the strategies it chooses among."""
+        status = await asyncio.to_thread(self.agent.status)
+        return {**status, "strategies": self._strategy_names()}
+
+    async def policy_reset(self) -> dict[str, Any]:
+        """Forget the locally learnt weights and replay buffer (back to the shipped policy)."""
+        status = await asyncio.to_thread(self.agent.reset)
+        log.info("policy.reset")
+        await self.bus.event("policy.reset", None)
+        return status
+
+    async def policy_export(self) -> dict[str, Any]:
+        """The agent's weights and replay buffer as one JSON bundle."""
+        return await asyncio.to_thread(self.agent.export)
+
+    async def policy_import(self, bundle: Any) -> dict[str, Any]:
+        """Load a bundle exported by `policy_export` (here or on another daemon); a bad one is
+        refused with the field named, and the policy in force stays."""
+        if not isinstance(bundle, dict):
+            raise RequestRejected("invalid", "", "a policy bundle must be a JSON object")
+        status = await asyncio.to_thread(self.agent.import_bundle, bundle)
+        log.info("policy.imported", format=bundle.get("format"))
+        await self.bus.event("policy.imported", None)
+        return status
 
     def _default_mode_file(self) -> Path:
         return self.settings.data_dir / "default-mode"
@@ -341,6 +389,10 @@ class StudyManager:
         if run is not None:
             summary["budget"] = run.budget.model_dump(mode="json")
         summary["efficiency"] = await self.store.call(self.store.efficiency, spec)
+        attrs = await self.store.call(self.store.study_attrs, name)
+        summary["strategy"] = strategy_status(attrs, spec)
+        if run is not None:
+            summary["strategy"].update(run.strategy.status())
         if run is not None:
             summary["mode"] = run.plan.mode
             summary["plan"] = {

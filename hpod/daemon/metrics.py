@@ -115,8 +115,10 @@ class Metrics:
         )
         self.strategy_decisions = Counter(
             "hpod_strategy_decisions",
-            "Strategy choices (at study start: the sampler).",
-            ["sampler"],
+            "Strategy decisions of the strategy policy: the strategy ('mode' for a study "
+            "driven by its mode), who decided (policy, rules, explore, forced, mode) and the "
+            "sampler it gave.",
+            ["strategy", "source", "sampler"],
             registry=r,
         )
         self.workers = Gauge(

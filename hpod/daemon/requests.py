@@ -22,6 +22,7 @@ from hpod.schema import (
     StudyPause,
     StudyResume,
     StudyStop,
+    StudyStrategy,
     TrialAsk,
     TrialEnqueue,
     TrialTell,
@@ -68,6 +69,8 @@ class RequestHandler:
             return await self.manager.resume(body.name)
         if isinstance(body, StudyBudget):
             return await self.manager.set_budget(body.name, body.budget)
+        if isinstance(body, StudyStrategy):
+            return await self.manager.set_strategy(body.name, body.strategy)
         if isinstance(body, TrialAsk):
             return await self.manager.ask(body.study, request.id)
         if isinstance(body, TrialTell):

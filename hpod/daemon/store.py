@@ -146,6 +146,13 @@ class StudyStore:
         """Set a study user attribute (hpod's bookkeeping lives there)."""
         self.storage.set_study_user_attr(self._study_id(name), key, value)
 
+    def set_attrs(self, name: str, values: dict[str, Any]) -> None:
+        """Set several study user attributes in one durable write."""
+        study_id = self._study_id(name)
+        with storage_group(self.storage):
+            for key, value in values.items():
+                self.storage.set_study_user_attr(study_id, key, value)
+
     def study_attrs(self, name: str) -> dict[str, Any]:
         """The user attributes of study `name`."""
         return self._attrs(name)

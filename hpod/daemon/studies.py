@@ -23,6 +23,7 @@ from hpod.daemon.bus import Bus
 from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
+from hpod.daemon.strategy import StrategyDriver
 from hpod.engine import (
     BUDGET_ATTR,
     DISPATCHED_ATTR,
@@ -35,6 +36,7 @@ from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.plan import Plan
+from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
 
 log = structlog.get_logger("hpod.studies")
@@ -146,8 +148,11 @@ class StudyRun:
         metrics: Metrics,
         timings: TimeBreakdown,
         plan: Plan,
+        agent: StrategyAgent,
     ) -> None:
         self.spec = spec
+        #: The plan of the study's mode (and spec); `plan` is it with the strategy laid over.
+        self.mode_plan = plan
         self.plan = plan
         self.batching = next(
             (p for p in policies.policies if isinstance(p, BatchingPolicy)), BatchingPolicy()
@@ -175,6 +180,8 @@ class StudyRun:
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        #: Chooses the sampler, pruner and data ladder at the start and every window.
+        self.strategy = StrategyDriver(self, agent)
 
     @property
     def name(self) -> str:
@@ -185,8 +192,8 @@ class StudyRun:
 
     async def start(self) -> None:
         """Recover the study's state from storage and start its loop."""
-        self.metrics.strategy_decisions.labels(self.plan.sampler).inc()
         await self.store.call(self.store.set_plan, self.spec, self.plan)
+        await self.strategy.resume()
         await self._recover()
         self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
 
@@ -263,10 +270,17 @@ class StudyRun:
         return any(a.number not in self.told for a in self.external.values())
 
     async def set_plan(self, plan: Plan) -> None:
-        """Follow a new plan (the mode changed): trials dispatched from now on use it."""
+        """Follow a new plan (a new strategy, or the mode changed): trials dispatched from
+        now on use it."""
         self.plan = plan
         await self.store.call(self.store.set_plan, self.spec, plan)
         self.wake.set()
+
+    async def set_mode_plan(self, mode_plan: Plan) -> None:
+        """The mode's plan was resolved again (a mode switch or a modes reload): follow it,
+        with the current strategy still laid over it."""
+        self.mode_plan = mode_plan
+        await self.set_plan(self.strategy.plan_for(mode_plan))
 
     async def _fill(self) -> None:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
@@ -279,10 +293,13 @@ class StudyRun:
             and len(self.tasks) < self.plan.parallelism
             and self.limits.available()
         ):
+            # A strategy decision due (start, or a full window) comes before the next ask.
+            await self.strategy.maybe_decide()
             await self._ask_and_dispatch(self.next_pack_size())
 
     def next_pack_size(self) -> int:
-        """Trials for the next task: the batching policy's pack, within the budget."""
+        """Trials for the next task: the batching policy's pack, within the budget and within
+        the strategy's window (a pack does not run past the next decision)."""
         pack = (
             self.batching.pack_size(
                 self.plan.batch_seconds,
@@ -294,6 +311,9 @@ class StudyRun:
             if self.plan.uses("batching")
             else 1
         )
+        limit = self.strategy.pack_limit(self.n_created)
+        if limit is not None:
+            pack = min(pack, limit)
         if self.budget.trials is not None:
             pack = min(pack, self.budget.trials - self.n_created)
         return max(1, pack)
@@ -498,6 +518,7 @@ class StudyRun:
             raise RequestRejected(
                 "budget_exhausted", "study", f"study {self.name!r} asks no more trials"
             )
+        await self.strategy.maybe_decide()
         self.n_created += 1
         asked = await self._timed("sampler", self.store.ask, self.spec, True, request_id)
         self.external[request_id or f"trial-{asked.number}"] = asked
@@ -531,6 +552,7 @@ class StudyRun:
 
     async def _complete(self) -> None:
         state = "stopped" if self.stopping else "completed"
+        await self.strategy.finish()
         if state == "completed":
             await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "completed")
         summary = await self.store.call(self.store.summary, self.spec)

@@ -33,6 +33,8 @@ class Plan:
     max_pack: int
     single_objective: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Trials told between two decisions of the strategy policy.
+    strategy_window: int = 12
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""
@@ -76,4 +78,5 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         batch_seconds=mode.batch_seconds,
         max_pack=mode.max_pack,
         single_objective=len(spec.directions) == 1,
+        strategy_window=mode.strategy_window,
     )

@@ -121,6 +121,9 @@ def run_trial(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
                 "objective_version": version_of(fn),
                 "deterministic": deterministic(fn),
                 "mode": plan.get("mode"),
+                # Whether the objective subsamples ("data"), reports epochs or neither:
+                # the strategy policy masks ladders and pruners by it.
+                "fidelity": fidelity_of(fn) or "none",
             },
         }
     except SoftTimeLimitExceeded:

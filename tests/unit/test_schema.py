@@ -89,6 +89,7 @@ def test_json_schema_covers_every_request_type() -> None:
         "StudyPause",
         "StudyResume",
         "StudyBudget",
+        "StudyStrategy",
         "TrialAsk",
         "TrialTell",
         "TrialEnqueue",

@@ -1,0 +1,490 @@
+"""The strategy policy inside a study's loop: which sampler, pruner and data ladder, and when.
+
+A study's *strategy setting* (`StudySpec.strategy`, or a live `study.strategy` switch stored
+on the study) is ``auto`` (the daemon's `StrategyAgent` decides), ``mode`` (the mode's own
+sampler, pruner and ladder: hpod's behaviour before the policy existed) or the name of a
+strategy to force. A spec that names its sampler or pruner keeps them: such a study is driven
+as ``mode``, and its one decision says why.
+
+`StrategyDriver` decides at the study's start and again each time the number of told trials
+reaches the next multiple of the mode's `strategy_window`, just before more trials are asked.
+Before each decision the previous one's window is scored (`window_reward`) and, once, handed
+to the agent as an `Experience`, so the policy learns from every study the daemon runs. A
+chosen strategy is laid over the mode's plan (`actions.apply`); a mode switch re-resolves the
+mode's plan and lays the current strategy over it again, so it keeps the strategy and changes
+the other knobs.
+
+Every decision is kept on the study (user attributes, so a restart resumes from them):
+
+- ``hpod:strategy``: the last `MAX_DECISIONS` decisions, compact (told, first trial, strategy,
+  source, reason, the plan it gave, and the window's reward once known). Compact because the
+  whole list is written again at every decision, and a journal keeps every write.
+- ``hpod:strategy_current``: the latest decision in full (features, scores, masks), which the
+  next window's experience needs after a restart.
+- ``hpod:strategy_setting``: a live switch, over the spec's setting.
+
+A window's reward is written on its record *before* the experience is appended to the replay
+buffer: a crash in between loses that one experience rather than counting it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hpod.errors import RequestRejected
+from hpod.policies.plan import Plan
+from hpod.policies.strategy.actions import SpaceShape, Strategy, action_features, apply
+from hpod.policies.strategy.agent import Decision, StrategyAgent
+from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidelity
+from hpod.policies.strategy.replay import Experience
+from hpod.policies.strategy.reward import WindowOutcome, window_reward
+from hpod.policies.strategy.rules import choose
+from hpod.policies.subsampling import SubsamplingPolicy
+from hpod.schema import StudySpec
+
+if TYPE_CHECKING:
+    from hpod.daemon.studies import StudyRun
+
+log = structlog.get_logger("hpod.strategy")
+
+#: The study's decisions, compact, oldest first (at most `MAX_DECISIONS`).
+STRATEGY_ATTR = "hpod:strategy"
+#: The latest decision in full: features, scores, masks.
+STRATEGY_CURRENT_ATTR = "hpod:strategy_current"
+#: A strategy setting switched live (`study.strategy`); the spec keeps the one it was created with.
+STRATEGY_SETTING_ATTR = "hpod:strategy_setting"
+MAX_DECISIONS = 200
+#: Settings that are not a strategy's name.
+AUTO, MODE = "auto", "mode"
+#: Decisions whose window is experience for the learner (a "mode" decision is not an action).
+LEARNING_SOURCES = frozenset({"policy", "rules", "explore", "forced"})
+
+
+def spec_override(spec: StudySpec) -> str | None:
+    """What the spec sets itself that the policy must not override ("sampler 'random'"), or
+    None when it leaves sampler and pruner to the mode."""
+    named = []
+    if spec.sampler.name is not None:
+        named.append(f"sampler {spec.sampler.name!r}")
+    if spec.pruner is not None:
+        named.append(f"pruner {spec.pruner.name!r}")
+    return " and ".join(named) or None
+
+
+def check_setting(setting: str, spec: StudySpec, known: Iterable[str], field: str) -> None:
+    """Refuse a strategy setting the daemon cannot honour, naming `field`: an unknown strategy,
+    or a forced one in a spec that names its own sampler or pruner (one would silently lose)."""
+    if setting in (AUTO, MODE):
+        return
+    names = sorted(known)
+    if setting not in names:
+        raise RequestRejected(
+            "invalid",
+            field,
+            f"unknown strategy {setting!r}; known: {AUTO}, {MODE}, {', '.join(names)}",
+        )
+    override = spec_override(spec)
+    if override is not None:
+        raise RequestRejected(
+            "invalid",
+            field,
+            f"the spec names its {override}, which a forced strategy would override: "
+            f"drop them from the spec, or use strategy {MODE!r}",
+        )
+
+
+def strategy_status(attrs: dict[str, Any], spec: StudySpec) -> dict[str, Any]:
+    """A study's strategy for its status, from its stored user attributes: the setting, the
+    current strategy and why, and every kept decision as (told, strategy, source, reward)."""
+    records: list[dict[str, Any]] = list(attrs.get(STRATEGY_ATTR) or [])
+    current: dict[str, Any] = attrs.get(STRATEGY_CURRENT_ATTR) or {}
+    last = records[-1] if records else {}
+    return {
+        "setting": attrs.get(STRATEGY_SETTING_ATTR) or spec.strategy,
+        "current": last.get("strategy"),
+        "source": last.get("source"),
+        "reason": last.get("reason"),
+        "plan": last.get("plan"),
+        "scores": current.get("scores") or {},
+        "masked": current.get("masked") or {},
+        "decisions": [
+            {
+                "told": r.get("told"),
+                "strategy": r.get("strategy"),
+                "source": r.get("source"),
+                "reward": r.get("reward"),
+            }
+            for r in records
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a decision reads of the study, taken on the Optuna thread in one go."""
+
+    shape: SpaceShape
+    features: list[float]
+    #: The pending decision's window, scored (None: no pending decision, or nothing finished).
+    outcome: WindowOutcome | None
+
+
+class StrategyDriver:
+    """Chooses one study's strategy at its start and every window, and keeps the record."""
+
+    def __init__(self, run: StudyRun, agent: StrategyAgent) -> None:
+        self.run = run
+        self.agent = agent
+        self.setting: str = run.spec.strategy
+        #: The strategy in force; None while the mode's own plan applies.
+        self.strategy: Strategy | None = None
+        self.records: list[dict[str, Any]] = []
+        self.current: dict[str, Any] | None = None
+        #: Told trials at which the next decision is due (None: no more decisions).
+        self.next_at: int | None = 0
+        #: Features of the pending decision, in `FEATURE_NAMES` order (for its experience).
+        self._pending_features: list[float] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def effective_setting(self) -> str:
+        """The setting that drives decisions: ``mode`` when the spec names sampler or pruner."""
+        return MODE if spec_override(self.run.spec) is not None else self.setting
+
+    def plan_for(self, mode_plan: Plan) -> Plan:
+        """`mode_plan` with the current strategy laid over it (or unchanged under ``mode``)."""
+        return mode_plan if self.strategy is None else apply(mode_plan, self.strategy)
+
+    def window(self) -> int:
+        """Trials told between two decisions, from the mode in force."""
+        return self.run.mode_plan.strategy_window
+
+    def pack_limit(self, created: int) -> int | None:
+        """At most this many trials in the next task, so the trials asked under the current
+        strategy stay within its window: up to the next decision, then one at a time until
+        the told trials catch up (None: no decision to come, no limit)."""
+        if self.next_at is None:
+            return None
+        return max(1, self.next_at - created)
+
+    def status(self) -> dict[str, Any]:
+        """What only the running loop knows: the window and when the next decision is due."""
+        return {"window": self.window(), "next_decision_at": self.next_at}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """Load the study's stored decisions and follow the last one (after a restart, or at a
+        study's first start, where there are none and the first decision is due at once)."""
+        run = self.run
+        attrs = await run.store.call(run.store.study_attrs, run.name)
+        self.setting = str(attrs.get(STRATEGY_SETTING_ATTR) or run.spec.strategy)
+        self.records = list(attrs.get(STRATEGY_ATTR) or [])
+        self.current = attrs.get(STRATEGY_CURRENT_ATTR)
+        if not self.records:
+            self.next_at = 0
+            return
+        last = self.records[-1]
+        self.next_at = None if self.effective_setting == MODE else self._boundary(last["told"])
+        if last.get("source") != MODE:
+            try:
+                self.strategy = self.agent.by_name(str(last["strategy"]))
+            except KeyError:
+                log.warning("strategy.unknown_on_resume", study=run.name, strategy=last["strategy"])
+                self.next_at = 0 if self.effective_setting != MODE else None
+        await run.set_plan(self.plan_for(run.mode_plan))
+        log.info(
+            "strategy.resumed",
+            study=run.name,
+            strategy=last.get("strategy"),
+            decisions=len(self.records),
+            next_decision_at=self.next_at,
+        )
+
+    async def maybe_decide(self) -> None:
+        """Decide if a decision is due (the study's first, or its window is full)."""
+        if self.next_at is not None and len(self.run.told) >= self.next_at:
+            await self._decide("start" if not self.records else "window", due_only=True)
+
+    async def switch(self, setting: str) -> None:
+        """Follow a new strategy setting from now on (a live `study.strategy`), decided now."""
+        run = self.run
+        self.setting = setting
+        await run.store.call(run.store.set_attr, run.name, STRATEGY_SETTING_ATTR, setting)
+        await self._decide("switch", due_only=False)
+
+    async def finish(self) -> None:
+        """Score the last decision's window when the study ends, so it is experience too."""
+        async with self._lock:
+            pending = self._pending()
+            if pending is None:
+                return
+            snapshot = await self.run.store.call(self._snapshot, pending)
+            experience = self._settle(pending, snapshot.outcome)
+            await self._persist()
+            await self._learn(experience)
+
+    # --- deciding ----------------------------------------------------------------------
+
+    def _boundary(self, told: int) -> int:
+        """The first multiple of the window above `told`."""
+        window = self.window()
+        return (told // window + 1) * window
+
+    def _pending(self) -> dict[str, Any] | None:
+        """The latest decision if its window has not been scored yet."""
+        if self.records and not self.records[-1].get("settled"):
+            return self.records[-1]
+        return None
+
+    def _budget_used(self) -> float:
+        """The share of the budget spent, by the tighter of its limits."""
+        run, shares = self.run, [0.0]
+        if run.budget.trials:
+            shares.append(run.n_created / run.budget.trials)
+        if run.budget.seconds:
+            shares.append((time.time() - run.created_at) / run.budget.seconds)
+        return min(1.0, max(shares))
+
+    def _snapshot(self, pending: dict[str, Any] | None) -> Snapshot:
+        """Read the study's trials once (on the Optuna thread) and derive what a decision needs."""
+        run = self.run
+        trials = run.store.trials(run.spec, None)
+        fidelity = infer_fidelity(trials)
+        vector = features(
+            run.spec,
+            trials,
+            run.mode_plan.mode,
+            run.budget.trials,
+            self.window(),
+            budget_used=self._budget_used(),
+            fidelity=fidelity,
+        )
+        outcome = None
+        if pending is not None:
+            mode = str(pending.get("mode") or run.mode_plan.mode)
+            outcome = window_reward(run.spec, trials, int(pending["first_trial"]), mode)
+        return Snapshot(SpaceShape.of(run.spec, fidelity), vector, outcome)
+
+    def _ladder_pays(self) -> bool | None:
+        """The subsampling policy's verdict on the data ladder (None while it measures)."""
+        for policy in self.run.policies.policies:
+            if isinstance(policy, SubsamplingPolicy):
+                return None if policy.cost_ratio is None else policy.pays
+        return None
+
+    async def _decide(self, trigger: str, due_only: bool) -> None:
+        async with self._lock:
+            run = self.run
+            told, first_trial = len(run.told), run.n_created
+            if due_only and (self.next_at is None or told < self.next_at):
+                return  # another caller decided while this one waited for the lock
+            pending = self._pending()
+            snapshot = await run.store.call(self._snapshot, pending)
+            experience = self._settle(pending, snapshot.outcome) if pending else None
+            previous = self.records[-1] if self.records else None
+            setting = self.effective_setting
+            decision = None
+            if setting == MODE:
+                self.strategy = None
+            else:
+                decision = await self._ask_agent(setting, snapshot, told, first_trial)
+                self.strategy = decision.strategy
+            plan = self.plan_for(run.mode_plan)
+            if plan != run.plan:
+                await run.set_plan(plan)
+            record = self._record(decision, plan, trigger, told, first_trial)
+            self.current = (
+                {**decision.to_json(), "mode": plan.mode, "trigger": trigger}
+                if decision is not None
+                else self._mode_current(record, snapshot)
+            )
+            self._pending_features = snapshot.features if setting != MODE else None
+            self.records.append(record)
+            del self.records[:-MAX_DECISIONS]
+            self.next_at = None if setting == MODE else self._boundary(told)
+            await self._persist()
+            await self._learn(experience)
+            if decision is not None:
+                self._note(decision)
+            run.metrics.strategy_decisions.labels(
+                record["strategy"], record["source"], plan.sampler
+            ).inc()
+            log.info(
+                "strategy.chosen",
+                study=run.name,
+                strategy=record["strategy"],
+                source=record["source"],
+                told=told,
+                reason=record["reason"],
+            )
+            await run.bus.event(
+                "strategy.chosen",
+                run.name,
+                strategy=record["strategy"],
+                source=record["source"],
+                reason=record["reason"],
+                trigger=trigger,
+                scores=self.current.get("scores") or {},
+                features=self.current.get("features") or {},
+                told=told,
+                first_trial=first_trial,
+                plan=record["plan"],
+                previous_strategy=previous.get("strategy") if previous else None,
+                previous_reward=previous.get("reward") if previous else None,
+            )
+
+    async def _ask_agent(
+        self, setting: str, snapshot: Snapshot, told: int, first_trial: int
+    ) -> Decision:
+        """The agent's decision (forced for a named strategy); on an unexpected error, the
+        rule-based selector's, so a study never stalls on its policy."""
+        agent = self.agent
+        try:
+            if setting != AUTO:
+                return agent.forced(
+                    agent.by_name(setting), snapshot.shape, snapshot.features, told, first_trial
+                )
+            return await asyncio.to_thread(
+                agent.decide,
+                snapshot.shape,
+                snapshot.features,
+                self.run.mode_plan.mode,
+                told,
+                first_trial,
+                self._ladder_pays(),
+            )
+        except Exception as exc:
+            log.exception("strategy.decide_failed", study=self.run.name, error=repr(exc))
+            strategy = choose(snapshot.shape, told, self._ladder_pays(), agent.strategies)
+            return Decision(
+                strategy=strategy,
+                source="rules",
+                features=snapshot.features,
+                scores={},
+                masked={},
+                reason=f"the policy failed ({exc!r}): rule-based selector",
+                told=told,
+                first_trial=first_trial,
+            )
+
+    def _record(
+        self, decision: Decision | None, plan: Plan, trigger: str, told: int, first_trial: int
+    ) -> dict[str, Any]:
+        """The compact record of a decision kept in `STRATEGY_ATTR`."""
+        if decision is None:
+            override = spec_override(self.run.spec)
+            reason = (
+                f"the spec names its {override}: the mode's plan applies, the policy does not "
+                "override it"
+                if override
+                else f"strategy {MODE!r}: the mode's own sampler, pruner and data ladder"
+            )
+            name, source = MODE, MODE
+        else:
+            name, source, reason = decision.strategy.name, decision.source, decision.reason
+        return {
+            "told": told,
+            "first_trial": first_trial,
+            "strategy": name,
+            "source": source,
+            "reason": reason,
+            "trigger": trigger,
+            "mode": plan.mode,
+            "plan": {"sampler": plan.sampler, "pruner": plan.pruner, "ladder": list(plan.ladder)},
+            "at": time.time(),
+            "reward": None,
+            "settled": False,
+        }
+
+    @staticmethod
+    def _mode_current(record: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+        """The full current decision for a ``mode`` decision (no agent involved)."""
+        return {
+            **{k: record[k] for k in ("strategy", "source", "reason", "told", "first_trial")},
+            "features": dict(zip(FEATURE_NAMES, snapshot.features, strict=False)),
+            "scores": {},
+            "masked": {},
+            "mode": record["mode"],
+            "trigger": record["trigger"],
+        }
+
+    def _settle(
+        self, pending: dict[str, Any], outcome: WindowOutcome | None
+    ) -> Experience | None:
+        """Write the window's outcome on its record; the experience to learn from, if any."""
+        pending["settled"] = True
+        if outcome is None:
+            return None  # nothing finished in the window (a switch right after a decision)
+        pending.update(
+            reward=outcome.reward,
+            improvement=outcome.improvement,
+            compute=outcome.compute,
+            window_trials=outcome.trials,
+        )
+        if pending.get("source") not in LEARNING_SOURCES:
+            return None
+        vector = self._pending_vector(pending)
+        try:
+            strategy = self.agent.by_name(str(pending["strategy"]))
+        except KeyError:
+            return None  # a strategy the operator has removed since: nothing to learn about
+        if vector is None:
+            return None
+        return Experience(
+            study=self.run.name,
+            mode=str(pending.get("mode") or self.run.mode_plan.mode),
+            strategy=strategy.name,
+            features=vector,
+            action=action_features(strategy),
+            reward=outcome.reward,
+            improvement=outcome.improvement,
+            compute=outcome.compute,
+            trials=outcome.trials,
+            at=time.time(),
+        )
+
+    def _pending_vector(self, pending: dict[str, Any]) -> list[float] | None:
+        """The pending decision's features: kept in memory, or after a restart read back
+        from the full current decision (None if they no longer match `FEATURE_NAMES`)."""
+        if self._pending_features is not None:
+            return self._pending_features
+        current = self.current or {}
+        stored = current.get("features")
+        if current.get("first_trial") != pending.get("first_trial") or not isinstance(stored, dict):
+            return None
+        try:
+            return [float(stored[name]) for name in FEATURE_NAMES]
+        except (KeyError, TypeError, ValueError):
+            log.warning("strategy.features_changed", study=self.run.name)
+            return None
+
+    async def _persist(self) -> None:
+        """Write the decisions and the current one, in one durable write."""
+        run = self.run
+        await run.store.call(
+            run.store.set_attrs,
+            run.name,
+            {STRATEGY_ATTR: self.records, STRATEGY_CURRENT_ATTR: self.current},
+        )
+
+    async def _learn(self, experience: Experience | None) -> None:
+        """Append an experience to the agent's replay buffer (after its record was stored)."""
+        if experience is None:
+            return
+        try:
+            await asyncio.to_thread(self.agent.record, experience)
+        except Exception as exc:  # the replay buffer is a file: a full disk must not stop a study
+            log.exception("strategy.record_failed", study=self.run.name, error=repr(exc))
+
+    def _note(self, decision: Decision) -> None:
+        try:
+            self.agent.note_decision(self.run.name, decision)
+        except Exception as exc:
+            log.exception("strategy.note_failed", study=self.run.name, error=repr(exc))
