@@ -35,6 +35,8 @@ def svc_spec(name: str, trials: int, mode: str) -> dict[str, Any]:
         },
         "budget": {"trials": trials},
         "mode": mode,
+        # These tests check the mode's own ladder and pruner, not the strategy policy's.
+        "strategy": "mode",
         "sampler": {"seed": 5},
     }
 

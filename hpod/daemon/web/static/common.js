@@ -294,6 +294,7 @@ const hpod = (() => {
     "study.paused": () => "paused",
     "study.resumed": () => "resumed",
     "study.budget_changed": (e) => `budget changed to ${e.budget && e.budget.trials ? `${e.budget.trials} trials` : "a time limit"}`,
+    "strategy.chosen": (e) => `strategy ${e.strategy} (${e.source}) at ${e.told} told${e.previous_reward != null ? `; the last window earned ${num(e.previous_reward)}` : ""}`,
     "request.rejected": (e) => `request rejected (${e.channel}): ${e.error ? e.error.message : ""}`,
   };
 

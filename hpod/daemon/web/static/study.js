@@ -340,6 +340,27 @@
       : "");
   }
 
+  /**
+   * The strategy timeline (status.strategy): the current strategy and why, then every kept
+   * decision, newest first, with what its window earned. Re-read on `strategy.chosen`.
+   */
+  function renderStrategy() {
+    const s = status.strategy;
+    if (!s || !s.current) { $("strategy").hidden = true; return; }
+    $("strategy").hidden = false;
+    const next = s.next_decision_at === null || s.next_decision_at === undefined ? "" : ` · next decision at ${s.next_decision_at} told`;
+    hpod.setText("strategy-now", `${s.current} (${s.source}; setting ${s.setting})${next}`);
+    hpod.setText("strategy-reason", s.reason || "");
+    const planText = (p) => (p ? `${p.sampler} · ${p.pruner} · ${p.ladder.map((f) => `${Math.round(f * 100)}%`).join(" → ")}` : "–");
+    const rows = [...s.decisions].reverse().map((d, i) => el("tr", { class: `source-${d.source}` },
+      el("td", { class: "num" }, d.told),
+      el("td", {}, d.strategy),
+      el("td", {}, d.source),
+      el("td", {}, i === 0 ? planText(s.plan) : ""),
+      el("td", { class: "num" }, d.reward === null || d.reward === undefined ? "–" : num(d.reward))));
+    $("strategy-decisions").tBodies[0].replaceChildren(...rows);
+  }
+
   function renderIntermediate(rows) {
     const reporting = rows.filter((t) => t.intermediate.length > 0).slice(-INTERMEDIATE_MAX);
     $("intermediate-empty").hidden = reporting.length > 0;
@@ -541,6 +562,7 @@
     renderCards();
     renderActions();
     renderEfficiency();
+    renderStrategy();
     renderObjectiveSelect();
     renderBest();
     renderTrialsTable(rows);
@@ -580,6 +602,7 @@
       case "study.paused":
       case "study.resumed":
       case "study.budget_changed":
+      case "strategy.chosen":
         refreshSoon();
         break;
       case "mode.changed":

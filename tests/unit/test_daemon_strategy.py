@@ -1,0 +1,109 @@
+"""The daemon's side of the strategy policy: settings, what the status shows, plans and modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hpod.daemon.strategy import (
+    STRATEGY_ATTR,
+    STRATEGY_CURRENT_ATTR,
+    STRATEGY_SETTING_ATTR,
+    check_setting,
+    spec_override,
+    strategy_status,
+)
+from hpod.errors import RequestRejected
+from hpod.modes import load_modes
+from hpod.policies.plan import resolve_plan
+from hpod.policies.strategy.actions import BUILTIN, apply
+from hpod.schema import StudySpec
+
+NAMES = [s.name for s in BUILTIN]
+
+
+def spec(**extra: Any) -> StudySpec:
+    """A two-parameter study spec."""
+    return StudySpec.model_validate(
+        {
+            "name": "s",
+            "objective": "quadratic",
+            "space": {
+                "x": {"type": "float", "low": -1, "high": 1},
+                "y": {"type": "float", "low": -1, "high": 1},
+            },
+            "budget": {"trials": 20},
+            **extra,
+        }
+    )
+
+
+def test_the_default_setting_is_auto_and_a_spec_may_name_a_strategy() -> None:
+    """`strategy` defaults to auto; it is part of the spec (a different one is another spec)."""
+    assert spec().strategy == "auto"
+    assert spec(strategy="qmc").canonical() != spec().canonical()
+    with pytest.raises(ValidationError):
+        spec(strategy="not a name!")
+
+
+def test_unknown_strategies_are_refused_naming_the_field_and_the_known_ones() -> None:
+    """An unknown name lists auto, mode and every strategy; known names pass."""
+    for ok in ("auto", "mode", "qmc", "tpe-halving-ladder"):
+        check_setting(ok, spec(), NAMES, "study.strategy")
+    with pytest.raises(RequestRejected) as refused:
+        check_setting("oracle", spec(), NAMES, "study.strategy")
+    assert refused.value.field == "study.strategy"
+    assert "unknown strategy 'oracle'" in refused.value.message
+    assert "auto, mode" in refused.value.message and "cmaes" in refused.value.message
+
+
+def test_a_spec_that_names_its_sampler_or_pruner_keeps_them() -> None:
+    """The policy never overrides what the spec sets: forcing a strategy on it is refused,
+    auto and mode are accepted (and drive it as mode)."""
+    own = spec(sampler={"name": "random"}, pruner={"name": "median"})
+    assert spec_override(own) == "sampler 'random' and pruner 'median'"
+    assert spec_override(spec(sampler={"seed": 3})) is None
+    check_setting("auto", own, NAMES, "study.strategy")
+    with pytest.raises(RequestRejected) as refused:
+        check_setting("qmc", own, NAMES, "strategy")
+    assert refused.value.field == "strategy" and "sampler 'random'" in refused.value.message
+
+
+def test_the_status_shows_the_setting_the_current_strategy_and_compact_decisions() -> None:
+    """From the stored attributes: the live setting wins over the spec's; each decision as
+    told, strategy, source and reward."""
+    attrs = {
+        STRATEGY_SETTING_ATTR: "tpe",
+        STRATEGY_ATTR: [
+            {"told": 0, "strategy": "qmc", "source": "rules", "reason": "r0", "reward": 0.5},
+            {"told": 9, "strategy": "tpe", "source": "forced", "reason": "r1", "reward": None},
+        ],
+        STRATEGY_CURRENT_ATTR: {"scores": {"tpe": 0.2}, "masked": {"nsga2": "single"}},
+    }
+    shown = strategy_status(attrs, spec())
+    assert shown["setting"] == "tpe" and shown["current"] == "tpe"
+    assert shown["source"] == "forced" and shown["reason"] == "r1"
+    assert shown["scores"] == {"tpe": 0.2} and shown["masked"] == {"nsga2": "single"}
+    assert shown["decisions"] == [
+        {"told": 0, "strategy": "qmc", "source": "rules", "reward": 0.5},
+        {"told": 9, "strategy": "tpe", "source": "forced", "reward": None},
+    ]
+    empty = strategy_status({}, spec(strategy="mode"))
+    assert empty["setting"] == "mode" and empty["current"] is None and empty["decisions"] == []
+
+
+def test_each_mode_has_a_strategy_window_and_a_strategy_keeps_the_modes_other_knobs() -> None:
+    """fast decides every 8 trials, balanced 12, thorough 20; a strategy laid over a mode's
+    plan changes sampler, pruner and ladder only."""
+    modes = load_modes(None)
+    windows = {name: modes[name].strategy_window for name in ("fast", "balanced", "thorough")}
+    assert windows == {"fast": 8, "balanced": 12, "thorough": 20}
+    plan = resolve_plan(spec(sampler={"seed": 4}), "fast", modes["fast"])
+    assert plan.strategy_window == 8
+    cmaes = next(s for s in BUILTIN if s.name == "cmaes")
+    laid = apply(plan, cmaes)
+    assert (laid.sampler, laid.pruner, laid.ladder) == ("cmaes", "none", (1.0,))
+    kept = ("threshold", "policies", "parallelism", "batch_seconds", "seed", "strategy_window")
+    assert all(getattr(laid, k) == getattr(plan, k) for k in kept)
