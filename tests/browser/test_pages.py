@@ -204,6 +204,38 @@ def test_pages_follow_a_running_study(
     study.check_clean()
 
 
+def test_the_strategy_timeline_grows_with_each_decision(
+    start_daemon: DaemonFactory, tab: Callable[[Daemon], Tab], artifacts: Path
+) -> None:
+    """A study left to the strategy policy: the page's Strategy panel shows the decision at
+    the start, then gains a row at each `strategy.chosen`, newest first, with the rewards of
+    the windows that ended."""
+    daemon = start_daemon()
+    spec = quadratic_spec(
+        "web-strategy", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=2
+    )
+    del spec["sampler"]  # leave the sampler to the policy
+    spec["mode"] = "fast"  # a decision every 8 trials
+    opened = tab(daemon)
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    page = opened.open("/study/web-strategy")
+    rows = "() => document.querySelectorAll('#strategy-decisions tbody tr').length"
+    page.wait_for_function(f"({rows})() >= 1")
+    page.wait_for_function(f"({rows})() >= 3", timeout=120_000)  # live, from the events
+    daemon.wait_study("web-strategy", timeout=120)
+    decisions = daemon.get("/studies/web-strategy")["strategy"]["decisions"]
+    page.wait_for_function(f"({rows})() === {len(decisions)}")
+    told = page.evaluate(
+        "() => [...document.querySelectorAll('#strategy-decisions tbody tr td:first-child')]"
+        ".map((td) => Number(td.textContent))"
+    )
+    assert told == [d["told"] for d in reversed(decisions)]
+    assert decisions[-1]["strategy"] in page.inner_text("#strategy-now")
+    assert page.locator("#activity li[data-event='strategy.chosen']").count() >= 2
+    page.screenshot(path=str(artifacts / "study-strategy.png"), full_page=True)
+    opened.check_clean()
+
+
 def test_switching_the_mode_needs_the_token_and_is_published(
     start_daemon: DaemonFactory, tab: Callable[[Daemon], Tab], artifacts: Path
 ) -> None:
