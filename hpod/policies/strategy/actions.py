@@ -9,9 +9,10 @@ interchangeable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from hpod.policies.plan import Plan
 from hpod.schema import CategoricalParam, StudySpec
 
 Fidelity = Literal["data", "epochs", "none"]
@@ -52,6 +53,8 @@ class Strategy:
     ladder: tuple[float, ...] = (1.0,)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner_options: dict[str, Any] = field(default_factory=dict)
+    #: Whether the policy may choose it by itself (False: only a study that names it gets it).
+    auto: bool = True
 
     def mask_reason(self, shape: SpaceShape) -> str | None:
         """Why this strategy cannot apply to a study of `shape`, or None if it can."""
@@ -83,7 +86,9 @@ BUILTIN: tuple[Strategy, ...] = (
     Strategy("tpe", "tpe"),
     Strategy("tpe-multivariate", "tpe", sampler_options={"multivariate": True}),
     Strategy("cmaes", "cmaes"),
-    Strategy("gp", "gp"),
+    # Optuna's GP sampler costs ~0.4 s of daemon CPU a trial and imports torch into the
+    # daemon: worth it only for very expensive objectives, so a study must ask for it.
+    Strategy("gp", "gp", auto=False),
     Strategy("nsga2", "nsga2"),
     Strategy("tpe-median", "tpe", "median", sampler_options={"multivariate": True}),
     Strategy("tpe-hyperband", "tpe", "hyperband", sampler_options={"multivariate": True}),
@@ -102,3 +107,42 @@ BUILTIN: tuple[Strategy, ...] = (
 def available(shape: SpaceShape, strategies: tuple[Strategy, ...] = BUILTIN) -> list[Strategy]:
     """The strategies that can apply to a study of `shape`, in their given order."""
     return [s for s in strategies if s.mask_reason(shape) is None]
+
+
+SAMPLERS = ("random", "qmc", "tpe", "cmaes", "gp", "nsga2")
+PRUNERS = ("none", "median", "percentile", "patient", "successive_halving", "hyperband", "wilcoxon")
+
+#: What the network reads of an action, so it can score a strategy an operator added from
+#: the samplers and pruners it has seen in others (order fixed: stored weights depend on it).
+ACTION_FEATURE_NAMES: tuple[str, ...] = (
+    *(f"sampler_{s}" for s in SAMPLERS),
+    "multivariate",
+    *(f"pruner_{p}" for p in PRUNERS),
+    "ladder_rungs",
+    "ladder_first",
+)
+
+
+def action_features(strategy: Strategy) -> list[float]:
+    """The strategy as a fixed-length vector in `ACTION_FEATURE_NAMES` order."""
+    return [
+        *(float(strategy.sampler == s) for s in SAMPLERS),
+        float(bool(strategy.sampler_options.get("multivariate"))),
+        *(float(strategy.pruner == p) for p in PRUNERS),
+        (len(strategy.ladder) - 1) / 3,
+        strategy.ladder[0],
+    ]
+
+
+def apply(plan: Plan, strategy: Strategy) -> Plan:
+    """`plan` with the sampler, pruner and data ladder of `strategy` (the mode's other knobs,
+    the spec's seed and parallelism stay)."""
+    return replace(
+        plan,
+        sampler=strategy.sampler,
+        sampler_options=dict(strategy.sampler_options),
+        pruner=strategy.pruner,
+        pruner_options=dict(strategy.pruner_options),
+        ladder=tuple(strategy.ladder),
+        extra={**plan.extra, "strategy": strategy.name},
+    )

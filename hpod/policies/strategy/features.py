@@ -18,6 +18,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR
+from hpod.policies.strategy.actions import Fidelity
 from hpod.schema import CategoricalParam, FloatParam, IntParam, StudySpec
 
 MODES = ("fast", "balanced", "thorough")
@@ -30,6 +31,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "share_conditional",
     "share_log",
     "several_objectives",
+    "fidelity_data",
+    "fidelity_epochs",
+    "log_told",
     "budget_used",
     "budget_left",
     "log_cost",
@@ -42,21 +46,41 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+def infer_fidelity(trials: Sequence[FrozenTrial]) -> Fidelity:
+    """The objective's fidelity as its trials show it: "data" when the worker reported that
+    the objective subsamples, "epochs" when trials report intermediate values by themselves,
+    "none" otherwise (also before any trial finished)."""
+    for t in trials:
+        if t.user_attrs.get(COST_ATTR, {}).get("fidelity") == "data":
+            return "data"
+    if any(t.intermediate_values for t in trials if t.state.is_finished()):
+        return "epochs"
+    return "none"
+
+
 def features(
     spec: StudySpec,
     trials: Sequence[FrozenTrial],
     mode: str,
     budget_trials: int | None,
     window: int = 10,
+    *,
+    budget_used: float | None = None,
+    fidelity: Fidelity | None = None,
 ) -> list[float]:
     """The feature vector of `spec`'s study given its `trials` so far, in `FEATURE_NAMES`
-    order."""
+    order. `budget_used` (share of the budget spent, by whatever measure) overrides the
+    share of `budget_trials` created; `fidelity` overrides what the trials show."""
+    fidelity = fidelity or infer_fidelity(trials)
     params = list(spec.space.values())
     n = max(1, len(params))
     finished = [t for t in trials if t.state.is_finished()]
     complete = [t for t in finished if t.state == TrialState.COMPLETE and t.values]
     costs = [float(t.user_attrs.get(COST_ATTR, {}).get("cpu") or 0.0) for t in finished]
-    used = len(trials) / budget_trials if budget_trials else 0.0
+    if budget_used is not None:
+        used, known = budget_used, True
+    else:
+        used, known = (len(trials) / budget_trials if budget_trials else 0.0), bool(budget_trials)
     values = {
         "log_dimensions": math.log1p(len(params)) / math.log1p(64),
         "share_float": sum(isinstance(p, FloatParam) for p in params) / n,
@@ -65,8 +89,11 @@ def features(
         "share_conditional": sum(p.condition is not None for p in params) / n,
         "share_log": sum(bool(getattr(p, "log", False)) for p in params) / n,
         "several_objectives": float(len(spec.directions) > 1),
+        "fidelity_data": float(fidelity == "data"),
+        "fidelity_epochs": float(fidelity == "epochs"),
+        "log_told": math.log1p(len(finished)) / math.log1p(1000),
         "budget_used": min(1.0, used),
-        "budget_left": max(0.0, 1.0 - used) if budget_trials else 1.0,
+        "budget_left": max(0.0, 1.0 - used) if known else 1.0,
         "log_cost": math.log10(1e-4 + mean(costs)) / 4 if costs else 0.0,
         "cost_spread": pstdev(costs) / (mean(costs) + 1e-9) if len(costs) > 1 else 0.0,
         "noise": _noise(complete, spec),

@@ -1,0 +1,414 @@
+"""The strategy agent: decides each study's strategy and learns from what it earned.
+
+One agent per daemon. It scores every strategy that can apply with the learned ensemble
+(`model.py`, NumPy) and takes the best one only where the networks agree it beats the
+rule-based selector's pick; otherwise, or without usable weights, the rules decide. That is
+the conservative part: a bad exploratory choice costs a user real compute, so exploration is
+rare (it decays with the agent's own experience) and only ever tries the runner-up.
+
+Every decision's outcome goes to the replay buffer on disk; after enough new experience the
+agent starts the learner as a separate process (`learner.py`, the only place torch is
+imported) and picks up the new weights when they appear.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from hpod.errors import RequestRejected
+from hpod.policies.strategy import model, rules
+from hpod.policies.strategy.actions import BUILTIN, SpaceShape, Strategy, action_features
+from hpod.policies.strategy.features import FEATURE_NAMES
+from hpod.policies.strategy.replay import (
+    MAX_LOCAL,
+    Experience,
+    ReplayBuffer,
+    read_experiences,
+)
+from hpod.policies.strategy.reward import WindowOutcome
+
+log = structlog.get_logger("hpod.strategy")
+
+BUNDLE_FORMAT = "hpod-policy/1"
+#: Networks (of the ensemble's five) that must prefer the policy's pick over the rules' pick.
+QUORUM = 4
+#: Fewer training experiences than this and the weights are not trusted.
+MIN_TRAINED_ON = 50
+#: Start the learner after this many new local experiences.
+LEARN_EVERY = 25
+#: Chance of trying the runner-up before the agent has experience of its own; it decays as
+#: EXPLORE / (1 + local experiences / 200).
+EXPLORE = 0.1
+
+
+def shipped_dir() -> Path:
+    """Where the package keeps the trained default (weights and its training buffer)."""
+    return Path(str(files("hpod").joinpath("data/strategy")))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One strategy decision and everything it was based on."""
+
+    strategy: Strategy
+    #: "forced" (the study names its strategy), "policy", "explore" or "rules".
+    source: str
+    features: list[float]
+    #: Predicted reward (mean of the ensemble) of each strategy that can apply.
+    scores: dict[str, float]
+    #: Strategies that cannot apply, with the reason.
+    masked: dict[str, str]
+    reason: str
+    told: int
+    #: Trials numbered from here on belong to this decision's window.
+    first_trial: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as recorded on the study and published as `strategy.chosen`."""
+        return {
+            "strategy": self.strategy.name,
+            "source": self.source,
+            "reason": self.reason,
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+            "masked": self.masked,
+            "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, self.features, strict=True)},
+            "told": self.told,
+            "first_trial": self.first_trial,
+        }
+
+
+class StrategyAgent:
+    """Decides strategies (policy, rules or forced) and keeps the experience they earn."""
+
+    def __init__(
+        self,
+        policy_dir: Path,
+        strategies: tuple[Strategy, ...] = BUILTIN,
+        *,
+        explore: bool = True,
+        learn: bool = True,
+        seed: int | None = None,
+        shipped: Path | None = None,
+    ) -> None:
+        self.policy_dir = policy_dir
+        self.strategies = strategies
+        self.explore = explore
+        self.learn = learn
+        self.shipped = shipped or shipped_dir()
+        self.buffer = ReplayBuffer(policy_dir / "replay.jsonl")
+        self._random = random.Random(seed)
+        self._recent: deque[dict[str, Any]] = deque(maxlen=50)
+        self._learner: subprocess.Popen[bytes] | None = None
+        self._new_experiences = 0
+        self._local_count = len(self.buffer)
+        self._shipped_count = _count(self.shipped / "replay.jsonl.gz")
+        self._weights_mtime: float | None = None
+        self.ensemble: model.Ensemble | None = None
+        self.weights_source: str | None = None
+        self.fallback: str | None = None
+        self._load()
+
+    # --- weights ---------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Use the local weights if there are any, else the shipped ones; a file that cannot
+        be used is logged with the reason and the rules decide."""
+        local = self.policy_dir / "weights.json"
+        path = local if local.exists() else self.shipped / "weights.json"
+        self._weights_mtime = _mtime(local)
+        try:
+            self.ensemble = model.load(path)
+        except model.WeightsError as exc:
+            self.ensemble = None
+            self.weights_source = None
+            self.fallback = f"weights {path} unreadable ({exc}): the rule-based selector decides"
+            log.error("strategy.weights_unreadable", path=str(path), reason=str(exc))
+            return
+        self.weights_source = "local" if path == local else "shipped"
+        self.fallback = None
+        log.info(
+            "strategy.weights_loaded",
+            path=str(path),
+            version=self.ensemble.version,
+            trained_on=self.ensemble.trained_on,
+        )
+
+    def _reload_if_changed(self) -> None:
+        if _mtime(self.policy_dir / "weights.json") != self._weights_mtime:
+            self._load()
+
+    # --- deciding --------------------------------------------------------------------------
+
+    def by_name(self, name: str) -> Strategy:
+        """The strategy called `name` (KeyError if there is none)."""
+        for strategy in self.strategies:
+            if strategy.name == name:
+                return strategy
+        raise KeyError(name)
+
+    def masks(self, shape: SpaceShape) -> dict[str, str]:
+        """Why each strategy that cannot apply (automatically) to `shape` does not."""
+        masked = {}
+        for s in self.strategies:
+            reason = s.mask_reason(shape) or (None if s.auto else "chosen only when forced")
+            if reason:
+                masked[s.name] = reason
+        return masked
+
+    def decide(
+        self,
+        shape: SpaceShape,
+        features: list[float],
+        mode: str,
+        told: int,
+        first_trial: int,
+        ladder_pays: bool | None,
+    ) -> Decision:
+        """The strategy for the next window of a study that looks like `features`."""
+        self._reload_if_changed()
+        masked = self.masks(shape)
+        candidates = [s for s in self.strategies if s.name not in masked]
+        ruled = rules.choose(shape, told, ladder_pays, self.strategies)
+        if ruled.name in masked:  # the rules' fallback when nothing else applies
+            ruled = candidates[0] if candidates else ruled
+
+        def decision(
+            strategy: Strategy, source: str, reason: str, scores: dict[str, float]
+        ) -> Decision:
+            return Decision(strategy, source, features, scores, masked, reason, told, first_trial)
+
+        if self.ensemble is None:
+            return decision(ruled, "rules", self.fallback or "no trained policy", {})
+        if self.ensemble.trained_on < MIN_TRAINED_ON:
+            reason = f"policy v{self.ensemble.version} learned from too few studies"
+            return decision(ruled, "rules", reason, {})
+        predicted = self.ensemble.predict(features, [action_features(s) for s in candidates])
+        means = predicted.mean(axis=0)
+        scores = {s.name: float(m) for s, m in zip(candidates, means, strict=True)}
+        order = list(np.argsort(-means))
+        best = candidates[int(order[0])]
+        version = f"policy v{self.ensemble.version}"
+        if best.name != ruled.name:
+            rule_index = candidates.index(ruled)
+            votes = int((predicted[:, int(order[0])] > predicted[:, rule_index]).sum())
+            if votes < QUORUM:
+                reason = (
+                    f"{version} prefers {best.name} but only {votes} of {len(predicted)} "
+                    f"networks agree: the rules' {ruled.name}"
+                )
+                return decision(ruled, "rules", reason, scores)
+        if self.explore and len(order) > 1 and self._random.random() < self._explore_rate():
+            runner_up = candidates[int(order[1])]
+            reason = f"{version} tries its runner-up {runner_up.name} (best: {best.name})"
+            return decision(runner_up, "explore", reason, scores)
+        agree = "agrees with the rules" if best.name == ruled.name else "beats the rules' pick"
+        return decision(best, "policy", f"{version}: {best.name} {agree}", scores)
+
+    def forced(
+        self,
+        strategy: Strategy,
+        shape: SpaceShape,
+        features: list[float],
+        told: int,
+        first_trial: int,
+    ) -> Decision:
+        """A decision the study made itself (a named strategy); recorded all the same."""
+        reason = strategy.mask_reason(shape)
+        text = f"forced by the study{f' (note: {reason})' if reason else ''}"
+        return Decision(strategy, "forced", features, {}, {}, text, told, first_trial)
+
+    def _explore_rate(self) -> float:
+        return EXPLORE / (1 + self._local_count / 200)
+
+    @staticmethod
+    def experience_of(
+        study: str, mode: str, decision: Decision, outcome: WindowOutcome
+    ) -> Experience:
+        """The experience a decision earned over its window."""
+        return Experience(
+            study=study,
+            mode=mode,
+            strategy=decision.strategy.name,
+            features=list(decision.features),
+            action=action_features(decision.strategy),
+            reward=outcome.reward,
+            improvement=outcome.improvement,
+            compute=outcome.compute,
+            trials=outcome.trials,
+            at=time.time(),
+        )
+
+    def note_decision(self, study: str, decision: Decision) -> None:
+        """Remember a decision for `status` (its reward is filled in by `record`)."""
+        self._recent.append(
+            {
+                "study": study,
+                "strategy": decision.strategy.name,
+                "source": decision.source,
+                "told": decision.told,
+                "at": time.time(),
+                "reward": None,
+            }
+        )
+
+    # --- learning --------------------------------------------------------------------------
+
+    def record(self, experience: Experience) -> None:
+        """Keep a decision's outcome on disk; start learning when enough is new."""
+        self.buffer.append(experience)
+        self._local_count += 1
+        self._new_experiences += 1
+        for entry in reversed(self._recent):
+            if entry["study"] == experience.study and entry["reward"] is None:
+                entry["reward"] = round(experience.reward, 5)
+                break
+        if self._local_count > MAX_LOCAL * 1.1:
+            self.buffer.trim(MAX_LOCAL)
+            self._local_count = len(self.buffer)
+        if self.learn and self._new_experiences >= LEARN_EVERY:
+            self.start_learning()
+
+    def start_learning(self) -> bool:
+        """Start the learner process unless one is running; True if started."""
+        if self._learner is not None and self._learner.poll() is None:
+            return False
+        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        self._new_experiences = 0
+        self._learner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hpod.policies.strategy.learner",
+                "--policy-dir",
+                str(self.policy_dir),
+                "--shipped-replay",
+                str(self.shipped / "replay.jsonl.gz"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.policy_dir / "learner.log", "ab"),  # noqa: SIM115 (the child owns it)
+        )
+        log.info("strategy.learning_started", pid=self._learner.pid)
+        return True
+
+    # --- control ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What the policy is and has done: version, experience, learning, recent decisions."""
+        self._reload_if_changed()
+        learner: dict[str, Any] = {
+            "running": self._learner is not None and self._learner.poll() is None,
+            "every": LEARN_EVERY,
+            "new_experiences": self._new_experiences,
+        }
+        try:
+            learner["last"] = json.loads((self.policy_dir / "learner.json").read_text())
+        except (OSError, ValueError):
+            learner["last"] = None
+        return {
+            "version": self.ensemble.version if self.ensemble else None,
+            "weights": self.weights_source,
+            "trained_on": self.ensemble.trained_on if self.ensemble else None,
+            "fallback": self.fallback,
+            "experiences": {"shipped": self._shipped_count, "local": self._local_count},
+            "learning": learner,
+            "exploration_rate": round(self._explore_rate(), 4) if self.explore else 0.0,
+            "strategies": [s.name for s in self.strategies],
+            "recent": list(self._recent)[-20:],
+        }
+
+    def reset(self) -> dict[str, Any]:
+        """Forget what this daemon learned: back to the shipped default."""
+        self._stop_learner()
+        for name in ("weights.json", "replay.jsonl", "learner.json"):
+            (self.policy_dir / name).unlink(missing_ok=True)
+        self._local_count = 0
+        self._new_experiences = 0
+        self._recent.clear()
+        self._load()
+        log.info("strategy.reset")
+        return self.status()
+
+    def export(self) -> dict[str, Any]:
+        """The weights in force and the local buffer, as one JSON bundle."""
+        local = self.policy_dir / "weights.json"
+        path = local if local.exists() else self.shipped / "weights.json"
+        try:
+            weights = json.loads(path.read_text()) if self.ensemble is not None else None
+        except (OSError, ValueError):
+            weights = None
+        return {
+            "format": BUNDLE_FORMAT,
+            "exported_at": time.time(),
+            "weights": weights,
+            "replay": [e.to_json() for e in self.buffer],
+        }
+
+    def import_bundle(self, bundle: Any) -> dict[str, Any]:
+        """Install an exported bundle (weights and buffer replace the local ones); refused
+        as a whole, naming the field, if any part is bad."""
+        if not isinstance(bundle, dict):
+            raise RequestRejected("invalid", "bundle", "must be a JSON object")
+        if bundle.get("format") != BUNDLE_FORMAT:
+            raise RequestRejected(
+                "invalid",
+                "bundle.format",
+                f"is {bundle.get('format')!r}, expected {BUNDLE_FORMAT!r}",
+            )
+        weights = bundle.get("weights")
+        if weights is not None:
+            try:
+                model.parse(weights)
+            except model.WeightsError as exc:
+                raise RequestRejected("invalid", "bundle.weights", str(exc)) from exc
+        replay = bundle.get("replay", [])
+        if not isinstance(replay, list):
+            raise RequestRejected("invalid", "bundle.replay", "must be a list of experiences")
+        experiences = [
+            Experience.from_json(item, f"bundle.replay[{i}]") for i, item in enumerate(replay)
+        ]
+        self._stop_learner()
+        self.buffer.replace(experiences)
+        self._local_count = len(experiences)
+        if weights is not None:
+            model.save(self.policy_dir / "weights.json", weights)
+        else:
+            (self.policy_dir / "weights.json").unlink(missing_ok=True)
+        self._load()
+        log.info("strategy.imported", experiences=len(experiences), weights=weights is not None)
+        return self.status()
+
+    def _stop_learner(self) -> None:
+        if self._learner is not None and self._learner.poll() is None:
+            self._learner.terminate()
+            try:
+                self._learner.wait(10)
+            except subprocess.TimeoutExpired:
+                self._learner.kill()
+        self._learner = None
+
+    def close(self) -> None:
+        """Stop a learner still running (its weights are written atomically: nothing tears)."""
+        self._stop_learner()
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _count(path: Path) -> int:
+    return len(read_experiences(path)) if path.exists() else 0

@@ -1,0 +1,212 @@
+"""Studies run in-process on suite tasks: the training ground and the benchmark's harness.
+
+A simulated study is an Optuna study (in-memory storage) driven the way the daemon drives one:
+the same strategies, samplers and pruners (built by the same functions), the same data-ladder
+and epoch reporting, the same `hpod:cost` record on every trial, the same features and reward.
+Only evaluation differs: a suite task computes its value and charges its modelled cost, so
+thousands of studies take minutes and every run is reproducible from its seed.
+
+Studies run to a compute budget in full evaluations (a pruned trial on a ninth of the data
+costs a fraction of one), so strategies are compared at equal compute.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpod.engine import COST_ATTR, make_sampler, suggest
+from hpod.policies.pruning import build_pruners, fidelity_step, should_prune
+from hpod.policies.strategy.actions import SpaceShape, Strategy
+from hpod.policies.strategy.features import features
+from hpod.policies.strategy.reward import WindowOutcome, window_reward
+from hpod.policies.strategy.suites import Task
+from hpod.schema import StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+#: Decides the strategy of the next window: (shape, features, told, first_trial) -> strategy
+#: and the decision's source.
+Chooser = Callable[[SpaceShape, list[float], int, int], tuple[Strategy, str]]
+
+
+@dataclass
+class Window:
+    """One decision and what its window earned."""
+
+    told: int
+    strategy: str
+    source: str
+    features: list[float]
+    outcome: WindowOutcome | None = None
+
+
+@dataclass
+class StudyRecord:
+    """A simulated study's trace: the best true value against compute spent."""
+
+    task: str
+    seed: int
+    #: (compute spent, noiseless value of the best configuration found so far) per trial.
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    trials: int = 0
+
+    def best_at(self, compute: float) -> float:
+        """The best true value found within `compute` (inf before the first full value)."""
+        best = float("inf")
+        for spent, value in self.curve:
+            if spent > compute + 1e-9:
+                break
+            best = value
+        return best
+
+
+def seed_of(*parts: Any) -> int:
+    """A stable 31-bit seed from any parts (Python's hash of a str is salted per process)."""
+    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+
+
+class Simulation:
+    """One study of a task, run window by window."""
+
+    def __init__(self, task: Task, seed: int, mode: str, budget: float, window: int) -> None:
+        self.task = task
+        self.seed = seed
+        self.mode = mode
+        self.budget = budget
+        self.window = window
+        self.spec: StudySpec = task.spec()
+        self.shape = SpaceShape.of(self.spec, task.fidelity)
+        self.study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed))
+        self.spent = 0.0
+        self.best_observed = float("inf")
+        self.record = StudyRecord(task.name, seed)
+        self.strategy: Strategy | None = None
+        #: Noiseless value of the configuration with the best observed value so far.
+        self.true_best = float("inf")
+
+    def clone(self) -> Simulation:
+        """A copy to try another strategy from the same point (a counterfactual branch)."""
+        other = Simulation(self.task, self.seed, self.mode, self.budget, self.window)
+        other.study.add_trials(self.study.get_trials(deepcopy=False))
+        other.spent = self.spent
+        other.best_observed = self.best_observed
+        other.record.curve = list(self.record.curve)
+        other.record.trials = self.record.trials
+        other.strategy = self.strategy
+        other.true_best = self.true_best
+        return other
+
+    @property
+    def done(self) -> bool:
+        return self.spent >= self.budget
+
+    def features(self) -> list[float]:
+        """What the policy sees of the study now."""
+        return features(
+            self.spec,
+            self.study.get_trials(deepcopy=False),
+            self.mode,
+            None,
+            self.window,
+            budget_used=min(1.0, self.spent / self.budget),
+            fidelity=self.task.fidelity,
+        )
+
+    def use(self, strategy: Strategy, salt: Any = 0) -> None:
+        """Switch strategy: a new sampler over the same trials (as the daemon does)."""
+        self.strategy = strategy
+        self.study.sampler = make_sampler(
+            strategy.sampler, strategy.sampler_options, seed_of(self.seed, salt, strategy.name)
+        )
+
+    def run_window(self) -> WindowOutcome | None:
+        """Run one window of trials with the current strategy (or until the budget)."""
+        first = len(self.study.trials)
+        for _ in range(self.window):
+            if self.done:
+                break
+            self.run_trial()
+        return window_reward(self.spec, self.study.get_trials(deepcopy=False), first, self.mode)
+
+    def run_trial(self) -> None:
+        """Ask, evaluate at the strategy's fidelities with its pruners, tell."""
+        assert self.strategy is not None
+        task, strategy = self.task, self.strategy
+        trial = self.study.ask()
+        params = suggest(trial, self.spec.space)
+        rng = np.random.default_rng(seed_of(self.seed, trial.number, "noise"))
+        ladder = list(strategy.ladder) if task.fidelity == "data" else [1.0]
+        pruners = build_pruners(strategy.pruner, strategy.pruner_options, ladder=ladder)
+        if task.fidelity == "epochs":
+            steps = [(e / task.epochs, e, 1.0 / task.epochs) for e in range(1, task.epochs + 1)]
+        else:
+            steps = [(f, fidelity_step(f), task.cost(f)) for f in ladder]
+        cpu, rungs, value, pruned = 0.0, [], float("nan"), False
+        for fidelity, step, cost in steps:
+            value = task.value(params, fidelity, rng)
+            cpu += cost
+            rungs.append([fidelity, value, False, cost])
+            if len(steps) == 1:
+                break
+            trial.report(value, step)
+            if fidelity < 1.0 and pruners:
+                frozen = self.study._storage.get_trial(trial._trial_id)
+                if should_prune(self.study, frozen, pruners):
+                    pruned = True
+                    break
+        cost_record = {
+            "cpu": cpu,
+            "full_cpu": None if pruned else task.cost(1.0),
+            "rungs": rungs if task.fidelity == "data" else [],
+            "fidelity": task.fidelity,
+        }
+        trial.set_user_attr(COST_ATTR, cost_record)
+        self.spent += cpu
+        if pruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, value)
+            if value < self.best_observed:
+                self.best_observed = value
+                self.true_best = task.value(params, 1.0, None)
+        self.record.trials += 1
+        self.record.curve.append((self.spent, self.true_best))
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+
+def run_study(
+    task: Task,
+    chooser: Chooser,
+    seed: int,
+    mode: str = "balanced",
+    budget: float = 40.0,
+    window: int = 12,
+) -> StudyRecord:
+    """A study of `task` to `budget` full evaluations, its strategy decided by `chooser` at
+    the start and every `window` trials."""
+    sim = Simulation(task, seed, mode, budget, window)
+    while not sim.done:
+        told = len(sim.trials())
+        feats = sim.features()
+        strategy, source = chooser(sim.shape, feats, told, told)
+        if sim.strategy is None or strategy.name != sim.strategy.name:
+            sim.use(strategy, told)
+        window_record = Window(told, strategy.name, source, feats)
+        window_record.outcome = sim.run_window()
+        sim.record.windows.append(window_record)
+    return sim.record
+
+
+def fixed(strategy: Strategy) -> Chooser:
+    """A chooser that always picks `strategy`."""
+    return lambda shape, feats, told, first: (strategy, "fixed")
