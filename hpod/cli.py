@@ -249,7 +249,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         final = _follow(client, spec["name"])
         _print_best(final)
-        _print_efficiency(client.status(spec["name"]).get("efficiency"))
+        status = client.status(spec["name"])
+        _print_strategy(status.get("strategy"))  # the demo leaves the strategy to the policy
+        _print_efficiency(status.get("efficiency"))
         print(
             f"\nInspect it: hpod status {spec['name']}   |   "
             f"optuna studies {settings.optuna_cli_storage()}"

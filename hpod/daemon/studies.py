@@ -286,16 +286,23 @@ class StudyRun:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
         if self.spec.objective is None:
             return
-        while (
+        while self._may_ask():
+            # A strategy decision due (start, or a full window) comes before the next ask;
+            # it awaits, so whether to ask is checked again after it.
+            await self.strategy.maybe_decide()
+            if not self._may_ask():
+                break
+            await self._ask_and_dispatch(self.next_pack_size())
+
+    def _may_ask(self) -> bool:
+        """Whether the loop may ask and dispatch another task now."""
+        return (
             not self.stopping
             and not self.paused
             and self._budget_left()
             and len(self.tasks) < self.plan.parallelism
             and self.limits.available()
-        ):
-            # A strategy decision due (start, or a full window) comes before the next ask.
-            await self.strategy.maybe_decide()
-            await self._ask_and_dispatch(self.next_pack_size())
+        )
 
     def next_pack_size(self) -> int:
         """Trials for the next task: the batching policy's pack, within the budget and within
@@ -510,6 +517,8 @@ class StudyRun:
         """A trial for an external evaluator; the same request id gets the same trial."""
         if request_id and request_id in self.external:
             return self.external[request_id]
+        if not self.paused and not self.stopping and self._budget_left():
+            await self.strategy.maybe_decide()  # it awaits: the checks below come after it
         if self.paused and not self.stopping:
             raise RequestRejected(
                 "paused", "study", f"study {self.name!r} is paused: resume it to ask trials"
@@ -518,7 +527,6 @@ class StudyRun:
             raise RequestRejected(
                 "budget_exhausted", "study", f"study {self.name!r} asks no more trials"
             )
-        await self.strategy.maybe_decide()
         self.n_created += 1
         asked = await self._timed("sampler", self.store.ask, self.spec, True, request_id)
         self.external[request_id or f"trial-{asked.number}"] = asked

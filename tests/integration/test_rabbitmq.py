@@ -157,3 +157,31 @@ def test_the_python_client_runs_a_study_and_gets_the_best_as_an_event(
         best = hpod.run_study(quadratic_spec("client-amqp", trials=10), timeout=120)
     assert best["event"] == "study.completed"
     assert best["best"]["value"] < 2.0
+
+
+def test_a_strategy_switch_over_the_queue_is_decided_and_published(
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """`study.strategy` through the Python client on AMQP: the switch is a forced decision of
+    the study, published as `strategy.chosen` on hpod.events; an unknown name is refused
+    naming the field."""
+    from hpod.client import Client, ClientError
+
+    start_worker(start_daemon("--no-workers", broker_url=rabbitmq).env)
+    events = Subscriber(rabbitmq, ("strategy.chosen", "study.completed"))
+    spec = quadratic_spec(
+        "amqp-strategy", trials=40, objective_kwargs={"sleep": 0.2}, max_concurrent=1
+    )
+    del spec["sampler"]  # the policy decides
+    with Client(rabbitmq) as hpod:
+        hpod.create_study(spec)
+        events.until(lambda e: e["event"] == "strategy.chosen" and e["trigger"] == "start")
+        status = hpod.set_strategy("amqp-strategy", "qmc")
+        assert status["strategy"]["current"] == "qmc" and status["strategy"]["source"] == "forced"
+        with pytest.raises(ClientError) as refused:
+            hpod.set_strategy("amqp-strategy", "oracle")
+        assert refused.value.error["field"] == "strategy"
+    switched = events.until(lambda e: e["event"] == "strategy.chosen" and e["trigger"] == "switch")
+    assert switched["study"] == "amqp-strategy" and switched["strategy"] == "qmc"
+    events.until(lambda e: e["event"] == "study.completed")
+    events.close()
