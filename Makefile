@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench policy clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,12 @@ lint: install
 bench: install
 	$(PY) bench/core.py
 	$(PY) bench/quality.py
+
+# The strategy policy: train the shipped weights (seeded: the same weights every time), then
+# judge them on the held-out tasks; the tables go into docs/benchmarks.md (~10 minutes).
+policy: install
+	$(VENV)/bin/hpod policy train
+	$(PY) bench/strategy.py
 
 clean:
 	rm -rf $(VENV) .hpod

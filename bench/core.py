@@ -303,9 +303,15 @@ def main() -> None:
     parser.add_argument("--dispatches", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the idle daemon's memory (no broker)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.memory_only:
+            print_idle_memory(tmp)
+            return
         lat = bench_first_dispatch(args.amqp, tmp, args.dispatches)
         p50, p90 = statistics.median(lat), statistics.quantiles(lat, n=10)[-1]
         print(
@@ -321,12 +327,16 @@ def main() -> None:
             + ", ".join(f"{k} {v:.0f} trials/s" for k, v in rates.items())
             + f" (WAL/plain SQLite = {rates['wal'] / rates['sqlite']:.1f})"
         )
-        rss, torch_loaded = bench_idle_memory(tmp)
-        bare = bare_python_memory()
-        print(
-            f"idle daemon resident memory: {rss:.0f} MB (bare Python: {bare:.0f} MB, "
-            f"ratio {rss / bare:.1f}); torch loaded: {torch_loaded}"
-        )
+        print_idle_memory(tmp)
+
+
+def print_idle_memory(tmp: Path) -> None:
+    rss, torch_loaded = bench_idle_memory(tmp)
+    bare = bare_python_memory()
+    print(
+        f"idle daemon resident memory: {rss:.0f} MB (bare Python: {bare:.0f} MB, "
+        f"ratio {rss / bare:.1f}); torch loaded: {torch_loaded}"
+    )
 
 
 if __name__ == "__main__":

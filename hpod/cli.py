@@ -120,8 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     q.add_argument("--url")
     q.set_defaults(func=cmd_policy_import)
-    # `hpod policy train` (offline training of the policy) is added here by the learning
-    # core (hpod/policies/strategy/train.py).
+    q = policy_sub.add_parser(
+        "train", help="train the default policy on the training suite (seeded, reproducible)"
+    )
+    q.add_argument(
+        "--out", type=Path, help="where to write weights and buffer (default: the package's)"
+    )
+    q.add_argument("--seeds", type=int, default=8, help="studies per training task")
+    q.add_argument("--processes", type=int, default=2)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_policy_train)
 
     p = sub.add_parser("cache", help="the shared result cache")
     cache_sub = p.add_subparsers(required=True, metavar="ACTION")
@@ -353,9 +361,7 @@ def _print_strategy(strategy: dict[str, Any] | None) -> None:
     if len(decisions) > 1 or (decisions and decisions[0].get("reward") is not None):
         print("  told  strategy             source   reward")
         for d in decisions[-20:]:
-            print(
-                f"  {d['told']:>4}  {d['strategy']:<20} {d['source']:<8} {_reward(d['reward'])}"
-            )
+            print(f"  {d['told']:>4}  {d['strategy']:<20} {d['source']:<8} {_reward(d['reward'])}")
         if len(decisions) > 20:
             print(f"  ({len(decisions) - 20} earlier decisions not shown)")
 
@@ -492,6 +498,24 @@ def _print_policy(status: dict[str, Any]) -> None:
         print(f"  strategies: {', '.join(status['strategies'])}")
     for d in (status.get("recent") or [])[-10:]:
         print(f"  {json.dumps(d, sort_keys=True)}")
+
+
+def cmd_policy_train(args: argparse.Namespace) -> int:
+    """Train the shipped policy: simulated studies of the training suite, then the ensemble
+    (no daemon needed; torch is imported here only)."""
+    from hpod.policies.strategy.agent import shipped_dir
+    from hpod.policies.strategy.train import train_default
+
+    out = args.out or shipped_dir()
+    manifest = train_default(
+        out, seeds=args.seeds, processes=args.processes, seed=args.seed, log=_say
+    )
+    print(f"{manifest['experiences']} experiences, weights sha256 {manifest['weights_sha256']}")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_policy_status(args: argparse.Namespace) -> int:

@@ -111,7 +111,11 @@ def make_sampler(
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **options)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, **options)
+        with warnings.catch_warnings():
+            # x0 and sigma0 (a warm start at the best point, see strategy.actions.warm_start)
+            # are deprecated in favour of source_trials, which needs many more trials.
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.CmaEsSampler(seed=seed, **options)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, **options)
     if name != "tpe":

@@ -36,10 +36,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from optuna.trial import FrozenTrial, TrialState
 
 from hpod.errors import RequestRejected
 from hpod.policies.plan import Plan
-from hpod.policies.strategy.actions import SpaceShape, Strategy, action_features, apply
+from hpod.policies.strategy.actions import (
+    SpaceShape,
+    Strategy,
+    action_features,
+    apply,
+    warm_start,
+)
 from hpod.policies.strategy.agent import Decision, StrategyAgent
 from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidelity
 from hpod.policies.strategy.replay import Experience
@@ -64,6 +71,13 @@ MAX_DECISIONS = 200
 AUTO, MODE = "auto", "mode"
 #: Decisions whose window is experience for the learner (a "mode" decision is not an action).
 LEARNING_SOURCES = frozenset({"policy", "rules", "explore", "forced"})
+
+
+def best_params(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any] | None:
+    """The parameters of the best complete trial on the first objective (None if none)."""
+    sign = 1.0 if spec.directions[0] == "minimize" else -1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    return min(complete, key=lambda t: sign * t.values[0]).params if complete else None
 
 
 def spec_override(spec: StudySpec) -> str | None:
@@ -133,6 +147,8 @@ class Snapshot:
     features: list[float]
     #: The pending decision's window, scored (None: no pending decision, or nothing finished).
     outcome: WindowOutcome | None
+    #: The best complete trial's parameters (a CMA-ES switched to starts there).
+    best_params: dict[str, Any] | None = None
 
 
 class StrategyDriver:
@@ -270,7 +286,9 @@ class StrategyDriver:
         if pending is not None:
             mode = str(pending.get("mode") or run.mode_plan.mode)
             outcome = window_reward(run.spec, trials, int(pending["first_trial"]), mode)
-        return Snapshot(SpaceShape.of(run.spec, fidelity), vector, outcome)
+        return Snapshot(
+            SpaceShape.of(run.spec, fidelity), vector, outcome, best_params(run.spec, trials)
+        )
 
     def _ladder_pays(self) -> bool | None:
         """The subsampling policy's verdict on the data ladder (None while it measures)."""
@@ -295,7 +313,9 @@ class StrategyDriver:
                 self.strategy = None
             else:
                 decision = await self._ask_agent(setting, snapshot, told, first_trial)
-                self.strategy = decision.strategy
+                if self.strategy is None or decision.strategy.name != self.strategy.name:
+                    # Only on a switch: a CMA-ES kept on must not be restarted every window.
+                    self.strategy = warm_start(decision.strategy, snapshot.best_params, run.spec)
             plan = self.plan_for(run.mode_plan)
             if plan != run.plan:
                 await run.set_plan(plan)
@@ -359,6 +379,7 @@ class StrategyDriver:
                 told,
                 first_trial,
                 self._ladder_pays(),
+                self.strategy.name if self.strategy else None,
             )
         except Exception as exc:
             log.exception("strategy.decide_failed", study=self.run.name, error=repr(exc))
@@ -415,9 +436,7 @@ class StrategyDriver:
             "trigger": record["trigger"],
         }
 
-    def _settle(
-        self, pending: dict[str, Any], outcome: WindowOutcome | None
-    ) -> Experience | None:
+    def _settle(self, pending: dict[str, Any], outcome: WindowOutcome | None) -> Experience | None:
         """Write the window's outcome on its record; the experience to learn from, if any."""
         pending["settled"] = True
         if outcome is None:

@@ -134,6 +134,31 @@ def action_features(strategy: Strategy) -> list[float]:
     ]
 
 
+#: CMA-ES started mid-study searches around the best point so far with this step size (in
+#: units of each parameter's range): a local finish, not a restart from the space's centre.
+WARM_SIGMA = 0.1
+
+
+def warm_start(strategy: Strategy, best_params: dict[str, Any] | None, spec: StudySpec) -> Strategy:
+    """`strategy`, started from the study's best point when it is CMA-ES and trials exist.
+
+    Optuna's CMA-ES ignores trials it did not sample, so switching to it mid-study would
+    throw the study's progress away; centred on the best configuration with a small step it
+    refines it instead (how a study "finishes with a local CMA-ES").
+    """
+    if strategy.sampler != "cmaes" or not best_params or "x0" in strategy.sampler_options:
+        return strategy
+    numeric = {
+        name: best_params[name]
+        for name, param in spec.space.items()
+        if not isinstance(param, CategoricalParam) and name in best_params
+    }
+    if len(numeric) < 2:
+        return strategy
+    options = {**strategy.sampler_options, "x0": numeric, "sigma0": WARM_SIGMA}
+    return replace(strategy, sampler_options=options)
+
+
 def apply(plan: Plan, strategy: Strategy) -> Plan:
     """`plan` with the sampler, pruner and data ladder of `strategy` (the mode's other knobs,
     the spec's seed and parallelism stay)."""

@@ -175,8 +175,14 @@ class StrategyAgent:
         told: int,
         first_trial: int,
         ladder_pays: bool | None,
+        current: str | None = None,
     ) -> Decision:
-        """The strategy for the next window of a study that looks like `features`."""
+        """The strategy for the next window of a study that looks like `features`.
+
+        The incumbent is the study's `current` strategy, or the rules' pick at its start; the
+        policy replaces it only where `QUORUM` networks agree its pick earns more, so a
+        study is not thrown between strategies on a prediction the networks are unsure of
+        (each switch costs: a new sampler learns the study anew)."""
         self._reload_if_changed()
         masked = self.masks(shape)
         candidates = [s for s in self.strategies if s.name not in masked]
@@ -189,6 +195,7 @@ class StrategyAgent:
         ) -> Decision:
             return Decision(strategy, source, features, scores, masked, reason, told, first_trial)
 
+        incumbent = next((s for s in candidates if s.name == current), ruled)
         if self.ensemble is None:
             return decision(ruled, "rules", self.fallback or "no trained policy", {})
         if self.ensemble.trained_on < MIN_TRAINED_ON:
@@ -200,20 +207,28 @@ class StrategyAgent:
         order = list(np.argsort(-means))
         best = candidates[int(order[0])]
         version = f"policy v{self.ensemble.version}"
-        if best.name != ruled.name:
-            rule_index = candidates.index(ruled)
-            votes = int((predicted[:, int(order[0])] > predicted[:, rule_index]).sum())
+        if best.name != incumbent.name:
+            kept = candidates.index(incumbent)
+            votes = int((predicted[:, int(order[0])] > predicted[:, kept]).sum())
             if votes < QUORUM:
+                whose = "keeps" if incumbent.name == current else "the rules'"
                 reason = (
                     f"{version} prefers {best.name} but only {votes} of {len(predicted)} "
-                    f"networks agree: the rules' {ruled.name}"
+                    f"networks agree: {whose} {incumbent.name}"
                 )
-                return decision(ruled, "rules", reason, scores)
+                source = "policy" if incumbent.name == current else "rules"
+                return decision(incumbent, source, reason, scores)
         if self.explore and len(order) > 1 and self._random.random() < self._explore_rate():
             runner_up = candidates[int(order[1])]
             reason = f"{version} tries its runner-up {runner_up.name} (best: {best.name})"
             return decision(runner_up, "explore", reason, scores)
-        agree = "agrees with the rules" if best.name == ruled.name else "beats the rules' pick"
+        agree = (
+            "keeps it"
+            if best.name == current
+            else "agrees with the rules"
+            if best.name == ruled.name
+            else f"beats {incumbent.name}"
+        )
         return decision(best, "policy", f"{version}: {best.name} {agree}", scores)
 
     def forced(

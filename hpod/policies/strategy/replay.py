@@ -9,13 +9,14 @@ the package ships the training suite's buffer next to its weights, and learning 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import structlog
 
@@ -147,10 +148,16 @@ def write_experiences(path: Path, experiences: Iterable[Experience]) -> None:
     """Write a buffer file atomically (gzipped when the name ends in .gz)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(tmp, "wt", encoding="utf-8") as out:
-        for experience in experiences:
-            out.write(json.dumps(experience.to_json(), separators=(",", ":")) + "\n")
+    with open(tmp, "wb") as raw:
+        # mtime=0: the same experiences give the same bytes (the shipped buffer is checked
+        # for reproducibility with `git diff`).
+        binary = cast(
+            IO[bytes],
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else raw,
+        )
+        with io.TextIOWrapper(binary, encoding="utf-8") as out:
+            for experience in experiences:
+                out.write(json.dumps(experience.to_json(), separators=(",", ":")) + "\n")
     with open(tmp, "rb") as done:
         os.fsync(done.fileno())
     os.replace(tmp, path)

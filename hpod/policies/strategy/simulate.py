@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR, make_sampler, suggest
 from hpod.policies.pruning import build_pruners, fidelity_step, should_prune
-from hpod.policies.strategy.actions import SpaceShape, Strategy
+from hpod.policies.strategy.actions import SpaceShape, Strategy, warm_start
 from hpod.policies.strategy.features import features
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.suites import Task
@@ -100,8 +100,9 @@ class Simulation:
         other.best_observed = self.best_observed
         other.record.curve = list(self.record.curve)
         other.record.trials = self.record.trials
-        other.strategy = self.strategy
         other.true_best = self.true_best
+        if self.strategy is not None:
+            other.use(self.strategy, ("clone", len(self.study.trials)))
         return other
 
     @property
@@ -123,8 +124,11 @@ class Simulation:
     def use(self, strategy: Strategy, salt: Any = 0) -> None:
         """Switch strategy: a new sampler over the same trials (as the daemon does)."""
         self.strategy = strategy
+        complete = [t for t in self.trials() if t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: t.values[0]).params if complete else None
+        sampled = warm_start(strategy, best, self.spec)
         self.study.sampler = make_sampler(
-            strategy.sampler, strategy.sampler_options, seed_of(self.seed, salt, strategy.name)
+            sampled.sampler, sampled.sampler_options, seed_of(self.seed, salt, strategy.name)
         )
 
     def run_window(self) -> WindowOutcome | None:

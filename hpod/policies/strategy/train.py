@@ -29,6 +29,8 @@ from hpod.policies.strategy.suites import Task, training_suite
 #: Compute budget of a training study, in full evaluations, and its decision window.
 BUDGET = 40.0
 WINDOW = 12
+#: Windows a counterfactual branch keeps its strategy for; its reward is their mean.
+HORIZON = 3
 
 
 def collect(
@@ -51,32 +53,64 @@ def collect(
             branch = sim.clone()
             branch.use(strategy, told)
             branch.run_window()
+            resume = branch.clone()  # the study goes on from here if this branch is taken
+            starts = [told, len(branch.trials())]
+            for _ in range(HORIZON - 1):
+                if branch.done:
+                    break
+                branch.run_window()
+                starts.append(len(branch.trials()))
             balanced = 0.0
             for mode in MODES:
-                outcome = window_reward(branch.spec, branch.trials(), told, mode)
-                if outcome is None:
+                experience = _experience(task, seed, mode, strategy, states[mode], branch, starts)
+                if experience is None:
                     continue
-                balanced = outcome.reward if mode == "balanced" else balanced
-                experiences.append(
-                    Experience(
-                        study=f"{task.name}/{seed}",
-                        mode=mode,
-                        strategy=strategy.name,
-                        features=states[mode],
-                        action=action_features(strategy),
-                        reward=outcome.reward,
-                        improvement=outcome.improvement,
-                        compute=outcome.compute,
-                        trials=outcome.trials,
-                        at=0.0,
-                    )
-                )
-            branches.append((balanced, branch))
+                balanced = experience.reward if mode == "balanced" else balanced
+                experiences.append(experience)
+            branches.append((balanced, resume))
         if behaviour.random() < 0.5:
             sim = max(branches, key=lambda b: b[0])[1]
         else:
             sim = behaviour.choice(branches)[1]
     return experiences
+
+
+def _experience(
+    task: Task,
+    seed: int,
+    mode: str,
+    strategy: Strategy,
+    state: list[float],
+    branch: Simulation,
+    starts: list[int],
+) -> Experience | None:
+    """A branch's experience: the mean reward of the windows it kept `strategy` for.
+
+    A strategy is judged over several windows, not its first alone: CMA-ES spends its first
+    generation learning the space's scale, a model-based sampler its first trials fitting,
+    and their pay-off comes after. The daemon's own experiences are single windows, a
+    one-window sample of the same quantity.
+    """
+    trials = branch.trials()
+    outcomes = []
+    for first, end in zip(starts, [*starts[1:], len(trials)], strict=False):
+        outcome = window_reward(branch.spec, trials[:end], first, mode)
+        if outcome is not None:
+            outcomes.append(outcome)
+    if not outcomes:
+        return None
+    return Experience(
+        study=f"{task.name}/{seed}",
+        mode=mode,
+        strategy=strategy.name,
+        features=state,
+        action=action_features(strategy),
+        reward=sum(o.reward for o in outcomes) / len(outcomes),
+        improvement=sum(o.improvement for o in outcomes) / len(outcomes),
+        compute=sum(o.compute for o in outcomes) / len(outcomes),
+        trials=sum(o.trials for o in outcomes),
+        at=0.0,
+    )
 
 
 def _collect(job: tuple[int, int]) -> list[Experience]:
@@ -86,7 +120,7 @@ def _collect(job: tuple[int, int]) -> list[Experience]:
 
 
 def train_default(
-    out: Path, seeds: int = 4, processes: int = 2, seed: int = 0, log: Any = print
+    out: Path, seeds: int = 8, processes: int = 2, seed: int = 0, log: Any = print
 ) -> dict[str, Any]:
     """Collect the training suite's experience and fit the shipped ensemble into `out`
     (weights.json, replay.jsonl.gz, manifest.json); returns the manifest."""
