@@ -177,3 +177,12 @@ def test_a_simulated_study_switching_strategies_keeps_every_trial() -> None:
 def test_the_package_ships_usable_weights() -> None:
     ensemble = model.load(shipped_dir() / "weights.json")
     assert ensemble.trained_on > 1000
+
+
+def test_training_experience_is_reproducible() -> None:
+    from hpod.policies.strategy.train import collect
+
+    task = next(t for t in training_suite() if t.name == "epochs_honest")  # Hyperband inside
+    first = collect(task, seed=3, budget=8.0)
+    assert len(first) > 20
+    assert [e.to_json() for e in first] == [e.to_json() for e in collect(task, seed=3, budget=8.0)]

@@ -84,7 +84,11 @@ class Simulation:
         self.window = window
         self.spec: StudySpec = task.spec()
         self.shape = SpaceShape.of(self.spec, task.fidelity)
-        self.study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed))
+        # A fixed name: Optuna's Hyperband assigns brackets by a hash of the study's name,
+        # and a generated (random) one would make runs irreproducible.
+        self.study = optuna.create_study(
+            study_name=f"{task.name}-{seed}", sampler=optuna.samplers.RandomSampler(seed)
+        )
         self.spent = 0.0
         self.best_observed = float("inf")
         self.record = StudyRecord(task.name, seed)
