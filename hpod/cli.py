@@ -704,15 +704,19 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(_args: argparse.Namespace) -> int:
-    """Validate the settings and the modes; exit 1 with the bad setting named."""
+    """Validate the settings, the modes and the strategies; exit 1 with the bad one named."""
+    from hpod.policies.strategy.catalog import load_strategies
+
     try:
         settings, modes = _validated_config()
+        strategies = load_strategies()
     except ConfigError as exc:
         print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
         return 1
     print(
         f"configuration OK: broker {'embedded' if settings.embedded else 'amqp'}, "
-        f"storage {redact(settings.optuna_storage_url())}, modes {', '.join(sorted(modes))}"
+        f"storage {redact(settings.optuna_storage_url())}, modes {', '.join(sorted(modes))}, "
+        f"{len(strategies)} strategies"
     )
     return 0
 

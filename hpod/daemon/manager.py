@@ -26,6 +26,7 @@ from hpod.policies.caching import CachePolicy
 from hpod.policies.plan import Plan, resolve_plan
 from hpod.policies.pruning_policy import PruningPolicy
 from hpod.policies.strategy.agent import StrategyAgent
+from hpod.policies.strategy.catalog import load_strategies
 from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import Budget, ModeSet, StudySpec, TrialTell, check_finite
 from hpod.workers.registry import ObjectiveRegistry
@@ -59,7 +60,7 @@ class StudyManager:
         )
         self.monitor = Monitor(settings, self.limits, self.metrics)
         self.doctor = Doctor()
-        self.agent = StrategyAgent(settings.data_dir / "policy")
+        self.agent = StrategyAgent(settings.data_dir / "policy", load_strategies())
 
     @property
     def runs(self) -> dict[str, StudyRun]:
