@@ -29,9 +29,19 @@ from hpod.policies.strategy.replay import Experience, read_experiences
 
 NETWORKS = 5
 HIDDEN = 64
-#: A local experience counts this many times against one from the shipped training suite:
-#: the daemon's own workload should move the policy more than the suite it started from.
-LOCAL_WEIGHT = 3
+#: The daemon's own experiences make up this share of what the learner fits once there are
+#: many; with n of them the share is n / (n + LOCAL_HALF), so a few studies already move the
+#: policy (the shipped suite has thousands) without a handful of windows overturning it.
+LOCAL_SHARE = 0.5
+LOCAL_HALF = 100
+
+
+def local_repeats(n_shipped: int, n_local: int) -> int:
+    """How many times each local experience is repeated in the training set."""
+    if not n_local or not n_shipped:
+        return 1
+    share = LOCAL_SHARE * n_local / (n_local + LOCAL_HALF)
+    return max(1, round(share / (1 - share) * n_shipped / n_local))
 
 
 def target(reward: float) -> float:
@@ -109,7 +119,7 @@ def learn(policy_dir: Path, shipped_replay: Path, seed: int = 0) -> dict[str, An
     started = time.time()
     local = read_experiences(policy_dir / "replay.jsonl")
     shipped = read_experiences(shipped_replay)
-    data = shipped + local * LOCAL_WEIGHT
+    data = shipped + local * local_repeats(len(shipped), len(local))
     version = 1
     for path in (policy_dir / "weights.json", shipped_replay.with_name("weights.json")):
         with contextlib.suppress(model.WeightsError):
