@@ -146,10 +146,12 @@ def train_default(
         "tasks": [t.name for t in tasks],
         "experiences": len(experiences),
         "loss": weights["loss"],
-        "collect_seconds": round(collected),
-        "total_seconds": round(time.time() - started),
         "weights_sha256": weights["sha256"],
     }
+    # No timings in the manifest: the same command must give byte-identical files.
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"weights {out / 'weights.json'} (sha256 {weights['sha256'][:12]}), loss {weights['loss']}")
+    log(
+        f"weights {out / 'weights.json'} (sha256 {weights['sha256'][:12]}), loss "
+        f"{weights['loss']}, {time.time() - started:.0f} s in all"
+    )
     return manifest
