@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         description="Cached results expire after this; unset: never.",
     )
     cache_size_mb: int = Field(default=1024, gt=0, description="Cache size limit; oldest culled.")
+    policy_learn_every: int = Field(
+        default=25,
+        gt=0,
+        description="The strategy policy retrains (in its own process) after this many new "
+        "experiences.",
+    )
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

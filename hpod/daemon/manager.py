@@ -60,7 +60,11 @@ class StudyManager:
         )
         self.monitor = Monitor(settings, self.limits, self.metrics)
         self.doctor = Doctor()
-        self.agent = StrategyAgent(settings.data_dir / "policy", load_strategies())
+        self.agent = StrategyAgent(
+            settings.data_dir / "policy",
+            load_strategies(),
+            learn_every=settings.policy_learn_every,
+        )
 
     @property
     def runs(self) -> dict[str, StudyRun]:

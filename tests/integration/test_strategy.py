@@ -334,3 +334,37 @@ def test_policy_reset_export_and_import(tmp_path: Path, start_daemon: DaemonFact
 
     out = hpod_cli(daemon, "policy", "status")
     assert out.returncode == 0 and f"{learnt} learnt here" in out.stdout, out.stdout
+
+
+def test_the_daemon_learns_in_its_own_process_and_keeps_the_weights_across_a_restart(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """After enough experience the learner process writes new weights (torch stays out of
+    the daemon); the daemon uses them, and after kill -9 and a restart still does."""
+    import psutil
+
+    data = tmp_path / "data"
+    daemon = start_daemon(data_dir=data, policy_learn_every="3")
+    shipped_version = daemon.get("/policy")["version"]
+    assert daemon.request("POST", "/studies", spec("learner", 40))[0] == 201
+    daemon.wait_study("learner")
+    wait_until(lambda: daemon.get("/policy")["weights"] == "local", daemon, timeout=240)
+    policy = daemon.get("/policy")
+    assert policy["version"] > shipped_version
+    assert policy["learning"]["last"]["experiences"]["local"] >= 3
+    weights = data / "policy" / "weights.json"
+    assert json.loads(weights.read_text())["trained_on"] > policy["experiences"]["shipped"]
+    assert daemon.proc is not None
+    maps = psutil.Process(daemon.proc.pid).memory_maps()
+    assert not any("libtorch" in m.path for m in maps), "torch was loaded into the daemon"
+
+    local = policy["experiences"]["local"]
+    daemon.kill()
+    daemon.start()
+    after = daemon.get("/policy")
+    assert (after["weights"], after["version"]) == ("local", policy["version"])
+    assert after["experiences"]["local"] == local
+    assert daemon.request("POST", "/studies", spec("after-restart", 16))[0] == 201
+    daemon.wait_study("after-restart")
+    decisions = study_attrs(daemon, "after-restart")["hpod:strategy"]
+    assert f"policy v{policy['version']}" in " ".join(d["reason"] for d in decisions)

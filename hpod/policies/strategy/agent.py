@@ -101,11 +101,13 @@ class StrategyAgent:
         learn: bool = True,
         seed: int | None = None,
         shipped: Path | None = None,
+        learn_every: int = LEARN_EVERY,
     ) -> None:
         self.policy_dir = policy_dir
         self.strategies = strategies
         self.explore = explore
         self.learn = learn
+        self.learn_every = learn_every
         self.shipped = shipped or shipped_dir()
         self.buffer = ReplayBuffer(policy_dir / "replay.jsonl")
         self._random = random.Random(seed)
@@ -292,7 +294,7 @@ class StrategyAgent:
         if self._local_count > MAX_LOCAL * 1.1:
             self.buffer.trim(MAX_LOCAL)
             self._local_count = len(self.buffer)
-        if self.learn and self._new_experiences >= LEARN_EVERY:
+        if self.learn and self._new_experiences >= self.learn_every:
             self.start_learning()
 
     def start_learning(self) -> bool:
@@ -324,7 +326,7 @@ class StrategyAgent:
         self._reload_if_changed()
         learner: dict[str, Any] = {
             "running": self._learner is not None and self._learner.poll() is None,
-            "every": LEARN_EVERY,
+            "every": self.learn_every,
             "new_experiences": self._new_experiences,
         }
         try:
