@@ -44,7 +44,7 @@ import optuna
 
 from hpod.engine import suggest
 from hpod.policies.strategy import learner, rules
-from hpod.policies.strategy.actions import SpaceShape, Strategy, available
+from hpod.policies.strategy.actions import SpaceShape, Strategy, action_features, available
 from hpod.policies.strategy.agent import StrategyAgent, shipped_dir
 from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.simulate import Chooser, StudyRecord, fixed, run_study, seed_of
@@ -216,7 +216,7 @@ def learning_curve(weights: Path, studies: int, every: int, seed: int) -> dict[s
                             "balanced",
                             strategy.name,
                             window.features,
-                            _action(strategy),
+                            action_features(strategy),
                             window.outcome.reward,
                             window.outcome.improvement,
                             window.outcome.compute,
@@ -228,12 +228,6 @@ def learning_curve(weights: Path, studies: int, every: int, seed: int) -> dict[s
                 learner.learn(policy_dir, weights / "replay.jsonl.gz", seed=seed)
                 learning._load()
     return {"studies": studies, "every": every, "curves": curves}
-
-
-def _action(strategy: Strategy) -> list[float]:
-    from hpod.policies.strategy.actions import action_features
-
-    return action_features(strategy)
 
 
 def render(result: dict[str, Any]) -> str:

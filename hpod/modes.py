@@ -105,17 +105,38 @@ def _validate(name: str, table: dict[str, Any], source: str | None) -> Mode:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
         raise ConfigError(f"{where}: [{name}].{key}: {err['msg']}") from exc
-    # Options are keyword arguments of Optuna classes: build them once, so a typo is
-    # refused with the file instead of failing every trial later.
+    check_options(
+        f"{where}: [{name}]",
+        mode.sampler,
+        mode.sampler_options,
+        mode.pruner,
+        mode.pruner_options,
+        mode.ladder,
+        mode.threshold,
+    )
+    return mode
+
+
+def check_options(
+    where: str,
+    sampler: str,
+    sampler_options: dict[str, Any],
+    pruner: str,
+    pruner_options: dict[str, Any],
+    ladder: list[float],
+    threshold: float = 0.0,
+) -> None:
+    """Build the sampler and pruners once, so a typo in their options (keyword arguments of
+    Optuna classes) is refused with the file instead of failing every trial later;
+    `ConfigError` names `where` and the key."""
     from hpod.engine import make_sampler
     from hpod.policies.pruning import build_pruners
 
     try:
-        make_sampler(mode.sampler, mode.sampler_options, None, parallel=True)
+        make_sampler(sampler, sampler_options, None, parallel=True)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: [{name}].sampler_options: {exc}") from exc
+        raise ConfigError(f"{where}.sampler_options: {exc}") from exc
     try:
-        build_pruners(mode.pruner, mode.pruner_options, mode.threshold, 8, mode.ladder)
+        build_pruners(pruner, pruner_options, threshold, 8, ladder)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: [{name}].pruner_options: {exc}") from exc
-    return mode
+        raise ConfigError(f"{where}.pruner_options: {exc}") from exc

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from conftest import Daemon, DaemonFactory
+from conftest import Daemon, DaemonFactory, quadratic_spec
 
 from hpod.engine import make_storage
 
@@ -25,18 +25,7 @@ FAST_WINDOW = 8
 
 def spec(name: str, trials: int, **extra: Any) -> dict[str, Any]:
     """A quick quadratic study that leaves its sampler and pruner to the strategy policy."""
-    return {
-        "name": name,
-        "objective": "quadratic",
-        "space": {
-            "x": {"type": "float", "low": -2.0, "high": 2.0},
-            "y": {"type": "float", "low": -2.0, "high": 2.0},
-        },
-        "budget": {"trials": trials},
-        "mode": "fast",
-        "sampler": {"seed": 3},
-        **extra,
-    }
+    return quadratic_spec(name, trials, **{"mode": "fast", "sampler": {"seed": 3}, **extra})
 
 
 def study_attrs(daemon: Daemon, name: str) -> dict[str, Any]:

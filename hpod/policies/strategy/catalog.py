@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpod.errors import ConfigError
-from hpod.modes import Mode, PrunerName, SamplerName
+from hpod.modes import Mode, PrunerName, SamplerName, check_options
 from hpod.policies.strategy.actions import BUILTIN, Strategy
 from hpod.schema import NAME_PATTERN
 
@@ -86,17 +86,14 @@ def _validate(name: str, table: dict[str, Any], where: str) -> Strategy:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
         raise ConfigError(f"{where}.{key}: {err['msg']}") from exc
-    from hpod.engine import make_sampler
-    from hpod.policies.pruning import build_pruners
-
-    try:
-        make_sampler(config.sampler, config.sampler_options, None)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}.sampler_options: {exc}") from exc
-    try:
-        build_pruners(config.pruner, config.pruner_options, ladder=config.ladder)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}.pruner_options: {exc}") from exc
+    check_options(
+        where,
+        config.sampler,
+        config.sampler_options,
+        config.pruner,
+        config.pruner_options,
+        config.ladder,
+    )
     return Strategy(
         name,
         config.sampler,
