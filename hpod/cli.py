@@ -552,8 +552,10 @@ def cmd_policy_export(args: argparse.Namespace) -> int:
 
 def cmd_policy_import(args: argparse.Namespace) -> int:
     """Load a policy bundle written by `hpod policy export` into the daemon."""
-    try:
-        bundle = json.loads(args.file.read_text())
+    from hpod.policies.strategy.model import loads
+
+    try:  # size- and depth-limited: a bad bundle is an error message, never a traceback
+        bundle = loads(args.file.read_bytes())
     except (OSError, ValueError) as exc:
         print(f"hpod: cannot read {args.file}: {exc}", file=sys.stderr)
         return 1

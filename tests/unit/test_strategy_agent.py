@@ -63,7 +63,7 @@ def test_without_weights_the_rules_decide_and_say_why(tmp_path: Path) -> None:
     assert agent.status()["fallback"] == decision.reason
 
 
-def test_a_corrupt_weights_file_falls_back_to_the_rules(
+def test_a_corrupt_weights_file_falls_back_to_the_shipped_weights_then_the_rules(
     tmp_path: Path, cmaes_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = tmp_path / "policy"
@@ -72,12 +72,15 @@ def test_a_corrupt_weights_file_falls_back_to_the_rules(
     good["networks"][0][0]["bias"][0] += 1.0  # one number changed: the checksum catches it
     (policy / "weights.json").write_text(json.dumps(good))
     agent = StrategyAgent(policy, shipped=cmaes_weights)
-    decision = agent.decide(CONTINUOUS, [0.1] * len(FEATURE_NAMES), "balanced", 30, 30, None)
-    assert decision.source == "rules"
-    assert "checksum mismatch" in decision.reason
+    assert agent.weights_source == "shipped"  # the bad local file is skipped, with the reason
+    assert "checksum mismatch" in (agent.fallback or "")
     assert "strategy.weights_unreadable" in capsys.readouterr().out
     (policy / "weights.json").write_text("{not json")
     assert "not JSON" in (StrategyAgent(policy, shipped=cmaes_weights).fallback or "")
+    agent = StrategyAgent(policy, shipped=tmp_path / "nothing")  # no usable weights at all
+    decision = agent.decide(CONTINUOUS, [0.1] * len(FEATURE_NAMES), "balanced", 30, 30, None)
+    assert decision.source == "rules"
+    assert "not JSON" in decision.reason
 
 
 def test_trained_weights_pick_what_earned_most_and_mask_what_cannot_apply(
@@ -126,7 +129,7 @@ def test_a_bad_import_bundle_is_refused_naming_the_field(
     weights = json.loads((cmaes_weights / "weights.json").read_text())
     with pytest.raises(RequestRejected) as bad_weights:
         agent.import_bundle({**good, "weights": {**weights, "feature_names": ["x"]}})
-    assert bad_weights.value.field == "bundle.weights"
+    assert bad_weights.value.field == "bundle.weights.feature_names"
     status = agent.import_bundle({**good, "weights": weights, "replay": [entry]})
     assert status["weights"] == "local" and status["experiences"]["local"] == 1
     assert agent.export()["replay"] == [entry]

@@ -14,7 +14,6 @@ imported) and picks up the new weights when they appear.
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import subprocess
 import sys
@@ -125,27 +124,39 @@ class StrategyAgent:
     # --- weights ---------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Use the local weights if there are any, else the shipped ones; a file that cannot
-        be used is logged with the reason and the rules decide."""
+        """Use the local weights if there are any, else the shipped ones. A file that cannot
+        be used is logged (file, field and reason) and the next one down is used: bad local
+        weights leave the shipped ones in force, bad shipped ones leave the rules deciding.
+        Never raises: a weights file must not stop the daemon."""
         local = self.policy_dir / "weights.json"
-        path = local if local.exists() else self.shipped / "weights.json"
         self._weights_mtime = _mtime(local)
-        try:
-            self.ensemble = model.load(path)
-        except model.WeightsError as exc:
-            self.ensemble = None
-            self.weights_source = None
-            self.fallback = f"weights {path} unreadable ({exc}): the rule-based selector decides"
-            log.error("strategy.weights_unreadable", path=str(path), reason=str(exc))
+        candidates = [(local, "local")] if local.exists() else []
+        candidates.append((self.shipped / "weights.json", "shipped"))
+        problems = []
+        for path, source in candidates:
+            try:
+                self.ensemble = model.load(path)
+            except model.WeightsError as exc:
+                problems.append(f"weights {path} unreadable ({exc})")
+                log.error(
+                    "strategy.weights_unreadable",
+                    path=str(path),
+                    field=exc.field or None,
+                    reason=exc.reason,
+                )
+                continue
+            self.weights_source = source
+            self.fallback = f"{problems[0]}: the shipped weights decide" if problems else None
+            log.info(
+                "strategy.weights_loaded",
+                path=str(path),
+                version=self.ensemble.version,
+                trained_on=self.ensemble.trained_on,
+            )
             return
-        self.weights_source = "local" if path == local else "shipped"
-        self.fallback = None
-        log.info(
-            "strategy.weights_loaded",
-            path=str(path),
-            version=self.ensemble.version,
-            trained_on=self.ensemble.trained_on,
-        )
+        self.ensemble = None
+        self.weights_source = None
+        self.fallback = f"{problems[0]}: the rule-based selector decides"
 
     def _reload_if_changed(self) -> None:
         if _mtime(self.policy_dir / "weights.json") != self._weights_mtime:
@@ -330,8 +341,8 @@ class StrategyAgent:
             "new_experiences": self._new_experiences,
         }
         try:
-            learner["last"] = json.loads((self.policy_dir / "learner.json").read_text())
-        except (OSError, ValueError):
+            learner["last"] = model.loads((self.policy_dir / "learner.json").read_bytes())
+        except (OSError, ValueError):  # WeightsError is a ValueError
             learner["last"] = None
         return {
             "version": self.ensemble.version if self.ensemble else None,
@@ -360,10 +371,10 @@ class StrategyAgent:
     def export(self) -> dict[str, Any]:
         """The weights in force and the local buffer, as one JSON bundle."""
         local = self.policy_dir / "weights.json"
-        path = local if local.exists() else self.shipped / "weights.json"
+        path = local if self.weights_source == "local" else self.shipped / "weights.json"
         try:
-            weights = json.loads(path.read_text()) if self.ensemble is not None else None
-        except (OSError, ValueError):
+            weights = model.loads(path.read_bytes()) if self.ensemble is not None else None
+        except (OSError, ValueError):  # WeightsError is a ValueError
             weights = None
         return {
             "format": BUNDLE_FORMAT,
@@ -388,7 +399,8 @@ class StrategyAgent:
             try:
                 model.parse(weights)
             except model.WeightsError as exc:
-                raise RequestRejected("invalid", "bundle.weights", str(exc)) from exc
+                field = f"bundle.weights.{exc.field}" if exc.field else "bundle.weights"
+                raise RequestRejected("invalid", field, exc.reason) from exc
         replay = bundle.get("replay", [])
         if not isinstance(replay, list):
             raise RequestRejected("invalid", "bundle.replay", "must be a list of experiences")

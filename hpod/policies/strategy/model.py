@@ -4,8 +4,10 @@ The networks are trained with PyTorch (`learner.py`), but the daemon only needs 
 pass: a few small dense layers. Doing that in NumPy keeps torch (180 MB, 1.3 s to import) out
 of the daemon, which decides a strategy every window of every study; torch is loaded only
 where learning happens. Weights are stored as JSON, never pickled, and validated as a whole
-before use: a file that is corrupt, truncated or made for other features is refused with the
-reason, and the caller falls back to the rule-based selector.
+before use: read with a size and depth limit, checked against a strict model (types, finite
+numbers, shapes that chain through the network), so a file that is corrupt, truncated, hostile
+or made for other features is refused with the reason and the field (`WeightsError`, the only
+exception `load` raises); the caller then falls back to the shipped weights or the rules.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpod.policies.strategy.actions import ACTION_FEATURE_NAMES
 from hpod.policies.strategy.features import FEATURE_NAMES
@@ -26,8 +30,22 @@ from hpod.policies.strategy.features import FEATURE_NAMES
 FORMAT = "hpod-strategy-weights/1"
 
 
+#: A weights file larger than this is refused unread (the shipped one is ~300 kB).
+MAX_FILE_BYTES = 32 * 1024 * 1024
+#: Bounds on the ensemble a file may describe: networks, layers per network, layer width.
+MAX_NETWORKS = 32
+MAX_LAYERS = 16
+MAX_WIDTH = 4096
+
+
 class WeightsError(ValueError):
-    """A weights file that cannot be used, with the reason."""
+    """A weights file that cannot be used, with the reason and the field (dotted path,
+    empty for the file as a whole)."""
+
+    def __init__(self, reason: str, field: str = "") -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.reason = reason
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -66,65 +84,112 @@ def checksum(networks: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _LayerFile(BaseModel):
+    """One dense layer as stored: numbers only, finite, nothing else."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    weight: list[list[FiniteFloat]] = Field(min_length=1, max_length=MAX_WIDTH)
+    bias: list[FiniteFloat] = Field(min_length=1, max_length=MAX_WIDTH)
+
+
+_NetworkFile = Annotated[list[_LayerFile], Field(min_length=1, max_length=MAX_LAYERS)]
+
+
+class _WeightsFile(BaseModel):
+    """The strict shape of a weights file (what `serialise` writes). Other keys (seed,
+    epochs, loss, origin...) are kept as metadata; the ones read here must have their type:
+    a file that says ``"trained_on": "lots"`` is refused, not trusted or crashed on."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    format: str
+    version: int = Field(ge=0, le=2**53)
+    trained_on: int = Field(default=0, ge=0, le=2**53)
+    feature_names: list[str]
+    action_feature_names: list[str]
+    networks: list[_NetworkFile] = Field(min_length=1, max_length=MAX_NETWORKS)
+    sha256: str
+
+
+def _first_error(exc: ValidationError) -> WeightsError:
+    """The first problem pydantic found, as a `WeightsError` naming the field."""
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"])
+    return WeightsError(error["msg"], field)
+
+
 def parse(data: Any) -> Ensemble:
-    """Validate weights (the JSON object of a weights file); `WeightsError` says why not."""
+    """Validate weights (the JSON object of a weights file); `WeightsError` says why not,
+    naming the field. Nothing else escapes: any file, however malformed, is a refusal."""
     if not isinstance(data, dict):
         raise WeightsError("not a JSON object")
     if data.get("format") != FORMAT:
-        raise WeightsError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-    if list(data.get("feature_names") or []) != list(FEATURE_NAMES):
-        raise WeightsError("trained on other state features than this hpod computes")
-    if list(data.get("action_feature_names") or []) != list(ACTION_FEATURE_NAMES):
-        raise WeightsError("trained on other action features than this hpod computes")
-    networks = data.get("networks")
-    if not isinstance(networks, list) or not networks:
-        raise WeightsError("no networks")
-    if data.get("sha256") != checksum(networks):
-        raise WeightsError("checksum mismatch: the file is damaged")
-    parsed = [_network(n, layers) for n, layers in enumerate(networks)]
-    version = data.get("version")
-    if not isinstance(version, int) or version < 0:
-        raise WeightsError("version must be a non-negative integer")
+        raise WeightsError(f"is {data.get('format')!r}, expected {FORMAT!r}", "format")
+    try:
+        checked = _WeightsFile.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from exc
+    if checked.feature_names != list(FEATURE_NAMES):
+        raise WeightsError(
+            "trained on other state features than this hpod computes", "feature_names"
+        )
+    if checked.action_feature_names != list(ACTION_FEATURE_NAMES):
+        raise WeightsError(
+            "trained on other action features than this hpod computes", "action_feature_names"
+        )
+    if checked.sha256 != checksum(data["networks"]):
+        raise WeightsError("checksum mismatch: the file is damaged", "sha256")
+    parsed = [_network(n, layers) for n, layers in enumerate(checked.networks)]
     return Ensemble(
         tuple(parsed),
-        version,
-        int(data.get("trained_on") or 0),
+        checked.version,
+        checked.trained_on,
         {k: v for k, v in data.items() if k not in ("networks", "sha256")},
     )
 
 
-def _network(n: int, layers: Any) -> tuple[Layer, ...]:
+def _network(n: int, layers: list[_LayerFile]) -> tuple[Layer, ...]:
     """One network's layers, checked to chain from the input width to one output."""
     built = []
     fan_in = len(FEATURE_NAMES) + len(ACTION_FEATURE_NAMES)
-    for k, layer in enumerate(layers if isinstance(layers, list) else []):
-        try:
-            weight = np.array(layer["weight"], dtype=np.float64)
-            bias = np.array(layer["bias"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"network {n} layer {k}: {exc}") from exc
-        if weight.ndim != 2 or weight.shape[1] != fan_in or bias.shape != (weight.shape[0],):
-            raise WeightsError(f"network {n} layer {k}: shapes do not chain")
-        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-            raise WeightsError(f"network {n} layer {k}: non-finite numbers")
-        built.append(Layer(weight, bias))
-        fan_in = weight.shape[0]
-    if not built or fan_in != 1:
-        raise WeightsError(f"network {n}: the last layer must have one output")
+    for k, layer in enumerate(layers):
+        where = f"networks.{n}.{k}"
+        if any(len(row) != fan_in for row in layer.weight):
+            raise WeightsError(f"every row must have {fan_in} numbers", f"{where}.weight")
+        if len(layer.bias) != len(layer.weight):
+            raise WeightsError(f"must have {len(layer.weight)} numbers", f"{where}.bias")
+        built.append(
+            Layer(np.array(layer.weight, dtype=np.float64), np.array(layer.bias, dtype=np.float64))
+        )
+        fan_in = len(layer.weight)
+    if fan_in != 1:
+        raise WeightsError("the last layer must have one output", f"networks.{n}")
     return tuple(built)
+
+
+def loads(text: str | bytes, max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """Parse JSON of at most `max_bytes`, at most 200 levels deep (pydantic-core's parser
+    stops there with an error, where the standard library's recursion would overflow the
+    stack or raise ``RecursionError``); ``NaN``/``Infinity`` literals are refused.
+    `WeightsError` for anything that is not such JSON."""
+    if len(text) > max_bytes:
+        raise WeightsError(f"larger than {max_bytes} bytes")
+    try:
+        return pydantic_core.from_json(text, allow_inf_nan=False)
+    except ValueError as exc:
+        raise WeightsError(f"not JSON ({exc})") from exc
 
 
 def load(path: Path) -> Ensemble:
     """The ensemble stored at `path`; `WeightsError` if it is missing or unusable."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            text = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise WeightsError(f"cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise WeightsError(f"not JSON ({exc})") from exc
-    return parse(data)
+    return parse(loads(text))
 
 
 def serialise(

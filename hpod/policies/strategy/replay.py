@@ -16,8 +16,9 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeGuard, cast
 
+import pydantic_core
 import structlog
 
 from hpod.errors import RequestRejected
@@ -64,18 +65,24 @@ class Experience:
             if (
                 not isinstance(vector, list)
                 or len(vector) != n
-                or not all(isinstance(x, int | float) and math.isfinite(x) for x in vector)
+                or not all(_is_number(x) and math.isfinite(x) for x in vector)
             ):
                 raise RequestRejected(
                     "invalid", f"{where}.{key}", f"must be a list of {n} finite numbers"
                 )
         for key in ("reward", "improvement", "compute"):
             value = data.get(key)
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            if not _is_number(value) or not math.isfinite(value):
                 raise RequestRejected("invalid", f"{where}.{key}", "must be a finite number")
         for key in ("study", "mode", "strategy"):
             if not isinstance(data.get(key), str):
                 raise RequestRejected("invalid", f"{where}.{key}", "must be a string")
+        trials = data.get("trials") or 0
+        if not _is_number(trials) or not isinstance(trials, int) or not 0 <= trials < 2**53:
+            raise RequestRejected("invalid", f"{where}.trials", "must be a non-negative integer")
+        at = data.get("at") or 0.0
+        if not _is_number(at) or not math.isfinite(at) or abs(at) > 1e12:
+            raise RequestRejected("invalid", f"{where}.at", "must be a finite number (a time)")
         return cls(
             study=data["study"],
             mode=data["mode"],
@@ -85,9 +92,14 @@ class Experience:
             reward=float(data["reward"]),
             improvement=float(data["improvement"]),
             compute=float(data["compute"]),
-            trials=int(data.get("trials") or 0),
-            at=float(data.get("at") or 0.0),
+            trials=trials,
+            at=float(at),
         )
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    """An int or float, not a bool (``True`` is an int to Python, not a number to JSON)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class ReplayBuffer:
@@ -131,17 +143,24 @@ def read_experiences(path: Path) -> list[Experience]:
         return []
     opener = gzip.open if path.suffix == ".gz" else open
     experiences = []
-    with opener(path, "rt", encoding="utf-8") as lines:
+    # errors="replace": a damaged byte spoils its line (skipped below), not the whole read
+    with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                experiences.append(Experience.from_json(json.loads(line)))
+                experiences.append(Experience.from_json(json_line(line)))
             except (ValueError, RequestRejected) as exc:
                 log.warning(
                     "strategy.replay_line_skipped", path=str(path), line=number, error=str(exc)
                 )
     return experiences
+
+
+def json_line(line: str) -> Any:
+    """One buffer line parsed with a depth limit (pydantic-core's parser stops at 200
+    levels with a `ValueError`, where the standard library's would raise `RecursionError`)."""
+    return pydantic_core.from_json(line, allow_inf_nan=False)
 
 
 def write_experiences(path: Path, experiences: Iterable[Experience]) -> None:

@@ -1,0 +1,164 @@
+"""Weights files and policy bundles that must never stop the daemon (issue 12, finding 9).
+
+The exact inputs of the report: ``"trained_on": "lots"`` with a valid checksum, an infinite
+``trained_on`` (``1e999`` in the JSON text) and an array nested 200,000 deep. Each is refused
+naming the field, the daemon's agent goes on with the shipped weights, and an import answers
+a specific ``invalid``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpod.errors import RequestRejected
+from hpod.policies.strategy import model
+from hpod.policies.strategy.actions import ACTION_FEATURE_NAMES, SpaceShape
+from hpod.policies.strategy.agent import BUNDLE_FORMAT, StrategyAgent, shipped_dir
+from hpod.policies.strategy.features import FEATURE_NAMES
+from hpod.policies.strategy.replay import ReplayBuffer
+
+SHIPPED = shipped_dir() / "weights.json"
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+def shipped_json() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(SHIPPED.read_text())
+    return data
+
+
+def lots_text() -> str:
+    """The shipped file with ``"trained_on": "lots"``: the checksum (of the networks) holds."""
+    data = shipped_json()
+    data["trained_on"] = "lots"
+    assert data["sha256"] == model.checksum(data["networks"])
+    return json.dumps(data)
+
+
+def infinite_text() -> str:
+    """The shipped file with ``"trained_on": 1e999`` in its text (Python reads inf)."""
+    data = shipped_json()
+    data["trained_on"] = 424242
+    text = json.dumps(data).replace("424242", "1e999")
+    assert json.loads(text)["trained_on"] == float("inf")
+    return text
+
+
+BAD_FILES = {
+    "trained_on lots": (lots_text, "trained_on"),
+    "trained_on 1e999": (infinite_text, "trained_on"),
+    "200,000-deep array": (lambda: DEEP, ""),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_weights_file_is_refused_naming_the_field(tmp_path: Path, case: str) -> None:
+    text, field = BAD_FILES[case]
+    path = tmp_path / "weights.json"
+    path.write_text(text())
+    with pytest.raises(model.WeightsError) as refused:
+        model.load(path)
+    assert refused.value.field == field
+    if not field:
+        assert "recursion limit" in refused.value.reason
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_local_weights_leave_the_shipped_ones_in_force(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "weights.json").write_text(BAD_FILES[case][0]())
+    agent = StrategyAgent(policy, learn=False, explore=False)
+    assert agent.weights_source == "shipped"
+    assert agent.ensemble is not None and agent.ensemble.trained_on > 1000
+    assert agent.fallback is not None and str(policy / "weights.json") in agent.fallback
+    logged = capsys.readouterr().out
+    assert "strategy.weights_unreadable" in logged and str(policy / "weights.json") in logged
+    shape = SpaceShape(4, 4, 0, 0, 1, "none")
+    decision = agent.decide(shape, [0.1] * len(FEATURE_NAMES), "balanced", 30, 30, None)
+    assert decision.source in {"policy", "rules"}  # decided, by the shipped weights in force
+    assert agent.status()["weights"] == "shipped"
+
+
+def test_bad_shipped_weights_leave_the_rules_deciding(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "weights.json").write_text(lots_text())
+    agent = StrategyAgent(tmp_path / "policy", shipped=shipped, learn=False)
+    assert agent.ensemble is None
+    assert agent.fallback is not None and "trained_on" in agent.fallback
+    assert "rule-based selector" in agent.fallback
+
+
+def test_a_weights_file_with_wrong_types_or_shapes_names_the_field() -> None:
+    data = shipped_json()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**data, "version": True}, "version"),
+        ({**data, "version": -1}, "version"),
+        ({**data, "networks": "x"}, "networks"),
+        ({**data, "feature_names": ["x"]}, "feature_names"),
+        ({**data, "sha256": 7}, "sha256"),
+    ]
+    bad_row = json.loads(json.dumps(data))
+    bad_row["networks"][1][0]["weight"][3] = bad_row["networks"][1][0]["weight"][3][:-1]
+    bad_row["sha256"] = model.checksum(bad_row["networks"])
+    cases.append((bad_row, "networks.1.0.weight"))
+    text_bool = json.loads(json.dumps(data))
+    text_bool["networks"][0][2]["bias"][0] = True
+    text_bool["sha256"] = model.checksum(text_bool["networks"])
+    cases.append((text_bool, "networks.0.2.bias.0"))
+    for bad, field in cases:
+        with pytest.raises(model.WeightsError) as refused:
+            model.parse(bad)
+        assert refused.value.field == field, (field, refused.value)
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_importing_a_bad_bundle_answers_invalid_naming_the_field(tmp_path: Path, case: str) -> None:
+    agent = StrategyAgent(tmp_path / "policy", learn=False)
+    text, field = BAD_FILES[case]
+    try:
+        weights = json.loads(text())
+    except RecursionError:  # the deep array: what a depth-limited edge would refuse
+        with pytest.raises(model.WeightsError):
+            model.loads('{"format": "' + BUNDLE_FORMAT + '", "weights": ' + DEEP + "}")
+        return
+    with pytest.raises(RequestRejected) as refused:
+        agent.import_bundle({"format": BUNDLE_FORMAT, "weights": weights, "replay": []})
+    assert refused.value.code == "invalid"
+    assert refused.value.field == f"bundle.weights.{field}"
+    assert not (tmp_path / "policy" / "weights.json").exists()  # nothing installed
+
+
+def test_a_bad_replay_entry_in_a_bundle_is_invalid_not_a_crash(tmp_path: Path) -> None:
+    agent = StrategyAgent(tmp_path / "policy", learn=False)
+    entry = {
+        "study": "s",
+        "mode": "balanced",
+        "strategy": "tpe",
+        "features": [0.1] * len(FEATURE_NAMES),
+        "action": [0.0] * len(ACTION_FEATURE_NAMES),
+        "reward": 0.5,
+        "improvement": 0.5,
+        "compute": 1.0,
+        "trials": 3,
+        "at": 0.0,
+    }
+    agent.import_bundle({"format": BUNDLE_FORMAT, "weights": None, "replay": [entry]})
+    for key, value in (("trials", "lots"), ("trials", float("inf")), ("at", float("inf"))):
+        with pytest.raises(RequestRejected) as refused:
+            agent.import_bundle(
+                {"format": BUNDLE_FORMAT, "weights": None, "replay": [{**entry, key: value}]}
+            )
+        assert refused.value.field == f"bundle.replay[0].{key}"
+
+
+def test_a_deep_or_undecodable_replay_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "replay.jsonl"
+    path.write_bytes(DEEP.encode() + b"\n" + b'{"study": "\xff\xfe"}\n')
+    assert list(ReplayBuffer(path)) == []
