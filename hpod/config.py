@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # --- E: memory bounds (issue 12, finding 8) ---
+    max_finished_study_series: int = Field(
+        default=200,
+        gt=0,
+        description="Finished studies whose per-study Prometheus series and doctor timings "
+        "are kept (running studies always are); the least recently active go first.",
+    )
+    max_event_streams: int = Field(
+        default=32,
+        gt=0,
+        description="Open GET /events streams at once; one more is answered 503.",
+    )
 
     @field_validator("broker_url")
     @classmethod

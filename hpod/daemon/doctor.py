@@ -6,13 +6,16 @@ a worker starting), evaluation (as the worker measured it), storage (``tell`` an
 bookkeeping writes) and the policy chain's hooks. The stage with the largest share is the
 bottleneck, and the verdict says what to change about it. Evaluation and queue wait are
 summed over trials that run in parallel (worker-seconds); the other stages run one at a
-time in the daemon. The figures cover this daemon's lifetime (they are not persisted).
+time in the daemon. The figures cover this daemon's lifetime (they are not persisted), and
+only its running studies and the most recently started finished ones
+(`max_finished_study_series`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -76,20 +79,45 @@ class TimeBreakdown:
 
 
 class Doctor:
-    """The time breakdowns of every study this daemon ran, by study name."""
+    """The time breakdowns of the studies this daemon ran, by study name.
 
-    def __init__(self) -> None:
-        self._studies: dict[str, TimeBreakdown] = {}
+    Every running study keeps its breakdown; of the finished ones, the `max_finished` that
+    started last are kept and older ones forgotten (a bounded LRU: a daemon that runs
+    thousands of studies must not hold a record of each forever)."""
+
+    def __init__(
+        self, max_finished: int = 200, running: Callable[[str], bool] = lambda name: False
+    ) -> None:
+        self.max_finished = max_finished
+        self._running = running
+        #: Least recently started first.
+        self._studies: OrderedDict[str, TimeBreakdown] = OrderedDict()
 
     def breakdown(self, study: str) -> TimeBreakdown:
-        """The breakdown of `study`, created empty on first use."""
-        return self._studies.setdefault(study, TimeBreakdown())
+        """The breakdown of `study`, created empty on first use (a study (re)started)."""
+        breakdown = self._studies.get(study)
+        if breakdown is not None:
+            self._studies.move_to_end(study)
+            return breakdown
+        breakdown = self._studies[study] = TimeBreakdown()
+        self._evict()
+        return breakdown
+
+    def _evict(self) -> None:
+        """Forget the least recently started finished studies beyond the bound (on a new
+        study, and before the reports are listed: a study that finished since counts)."""
+        if len(self._studies) <= self.max_finished:
+            return
+        finished = [name for name in self._studies if not self._running(name)]
+        for name in finished[: max(0, len(finished) - self.max_finished)]:
+            del self._studies[name]
 
     def report(self, study: str) -> dict[str, Any]:
-        """The report of `study` (empty if this daemon never ran it)."""
+        """The report of `study` (empty if this daemon never ran it, or forgot it)."""
         breakdown = self._studies.get(study) or TimeBreakdown()
         return {"study": study, **breakdown.report()}
 
     def reports(self) -> dict[str, dict[str, Any]]:
-        """The reports of every study this daemon ran."""
+        """The reports of the studies this daemon keeps (running, and recent finished)."""
+        self._evict()
         return {name: self.report(name) for name in sorted(self._studies)}

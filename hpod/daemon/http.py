@@ -78,7 +78,7 @@ def make_app(
             web.post("/requests", _mutating(any_request)),
         ]
     )
-    add_web_routes(app)
+    add_web_routes(app, manager.settings.max_event_streams)
     return app
 
 

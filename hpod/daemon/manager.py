@@ -53,13 +53,13 @@ class StudyManager:
         self.cache = ResultCache(
             settings.result_cache_dir(), settings.cache_ttl_seconds, settings.cache_size_mb
         )
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.max_finished_study_series)
         self.metrics.watch_inflight(
             lambda: self.limits.inflight,
             lambda: {name: len(run.inflight) for name, run in self.runs.items()},
         )
         self.monitor = Monitor(settings, self.limits, self.metrics)
-        self.doctor = Doctor()
+        self.doctor = Doctor(settings.max_finished_study_series, lambda name: name in self.runs)
         self.agent = StrategyAgent(
             settings.data_dir / "policy",
             load_strategies(),

@@ -9,6 +9,7 @@ resources) are set by the resource monitor; the in-flight gauges are read at scr
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from optuna.trial import FrozenTrial, TrialState
@@ -40,6 +41,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
+#: Pruning steps above this share one ``rung`` label value (``"100+"``): the number of
+#: values a worker reports is not bounded, a study's series must be.
+MAX_RUNG_LABEL = 100
+
+
+def rung_label(steps: int) -> str:
+    """The ``rung`` label of a trial pruned after `steps` reported values."""
+    return str(steps) if steps <= MAX_RUNG_LABEL else f"{MAX_RUNG_LABEL}+"
+
+
 class _StudyInflight:
     """Trials in flight per running study, read from the study loops at scrape time."""
 
@@ -67,9 +78,18 @@ class _StudyInflight:
 
 
 class Metrics:
-    """Every series hpod exports, in a registry of its own."""
+    """Every series hpod exports, in a registry of its own.
 
-    def __init__(self) -> None:
+    Series labelled by study are kept for every running study and for the
+    `max_finished_studies` finished ones that were active last; older ones are removed, so a
+    daemon that has run thousands of studies exports (and holds) a bounded number of series.
+    A study that runs again gets fresh series (Prometheus reads that as a counter reset)."""
+
+    def __init__(self, max_finished_studies: int = 200) -> None:
+        self.max_finished_studies = max_finished_studies
+        #: Studies that have series, least recently active first.
+        self._studies: OrderedDict[str, None] = OrderedDict()
+        self._running: Callable[[], Iterable[str]] = lambda: ()
         self.registry = CollectorRegistry()
         r = self.registry
         self.trials = Counter(
@@ -106,7 +126,8 @@ class Metrics:
         )
         self.prunes = Counter(
             "hpod_prunes",
-            "Pruned trials, by the step (number of reported values) they stopped at.",
+            "Pruned trials, by the step (number of reported values) they stopped at; "
+            f"steps above {MAX_RUNG_LABEL} count as '{MAX_RUNG_LABEL}+'.",
             ["study", "rung"],
             registry=r,
         )
@@ -153,15 +174,46 @@ class Metrics:
         """Read the in-flight counts from the study loops whenever metrics are scraped."""
         self.inflight.set_function(lambda: float(total()))
         self.registry.register(_StudyInflight(per_study))
+        self._running = lambda: per_study().keys()
+
+    def _touch(self, study: str) -> None:
+        """Note activity of `study`; when it is new, remove the series of the finished
+        studies beyond the bound (least recently active first)."""
+        if study in self._studies:
+            self._studies.move_to_end(study)
+            return
+        self._studies[study] = None
+        self._evict()
+
+    def _evict(self) -> None:
+        """Remove the series of the least recently active finished studies beyond the bound
+        (on a new study, and before every scrape: a study that finished since counts)."""
+        if len(self._studies) <= self.max_finished_studies:
+            return
+        running = set(self._running())
+        finished = [name for name in self._studies if name not in running]
+        for name in finished[: max(0, len(finished) - self.max_finished_studies)]:
+            self.forget(name)
+
+    def forget(self, study: str) -> None:
+        """Remove every series labelled with `study`."""
+        self._studies.pop(study, None)
+        for family in (self.trials, self.prunes):
+            family.remove_by_labels({"study": study})
+
+    def studies(self) -> list[str]:
+        """The studies that have series, least recently active first."""
+        return list(self._studies)
 
     def told(self, study: str, frozen: FrozenTrial) -> None:
         """Count a trial just told, and where a pruned trial stopped."""
         state = STATE_NAMES.get(frozen.state)
         if state is None:
             return
+        self._touch(study)
         self.trials.labels(study, state).inc()
         if frozen.state == TrialState.PRUNED:
-            self.prunes.labels(study, str(len(frozen.intermediate_values))).inc()
+            self.prunes.labels(study, rung_label(len(frozen.intermediate_values))).inc()
 
     def skipped(self, reason: str) -> None:
         """Count a trial a policy answered without an evaluation (a cache hit)."""
@@ -170,4 +222,5 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (`CONTENT_TYPE_LATEST`)."""
+        self._evict()
         return generate_latest(self.registry)

@@ -9,7 +9,8 @@
   front of multi-objective studies, and the actions (switch mode, stop);
 * ``/static/{file}``: the page's scripts and styles, and Plotly.js from the installed
   ``plotly`` package (no CDN, nothing from the internet);
-* ``/events``: the daemon's events as Server-Sent Events (live updates);
+* ``/events``: the daemon's events as Server-Sent Events (live updates; at most
+  ``max_event_streams`` at once);
 * ``/studies/{name}/trials`` and ``/studies/{name}/importance``: read-only data.
 
 Everything here reads; the page's actions go to ``POST /requests`` with the API token.
@@ -19,7 +20,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hpod.daemon.web.events import SUBSCRIPTIONS, close_streams, event_stream
+from hpod.daemon.web.events import (
+    MAX_STREAMS,
+    STREAM_LIMIT,
+    SUBSCRIPTIONS,
+    close_streams,
+    event_stream,
+)
 from hpod.daemon.web.routes import (
     overview_page,
     static_file,
@@ -31,9 +38,11 @@ from hpod.daemon.web.routes import (
 __all__ = ["add_web_routes"]
 
 
-def add_web_routes(app: web.Application) -> None:
-    """Register the web page's routes (and the shutdown hook of its event streams)."""
+def add_web_routes(app: web.Application, max_streams: int = MAX_STREAMS) -> None:
+    """Register the web page's routes (and the shutdown hook of its event streams); at most
+    `max_streams` event streams are open at once."""
     app[SUBSCRIPTIONS] = set()
+    app[STREAM_LIMIT] = max_streams
     app.on_shutdown.append(close_streams)
     app.add_routes(
         [

@@ -9,6 +9,12 @@ re-reads the state instead of trusting an incomplete history. A comment line eve
 is noticed (the write fails); the listener is removed when the stream ends, whatever ends
 it. On shutdown every stream is ended at once, so that aiohttp's graceful shutdown does
 not wait for them.
+
+What a stream may hold is bounded: at most `max_event_streams` streams are open at once (one
+more is answered 503 with a JSON error, before it subscribes), each with its own queue of at
+most `QUEUE_SIZE` events, and a client that does not take a write within
+`WRITE_TIMEOUT_SECONDS` (a stalled reader whose socket buffers are full) is dropped: its
+stream ends and its listener goes, instead of its queue and buffers being held forever.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from hpod.errors import RequestRejected
+
 log = structlog.get_logger("hpod.web")
 
 #: Seconds between heartbeat comments on an idle stream.
@@ -28,6 +36,10 @@ HEARTBEAT_SECONDS = 15.0
 QUEUE_SIZE = 512
 #: Milliseconds a browser waits before it reconnects a broken stream (the SSE ``retry``).
 RETRY_MS = 3000
+#: Open streams at once unless the daemon's settings say otherwise (`max_event_streams`).
+MAX_STREAMS = 32
+#: Seconds one write to a client may take before the client is dropped as stalled.
+WRITE_TIMEOUT_SECONDS = 30.0
 
 
 class Subscription:
@@ -67,6 +79,11 @@ class Subscription:
 
 
 SUBSCRIPTIONS = web.AppKey("web_subscriptions", set[Subscription])
+STREAM_LIMIT = web.AppKey("web_stream_limit", int)
+
+
+class Stalled(Exception):
+    """A client did not take a write within `WRITE_TIMEOUT_SECONDS`."""
 
 
 def encode(event: dict[str, Any]) -> bytes:
@@ -79,6 +96,18 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     from hpod.daemon.http import MANAGER  # http imports this package: import late
 
     bus = request.app[MANAGER].bus
+    subscriptions = request.app[SUBSCRIPTIONS]
+    limit = request.app[STREAM_LIMIT]
+    if len(subscriptions) >= limit:
+        log.warning("web.stream_refused", open=len(subscriptions), limit=limit)
+        error = RequestRejected(
+            "busy", "", f"{limit} event streams are open, the most allowed; try again later"
+        )
+        return web.json_response(
+            {"v": 1, "ok": False, "error": error.as_dict()},
+            status=503,
+            headers={"Retry-After": str(RETRY_MS // 1000)},
+        )
     subscription = Subscription(request.query.get("study") or None)
     response = web.StreamResponse(
         headers={
@@ -87,15 +116,16 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
         }
     )
-    subscriptions = request.app[SUBSCRIPTIONS]
     subscriptions.add(subscription)
     bus.add_listener(subscription)
     try:
         await response.prepare(request)
-        await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
+        await _write(response, f"retry: {RETRY_MS}\n: connected\n\n".encode())
         await _pump(subscription, response)
     except ConnectionError:  # the client went away; aiohttp's ClientConnectionResetError too
         pass
+    except Stalled:
+        log.warning("web.stream_dropped", reason="stalled client", study=subscription.study)
     finally:
         bus.remove_listener(subscription)
         subscriptions.discard(subscription)
@@ -108,15 +138,23 @@ async def _pump(subscription: Subscription, response: web.StreamResponse) -> Non
         try:
             event = await asyncio.wait_for(subscription.queue.get(), HEARTBEAT_SECONDS)
         except TimeoutError:
-            await response.write(b": heartbeat\n\n")
+            await _write(response, b": heartbeat\n\n")
             continue
         if event is None:
             return
         if subscription.dropped:
             lagged = {"dropped": subscription.dropped}
             subscription.dropped = 0
-            await response.write(b"event: lagged\ndata: " + json.dumps(lagged).encode() + b"\n\n")
-        await response.write(encode(event))
+            await _write(response, b"event: lagged\ndata: " + json.dumps(lagged).encode() + b"\n\n")
+        await _write(response, encode(event))
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    """Write to the client; `Stalled` if it does not take the data in time."""
+    try:
+        await asyncio.wait_for(response.write(data), WRITE_TIMEOUT_SECONDS)
+    except TimeoutError as exc:
+        raise Stalled from exc
 
 
 async def close_streams(app: web.Application) -> None:
