@@ -183,9 +183,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _client(url: str | None = None) -> Any:
+    """A client of the daemon at `url`, or of the one these settings describe. The CLI runs
+    on the daemon's side, so it takes the configured or generated token either way (a
+    `Client` given a URL reads no settings)."""
     from hpod.client import Client
 
-    return Client(url)
+    if url is None:
+        return Client()
+    from hpod.config import load_settings
+
+    return Client(url, token=load_settings().existing_token())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
