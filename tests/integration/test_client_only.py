@@ -43,12 +43,15 @@ def _client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_the_client_loads_no_daemon_library_and_reads_no_settings(tmp_path: Path) -> None:
     """Importing `hpod.client` and making clients for both transports with a broken
     HPOD_CONFIG succeeds and loads none of torch, optuna, celery, kombu, pydantic(-settings)."""
-    assert subprocess.run(  # the broken file does break the daemon's settings
-        [sys.executable, "-m", "hpod", "config", "check"],
-        env=_client_env(tmp_path),
-        capture_output=True,
-        timeout=120,
-    ).returncode != 0
+    assert (
+        subprocess.run(  # the broken file does break the daemon's settings
+            [sys.executable, "-m", "hpod", "config", "check"],
+            env=_client_env(tmp_path),
+            capture_output=True,
+            timeout=120,
+        ).returncode
+        != 0
+    )
     code = (
         "import json, sys\n"
         "from hpod.client import Client\n"

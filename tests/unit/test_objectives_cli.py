@@ -13,7 +13,7 @@ import hpod
 SOURCE_ROOT = Path(hpod.__file__).resolve().parent.parent
 
 #: An operator's objective module, registered by the `objectives` setting.
-OWN_OBJECTIVE = '''
+OWN_OBJECTIVE = """
 from pydantic import BaseModel, ConfigDict
 
 
@@ -30,7 +30,7 @@ def mine(ctx, *, folds=3, seed=0):
 mine.hpod_fidelity = "data"
 mine.hpod_version = "2024-07"
 mine.hpod_kwargs = Kwargs
-'''
+"""
 
 
 def test_objectives_lists_fidelity_version_and_kwargs_and_survives_a_broken_one(
