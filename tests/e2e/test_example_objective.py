@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,9 +51,11 @@ def example_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     except importlib.metadata.PackageNotFoundError:
         pass
     target = tmp_path_factory.mktemp("example-objective")
+    # Built from a copy: a build writes build/ and *.egg-info next to the sources.
+    source = shutil.copytree(EXAMPLE, target / "source")
     offline = ["--no-deps", "--no-build-isolation", "--no-index", "--target", str(target)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", *offline, str(EXAMPLE)],
+        [sys.executable, "-m", "pip", "install", "-q", *offline, str(source)],
         check=True,
         capture_output=True,
         timeout=180,
