@@ -552,13 +552,13 @@ class Request(BaseModel):
     body: RequestBody
 
 
-def parse_request(raw: bytes | str | dict[str, Any], max_bytes: int = 1 << 20) -> Request:
+def parse_request(raw: Any, max_bytes: int = 1 << 20) -> Request:
     """Parse and validate one request; any problem raises `RequestRejected` naming the field.
 
-    `raw` is the message as received, or a dict already parsed by `load_json` (HTTP routes
-    wrap their body in an envelope first).
+    `raw` is the message as received (bytes or str), or a value already parsed by
+    `load_json` (HTTP routes wrap their body in an envelope first).
     """
-    data = raw if isinstance(raw, dict) else load_json(raw, max_bytes)
+    data = load_json(raw, max_bytes) if isinstance(raw, bytes | str) else raw
     if not isinstance(data, dict):
         raise RequestRejected("invalid", "", "a request must be a JSON object")
     check_json_values(data, "", MAX_JSON_DEPTH, None)
