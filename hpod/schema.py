@@ -267,6 +267,21 @@ def _distribution(key: tuple[Any, ...]) -> BaseDistribution:
 ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+def check_gp_grid(space: dict[str, ParamSpec], prefix: str) -> None:
+    """Refuse a space the GP sampler would exhaust memory on: it enumerates every point of
+    a discrete parameter. Call it too before switching a live study to GP (mode, strategy).
+    """
+    for name, param in space.items():
+        points = _grid_points(param)
+        if points > MAX_GP_GRID_POINTS:
+            raise RequestRejected(
+                "invalid",
+                f"{prefix}.{name}",
+                f"{points} grid points; the GP sampler enumerates them, so at most "
+                f"{MAX_GP_GRID_POINTS} (widen step, or use another sampler)",
+            )
+
+
 def _grid_points(param: FloatParam | IntParam | CategoricalParam) -> int:
     """Points of a discrete parameter's grid (0 for a continuous float)."""
     if isinstance(param, IntParam):
@@ -399,18 +414,8 @@ class StudySpec(WireModel):
 
     @model_validator(mode="after")
     def _check_gp_grid(self) -> StudySpec:
-        """The GP sampler enumerates every point of a discrete parameter: keep that bounded."""
-        if "gp" not in (self.sampler.name, self.strategy):
-            return self
-        for name, param in self.space.items():
-            points = _grid_points(param)
-            if points > MAX_GP_GRID_POINTS:
-                raise RequestRejected(
-                    "invalid",
-                    f"study.space.{name}",
-                    f"{points} grid points; the GP sampler enumerates them, so at most "
-                    f"{MAX_GP_GRID_POINTS} (widen step, or use another sampler)",
-                )
+        if "gp" in (self.sampler.name, self.strategy):
+            check_gp_grid(self.space, "study.space")
         return self
 
     def canonical(self) -> str:
@@ -620,8 +625,11 @@ def _check_depth(text: str, max_depth: int) -> None:
     nested 1,000 deep raises RecursionError) and no JSON library in hpod's dependencies has
     one. It counts [ and { outside strings: strings are skipped with the C scanner json.loads
     itself uses, and the text between two strings is scanned bracket by bracket only when
-    its opening brackets could reach the limit, so a normal message costs a few str.count.
+    its opening brackets could reach the limit, so a normal message costs a few str.count
+    per string (at worst ~0.3 s for a 1 MiB message of tiny strings; bounded by the size).
     """
+    if text.count("[") + text.count("{") <= max_depth:
+        return  # even counting brackets inside strings, it cannot go deeper
     depth, pos, end = 0, 0, len(text)
     while pos < end:
         quote = text.find('"', pos)

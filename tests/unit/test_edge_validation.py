@@ -237,3 +237,22 @@ class TestLimits:
         with pytest.raises(RequestRejected) as info:
             parse_request(create(space))
         assert info.value.field == "study.space.x.condition.values"
+
+    def test_enqueued_values_out_of_the_float_range(self) -> None:
+        """1e400 parses as infinity: refused at the parameter, like any non-finite value."""
+        with pytest.raises(RequestRejected) as info:
+            parse_request(b'{"v":1,"type":"trial.enqueue","study":"a","params":{"x":1e400}}')
+        assert (info.value.field, info.value.message) == ("params.x", "inf is not a finite number")
+
+    def test_a_lone_surrogate_anywhere_is_refused(self) -> None:
+        """In an id, an objective's keyword argument or a key: each named by its path."""
+        cases = [
+            (b'{"v":1,"type":"trial.ask","study":"a","id":"r\\udc00"}', "id"),
+            (create(objective_kwargs='{"k":"\\ud800"}'), "study.objective_kwargs.k"),
+            (create(objective_kwargs='{"\\ud800":1}'), "study.objective_kwargs"),
+        ]
+        for raw, field in cases:
+            with pytest.raises(RequestRejected) as info:
+                parse_request(raw)
+            assert (info.value.code, info.value.field) == ("invalid", field), raw
+            assert "Unicode" in info.value.message
