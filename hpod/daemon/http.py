@@ -50,7 +50,8 @@ STATUS_BY_CODE = {
     "draining": 503,
 }
 
-#: The error code of an HTTP-level refusal, by status (anything else 4xx is `invalid`).
+#: The error code of an HTTP-level refusal, by status (any other 4xx is `invalid`, 5xx
+#: `internal`).
 CODE_BY_STATUS = {
     401: "unauthorized",
     404: "not_found",
@@ -134,7 +135,7 @@ def _error(exc: RequestRejected) -> web.Response:
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    code = CODE_BY_STATUS.get(exc.status, "invalid")
+    code = CODE_BY_STATUS.get(exc.status, "internal" if exc.status >= 500 else "invalid")
     message = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
     if exc.status in (404, 405) and message == exc.reason:
         message = f"{exc.reason}: {request.method} {request.path[:200]}"
