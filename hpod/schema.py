@@ -156,7 +156,9 @@ class FloatParam(WireModel):
     @classmethod
     def _step_grid(cls, step: float | None, info: ValidationInfo) -> float | None:
         low, high = info.data.get("low"), info.data.get("high")
-        if step is not None and low is not None and high is not None and high > low:
+        if step is None or low is None or high is None or not math.isfinite(high - low):
+            return step  # an overflowing range is the range's error (_check_range)
+        if high > low:
             points = (high - low) / step
             if not points <= MAX_STEP_POINTS:  # also catches inf and nan
                 raise ValueError(

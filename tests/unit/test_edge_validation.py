@@ -238,6 +238,13 @@ class TestLimits:
             parse_request(create(space))
         assert info.value.field == "study.space.x.condition.values"
 
+    def test_an_overflowing_range_with_a_step_names_the_range(self) -> None:
+        """With a step, a range whose width overflows is still the range's fault."""
+        space = '{"x":{"type":"float","low":-1.7e308,"high":1.7e308,"step":1.0}}'
+        with pytest.raises(RequestRejected) as info:
+            parse_request(create(space))
+        assert info.value.field == "study.space.x" and "Optuna" in info.value.message
+
     def test_enqueued_values_out_of_the_float_range(self) -> None:
         """1e400 parses as infinity: refused at the parameter, like any non-finite value."""
         with pytest.raises(RequestRejected) as info:
