@@ -5,15 +5,26 @@ same `RequestHandler`; they need the API token (``Authorization: Bearer …``). 
 including the Prometheus metrics (``/metrics``) and the diagnostics (``/doctor``,
 ``/studies/{name}/doctor``, ``/workers``), and the strategy policy's status (``/policy``);
 exporting the policy (its replay buffer names studies) needs the token too.
+
+Every error is JSON, ``{"v": 1, "ok": false, "error": {"code", "field", "message"}}``: a
+rejected request, an unknown route (404) or method (405), a body over the limit (413), a
+request aiohttp cannot parse (an over-long URL or header line), and any unexpected exception
+(500, logged with its traceback; no input should cause one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler as HttpProtocol
+from aiohttp.web_request import BaseRequest
 
 from hpod import __version__
 from hpod.daemon.manager import StudyManager
@@ -21,7 +32,9 @@ from hpod.daemon.metrics import CONTENT_TYPE_LATEST
 from hpod.daemon.requests import RequestHandler
 from hpod.daemon.web import add_web_routes
 from hpod.errors import RequestRejected
-from hpod.schema import StudySpec, json_schema
+from hpod.schema import StudySpec, json_schema, load_json
+
+log = structlog.get_logger("hpod.http")
 
 HANDLER = web.AppKey("handler", RequestHandler)
 MANAGER = web.AppKey("manager", StudyManager)
@@ -35,6 +48,17 @@ STATUS_BY_CODE = {
     "budget_exhausted": 409,
     "paused": 409,
     "draining": 503,
+}
+
+#: The error code of an HTTP-level refusal, by status (any other 4xx is `invalid`, 5xx
+#: `internal`).
+CODE_BY_STATUS = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    414: "too_large",
+    431: "too_large",
 }
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,19 +106,105 @@ def make_app(
     return app
 
 
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner serving `app`, whose connections answer parse errors in JSON too."""
+    return _JsonErrorsRunner(app, **kwargs)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Route) -> web.StreamResponse:
+    """Every error a route or aiohttp's router raises, as a JSON error reply."""
     try:
         return await handler(request)
     except RequestRejected as exc:
         return _error(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error(RequestRejected("too_large", "", exc.text or "request body too large"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # a redirect is not an error
+        return _http_error(request, exc)
+    except Exception:
+        log.exception("http.internal_error", method=request.method, path=request.path)
+        if request.writer.output_size > 0:  # a stream already started: nothing to answer
+            raise
+        return _json_error(500, "internal", "internal error (logged by the daemon)")
 
 
 def _error(exc: RequestRejected) -> web.Response:
     status = STATUS_BY_CODE.get(exc.code, 400)
     return web.json_response({"v": 1, "ok": False, "error": exc.as_dict()}, status=status)
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = CODE_BY_STATUS.get(exc.status, "internal" if exc.status >= 500 else "invalid")
+    message = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+    if exc.status in (404, 405) and message == exc.reason:
+        message = f"{exc.reason}: {request.method} {request.path[:200]}"
+    response = _json_error(exc.status, code, message or exc.reason)
+    if "Allow" in exc.headers:  # 405 names the allowed methods
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _json_error(status: int, code: str, message: str, field: str = "") -> web.Response:
+    error = {"code": code, "field": field, "message": message}
+    return web.json_response({"v": 1, "ok": False, "error": error}, status=status)
+
+
+class _JsonErrorsProtocol(HttpProtocol):
+    """aiohttp's connection handler, answering in JSON what it answers before any route.
+
+    A request aiohttp cannot parse (a URL or header line over `max_line_size`, a bad method)
+    never reaches a middleware: aiohttp answers it from `handle_error`, in text/plain, and
+    has no hook to shape that (aio-libs/aiohttp#3287), hence this subclass.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The JSON error for a request aiohttp refused itself (logged, one line)."""
+        if status >= 500:
+            log.error("http.internal_error", status=status, error=repr(exc), exc_info=exc)
+        else:
+            log.warning("http.bad_request", status=status, error=message or repr(exc))
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started: cannot send the error")
+        if isinstance(exc, LineTooLong) or status in (413, 414, 431):
+            code = "too_large"
+        else:
+            code = "internal" if status >= 500 else "invalid"
+        text = message or (str(exc) if exc is not None else "") or HTTPStatus(status).phrase
+        if isinstance(exc, LineTooLong):
+            text = f"the URL or a header line exceeds {self.max_line_size} bytes"
+        if status >= 500:
+            text = "internal error (logged by the daemon)"
+        response = _json_error(status, code, text)
+        response.force_close()
+        return response
+
+
+class _JsonErrorsServer(web.Server):
+    """An aiohttp server whose connections are `_JsonErrorsProtocol`s."""
+
+    def __call__(self) -> HttpProtocol:
+        return _JsonErrorsProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorsRunner(web.AppRunner):
+    """An AppRunner serving through `_JsonErrorsServer` (same application, same options)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _JsonErrorsServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **server._kwargs,
+        )
 
 
 def _mutating(route: Route) -> Route:
@@ -113,15 +223,11 @@ def _mutating(route: Route) -> Route:
 
 
 async def _body(request: web.Request) -> Any:
+    """The JSON body, parsed by the one safe loader (size, depth, then JSON); {} if empty."""
     raw = await request.read()
     if not raw:
         return {}
-    import json
-
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestRejected("not_json", "", f"not valid JSON: {exc}") from exc
+    return load_json(raw, request.app[HANDLER].max_bytes)
 
 
 async def _run(request: web.Request, message: dict[str, Any], status: int = 200) -> web.Response:

@@ -9,7 +9,6 @@ that raises (storage down, say) gets the message requeued after a pause, never d
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -19,8 +18,10 @@ import structlog
 from kombu import Connection, Consumer, Message
 
 from hpod.config import Settings
+from hpod.errors import RequestRejected
 from hpod.logs import bind_ids
 from hpod.messaging import REQUESTS, RESULTS, connect, queue
+from hpod.schema import load_json
 
 log = structlog.get_logger("hpod.intake")
 
@@ -116,7 +117,7 @@ class QueueIntake:
         try:
             # The handler's task inherits this thread's context: ids bound here are on every
             # log line the handler writes.
-            with bind_ids(**_ids(name, raw)):
+            with bind_ids(**_ids(name, raw, self._settings.max_message_bytes)):
                 handler = self._handlers[name](raw, props)
                 future = asyncio.run_coroutine_threadsafe(handler, self._loop)
             future.result()
@@ -128,11 +129,11 @@ class QueueIntake:
             message.ack()
 
 
-def _ids(queue_name: str, raw: bytes) -> dict[str, Any]:
+def _ids(queue_name: str, raw: bytes, max_bytes: int) -> dict[str, Any]:
     """The study, trial and request ids of a message, for its log lines (best effort)."""
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = load_json(raw, max_bytes)  # size and depth checked first (issue 12)
+    except RequestRejected:
         return {}
     if not isinstance(data, dict):
         return {}

@@ -6,7 +6,6 @@ field, an event `request.rejected` and a log line, and changes nothing else.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -26,6 +25,7 @@ from hpod.schema import (
     TrialAsk,
     TrialEnqueue,
     TrialTell,
+    load_json,
     parse_request,
 )
 
@@ -45,12 +45,18 @@ class RequestHandler:
     async def handle(
         self, raw: bytes | dict[str, Any], channel: str, origin: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The reply to a request: ``{"ok": true, "result": …}`` or ``{"ok": false, …}``."""
-        request_id = _peek_id(raw)
+        """The reply to a request: ``{"ok": true, "result": …}`` or ``{"ok": false, …}``.
+
+        The message is parsed once (`load_json`: size, depth, then JSON), its id read from
+        the parsed object, so even a rejected request is correlated.
+        """
+        request_id: str | None = None
         try:
+            data = raw if isinstance(raw, dict) else load_json(raw, self.max_bytes)
+            request_id = _peek_id(data)
             if self.draining:
                 raise RequestRejected("draining", "", "hpod is shutting down; send it again later")
-            request = parse_request(raw, self.max_bytes)
+            request = parse_request(data, self.max_bytes)
             result = await self._execute(request)
         except RequestRejected as rejected:
             await self._rejected(rejected, raw, request_id, channel, origin or {})
@@ -109,11 +115,13 @@ class RequestHandler:
             await self.bus.reply(reply_to, props.get("correlation_id"), reply)
 
 
-def _peek_id(raw: bytes | dict[str, Any]) -> str | None:
-    """The request's id if it can be read at all, to correlate even a rejected request."""
-    try:
-        data = raw if isinstance(raw, dict) else json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
+def _peek_id(data: Any) -> str | None:
+    """The request's id if it is a usable one, to correlate even a rejected request."""
     value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value

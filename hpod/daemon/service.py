@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from hpod.config import RELOADABLE, Settings, load_settings, redact
 from hpod.daemon import notify
 from hpod.daemon.bus import Bus
-from hpod.daemon.http import make_app
+from hpod.daemon.http import make_app, make_runner
 from hpod.daemon.intake import QueueIntake
 from hpod.daemon.local_workers import LocalWorkers
 from hpod.daemon.manager import StudyManager
@@ -126,7 +126,7 @@ class Daemon:
         await asyncio.to_thread(intake.start)
         app = make_app(handler, manager, s.token(), s.max_message_bytes)
         access_log = logging.getLogger("aiohttp.access") if s.log_level == "debug" else None
-        runner = web.AppRunner(app, access_log=access_log)
+        runner = make_runner(app, access_log=access_log)
         await runner.setup()
         await web.TCPSite(runner, s.http_host, s.http_port).start()
         if workers:  # started last: if anything above fails, no orphaned worker is left

@@ -2,11 +2,14 @@
 
 The same table is sent on both channels. Every entry must be answered on the channel it came
 from with an error naming the field, recorded as a `request.rejected` event, and leave the
-daemon serving and every other study untouched.
+daemon serving and every other study untouched. The table ends with the exact bodies of
+issue 12 (findings 1, 2 and 4) that were once accepted and then made the daemon unstartable,
+or were retried forever; after them all, the daemon still serves and restarts.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 from collections.abc import Iterator
@@ -145,6 +148,74 @@ TABLE: list[tuple[str, Any, str, str]] = [
     ("ask unknown study", {"v": 1, "type": "trial.ask", "study": "ghost"}, "not_found", "study"),
     ("stop unknown study", {"v": 1, "type": "study.stop", "name": "ghost"}, "not_found", "study"),
     ("mode.set unknown mode", {"v": 1, "type": "mode.set", "mode": "ludicrous"}, "invalid", "mode"),
+    # Issue 12, finding 1: specs that were accepted and left the data directory unstartable.
+    (
+        "float range overflows",
+        create(
+            space(
+                x={"type": "float", "low": -1.7976931348623157e308, "high": 1.7976931348623157e308}
+            )
+        ),
+        "invalid",
+        "study.space.x",
+    ),
+    ("float step 5e-324", create(space(x={**F, "step": 5e-324})), "invalid", "study.space.x.step"),
+    (
+        "int bound 10**400",
+        create(space(n={"type": "int", "low": 0, "high": 10**400})),
+        "invalid",
+        "study.space.n.high",
+    ),
+    (
+        "seed -1",
+        create(spec(sampler={"name": "random", "seed": -1})),
+        "invalid",
+        "study.sampler.seed",
+    ),
+    (
+        "seed 2**32",
+        create(spec(sampler={"name": "random", "seed": 4294967296})),
+        "invalid",
+        "study.sampler.seed",
+    ),
+    # Issue 12, finding 2: poison messages that were requeued forever.
+    ("array nested 1,000 deep", b"[" * 1000 + b"]" * 1000, "not_json", ""),
+    (
+        "enqueue 10**400",
+        {"v": 1, "type": "trial.enqueue", "study": EXTERNAL, "params": {"x": 10**400}},
+        "invalid",
+        "params.x",
+    ),
+    (
+        "choice with a lone surrogate",
+        create(space(c={"type": "categorical", "choices": ["x\ud800y"]})),
+        "invalid",
+        "study.space.c.choices.0",
+    ),
+    # Issue 12, finding 4: booleans taken as numbers, floats as ints, a timeout never honoured.
+    (
+        "true as version, trial and value",
+        b'{"v":true,"type":"trial.tell","study":"a","trial":true,"values":[true]}',
+        "invalid",
+        "v",
+    ),
+    ("tell trial true", tell(trial=True, values=[1.0]), "invalid", "trial"),
+    ("tell values [true]", tell(trial=1, values=[True]), "invalid", "values.0"),
+    (
+        "budget trials true",
+        {"v": 1, "type": "study.budget", "name": EXTERNAL, "budget": {"trials": True}},
+        "invalid",
+        "budget.trials",
+    ),
+    ("low false", create(space(x={**F, "low": False})), "invalid", "study.space.x.low"),
+    ("-0.0 as a trial number", tell(trial=-0.0, values=[1.0]), "invalid", "trial"),
+    (
+        "1e-400 as a trial number",
+        b'{"v":1,"type":"trial.tell","study":"victim","trial":1e-400,"values":[1.0]}',
+        "invalid",
+        "trial",
+    ),
+    ("trial_timeout 5e-324", create(spec(trial_timeout=5e-324)), "invalid", "study.trial_timeout"),
 ]
 
 
@@ -238,3 +309,57 @@ def test_repeated_tell_is_idempotent_and_the_daemon_still_serves(
     status = daemon.get(f"/studies/{EXTERNAL}")
     assert status["counts"] == {"complete": 1, "running": 1}
     assert status["best"]["value"] == 0.5
+
+
+# (method, path, body, status, error code): errors of the HTTP layer itself, all JSON.
+HTTP_ERRORS: list[tuple[str, str, bytes | None, int, str]] = [
+    ("GET", "/no/such/route", None, 404, "not_found"),
+    ("PUT", "/studies", b"{}", 405, "method_not_allowed"),
+    ("POST", "/studies", b"[" * 1000 + b"]" * 1000, 400, "not_json"),
+    (
+        "POST",
+        f"/studies/{EXTERNAL}/enqueue",
+        b'{"params":{"x":1' + b"0" * 400 + b"}}",
+        400,
+        "invalid",
+    ),
+    ("POST", f"/studies/{EXTERNAL}/tell", b'{"trial":true,"values":[true]}', 400, "invalid"),
+    ("POST", "/studies", b"[" * 70_000, 413, "too_large"),
+    ("GET", "/studies/" + "a" * 20_000, None, 400, "too_large"),  # over aiohttp's max_line_size
+]
+
+
+@pytest.mark.broker
+def test_http_errors_are_json(daemon: Daemon) -> None:
+    """404, 405, 413, an over-long URL and the issue's bodies on routes with a body: each a
+    JSON error with its code, never text/plain, and never a 500."""
+    host, port = daemon.url.removeprefix("http://").split(":")
+    for method, path, body, status, code in HTTP_ERRORS:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        headers = {"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        conn.close()
+        where = f"{method} {path[:40]}: {response.status} {raw[:200]!r}"
+        assert response.status == status, where
+        assert response.getheader("Content-Type", "").startswith("application/json"), where
+        reply = json.loads(raw)
+        assert reply["v"] == 1 and reply["ok"] is False, where
+        assert reply["error"]["code"] == code and reply["error"]["message"], where
+    assert daemon.get("/health")["status"] == "ok"
+
+
+@pytest.mark.broker
+def test_the_daemon_restarts_after_every_bad_request(daemon: Daemon) -> None:
+    """After the whole table on both channels, the daemon stops, starts again on the same
+    data directory, and serves: nothing bad was stored or left on the queue."""
+    assert "Traceback" not in daemon.log() and "internal_error" not in daemon.log()
+    daemon.stop()
+    daemon.start()
+    assert daemon.get("/health")["status"] == "ok"
+    assert daemon.get(f"/studies/{EXTERNAL}")["state"] == "running"
+    names = {s["name"] for s in daemon.get("/studies")["studies"]}
+    assert names == {EXTERNAL}
+    reply = publish(daemon.env["HPOD_BROKER_URL"], {"v": 1, "type": "trial.ask", "study": EXTERNAL})
+    assert reply is not None and reply["ok"] is True, reply
