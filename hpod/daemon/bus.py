@@ -77,7 +77,7 @@ class Bus:
         if self._producer is None:
             conn = connect(self._settings)
             # kombu would retry the first connect forever: one try, the caller retries.
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
             self._conn = conn
             self._producer = conn.Producer()
         return self._producer
@@ -134,7 +134,7 @@ class Bus:
             try:
                 await self._run(self._send_event, body, event_type)
             except Exception as exc:  # any broker fault: publish it later
-                log.warning("bus.event_deferred", event=event_type, error=repr(exc))
+                log.warning("bus.event_deferred", event_type=event_type, error=repr(exc))
                 self._keep(body, event_type)
         for listener in list(self._listeners):
             try:
