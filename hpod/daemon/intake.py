@@ -70,6 +70,8 @@ Handler = Callable[[bytes, dict[str, Any]], Coroutine[Any, Any, None]]
 DeadHandler = Callable[[str, bytes, dict[str, Any], str], Coroutine[Any, Any, None]]
 
 RETRY_AT_HEADER = "x-hpod-retry-at"
+#: Tries that failed for a fault of the infrastructure (not counted against the limit).
+OUTAGES_HEADER = "x-hpod-outages"
 ERROR_HEADER = "x-hpod-error"
 QUEUE_HEADER = "x-hpod-queue"
 #: The content types a lane takes: JSON (``accept=["json"]``, never pickle), and kombu's
@@ -346,10 +348,19 @@ class Lane:
     def _failed(
         self, message: Message, raw: bytes, props: dict[str, Any], exc: BaseException, tries: int
     ) -> None:
-        """Handling raised: retry later, or dead-letter after the last try."""
+        """Handling raised: retry later, or dead-letter after the last try.
+
+        A fault of the infrastructure (`is_transient`: storage or broker unreachable, disk
+        full) is not the message's fault: that try is not counted, and the message waits
+        with back-off for as long as the fault lasts (the lane goes on meanwhile).
+        """
         error = repr(exc)[:1000]
         limit = self._settings.redelivery_max_attempts
-        if tries >= limit:
+        transient = is_transient(exc)
+        if transient:
+            tries -= 1
+            outages = _int_header(message, OUTAGES_HEADER) + 1
+        elif tries >= limit:
             reason = f"handling failed {tries} times; last error: {error}"
             self._dead_letter(message, raw, props, reason, tries)
             return
@@ -357,7 +368,7 @@ class Lane:
             initial=self._settings.redelivery_backoff_seconds,
             maximum=self._settings.redelivery_backoff_max_seconds,
         )
-        backoff.tries = tries - 1
+        backoff.tries = (outages if transient else tries) - 1
         delay = backoff.next_delay()
         headers = {
             **props["headers"],
@@ -365,6 +376,8 @@ class Lane:
             RETRY_AT_HEADER: time.time() + delay,
             ERROR_HEADER: error,
         }
+        if transient:
+            headers[OUTAGES_HEADER] = outages
         self._publish(raw, message, retry_queue_name(self.name), headers)
         message.ack()
         self.retried += 1
@@ -374,6 +387,7 @@ class Lane:
             error=error,
             attempt=tries,
             max_attempts=limit,
+            counted=not transient,
             retry_in=round(delay, 2),
         )
 
@@ -575,13 +589,38 @@ def _props(message: Message) -> dict[str, Any]:
 
 def _attempts(message: Message) -> int:
     """Failed tries so far, from the message's own header (0 for a fresh message)."""
-    value = (message.headers or {}).get(ATTEMPTS_HEADER, 0)
+    return _int_header(message, ATTEMPTS_HEADER)
+
+
+def _int_header(message: Message, name: str) -> int:
+    """A count from the message's headers; 0 when absent or not a count (never trusted)."""
+    value = (message.headers or {}).get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return 0
     try:
-        return max(0, int(value))
+        return min(max(0, int(value)), 1_000_000)
     except (ValueError, OverflowError):
         return 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a fault of the infrastructure,
+    not of the message: a database that is down, a broker connection lost, a full disk, a
+    journal write that failed. Anything else counts as the message's fault."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from hpod.journal import JournalGroupError
+
+    transient = (OSError, BrokerError, OperationalError, InterfaceError, JournalGroupError)
+    seen: BaseException | None = exc
+    for _ in range(10):  # a cause chain is short; a cycle must not hang the lane
+        if seen is None:
+            return False
+        if isinstance(seen, transient):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _ready_count(channel: Any, name: str) -> int:

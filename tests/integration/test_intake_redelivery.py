@@ -280,3 +280,34 @@ def test_a_second_consumer_of_results_is_refused(rabbitmq: str, tmp_path: Path) 
             second.start()
     finally:
         first.stop()
+
+
+def test_an_outage_is_not_counted_against_the_message(settings: Settings) -> None:
+    """Storage down (here: a full disk, OSError) for more tries than the limit: the result
+    waits with back-off and is handled once the fault is gone, never dead-lettered."""
+    recorder = Recorder()
+    outage = [OSError(28, "No space left on device")] * 4  # the limit is 3 tries
+
+    async def storage_down(body: bytes, props: dict[str, Any]) -> None:
+        if outage:
+            raise outage.pop()
+        await recorder.on_result(body, props)
+
+    with running_intake(settings, recorder, on_result=storage_down):
+        publish(settings, RESULTS, b'{"result": 4}')
+        wait_for(lambda: recorder.results == [{"result": 4}])
+    assert recorder.dead == []
+
+
+@pytest.mark.broker
+def test_intake_connections_run_with_heartbeats(rabbitmq: str, tmp_path: Path) -> None:
+    """Connections ran with heartbeat 0: a dead peer went unnoticed. The intake's now
+    negotiate `broker_heartbeat_seconds` with RabbitMQ."""
+    s = Settings(data_dir=tmp_path / "data", broker_url=rabbitmq, broker_heartbeat_seconds=20)
+    intake = QueueIntake(s, asyncio.new_event_loop(), Recorder().on_request, Recorder().on_result)
+    intake.start()
+    try:
+        for lane in intake.lanes.values():
+            assert lane._conn.connection.heartbeat == 20
+    finally:
+        intake.stop()
