@@ -25,11 +25,13 @@ DEAD_LETTERS = "hpod.dead"
 LEGACY_DEAD_LETTERS = "hpod.requests.dead"
 #: The bounds of `DEAD_LETTERS`: fixed, because RabbitMQ fixes a queue's arguments when it is
 #: first declared; an operator lowers them with a policy (docs/operations.md). 14 days, 10,000
-#: messages, oldest dropped first so that the newest failures are the ones kept.
+#: messages, 64 MiB, oldest dropped first so that the newest failures are the ones kept.
 DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 DEAD_LETTER_TTL_MS = 14 * 24 * 3600 * 1000
 DEAD_LETTER_ARGUMENTS: dict[str, Any] = {
     "x-max-length": DEAD_LETTER_MAX_LENGTH,
+    "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
     "x-message-ttl": DEAD_LETTER_TTL_MS,
     "x-overflow": "drop-head",
 }
