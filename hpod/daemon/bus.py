@@ -1,7 +1,8 @@
 """Everything the daemon sends: replies, events, dead letters and trial dispatches.
 
-kombu connections are not thread-safe and a publish with confirms blocks, so all sends run on
-one dedicated thread with its own connection; the event loop only awaits them. A send returns
+kombu connections are not thread-safe and a publish with confirms blocks, so sends run on
+dedicated threads with their own connections (one for events, one for the rest); the event loop
+only awaits them. A send returns
 once the broker has the message (publisher confirms on RabbitMQ, an fsynced file on the
 embedded broker), which is what lets a request be acknowledged only after its effects exist.
 
@@ -43,15 +44,56 @@ RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, 
 EVENT_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3}
 
 
+class _Publisher:
+    """One publishing thread with its own connection (kombu connections are not thread-safe)."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self._settings = settings
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._conn: Connection | None = None
+        self._producer: Producer | None = None
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on this publisher's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def producer(self) -> Producer:
+        """The producer (on the publishing thread only); connects on first use."""
+        if self._producer is None:
+            conn = connect(self._settings)
+            # kombu would retry the first connect forever: one try, the caller retries.
+            conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
+            self._conn = conn
+            self._producer = conn.Producer()
+        return self._producer
+
+    def drop(self) -> None:
+        """After a failed send (on the publishing thread): the next send connects afresh."""
+        conn, self._conn, self._producer = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception as exc:  # a dead connection may fail to close: it is gone anyway
+                log.debug("bus.release_failed", error=repr(exc))
+
+    def close(self) -> None:
+        """Finish pending sends and close the connection."""
+        self.executor.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.release()
+
+
 class Bus:
-    """The daemon's outgoing messages, sent from one publishing thread."""
+    """The daemon's outgoing messages, sent from two publishing threads: one for events (so
+    that an event never waits behind a dispatch retrying while the broker is down) and one for
+    everything else."""
 
     def __init__(self, settings: Settings, celery: Celery) -> None:
         self._settings = settings
         self._celery = celery
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-publish")
-        self._conn: Connection | None = None
-        self._producer: Producer | None = None
+        self._main = _Publisher(settings, "hpod-publish")
+        self._events = _Publisher(settings, "hpod-events")
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         #: Events not published yet (the broker was unreachable), oldest first.
         self._outbox: deque[tuple[bytes, str]] = deque()
@@ -70,17 +112,10 @@ class Bus:
             self._listeners.remove(listener)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: fn(*args, **kwargs))
+        return await self._main.run(fn, *args, **kwargs)
 
     def _get_producer(self) -> Producer:
-        if self._producer is None:
-            conn = connect(self._settings)
-            # kombu would retry the first connect forever: one try, the caller retries.
-            conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
-            self._conn = conn
-            self._producer = conn.Producer()
-        return self._producer
+        return self._main.producer()
 
     def _send(
         self,
@@ -89,9 +124,10 @@ class Bus:
         routing_key: str,
         declare: list[Any],
         retry_policy: dict[str, Any] = RETRY_POLICY,
+        publisher: _Publisher | None = None,
         **props: Any,
     ) -> None:
-        self._get_producer().publish(
+        (publisher or self._main).producer().publish(
             body,
             exchange=exchange,
             routing_key=routing_key,
@@ -106,19 +142,17 @@ class Bus:
 
     def _send_event(self, body: bytes, event_type: str) -> None:
         try:
-            self._send(body, events_exchange, event_type, [events_exchange], EVENT_RETRY_POLICY)
+            self._send(
+                body,
+                events_exchange,
+                event_type,
+                [events_exchange],
+                EVENT_RETRY_POLICY,
+                publisher=self._events,
+            )
         except Exception:
-            self._drop_connection()
+            self._events.drop()
             raise
-
-    def _drop_connection(self) -> None:
-        """After a failed send (on the publishing thread): the next send connects afresh."""
-        conn, self._conn, self._producer = self._conn, None, None
-        if conn is not None:
-            try:
-                conn.release()
-            except Exception as exc:  # a dead connection may fail to close: it is gone anyway
-                log.debug("bus.release_failed", error=repr(exc))
 
     async def event(self, event_type: str, study: str | None, **data: Any) -> None:
         """Publish an event on `hpod.events` with routing key `event_type`.
@@ -132,7 +166,7 @@ class Bus:
             self._keep(body, event_type)
         else:
             try:
-                await self._run(self._send_event, body, event_type)
+                await self._events.run(self._send_event, body, event_type)
             except Exception as exc:  # any broker fault: publish it later
                 log.warning("bus.event_deferred", event_type=event_type, error=repr(exc))
                 self._keep(body, event_type)
@@ -166,7 +200,7 @@ class Bus:
         while self._outbox:
             body, event_type = self._outbox[0]
             try:
-                await self._run(self._send_event, body, event_type)
+                await self._events.run(self._send_event, body, event_type)
             except Exception as exc:
                 delay = backoff.next_delay()
                 log.info(
@@ -237,6 +271,5 @@ class Bus:
             self._flusher.cancel()
         if self._outbox:
             log.error("bus.events_unpublished", events=len(self._outbox))
-        self._thread.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.release()
+        self._events.close()
+        self._main.close()
