@@ -79,8 +79,9 @@ QUEUE_HEADER = "x-hpod-queue"
 ACCEPT = prepare_accept_content(["json"])
 #: How often a lane counts the messages waiting on its queue, for its lag.
 BACKLOG_EVERY = 5.0
-#: Waiting copies a lane holds at once (each is an unacknowledged message of ``<queue>.retry``).
-RETRY_PREFETCH = 200
+#: Waiting copies a lane holds at once (each an unacknowledged message of ``<queue>.retry``, in
+#: memory: at most this many times `max_message_bytes`); the rest wait on the queue.
+RETRY_PREFETCH = 50
 
 
 class Unprocessable(HpodError):
