@@ -133,6 +133,11 @@ class Daemon:
             bus.close()
             store.close()
             raise SystemExit(f"hpod: refusing to start: {exc}") from None
+        except RuntimeError as exc:  # the broker cannot be reached: systemd tries again
+            log.error("daemon.broker_unreachable", broker=redact(s.broker), error=str(exc))
+            bus.close()
+            store.close()
+            raise SystemExit(f"hpod: cannot start: {exc} ({redact(s.broker)})") from None
         await manager.start()
         intake.open()
         app = make_app(handler, manager, s.token(), s.max_message_bytes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -311,3 +312,21 @@ def test_intake_connections_run_with_heartbeats(rabbitmq: str, tmp_path: Path) -
             assert lane._conn.connection.heartbeat == 20
     finally:
         intake.stop()
+
+
+def test_an_unreachable_broker_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    """No broker at the configured address: start gives up after its timeout with an error
+    naming the broker (the daemon exits with it; systemd starts it again)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    settings = Settings(
+        data_dir=tmp_path / "data", broker_url=f"amqp://guest:guest@127.0.0.1:{port}//"
+    )
+    recorder = Recorder()
+    intake = QueueIntake(
+        settings, asyncio.new_event_loop(), recorder.on_request, recorder.on_result
+    )
+    with pytest.raises(RuntimeError, match="could not start consuming from the broker"):
+        intake.start(timeout=1.0)
+    assert not any(lane.alive for lane in intake.lanes.values())
