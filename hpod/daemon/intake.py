@@ -315,8 +315,11 @@ class Lane:
             self.last_progress = time.monotonic()
 
     def _check_content_type(self, message: Message) -> None:
+        """JSON only: `application/json` (parameters such as ``; charset=utf-8`` allowed), or
+        none / kombu's raw types (a plain client's default). Never a deserialiser's choice."""
         content_type = message.content_type
-        if content_type and content_type not in ACCEPT and content_type not in TRUSTED_CONTENT:
+        media = str(content_type or "").split(";")[0].strip().lower()
+        if media and media not in ACCEPT and media not in TRUSTED_CONTENT:
             raise Unprocessable(f"content type {content_type!r} is not accepted (JSON only)")
 
     def _call(self, raw: bytes, props: dict[str, Any]) -> None:

@@ -220,10 +220,13 @@ def test_only_json_is_accepted(settings: Settings) -> None:
         publish(
             settings, REQUESTS, b"\x80\x04K\x01.", content_type="application/x-python-serialize"
         )
+        publish(settings, REQUESTS, b'{"charset": 1}', "application/json; charset=utf-8")
+        publish(settings, REQUESTS, b'{"plain": 1}', content_type="")
         [letter] = dead_letters(settings, 1, timeout=10)
+        wait_for(lambda: len(recorder.requests) == 2)
     assert "not accepted" in letter.headers["x-hpod-error"]
     assert int(letter.headers[ATTEMPTS_HEADER]) == 1
-    assert recorder.requests == []
+    assert recorder.requests == [{"charset": 1}, {"plain": 1}]
 
 
 def test_health_reports_a_stuck_intake_and_recovers(settings: Settings) -> None:
@@ -330,3 +333,33 @@ def test_an_unreachable_broker_at_start_is_a_clear_error(tmp_path: Path) -> None
     with pytest.raises(RuntimeError, match="could not start consuming from the broker"):
         intake.start(timeout=1.0)
     assert not any(lane.alive for lane in intake.lanes.values())
+
+
+@pytest.mark.broker
+def test_dead_letters_left_on_the_unbounded_legacy_queue_are_reported(
+    rabbitmq: str, tmp_path: Path
+) -> None:
+    """Dead letters went to the unbounded hpod.requests.dead before issue 12; the bounded
+    queue has a new name (RabbitMQ refuses new arguments on an existing queue), and a start
+    tells the operator what is left on the old one."""
+    from kombu import Connection
+    from structlog.testing import capture_logs
+
+    from hpod.messaging import LEGACY_DEAD_LETTERS
+
+    with Connection(rabbitmq) as conn:
+        channel = conn.channel()
+        channel.queue_declare(LEGACY_DEAD_LETTERS, durable=True)
+        channel.queue_purge(LEGACY_DEAD_LETTERS)
+        Producer(channel).publish(b"old", routing_key=LEGACY_DEAD_LETTERS, content_type="x/y")
+    s = Settings(data_dir=tmp_path / "data", broker_url=rabbitmq)
+    intake = QueueIntake(s, asyncio.new_event_loop(), Recorder().on_request, Recorder().on_result)
+    try:
+        with capture_logs() as logs:
+            intake.start()
+    finally:
+        intake.stop()
+        with Connection(rabbitmq) as conn:
+            conn.channel().queue_delete(LEGACY_DEAD_LETTERS)
+    [warning] = [e for e in logs if e["event"] == "intake.legacy_dead_letters"]
+    assert warning["messages"] == 1 and DEAD_LETTERS in warning["hint"]
