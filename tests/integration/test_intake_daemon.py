@@ -128,6 +128,27 @@ def test_poison_requests_are_answered_and_dead_lettered_while_valid_ones_flow(
     assert health["intake"]["hpod.requests"]["waiting"] == 0
 
 
+def test_results_keep_flowing_while_poison_requests_retry(
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker: Any
+) -> None:
+    """The intake thread also carried the workers' results, so poison requests slowed every
+    study. With 20 of them retrying (each for at least 1 + 2 + 4 + 8 s), a 12-trial study on
+    a Celery worker runs to its budget, and /health stays 200."""
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq, redelivery_backoff_seconds="1")
+    start_worker(daemon.env)
+    client = Replies(rabbitmq)
+    for _ in range(20):
+        client.send(POISON)
+    client.connection.process_data_events(time_limit=0.5)
+    status, _ = daemon.request("POST", "/studies", quadratic_spec("beside-poison", trials=12))
+    assert status == 201
+    done = daemon.wait_study("beside-poison", timeout=120)
+    assert done["counts"] == {"complete": 12}
+    status, health = daemon.request("GET", "/health", token=None)
+    assert status == 200, health
+    client.close()
+
+
 def test_sigterm_stops_promptly_with_poison_messages_waiting(
     rabbitmq: str, start_daemon: DaemonFactory
 ) -> None:
