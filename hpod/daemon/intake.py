@@ -35,6 +35,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -449,8 +450,11 @@ class Lane:
         """A copy arrived on ``<queue>.retry``: hold it (unacknowledged) until its time."""
         try:
             due = float((message.headers or {}).get(RETRY_AT_HEADER, 0))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             due = 0.0
+        # Never trust a queue's contents: no copy waits longer than the back-off's cap.
+        latest = time.time() + self._settings.redelivery_backoff_max_seconds
+        due = 0.0 if math.isnan(due) else min(due, latest)
         heapq.heappush(self._parked, _Parked(due, next(self._seq), message))
 
     def _unpark(self, message: Message) -> None:

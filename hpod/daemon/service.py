@@ -203,7 +203,8 @@ class Daemon:
         """A request given up on (dead-lettered): tell its sender, as for any rejection."""
         if queue != REQUESTS or self._bus is None:
             return
-        request_id = message_ids(REQUESTS, body).get("request")
+        found = message_ids(REQUESTS, body).get("request")
+        request_id = found if isinstance(found, str) else None  # never trust a queue's contents
         error = {"code": "unprocessable", "field": "", "message": reason}
         await self._bus.event("request.rejected", None, id=request_id, channel="amqp", error=error)
         if props.get("reply_to"):

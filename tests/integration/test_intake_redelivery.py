@@ -363,3 +363,14 @@ def test_dead_letters_left_on_the_unbounded_legacy_queue_are_reported(
             conn.channel().queue_delete(LEGACY_DEAD_LETTERS)
     [warning] = [e for e in logs if e["event"] == "intake.legacy_dead_letters"]
     assert warning["messages"] == 1 and DEAD_LETTERS in warning["hint"]
+
+
+def test_a_forged_retry_time_waits_no_longer_than_the_cap(settings: Settings) -> None:
+    """Never trust a queue's contents: a copy on the retry queue claiming a next try in
+    30,000 years is tried after at most `redelivery_backoff_max_seconds`."""
+    recorder = Recorder()
+    with running_intake(settings, recorder):
+        publish(
+            settings, retry_queue_name(RESULTS), b'{"result": 5}', headers={"x-hpod-retry-at": 1e12}
+        )
+        wait_for(lambda: recorder.results == [{"result": 5}], timeout=20)
