@@ -196,7 +196,7 @@ class Bus:
 
     async def _flush(self) -> None:
         """Publish the outbox in order, waiting with back-off while the broker is down."""
-        backoff = Backoff(initial=0.5, maximum=30.0)
+        backoff = Backoff(initial=0.5, maximum=10.0)  # as the consumers: soon after the broker
         while self._outbox:
             body, event_type = self._outbox[0]
             try:
