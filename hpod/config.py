@@ -212,6 +212,34 @@ class Settings(BaseSettings):
         """Where the daemon's HTTP API listens, as a client would call it."""
         return f"http://{self.http_host}:{self.http_port}"
 
+    # --- B: intake and broker (issue 12) ---------------------------------------------------
+    redelivery_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Tries of a request or result whose handling fails before it is "
+        "dead-lettered on hpod.dead with the reason.",
+    )
+    redelivery_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="Wait before the first retry; doubles each try."
+    )
+    redelivery_backoff_max_seconds: float = Field(
+        default=30.0, gt=0, description="Cap of the wait between retries."
+    )
+    intake_stuck_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="/health answers 503 when messages have waited this long without the "
+        "intake making progress (or the broker has been unreachable this long).",
+    )
+    broker_heartbeat_seconds: int = Field(
+        default=30, ge=0, description="AMQP heartbeat of the intake's connections (0: off)."
+    )
+    event_outbox_size: int = Field(
+        default=10_000,
+        gt=0,
+        description="Events kept in memory while the broker is unreachable (oldest dropped).",
+    )
+
 
 #: Settings that SIGHUP applies to a running daemon; the others need a restart.
 RELOADABLE = (

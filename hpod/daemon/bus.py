@@ -1,15 +1,22 @@
 """Everything the daemon sends: replies, events, dead letters and trial dispatches.
 
-kombu connections are not thread-safe and a publish with confirms blocks, so all sends run on
-one dedicated thread with its own connection; the event loop only awaits them. A send returns
+kombu connections are not thread-safe and a publish with confirms blocks, so sends run on
+dedicated threads with their own connections (one for events, one for the rest); the event loop
+only awaits them. A send returns
 once the broker has the message (publisher confirms on RabbitMQ, an fsynced file on the
 embedded broker), which is what lets a request be acknowledged only after its effects exist.
+
+Events never fail or hold up the request that caused them: an event that cannot be published
+within a short retry (the broker is down) goes to a bounded in-memory outbox, and every later
+event queues behind it, in order, until a flusher with back-off has published them all (at
+least once; a kill of the daemon while the broker is down loses what is in the outbox).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,11 +25,13 @@ import structlog
 from celery import Celery
 from kombu import Connection, Producer
 
+from hpod.backoff import Backoff
 from hpod.config import Settings
 from hpod.messaging import (
     DEAD_LETTERS,
     EVALUATE_BATCH_TASK,
     EVALUATE_TASK,
+    REQUESTS,
     connect,
     dumps,
     events_exchange,
@@ -31,18 +40,66 @@ from hpod.messaging import (
 
 log = structlog.get_logger("hpod.bus")
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
+#: An event tries briefly, then waits in the outbox: it must not hold up its request.
+EVENT_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3}
+
+
+class _Publisher:
+    """One publishing thread with its own connection (kombu connections are not thread-safe)."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self._settings = settings
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._conn: Connection | None = None
+        self._producer: Producer | None = None
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on this publisher's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def producer(self) -> Producer:
+        """The producer (on the publishing thread only); connects on first use."""
+        if self._producer is None:
+            conn = connect(self._settings)
+            # kombu would retry the first connect forever: one try, the caller retries.
+            conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
+            self._conn = conn
+            self._producer = conn.Producer()
+        return self._producer
+
+    def drop(self) -> None:
+        """After a failed send (on the publishing thread): the next send connects afresh."""
+        conn, self._conn, self._producer = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception as exc:  # a dead connection may fail to close: it is gone anyway
+                log.debug("bus.release_failed", error=repr(exc))
+
+    def close(self) -> None:
+        """Finish pending sends and close the connection."""
+        self.executor.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.release()
 
 
 class Bus:
-    """The daemon's outgoing messages, sent from one publishing thread."""
+    """The daemon's outgoing messages, sent from two publishing threads: one for events (so
+    that an event never waits behind a dispatch retrying while the broker is down) and one for
+    everything else."""
 
     def __init__(self, settings: Settings, celery: Celery) -> None:
         self._settings = settings
         self._celery = celery
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-publish")
-        self._conn: Connection | None = None
-        self._producer: Producer | None = None
+        self._main = _Publisher(settings, "hpod-publish")
+        self._events = _Publisher(settings, "hpod-events")
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        #: Events not published yet (the broker was unreachable), oldest first.
+        self._outbox: deque[tuple[bytes, str]] = deque()
+        self._outbox_size = settings.event_outbox_size
+        self._flusher: asyncio.Task[None] | None = None
+        self.events_dropped = 0
 
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call `listener(event)` on the event loop for every event the daemon publishes
@@ -55,19 +112,22 @@ class Bus:
             self._listeners.remove(listener)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: fn(*args, **kwargs))
+        return await self._main.run(fn, *args, **kwargs)
 
     def _get_producer(self) -> Producer:
-        if self._producer is None:
-            self._conn = connect(self._settings)
-            self._producer = self._conn.Producer()
-        return self._producer
+        return self._main.producer()
 
     def _send(
-        self, body: bytes, exchange: Any, routing_key: str, declare: list[Any], **props: Any
+        self,
+        body: bytes,
+        exchange: Any,
+        routing_key: str,
+        declare: list[Any],
+        retry_policy: dict[str, Any] = RETRY_POLICY,
+        publisher: _Publisher | None = None,
+        **props: Any,
     ) -> None:
-        self._get_producer().publish(
+        (publisher or self._main).producer().publish(
             body,
             exchange=exchange,
             routing_key=routing_key,
@@ -76,40 +136,107 @@ class Bus:
             content_encoding="utf-8",
             delivery_mode=2,
             retry=True,
-            retry_policy=RETRY_POLICY,
+            retry_policy=retry_policy,
             **props,
         )
 
+    def _send_event(self, body: bytes, event_type: str) -> None:
+        try:
+            self._send(
+                body,
+                events_exchange,
+                event_type,
+                [events_exchange],
+                EVENT_RETRY_POLICY,
+                publisher=self._events,
+            )
+        except Exception:
+            self._events.drop()
+            raise
+
     async def event(self, event_type: str, study: str | None, **data: Any) -> None:
-        """Publish an event on `hpod.events` with routing key `event_type`."""
+        """Publish an event on `hpod.events` with routing key `event_type`.
+
+        Returns once the broker has it, or, when the broker cannot be reached, once it is in
+        the outbox: never raises for a broker fault, never waits for the broker to come back.
+        """
         event = {"v": 1, "event": event_type, "study": study, "time": time.time(), **data}
-        await self._run(self._send, dumps(event), events_exchange, event_type, [events_exchange])
+        body = dumps(event)
+        if self._outbox:  # the broker is known to be down: keep the order, do not wait
+            self._keep(body, event_type)
+        else:
+            try:
+                await self._events.run(self._send_event, body, event_type)
+            except Exception as exc:  # any broker fault: publish it later
+                log.warning("bus.event_deferred", event_type=event_type, error=repr(exc))
+                self._keep(body, event_type)
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:  # a listener (a web page) must never break the daemon
                 log.exception("bus.listener_failed")
 
+    @property
+    def outbox(self) -> int:
+        """Events waiting for the broker."""
+        return len(self._outbox)
+
+    def _keep(self, body: bytes, event_type: str) -> None:
+        """Put an event in the outbox (dropping the oldest when full) and make sure a flusher
+        runs."""
+        if len(self._outbox) >= self._outbox_size:
+            self._outbox.popleft()
+            self.events_dropped += 1
+            log.error("bus.event_dropped", reason="outbox full", size=self._outbox_size)
+        self._outbox.append((body, event_type))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="hpod-event-outbox"
+            )
+
+    async def _flush(self) -> None:
+        """Publish the outbox in order, waiting with back-off while the broker is down."""
+        backoff = Backoff(initial=0.5, maximum=10.0)  # as the consumers: soon after the broker
+        while self._outbox:
+            body, event_type = self._outbox[0]
+            try:
+                await self._events.run(self._send_event, body, event_type)
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.info(
+                    "bus.outbox_waiting",
+                    events=len(self._outbox),
+                    retry_in=round(delay, 2),
+                    error=repr(exc),
+                )
+                await asyncio.sleep(delay)
+                continue
+            if self._outbox and self._outbox[0][0] is body:
+                self._outbox.popleft()
+            backoff.reset()
+        log.info("bus.outbox_flushed")
+
     async def reply(self, reply_to: str, correlation_id: str | None, body: dict[str, Any]) -> None:
         """Answer a queued request on its `reply_to` queue."""
         await self._run(self._send, dumps(body), "", reply_to, [], correlation_id=correlation_id)
 
     async def dead_letter(self, raw: bytes, reason: str, origin: dict[str, Any]) -> None:
-        """Keep a message that cannot be parsed on `hpod.requests.dead`, with the reason."""
-        headers = {"x-hpod-error": reason}
+        """Keep a request that cannot be parsed on the bounded `hpod.dead`, with the reason."""
+        headers = {"x-hpod-error": reason, "x-hpod-queue": REQUESTS}
         headers.update({f"x-original-{k}": str(v) for k, v in origin.items() if v})
         await self._run(
-            self._get_producer().publish,
-            raw,
-            exchange="",
-            routing_key=DEAD_LETTERS,
-            declare=[queue(DEAD_LETTERS)],
-            content_type="application/octet-stream",
-            content_encoding="binary",
-            delivery_mode=2,
-            retry=True,
-            retry_policy=RETRY_POLICY,
-            headers=headers,
+            lambda: self._get_producer().publish(  # connects on the publishing thread
+                raw,
+                exchange="",
+                routing_key=DEAD_LETTERS,
+                declare=[queue(DEAD_LETTERS)],
+                content_type="application/octet-stream",
+                content_encoding="binary",
+                delivery_mode=2,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+                headers=headers,
+            )
         )
 
     async def dispatch(self, task: dict[str, Any], soft_limit: float, hard_limit: float) -> None:
@@ -140,6 +267,9 @@ class Bus:
 
     def close(self) -> None:
         """Finish pending sends and close the connection."""
-        self._thread.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.release()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._outbox:
+            log.error("bus.events_unpublished", events=len(self._outbox))
+        self._events.close()
+        self._main.close()

@@ -329,17 +329,29 @@ async def any_request(request: web.Request) -> web.Response:
     return web.json_response(reply, status=status)
 
 
+#: The queue intake's health (`QueueIntake.health`), set by the daemon once intake runs.
+INTAKE_HEALTH: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("intake_health")
+
+
 async def health(request: web.Request) -> web.Response:
-    """GET /health: liveness and load."""
+    """GET /health: liveness, load and intake lag; 503 with the reasons when intake is stuck
+    (messages waiting without progress, or the broker unreachable, for `intake_stuck_seconds`).
+    Idle is healthy."""
     manager = request.app[MANAGER]
-    return web.json_response(
-        {
-            "status": "ok",
-            "version": __version__,
-            "running_studies": len(manager.runs),
-            "in_flight": manager.limits.inflight,
-        }
-    )
+    probe = request.app.get(INTAKE_HEALTH)
+    intake = probe() if probe is not None else None
+    stuck = bool(intake and intake["stuck"])
+    body: dict[str, Any] = {
+        "status": "stuck" if stuck else "ok",
+        "version": __version__,
+        "running_studies": len(manager.runs),
+        "in_flight": manager.limits.inflight,
+    }
+    if intake is not None:
+        body["intake"] = intake["queues"]
+        if stuck:
+            body["reasons"] = intake["reasons"]
+    return web.json_response(body, status=503 if stuck else 200)
 
 
 async def list_studies(request: web.Request) -> web.Response:

@@ -27,14 +27,15 @@ from pydantic import ValidationError
 from hpod.config import RELOADABLE, Settings, load_settings, redact
 from hpod.daemon import notify
 from hpod.daemon.bus import Bus
-from hpod.daemon.http import make_app, make_runner
-from hpod.daemon.intake import QueueIntake
+from hpod.daemon.http import INTAKE_HEALTH, make_app, make_runner
+from hpod.daemon.intake import BrokerInUse, QueueIntake, Unprocessable, message_ids
 from hpod.daemon.local_workers import LocalWorkers
 from hpod.daemon.manager import StudyManager
 from hpod.daemon.requests import RequestHandler
 from hpod.daemon.store import StudyStore
 from hpod.errors import ConfigError
 from hpod.logs import configure_logging
+from hpod.messaging import REQUESTS
 from hpod.modes import load_modes
 from hpod.workers.app import make_celery
 
@@ -50,6 +51,7 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self._signals = 0
         self._manager: StudyManager | None = None
+        self._bus: Bus | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- signals -----------------------------------------------------------------------
@@ -115,16 +117,31 @@ class Daemon:
         started = time.monotonic()
         s = self.settings
         store = StudyStore(s.optuna_storage_url())
-        bus = Bus(s, make_celery(s))
+        bus = self._bus = Bus(s, make_celery(s))
         manager = self._manager = StudyManager(s, store, bus)
         handler = RequestHandler(manager, bus, s.max_message_bytes)
         workers = (
             LocalWorkers(s, s.local_workers) if self.start_workers and s.local_workers else None
         )
+        intake = QueueIntake(
+            s, loop, handler.on_queue_message, self._on_result, on_dead=self._on_dead_letter
+        )
+        try:  # before any study resumes: a second daemon on this broker must not start at all
+            await asyncio.to_thread(intake.start)
+        except BrokerInUse as exc:
+            log.error("daemon.broker_in_use", error=str(exc))
+            bus.close()
+            store.close()
+            raise SystemExit(f"hpod: refusing to start: {exc}") from None
+        except RuntimeError as exc:  # the broker cannot be reached: systemd tries again
+            log.error("daemon.broker_unreachable", broker=redact(s.broker), error=str(exc))
+            bus.close()
+            store.close()
+            raise SystemExit(f"hpod: cannot start: {exc} ({redact(s.broker)})") from None
         await manager.start()
-        intake = QueueIntake(s, loop, handler.on_queue_message, self._on_result)
-        await asyncio.to_thread(intake.start)
+        intake.open()
         app = make_app(handler, manager, s.token(), s.max_message_bytes)
+        app[INTAKE_HEALTH] = intake.health
         access_log = logging.getLogger("aiohttp.access") if s.log_level == "debug" else None
         runner = make_runner(app, access_log=access_log)
         await runner.setup()
@@ -180,7 +197,22 @@ class Daemon:
             await asyncio.sleep(0.1)
         return manager.limits.inflight == 0
 
+    async def _on_dead_letter(
+        self, queue: str, body: bytes, props: dict[str, Any], reason: str
+    ) -> None:
+        """A request given up on (dead-lettered): tell its sender, as for any rejection."""
+        if queue != REQUESTS or self._bus is None:
+            return
+        found = message_ids(REQUESTS, body).get("request")
+        request_id = found if isinstance(found, str) else None  # never trust a queue's contents
+        error = {"code": "unprocessable", "field": "", "message": reason}
+        await self._bus.event("request.rejected", None, id=request_id, channel="amqp", error=error)
+        if props.get("reply_to"):
+            reply = {"v": 1, "ok": False, "id": request_id, "error": error}
+            await self._bus.reply(props["reply_to"], props.get("correlation_id"), reply)
+
     async def _on_result(self, body: bytes, props: dict[str, Any]) -> None:
+        """A worker's result; one that is not a result at all is dead-lettered at once."""
         assert self._manager is not None
         try:
             message = json.loads(body)
@@ -192,7 +224,7 @@ class Daemon:
                 for item in items
             ):
                 raise ValueError("a result needs study, number and state")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             log.error("result.malformed", error=repr(exc), body=body[:200])
-            return
+            raise Unprocessable(f"not a result: {exc!r}") from None
         await self._manager.on_worker_result(message, bool(props.get("redelivered")))

@@ -20,6 +20,15 @@ kombu's stock ``filesystem`` transport with the parts that make it unsafe for th
   re-published *and* left claimed. Claimed files of processes that died (SIGKILL, OOM, power
   loss) are renamed back by any live consumer: once at channel start, then at most every
   ``claim_recovery_interval`` seconds from ``_get``.
+* **Redelivered.** A message put back (requeued, restored or recovered from a dead consumer)
+  gets ``_r`` after the ``<time>_<uuid>`` part of its name, and is delivered with
+  ``delivery_info["redelivered"] = True``, as AMQP does: a consumer that may have acted on it
+  before (the daemon told a result, then died before its event went out) knows to check.
+* **Bounded queues.** A queue declared with ``x-max-length`` and/or ``x-message-ttl`` (ms) is
+  trimmed when a message is added to it: expired messages and the oldest beyond the length are
+  deleted (RabbitMQ's ``drop-head``), claimed ones are left alone. Declarations are per
+  process, so the bounds apply to the messages that process publishes (enough for hpod's
+  dead letters, which only the daemon publishes).
 
 Everything else (exchange tables in ``control_folder``, fanout, topic and direct routing) is the
 stock transport's. Transport options: ``data_folder_in``, ``data_folder_out``, ``control_folder``
@@ -65,6 +74,8 @@ MSG_SUFFIX = ".msg"
 TMP_SUFFIX = ".tmp"
 CLAIM_SUFFIX = ".claimed"
 CORRUPT_SUFFIX = ".corrupt"
+#: Marks a message that was delivered before (see `_redelivered_name`).
+REDELIVERED_MARK = "_r"
 
 DEFAULT_RECOVERY_INTERVAL = 5.0
 
@@ -172,7 +183,9 @@ def recover_orphans(folder: str | os.PathLike[str], names: Iterable[str] | None 
             if parsed is None or _owner_alive(parsed[1], parsed[2]):
                 continue
             try:
-                os.rename(os.path.join(folder, name), os.path.join(folder, parsed[0]))
+                os.rename(
+                    os.path.join(folder, name), os.path.join(folder, _redelivered_name(parsed[0]))
+                )
             except FileNotFoundError:
                 continue  # acked, or recovered by another process first
             recovered += 1
@@ -202,6 +215,28 @@ def _fsync_dir(folder: str) -> None:
 def _unclaimed_name(path: str) -> str:
     """The ``.msg`` path a claimed path came from."""
     return path[: -len(CLAIM_SUFFIX)].rpartition(".")[0]
+
+
+def _redelivered_name(path: str) -> str:
+    """``<time>_<uuid>_r.<queue>.msg`` for ``<time>_<uuid>.<queue>.msg``: the same place in
+    the FIFO order (names sort by their time), marked as delivered before."""
+    folder, name = os.path.split(path)
+    first, _, rest = name.partition(".")
+    if first.endswith(REDELIVERED_MARK):
+        return path
+    return os.path.join(folder, f"{first}{REDELIVERED_MARK}.{rest}")
+
+
+def _is_redelivered(name: str) -> bool:
+    return name.partition(".")[0].endswith(REDELIVERED_MARK)
+
+
+def _published_ns(name: str) -> int:
+    """When a message was published (the ``<time_ns>`` its name starts with); 0 if unknown."""
+    try:
+        return int(name.partition("_")[0])
+    except ValueError:
+        return 0
 
 
 def _check_queue_name(queue: object) -> str:
@@ -243,6 +278,7 @@ class Channel(filesystem.Channel):
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         self._claims: _Claims = connection.claims
+        self._bounds: dict[str, tuple[int | None, float | None]] = connection.bounds
         self._pending: dict[str, deque[str]] = {}
         options = self.transport_options
         self._fsync = bool(options.get("fsync", True))
@@ -307,6 +343,36 @@ class Channel(filesystem.Channel):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise ChannelError(f"hpodfs: cannot add a message to {folder!r}") from exc
+        if queue in self._bounds:
+            self._trim(queue, *self._bounds[queue])
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        """Remember the bounds (``x-max-length``, ``x-message-ttl``) a queue is declared with."""
+        arguments = kwargs.get("arguments") or {}
+        max_length = arguments.get("x-max-length")
+        ttl_ms = arguments.get("x-message-ttl")
+        if max_length is not None or ttl_ms is not None:
+            self._bounds[queue] = (
+                None if max_length is None else int(max_length),
+                None if ttl_ms is None else float(ttl_ms),
+            )
+
+    def _trim(self, queue: str, max_length: int | None, ttl_ms: float | None) -> None:
+        """Delete the ready messages of `queue` past their TTL, then the oldest beyond
+        `max_length` (names sort oldest first and start with their publish time in ns)."""
+        names = self._ready_names(queue)
+        drop: list[str] = []
+        if ttl_ms is not None:
+            oldest_kept = time.time_ns() - int(ttl_ms * 1_000_000)
+            drop = [n for n in names if _published_ns(n) < oldest_kept]
+            names = [n for n in names if _published_ns(n) >= oldest_kept]
+        if max_length is not None and len(names) > max_length:
+            drop.extend(names[: len(names) - max_length])
+        for name in drop:
+            with contextlib.suppress(FileNotFoundError):  # claimed or trimmed meanwhile
+                os.unlink(os.path.join(self._in_folder, name))
+        if drop:
+            self._pending.pop(queue, None)
 
     # -- consume ---------------------------------------------------------------------------
 
@@ -361,6 +427,11 @@ class Channel(filesystem.Channel):
         # as AMQP does, so that tags map one-to-one to claimed files.
         tag = str(uuid.uuid4())
         payload["properties"]["delivery_tag"] = tag
+        if _is_redelivered(name):
+            info = payload["properties"].get("delivery_info")
+            if not isinstance(info, dict):
+                info = payload["properties"]["delivery_info"] = {}
+            info["redelivered"] = True
         self._claims.add(tag, claimed)
         return payload
 
@@ -385,7 +456,7 @@ class Channel(filesystem.Channel):
         if path is None:
             return False
         try:
-            os.rename(path, _unclaimed_name(path))
+            os.rename(path, _redelivered_name(_unclaimed_name(path)))
         except FileNotFoundError:
             logger.warning("hpodfs: %s vanished before its requeue", path)
         except OSError as exc:
@@ -464,6 +535,8 @@ class Transport(filesystem.Transport):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         self.claims = _Claims()
+        #: queue -> (x-max-length, x-message-ttl in ms), from this process's declarations.
+        self.bounds: dict[str, tuple[int | None, float | None]] = {}
         super().__init__(client, **kwargs)
 
 

@@ -278,7 +278,7 @@ def test_bad_request_over_the_queue(
 
 @pytest.mark.broker
 def test_unparseable_messages_are_dead_lettered(daemon: Daemon) -> None:
-    """A message that is not JSON is kept on hpod.requests.dead with the reason."""
+    """A message that is not JSON is kept on hpod.dead with the reason."""
     import pika
 
     url = daemon.env["HPOD_BROKER_URL"]
@@ -286,7 +286,7 @@ def test_unparseable_messages_are_dead_lettered(daemon: Daemon) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     for _ in range(100):
-        method, props, body = channel.basic_get("hpod.requests.dead", auto_ack=True)
+        method, props, body = channel.basic_get("hpod.dead", auto_ack=True)
         if method is not None and body == b"\xff\xfe garbage":
             assert "not valid JSON" in props.headers["x-hpod-error"]
             break
