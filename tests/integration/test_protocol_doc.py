@@ -30,10 +30,12 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, hpod_env, quadratic_spec
+from pydantic_core import to_jsonable_python
 
 from hpod.daemon.http import CODE_BY_STATUS, STATUS_BY_CODE
+from hpod.daemon.studies import TRIAL_EVENTS
 from hpod.errors import RequestRejected
-from hpod.schema import BODIES, parse_request
+from hpod.schema import BODIES, StudySpec, json_schema, parse_request
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text()
@@ -151,6 +153,62 @@ def test_the_code_table_agrees_with_status_by_code() -> None:
     for code, status in CODE_TABLE:
         if code != "unauthorized":  # the token check answers 401 itself, before any request
             assert STATUS_BY_CODE.get(code, 400) == status, code
+
+
+def test_study_spec_table_matches_the_model() -> None:
+    """The spec's field table lists every field of `StudySpec`, and the defaults it gives as
+    JSON are the model's (the review found the JSON Schema's `mode` default misstated)."""
+    start = DOC.index("| field of `study` | type | default | meaning |")
+    rows = {}
+    for line in DOC[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[2]
+    fields = StudySpec.model_fields
+    assert set(rows) == set(fields)
+    schema = json_schema()["$defs"]["StudySpec"]["properties"]
+    for name, default in rows.items():
+        field = fields[name]
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        if default == "required":
+            assert field.is_required(), name
+        elif default == "none":
+            assert value is None, name
+        elif literal := re.match(r"`([^`]*)`(?::|$)", default):
+            assert json.loads(literal[1]) == to_jsonable_python(value), name
+        if shown := re.search(r"JSON Schema shows `([^`]*)`", default):
+            assert json.loads(shown[1]) == schema[name].get("default"), name
+
+
+def _events_in_code() -> set[str]:
+    """Every event the daemon publishes: ``….event("name", …)`` calls and `TRIAL_EVENTS`."""
+    events = set(TRIAL_EVENTS.values())
+    for path in (ROOT / "hpod").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "event"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                events.add(node.args[0].value)
+    return events
+
+
+def test_every_event_has_its_section() -> None:
+    """Each event the daemon publishes has a heading under Events, and each example event is
+    one of them, with the common fields."""
+    section = DOC[DOC.index("\n## Events\n") :]
+    section = section[: section.index("\n## ", 1)]
+    headed = {
+        name for heading in re.findall(r"^### (.*)$", section, re.M) for name in heading.split(", ")
+    }
+    assert headed == _events_in_code()
+    for line, _, block in _json_blocks():
+        if isinstance(block, dict) and "event" in block:
+            assert block["event"] in headed, f"docs/protocol.md:{line}"
+            assert {"v", "event", "study", "time"} <= set(block), f"docs/protocol.md:{line}"
 
 
 # --- the daemon ---------------------------------------------------------------------------
