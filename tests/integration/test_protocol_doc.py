@@ -451,6 +451,18 @@ def test_sighup_reloads_objectives(daemon: Daemon) -> None:
     assert answer[0] == 201, answer
 
 
+def test_a_non_json_http_body_is_not_dead_lettered(daemon: Daemon) -> None:
+    """Only queue messages are dead-lettered: a non-JSON body sent over HTTP, to
+    `POST /requests` too, is answered `not_json` and kept nowhere (the doc said otherwise).
+    The embedded broker keeps each message as ``<time>_<id>.<queue>.msg``; the reply comes
+    after any dead letter would have been written."""
+    for path in ("/requests", "/studies/doc-x/tell"):
+        status, reply = _post(daemon, path, raw=b"{not json, dead-letter probe")
+        assert (status, reply["error"]["code"]) == (400, "not_json")
+    messages = Path(daemon.env["HPOD_DATA_DIR"]) / "broker" / "messages"
+    queues = {name.name.split(".", 1)[1] for name in messages.iterdir()}
+    assert not [queue for queue in queues if "dead" in queue], queues
+
 def test_draining_is_answered_with_its_status(daemon: Daemon) -> None:
     """Runs last (it stops the daemon): while SIGTERM drains a trial in flight, a request is
     refused with `draining` and the status the code table gives."""
