@@ -565,7 +565,8 @@ def _body_schema(kind: str, path: str, schemas: dict[str, Any]) -> dict[str, Any
         return {"type": "object"}
     model = BODIES[kind].__name__
     from_path = {"v", "type", *re.findall(r"{(\w+)}", path)}
-    from_path |= {"study", "name"} if "{name}" in path else set()
+    if "{name}" in path:  # the path's study is the request's `study` (or `name`) field
+        from_path |= {"study", "name"}
     full = schemas[model]
     body = {
         **full,
