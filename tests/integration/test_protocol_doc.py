@@ -396,16 +396,21 @@ def test_each_documented_code_is_answered_with_its_status(
 
 
 def test_http_route_table_is_the_served_openapi(daemon: Daemon) -> None:
-    """The doc's route table lists exactly the routes the daemon's OpenAPI document has."""
+    """The doc's route table lists exactly the routes of the daemon's OpenAPI document, and
+    says which need the token as the document does."""
     start = DOC.index("| method | path | token |")
-    table = set()
+    table = {}
     for line in DOC[start:].splitlines()[2:]:
         if not line.startswith("|"):
             break
-        method, paths = [c.strip() for c in line.strip("|").split("|")][:2]
-        table |= {(method, path) for path in re.findall(r"`(/[^`]*)`", paths)}
+        method, paths, token = [c.strip() for c in line.strip("|").split("|")][:3]
+        table |= {(method, path): token == "yes" for path in re.findall(r"`(/[^`]*)`", paths)}
     served = daemon.get("/openapi.json")["paths"]
-    assert table == {(m.upper(), p) for p, ops in served.items() for m in ops}
+    assert table == {
+        (method.upper(), path): "security" in op
+        for path, ops in served.items()
+        for method, op in ops.items()
+    }
 
 
 def test_curl_examples_are_understood(daemon: Daemon) -> None:
