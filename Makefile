@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench policy clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/hpod-example-objective/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# The worked example of docs/objectives.md, an objective in a distribution of its own.
+	$(PY) -m pip install -q -e examples/hpod-example-objective
 	touch $(STAMP)
 
 install: $(STAMP)

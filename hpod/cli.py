@@ -183,9 +183,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _client(url: str | None = None) -> Any:
+    """A client of the daemon at `url`, or of the one these settings describe. The CLI runs
+    on the daemon's side, so it takes the configured or generated token either way (a
+    `Client` given a URL reads no settings)."""
     from hpod.client import Client
 
-    return Client(url)
+    if url is None:
+        return Client()
+    from hpod.config import load_settings
+
+    return Client(url, token=load_settings().existing_token())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -750,13 +757,37 @@ def cmd_schema(_args: argparse.Namespace) -> int:
 
 
 def cmd_objectives(_args: argparse.Namespace) -> int:
-    """List registered objective names."""
+    """List the registered objectives with the fidelity, version and keyword arguments each
+    declares (see docs/objectives.md). Each is loaded here to read them: one that cannot be
+    loaded in this environment is listed with the reason (its workers may still have it)."""
     from hpod.config import load_settings
     from hpod.workers.registry import ObjectiveRegistry
 
-    for name in ObjectiveRegistry(load_settings().objectives).names():
-        print(name)
+    registry = ObjectiveRegistry(load_settings().objectives)
+    rows = [("name", "fidelity", "version", "kwargs")]
+    for name in registry.names():
+        try:
+            rows.append((name, *_objective_traits(registry.get(name))))
+        except Exception as exc:  # an objective's import may fail in any way; list it anyway
+            rows.append((name, "?", "?", f"cannot load here: {type(exc).__name__}: {exc}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]]))
     return 0
+
+
+def _objective_traits(fn: Any) -> tuple[str, str, str]:
+    """An objective's declared fidelity, version and keyword arguments, as shown."""
+    from pydantic import BaseModel
+
+    from hpod.policies.fidelity import fidelity_of, version_of
+
+    model = getattr(fn, "hpod_kwargs", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        kwargs = ", ".join(model.model_fields) or "none"
+    else:
+        kwargs = "any (undeclared)"
+    return fidelity_of(fn) or "none", version_of(fn), kwargs
 
 
 if __name__ == "__main__":

@@ -8,11 +8,20 @@ creating the study, so the result arrives as an event, without polling. Over HTT
     from hpod.client import Client
     with Client("amqp://guest:guest@127.0.0.1//") as hpod:
         best = hpod.run_study(spec)
+
+A client app needs none of the daemon's code or settings: this module imports the standard
+library, pika (AMQP only, on first use) and `hpod.errors` (standard library only), never
+pydantic, kombu, Celery, Optuna or torch, and with a URL given it reads no settings file, so
+a broken ``/etc/hpod/hpod.toml`` on the client's machine cannot break it. The token for the
+HTTP API's mutating routes is the ``token`` argument, else ``HPOD_API_TOKEN``; only a client
+made without a URL (the daemon's own machine: `hpod` commands, the demo) falls back to the
+daemon's settings for its address and generated token.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -35,19 +44,25 @@ class ClientError(HpodError):
 
 
 class Client:
-    """Talks to an hpod daemon over AMQP or HTTP."""
+    """Talks to an hpod daemon over AMQP or HTTP.
+
+    `url` is ``amqp://…`` or ``http://…``; without one the client reads the daemon's settings
+    (on the daemon's machine) for its HTTP address. `token` authorises the HTTP API's
+    mutating routes; without one, ``HPOD_API_TOKEN`` from the environment, and, only when no
+    `url` was given, the token the local daemon configured or generated.
+    """
 
     def __init__(
         self, url: str | None = None, token: str | None = None, timeout: float = 30
     ) -> None:
-        from hpod.config import load_settings
-
-        settings = load_settings()
-        self.url = url or settings.http_url()
+        self._settings: Any = None
+        if url is None:  # the daemon's own machine: its settings say where it listens
+            url = self._daemon_settings().http_url()
+        self.url: str = url
         self.timeout = timeout
         self._amqp = self.url.startswith(("amqp://", "amqps://"))
-        self._token = token
-        self._settings = settings
+        self._token = token or os.environ.get("HPOD_API_TOKEN") or None
+        self._local = self._settings is not None
         self._channel: Any = None
         self._connection: Any = None
 
@@ -205,6 +220,14 @@ class Client:
 
     # --- transports --------------------------------------------------------------------
 
+    def _daemon_settings(self) -> Any:
+        """The daemon's settings, read once; only for a client made without a URL."""
+        if self._settings is None:
+            from hpod.config import load_settings  # pydantic-settings: the daemon's side
+
+            self._settings = load_settings()
+        return self._settings
+
     def _get_channel(self) -> Any:
         if self._channel is None:
             import pika
@@ -248,8 +271,9 @@ class Client:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
-        if self._token is None:  # read lazily: the daemon writes it when it first starts
-            self._token = self._settings.existing_token()
+        if self._token is None and self._local:
+            # Read lazily: the local daemon writes its generated token when it first starts.
+            self._token = self._daemon_settings().existing_token()
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         if idempotency_key:
