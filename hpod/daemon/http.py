@@ -15,13 +15,17 @@ request aiohttp cannot parse (an over-long URL or header line), and any unexpect
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import inspect
+import json
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler as HttpProtocol
 from aiohttp.web_request import BaseRequest
@@ -32,7 +36,7 @@ from hpod.daemon.metrics import CONTENT_TYPE_LATEST
 from hpod.daemon.requests import RequestHandler
 from hpod.daemon.web import add_web_routes
 from hpod.errors import RequestRejected
-from hpod.schema import StudySpec, json_schema, load_json
+from hpod.schema import BODIES, StudySpec, json_schema, load_json
 
 log = structlog.get_logger("hpod.http")
 
@@ -62,6 +66,29 @@ CODE_BY_STATUS = {
 }
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: What a route's request body is, by handler: a request type of the wire schema (its fields
+#: without the envelope and the path's study, which the route supplies), ``spec`` (a study
+#: spec), ``envelope`` (any request, as on the queue) or ``object`` (a JSON object).
+_BODIES: dict[Callable[..., Any], str] = {}
+#: Handlers behind the API token (wrapped by `_mutating`).
+_TOKEN_ROUTES: set[Callable[..., Any]] = set()
+#: The success status of a route that answers other than 200.
+_SUCCESS: dict[Callable[..., Any], int] = {}
+
+
+def _accepts(body: str, success: int = 200) -> Callable[[Route], Route]:
+    """Mark a handler as taking a JSON body of kind `body` (see `_BODIES`), answering
+    `success` when it succeeds (for the OpenAPI document)."""
+
+    def mark(route: Route) -> Route:
+        _BODIES[route] = body
+        if success != 200:
+            _SUCCESS[route] = success
+        return route
+
+    return mark
 
 
 def make_app(
@@ -208,6 +235,9 @@ class _JsonErrorsRunner(web.AppRunner):
 
 
 def _mutating(route: Route) -> Route:
+    """`route` behind the API token (``Authorization: Bearer …``)."""
+
+    @functools.wraps(route)
     async def guarded(request: web.Request) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), request.app[TOKEN].encode()):
@@ -219,6 +249,7 @@ def _mutating(route: Route) -> Route:
             return web.json_response({"v": 1, "ok": False, "error": error}, status=401)
         return await route(request)
 
+    _TOKEN_ROUTES.add(guarded)
     return guarded
 
 
@@ -246,35 +277,40 @@ def _envelope(type_: str, body: Any = None, **path: Any) -> dict[str, Any]:
     return {**fields, "v": 1, "type": type_, **path}
 
 
+@_accepts("spec", success=201)
 async def create_study(request: web.Request) -> web.Response:
-    """POST /studies: body is a study spec."""
+    """POST /studies: create a study and start it; the body is its spec (not an envelope)."""
     spec = await _body(request)
     return await _run(request, {"v": 1, "type": "study.create", "study": spec}, status=201)
 
 
 async def stop_study(request: web.Request) -> web.Response:
-    """POST /studies/{name}/stop."""
+    """POST /studies/{name}/stop: ask no new trials; trials in flight are still told."""
     return await _run(request, _envelope("study.stop", name=request.match_info["name"]))
 
 
 async def pause_study(request: web.Request) -> web.Response:
-    """POST /studies/{name}/pause."""
+    """POST /studies/{name}/pause: dispatch no new trials until resumed."""
     return await _run(request, _envelope("study.pause", name=request.match_info["name"]))
 
 
 async def resume_study(request: web.Request) -> web.Response:
-    """POST /studies/{name}/resume."""
+    """POST /studies/{name}/resume: dispatch again, up to the budget."""
     return await _run(request, _envelope("study.resume", name=request.match_info["name"]))
 
 
+@_accepts("study.budget")
 async def set_budget(request: web.Request) -> web.Response:
-    """POST /studies/{name}/budget: body ``{"budget": {"trials": 80}}``."""
+    """POST /studies/{name}/budget: replace a study's budget live, e.g.
+    ``{"budget": {"trials": 80}}``."""
     body = await _body(request)
     return await _run(request, _envelope("study.budget", body, name=request.match_info["name"]))
 
 
+@_accepts("study.strategy")
 async def set_strategy(request: web.Request) -> web.Response:
-    """POST /studies/{name}/strategy: body ``{"strategy": "auto" | "mode" | name}``."""
+    """POST /studies/{name}/strategy: switch a study's strategy live,
+    ``{"strategy": "auto" | "mode" | name}``."""
     body = await _body(request)
     return await _run(request, _envelope("study.strategy", body, name=request.match_info["name"]))
 
@@ -294,34 +330,42 @@ async def policy_export(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MANAGER].policy_export())
 
 
+@_accepts("object")
 async def policy_import(request: web.Request) -> web.Response:
-    """POST /policy/import: body is a bundle from /policy/export (token); a bad bundle is a
-    400 naming the field."""
+    """POST /policy/import: load a bundle from /policy/export (token); a bad bundle is a 400
+    naming the field."""
     return web.json_response(await request.app[MANAGER].policy_import(await _body(request)))
 
 
 async def ask(request: web.Request) -> web.Response:
-    """POST /studies/{name}/ask: a trial for an external evaluator."""
+    """POST /studies/{name}/ask: a trial for an external evaluator (``Idempotency-Key`` is the
+    ask's id)."""
     return await _run(request, _envelope("trial.ask", study=request.match_info["name"]))
 
 
+@_accepts("trial.tell")
 async def tell(request: web.Request) -> web.Response:
-    """POST /studies/{name}/tell: body ``{"trial": n, "values": [...], "state": …}``."""
+    """POST /studies/{name}/tell: an external evaluator's result,
+    ``{"trial": n, "values": [...], "state": …}``."""
     body = await _body(request)
     return await _run(request, _envelope("trial.tell", body, study=request.match_info["name"]))
 
 
+@_accepts("trial.enqueue")
 async def enqueue(request: web.Request) -> web.Response:
-    """POST /studies/{name}/enqueue: body ``{"params": {...}}``."""
+    """POST /studies/{name}/enqueue: propose a configuration, ``{"params": {...}}``."""
     body = await _body(request)
     return await _run(request, _envelope("trial.enqueue", body, study=request.match_info["name"]))
 
 
+@_accepts("mode.set")
 async def set_mode(request: web.Request) -> web.Response:
-    """POST /mode: body ``{"mode": "fast", "study": optional}``."""
+    """POST /mode: switch a study's mode, or the default one,
+    ``{"mode": "fast", "study": optional}``."""
     return await _run(request, _envelope("mode.set", await _body(request)))
 
 
+@_accepts("envelope")
 async def any_request(request: web.Request) -> web.Response:
     """POST /requests: any request envelope, exactly as it would travel on the queue."""
     reply = await request.app[HANDLER].handle(await request.read(), "http")
@@ -355,7 +399,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_studies(request: web.Request) -> web.Response:
-    """GET /studies."""
+    """GET /studies: every study's name, state, mode and best value."""
     return web.json_response({"studies": await request.app[MANAGER].list()})
 
 
@@ -404,96 +448,149 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """GET /openapi.json: the OpenAPI 3.1 document of this API."""
-    return web.json_response(openapi_document())
+    """GET /openapi.json: the OpenAPI 3.1 document of this API, built from its routes."""
+    return web.json_response(openapi_document(request.app))
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document, built from the same pydantic models that validate requests."""
-    schemas = json_schema()["$defs"]
-    schemas["StudySpecBody"] = StudySpec.model_json_schema(
-        ref_template="#/components/schemas/{model}"
-    )
-    schemas.update(schemas["StudySpecBody"].pop("$defs", {}))
-    text = _reref(schemas)
+def openapi_document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI document of `app`, built from the app's own routes so it cannot drift.
 
-    def op(summary: str, body: str | None = None, secured: bool = False) -> dict[str, Any]:
-        spec: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
-        if body:
-            ref = {"$ref": f"#/components/schemas/{body}"}
-            spec["requestBody"] = {"content": {"application/json": {"schema": ref}}}
-        if secured:
-            spec["security"] = [{"bearer": []}]
-            spec["responses"]["401"] = {"description": "missing or wrong token"}
-        spec["responses"]["400"] = {"description": "invalid request; the error names the field"}
-        return spec
-
-    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    Each route is one operation: its summary is the handler's docstring (first paragraph,
+    without its ``METHOD /path:`` prefix), its path parameters come from the route, its query
+    parameters from the docstring's ``[?a=…&b=…]``, its request body from the wire schema
+    (`_accepts`), and routes behind the API token say so. HEAD, which aiohttp adds to every
+    GET, is left out: it answers as GET does, without a body.
+    """
+    schemas = _component_schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if not path or route.method in (hdrs.METH_HEAD, hdrs.METH_ANY):
+            continue
+        paths.setdefault(path, {})[route.method.lower()] = _operation(
+            route.method, path, route.handler, schemas
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": "hpod", "version": __version__},
         "components": {
-            "schemas": text,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        "paths": {
-            "/health": {"get": op("Liveness and load")},
-            "/studies": {
-                "get": op("List studies"),
-                "post": op("Create a study", "StudySpecBody", secured=True),
-            },
-            "/studies/{name}": {"get": op("Study status"), "parameters": name},
-            "/studies/{name}/doctor": {
-                "get": op("Where the study's time goes, and its bottleneck"),
-                "parameters": name,
-            },
-            "/doctor": {"get": op("All studies' breakdowns, resources and back-pressure")},
-            "/workers": {"get": op("Live workers")},
-            "/metrics": {"get": op("Prometheus metrics (text format)")},
-            "/studies/{name}/stop": {"post": op("Stop a study", secured=True), "parameters": name},
-            "/studies/{name}/pause": {
-                "post": op("Pause a study", secured=True),
-                "parameters": name,
-            },
-            "/studies/{name}/resume": {
-                "post": op("Resume a paused study", secured=True),
-                "parameters": name,
-            },
-            "/studies/{name}/budget": {
-                "post": op("Change a study's budget", "StudyBudget", secured=True),
-                "parameters": name,
-            },
-            "/studies/{name}/strategy": {
-                "post": op("Switch a study's strategy live", "StudyStrategy", secured=True),
-                "parameters": name,
-            },
-            "/studies/{name}/ask": {"post": op("Ask a trial", secured=True), "parameters": name},
-            "/studies/{name}/tell": {
-                "post": op("Tell a trial's result", "TrialTell", secured=True),
-                "parameters": name,
-            },
-            "/studies/{name}/enqueue": {
-                "post": op("Propose a configuration", "TrialEnqueue", secured=True),
-                "parameters": name,
-            },
-            "/mode": {"post": op("Switch a mode", "ModeSet", secured=True)},
-            "/modes": {"get": op("Every mode's knobs and the default mode")},
-            "/policy": {"get": op("The strategy policy: weights, fallback, experiences")},
-            "/policy/reset": {"post": op("Forget the learnt strategy policy", secured=True)},
-            "/policy/export": {"get": op("The strategy policy as a JSON bundle", secured=True)},
-            "/policy/import": {"post": op("Load a strategy policy bundle", secured=True)},
-            "/cache": {
-                "get": op("Result cache statistics"),
-                "delete": op("Clear the result cache", secured=True),
-            },
-            "/requests": {"post": op("Any request envelope, as on the queue", secured=True)},
-        },
+        "paths": {path: paths[path] for path in sorted(paths)},
     }
 
 
-def _reref(schemas: dict[str, Any]) -> dict[str, Any]:
-    import json
+def _operation(
+    method: str, path: str, handler: Callable[..., Any], schemas: dict[str, Any]
+) -> dict[str, Any]:
+    """One OpenAPI operation, from the route and its handler."""
+    route = inspect.unwrap(handler)
+    summary, query = describe(route)
+    op: dict[str, Any] = {"summary": summary, "operationId": route.__name__}
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in query
+    ]
+    if parameters:
+        op["parameters"] = parameters
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    status = str(_SUCCESS.get(route, 200))
+    op["responses"] = {status: {"description": "OK"}, "default": {"description": "error", **error}}
+    if route in _BODIES:
+        schema = _body_schema(_BODIES[route], path, schemas)
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if handler in _TOKEN_ROUTES:
+        op["security"] = [{"bearer": []}]
+        op["responses"]["401"] = {"description": "missing or wrong API token", **error}
+    return op
 
+
+_PREFIX = re.compile(
+    r"^(?P<method>[A-Z]+) (?P<path>/\S*?)(?:\[\?(?P<query>[^\]]*)\])?(?:[:.](?=\s|$)|$)"
+)
+
+
+def describe(handler: Callable[..., Any]) -> tuple[str, list[str]]:
+    """A route handler's summary and query parameters, read from its docstring.
+
+    The docstring starts ``METHOD /path[?a=…&b=…]: what it does``; the summary is what it
+    does (its first paragraph), the query parameters are ``a`` and ``b``.
+    """
+    doc = inspect.getdoc(handler) or ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    match = _PREFIX.match(first)
+    if match is None:
+        return first, []
+    query = [part.split("=")[0] for part in (match["query"] or "").split("&") if part]
+    summary = first[match.end() :].strip()
+    return summary[:1].upper() + summary[1:], query
+
+
+def route_of(handler: Callable[..., Any]) -> tuple[str, str] | None:
+    """The ``(METHOD, /path)`` a handler's docstring names, if it names one."""
+    doc = " ".join((inspect.getdoc(inspect.unwrap(handler)) or "").split())
+    match = _PREFIX.match(doc)
+    return (match["method"], match["path"]) if match else None
+
+
+def _component_schemas() -> dict[str, Any]:
+    """The wire schema's definitions, the study spec, and the error reply."""
+    schemas: dict[str, Any] = json_schema()["$defs"]
+    spec = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(spec.pop("$defs", {}))
+    schemas["StudySpecBody"] = spec
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["v", "ok", "error"],
+        "properties": {
+            "v": {"const": 1},
+            "ok": {"const": False},
+            "id": {"type": ["string", "null"]},
+            "error": {
+                "type": "object",
+                "required": ["code", "field", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    }
+    return _reref(schemas)
+
+
+def _body_schema(kind: str, path: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a route's body (see `_BODIES`); a request type's body schema is added
+    to `schemas` as ``<Model>Body``."""
+    if kind == "spec":
+        return {"$ref": "#/components/schemas/StudySpecBody"}
+    if kind == "envelope":
+        return {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in BODIES.values()]}
+    if kind == "object":
+        return {"type": "object"}
+    model = BODIES[kind].__name__
+    from_path = {"v", "type", *re.findall(r"{(\w+)}", path)}
+    if "{name}" in path:  # the path's study is the request's `study` (or `name`) field
+        from_path |= {"study", "name"}
+    full = schemas[model]
+    body = {
+        **full,
+        "properties": {k: v for k, v in full["properties"].items() if k not in from_path},
+        "required": [k for k in full.get("required", []) if k not in from_path],
+    }
+    schemas[f"{model}Body"] = body
+    return {"$ref": f"#/components/schemas/{model}Body"}
+
+
+def _reref(schemas: dict[str, Any]) -> dict[str, Any]:
+    """`schemas` with JSON Schema's local references pointed into the OpenAPI components."""
     text = json.dumps(schemas).replace("#/$defs/", "#/components/schemas/")
     result: dict[str, Any] = json.loads(text)
     return result
