@@ -164,20 +164,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpod.daemon.service import Daemon
     from hpod.logs import configure_logging
 
-    try:
-        settings, _modes = _validated_config()
+    try:  # every file the daemon reads at start, before anything starts
+        settings, _modes, _strategies = _validated_config()
+        configure_logging(settings.log_format, settings.log_level)
+        asyncio.run(Daemon(settings, start_workers=False if args.no_workers else None).run())
     except ConfigError as exc:
+        # Exit 2, one line, no traceback: restarting cannot fix a file, and the units do not
+        # restart on 2 (RestartPreventExitStatus=2 in systemd/hpod.service).
         print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(Daemon(settings, start_workers=False if args.no_workers else None).run())
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a Celery worker in this process."""
+    """Run a Celery worker in this process; exit 2 first if the settings are invalid (as
+    `hpod run` does: the worker unit does not restart on 2)."""
+    from hpod.config import checked_settings
     from hpod.daemon.local_workers import worker_argv
 
+    try:
+        checked_settings()
+    except ConfigError as exc:
+        print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     argv = worker_argv(args.concurrency, args.name, loglevel="INFO")
     os.execv(sys.executable, argv)
 
@@ -714,11 +723,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_config_check(_args: argparse.Namespace) -> int:
     """Validate the settings, the modes and the strategies; exit 1 with the bad one named."""
-    from hpod.policies.strategy.catalog import load_strategies
-
     try:
-        settings, modes = _validated_config()
-        strategies = load_strategies()
+        settings, modes, strategies = _validated_config()
     except ConfigError as exc:
         print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
         return 1
@@ -730,22 +736,14 @@ def cmd_config_check(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _validated_config() -> tuple[Any, dict[str, Any]]:
-    """Settings and modes, or `ConfigError` naming the first bad setting."""
-    from pydantic import ValidationError
-
-    from hpod.config import load_settings
+def _validated_config() -> tuple[Any, dict[str, Any], tuple[Any, ...]]:
+    """Settings, modes and strategies (every file the daemon reads at start), or one
+    `ConfigError` naming the first bad file and key."""
+    from hpod.config import checked_settings
     from hpod.modes import load_modes
+    from hpod.policies.strategy.catalog import load_strategies
 
-    try:
-        settings = load_settings()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise ConfigError(f"{field}: {err['msg']}") from exc
-    except ValueError as exc:  # TOML syntax error in the settings file
-        raise ConfigError(f"settings file: {exc}") from exc
-    return settings, load_modes()
+    return checked_settings(), load_modes(), load_strategies()
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:

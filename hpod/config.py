@@ -13,13 +13,15 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from hpod.errors import ConfigError
 
 EMBEDDED_SCHEME = "hpodfs"
 DEFAULT_CONFIG_FILE = Path("/etc/hpod/hpod.toml")
@@ -111,6 +113,8 @@ class Settings(BaseSettings):
             token = path.read_text().strip()
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from exc
         if len(token) < 16:
             raise ValueError(f"{path} must hold a token of at least 16 characters")
         return path
@@ -124,10 +128,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment wins over the TOML file, which wins over defaults."""
-        path = Path(os.environ.get("HPOD_CONFIG", DEFAULT_CONFIG_FILE))
+        """Environment wins over the TOML file, which wins over defaults. A missing file is
+        no error; one that exists but cannot be read (a directory, no permission) is."""
+        path = config_file()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path.is_file():
+        if path.exists():
+            if not path.is_file():  # pydantic-settings would skip it silently
+                raise ValueError("not a regular file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
@@ -259,6 +266,31 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def config_file() -> Path:
+    """The settings file: ``HPOD_CONFIG``, or /etc/hpod/hpod.toml."""
+    return Path(os.environ.get("HPOD_CONFIG", DEFAULT_CONFIG_FILE))
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Load and validate the settings (file, environment, then explicit overrides)."""
+    """Load and validate the settings (file, environment, then explicit overrides).
+
+    Raises pydantic's `ValidationError` for a bad value, `OSError` or `ValueError` when the
+    settings file cannot be read or parsed; `checked_settings` turns each into one line."""
     return Settings(**overrides)
+
+
+def checked_settings(**overrides: Any) -> Settings:
+    """`load_settings`, with every failure a `ConfigError` of one line naming the setting
+    (``max_inflight: …``) or the file (``settings file /etc/hpod/hpod.toml: …``), so
+    `hpod run` can exit 2 with it instead of a traceback."""
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        cause = (err.get("ctx") or {}).get("error")  # a validator's own message, unprefixed
+        message = str(cause) if err["type"] == "value_error" and cause else err["msg"]
+        raise ConfigError(f"{field}: {message}") from exc
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, or a TOML syntax error
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"settings file {config_file()}: {reason}") from exc

@@ -83,7 +83,7 @@ def load_modes(path: str | None = None) -> dict[str, Mode]:
     if extra:
         try:
             overrides = tomllib.loads(Path(extra).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, or a TOML syntax error
             raise ConfigError(f"cannot read modes file {extra}: {exc}") from exc
         for name, table in overrides.items():
             if not isinstance(table, dict):

@@ -81,7 +81,7 @@ class Daemon:
             log.error("daemon.reload_refused", setting=field, error=err["msg"])
             notify.notify("READY=1", f"STATUS=reload refused: {field}: {err['msg']}")
             return False
-        except ValueError as exc:  # a TOML syntax error in the settings file
+        except (OSError, ValueError) as exc:  # the settings file: unreadable, or not TOML
             log.error("daemon.reload_refused", setting="config file", error=str(exc))
             notify.notify("READY=1", f"STATUS=reload refused: {exc}")
             return False

@@ -59,7 +59,7 @@ def load_strategies(path: str | None = None) -> tuple[Strategy, ...]:
         return BUILTIN
     try:
         raw: dict[str, Any] = tomllib.loads(Path(source).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, or a TOML syntax error
         raise ConfigError(f"cannot read strategies file {source}: {exc}") from exc
     known = {s.name for s in BUILTIN}
     added = []
