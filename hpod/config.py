@@ -169,11 +169,10 @@ class Settings(BaseSettings):
     def optuna_storage_url(self) -> str:
         """The Optuna storage URL: configured, or Optuna's journal file in the data directory.
 
-        Chosen by measurement (`make bench`, 2 cores): plain Optuna ask+tell ran 416 trials/s
-        on the journal file against 49 on SQLite (55 with WAL), and the daemon through
-        RabbitMQ + Celery ran 130 trials/s against 37. The journal file is multi-process safe
-        (file lock) and read by `optuna … --storage PATH --storage-class JournalFileBackend`
-        and `optuna-dashboard PATH`.
+        Chosen by measurement: the journal file against SQLite in the latest `make bench`
+        table (docs/benchmarks.md, "Throughput and overhead", the one place for throughput
+        figures). The journal file is multi-process safe (file lock) and read by
+        `optuna … --storage PATH --storage-class JournalFileBackend` and `optuna-dashboard PATH`.
         """
         if self.storage_url:
             return self.storage_url

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from hpod.errors import ConfigError
 from hpod.modes import load_modes
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_standard_modes_trade_compute_for_quality() -> None:
@@ -19,12 +16,6 @@ def test_the_standard_modes_trade_compute_for_quality() -> None:
     assert {"fast", "balanced", "thorough"} <= set(modes)
     assert modes["fast"].threshold > 0 and len(modes["fast"].ladder) > 1
     assert modes["thorough"].ladder == [1.0] and modes["thorough"].threshold == 0
-
-
-def test_the_example_file_in_config_is_the_packaged_modes() -> None:
-    """config/modes.toml (what operators copy) says what the package does."""
-    packaged = tomllib.loads((ROOT / "hpod/data/modes.toml").read_text())
-    assert tomllib.loads((ROOT / "config/modes.toml").read_text()) == packaged
 
 
 def test_an_operator_adds_a_mode_and_changes_one(tmp_path: Path) -> None:
