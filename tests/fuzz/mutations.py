@@ -29,6 +29,8 @@ MAX_BYTES = 1 << 20  # the daemon's default max_message_bytes
 EXTERNAL = "fz-ext"
 CONTROL = "fz-ctl"
 ASKED = 4  # trials asked on EXTERNAL during set-up, so that tells have trials to name
+STOPPABLE = "fz-stop"  # the target of study.stop seeds, so that CONTROL keeps running
+BUDGET_STUDY = "fz-f4"  # finding 4's study.budget body: a running study no seed touches
 FINDING_4_STUDY = "a"  # finding 4's body tells study "a": it exists, with trials 0..3 asked
 
 
@@ -160,7 +162,8 @@ def seed_bodies(i: int) -> dict[str, dict[str, Any]]:
     """One valid body of every request type (and every kind of space), numbered `i`."""
     bodies = {f"study.create/{space}": _create(i, space) for space in SPACES}
     for kind in ("stop", "pause", "resume"):
-        bodies[f"study.{kind}"] = {"v": 1, "type": f"study.{kind}", "name": CONTROL}
+        name = STOPPABLE if kind == "stop" else CONTROL
+        bodies[f"study.{kind}"] = {"v": 1, "type": f"study.{kind}", "name": name}
     bodies["study.budget"] = {
         "v": 1,
         "type": "study.budget",
@@ -201,7 +204,7 @@ def setup_requests() -> list[dict[str, Any]]:
         "y": {"type": "float", "low": -2.0, "high": 2.0},
     }
     out: list[dict[str, Any]] = []
-    for name in (EXTERNAL, CONTROL, FINDING_4_STUDY):
+    for name in (EXTERNAL, CONTROL, STOPPABLE, BUDGET_STUDY, FINDING_4_STUDY):
         study = {
             "name": name,
             "space": space,
@@ -612,7 +615,7 @@ FINDINGS: list[tuple[str, bytes, str | None]] = [
     ),
     (
         "finding 4: budget trials true",
-        dumps({"v": 1, "type": "study.budget", "name": CONTROL, "budget": {"trials": True}}),
+        dumps({"v": 1, "type": "study.budget", "name": BUDGET_STUDY, "budget": {"trials": True}}),
         "budget.trials",
     ),
     (
