@@ -33,30 +33,60 @@ FINISHED_STATES = {1, 2, 3}  # COMPLETE, PRUNED, FAIL
 
 
 class Events:
-    """A pika subscriber to hpod.events, bound before anything is published. Its queue is
-    exclusive to this connection, so events published while the daemon is down or restarting
-    are kept for it."""
+    """A pika subscriber to hpod.events, bound before anything is published.
 
-    def __init__(self, url: str, keys: Iterable[str] = ("trial.*", "study.*")) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+    By default its queue is exclusive to this connection, so events published while the
+    daemon is down or restarting are kept for it. With `queue_name` the queue is durable and
+    named instead, so it also outlives a broker restart; the subscriber reconnects after one
+    (and deletes the queue in `close`)."""
+
+    def __init__(
+        self, url: str, keys: Iterable[str] = ("trial.*", "study.*"), queue_name: str = ""
+    ) -> None:
+        self.url = url
+        self.keys = tuple(keys)
+        self.queue_name = queue_name
+        self.events: list[dict[str, Any]] = []
+        self._connect()
+
+    def _connect(self) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(self.url))
         self.channel = self.connection.channel()
         self.channel.exchange_declare("hpod.events", exchange_type="topic", durable=True)
-        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
-        for key in keys:
+        durable = bool(self.queue_name)
+        self.queue = self.channel.queue_declare(
+            self.queue_name, exclusive=not durable, durable=durable
+        ).method.queue
+        for key in self.keys:
             self.channel.queue_bind(self.queue, "hpod.events", routing_key=key)
-        self.events: list[dict[str, Any]] = []
+
+    def _reconnect(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._connect()
+                return
+            except pika.exceptions.AMQPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def poll(self, seconds: float = 0.0) -> None:
         """Take every event waiting (and wait up to `seconds` for more)."""
         deadline = time.monotonic() + seconds
         while True:
-            method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
-            if method is not None:
-                self.events.append(json.loads(body))
-                continue
-            if time.monotonic() >= deadline:
-                return
-            self.connection.process_data_events(time_limit=0.05)
+            try:
+                method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
+                if method is not None:
+                    self.events.append(json.loads(body))
+                    continue
+                if time.monotonic() >= deadline:
+                    return
+                self.connection.process_data_events(time_limit=0.05)
+            except pika.exceptions.AMQPError:
+                if not self.queue_name:
+                    raise  # an exclusive queue died with its connection: events are lost
+                self._reconnect()
 
     def until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> bool:
         """Poll until `predicate(events)` holds; False after `timeout` seconds."""
@@ -80,7 +110,9 @@ class Events:
         return any(e["event"] == "study.completed" and e["study"] == study for e in self.events)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (deleting a named queue first)."""
+        if self.queue_name and self.channel.is_open:
+            self.channel.queue_delete(self.queue)
         if self.connection.is_open:
             self.connection.close()
 
