@@ -25,10 +25,10 @@ DOC = ROOT / "docs" / "hardening.md"
 sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
 
 import campaign  # noqa: E402  (tests/fuzz, on the path just above)
-import faults  # noqa: E402
+import fault_audit  # noqa: E402
 import mutations  # noqa: E402
 
-__all__ = ["campaign", "faults", "mutations"]
+__all__ = ["campaign", "fault_audit", "mutations"]
 
 
 def free_port() -> int:

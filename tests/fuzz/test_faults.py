@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import Daemon, DaemonFactory, Proc, hpod_env, quadratic_spec
-from faults import Events, audit, kill_tree, tear_journal
+from fault_audit import Events, audit, kill_tree, tear_journal
 
 from hpod.engine import make_storage
 
