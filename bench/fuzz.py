@@ -185,7 +185,7 @@ def main() -> int:
     url = args.amqp_url or create_vhost(vhost or "")
     purge(url)
     data = Path(tempfile.mkdtemp(prefix="hpod-fuzz-"))
-    env = hpod_env(data / "data", broker_url=url, local_workers="0")
+    env = hpod_env(data / "data", broker_url=url, local_workers="0", drain_timeout="5")
     daemon = Process(["run", "--no-workers"], env, data / "daemon.log")
     began = time.monotonic()
     try:

@@ -70,7 +70,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     require_service("RabbitMQ", "127.0.0.1", 5672)
     _purge(AMQP_URL)
     tmp = tmp_path_factory.mktemp("fuzz")
-    env = hpod_env(tmp / "data", broker_url=AMQP_URL)
+    # No workers: trials of seeds with an objective stay in flight, so a short drain.
+    env = hpod_env(tmp / "data", broker_url=AMQP_URL, drain_timeout="5")
     proc = Daemon(
         [sys.executable, "-m", "hpod", "run", "--no-workers"], env, tmp / "daemon.log"
     ).start()
