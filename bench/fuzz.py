@@ -51,6 +51,7 @@ HEADER = [
     "5xx",
     "non-JSON",
     "malformed replies",
+    "bools accepted",
     "findings not refused",
     "RSS start / end / after restart (MiB)",
     "SIGTERM (s)",
@@ -117,6 +118,7 @@ def merge(into: campaign.Tally, other: campaign.Tally) -> None:
     into.server_errors += other.server_errors
     into.non_json += other.non_json
     into.malformed += other.malformed
+    into.accepted_bad += other.accepted_bad
 
 
 def run_http(daemon: Process, args: argparse.Namespace) -> campaign.Tally:
@@ -215,7 +217,8 @@ def main() -> int:
     print(f"findings not refused: {len(not_refused)}")
     print(
         f"unanswered {len(total.unanswered)}, 5xx {len(total.server_errors)}, non-JSON "
-        f"{len(total.non_json)}, malformed {len(total.malformed)}; RSS start "
+        f"{len(total.non_json)}, malformed {len(total.malformed)}, bools accepted "
+        f"{len(total.accepted_bad)}; RSS start "
         f"{rss_start:.0f} MiB, end {end['rss_end']:.0f} MiB, after restart "
         f"{end['rss_restart']:.0f} MiB; after the run: {end}; restart OK: {restart_ok}; "
         f"{time.monotonic() - began:.0f} s"
@@ -238,6 +241,7 @@ def main() -> int:
                 "5xx": len(total.server_errors),
                 "non-JSON": len(total.non_json),
                 "malformed replies": len(total.malformed),
+                "bools accepted": len(total.accepted_bad),
                 "findings not refused": len(not_refused),
                 "RSS start / end / after restart (MiB)": (
                     f"{rss_start:.0f} / {end['rss_end']:.0f} / {end['rss_restart']:.0f}"

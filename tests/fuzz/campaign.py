@@ -39,6 +39,7 @@ class Tally:
     server_errors: list[str] = field(default_factory=list)
     non_json: list[str] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
+    accepted_bad: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
         """Every failing case, one line each."""
@@ -47,6 +48,7 @@ class Tally:
             *(f"5xx: {c}" for c in self.server_errors),
             *(f"non-JSON: {c}" for c in self.non_json),
             *(f"malformed reply: {c}" for c in self.malformed),
+            *(f"accepted, must be refused: {c}" for c in self.accepted_bad),
         ]
 
     def summary(self) -> str:
@@ -55,7 +57,8 @@ class Tally:
             f"sent {self.sent}, replied {self.replied}, dead-lettered {self.dead_lettered}, "
             f"accepted {self.accepted}, unanswered {len(self.unanswered)}, "
             f"5xx {len(self.server_errors)}, non-JSON {len(self.non_json)}, "
-            f"malformed {len(self.malformed)}; codes {dict(self.codes.most_common())}"
+            f"malformed {len(self.malformed)}, accepted though they must be refused "
+            f"{len(self.accepted_bad)}; codes {dict(self.codes.most_common())}"
         )
 
 
@@ -273,6 +276,8 @@ def tally_amqp(outcomes: Iterable[Outcome]) -> Tally:
         if reply["ok"]:
             tally.accepted += 1
             tally.codes["ok"] += 1
+            if o.case.must_refuse:
+                tally.accepted_bad.append(f"{label} -> {excerpt(o.reply, 200)}")
         else:
             tally.codes[reply["error"]["code"]] += 1
     return tally
@@ -329,6 +334,8 @@ def fuzz_http(base: str, token: str, cases: Iterable[HttpCase], timeout: float =
             tally.replied += 1
             if status < 400:
                 tally.accepted += 1
+                if case.must_refuse:
+                    tally.accepted_bad.append(f"{label} -> {status} {excerpt(body, 200)}")
             else:
                 tally.codes[json.loads(body)["error"]["code"]] += 1
         elif status >= 500:

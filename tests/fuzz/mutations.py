@@ -76,6 +76,11 @@ class Case:
     name: str
     body: bytes
 
+    @property
+    def must_refuse(self) -> bool:
+        """Whether accepting this case is a failure (see `_must_refuse`)."""
+        return self.name.endswith(MUST_REFUSE)
+
 
 @dataclass(frozen=True)
 class HttpCase:
@@ -87,6 +92,11 @@ class HttpCase:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     token: bool = True  # send the daemon's API token
+
+    @property
+    def must_refuse(self) -> bool:
+        """Whether a 2xx answer to this case is a failure (see `_must_refuse`)."""
+        return self.name.endswith(MUST_REFUSE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,14 +367,48 @@ def m_number(rng: random.Random, value: Any) -> tuple[str, Any]:
     """A number replaced by a bool, string, -0.0, 1e-400, 1e308, 10**400, NaN, ..."""
     path = _pick_path(rng, value, numeric=True) or _pick_path(rng, value)
     new = rng.choice(NUMBER_SWAPS)
-    return f"number {_dotted(path)}={_label(new)}", _set(value, path, new)
+    mark = _must_refuse(value, path, new)
+    return f"number {_dotted(path)}={_label(new)}{mark}", _set(value, path, new)
 
 
 def m_type(rng: random.Random, value: Any) -> tuple[str, Any]:
     """Any field replaced by a value of another type (or an odd number)."""
     path = _pick_path(rng, value)
     new = rng.choice([*NUMBER_SWAPS, *ODD_STRINGS[:6], ["a"], {"a": 1}])
-    return f"type {_dotted(path)}={_label(new)}", _set(value, path, new)
+    mark = _must_refuse(value, path, new)
+    return f"type {_dotted(path)}={_label(new)}{mark}", _set(value, path, new)
+
+
+MUST_REFUSE = " [must refuse]"
+
+
+def _must_refuse(value: Any, path: Path, new: Any) -> str:
+    """MUST_REFUSE when `new` is a bool put where the valid body has a number or a string
+    (issue 12 finding 4: no bool is a number). Categorical choices and condition values may
+    be booleans, so they are left out; so is the root."""
+    if not path or not isinstance(new, bool):
+        return ""
+    if any(p in {"choices", "condition"} for p in path):
+        return ""
+    return (
+        MUST_REFUSE
+        if isinstance(_get(value, path), int | float | str)
+        and not isinstance(_get(value, path), bool)
+        else ""
+    )
+
+
+def m_bool(rng: random.Random, value: Any) -> tuple[str, Any]:
+    """A number or a string replaced by true or false: always to be refused (finding 4)."""
+    leaves = [
+        p
+        for p in _paths(value)
+        if _must_refuse(value, p, True)  # a number or string outside choices and conditions
+    ]
+    path = rng.choice(leaves) if leaves else _pick_path(rng, value)
+    new = rng.choice([True, False])
+    mark = _must_refuse(value, path, new)
+    return f"bool {_dotted(path)}={_label(new)}{mark}", _set(value, path, new)
 
 
 def m_unicode(rng: random.Random, value: Any) -> tuple[str, Any]:
@@ -478,6 +522,7 @@ def m_space(rng: random.Random, value: Any) -> tuple[str, Any]:
 VALUE_MUTATIONS: list[tuple[int, Callable[[random.Random, Any], tuple[str, Any]]]] = [
     (6, m_number),
     (4, m_type),
+    (2, m_bool),
     (3, m_unicode),
     (3, m_missing),
     (2, m_extra),
