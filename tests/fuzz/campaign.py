@@ -114,7 +114,8 @@ def amqp_settled(reply: bytes | None, dead_reason: str | None) -> bool:
 
 def refusal_problem(reply: bytes | None, dead_reason: str | None, field: str | None) -> str | None:
     """For a body that must be refused (the issue's findings): an `invalid` (or `too_large`,
-    `not_json`) reply naming `field` when one is given, or a dead letter with a reason."""
+    `not_json`) reply naming `field` or a part of it (`study.space.x.step` for
+    `study.space.x`) when a field is given, or a dead letter with a reason."""
     if reply is None:
         return None if dead_reason else "no reply and no dead letter"
     try:
@@ -126,8 +127,9 @@ def refusal_problem(reply: bytes | None, dead_reason: str | None, field: str | N
     error = data.get("error") or {}
     if error.get("code") not in {"invalid", "too_large", "not_json"}:
         return f"refused with code {error.get('code')!r}, not invalid: {error}"
-    if field is not None and error.get("field") != field:
-        return f"refused naming field {error.get('field')!r}, not {field!r}: {error}"
+    named = str(error.get("field"))
+    if field is not None and named != field and not named.startswith(field + "."):
+        return f"refused naming field {named!r}, not {field!r} (or a part of it): {error}"
     return None
 
 

@@ -651,7 +651,7 @@ FINDINGS: list[tuple[str, bytes, str | None]] = [
                 "f2-surrogate", space={"c": {"type": "categorical", "choices": ["x\ud800y"]}}
             )
         ),
-        "study.space.c.choices.0",
+        "study.space.c.choices",
     ),
     (
         "finding 4: tell with true for trial and value",
