@@ -85,9 +85,7 @@ def findings(daemon: Process, url: str) -> list[str]:
     problems = []
     fields = {name: field for name, _body, field in mutations.FINDINGS}
     for case in mutations.http_finding_cases():
-        field = fields[case.name.rsplit(" (", 1)[0]]
-        if case.path == "/studies" and field:
-            field = field.removeprefix("study.")
+        field = fields[case.name.rsplit(" (", 1)[0]]  # /studies names fields as study.…
         try:
             status, ctype, body = campaign.http_call(daemon.url, daemon.token, case)
         except OSError as exc:
