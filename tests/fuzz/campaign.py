@@ -43,12 +43,12 @@ class Tally:
 
     def failures(self) -> list[str]:
         """Every failing case, one line each."""
-        return [
-            *(f"unanswered: {c}" for c in self.unanswered),
+        return [  # the rarer kinds first: a wedged intake leaves many unanswered behind it
             *(f"5xx: {c}" for c in self.server_errors),
             *(f"non-JSON: {c}" for c in self.non_json),
             *(f"malformed reply: {c}" for c in self.malformed),
             *(f"accepted, must be refused: {c}" for c in self.accepted_bad),
+            *(f"unanswered: {c}" for c in self.unanswered),
         ]
 
     def summary(self) -> str:
