@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # --- C: study failure and storage faults (issue 12) ---
+    study_max_failures: int = Field(
+        default=3,
+        ge=1,
+        description="A study whose loop fails this many times in a row with the same error "
+        "(not a storage outage) is marked failed.",
+    )
+    max_studies: int = Field(
+        default=10_000, gt=0, description="Studies the storage may hold; study.create refuses more."
+    )
 
     @field_validator("broker_url")
     @classmethod
