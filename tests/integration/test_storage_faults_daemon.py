@@ -1,0 +1,110 @@
+"""`hpod run` against bad stored state (issue 12, findings 1 and 13): a second daemon on the
+same data directory, a journal that does not parse, a study an older daemon stored that can no
+longer run. Each is a real daemon on the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from conftest import DaemonFactory, hpod_env, quadratic_spec
+
+from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR, make_storage
+
+HUGE = {"x": {"type": "float", "low": -1.7976931348623157e308, "high": 1.7976931348623157e308}}
+
+
+def hpod(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run an `hpod` command with a daemon's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpod", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused_with_exit_2(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """The second `hpod run` exits 2 at once, naming the first one's pid and the data dir,
+    and the first keeps serving."""
+    first = start_daemon()
+    env = hpod_env(tmp_path / "data")  # same data dir, another HTTP port
+    second = hpod(env, "run", "--no-workers")
+    assert second.returncode == 2, second.stderr
+    assert first.proc is not None and f"pid {first.proc.pid}" in second.stderr
+    assert str(tmp_path / "data") in second.stderr
+    assert "daemon.ready" not in second.stdout  # refused before storage and queues
+    assert first.get("/health")["status"] == "ok"
+
+
+def test_a_journal_that_does_not_parse_is_refused_then_repaired(tmp_path: Path) -> None:
+    """NUL bytes mid-file: `hpod run` exits 2 naming file, line and offset; `hpod config
+    check` says the same (exit 1); `hpod journal repair` keeps every valid operation and the
+    daemon then starts with the study's trials."""
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "studies.journal"
+    storage = make_storage(f"journal://{path}")
+    study = optuna.create_study(study_name="kept", storage=storage)
+    for i in range(4):
+        study.enqueue_trial({"x": float(i)})
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", -5, 5))
+    lines = path.read_bytes().splitlines(keepends=True)
+    offset = sum(len(x) for x in lines[:3])
+    path.write_bytes(b"".join(lines[:3]) + b"\x00" * 40 + b"\n" + b"".join(lines[3:]))
+    env = hpod_env(data)
+    run = hpod(env, "run", "--no-workers")
+    assert run.returncode == 2
+    assert f"{path}: line 4 (byte offset {offset})" in run.stderr and "NUL" in run.stderr
+    check = hpod(env, "config", "check")
+    assert check.returncode == 1 and f"line 4 (byte offset {offset})" in check.stderr
+    dry = hpod(env, "journal", "repair", "--dry-run")
+    assert dry.returncode == 0 and "1 bad lines" in dry.stdout
+    assert b"\x00" in path.read_bytes()
+    repaired = hpod(env, "journal", "repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert hpod(env, "config", "check").returncode == 0
+    trials = optuna.load_study(study_name="kept", storage=make_storage(f"journal://{path}"))
+    assert [t.value for t in trials.trials] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_stored_study_that_cannot_run_is_failed_and_the_daemon_serves(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """The issue's float space (low -1.797e308, high 1.797e308) stored by an older daemon
+    with its trial stuck RUNNING: `hpod run` used to exit with a traceback on every start.
+    Now the daemon starts, GET /studies/NAME shows `failed` with the reason, the stuck trial
+    is failed, and another study runs to its budget; a restart keeps it all."""
+    data = tmp_path / "data"
+    data.mkdir()
+    storage = make_storage(f"journal://{data / 'studies.journal'}")
+    spec = {**quadratic_spec("huge", trials=4), "space": HUGE, "mode": "balanced"}
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "huge")
+    storage.set_study_user_attr(study_id, CREATED_ATTR, time.time())
+    storage.set_study_user_attr(study_id, STATE_ATTR, "running")
+    storage.set_study_user_attr(study_id, SPEC_ATTR, json.dumps(spec))
+    optuna.load_study(study_name="huge", storage=storage).ask()
+    daemon = start_daemon()
+    deadline = time.monotonic() + 30
+    while (status := daemon.get("/studies/huge"))["state"] != "failed":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["running"] is False and status["failure"]
+    assert status["counts"] == {"fail": 1}
+    code, reply = daemon.request("POST", "/studies", quadratic_spec("next", trials=4))
+    assert code in (200, 201), reply
+    assert daemon.wait_study("next", timeout=120)["counts"] == {"complete": 4}
+    daemon.stop()
+    daemon.start()
+    again = daemon.get("/studies/huge")
+    assert again["state"] == "failed" and again["failure"] == status["failure"]
+    assert daemon.get("/health")["status"] == "ok"
