@@ -243,6 +243,8 @@ def _follow(client: Any, name: str) -> dict[str, Any]:
 def _print_best(status: dict[str, Any]) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items()))
     print(f"study {status['name']!r} {status['state']}: {counts}")
+    if status.get("failure"):
+        print(f"failed: {status['failure']}")
     if status.get("best"):
         best = status["best"]
         print(f"best value {best['value']:.6g} at trial {best['number']}")

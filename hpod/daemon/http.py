@@ -226,13 +226,16 @@ async def any_request(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """GET /health: liveness and load."""
     manager = request.app[MANAGER]
+    fault = manager.store.fault  # C: storage failing (writes refused, database gone) is not ok
     return web.json_response(
         {
-            "status": "ok",
+            "status": "ok" if fault is None else "storage_failing",
             "version": __version__,
             "running_studies": len(manager.runs),
             "in_flight": manager.limits.inflight,
-        }
+            **({"storage_fault": fault} if fault is not None else {}),
+        },
+        status=200 if fault is None else 503,
     )
 
 

@@ -287,11 +287,14 @@ class StudyStore:
             "name": name,
             "state": attrs.get(STATE_ATTR),
             "failure": attrs.get(FAILURE_ATTR),
+            "mode": attrs.get(MODE_ATTR),
+            "budget": attrs.get(BUDGET_ATTR),
             "n_trials": len(trials),
             "counts": counts,
             "created_at": attrs.get(CREATED_ATTR),
             "best": None,
             "best_trials": [],
+            "in_flight": 0,
         }
 
     def spec(self, name: str) -> StudySpec:

@@ -8,9 +8,11 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import DaemonFactory, hpod_env, quadratic_spec
 
 from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR, make_storage
@@ -108,3 +110,88 @@ def test_a_stored_study_that_cannot_run_is_failed_and_the_daemon_serves(
     again = daemon.get("/studies/huge")
     assert again["state"] == "failed" and again["failure"] == status["failure"]
     assert daemon.get("/health")["status"] == "ok"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs to fill up (needs root: mount; skipped otherwise)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(where: Path) -> Path:
+    """Fill the file system at `where` to the last byte; returns the filler file."""
+    filler = where / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_waited_out_and_nothing_is_lost(
+    tiny_fs: Path, start_daemon: DaemonFactory
+) -> None:
+    """The journal's file system fills up mid-study: /health answers 503 storage_failing
+    (not "ok"), the study is not failed; once space is freed the daemon recovers by itself
+    and the study completes at exactly its budget, every trial once."""
+    daemon = start_daemon(storage_url=f"journal://{tiny_fs / 'studies.journal'}")
+    spec = quadratic_spec("full", trials=24, objective_kwargs={"sleep": 0.2})
+    code, reply = daemon.request("POST", "/studies", spec)
+    assert code in (200, 201), reply
+    deadline = time.monotonic() + 60
+    while daemon.get("/studies/full")["counts"].get("complete", 0) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    filler = fill(tiny_fs)
+    deadline = time.monotonic() + 60
+    while (health := daemon.request("GET", "/health", token=None))[0] != 503:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    assert health[1]["status"] == "storage_failing" and "No space" in health[1]["storage_fault"]
+    assert daemon.get("/studies/full")["state"] == "running"
+    filler.unlink()
+    status = daemon.wait_study("full", timeout=180)
+    assert status["counts"] == {"complete": 24} and status["n_trials"] == 24
+    assert daemon.request("GET", "/health", token=None)[0] == 200
+
+
+def test_results_waiting_after_a_stall_are_used_not_dispatched_again(
+    start_daemon: DaemonFactory,
+) -> None:
+    """SIGSTOP of the daemon for longer than trial timeout + grace while its local workers
+    finish the trials in flight (issue 12, finding 13): with max_attempts 1 the trials used
+    to be failed ("no result after 1 attempts") while their results sat in the queue. Now the
+    deadlines move by the stall, the waiting results are told, every trial completes once."""
+    import signal
+
+    daemon = start_daemon(trial_grace_seconds="1", max_attempts="1")
+    spec = quadratic_spec("stall", trials=4, trial_timeout=2, objective_kwargs={"sleep": 1.0})
+    code, reply = daemon.request("POST", "/studies", spec)
+    assert code in (200, 201), reply
+    deadline = time.monotonic() + 60
+    while daemon.get("/studies/stall")["in_flight"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGSTOP)
+    time.sleep(8)  # > trial_timeout 2 s + grace 1 s; the workers finish meanwhile
+    daemon.proc.send_signal(signal.SIGCONT)
+    status = daemon.wait_study("stall", timeout=120)
+    assert status["counts"] == {"complete": 4}, status
+    assert "daemon.stalled" in daemon.log()
+    assert "trial.redispatch" not in daemon.log()
