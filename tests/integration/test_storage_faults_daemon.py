@@ -195,3 +195,50 @@ def test_results_waiting_after_a_stall_are_used_not_dispatched_again(
     assert status["counts"] == {"complete": 4}, status
     assert "daemon.stalled" in daemon.log()
     assert "trial.redispatch" not in daemon.log()
+
+
+def _database_outage(url: str, seconds: float) -> None:
+    """PostgreSQL gone for `seconds`, as in a restart: every connection to the test database
+    is cut and new ones are refused, then allowed again."""
+    import psycopg2
+    from conftest import POSTGRES_DSN
+
+    name = url.rsplit("/", 1)[1]
+    admin = psycopg2.connect(POSTGRES_DSN)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+        time.sleep(seconds)
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_outages_are_waited_out_and_nothing_is_lost(
+    postgres_url: str, start_daemon: DaemonFactory
+) -> None:
+    """Three PostgreSQL outages mid-study (connections cut, refused for 3 s): loops are
+    retried with back-off, never marked failed, never left stopped; the study completes at
+    exactly its budget with every trial told once, and the in-flight count is back to 0."""
+    daemon = start_daemon(storage_url=postgres_url)
+    spec = quadratic_spec("pg", trials=30, objective_kwargs={"sleep": 0.1})
+    code, reply = daemon.request("POST", "/studies", spec)
+    assert code in (200, 201), reply
+    for done in (3, 10, 18):
+        deadline = time.monotonic() + 120
+        while daemon.get("/studies/pg")["counts"].get("complete", 0) < done:
+            assert time.monotonic() < deadline, daemon.log()[-3000:]
+            time.sleep(0.1)
+        _database_outage(postgres_url, 3.0)
+    status = daemon.wait_study("pg", timeout=240)
+    assert status["counts"] == {"complete": 30} and status["n_trials"] == 30
+    health = daemon.get("/health")
+    assert health["status"] == "ok" and health["in_flight"] == 0
+    assert "study.failed" not in daemon.log()
