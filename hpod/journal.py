@@ -39,9 +39,12 @@ __all__ = [
     "GroupCommitJournalBackend",
     "JournalCorrupt",
     "JournalGroupError",
+    "JournalTruncated",
     "check_journal",
+    "check_mark",
     "repair_journal",
     "storage_group",
+    "write_mark",
 ]
 
 _CHUNK = 1 << 20
@@ -83,6 +86,11 @@ class GroupCommitJournalBackend(JournalFileBackend):
         #: Durable writes made (groups committed, single appends): a caller sees from it
         #: that writing works again after a fault.
         self.commits = 0
+
+    @property
+    def durable_offset(self) -> int:
+        """Bytes of the file known to hold whole, durable operations (a lower bound)."""
+        return self._known_offset
 
     @property
     def broken(self) -> bool:
@@ -355,6 +363,52 @@ def check_journal(path: str) -> None:
             raise JournalCorrupt(path, number, offset, problem)
 
 
+def mark_path(path: str) -> str:
+    """Where the daemon records how much of journal `path` it has seen written."""
+    return f"{path}.mark"
+
+
+def write_mark(path: str, size: int) -> None:
+    """Record that journal `path` held at least `size` bytes of whole operations.
+
+    Written atomically (rename) after the journal's own fsync, so the mark never exceeds what
+    is durable in the journal: a journal found shorter than its mark was cut or replaced.
+    """
+    tmp = f"{mark_path(path)}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"size": size}, f)
+    os.replace(tmp, mark_path(path))
+
+
+def check_mark(path: str) -> None:
+    """Raise `JournalTruncated` if journal `path` is shorter than the daemon saw it written."""
+    try:
+        with open(mark_path(path), encoding="utf-8") as f:
+            marked = int(json.load(f)["size"])
+    except FileNotFoundError:
+        return
+    except (ValueError, KeyError, TypeError, OSError):
+        return  # an unreadable mark proves nothing; the next write replaces it
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    if size < marked:
+        raise JournalTruncated(path, size, marked)
+
+
+class JournalTruncated(ValueError):
+    """The journal is shorter than the daemon saw it written: cut, or an older copy."""
+
+    def __init__(self, path: str, size: int, marked: int) -> None:
+        super().__init__(
+            f"{path} is {size} bytes, but hpod saw {marked} bytes of it written "
+            f"({mark_path(path)}): the file was cut or replaced by an older copy, and studies "
+            f"would silently lose trials. Restore it; if an older copy is intended (restored "
+            f"from backup), delete {mark_path(path)}"
+        )
+        self.path = path
+        self.size = size
+        self.marked = marked
+
+
 def repair_journal(path: str, dry_run: bool = False) -> dict[str, Any]:
     """Keep every valid operation of `path`, move the bad lines aside.
 
@@ -391,5 +445,7 @@ def repair_journal(path: str, dry_run: bool = False) -> dict[str, Any]:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    # The journal is shorter now, by intent: the mark starts again from the repaired file.
+    write_mark(path, os.path.getsize(path))
     report.update(backup=backup, bad_lines_file=aside)
     return report

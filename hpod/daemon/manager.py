@@ -119,12 +119,26 @@ class StudyManager:
         loop (retried, then marked failed).
         """
         self.monitor.start()
-        self._ticker = asyncio.create_task(self.limits.tick(), name="stall-ticker")
+        self._ticker = asyncio.create_task(self._tick(), name="ticker")
         specs, invalid = await self.store.call(self.store.running_studies)
         for name, reason in invalid.items():
             await self._fail(name, reason)
         for spec in specs:
             await self._start_run(spec)
+
+    async def _tick(self) -> None:
+        """Every second: watch for a stall of the daemon (`Limits.check_stall`); every few,
+        record how much of the journal is written (`StudyStore.mark`)."""
+        n = 0
+        while True:
+            self.limits.check_stall()
+            if n % 5 == 0:
+                try:
+                    await self.store.call(self.store.mark)
+                except Exception as exc:  # the mark is a safeguard: never stop the daemon
+                    log.warning("storage.mark_failed", error=repr(exc))
+            n += 1
+            await asyncio.sleep(1.0)
 
     def policy_chain(self) -> PolicyChain:
         """A study's efficiency policies, in order: the cache first (a hit needs nothing
@@ -269,6 +283,10 @@ class StudyManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.store.call(self.store.mark)
+        except Exception as exc:
+            log.warning("storage.mark_failed", error=repr(exc))
         await self.monitor.stop()
         self.agent.close()
 

@@ -37,7 +37,7 @@ from hpod.daemon.manager import StudyManager
 from hpod.daemon.requests import RequestHandler
 from hpod.daemon.store import StudyStore, is_storage_fault
 from hpod.errors import ConfigError, HpodError
-from hpod.journal import JournalCorrupt, check_journal
+from hpod.journal import JournalCorrupt, JournalTruncated, check_journal, check_mark
 from hpod.logs import configure_logging
 from hpod.modes import load_modes
 from hpod.workers.app import make_celery
@@ -86,12 +86,15 @@ def lock_data_dir(data_dir: Path) -> int:
 
 
 def check_storage(url: str) -> None:
-    """Refuse a journal file that does not parse (`StartRefused` naming file, line, offset)."""
+    """Refuse a journal file that does not parse (`StartRefused` naming file, line, offset),
+    or that is shorter than the daemon saw it written (cut, or replaced by an older copy)."""
     if not url.startswith("journal://"):
         return
+    path = url.removeprefix("journal://")
     try:
-        check_journal(url.removeprefix("journal://"))
-    except JournalCorrupt as exc:
+        check_mark(path)
+        check_journal(path)
+    except (JournalCorrupt, JournalTruncated) as exc:
         raise StartRefused(str(exc)) from exc
 
 

@@ -42,7 +42,7 @@ from hpod.engine import (
     suggest,
 )
 from hpod.errors import RequestRejected
-from hpod.journal import GroupCommitJournalBackend, JournalGroupError, storage_group
+from hpod.journal import GroupCommitJournalBackend, JournalGroupError, storage_group, write_mark
 from hpod.policies.plan import Plan
 from hpod.schema import StudySpec
 
@@ -121,6 +121,7 @@ class StudyStore:
         self._plans: dict[str, Plan] = {}
         #: The last storage fault (`repr`), None once storage works again.
         self.fault: str | None = None
+        self._marked = 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the Optuna thread and await its result."""
@@ -142,6 +143,15 @@ class StudyStore:
             log.info("storage.recovered", after=self.fault)
             self.fault = None
         return result
+
+    def mark(self) -> None:
+        """Record how much of the journal file is known written (see `hpod.journal.write_mark`),
+        so that a start on a file cut since is refused."""
+        journal = self._journal()
+        if journal is None or journal.durable_offset <= self._marked:
+            return
+        write_mark(self.url.removeprefix("journal://"), journal.durable_offset)
+        self._marked = journal.durable_offset
 
     def _journal(self) -> GroupCommitJournalBackend | None:
         backend = getattr(self.storage, "_backend", None)

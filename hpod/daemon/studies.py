@@ -152,12 +152,6 @@ class Limits:
                 flight.deadline += gap
         return gap
 
-    async def tick(self) -> None:
-        """Call `check_stall` every second, for the daemon's life."""
-        while True:
-            self.check_stall()
-            await asyncio.sleep(1.0)
-
     def available(self) -> bool:
         """Whether one more trial may be dispatched.
 

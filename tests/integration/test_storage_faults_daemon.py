@@ -242,3 +242,22 @@ def test_postgresql_outages_are_waited_out_and_nothing_is_lost(
     health = daemon.get("/health")
     assert health["status"] == "ok" and health["in_flight"] == 0
     assert "study.failed" not in daemon.log()
+
+
+def test_a_journal_cut_after_a_run_is_refused_at_the_next_start(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """A study completes, the daemon stops, the journal loses its last lines (cut at a line
+    boundary, so it still parses): the next `hpod run` exits 2 instead of reopening the study
+    and running its lost trials again."""
+    daemon = start_daemon()
+    code, reply = daemon.request("POST", "/studies", quadratic_spec("cut", trials=6))
+    assert code in (200, 201), reply
+    daemon.wait_study("cut", timeout=120)
+    daemon.stop()
+    path = tmp_path / "data" / "studies.journal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[: len(lines) // 2]))
+    run = hpod(daemon.env, "run", "--no-workers")
+    assert run.returncode == 2
+    assert f"{path} is {path.stat().st_size} bytes" in run.stderr and "cut" in run.stderr

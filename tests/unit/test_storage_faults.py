@@ -186,3 +186,37 @@ def test_a_failed_single_write_is_cut_back_too(
     assert path.read_bytes() == before
     with pytest.raises(JournalGroupError):
         storage.get_all_studies()
+
+
+def test_a_journal_cut_at_a_line_boundary_is_refused_by_its_mark(tmp_path: Path) -> None:
+    """A file cut between two lines parses, yet lost operations (issue 12: "a file cut
+    mid-way starts silently, losing 104 trials"): the mark the daemon keeps beside it makes
+    the start refuse it, naming both sizes; a repair (or deleting the mark) accepts it."""
+    from hpod.daemon.service import StartRefused, check_storage
+
+    path = tmp_path / "studies.journal"
+    journal_with_trials(path)
+    store = StudyStore(f"journal://{path}")
+    asyncio.run(store.call(lambda: store.storage.get_all_studies()))
+    asyncio.run(store.call(ask_in_group, store))  # a group: the store knows the file's end
+    asyncio.run(store.call(store.mark))
+    store.close()
+    marked = json.loads(Path(f"{path}.mark").read_text())["size"]
+    assert marked == path.stat().st_size
+    check_storage(f"journal://{path}")
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-4]))  # whole lines: every line still parses
+    check_journal(str(path))
+    with pytest.raises(StartRefused) as refused:
+        check_storage(f"journal://{path}")
+    assert f"{path} is {path.stat().st_size} bytes" in str(refused.value)
+    assert f"saw {marked} bytes" in str(refused.value)
+    Path(f"{path}.mark").unlink()
+    check_storage(f"journal://{path}")
+
+
+def ask_in_group(store: StudyStore) -> None:
+    """One ask in a write group, as the daemon's loops ask."""
+    study = optuna.load_study(study_name="s", storage=store.storage)
+    with storage_group(store.storage):
+        study.ask()
