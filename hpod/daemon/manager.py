@@ -130,15 +130,20 @@ class StudyManager:
         """Every second: watch for a stall of the daemon (`Limits.check_stall`); every few,
         record how much of the journal is written (`StudyStore.mark`)."""
         n = 0
-        while True:
-            self.limits.check_stall()
-            if n % 5 == 0:
-                try:
-                    await self.store.call(self.store.mark)
-                except Exception as exc:  # the mark is a safeguard: never stop the daemon
-                    log.warning("storage.mark_failed", error=repr(exc))
-            n += 1
-            await asyncio.sleep(1.0)
+        self.limits.last_tick = time.monotonic()
+        self.limits.ticking = True
+        try:
+            while True:
+                self.limits.check_stall()
+                if n % 5 == 0:
+                    try:
+                        await self.store.call(self.store.mark)
+                    except Exception as exc:  # the mark is a safeguard: never stop the daemon
+                        log.warning("storage.mark_failed", error=repr(exc))
+                n += 1
+                await asyncio.sleep(1.0)
+        finally:
+            self.limits.ticking = False
 
     def policy_chain(self) -> PolicyChain:
         """A study's efficiency policies, in order: the cache first (a hit needs nothing
@@ -163,24 +168,28 @@ class StudyManager:
             await run.set_mode_plan(await self.plan_of(run.spec))
 
     async def _start_run(self, spec: StudySpec) -> None:
-        run = StudyRun(
-            spec,
-            self.store,
-            self.bus,
-            self.settings,
-            self.limits,
-            self.policy_chain(),
-            self.metrics,
-            self.doctor.breakdown(spec.name),
-            await self.plan_of(spec),
-            self.agent,
-        )
-        self.runs[spec.name] = run
+        """Start the loop of study `spec`; if its set-up or recovery fails, the study pays
+        (`_on_failure`: retried, or marked failed), never the caller or the daemon."""
         self._supervision.setdefault(spec.name, Supervision()).started_at = time.monotonic()
+        run: StudyRun | None = None
         try:
+            run = StudyRun(
+                spec,
+                self.store,
+                self.bus,
+                self.settings,
+                self.limits,
+                self.policy_chain(),
+                self.metrics,
+                self.doctor.breakdown(spec.name),
+                await self.plan_of(spec),
+                self.agent,
+            )
+            self.runs[spec.name] = run
             await run.start()
-        except Exception as exc:  # its recovery failed: the study, not the daemon, pays
-            self.limits.remove(spec.name, run)
+        except Exception as exc:
+            if run is not None:
+                self.limits.remove(spec.name, run)
             self._on_failure(spec, exc)
             return
         assert run.task is not None

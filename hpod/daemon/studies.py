@@ -120,6 +120,8 @@ class Limits:
         self.backpressure = False
         #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
         self.last_tick = time.monotonic()
+        #: True while the manager's 1 s ticker runs: without it a gap proves no stall.
+        self.ticking = False
 
     def recount(self) -> None:
         """Count the worker tasks in flight from the running loops' own task sets."""
@@ -144,7 +146,7 @@ class Limits:
         now = time.monotonic()
         gap = now - self.last_tick
         self.last_tick = now
-        if gap < self.STALL_SECONDS:
+        if not self.ticking or gap < self.STALL_SECONDS:
             return 0.0
         log.warning("daemon.stalled", seconds=round(gap, 1))
         for run in self.runs.values():
@@ -256,6 +258,10 @@ class StudyRun:
             if frozen.state == TrialState.WAITING or frozen.user_attrs.get(EXTERNAL_ATTR):
                 continue
             asked = await self.store.call(self.store.rebuild, self.spec, frozen)
+            if asked.number in self.told:
+                # Its result came in while this loop was recovering (the loop is registered
+                # first, so results reach it): told already, nothing to wait for.
+                continue
             attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0))
             if attempt:
                 # Its task reached the broker before the restart: wait for its result.

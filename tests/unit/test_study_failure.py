@@ -269,6 +269,9 @@ def test_a_stall_of_the_daemon_moves_the_deadlines_instead_of_expiring() -> None
     """A gap between two ticks longer than STALL_SECONDS (SIGSTOP) pushes every deadline in
     flight back by the gap: results waiting in the broker get their chance first."""
     limits = Limits(max_inflight=4)
+    limits.last_tick -= 152
+    assert limits.check_stall() == 0.0  # no ticker running: a gap proves nothing
+    limits.ticking = True
     assert limits.check_stall() == 0.0
     limits.last_tick -= 152
     assert limits.check_stall() >= 152
