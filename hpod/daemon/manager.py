@@ -127,8 +127,9 @@ class StudyManager:
             await self._start_run(spec)
 
     async def _tick(self) -> None:
-        """Every second: watch for a stall of the daemon (`Limits.check_stall`); every few,
-        record how much of the journal is written (`StudyStore.mark`)."""
+        """Every second: watch for a stall of the daemon (`Limits.check_stall`); every five,
+        record how much of the journal is written (`StudyStore.mark`) and, while storage is
+        failing, try it (`StudyStore.probe`), so /health turns ok again without a write."""
         n = 0
         self.limits.last_tick = time.monotonic()
         self.limits.ticking = True
@@ -138,8 +139,9 @@ class StudyManager:
                 if n % 5 == 0:
                     try:
                         await self.store.call(self.store.mark)
-                    except Exception as exc:  # the mark is a safeguard: never stop the daemon
-                        log.warning("storage.mark_failed", error=repr(exc))
+                        await self.store.call(self.store.probe)
+                    except Exception as exc:  # safeguards only: never stop the daemon
+                        log.warning("storage.tick_failed", error=repr(exc))
                 n += 1
                 await asyncio.sleep(1.0)
         finally:

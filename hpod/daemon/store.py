@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -139,7 +140,7 @@ class StudyStore:
             if is_storage_fault(exc):
                 self.fault = f"{type(exc).__name__}: {exc}"
             raise
-        if self.fault is not None and (commits is None or self._commits() != commits):
+        if self.fault is not None and commits is not None and self._commits() != commits:
             log.info("storage.recovered", after=self.fault)
             self.fault = None
         return result
@@ -150,8 +151,41 @@ class StudyStore:
         journal = self._journal()
         if journal is None or journal.durable_offset <= self._marked:
             return
-        write_mark(self.url.removeprefix("journal://"), journal.durable_offset)
+        try:
+            write_mark(self.url.removeprefix("journal://"), journal.durable_offset)
+        except OSError as exc:  # a safeguard only: a later tick writes it
+            log.warning("storage.mark_failed", error=repr(exc))
+            return
         self._marked = journal.durable_offset
+
+    def probe(self) -> None:
+        """While a fault is recorded, try the storage without changing it; clear the fault if
+        it works again (the daemon may have nothing to write for a while).
+
+        A journal: write, fsync and remove a small file beside it (what a commit needs: the
+        space and a working device). A database: read the list of studies.
+        """
+        if self.fault is None:
+            return
+        if self._journal() is not None:
+            probe = f"{self.url.removeprefix('journal://')}.probe"
+            try:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, b"\0" * 65536)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    os.unlink(probe)
+            except OSError:
+                return
+        else:
+            try:
+                self.storage.get_all_studies()
+            except Exception:
+                return
+        log.info("storage.recovered", after=self.fault)
+        self.fault = None
 
     def _journal(self) -> GroupCommitJournalBackend | None:
         backend = getattr(self.storage, "_backend", None)
@@ -162,8 +196,8 @@ class StudyStore:
         return None
 
     def _commits(self) -> int | None:
-        """Durable journal writes so far (None for a database: any call that works shows it
-        is back)."""
+        """Durable journal writes so far (None for a database: `probe` tells when it is
+        back)."""
         journal = self._journal()
         return journal.commits if journal is not None else None
 

@@ -10,10 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
-from conftest import DaemonFactory, hpod_env, quadratic_spec
+from conftest import Daemon, DaemonFactory, hpod_env, quadratic_spec
 
 from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR, make_storage
 
@@ -130,6 +131,16 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+def healthy_again(daemon: Daemon, within: float = 15) -> dict[str, Any]:
+    """/health once it answers 200 again (the daemon probes a failing storage every 5 s)."""
+    deadline = time.monotonic() + within
+    while (health := daemon.request("GET", "/health", token=None))[0] != 200:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    body: dict[str, Any] = health[1]
+    return body
+
+
 def fill(where: Path) -> Path:
     """Fill the file system at `where` to the last byte; returns the filler file."""
     filler = where / "filler"
@@ -167,7 +178,7 @@ def test_a_full_disk_is_waited_out_and_nothing_is_lost(
     filler.unlink()
     status = daemon.wait_study("full", timeout=180)
     assert status["counts"] == {"complete": 24} and status["n_trials"] == 24
-    assert daemon.request("GET", "/health", token=None)[0] == 200
+    assert healthy_again(daemon)["status"] == "ok"
 
 
 def test_results_waiting_after_a_stall_are_used_not_dispatched_again(
@@ -239,8 +250,7 @@ def test_postgresql_outages_are_waited_out_and_nothing_is_lost(
         _database_outage(postgres_url, 3.0)
     status = daemon.wait_study("pg", timeout=240)
     assert status["counts"] == {"complete": 30} and status["n_trials"] == 30
-    health = daemon.get("/health")
-    assert health["status"] == "ok" and health["in_flight"] == 0
+    assert healthy_again(daemon)["in_flight"] == 0
     assert "study.failed" not in daemon.log()
 
 

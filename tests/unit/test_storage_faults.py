@@ -220,3 +220,36 @@ def ask_in_group(store: StudyStore) -> None:
     study = optuna.load_study(study_name="s", storage=store.storage)
     with storage_group(store.storage):
         study.ask()
+
+
+def test_the_probe_clears_a_fault_once_storage_works_without_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed write with nothing more to write, `probe` (run by the daemon's ticker)
+    finds the disk writable again and clears the fault, so /health is ok again; while the
+    disk still refuses writes the fault stays."""
+    from hpod import journal
+
+    path = tmp_path / "studies.journal"
+    journal_with_trials(path, 1)
+    store = StudyStore(f"journal://{path}")
+
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal, "_write_all", disk_full)
+    with pytest.raises(OSError):
+        asyncio.run(store.call(ask_in_group, store))
+    assert store.fault is not None
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    asyncio.run(store.call(store.probe))
+    assert store.fault is not None
+    monkeypatch.setattr(os, "write", real_write)
+    asyncio.run(store.call(store.probe))
+    assert store.fault is None and not Path(f"{path}.probe").exists()
+    store.close()
