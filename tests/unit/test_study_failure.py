@@ -276,3 +276,24 @@ def test_a_stall_of_the_daemon_moves_the_deadlines_instead_of_expiring() -> None
     limits.last_tick -= 152
     assert limits.check_stall() >= 152
     assert limits.check_stall() == 0.0
+
+
+async def test_the_store_keeps_a_bounded_number_of_studies_open(daemon: Daemonless) -> None:
+    """Status reads of many studies keep at most OPEN_STUDIES idle ones open (finding 8:
+    `StudyStore._studies` never evicted); a running study's stays, and a loop that ends has
+    its study and plan dropped (re-opened on demand)."""
+    from hpod.daemon.store import OPEN_STUDIES
+
+    await daemon.manager.create(StudySpec.model_validate(quadratic("live", trials=2)))
+    for i in range(OPEN_STUDIES + 20):
+        spec = StudySpec.model_validate(quadratic(f"idle-{i}", objective=None))
+        await daemon.store.call(daemon.store.create, spec)
+        await daemon.manager.status(spec.name)
+    assert len(daemon.store._studies) <= OPEN_STUDIES + 1
+    assert "live" in daemon.store._studies and "live" in daemon.store._plans
+    while "study.completed" not in daemon.event_names("live"):
+        await daemon.answer("live")
+        await asyncio.sleep(0.05)
+    await daemon.until(lambda: "live" not in daemon.store._plans)
+    assert "live" not in daemon.store._studies
+    assert (await daemon.manager.status("live"))["counts"] == {"complete": 2}
