@@ -410,17 +410,28 @@ class StudyStore:
             self._studies.move_to_end(spec.name)
             return study
         plan = self._plans.get(spec.name)
-        sampler = (
-            make_sampler(plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1)
-            if plan is not None
-            else make_sampler(spec.sampler.name or "tpe", {}, spec.sampler.seed)
-        )
+        if plan is not None:
+            sampler = make_sampler(
+                plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1
+            )
+        else:
+            sampler = self._reading_sampler(spec)
         study = optuna.load_study(study_name=spec.name, storage=self.storage, sampler=sampler)
         self._studies[spec.name] = study
         idle = [name for name in self._studies if name not in self._plans]
         for name in idle[: max(0, len(idle) - OPEN_STUDIES)]:
             del self._studies[name]
         return study
+
+    @staticmethod
+    def _reading_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+        """The sampler of a study without a running loop (read, or told directly): the spec's,
+        or, when a stored spec names one that cannot be built (a seed out of range, stored by
+        an older daemon), any sampler: such a study only reads and tells, never asks."""
+        try:
+            return make_sampler(spec.sampler.name or "tpe", {}, spec.sampler.seed)
+        except (ValueError, TypeError, OverflowError, RequestRejected):
+            return optuna.samplers.RandomSampler()
 
     def set_plan(self, spec: StudySpec, plan: Plan) -> None:
         """Use `plan` for the study's next asks; a new sampler starts from the stored trials.

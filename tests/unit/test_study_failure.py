@@ -106,7 +106,9 @@ async def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     await d.close()
 
 
-def store_as_an_older_daemon(store: StudyStore, name: str, space: dict[str, Any]) -> None:
+def store_as_an_older_daemon(
+    store: StudyStore, name: str, space: dict[str, Any], seed: int = 0
+) -> None:
     """Write a running study the way an older daemon did, with the trial its crashed loop
     left RUNNING (asked, never dispatched)."""
     spec = json.dumps(
@@ -115,7 +117,7 @@ def store_as_an_older_daemon(store: StudyStore, name: str, space: dict[str, Any]
             "objective": "quadratic",
             "space": space,
             "budget": {"trials": 4},
-            "sampler": {"name": "random", "seed": 0},
+            "sampler": {"name": "random", "seed": seed},
             "mode": "balanced",
         }
     )
@@ -151,6 +153,31 @@ async def test_a_stored_unsampleable_study_is_marked_failed_and_the_start_goes_o
     # A restart of the daemon resumes only the healthy study.
     specs, invalid = await daemon.store.call(daemon.store.running_studies)
     assert [s.name for s in specs] == ["fine"] and not invalid
+
+
+@pytest.mark.parametrize(
+    ("space", "seed"),
+    [
+        ({"x": {"type": "float", "low": 0.0, "high": 1.0, "step": 5e-324}}, 0),
+        ({"n": {"type": "int", "low": 0, "high": 10**400}}, 0),
+        ({"x": {"type": "float", "low": 0.0, "high": 1.0}}, -1),
+        ({"x": {"type": "float", "low": 0.0, "high": 1.0}}, 2**32),
+    ],
+    ids=["float-step-5e-324", "int-bound-10**400", "seed--1", "seed-2**32"],
+)
+async def test_every_unstartable_spec_of_the_issue_is_failed_at_start(
+    daemon: Daemonless, space: dict[str, Any], seed: int
+) -> None:
+    """The other specs of finding 1 that made `hpod run` exit on every start, stored as an
+    older daemon accepted them: `start` returns, each study is failed with a reason and its
+    stuck trial failed."""
+    store_as_an_older_daemon(daemon.store, "bad", space, seed)
+    await daemon.manager.start()
+    await daemon.until(lambda: "study.failed" in daemon.event_names("bad"))
+    status = await daemon.manager.status("bad")
+    assert status["state"] == "failed" and status["failure"] and status["running"] is False
+    assert status["counts"] == {"fail": 1}
+    assert daemon.manager.limits.inflight == 0
 
 
 async def test_a_study_whose_loop_fails_every_time_is_failed_not_restarted_forever(
