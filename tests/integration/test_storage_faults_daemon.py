@@ -111,6 +111,18 @@ def test_a_stored_study_that_cannot_run_is_failed_and_the_daemon_serves(
     again = daemon.get("/studies/huge")
     assert again["state"] == "failed" and again["failure"] == status["failure"]
     assert daemon.get("/health")["status"] == "ok"
+    shown = hpod(daemon.env, "status", "huge")
+    assert shown.returncode == 0, shown.stderr
+    assert "study 'huge' failed: 1 fail" in shown.stdout and "failed: " in shown.stdout
+
+
+def test_storage_unreachable_at_start_is_exit_75_for_systemd_to_retry(tmp_path: Path) -> None:
+    """No database listening: `hpod run` exits 75 (EX_TEMPFAIL, restarted by systemd's
+    Restart=on-failure) with the reason, not 1 with a traceback."""
+    env = hpod_env(tmp_path / "data", storage_url="postgresql+psycopg2://postgres@127.0.0.1:1/none")
+    run = hpod(env, "run", "--no-workers")
+    assert run.returncode == 75, run.stderr[-2000:]
+    assert "unreachable" in run.stderr and "Traceback" not in run.stderr
 
 
 @pytest.fixture
