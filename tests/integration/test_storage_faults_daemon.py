@@ -45,6 +45,8 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused_with_exit_2(
     assert first.proc is not None and f"pid {first.proc.pid}" in second.stderr
     assert str(tmp_path / "data") in second.stderr
     assert "daemon.ready" not in second.stdout  # refused before storage and queues
+    repair = hpod(env, "journal", "repair", "--dry-run")
+    assert repair.returncode == 2 and "another hpod daemon" in repair.stderr
     assert first.get("/health")["status"] == "ok"
 
 
