@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench policy clean
+.PHONY: install run test lint bench policy fuzz faults clean
 
 $(STAMP): pyproject.toml examples/hpod-example-objective/pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +38,15 @@ bench: install
 policy: install
 	$(VENV)/bin/hpod policy train
 	$(PY) bench/strategy.py
+
+# The long campaigns of issue 12 (docs/hardening.md writes down what they do and keeps their
+# figures). Run as root: fuzz makes a RabbitMQ vhost with rabbitmqctl; faults also restarts
+# RabbitMQ and PostgreSQL (every vhost and client on the machine) and mounts a small tmpfs.
+fuzz: install
+	$(PY) bench/fuzz.py --amqp 10000 --http 2000 --seed $${SEED:-1}
+
+faults: install
+	$(PY) bench/faults.py --daemon-kills 60 --worker-kills 20 --seed $${SEED:-1}
 
 clean:
 	rm -rf $(VENV) .hpod

@@ -152,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate settings and modes without starting")
     check.set_defaults(func=cmd_config_check)
 
+    p = sub.add_parser("journal", help="the journal file: check or repair it")
+    journal_sub = p.add_subparsers(required=True, metavar="ACTION")
+    q = journal_sub.add_parser(
+        "repair", help="keep every valid operation, move bad lines aside (daemon stopped)"
+    )
+    q.add_argument("path", nargs="?", type=Path, help="default: the configured journal file")
+    q.add_argument("--dry-run", action="store_true", help="only report the bad lines")
+    q.set_defaults(func=cmd_journal_repair)
+
     p = sub.add_parser("schema", help="print the JSON Schema of the wire protocol")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("objectives", help="list the registered objectives")
@@ -161,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    from hpod.daemon.service import Daemon
+    from hpod.daemon.service import Daemon, StartRefused
     from hpod.logs import configure_logging
 
     try:  # every file the daemon reads at start, before anything starts
@@ -173,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # restart on 2 (RestartPreventExitStatus=2 in systemd/hpod.service).
         print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except StartRefused as exc:
+        print(f"hpod: not started: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 
@@ -246,6 +258,8 @@ def _follow(client: Any, name: str) -> dict[str, Any]:
 def _print_best(status: dict[str, Any]) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items()))
     print(f"study {status['name']!r} {status['state']}: {counts}")
+    if status.get("failure"):
+        print(f"failed: {status['failure']}")
     if status.get("best"):
         best = status["best"]
         print(f"best value {best['value']:.6g} at trial {best['number']}")
@@ -723,16 +737,60 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_config_check(_args: argparse.Namespace) -> int:
     """Validate the settings, the modes and the strategies; exit 1 with the bad one named."""
+    from hpod.daemon.service import StartRefused, check_storage
+
     try:
         settings, modes, strategies = _validated_config()
     except ConfigError as exc:
         print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
+        return 1
+    try:
+        check_storage(settings.optuna_storage_url())
+    except StartRefused as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
         return 1
     print(
         f"configuration OK: broker {'embedded' if settings.embedded else 'amqp'}, "
         f"storage {redact(settings.optuna_storage_url())}, modes {', '.join(sorted(modes))}, "
         f"{len(strategies)} strategies"
     )
+    return 0
+
+
+def cmd_journal_repair(args: argparse.Namespace) -> int:
+    """Rewrite the journal file with its valid operations only; the bad lines and the whole
+    original are kept beside it. Refused while a daemon holds the data directory."""
+    from hpod.config import checked_settings
+    from hpod.daemon.service import StartRefused, lock_data_dir
+    from hpod.journal import repair_journal
+
+    try:  # only the settings: a bad modes or strategies file must not block a repair
+        settings = checked_settings()
+    except ConfigError as exc:
+        print(f"hpod: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    path = args.path
+    if path is None:
+        url = settings.optuna_storage_url()
+        if not url.startswith("journal://"):
+            print("hpod: the storage is not a journal file; give its path", file=sys.stderr)
+            return 2
+        path = Path(url.removeprefix("journal://"))
+    try:
+        fd = lock_data_dir(settings.data_dir)
+    except StartRefused as exc:
+        print(f"hpod: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = repair_journal(str(path), dry_run=args.dry_run)
+    finally:
+        os.close(fd)
+    for bad in report["bad_lines"]:
+        print(f"line {bad['line']} (byte offset {bad['offset']}): {bad['problem']}")
+    verb = "would keep" if args.dry_run else "kept"
+    print(f"{path}: {verb} {report['kept_lines']} operations, {len(report['bad_lines'])} bad lines")
+    if report.get("backup"):
+        print(f"original: {report['backup']}\nbad lines: {report['bad_lines_file']}")
     return 0
 
 

@@ -43,6 +43,15 @@ class ClientError(HpodError):
         self.error = error
 
 
+class StudyFailed(HpodError):
+    """The study failed in the daemon (`study.failed`); `reason` says why."""
+
+    def __init__(self, study: str, reason: str | None) -> None:
+        super().__init__(f"study {study!r} failed: {reason}")
+        self.study = study
+        self.reason = reason
+
+
 class Client:
     """Talks to an hpod daemon over AMQP or HTTP.
 
@@ -175,7 +184,10 @@ class Client:
         return result
 
     def run_study(self, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Create a study and block until it completes; returns the `study.completed` event."""
+        """Create a study and block until it completes; returns the `study.completed` event.
+
+        Raises `StudyFailed` if the daemon marks the study failed (event `study.failed`).
+        """
         if not self._amqp:
             self.create_study(spec)
             return self.wait(spec["name"], timeout=timeout)
@@ -183,15 +195,20 @@ class Client:
         events = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.exchange_declare("hpod.events", exchange_type="topic", durable=True)
         channel.queue_bind(events, "hpod.events", routing_key="study.completed")
+        channel.queue_bind(events, "hpod.events", routing_key="study.failed")
         status = self.create_study(spec)
         if status.get("state") in {"completed", "stopped"}:
             return {"event": "study.completed", "study": spec["name"], **status}
+        if status.get("state") == "failed":
+            raise StudyFailed(spec["name"], status.get("failure"))
         deadline = None if timeout is None else time.monotonic() + timeout
         for _method, _props, body in channel.consume(events, auto_ack=True, inactivity_timeout=1):
             if body is not None:
                 event = json.loads(body)
                 if event.get("study") == spec["name"]:
                     channel.cancel()
+                    if event.get("event") == "study.failed":
+                        raise StudyFailed(spec["name"], event.get("reason"))
                     result: dict[str, Any] = event
                     return result
             if deadline is not None and time.monotonic() > deadline:
@@ -206,7 +223,10 @@ class Client:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         interval: float = 0.5,
     ) -> dict[str, Any]:
-        """Poll study `name` over HTTP until it is completed or stopped; returns its status."""
+        """Poll study `name` over HTTP until it is completed or stopped; returns its status.
+
+        Raises `StudyFailed` if the daemon marked the study failed.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status(name)
@@ -214,6 +234,8 @@ class Client:
                 on_progress(status)
             if status["state"] in {"completed", "stopped"} and not status.get("running"):
                 return status
+            if status["state"] == "failed" and not status.get("running"):
+                raise StudyFailed(name, status.get("failure"))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"study {name!r} did not complete in {timeout} s")
             time.sleep(interval)

@@ -94,6 +94,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Open GET /events streams at once; one more is answered 503.",
     )
+    # --- C: study failure and storage faults (issue 12) ---
+    study_max_failures: int = Field(
+        default=3,
+        ge=1,
+        description="A study whose loop fails this many times in a row with the same error "
+        "(not a storage outage) is marked failed.",
+    )
+    max_studies: int = Field(
+        default=10_000, gt=0, description="Studies the storage may hold; study.create refuses more."
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -24,7 +24,9 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import threading
+import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -33,7 +35,17 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import BaseJournalFileLock  # not re-exported; stable ABC
 
-__all__ = ["GroupCommitJournalBackend", "JournalGroupError", "storage_group"]
+__all__ = [
+    "GroupCommitJournalBackend",
+    "JournalCorrupt",
+    "JournalGroupError",
+    "JournalTruncated",
+    "check_journal",
+    "check_mark",
+    "repair_journal",
+    "storage_group",
+    "write_mark",
+]
 
 _CHUNK = 1 << 20
 
@@ -71,6 +83,19 @@ class GroupCommitJournalBackend(JournalFileBackend):
         # group scans only what other processes appended since.
         self._known_number = 0
         self._known_offset = 0
+        #: Durable writes made (groups committed, single appends): a caller sees from it
+        #: that writing works again after a fault.
+        self.commits = 0
+
+    @property
+    def durable_offset(self) -> int:
+        """Bytes of the file known to hold whole, durable operations (a lower bound)."""
+        return self._known_offset
+
+    @property
+    def broken(self) -> bool:
+        """True once a write failed: this object no longer matches the file (build anew)."""
+        return self._broken is not None
 
     @contextlib.contextmanager
     def group(self) -> Iterator[None]:
@@ -148,9 +173,20 @@ class GroupCommitJournalBackend(JournalFileBackend):
             fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
-                _drop_torn_line(fd, size, _end_of_last_line(fd, size))
-                _write_all(fd, b"".join(lines))
-                os.fsync(fd)
+                end = _end_of_last_line(fd, size)
+                _drop_torn_line(fd, size, end)
+                try:
+                    _write_all(fd, b"".join(lines))
+                    os.fsync(fd)
+                except BaseException as exc:
+                    # A prefix may be on disk: cut it back, and close this object as after a
+                    # failed group, so the caller reads the file anew before going on.
+                    self._broken = exc
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, end)
+                        os.fsync(fd)
+                    raise
+                self.commits += 1
             finally:
                 os.close(fd)
         finally:
@@ -197,6 +233,7 @@ class GroupCommitJournalBackend(JournalFileBackend):
                     os.ftruncate(fd, self._base_offset)
                     os.fsync(fd)
                 raise
+            self.commits += 1
         finally:
             os.close(fd)
         # Record where each new line starts, so that Optuna's reader seeks straight to the
@@ -259,3 +296,156 @@ def storage_group(storage: optuna.storages.BaseStorage) -> contextlib.AbstractCo
     if isinstance(backend, GroupCommitJournalBackend):
         return backend.group()
     return contextlib.nullcontext()
+
+
+# --- checking and repairing a journal file -----------------------------------------------
+
+
+class JournalCorrupt(ValueError):
+    """A journal line that does not parse: the file, the line (1-based) and its byte offset."""
+
+    def __init__(self, path: str, line: int, offset: int, reason: str) -> None:
+        super().__init__(
+            f"{path}: line {line} (byte offset {offset}) is not a journal operation: {reason}; "
+            f"repair with `hpod journal repair` (keeps every valid operation)"
+        )
+        self.path = path
+        self.line = line
+        self.offset = offset
+        self.reason = reason
+
+
+def _line_problem(line: bytes) -> str | None:
+    """Why `line` (without its newline) is not one of Optuna's journal operations, or None."""
+    if b"\x00" in line:
+        return "NUL bytes"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 ({exc.reason} at column {exc.start + 1})"
+    try:
+        op = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        return f"not JSON ({exc})"
+    if not isinstance(op, dict):
+        return "not a JSON object"
+    if type(op.get("op_code")) is not int or not isinstance(op.get("worker_id"), str):
+        return "no integer op_code and string worker_id"
+    return None
+
+
+def scan_journal(path: str) -> Iterator[tuple[int, int, bytes, str | None]]:
+    """Each complete line of the journal: (line number, byte offset, line, problem or None).
+
+    A last line without its newline is a torn write (a writer killed mid-write): it is not
+    yielded; the next write cuts it, as Optuna's reader ignores it.
+    """
+    with open(path, "rb") as f:
+        offset = 0
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                return
+            yield number, offset, line, _line_problem(line[:-1])
+            offset += len(line)
+
+
+def check_journal(path: str) -> None:
+    """Raise `JournalCorrupt` naming the first line of `path` that does not parse.
+
+    Optuna's reader stops at such a line, or takes it silently when it is the last one:
+    either way the daemon's memory would drift from the file. A missing file is fine (a new
+    journal).
+    """
+    if not os.path.exists(path):
+        return
+    for number, offset, _line, problem in scan_journal(path):
+        if problem is not None:
+            raise JournalCorrupt(path, number, offset, problem)
+
+
+def mark_path(path: str) -> str:
+    """Where the daemon records how much of journal `path` it has seen written."""
+    return f"{path}.mark"
+
+
+def write_mark(path: str, size: int) -> None:
+    """Record that journal `path` held at least `size` bytes of whole operations.
+
+    Written atomically (rename) after the journal's own fsync, so the mark never exceeds what
+    is durable in the journal: a journal found shorter than its mark was cut or replaced.
+    """
+    tmp = f"{mark_path(path)}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"size": size}, f)
+    os.replace(tmp, mark_path(path))
+
+
+def check_mark(path: str) -> None:
+    """Raise `JournalTruncated` if journal `path` is shorter than the daemon saw it written."""
+    try:
+        with open(mark_path(path), encoding="utf-8") as f:
+            marked = int(json.load(f)["size"])
+    except FileNotFoundError:
+        return
+    except (ValueError, KeyError, TypeError, OSError):
+        return  # an unreadable mark proves nothing; the next write replaces it
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    if size < marked:
+        raise JournalTruncated(path, size, marked)
+
+
+class JournalTruncated(ValueError):
+    """The journal is shorter than the daemon saw it written: cut, or an older copy."""
+
+    def __init__(self, path: str, size: int, marked: int) -> None:
+        super().__init__(
+            f"{path} is {size} bytes, but hpod saw {marked} bytes of it written "
+            f"({mark_path(path)}): the file was cut or replaced by an older copy, and studies "
+            f"would silently lose trials. Restore it; if an older copy is intended (restored "
+            f"from backup), delete {mark_path(path)}"
+        )
+        self.path = path
+        self.size = size
+        self.marked = marked
+
+
+def repair_journal(path: str, dry_run: bool = False) -> dict[str, Any]:
+    """Keep every valid operation of `path`, move the bad lines aside.
+
+    The original is kept whole as ``PATH.bak-<time>``, the bad lines (with their line
+    numbers and offsets) go to ``PATH.bad-<time>``, and the file is replaced atomically by
+    its valid lines (a torn last line is dropped, as every writer does). Run it with the
+    daemon and workers stopped. Returns what was (or, with `dry_run`, would be) done.
+    """
+    good: list[bytes] = []
+    bad: list[dict[str, Any]] = []
+    for number, offset, line, problem in scan_journal(path):
+        if problem is None:
+            good.append(line)
+        else:
+            text = line[:-1].decode("utf-8", "backslashreplace")
+            bad.append({"line": number, "offset": offset, "problem": problem, "text": text})
+    report: dict[str, Any] = {
+        "path": path,
+        "kept_lines": len(good),
+        "bad_lines": bad,
+        "dry_run": dry_run,
+    }
+    if dry_run or not bad:
+        return report
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    backup, aside = f"{path}.bak-{stamp}", f"{path}.bad-{stamp}"
+    shutil.copy2(path, backup)
+    with open(aside, "w", encoding="utf-8") as f:
+        for entry in bad:
+            f.write(json.dumps(entry) + "\n")
+    tmp = f"{path}.repair-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(b"".join(good))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # The journal is shorter now, by intent: the mark starts again from the repaired file.
+    write_mark(path, os.path.getsize(path))
+    report.update(backup=backup, bad_lines_file=aside)
+    return report

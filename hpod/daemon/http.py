@@ -385,17 +385,21 @@ async def health(request: web.Request) -> web.Response:
     probe = request.app.get(INTAKE_HEALTH)
     intake = probe() if probe is not None else None
     stuck = bool(intake and intake["stuck"])
+    fault = manager.store.fault  # storage failing (writes refused, database gone) is not ok
+    status = "stuck" if stuck else "storage_failing" if fault is not None else "ok"
     body: dict[str, Any] = {
-        "status": "stuck" if stuck else "ok",
+        "status": status,
         "version": __version__,
         "running_studies": len(manager.runs),
         "in_flight": manager.limits.inflight,
     }
+    if fault is not None:
+        body["storage_fault"] = fault
     if intake is not None:
         body["intake"] = intake["queues"]
         if stuck:
             body["reasons"] = intake["reasons"]
-    return web.json_response(body, status=503 if stuck else 200)
+    return web.json_response(body, status=200 if status == "ok" else 503)
 
 
 async def list_studies(request: web.Request) -> web.Response:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
+from hpod.backoff import Backoff
 from hpod.cache import ResultCache
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
 from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.monitor import Monitor
-from hpod.daemon.store import StudyStore
+from hpod.daemon.store import StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
 from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
@@ -32,6 +36,36 @@ from hpod.schema import Budget, ModeSet, StudySpec, TrialTell, check_finite
 from hpod.workers.registry import ObjectiveRegistry
 
 log = structlog.get_logger("hpod.manager")
+
+#: A loop that ran this long before failing starts its count of failures afresh.
+HEALTHY_RUN_SECONDS = 300.0
+#: Restarts of a failed loop wait 0.5 s, 1 s, 2 s, … up to 30 s (with jitter).
+RESTART_INITIAL_SECONDS = 0.5
+RESTART_MAX_SECONDS = 30.0
+
+
+@dataclass
+class Supervision:
+    """The failures of one study's loop: what failed last, how often in a row, and the
+    back-off before the next restart."""
+
+    backoff: Backoff = field(
+        default_factory=lambda: Backoff(
+            initial=RESTART_INITIAL_SECONDS, maximum=RESTART_MAX_SECONDS
+        )
+    )
+    error: str | None = None
+    count: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def record(self, error: str) -> int:
+        """Count a failure; returns how many times in a row this same error happened."""
+        if time.monotonic() - self.started_at > HEALTHY_RUN_SECONDS:
+            self.backoff.reset()
+            self.count = 0
+        self.count = self.count + 1 if error == self.error else 1
+        self.error = error
+        return self.count
 
 
 class StudyManager:
@@ -65,6 +99,12 @@ class StudyManager:
             load_strategies(),
             learn_every=settings.policy_learn_every,
         )
+        #: Failures of study loops by study name (see `_on_failure`).
+        self._supervision: dict[str, Supervision] = {}
+        #: Restarts and failure markings scheduled after a loop failed.
+        self._pending: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._ticker: asyncio.Task[None] | None = None
 
     @property
     def runs(self) -> dict[str, StudyRun]:
@@ -72,10 +112,40 @@ class StudyManager:
         return self.limits.runs
 
     async def start(self) -> None:
-        """Start the resource monitor; resume every study that was running at the last stop."""
+        """Start the resource monitor; resume every study that was running at the last stop.
+
+        A stored study that cannot be resumed never stops the start: one whose spec no longer
+        validates is marked failed at once, one whose recovery fails is handled as a failed
+        loop (retried, then marked failed).
+        """
         self.monitor.start()
-        for spec in await self.store.call(self.store.running_studies):
+        self._ticker = asyncio.create_task(self._tick(), name="ticker")
+        specs, invalid = await self.store.call(self.store.running_studies)
+        for name, reason in invalid.items():
+            await self._fail(name, reason)
+        for spec in specs:
             await self._start_run(spec)
+
+    async def _tick(self) -> None:
+        """Every second: watch for a stall of the daemon (`Limits.check_stall`); every five,
+        record how much of the journal is written (`StudyStore.mark`) and, while storage is
+        failing, try it (`StudyStore.probe`), so /health turns ok again without a write."""
+        n = 0
+        self.limits.last_tick = time.monotonic()
+        self.limits.ticking = True
+        try:
+            while True:
+                self.limits.check_stall()
+                if n % 5 == 0:
+                    try:
+                        await self.store.call(self.store.mark)
+                        await self.store.call(self.store.probe)
+                    except Exception as exc:  # safeguards only: never stop the daemon
+                        log.warning("storage.tick_failed", error=repr(exc))
+                n += 1
+                await asyncio.sleep(1.0)
+        finally:
+            self.limits.ticking = False
 
     def policy_chain(self) -> PolicyChain:
         """A study's efficiency policies, in order: the cache first (a hit needs nothing
@@ -100,46 +170,134 @@ class StudyManager:
             await run.set_mode_plan(await self.plan_of(run.spec))
 
     async def _start_run(self, spec: StudySpec) -> None:
-        run = StudyRun(
-            spec,
-            self.store,
-            self.bus,
-            self.settings,
-            self.limits,
-            self.policy_chain(),
-            self.metrics,
-            self.doctor.breakdown(spec.name),
-            await self.plan_of(spec),
-            self.agent,
-        )
-        self.runs[spec.name] = run
-        await run.start()
-        assert run.task is not None
-        run.task.add_done_callback(lambda task: self._on_run_done(spec, task))
-
-    def _on_run_done(self, spec: StudySpec, task: asyncio.Task[None]) -> None:
-        """Forget a finished loop; restart one that crashed, so a study never stalls."""
-        if self.runs.get(spec.name) is not None and self.runs[spec.name].task is task:
-            del self.runs[spec.name]
-        if task.cancelled() or task.exception() is None:
+        """Start the loop of study `spec`; if its set-up or recovery fails, the study pays
+        (`_on_failure`: retried, or marked failed), never the caller or the daemon."""
+        self._supervision.setdefault(spec.name, Supervision()).started_at = time.monotonic()
+        run: StudyRun | None = None
+        try:
+            run = StudyRun(
+                spec,
+                self.store,
+                self.bus,
+                self.settings,
+                self.limits,
+                self.policy_chain(),
+                self.metrics,
+                self.doctor.breakdown(spec.name),
+                await self.plan_of(spec),
+                self.agent,
+            )
+            self.runs[spec.name] = run
+            await run.start()
+        except Exception as exc:
+            if run is not None:
+                self.limits.remove(spec.name, run)
+            self._on_failure(spec, exc)
             return
-        log.error("study.loop_crashed", study=spec.name, error=repr(task.exception()))
-        asyncio.get_running_loop().call_later(
-            5.0, lambda: asyncio.ensure_future(self._restart(spec))
-        )
+        assert run.task is not None
+        run.task.add_done_callback(lambda task: self._on_run_done(spec, run, task))
 
-    async def _restart(self, spec: StudySpec) -> None:
-        attrs = await self.store.call(self.store.study_attrs, spec.name)
+    def _on_run_done(self, spec: StudySpec, run: StudyRun, task: asyncio.Task[None]) -> None:
+        """Forget a finished loop (its in-flight tasks stop counting); a loop that failed is
+        restarted or its study marked failed (`_on_failure`)."""
+        self.limits.remove(spec.name, run)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self._supervision.pop(spec.name, None)
+            self.store_forget(spec.name)
+            return
+        self._on_failure(spec, exc)
+
+    def store_forget(self, name: str) -> None:
+        """Let the store drop what it keeps in memory for a study whose loop ended."""
+        self._schedule(self.store.call(self.store.forget, name))
+
+    def _on_failure(self, spec: StudySpec, exc: BaseException) -> None:
+        """A study's loop (or its recovery) failed.
+
+        A storage or broker outage is retried with back-off for as long as it lasts: the
+        study is not at fault. Any other error is retried too (it may have been a passing
+        one), but the same error `study_max_failures` times in a row marks the study failed:
+        an unsampleable space fails the same way every time.
+        """
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        supervision = self._supervision.setdefault(spec.name, Supervision())
+        transient = is_storage_fault(exc)
+        count = supervision.record(error)
+        log.error(
+            "study.loop_crashed",
+            study=spec.name,
+            error=error,
+            transient=transient,
+            failures=count,
+            exc_info=exc,
+        )
+        if not transient and count >= self.settings.study_max_failures:
+            self._schedule(self._fail(spec.name, error))
+            return
+        delay = supervision.backoff.next_delay()
+        self._schedule(self._restart(spec, delay))
+
+    def _schedule(self, coro: Any) -> None:
+        """Run `coro` as a task the manager keeps (cancelled at shutdown)."""
+        if self._closing:
+            coro.close()
+            return
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _restart(self, spec: StudySpec, delay: float) -> None:
+        """After `delay`, start the study's loop again if it is still meant to run."""
+        await asyncio.sleep(delay)
+        try:
+            attrs = await self.store.call(self.store.study_attrs, spec.name)
+        except Exception as exc:  # storage still down: try again later
+            self._on_failure(spec, exc)
+            return
         if spec.name not in self.runs and attrs.get(STATE_ATTR) in ("running", "paused"):
+            log.info("study.restart", study=spec.name)
             await self._start_run(spec)
 
+    async def _fail(self, name: str, reason: str) -> None:
+        """Mark study `name` failed with `reason` (stored, so a restart keeps it), fail its
+        trials that no worker has, and publish `study.failed`."""
+        try:
+            failed = await self.store.call(self.store.mark_failed, name, reason)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                log.exception("study.fail_error", study=name, reason=reason)
+                return
+            # Storage is down: the marking waits for it, like a restart would.
+            log.warning("study.fail_deferred", study=name, error=repr(exc))
+            delay = self._supervision.setdefault(name, Supervision()).backoff.next_delay()
+            await asyncio.sleep(delay)
+            self._schedule(self._fail(name, reason))
+            return
+        self._supervision.pop(name, None)
+        log.error("study.failed", study=name, reason=reason, trials_failed=failed)
+        try:
+            await self.bus.event("study.failed", name, reason=reason, trials_failed=failed)
+        except Exception as exc:  # the state is stored: `hpod status` shows it regardless
+            log.warning("study.failed_event_lost", study=name, error=repr(exc))
+
     async def shutdown(self) -> None:
-        """Cancel the study loops (their state is in storage and resumes on the next start)
-        and stop the resource monitor."""
+        """Cancel the study loops (their state is in storage and resumes on the next start),
+        pending restarts, and stop the resource monitor."""
+        self._closing = True
         tasks = [r.task for r in self.runs.values() if r.task is not None]
+        tasks += [*self._pending]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.store.call(self.store.mark)
+        except Exception as exc:
+            log.warning("storage.mark_failed", error=repr(exc))
         await self.monitor.stop()
         self.agent.close()
 
@@ -158,11 +316,25 @@ class StudyManager:
         self._check_mode(mode, "study.mode")
         check_setting(spec.strategy, spec, self._strategy_names(), "study.strategy")
         spec = spec.model_copy(update={"mode": mode})
+        await self._check_study_limit(spec.name)
         created = await self.store.call(self.store.create, spec)
         if created:
             await self.bus.event("study.created", spec.name, spec=spec.model_dump(mode="json"))
             await self._start_run(spec)
         return {"created": created, **await self.status(spec.name)}
+
+    async def _check_study_limit(self, name: str) -> None:
+        """Refuse a new study beyond `max_studies` (a repeated create of one is answered)."""
+        if await self.store.call(self.store.exists, name):
+            return
+        count = await self.store.call(self.store.count_studies)
+        if count >= self.settings.max_studies:
+            raise RequestRejected(
+                "too_many_studies",
+                "study.name",
+                f"the storage holds {count} studies, the limit (max_studies) is "
+                f"{self.settings.max_studies}: delete old studies or raise the limit",
+            )
 
     async def stop(self, name: str) -> dict[str, Any]:
         """Stop asking new trials for study `name`."""
@@ -365,6 +537,9 @@ class StudyManager:
         except RequestRejected:
             log.warning("result.unknown_study", study=study)
             return
+        except ValidationError as exc:  # a failed study whose stored spec no longer validates
+            log.warning("result.invalid_study", study=study, error=str(exc)[:500])
+            return
         if run is not None:
             told = await run.on_results(results)
         else:
@@ -386,7 +561,10 @@ class StudyManager:
 
     async def status(self, name: str) -> dict[str, Any]:
         """Counts, best and live state of study `name`."""
-        spec = await self.store.call(self.store.spec, name)
+        try:
+            spec = await self.store.call(self.store.spec, name)
+        except ValidationError:  # stored by an older daemon: marked failed, shown as such
+            return {**await self.store.call(self.store.raw_summary, name), "running": False}
         summary = await self.store.call(self.store.summary, spec)
         run = self.runs.get(name)
         summary["in_flight"] = len(run.inflight) if run else 0

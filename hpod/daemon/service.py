@@ -13,11 +13,14 @@ RUNNING in storage and their results wait in ``hpod.results`` for the next start
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,14 +35,68 @@ from hpod.daemon.intake import BrokerInUse, QueueIntake, Unprocessable, message_
 from hpod.daemon.local_workers import LocalWorkers
 from hpod.daemon.manager import StudyManager
 from hpod.daemon.requests import RequestHandler
-from hpod.daemon.store import StudyStore
-from hpod.errors import ConfigError
+from hpod.daemon.store import StudyStore, is_storage_fault
+from hpod.errors import ConfigError, HpodError
+from hpod.journal import JournalCorrupt, JournalTruncated, check_journal, check_mark
 from hpod.logs import configure_logging
 from hpod.messaging import REQUESTS
 from hpod.modes import load_modes
 from hpod.workers.app import make_celery
 
 log = structlog.get_logger("hpod.daemon")
+
+#: Exit codes of `hpod run` that systemd's unit tells apart (RestartPreventExitStatus=2).
+EXIT_REFUSED = 2  # restarting cannot help: a person must act (config, journal, a 2nd daemon)
+EXIT_STORAGE = 75  # EX_TEMPFAIL: storage unreachable at start; Restart=on-failure retries
+
+
+class StartRefused(HpodError):
+    """The daemon must not start; `exit_code` is what `hpod run` exits with."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take `data_dir/daemon.lock` (flock, exclusive) for the life of this process.
+
+    Two daemons on one data directory would resume the same studies and share the embedded
+    broker's queues. The kernel releases the lock when the process dies, however it dies;
+    the descriptor is close-on-exec so that local workers do not hold it after the daemon.
+    Raises `StartRefused` naming the holder's pid when another process has it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartRefused(
+            f"another hpod daemon (pid {holder}) is using the data directory {data_dir} "
+            f"(it holds {path}): stop it first, or give this one its own HPOD_DATA_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def check_storage(url: str) -> None:
+    """Refuse a journal file that does not parse (`StartRefused` naming file, line, offset),
+    or that is shorter than the daemon saw it written (cut, or replaced by an older copy)."""
+    if not url.startswith("journal://"):
+        return
+    path = url.removeprefix("journal://")
+    try:
+        check_mark(path)
+        check_journal(path)
+    except (JournalCorrupt, JournalTruncated) as exc:
+        raise StartRefused(str(exc)) from exc
 
 
 class Daemon:
@@ -53,6 +110,7 @@ class Daemon:
         self._manager: StudyManager | None = None
         self._bus: Bus | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock_fd: int | None = None
 
     # --- signals -----------------------------------------------------------------------
 
@@ -110,6 +168,33 @@ class Daemon:
 
     # --- life --------------------------------------------------------------------------
 
+    async def _open_storage(self) -> StudyStore:
+        """Lock the data directory, check the journal and open the storage, before anything
+        touches the broker; `StartRefused` says why not (exit 2, or 75 to be retried)."""
+        s = self.settings
+        if self._lock_fd is None:
+            self._lock_fd = lock_data_dir(s.data_dir)
+        url = s.optuna_storage_url()
+        await asyncio.to_thread(check_storage, url)
+        try:
+            return await asyncio.to_thread(StudyStore, url)
+        except Exception as exc:
+            if is_storage_fault(exc):
+                raise StartRefused(
+                    f"storage {redact(url)} is unreachable: {exc!r}", EXIT_STORAGE
+                ) from exc
+            raise
+
+    async def _start_manager(self, manager: StudyManager) -> None:
+        """Resume the stored studies; storage unreachable is an exit to be retried."""
+        try:
+            await manager.start()
+        except Exception as exc:
+            if is_storage_fault(exc):
+                await manager.shutdown()
+                raise StartRefused(f"storage unreachable at start: {exc!r}", EXIT_STORAGE) from exc
+            raise
+
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then drain and shut down gracefully."""
         loop = asyncio.get_running_loop()
@@ -118,7 +203,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         started = time.monotonic()
         s = self.settings
-        store = StudyStore(s.optuna_storage_url())
+        store = await self._open_storage()
         bus = self._bus = Bus(s, make_celery(s))
         manager = self._manager = StudyManager(s, store, bus)
         handler = RequestHandler(manager, bus, s.max_message_bytes)
@@ -140,7 +225,12 @@ class Daemon:
             bus.close()
             store.close()
             raise SystemExit(f"hpod: cannot start: {exc} ({redact(s.broker)})") from None
-        await manager.start()
+        try:
+            await self._start_manager(manager)
+        except BaseException:
+            intake.stop()
+            bus.close()
+            raise
         intake.open()
         app = make_app(handler, manager, s.token(), s.max_message_bytes)
         app[INTAKE_HEALTH] = intake.health

@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import optuna
+import structlog
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 
 from hpod.engine import (
     BUDGET_ATTR,
@@ -38,11 +43,18 @@ from hpod.engine import (
     suggest,
 )
 from hpod.errors import RequestRejected
-from hpod.journal import storage_group
+from hpod.journal import GroupCommitJournalBackend, JournalGroupError, storage_group, write_mark
 from hpod.policies.plan import Plan
 from hpod.schema import StudySpec
 
+log = structlog.get_logger("hpod.store")
+
 T = TypeVar("T")
+#: Study attribute: why hpod marked the study `failed` (kept across restarts).
+FAILURE_ATTR = "hpod:failure"
+#: Optuna study objects kept open for studies without a running loop (status, direct tells);
+#: those of running loops are always kept (their samplers carry state).
+OPEN_STUDIES = 64
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -67,18 +79,140 @@ class AskedTrial:
     params: dict[str, Any]
 
 
+#: What a storage outage raises: the journal's failed write (ENOSPC, EIO) and the broken
+#: backend it leaves, a database connection lost (PostgreSQL restarting), a broker gone.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    JournalGroupError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
+
+
+def is_storage_fault(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is an outage that passes: storage or broker
+    unreachable, a durable write refused. Anything else is taken as deterministic."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _TRANSIENT) or type(current).__module__.startswith(
+            ("kombu.", "amqp.")
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class StudyStore:
-    """Optuna storage access for the daemon, serialised on one thread."""
+    """Optuna storage access for the daemon, serialised on one thread.
+
+    A failed durable write of the journal leaves its backend closed (`JournalGroupError`):
+    the next call builds a new storage from the file, so the daemon's view is the file's
+    again. `fault` says, until a write succeeds again, that storage is failing.
+    """
 
     def __init__(self, storage_url: str) -> None:
+        self.url = storage_url
         self.storage: BaseStorage = make_storage(storage_url)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-optuna")
-        self._studies: dict[str, optuna.Study] = {}
+        self._studies: OrderedDict[str, optuna.Study] = OrderedDict()
         self._plans: dict[str, Plan] = {}
+        #: The last storage fault (`repr`), None once storage works again.
+        self.fault: str | None = None
+        self._marked = 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the Optuna thread and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._guarded, fn, args
+        )
+
+    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Call `fn` on the Optuna thread: heal a broken journal first, record faults."""
+        self._heal()
+        commits = self._commits()
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            if is_storage_fault(exc):
+                self.fault = f"{type(exc).__name__}: {exc}"
+            raise
+        if self.fault is not None and commits is not None and self._commits() != commits:
+            log.info("storage.recovered", after=self.fault)
+            self.fault = None
+        return result
+
+    def mark(self) -> None:
+        """Record how much of the journal file is known written (see `hpod.journal.write_mark`),
+        so that a start on a file cut since is refused."""
+        journal = self._journal()
+        if journal is None or journal.durable_offset <= self._marked:
+            return
+        try:
+            write_mark(self.url.removeprefix("journal://"), journal.durable_offset)
+        except OSError as exc:  # a safeguard only: a later tick writes it
+            log.warning("storage.mark_failed", error=repr(exc))
+            return
+        self._marked = journal.durable_offset
+
+    def probe(self) -> None:
+        """While a fault is recorded, try the storage without changing it; clear the fault if
+        it works again (the daemon may have nothing to write for a while).
+
+        A journal: write, fsync and remove a small file beside it (what a commit needs: the
+        space and a working device). A database: read the list of studies.
+        """
+        if self.fault is None:
+            return
+        if self._journal() is not None:
+            probe = f"{self.url.removeprefix('journal://')}.probe"
+            try:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, b"\0" * 65536)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    os.unlink(probe)
+            except OSError:
+                return
+        else:
+            try:
+                self.storage.get_all_studies()
+            except Exception:
+                return
+        log.info("storage.recovered", after=self.fault)
+        self.fault = None
+
+    def _journal(self) -> GroupCommitJournalBackend | None:
+        backend = getattr(self.storage, "_backend", None)
+        if isinstance(self.storage, JournalStorage) and isinstance(
+            backend, GroupCommitJournalBackend
+        ):
+            return backend
+        return None
+
+    def _commits(self) -> int | None:
+        """Durable journal writes so far (None for a database: `probe` tells when it is
+        back)."""
+        journal = self._journal()
+        return journal.commits if journal is not None else None
+
+    def _heal(self) -> None:
+        """After a failed journal write, read the file again into a new storage.
+
+        The old storage applied in memory operations the file never got; every study object
+        built on it goes too (running loops re-open theirs from the file).
+        """
+        journal = self._journal()
+        if journal is None or not journal.broken:
+            return
+        log.warning("storage.reopen", url=self.url, reason=self.fault)
+        self.storage = make_storage(self.url)
+        self._studies.clear()
 
     async def call_timed(self, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
         """Like `call`, with the seconds `fn` itself took (not the wait for the thread)."""
@@ -126,14 +260,86 @@ class StudyStore:
         self.storage.set_study_user_attr(study_id, SPEC_ATTR, spec.model_dump_json())
         return True
 
-    def running_studies(self) -> list[StudySpec]:
-        """Specs of the studies hpod was running (or had paused) when it last stopped."""
+    def running_studies(self) -> tuple[list[StudySpec], dict[str, str]]:
+        """Specs of the studies hpod was running (or had paused) when it last stopped, and
+        the reason for each such study whose stored spec no longer validates (an older
+        daemon accepted it): those are to be marked failed, not resumed."""
         specs = []
+        invalid: dict[str, str] = {}
         for study in self.storage.get_all_studies():
             attrs = study.user_attrs
             if attrs.get(STATE_ATTR) in ("running", "paused") and SPEC_ATTR in attrs:
-                specs.append(StudySpec.model_validate_json(attrs[SPEC_ATTR]))
-        return specs
+                try:
+                    specs.append(StudySpec.model_validate_json(attrs[SPEC_ATTR]))
+                except (ValidationError, ValueError) as exc:
+                    invalid[study.study_name] = f"stored spec is invalid: {exc}"[:2000]
+        return specs, invalid
+
+    def count_studies(self) -> int:
+        """How many studies the storage holds."""
+        return len(self.storage.get_all_studies())
+
+    def exists(self, name: str) -> bool:
+        """Whether a study named `name` exists."""
+        try:
+            self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return False
+        return True
+
+    def mark_failed(self, name: str, reason: str) -> list[int]:
+        """Mark study `name` failed with `reason`; fail its trials that no worker has.
+
+        A RUNNING trial whose task never reached the broker (asked, then the loop failed)
+        will never get a result: it is failed now with the reason. One that was dispatched is
+        left RUNNING: its result, when it comes, is told once (the study's loop is gone, so
+        it is told directly). Returns the numbers of the trials failed.
+        """
+        study_id = self._study_id(name)
+        failed = []
+        with storage_group(self.storage):
+            for t in self.storage.get_all_trials(study_id, deepcopy=False):
+                if t.state != TrialState.RUNNING or t.user_attrs.get(EXTERNAL_ATTR):
+                    continue
+                if t.user_attrs.get(DISPATCHED_ATTR):
+                    continue
+                error = f"study failed: {reason}"[:2000]
+                self.storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, error)
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                    failed.append(t.number)
+            self.storage.set_study_user_attr(study_id, FAILURE_ATTR, reason[:2000])
+            self.storage.set_study_user_attr(study_id, STATE_ATTR, "failed")
+        self.forget(name)
+        return failed
+
+    def forget(self, name: str) -> None:
+        """Drop what is kept in memory for study `name` (its loop ended); re-opened on demand."""
+        self._studies.pop(name, None)
+        self._plans.pop(name, None)
+
+    def raw_summary(self, name: str) -> dict[str, Any]:
+        """What `hpod status` shows of a study whose stored spec no longer validates: its
+        state, the failure and the trial counts, read without the spec."""
+        study_id = self._study_id(name)
+        attrs = self.storage.get_study_user_attrs(study_id)
+        trials = self.storage.get_all_trials(study_id, deepcopy=False)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        return {
+            "name": name,
+            "state": attrs.get(STATE_ATTR),
+            "failure": attrs.get(FAILURE_ATTR),
+            "mode": attrs.get(MODE_ATTR),
+            "budget": attrs.get(BUDGET_ATTR),
+            "n_trials": len(trials),
+            "counts": counts,
+            "created_at": attrs.get(CREATED_ATTR),
+            "best": None,
+            "best_trials": [],
+            "in_flight": 0,
+        }
 
     def spec(self, name: str) -> StudySpec:
         """The spec of study `name`; `RequestRejected` if hpod does not know it."""
@@ -194,18 +400,38 @@ class StudyStore:
     # --- trials ------------------------------------------------------------------------
 
     def open(self, spec: StudySpec) -> optuna.Study:
-        """The Optuna study object for `spec`, with the sampler of its plan (cached)."""
-        if spec.name not in self._studies:
-            plan = self._plans.get(spec.name)
-            sampler = (
-                make_sampler(plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1)
-                if plan is not None
-                else make_sampler(spec.sampler.name or "tpe", {}, spec.sampler.seed)
+        """The Optuna study object for `spec`, with the sampler of its plan (cached).
+
+        Bounded: beyond `OPEN_STUDIES`, the least recently used study without a running loop
+        (no plan) is dropped and re-opened when next needed.
+        """
+        study = self._studies.get(spec.name)
+        if study is not None:
+            self._studies.move_to_end(spec.name)
+            return study
+        plan = self._plans.get(spec.name)
+        if plan is not None:
+            sampler = make_sampler(
+                plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1
             )
-            self._studies[spec.name] = optuna.load_study(
-                study_name=spec.name, storage=self.storage, sampler=sampler
-            )
-        return self._studies[spec.name]
+        else:
+            sampler = self._reading_sampler(spec)
+        study = optuna.load_study(study_name=spec.name, storage=self.storage, sampler=sampler)
+        self._studies[spec.name] = study
+        idle = [name for name in self._studies if name not in self._plans]
+        for name in idle[: max(0, len(idle) - OPEN_STUDIES)]:
+            del self._studies[name]
+        return study
+
+    @staticmethod
+    def _reading_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+        """The sampler of a study without a running loop (read, or told directly): the spec's,
+        or, when a stored spec names one that cannot be built (a seed out of range, stored by
+        an older daemon), any sampler: such a study only reads and tells, never asks."""
+        try:
+            return make_sampler(spec.sampler.name or "tpe", {}, spec.sampler.seed)
+        except (ValueError, TypeError, OverflowError, RequestRejected):
+            return optuna.samplers.RandomSampler()
 
     def set_plan(self, spec: StudySpec, plan: Plan) -> None:
         """Use `plan` for the study's next asks; a new sampler starts from the stored trials.
@@ -341,6 +567,8 @@ class StudyStore:
             "best": None,
             "best_trials": [],
         }
+        if attrs.get(FAILURE_ATTR) is not None:
+            out["failure"] = attrs[FAILURE_ATTR]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete and len(spec.directions) == 1:
             best = study.best_trial

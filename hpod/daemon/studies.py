@@ -103,7 +103,14 @@ async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial
 
 class Limits:
     """The global cap on worker tasks in flight, shared by every study, and memory
-    back-pressure. A task carries one trial, or several cheap ones packed together."""
+    back-pressure. A task carries one trial, or several cheap ones packed together.
+
+    `inflight` is derived from the real state (the tasks of the running loops), recounted
+    whenever a task starts or ends or a loop goes away: a loop that crashes cannot leak it.
+    """
+
+    #: A gap this long between two ticks of the event loop is a stall (SIGSTOP, a blocked loop).
+    STALL_SECONDS = 5.0
 
     def __init__(self, max_inflight: int) -> None:
         self.max_inflight = max_inflight
@@ -111,6 +118,41 @@ class Limits:
         self.runs: dict[str, StudyRun] = {}
         #: Set by the resource monitor while memory is above the high-water mark.
         self.backpressure = False
+        #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
+        self.last_tick = time.monotonic()
+        #: True while the manager's 1 s ticker runs: without it a gap proves no stall.
+        self.ticking = False
+
+    def recount(self) -> None:
+        """Count the worker tasks in flight from the running loops' own task sets."""
+        self.inflight = sum(len(run.tasks) for run in self.runs.values())
+
+    def remove(self, name: str, run: StudyRun) -> None:
+        """Forget the loop `run` of study `name` (ended or crashed): its tasks stop counting."""
+        if self.runs.get(name) is run:
+            del self.runs[name]
+        self.recount()
+        self.wake_all()
+
+    def check_stall(self) -> float:
+        """Tick; after a stall of the whole loop, push every deadline in flight back by it.
+
+        While the daemon was stopped (SIGSTOP, a frozen VM, a loop blocked) workers went on,
+        and their results wait in the broker for the intake. The trial timeouts must not run
+        on the daemon's own downtime: otherwise results already received would be ignored
+        and the trials dispatched again. Called by a 1 s ticker and before any expiry, so
+        whichever runs first after the stall shifts the deadlines; returns the gap shifted.
+        """
+        now = time.monotonic()
+        gap = now - self.last_tick
+        self.last_tick = now
+        if not self.ticking or gap < self.STALL_SECONDS:
+            return 0.0
+        log.warning("daemon.stalled", seconds=round(gap, 1))
+        for run in self.runs.values():
+            for flight in run.inflight.values():
+                flight.deadline += gap
+        return gap
 
     def available(self) -> bool:
         """Whether one more trial may be dispatched.
@@ -216,6 +258,10 @@ class StudyRun:
             if frozen.state == TrialState.WAITING or frozen.user_attrs.get(EXTERNAL_ATTR):
                 continue
             asked = await self.store.call(self.store.rebuild, self.spec, frozen)
+            if asked.number in self.told:
+                # Its result came in while this loop was recovering (the loop is registered
+                # first, so results reach it): told already, nothing to wait for.
+                continue
             attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0))
             if attempt:
                 # Its task reached the broker before the restart: wait for its result.
@@ -371,7 +417,7 @@ class StudyRun:
     def _new_task(self, numbers: set[int]) -> int:
         task = next(self._task_ids)
         self.tasks[task] = numbers
-        self.limits.inflight += 1
+        self.limits.recount()
         return task
 
     async def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
@@ -428,7 +474,7 @@ class StudyRun:
         members.discard(number)
         if not members:
             del self.tasks[flight.task]
-            self.limits.inflight -= 1
+            self.limits.recount()
             self.limits.wake_all()
 
     def _next_deadline(self) -> float | None:
@@ -440,7 +486,12 @@ class StudyRun:
         return max(0.05, min(timeouts) - time.monotonic()) if timeouts else None
 
     async def _expire(self) -> None:
-        """Trials whose worker never answered: dispatch again, or fail after max attempts."""
+        """Trials whose worker never answered: dispatch again, or fail after max attempts.
+
+        After a stall of the daemon itself the deadlines move first (`Limits.check_stall`):
+        results that arrived meanwhile are used, not dispatched again.
+        """
+        self.limits.check_stall()
         now = time.monotonic()
         for flight in [f for f in self.inflight.values() if f.deadline <= now]:
             if flight.attempt < self.settings.max_attempts:

@@ -301,6 +301,22 @@ def _busy(daemon: Daemon) -> tuple[int, Any]:
             conn.close()
 
 
+def _too_many_studies(daemon: Daemon) -> tuple[int, Any]:
+    """A daemon of its own whose storage may hold one study: the second is refused."""
+    tmp = Path(daemon.log_path).parent / "max-studies"
+    env = hpod_env(tmp / "data", max_studies="1")
+    small = Daemon([sys.executable, "-m", "hpod", "run", "--no-workers"], env, tmp / "d.log")
+    tmp.mkdir(exist_ok=True)
+    small.start()
+    try:
+        _external(small, "doc-first")
+        spec = quadratic_spec("doc-second", trials=5)
+        del spec["objective"]
+        return small.request("POST", "/studies", spec)
+    finally:
+        small.stop()
+
+
 def _conflict(daemon: Daemon) -> tuple[int, Any]:
     name = _external(daemon, "doc-conflict")
     spec = quadratic_spec(name, trials=6)
@@ -376,6 +392,7 @@ PROVOKE: dict[str, list[Provoke]] = {
     "unauthorized": [lambda d: _post(d, "/mode", {"mode": "fast"}, token="wrong-token")],
     "method_not_allowed": [lambda d: d.request("PUT", "/health", token=None)],
     "busy": [_busy],
+    "too_many_studies": [_too_many_studies],
 }
 
 
