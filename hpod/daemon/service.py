@@ -13,7 +13,6 @@ RUNNING in storage and their results wait in ``hpod.results`` for the next start
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -181,18 +180,6 @@ class Daemon:
         return manager.limits.inflight == 0
 
     async def _on_result(self, body: bytes, props: dict[str, Any]) -> None:
+        # The manager validates the raw message itself and dead-letters what it refuses.
         assert self._manager is not None
-        try:
-            message = json.loads(body)
-            if not isinstance(message, dict):
-                raise ValueError("a result must be a JSON object")
-            items = message.get("results", [message])
-            if not isinstance(items, list) or not all(
-                isinstance(item, dict) and {"study", "number", "state"} <= item.keys()
-                for item in items
-            ):
-                raise ValueError("a result needs study, number and state")
-        except ValueError as exc:
-            log.error("result.malformed", error=repr(exc), body=body[:200])
-            return
-        await self._manager.on_worker_result(message, bool(props.get("redelivered")))
+        await self._manager.on_worker_result(body, bool(props.get("redelivered")))

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -24,6 +25,8 @@ from sklearn.svm import SVC
 
 from hpod.workers.context import TrialContext
 from hpod.workers.objectives._generated import Split, classification_split
+from hpod.workers.objectives.gradient_boosting import DataKwargs
+from hpod.workers.registry import ObjectiveKwargs
 
 KERNELS = ("rbf", "linear", "poly")
 GAMMA_NAMES = ("scale", "auto")
@@ -66,6 +69,25 @@ def svc_breast_cancer(ctx: TrialContext, *, folds: int = 5, seed: int = 0) -> fl
 
 
 svc_breast_cancer.hpod_fidelity = "data"  # type: ignore[attr-defined]
+
+
+class BreastCancerKwargs(ObjectiveKwargs):
+    """`svc_breast_cancer`'s keyword arguments."""
+
+    folds: int = Field(default=5, ge=2, le=20)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class SyntheticKwargs(DataKwargs):
+    """`svc_synthetic`'s keyword arguments (a kernel SVC's fit grows about quadratically
+    with the rows: fewer than for gradient boosting)."""
+
+    n_samples: int = Field(default=6000, ge=20, le=50_000)
+    n_informative: int = Field(default=10, ge=1, le=500)
+    flip_y: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+svc_breast_cancer.hpod_kwargs = BreastCancerKwargs  # type: ignore[attr-defined]
 
 
 def _svc(params: dict[str, Any]) -> SVC:
@@ -136,6 +158,7 @@ def svc_synthetic(
 
 
 svc_synthetic.hpod_fidelity = "data"  # type: ignore[attr-defined]
+svc_synthetic.hpod_kwargs = SyntheticKwargs  # type: ignore[attr-defined]
 
 
 @lru_cache(maxsize=4)
