@@ -16,13 +16,14 @@ from __future__ import annotations
 import socket
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, Literal
 
 import optuna
 import structlog
-from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery import Celery, Task, signals
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from optuna.pruners import BasePruner
 from pydantic import ValidationError
 
@@ -201,8 +202,40 @@ def answer(settings: Settings, message: dict[str, Any], worker: str) -> dict[str
     return result_body(task, worker, started_at, run_trial(settings, task))
 
 
+def lost_answers(
+    task_name: str, kwargs: Mapping[str, Any], exception: BaseException, runs: int, worker: str
+) -> list[dict[str, Any]]:
+    """The failed results for the trials of a task Celery gave up on: its worker process died
+    running it on every try (OOM kill, segfault, ``os._exit``), or it hit the hard time limit.
+    Each trial that the task names validly fails with the reason; nothing runs again."""
+    if isinstance(exception, TimeLimitExceeded):
+        error = f"the trial hit its hard time limit and its worker process was killed: {exception}"
+    else:
+        error = (
+            f"the worker process died running this trial {runs} time(s), so it is not "
+            f"retried again: {type(exception).__name__}: {exception}"
+        )
+    messages = kwargs.get("trials") if task_name == EVALUATE_BATCH_TASK else [kwargs]
+    bodies = []
+    for message in messages if isinstance(messages, list) else []:
+        try:
+            identity = validate(TaskIdentity, message)
+        except ValidationError:
+            continue
+        outcome = {"state": "failed", "error": error}
+        bodies.append(result_body(identity, worker, time.time(), outcome))
+    return bodies
+
+
 def register(app: Celery) -> None:
-    """Register `hpod.evaluate` and `hpod.evaluate_batch` on `app`."""
+    """Register `hpod.evaluate` and `hpod.evaluate_batch` on `app`.
+
+    Poison tasks are bounded: a task whose worker process dies (``WorkerLostError``) is
+    retried by Celery (`task_retry_on_worker_lost`, see `hpod.workers.app`) at most
+    ``max_attempts - 1`` times; then, and when it hits the hard time limit, the worker's main
+    process publishes its trials as failed with the reason (`lost_answers`), and the message
+    is acknowledged, never redelivered.
+    """
 
     def publish(body: dict[str, Any]) -> None:
         with app.producer_pool.acquire(block=True) as producer:
@@ -217,25 +250,62 @@ def register(app: Celery) -> None:
                 retry_policy={"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5},
             )
 
-    @app.task(name=EVALUATE_TASK, bind=True)  # type: ignore[untyped-decorator]
+    settings: Settings = app.conf.hpod_settings
+    retries = max(0, settings.max_attempts - 1)
+
+    @app.task(name=EVALUATE_TASK, bind=True, max_retries=retries, default_retry_delay=1)  # type: ignore[untyped-decorator]
     def evaluate_one(self: Task, **message: Any) -> None:
-        settings: Settings = app.conf.hpod_settings
         body = answer(settings, message, f"{HOSTNAME}:{self.request.hostname}")
         if body is not None:
             publish(body)
 
-    @app.task(name=EVALUATE_BATCH_TASK, bind=True)  # type: ignore[untyped-decorator]
+    @app.task(name=EVALUATE_BATCH_TASK, bind=True, max_retries=retries, default_retry_delay=1)  # type: ignore[untyped-decorator]
     def evaluate_batch(self: Task, **message: Any) -> None:
-        settings: Settings = app.conf.hpod_settings
-        worker = f"{HOSTNAME}:{self.request.hostname}"
-        trials = message.get("trials") if set(message) == {"trials"} else None
-        if not isinstance(trials, list) or not 1 <= len(trials) <= MAX_PACK:
-            log.error("task.invalid", error="a pack needs only 'trials', 1 to 1000 of them")
+        body = answer_pack(settings, message, f"{HOSTNAME}:{self.request.hostname}")
+        if body is not None:
+            publish(body)
+
+    signals.task_failure.connect(_give_up_handler(app, publish), weak=False)
+
+
+def answer_pack(
+    settings: Settings, message: Mapping[str, Any], worker: str
+) -> dict[str, Any] | None:
+    """The result message for a packed task: one result per trial it validly names."""
+    trials = message.get("trials") if set(message) == {"trials"} else None
+    if not isinstance(trials, list) or not 1 <= len(trials) <= MAX_PACK:
+        log.error("task.invalid", error=f"a pack needs only 'trials', 1 to {MAX_PACK} of them")
+        return None
+    results = []
+    for item in trials:
+        body = answer(settings, item if isinstance(item, dict) else {}, worker)
+        if body is not None:
+            results.append(body)
+    return {"v": 1, "results": results} if results else None
+
+
+def _give_up_handler(app: Celery, publish: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
+    """The `task_failure` receiver that answers for the trials of a task Celery gave up on."""
+
+    def on_failure(
+        sender: Task | None = None,
+        exception: BaseException | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        """Celery gave up on a task of ours (in the worker's main process): answer for its
+        trials, so the daemon fails them now instead of waiting or redelivering."""
+        if sender is None or sender.app is not app or exception is None:
             return
-        results = []
-        for item in trials:
-            body = answer(settings, item if isinstance(item, dict) else {}, worker)
-            if body is not None:
-                results.append(body)
-        if results:
-            publish({"v": 1, "results": results})
+        if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
+            return  # the task body answers every other failure itself
+        runs = int(sender.request.retries or 0) + 1
+        worker = f"{HOSTNAME}:{sender.request.hostname}"
+        bodies = lost_answers(sender.name, kwargs or {}, exception, runs, worker)
+        log.error("task.given_up", task=sender.name, runs=runs, error=repr(exception))
+        if len(bodies) == 1:
+            publish(bodies[0])
+        elif bodies:
+            publish({"v": 1, "results": bodies})
+
+    return on_failure

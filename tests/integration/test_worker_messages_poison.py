@@ -1,0 +1,54 @@
+"""Poison tasks are bounded: a task that kills its worker process every time is retried at most
+HPOD_MAX_ATTEMPTS times, then its trial fails with the reason, and the study completes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import DaemonFactory
+from test_rabbitmq import Subscriber, publish
+
+pytestmark = pytest.mark.broker
+
+OBJECTIVES = json.dumps({"exit_always": "worker_messages_objectives:exit_always"})
+
+
+def test_a_task_that_kills_its_worker_every_time_fails_its_trial_after_max_attempts(
+    rabbitmq: str,
+    start_daemon: DaemonFactory,
+    start_worker,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An objective that os._exit(1)s: Celery sees WorkerLostError; the task is retried
+    (max_attempts - 1 times), then given up; each trial fails naming the deaths, and the
+    study completes at its budget (before: redelivered forever, the study never ended)."""
+    here = Path(__file__).parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
+    events = Subscriber(rabbitmq, ("trial.*", "study.completed"))
+    daemon = start_daemon(
+        "--no-workers", broker_url=rabbitmq, objectives=OBJECTIVES, max_attempts="2"
+    )
+    worker = start_worker(daemon.env, concurrency=1)
+    spec = {
+        "name": "poison",
+        "objective": "exit_always",
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "budget": {"trials": 2},
+        "sampler": {"name": "random", "seed": 0},
+        "max_concurrent": 1,
+        "mode": "fast",
+        "trial_timeout": 600,  # the daemon's own deadline plays no part here
+    }
+    reply = publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})
+    assert reply is not None and reply["ok"], reply
+    done = events.until(lambda e: e["event"] == "study.completed", timeout=60)
+    assert done["counts"] == {"fail": 2}, done
+    failed = [e for e in events.events if e["event"] == "trial.failed"]
+    assert sorted(e["trial"] for e in failed) == [0, 1]
+    for event in failed:
+        assert "worker process died running this trial 2 time(s)" in event["error"], event
+    assert "WorkerLostError" in worker.log()
+    events.close()
