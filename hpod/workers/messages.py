@@ -300,15 +300,9 @@ def parse_results(raw: bytes | Mapping[str, Any]) -> Parsed:
 
 def validate(model: type[M], data: Any) -> M:
     """`data` (parsed JSON) as `model`, validated in JSON mode: strict, yet arrays are
-    tuples where the model says so. `ValidationError` if it does not fit."""
-    try:
-        text = json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError.from_exception_data(
-            model.__name__,
-            [{"type": "value_error", "loc": (), "input": None, "ctx": {"error": str(exc)}}],
-        ) from exc
-    return model.model_validate_json(text)
+    tuples where the model says so. `ValidationError` (naming the field) if it does not fit;
+    a non-finite float is written out as such so that the model refuses it by its field."""
+    return model.model_validate_json(json.dumps(data, allow_nan=True, default=repr))
 
 
 def describe(exc: ValidationError) -> str:
