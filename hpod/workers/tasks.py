@@ -93,8 +93,11 @@ def _registry(configured: tuple[tuple[str, str], ...]) -> ObjectiveRegistry:
     return ObjectiveRegistry(dict(configured))
 
 
-def run_trial(settings: Settings, task: EvaluateTask) -> dict[str, Any]:
-    """Evaluate the trial a validated task describes; the outcome as a result body (no I/O)."""
+def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate the trial a task describes; the outcome as a result body (no I/O). A task
+    given as a mapping is validated first (`ValidationError` if it is not a valid task)."""
+    if not isinstance(task, EvaluateTask):
+        task = validate(EvaluateTask, task)
     started = time.perf_counter()
     plan = task.plan
     outcome: dict[str, Any]
