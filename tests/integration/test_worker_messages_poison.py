@@ -13,7 +13,25 @@ from test_rabbitmq import Subscriber, publish
 
 pytestmark = pytest.mark.broker
 
-OBJECTIVES = json.dumps({"exit_always": "worker_messages_objectives:exit_always"})
+OBJECTIVES = json.dumps(
+    {
+        "exit_always": "worker_messages_objectives:exit_always",
+        "killed_always": "worker_messages_objectives:killed_always",
+    }
+)
+
+
+def spec(name: str, objective: str, trials: int) -> dict[str, object]:
+    return {
+        "name": name,
+        "objective": objective,
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "budget": {"trials": trials},
+        "sampler": {"name": "random", "seed": 0},
+        "max_concurrent": 1,
+        "mode": "fast",
+        "trial_timeout": 600,  # the daemon's own deadline plays no part here
+    }
 
 
 def test_a_task_that_kills_its_worker_every_time_fails_its_trial_after_max_attempts(
@@ -22,9 +40,10 @@ def test_a_task_that_kills_its_worker_every_time_fails_its_trial_after_max_attem
     start_worker,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An objective that os._exit(1)s: Celery sees WorkerLostError; the task is retried
-    (max_attempts - 1 times), then given up; each trial fails naming the deaths, and the
-    study completes at its budget (before: redelivered forever, the study never ended)."""
+    """An objective that os._exit(1)s, and one SIGKILLed as by the OOM killer: Celery sees
+    WorkerLostError; the task is retried (max_attempts - 1 times), then given up; each trial
+    fails naming the deaths, and each study completes at its budget (before: the task was
+    redelivered forever and the study never ended)."""
     here = Path(__file__).parent
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
     events = Subscriber(rabbitmq, ("trial.*", "study.completed"))
@@ -32,22 +51,22 @@ def test_a_task_that_kills_its_worker_every_time_fails_its_trial_after_max_attem
         "--no-workers", broker_url=rabbitmq, objectives=OBJECTIVES, max_attempts="2"
     )
     worker = start_worker(daemon.env, concurrency=1)
-    spec = {
-        "name": "poison",
-        "objective": "exit_always",
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "budget": {"trials": 2},
-        "sampler": {"name": "random", "seed": 0},
-        "max_concurrent": 1,
-        "mode": "fast",
-        "trial_timeout": 600,  # the daemon's own deadline plays no part here
-    }
-    reply = publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})
-    assert reply is not None and reply["ok"], reply
-    done = events.until(lambda e: e["event"] == "study.completed", timeout=60)
-    assert done["counts"] == {"fail": 2}, done
+    for name, objective, trials in (("exits", "exit_always", 2), ("oom", "killed_always", 1)):
+        reply = publish(
+            rabbitmq, {"v": 1, "type": "study.create", "study": spec(name, objective, trials)}
+        )
+        assert reply is not None and reply["ok"], reply
+    completed = {}
+    while len(completed) < 2:
+        done = events.until(lambda e: e["event"] == "study.completed", timeout=60)
+        completed[done["study"]] = done["counts"]
+    assert completed == {"exits": {"fail": 2}, "oom": {"fail": 1}}
     failed = [e for e in events.events if e["event"] == "trial.failed"]
-    assert sorted(e["trial"] for e in failed) == [0, 1]
+    assert sorted((e["study"], e["trial"]) for e in failed) == [
+        ("exits", 0),
+        ("exits", 1),
+        ("oom", 0),
+    ]
     for event in failed:
         assert "worker process died running this trial 2 time(s)" in event["error"], event
     assert "WorkerLostError" in worker.log()

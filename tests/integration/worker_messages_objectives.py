@@ -7,12 +7,20 @@ pytest's.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 
 def exit_always(ctx: Any) -> float:
-    """Kill the pool process running it, every time (as an OOM kill or a segfault would)."""
+    """End the pool process running it, every time (as a crashing extension would)."""
     os._exit(1)
+
+
+def killed_always(ctx: Any) -> float:
+    """SIGKILL the pool process running it, every time: what the kernel's OOM killer does to
+    a process that exceeds the memory it may use."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0.0
 
 
 def noisy(ctx: Any, *, line: str = "") -> float:
