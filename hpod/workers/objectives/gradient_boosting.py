@@ -17,9 +17,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import log_loss
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's dependency
 
 from hpod.workers.context import TrialContext
 from hpod.workers.objectives._generated import Split, classification_split
@@ -100,6 +97,11 @@ def gradient_boosting(
     The training rows are subsampled by class (stratified), so every class keeps at least
     one row at any fidelity; below a few percent the scores stop ranking models usefully.
     """
+    # Imported here: the daemon imports this module for its declared kwargs, never sklearn.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import log_loss
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's
+
     x_train, x_val, y_train, y_val = _data(
         int(n_samples),
         int(n_features),

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from hpod.workers.context import TrialContext, TrialPruned
 from hpod.workers.registry import ObjectiveKwargs
@@ -162,6 +160,9 @@ def _data(validation_fraction: float, seed: int) -> Split:
 
     Cached because every trial asks for the same data; read-only so no trial can alter it.
     """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     parts: Split = tuple(
         train_test_split(
