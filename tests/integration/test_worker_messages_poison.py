@@ -11,8 +11,6 @@ import pytest
 from conftest import DaemonFactory
 from test_rabbitmq import Subscriber, publish
 
-pytestmark = pytest.mark.broker
-
 OBJECTIVES = json.dumps(
     {
         "exit_always": "worker_messages_objectives:exit_always",
@@ -34,6 +32,7 @@ def spec(name: str, objective: str, trials: int) -> dict[str, object]:
     }
 
 
+@pytest.mark.broker
 def test_a_task_that_kills_its_worker_every_time_fails_its_trial_after_max_attempts(
     rabbitmq: str,
     start_daemon: DaemonFactory,
@@ -71,3 +70,22 @@ def test_a_task_that_kills_its_worker_every_time_fails_its_trial_after_max_attem
         assert "worker process died running this trial 2 time(s)" in event["error"], event
     assert "WorkerLostError" in worker.log()
     events.close()
+
+
+def test_a_poison_task_is_bounded_on_the_embedded_broker_too(
+    start_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bound with `hpod run`'s own local worker on the embedded broker: the retry
+    travels as a new message there too, and the study completes with its trial failed."""
+    here = Path(__file__).parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
+    daemon = start_daemon(objectives=OBJECTIVES, max_attempts="2", local_workers="1")
+    status, reply = daemon.request("POST", "/studies", spec("exits-embedded", "exit_always", 1))
+    assert status == 201, reply
+    final = daemon.wait_study("exits-embedded", timeout=90)
+    assert final["counts"] == {"fail": 1}, final
+    records = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    lines = [r["line"] for r in records if r["event"] == "worker.output"]
+    relayed = [json.loads(line) for line in lines if line.startswith("{")]
+    given_up = [r for r in relayed if r.get("event") == "task.given_up"]
+    assert [r["runs"] for r in given_up] == [2], relayed
