@@ -15,6 +15,8 @@ import pika
 import pytest
 from conftest import Daemon, DaemonFactory, quadratic_spec
 
+from hpod.messaging import DEAD_LETTERS
+
 pytestmark = pytest.mark.broker
 
 
@@ -46,11 +48,11 @@ class Queues:
         self.channel.basic_publish("", "hpod.results", raw, props)
 
     def dead_letters(self, n: int, timeout: float = 30) -> list[tuple[str, bytes]]:
-        """`n` messages of hpod.requests.dead: (reason, body)."""
+        """`n` messages of hpod.dead: (reason, body)."""
         found: list[tuple[str, bytes]] = []
         deadline = time.monotonic() + timeout
         while len(found) < n and time.monotonic() < deadline:
-            method, props, body = self.channel.basic_get("hpod.requests.dead", auto_ack=True)
+            method, props, body = self.channel.basic_get(DEAD_LETTERS, auto_ack=True)
             if method is None:
                 time.sleep(0.1)
                 continue
