@@ -25,6 +25,18 @@ def settle(daemon: Daemon, name: str, timeout: float = 30) -> dict[str, object]:
     return status
 
 
+def turn_the_daemon(daemon: Daemon, name: str) -> None:
+    """Run another study to its end on the same daemon while a study is paused.
+
+    Its trials are asked, dispatched and told by the same event loop as the paused study's
+    loop (woken by the pause, its last result and the budget change): once it completes, that
+    loop has had every chance to dispatch. An observed sign of progress, where a sleep would
+    only guess how long is long enough on a busy machine.
+    """
+    assert daemon.request("POST", "/studies", quadratic_spec(name, trials=4))[0] == 201
+    assert daemon.wait_study(name)["counts"] == {"complete": 4}
+
+
 def test_pause_resume_and_budget_change_survive_a_restart(
     tmp_path: Path, start_daemon: DaemonFactory
 ) -> None:
@@ -40,7 +52,7 @@ def test_pause_resume_and_budget_change_survive_a_restart(
     status, reply = daemon.request("POST", "/studies/control/pause")
     assert status == 200 and reply["result"]["state"] == "paused", reply
     paused_at = settle(daemon, "control")["n_trials"]
-    time.sleep(1.0)
+    turn_the_daemon(daemon, "clock-1")
     assert created(daemon, "control") == paused_at
     status, reply = daemon.request(
         "POST",
@@ -49,8 +61,8 @@ def test_pause_resume_and_budget_change_survive_a_restart(
     )
     assert status == 200 and reply["result"]["budget"]["trials"] == paused_at + 4, reply
     daemon.stop()
-    daemon = start_daemon(data_dir=data)
-    time.sleep(1.0)
+    daemon = start_daemon(data_dir=data)  # the paused study's loop starts before /health
+    turn_the_daemon(daemon, "clock-2")
     status_after = daemon.get("/studies/control")
     assert status_after["state"] == "paused" and status_after["running"]
     assert status_after["n_trials"] == paused_at
