@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec
 
 
 def created(daemon: Daemon, name: str) -> int:
@@ -18,11 +17,12 @@ def created(daemon: Daemon, name: str) -> int:
 
 def settle(daemon: Daemon, name: str, timeout: float = 30) -> dict[str, object]:
     """Wait until nothing of the study is in flight; its status."""
-    deadline = time.monotonic() + timeout
-    while (status := daemon.get(f"/studies/{name}"))["in_flight"]:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.1)
-    return status
+
+    def settled() -> dict[str, object] | None:
+        status: dict[str, object] = daemon.get(f"/studies/{name}")
+        return None if status["in_flight"] else status
+
+    return eventually(settled, timeout)
 
 
 def turn_the_daemon(daemon: Daemon, name: str) -> None:
@@ -47,8 +47,7 @@ def test_pause_resume_and_budget_change_survive_a_restart(
     spec = quadratic_spec("control", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=1)
     spec["mode"] = "thorough"
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    while created(daemon, "control") < 3:
-        time.sleep(0.05)
+    eventually(lambda: created(daemon, "control") >= 3, interval=0.05)
     status, reply = daemon.request("POST", "/studies/control/pause")
     assert status == 200 and reply["result"]["state"] == "paused", reply
     paused_at = settle(daemon, "control")["n_trials"]

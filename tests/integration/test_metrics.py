@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec
 from prometheus_client.parser import text_string_to_metric_families
 
 #: Every hpod family /metrics must expose, whether or not it has samples yet.
@@ -55,12 +54,12 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def scrape_until(daemon: Daemon, check: Callable[[Samples], bool], timeout: float = 60) -> Samples:
     """Scrape until `check` holds on the samples (it may take a sampling period or two)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        _names, samples = scrape(daemon)
-        if check(samples) or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.3)
+
+    def checked() -> Samples | None:
+        samples = scrape(daemon)[1]
+        return samples if check(samples) else None
+
+    return eventually(checked, timeout, 0.3, "the samples never passed the check")
 
 
 def exercise(daemon: Daemon, name: str) -> Samples:
