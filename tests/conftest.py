@@ -19,13 +19,15 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 AMQP_URL = os.environ.get("HPOD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 POSTGRES_DSN = os.environ.get("HPOD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRED = os.environ.get("HPOD_REQUIRE_SERVICES") == "1"
+
+T = TypeVar("T")
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -96,6 +98,38 @@ def free_port() -> int:
         return port
 
 
+def eventually(
+    fn: Callable[[], T | None],
+    timeout: float = 30,
+    interval: float = 0.1,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """Call `fn` every `interval` seconds until it returns a truthy value; return that value.
+
+    The suite's one polling helper, for state that changes in another process (a daemon, a
+    worker, a file) with nothing to wait on. An AssertionError from `fn` counts as "not yet":
+    after `timeout` seconds the last one is raised again, so the failure says what was wrong;
+    otherwise an AssertionError with `what` (a text, or a function giving one late, such as the
+    tail of a daemon's log). Any other exception from `fn` ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        failure: AssertionError | None = None
+        try:
+            result = fn()
+        except AssertionError as exc:
+            failure = exc
+        else:
+            if result:
+                return result
+        if time.monotonic() >= deadline:
+            if failure is not None:
+                raise failure
+            detail = what() if callable(what) else what
+            raise AssertionError(f"still not so after {timeout} s: {detail}")
+        time.sleep(interval)
+
+
 class Proc:
     """A started hpod process (daemon or worker) and the environment it runs with."""
 
@@ -146,19 +180,24 @@ class Daemon(Proc):
         return self.env["HPOD_API_TOKEN"]
 
     def start(self) -> Daemon:
-        """Start and wait until /health answers."""
+        """Start and wait until /health answers; RuntimeError when it never does."""
         super().start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited:\n{self.log()}")
-            try:
-                self.get("/health")
-                return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"daemon not healthy:\n{self.log()}")
+        try:
+            eventually(self._answers, 60, 0.2)
+        except AssertionError:
+            raise RuntimeError(f"daemon not healthy:\n{self.log()}") from None
+        return self
+
+    def _answers(self) -> bool:
+        """Whether /health answers; a daemon that exited is an error at once."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited:\n{self.log()}")
+        try:
+            self.get("/health")
+        except OSError:
+            return False
+        return True
 
     def request(
         self,
@@ -191,13 +230,27 @@ class Daemon(Proc):
 
     def wait_study(self, name: str, timeout: float = 180) -> dict[str, Any]:
         """Poll until study `name` is completed or stopped; returns its status."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status: dict[str, Any] = self.get(f"/studies/{name}")
-            if status["state"] in {"completed", "stopped"} and not status["running"]:
-                return status
-            time.sleep(0.3)
-        raise AssertionError(f"study {name} did not finish: {status}\n{self.log()[-3000:]}")
+        last: dict[str, Any] = {}
+
+        def finished() -> dict[str, Any] | None:
+            last.update(self.get(f"/studies/{name}"))
+            done = last["state"] in {"completed", "stopped"} and not last["running"]
+            return dict(last) if done else None
+
+        return eventually(
+            finished,
+            timeout,
+            0.3,
+            lambda: f"study {name} did not finish: {last}\n{self.log()[-3000:]}",
+        )
+
+    def wait_complete(self, name: str, at_least: int, timeout: float = 120) -> None:
+        """Poll until at least `at_least` trials of study `name` are complete."""
+        eventually(
+            lambda: self.get(f"/studies/{name}")["counts"].get("complete", 0) >= at_least,
+            timeout,
+            what=lambda: self.log()[-3000:],
+        )
 
 
 def hpod_env(data_dir: Path, **settings: str) -> dict[str, str]:

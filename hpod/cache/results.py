@@ -25,6 +25,11 @@ import structlog
 
 log = structlog.get_logger("hpod.cache")
 
+#: The one word for the cache wherever a trial meets it: the caching policy's name, the reason
+#: it gives when it answers a trial (`SkipEvaluation.reason`, which /metrics counts as a hit)
+#: and the key of a trial's cost that says "hit" or "partial".
+CACHE = "cache"
+
 _VERSION_PREFIX = "objective-version:"
 
 

@@ -26,6 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from hpod.cache import CACHE
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 #: Optuna's final states as hpod names them on the wire and in ``hpod_trials_total``.
@@ -216,8 +218,9 @@ class Metrics:
             self.prunes.labels(study, rung_label(len(frozen.intermediate_values))).inc()
 
     def skipped(self, reason: str) -> None:
-        """Count a trial a policy answered without an evaluation (a cache hit)."""
-        if reason == "cached":
+        """Count a trial a policy answered without an evaluation: a cache hit when the reason
+        is the caching policy's (`CACHE`, the one spelling it raises)."""
+        if reason == CACHE:
             self.cache_hits.inc()
 
     def exposition(self) -> bytes:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpod.cache import ResultCache, cache_key
+from hpod.cache import CACHE, ResultCache, cache_key
 from hpod.policies._base import Policy, SkipEvaluation, TrialEvent
 
 
 class CachePolicy(Policy):
     """Serves and fills the shared result cache."""
 
-    name = "cache"
+    name = CACHE
 
     def __init__(self, cache: ResultCache) -> None:
         self.cache = cache
@@ -37,8 +37,8 @@ class CachePolicy(Policy):
             return
         full = self.cache.get(self._key(trial, version, 1.0))
         if full is not None:
-            cost = {"cpu": 0.0, "data": 0.0, "cache": "hit", "cached_cpu": full.get("cpu")}
-            raise SkipEvaluation(list(full["values"]), "cache", cost)
+            cost = {"cpu": 0.0, "data": 0.0, CACHE: "hit", "cached_cpu": full.get("cpu")}
+            raise SkipEvaluation(list(full["values"]), CACHE, cost)
         cached: dict[str, Any] = {}
         for fraction in trial.task.get("ladder", [1.0])[:-1]:
             entry = self.cache.get(self._key(trial, version, fraction))
@@ -46,7 +46,7 @@ class CachePolicy(Policy):
                 cached[str(fraction)] = list(entry["values"])
         if cached:
             trial.task["cached"] = cached
-            trial.notes["cache"] = "partial"
+            trial.notes[CACHE] = "partial"
 
     def after_tell(self, trial: TrialEvent) -> None:
         """Store what the worker computed: every rung, and the full result when complete."""

@@ -60,7 +60,7 @@ def test_studies_survive_a_sigkill_of_the_embedded_daemon(
     spec = quadratic_spec("crash-embedded", trials=30, objective_kwargs={"sleep": 0.2})
     daemon = start_daemon(data_dir=tmp_path / "data")
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    _wait_for_progress(daemon, "crash-embedded", at_least=6)
+    daemon.wait_complete("crash-embedded", at_least=6)
     assert daemon.proc is not None
     workers = psutil.Process(daemon.proc.pid).children()
     assert workers, "the daemon started no local worker"
@@ -73,17 +73,6 @@ def test_studies_survive_a_sigkill_of_the_embedded_daemon(
     final = restarted.wait_study("crash-embedded")
     assert final["n_trials"] == 30
     assert final["counts"] == {"complete": 30}
-
-
-def _wait_for_progress(daemon, name: str, at_least: int) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if daemon.get(f"/studies/{name}")["counts"].get("complete", 0) >= at_least:
-            return
-        time.sleep(0.1)
-    raise AssertionError(daemon.log()[-3000:])
 
 
 def test_an_objective_returning_the_wrong_shape_fails_its_trials(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec
 
 
 def created(daemon: Daemon, name: str) -> int:
@@ -18,11 +17,24 @@ def created(daemon: Daemon, name: str) -> int:
 
 def settle(daemon: Daemon, name: str, timeout: float = 30) -> dict[str, object]:
     """Wait until nothing of the study is in flight; its status."""
-    deadline = time.monotonic() + timeout
-    while (status := daemon.get(f"/studies/{name}"))["in_flight"]:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.1)
-    return status
+
+    def settled() -> dict[str, object] | None:
+        status: dict[str, object] = daemon.get(f"/studies/{name}")
+        return None if status["in_flight"] else status
+
+    return eventually(settled, timeout)
+
+
+def turn_the_daemon(daemon: Daemon, name: str) -> None:
+    """Run another study to its end on the same daemon while a study is paused.
+
+    Its trials are asked, dispatched and told by the same event loop as the paused study's
+    loop (woken by the pause, its last result and the budget change): once it completes, that
+    loop has had every chance to dispatch. An observed sign of progress, where a sleep would
+    only guess how long is long enough on a busy machine.
+    """
+    assert daemon.request("POST", "/studies", quadratic_spec(name, trials=4))[0] == 201
+    assert daemon.wait_study(name)["counts"] == {"complete": 4}
 
 
 def test_pause_resume_and_budget_change_survive_a_restart(
@@ -35,12 +47,11 @@ def test_pause_resume_and_budget_change_survive_a_restart(
     spec = quadratic_spec("control", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=1)
     spec["mode"] = "thorough"
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    while created(daemon, "control") < 3:
-        time.sleep(0.05)
+    eventually(lambda: created(daemon, "control") >= 3, interval=0.05)
     status, reply = daemon.request("POST", "/studies/control/pause")
     assert status == 200 and reply["result"]["state"] == "paused", reply
     paused_at = settle(daemon, "control")["n_trials"]
-    time.sleep(1.0)
+    turn_the_daemon(daemon, "clock-1")
     assert created(daemon, "control") == paused_at
     status, reply = daemon.request(
         "POST",
@@ -49,8 +60,8 @@ def test_pause_resume_and_budget_change_survive_a_restart(
     )
     assert status == 200 and reply["result"]["budget"]["trials"] == paused_at + 4, reply
     daemon.stop()
-    daemon = start_daemon(data_dir=data)
-    time.sleep(1.0)
+    daemon = start_daemon(data_dir=data)  # the paused study's loop starts before /health
+    turn_the_daemon(daemon, "clock-2")
     status_after = daemon.get("/studies/control")
     assert status_after["state"] == "paused" and status_after["running"]
     assert status_after["n_trials"] == paused_at

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, DaemonFactory
+from conftest import Daemon, DaemonFactory, eventually
 
 from hpod.policies.strategy.agent import BUNDLE_FORMAT, shipped_dir
 
@@ -82,10 +82,7 @@ def test_many_finished_studies_leave_bounded_series_records_and_memory(
     elapsed = time.monotonic() - started
     after = rss_kb(daemon)
     print(f"{STUDIES} studies in {elapsed:.1f} s; RSS {before} -> {after} KiB")
-    deadline = time.monotonic() + 10
-    while client.call("GET", f"/studies/many-{STUDIES - 1}")[1]["running"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    eventually(lambda: not client.call("GET", f"/studies/many-{STUDIES - 1}")[1]["running"], 10)
     labels = study_labels(client)
     assert len(labels) <= CAP, sorted(labels)
     assert f"many-{STUDIES - 1}" in labels and "many-0" not in labels

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from conftest import eventually
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
 
@@ -145,14 +146,6 @@ def _drain_ids(conn: Connection, queue: str = "jobs") -> list[str]:
     return ids
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_round_trip_json(connect: Callable[..., Connection], folders: tuple[Path, Path]) -> None:
     """A JSON message published through a Producer comes out of a Consumer intact and is gone."""
     conn = connect()
@@ -230,8 +223,8 @@ def test_stress_three_producers_three_consumers(
     try:
         for proc in producers:
             assert proc.wait(timeout=60) == 0
-        _wait_for(lambda: len(lines()) >= total, 60, "all messages consumed")
-        _wait_for(lambda: _names(folders[0]) == [], 10, "an empty message folder")
+        eventually(lambda: len(lines()) >= total, 60, 0.05, "all messages consumed")
+        eventually(lambda: _names(folders[0]) == [], 10, 0.05, "an empty message folder")
     finally:
         stop.touch()
         for proc in consumers + producers:
@@ -263,7 +256,7 @@ def test_message_of_killed_consumer_is_redelivered(
     ready = tmp_path / "ready"
     holder = _spawn(worker_script, folders, "hold", str(ready))
     try:
-        _wait_for(ready.exists, 30, "the holder to claim the message")
+        eventually(ready.exists, 30, 0.05, "the holder to claim the message")
         assert ready.read_text() == "victim"
         claimed = _by_suffix(folders[0], CLAIM_SUFFIX)
         assert len(claimed) == 1
@@ -295,7 +288,7 @@ def test_orphan_recovered_at_channel_start(
     ready = tmp_path / "ready"
     holder = _spawn(worker_script, folders, "hold", str(ready))
     try:
-        _wait_for(ready.exists, 30, "the holder to claim the message")
+        eventually(ready.exists, 30, 0.05, "the holder to claim the message")
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)

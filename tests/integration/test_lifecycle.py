@@ -7,14 +7,13 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from conftest import Daemon, hpod_env, quadratic_spec
+from conftest import Daemon, eventually, hpod_env, quadratic_spec
 
 from hpod.engine import make_storage
 
@@ -42,12 +41,12 @@ class NotifySocket:
 
     def wait_for(self, state: str, timeout: float = 60) -> None:
         """Block until a datagram containing `state` (e.g. READY=1) has arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(state in m.split("\n") for m in list(self.messages)):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{state} not received; got {self.messages}")
+        eventually(
+            lambda: any(state in m.split("\n") for m in list(self.messages)),
+            timeout,
+            0.05,
+            lambda: f"{state} not received; got {self.messages}",
+        )
 
 
 @pytest.fixture
@@ -77,14 +76,6 @@ def counts(env: dict[str, str], name: str) -> dict[str, int]:
     return out
 
 
-def wait_complete(daemon: Daemon, name: str, at_least: int) -> None:
-    """Poll until `at_least` trials of `name` are complete."""
-    deadline = time.monotonic() + 120
-    while daemon.get(f"/studies/{name}")["counts"].get("complete", 0) < at_least:
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.1)
-
-
 def log_events(daemon: Daemon) -> list[dict[str, Any]]:
     """The daemon's log lines, each parsed as JSON (a line that is not JSON fails the test)."""
     return [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
@@ -101,7 +92,7 @@ def test_sigterm_drains_running_trials_and_a_restart_finishes_the_budget(
     notify_socket.wait_for("READY=1")
     spec = quadratic_spec("drain", trials=40, objective_kwargs={"sleep": 0.3}, max_concurrent=2)
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    wait_complete(daemon, "drain", at_least=4)
+    daemon.wait_complete("drain", at_least=4)
     notify_socket.wait_for("WATCHDOG=1")
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
@@ -124,8 +115,8 @@ def test_trials_outliving_the_drain_timeout_are_resumed(tmp_path: Path) -> None:
     daemon = start(env, tmp_path / "daemon.log").start()
     spec = quadratic_spec("slow-drain", trials=6, objective_kwargs={"sleep": 2.0}, max_concurrent=2)
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    wait_complete(daemon, "slow-drain", at_least=1)
-    time.sleep(0.5)
+    daemon.wait_complete("slow-drain", at_least=1)
+    eventually(lambda: daemon.get("/studies/slow-drain")["in_flight"])  # what is left to resume
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=90) == 0
@@ -161,10 +152,10 @@ def test_sighup_reloads_settings_and_refuses_a_bad_file(
     assert refused["setting"] == "max_inflight"
     config.write_text("max_inflight = [unclosed\n")
     daemon.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while sum(e["event"] == "daemon.reload_refused" for e in log_events(daemon)) < 2:
-        assert time.monotonic() < deadline, daemon.log()[-2000:]
-        time.sleep(0.1)
+    eventually(
+        lambda: sum(e["event"] == "daemon.reload_refused" for e in log_events(daemon)) >= 2,
+        what=lambda: daemon.log()[-2000:],
+    )
     assert daemon.get("/health")["status"] == "ok"
     daemon.stop()
 
@@ -201,7 +192,4 @@ def test_log_lines_are_json_with_ids_bound_and_no_secrets(tmp_path: Path) -> Non
 
 
 def _wait_log(daemon: Daemon, event: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while event not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()[-2000:]
-        time.sleep(0.1)
+    eventually(lambda: event in daemon.log(), timeout, what=lambda: daemon.log()[-2000:])

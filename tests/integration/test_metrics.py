@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec
 from prometheus_client.parser import text_string_to_metric_families
 
 #: Every hpod family /metrics must expose, whether or not it has samples yet.
@@ -53,12 +54,12 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def scrape_until(daemon: Daemon, check: Callable[[Samples], bool], timeout: float = 60) -> Samples:
     """Scrape until `check` holds on the samples (it may take a sampling period or two)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        _names, samples = scrape(daemon)
-        if check(samples) or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.3)
+
+    def checked() -> Samples | None:
+        samples = scrape(daemon)[1]
+        return samples if check(samples) else None
+
+    return eventually(checked, timeout, 0.3, "the samples never passed the check")
 
 
 def exercise(daemon: Daemon, name: str) -> Samples:
@@ -132,3 +133,36 @@ def test_metrics_on_the_embedded_default(start_daemon: DaemonFactory) -> None:
     samples = exercise(daemon, "metrics-embedded")
     check_series(daemon, samples, "metrics-embedded")
     assert (value(samples, "hpod_process_rss_bytes", process="local_workers") or 0) > 0
+
+
+def test_a_repeated_configuration_is_a_cache_hit_in_status_trials_and_metrics(
+    start_daemon: DaemonFactory,
+) -> None:
+    """A deterministic objective over a space of two configurations, one task at a time: once
+    a configuration is evaluated, a later trial of it is answered from the cache. The hit shows
+    in `hpod status`, GET /studies/NAME, the trial's own cost (0 CPU) and
+    `hpod_cache_hits_total` (which once compared the reason with "cached" and never counted)."""
+    daemon = start_daemon()
+    name = "cache-hits"
+    spec = quadratic_spec(name, trials=8, max_concurrent=1)
+    spec["space"] = {"x": {"type": "categorical", "choices": [1.0, 2.0]}}
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    status = daemon.wait_study(name)
+    assert status["counts"] == {"complete": 8}
+    hits = status["efficiency"]["cache_hits"]
+    assert hits > 0  # trials packed into one task are evaluated before any is cached
+    rows = daemon.get(f"/studies/{name}/trials?limit=8")["trials"]
+    hit_rows = [row for row in rows if row["cache"] == "hit"]
+    assert len(hit_rows) == hits and all(row["cpu"] == 0 for row in hit_rows)
+    assert {row["values"][0] for row in hit_rows} <= {0.25, 2.25}
+    _names, samples = scrape(daemon)
+    assert value(samples, "hpod_cache_hits_total") == hits
+    cli = subprocess.run(
+        [sys.executable, "-m", "hpod", "status", name, "--url", daemon.url],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"cache hits        {hits} " in cli.stdout, cli.stdout

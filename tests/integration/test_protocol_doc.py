@@ -23,13 +23,12 @@ import shlex
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, hpod_env, quadratic_spec
+from conftest import Daemon, eventually, hpod_env, quadratic_spec
 from pydantic_core import to_jsonable_python
 
 from hpod.daemon.http import CODE_BY_STATUS, STATUS_BY_CODE
@@ -327,9 +326,7 @@ def _conflict(daemon: Daemon) -> tuple[int, Any]:
 def _not_running(daemon: Daemon) -> tuple[int, Any]:
     name = _external(daemon, "doc-stopped")
     assert _post(daemon, f"/studies/{name}/stop")[0] == 200
-    deadline = time.monotonic() + 30
-    while daemon.get(f"/studies/{name}")["running"] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: not daemon.get(f"/studies/{name}")["running"])
     return _post(daemon, f"/studies/{name}/pause")
 
 
@@ -453,9 +450,7 @@ def test_events_after_the_loop_ended_are_published(daemon: Daemon) -> None:
     name = _external(daemon, "doc-late-tell")
     _, asked = _post(daemon, f"/studies/{name}/ask")
     assert _post(daemon, f"/studies/{name}/stop")[0] == 200
-    deadline = time.monotonic() + 30
-    while daemon.get(f"/studies/{name}")["running"] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: not daemon.get(f"/studies/{name}")["running"])
     conn, response = _stream(daemon, f"?study={name}")
     try:
         assert response.readline().startswith(b"retry:")
@@ -479,10 +474,13 @@ def test_sighup_reloads_objectives(daemon: Daemon) -> None:
     config.write_text('[objectives]\ndoc_probe = "hpod.workers.objectives.analytic:quadratic"\n')
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while (answer := _unknown_objective(daemon))[0] != 201 and time.monotonic() < deadline:
-        assert answer[1]["error"]["code"] == "unknown_objective", answer
-        time.sleep(0.2)
+
+    def reloaded() -> tuple[int, Any] | None:
+        answer = _unknown_objective(daemon)
+        unknown = answer[0] != 201 and answer[1]["error"]["code"] == "unknown_objective"
+        return None if unknown else answer
+
+    answer = eventually(reloaded, interval=0.2)
     assert answer[0] == 201, answer
 
 
@@ -505,13 +503,15 @@ def test_draining_is_answered_with_its_status(daemon: Daemon) -> None:
     (documented,) = {s for c, s in ROWS if c == "draining"}
     spec = quadratic_spec("doc-drain", trials=2)
     assert daemon.request("POST", "/studies", spec)[0] == 201
-    deadline = time.monotonic() + 30
-    while daemon.get("/health")["in_flight"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: daemon.get("/health")["in_flight"])
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
-    while (answer := _post(daemon, "/studies/doc-drain/pause"))[0] == 200:
-        time.sleep(0.05)
+
+    def refused() -> tuple[int, Any] | None:
+        answer = _post(daemon, "/studies/doc-drain/pause")
+        return None if answer[0] == 200 else answer
+
+    answer = eventually(refused, interval=0.05)
     assert answer[1]["error"]["code"] == "draining", answer
     assert answer[0] == documented
     daemon.proc.wait(timeout=60)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import psutil
 import pytest
-from conftest import DaemonFactory, quadratic_spec
+from conftest import DaemonFactory, eventually, quadratic_spec
 from test_rabbitmq import Subscriber, publish
 
 pytestmark = pytest.mark.broker
@@ -16,13 +16,12 @@ pytestmark = pytest.mark.broker
 def _busy_pool_child(worker_pid: int, timeout: float = 60) -> psutil.Process:
     """A prefork pool process of the worker that is running a task (using CPU or sleeping
     inside an objective), found by waiting for the first trial to be underway."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = psutil.Process(worker_pid).children(recursive=True)
-        if children:
-            return children[0]
-        time.sleep(0.1)
-    raise AssertionError("the worker has no pool process")
+    children = eventually(
+        lambda: psutil.Process(worker_pid).children(recursive=True),
+        timeout,
+        what="the worker has no pool process",
+    )
+    return children[0]
 
 
 def test_a_killed_pool_process_has_its_trial_retried(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hpod.cache import CACHE
 from hpod.policies import Policy, PolicyChain, SkipEvaluation, TrialEvent
 from hpod.schema import StudySpec
 
@@ -40,7 +41,7 @@ class Hit(Policy):
 
     def before_dispatch(self, trial: TrialEvent) -> None:
         """Skip evaluation with a known value."""
-        raise SkipEvaluation([0.25], "cached")
+        raise SkipEvaluation([0.25], CACHE)
 
 
 def event() -> TrialEvent:

@@ -1,0 +1,46 @@
+"""The suite's one polling helper, `eventually`, does what the tests rely on."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import eventually
+
+
+def test_returns_the_first_truthy_value_and_retries_assertions() -> None:
+    """Falsy results and AssertionErrors count as "not yet"; the first truthy result is
+    returned as it is."""
+    answers: list[object] = [None, 0, AssertionError("not yet"), {"state": "done"}]
+
+    def poll() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, AssertionError):
+            raise answer
+        return answer
+
+    assert eventually(poll, timeout=5, interval=0.001) == {"state": "done"}
+    assert answers == []
+
+
+def test_after_the_timeout_the_last_assertion_or_what_is_raised() -> None:
+    """The failure says what was wrong: `fn`'s own assertion, else `what` (text or function)."""
+
+    def wrong() -> None:
+        raise AssertionError("the study is still running")
+
+    with pytest.raises(AssertionError, match="the study is still running"):
+        eventually(wrong, timeout=0.05, interval=0.01)
+    with pytest.raises(AssertionError, match=r"0\.05 s: the log tail"):
+        eventually(lambda: False, timeout=0.05, interval=0.01, what=lambda: "the log tail")
+
+
+def test_another_exception_ends_the_wait_at_once() -> None:
+    """Only assertions are retried: a broken poll is not hidden behind the timeout."""
+    calls: list[int] = []
+
+    def broken() -> bool:
+        calls.append(1)
+        raise RuntimeError("daemon exited")
+
+    with pytest.raises(RuntimeError, match="daemon exited"):
+        eventually(broken, timeout=30, interval=0.01)
+    assert calls == [1]
