@@ -413,8 +413,31 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
-    if eff.get("dispatch_overhead_seconds") is not None:
-        print(f"  dispatch overhead {eff['dispatch_overhead_seconds'] * 1000:.1f} ms per trial")
+    _print_time_per_trial(eff.get("time_per_trial"))
+
+
+#: How `hpod status` and `hpod doctor` name the parts of a trial's time.
+PART_LABELS = {
+    "daemon": "daemon (hpod: sampler, storage, policies, publish)",
+    "transport": "transport (hpod: the broker both ways)",
+    "queue_wait": "queue wait (no free worker)",
+    "pack_wait": "pack wait (behind the other trials of its pack)",
+    "evaluation": "evaluation (the objective)",
+}
+
+
+def _print_time_per_trial(parts: dict[str, Any] | None, trials: int | None = None) -> None:
+    """The mean parts of a trial's time, hpod's own (daemon + transport) first."""
+    if not parts:
+        return
+    counted = parts.get("trials", trials)
+    overhead = parts.get("overhead", parts["daemon"] + parts["transport"])
+    print(
+        f"  time per trial    {overhead * 1000:.1f} ms of hpod (daemon + transport), "
+        f"mean over {counted} trials:"
+    )
+    for part, label in PART_LABELS.items():
+        print(f"    {label:<50} {parts[part] * 1000:9.1f} ms")
 
 
 def _control(call: Any, *args: Any, **kwargs: Any) -> int:
@@ -675,6 +698,7 @@ def _print_breakdown(report: dict[str, Any]) -> None:
         table.add_row(stage, f"{seconds:.3f}", f"{report['shares'][stage]:.0%}")
     Console().print(table)
     print(f"{report['trials']} trials told, {report['total_seconds']:.3f} s accounted")
+    _print_time_per_trial(report.get("per_trial"), report["trials"])
     print(report["verdict"])
 
 
