@@ -221,8 +221,9 @@ class Bus:
         await self._run(self._send, dumps(body), "", reply_to, [], correlation_id=correlation_id)
 
     async def dead_letter(self, raw: bytes, reason: str, origin: dict[str, Any]) -> None:
-        """Keep a request that cannot be parsed on the bounded `hpod.dead`, with the reason."""
-        headers = {"x-hpod-error": reason, "x-hpod-queue": REQUESTS}
+        """Keep a message that cannot be handled on the bounded `hpod.dead`, with the reason;
+        `origin["queue"]` names the queue it came from (requests when absent)."""
+        headers = {"x-hpod-error": reason, "x-hpod-queue": str(origin.get("queue") or REQUESTS)}
         headers.update({f"x-original-{k}": str(v) for k, v in origin.items() if v})
         await self._run(
             lambda: self._get_producer().publish(  # connects on the publishing thread

@@ -1,23 +1,46 @@
 """Local Celery worker processes that `hpod run` starts itself on the embedded broker.
 
 They are ordinary `celery worker` processes (prefork pool), so a trial runs exactly as it would
-on a separate machine; a worker that dies is started again.
+on a separate machine; a worker that dies is started again, after a back-off that grows while
+it keeps dying (`hpod.backoff.Backoff`) and resets once it has run for a while.
+
+What a worker prints is *data*, never a log record of the daemon: each line becomes the
+``line`` field of one ``worker.output`` record of the daemon's own, through the same secret
+redaction as every other field. A worker (or an objective it runs) can therefore not forge a
+record of the daemon, nor leak a credential around the redaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 
 import structlog
 
+from hpod.backoff import Backoff
 from hpod.config import Settings
 from hpod.messaging import TRIALS
 
 log = structlog.get_logger("hpod.local_workers")
+#: Longest worker output line relayed (longer ones are cut, and say so).
+MAX_LINE = 8000
+#: Levels of a worker's JSON records, as the daemon's record of them; none above ERROR.
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.ERROR,
+    "exception": logging.ERROR,
+}
+#: A worker that ran this long before dying is started again without waiting.
+HEALTHY_AFTER_SECONDS = 60.0
 
 
 def worker_argv(
@@ -43,26 +66,44 @@ def worker_env(settings: Settings) -> dict[str, str]:
         env["HPOD_BROKER_URL"] = settings.broker_url
     env["HPOD_STORAGE_URL"] = settings.optuna_storage_url()
     if settings.objectives:
-        import json
-
         env["HPOD_OBJECTIVES"] = json.dumps(settings.objectives)
     return env
 
 
 def _relay(proc: subprocess.Popen[bytes]) -> None:
-    """Pass the worker's output on as the daemon's own log lines, so all of it is JSON.
+    """Pass the worker's output on as fields of the daemon's own log records.
 
-    The worker already logs JSON through hpod's setup; Celery also prints a few plain lines
-    (e.g. "Warm shutdown"), which become ``worker.output`` events here.
+    The worker logs JSON through hpod's setup, Celery prints a few plain lines (e.g. "Warm
+    shutdown") and an objective may print anything: every line, JSON or not, is the ``line``
+    of one ``worker.output`` record (redacted like any field), never written out as is.
     """
     assert proc.stdout is not None
     for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        if line.startswith("{"):
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        elif line:
-            log.info("worker.output", pid=proc.pid, text=line)
+        relay_line(proc.pid, raw)
+
+
+def relay_line(pid: int, raw: bytes) -> None:
+    """Log one line of a worker's output as data of a ``worker.output`` record."""
+    line = raw.decode(errors="replace").rstrip()
+    if not line:
+        return
+    if len(line) > MAX_LINE:
+        line = line[:MAX_LINE] + f"... ({len(line) - MAX_LINE} more characters)"
+    log.log(_level_of(line), "worker.output", pid=pid, line=line)
+
+
+def _level_of(line: str) -> int:
+    """The level of the daemon's record for a worker line: the worker's own level when the
+    line is one of its JSON records (so its warnings pass the daemon's level filter), at
+    most ERROR; INFO for anything else."""
+    if not line.startswith("{"):
+        return logging.INFO
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return logging.INFO
+    level = record.get("level") if isinstance(record, dict) else None
+    return LEVELS.get(level, logging.INFO) if isinstance(level, str) else logging.INFO
 
 
 class LocalWorkers:
@@ -74,6 +115,9 @@ class LocalWorkers:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._started_at = 0.0
+        #: Restarts of a worker that keeps dying wait longer each time, up to 5 minutes.
+        self._backoff = Backoff(initial=1.0, maximum=300.0)
 
     def start(self) -> None:
         """Start the worker and its supervisor."""
@@ -90,6 +134,7 @@ class LocalWorkers:
         self._proc = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
+        self._started_at = time.monotonic()
         threading.Thread(
             target=_relay, args=(self._proc,), name="local-worker-output", daemon=True
         ).start()
@@ -99,8 +144,25 @@ class LocalWorkers:
         while not self._stopping:
             await asyncio.sleep(1.0)
             if self._proc is not None and self._proc.poll() is not None and not self._stopping:
-                log.warning("workers.died", code=self._proc.returncode)
-                self._spawn()
+                await self._restart(self._proc.returncode)
+
+    async def _restart(self, code: int) -> None:
+        """Start a dead worker again, after a back-off unless it had run long enough to
+        count as healthy (a worker dying at start-up is not restarted every second)."""
+        ran = time.monotonic() - self._started_at
+        if ran >= HEALTHY_AFTER_SECONDS:
+            self._backoff.reset()
+        delay = self._backoff.next_delay()
+        log.warning(
+            "workers.died",
+            code=code,
+            ran_s=round(ran, 1),
+            restarts=self._backoff.tries,
+            restart_in_s=round(delay, 1),
+        )
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            self._spawn()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Warm shutdown (finish running trials), then kill after `grace` seconds."""

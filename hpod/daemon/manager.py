@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
+from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hpod.backoff import Backoff
@@ -18,11 +20,12 @@ from hpod.daemon.bus import Bus
 from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.monitor import Monitor
-from hpod.daemon.store import StudyStore, is_storage_fault
+from hpod.daemon.store import FINISHED, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
 from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
-from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
+from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
+from hpod.messaging import RESULTS
 from hpod.modes import Mode, load_modes
 from hpod.policies import PolicyChain
 from hpod.policies.batching import BatchingPolicy
@@ -33,6 +36,13 @@ from hpod.policies.strategy.agent import StrategyAgent
 from hpod.policies.strategy.catalog import load_strategies
 from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import Budget, ModeSet, StudySpec, TrialTell, check_finite
+from hpod.workers.messages import (
+    Expected,
+    TrialResult,
+    check_result,
+    parse_results,
+    trusted_cost,
+)
 from hpod.workers.registry import ObjectiveRegistry
 
 log = structlog.get_logger("hpod.manager")
@@ -312,6 +322,12 @@ class StudyManager:
                 "study.objective",
                 f"unknown objective {spec.objective!r} (registered: {known})",
             )
+        if spec.objective is not None:
+            # By the objective's own declared schema (loading it may import a library: off
+            # the event loop); `study.objective_kwargs.<key>` names what is refused.
+            await asyncio.to_thread(
+                self.registry.check_kwargs, spec.objective, spec.objective_kwargs
+            )
         mode = spec.mode or self.default_mode
         self._check_mode(mode, "study.mode")
         check_setting(spec.strategy, spec, self._strategy_names(), "study.strategy")
@@ -504,50 +520,104 @@ class StudyManager:
 
     # --- results and status ------------------------------------------------------------
 
-    async def on_worker_result(self, body: dict[str, Any], redelivered: bool = False) -> None:
-        """A worker's result message (one trial, or a pack's ``results``): tell each through
-        its study loop (or directly if the loop ended).
+    async def on_worker_result(
+        self, body: bytes | dict[str, Any], redelivered: bool = False
+    ) -> None:
+        """A worker's result message (one trial, or a pack's ``results``): validate it, check
+        each result against the trial in flight, tell each through its study loop (or directly
+        if the loop ended).
 
-        A result the broker delivers again after a daemon crash may have been told without its
-        event going out; then the event is published again from the stored trial, so events
-        are at-least-once (a consumer may see a trial's event twice, never zero times).
+        Nothing on ``hpod.results`` is trusted (see `hpod.workers.messages`): a malformed
+        result, or one that does not match a trial in flight (unknown study or trial, a trial
+        not running, an attempt never dispatched, other params, a wrong number of values,
+        rungs off the trial's ladder) is dead-lettered with the reason and never told; it is
+        never retried either. A result of a trial already told (a second evaluation) is
+        ignored. A result the broker delivers again after a daemon crash may have been told
+        without its event going out; then the event is published again from the stored
+        trial, so events are at-least-once (a consumer may see a trial's event twice, never
+        zero times).
         """
-        bodies = body.get("results", [body])
-        by_study: dict[str, list[Result]] = {}
-        for item in bodies:
-            by_study.setdefault(str(item["study"]), []).append(
-                Result(
-                    number=int(item["number"]),
-                    state=str(item["state"]),
-                    values=item.get("values"),
-                    error=item.get("error"),
-                    duration=item.get("duration"),
-                    started_at=item.get("started_at"),
-                    cost=item.get("cost"),
-                    extra={"worker": item.get("worker"), "attempt": item.get("attempt")},
-                )
-            )
+        parsed = parse_results(body)
+        for rejected in parsed.rejected:
+            raw = body if rejected.body is None and isinstance(body, bytes) else rejected.body
+            await self._refuse_result(raw if raw is not None else body, rejected.reason)
+        by_study: dict[str, list[TrialResult]] = {}
+        for result in parsed.results:
+            by_study.setdefault(result.study, []).append(result)
         for study, results in by_study.items():
             await self._tell_results(study, results, redelivered)
 
-    async def _tell_results(self, study: str, results: list[Result], redelivered: bool) -> None:
+    async def _refuse_result(self, body: Any, reason: str) -> None:
+        """Dead-letter a worker result with the reason it was refused (part of
+        `on_worker_result`)."""
+        origin: dict[str, Any] = {"queue": RESULTS}
+        if isinstance(body, dict):
+            origin.update(study=body.get("study"), trial=body.get("number"))
+        log.warning("result.refused", reason=reason, study=origin.get("study"))
+        raw = body if isinstance(body, bytes) else dumps_lenient(body)
+        await self.bus.dead_letter(raw, reason, origin)
+
+    async def _tell_results(
+        self, study: str, results: list[TrialResult], redelivered: bool
+    ) -> None:
+        """Tell the results of one study that match a trial in flight (part of
+        `on_worker_result`)."""
         run = self.runs.get(study)
         try:
             spec = run.spec if run else await self.store.call(self.store.spec, study)
         except RequestRejected:
-            log.warning("result.unknown_study", study=study)
+            for result in results:
+                await self._refuse_result(result.model_dump(mode="json"), "unknown study")
             return
         except ValidationError as exc:  # a failed study whose stored spec no longer validates
             log.warning("result.invalid_study", study=study, error=str(exc)[:500])
             return
+        accepted: list[Result] = []
+        duplicates: list[Result] = []
+        for message in results:
+            verdict = await self._match(spec, run, message)
+            if isinstance(verdict, str):
+                await self._refuse_result(message.model_dump(mode="json"), verdict)
+            elif verdict is None:
+                duplicates.append(_as_result(message, None))
+            else:
+                accepted.append(_as_result(message, trusted_cost(message, verdict)))
         if run is not None:
-            told = await run.on_results(results)
+            told = await run.on_results(accepted) if accepted else []
         else:
-            told = [await self._tell_directly(spec, result) for result in results]
-        for result, was_told in zip(results, told, strict=True):
-            if not was_told and redelivered:
+            told = [await self._tell_directly(spec, result) for result in accepted]
+        stale = [r for r, was_told in zip(accepted, told, strict=True) if not was_told]
+        for again in [*stale, *duplicates] if redelivered else []:
+            frozen = await self.store.call(self.store.trial, spec, again.number)
+            await publish_told(self.bus, spec.name, again, frozen)
+
+    async def _match(
+        self, spec: StudySpec, run: StudyRun | None, result: TrialResult
+    ) -> Expected | str | None:
+        """The trial in flight `result` is for (what it is checked against), None if that
+        trial was told already (a second evaluation), or why the result is refused (part of
+        `on_worker_result`)."""
+        if run is not None:
+            flight = run.inflight.get(result.number)
+            if flight is None:
+                if result.number in run.told:
+                    return None
+                return f"trial {result.number} of study {spec.name!r} is not in flight"
+            expected = _expected(spec, flight.trial.trial_id, flight.trial.params, flight.attempt)
+            expected = _with_ladder(expected, result, flight.plan)
+        else:
+            try:
                 frozen = await self.store.call(self.store.trial, spec, result.number)
-                await publish_told(self.bus, spec.name, result, frozen)
+            except RequestRejected as exc:
+                return exc.message
+            if frozen.state in FINISHED:
+                return None
+            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0) or 0)
+            if frozen.state != TrialState.RUNNING or frozen.user_attrs.get(EXTERNAL_ATTR):
+                return f"trial {result.number} is not running on hpod's workers"
+            expected = _expected(spec, frozen._trial_id, frozen.params, attempt)
+        problem = check_result(result, expected)
+        return expected if problem is None else problem
 
     async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
         """Tell a trial of a study whose loop is not running (stopped, or ended)."""
@@ -607,3 +677,39 @@ class StudyManager:
     async def workers(self) -> dict[str, Any]:
         """The live workers, as the broker in force can tell."""
         return await self.monitor.workers()
+
+
+def _expected(spec: StudySpec, trial_id: int, params: dict[str, Any], attempt: int) -> Expected:
+    """What a result of this trial must match (ladder unknown until `_with_ladder`)."""
+    return Expected(trial_id, params, attempt, len(spec.directions))
+
+
+def _with_ladder(expected: Expected, result: TrialResult, plan: dict[str, Any]) -> Expected:
+    """`expected` with the ladder the worker ran: the task's for an objective that
+    subsamples, full data for the others; unknown (None) for a trial recovered after a
+    restart, whose task plan is not kept."""
+    if "ladder" not in plan:
+        return expected
+    subsamples = result.cost is not None and result.cost.fidelity == "data"
+    ladder = [float(f) for f in plan["ladder"]] if subsamples else [1.0]
+    cached = {float(k): list(v) for k, v in (plan.get("cached") or {}).items()}
+    return replace(expected, ladder=ladder, cached=cached)
+
+
+def _as_result(message: TrialResult, cost: dict[str, Any] | None) -> Result:
+    """A validated worker result as the study loop's `Result`."""
+    return Result(
+        number=message.number,
+        state=message.state,
+        values=list(message.values) if message.values is not None else None,
+        error=message.error,
+        duration=message.duration,
+        started_at=message.started_at,
+        cost=cost,
+        extra={"worker": message.worker, "attempt": message.attempt},
+    )
+
+
+def dumps_lenient(body: Any) -> bytes:
+    """A refused body as JSON for the dead letter (non-finite numbers kept as written)."""
+    return json.dumps(body, separators=(",", ":"), default=repr).encode()

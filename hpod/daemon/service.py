@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from hpod.config import RELOADABLE, Settings, load_settings, redact
 from hpod.daemon import notify
 from hpod.daemon.bus import Bus
 from hpod.daemon.http import INTAKE_HEALTH, make_app, make_runner
-from hpod.daemon.intake import BrokerInUse, QueueIntake, Unprocessable, message_ids
+from hpod.daemon.intake import BrokerInUse, QueueIntake, message_ids
 from hpod.daemon.local_workers import LocalWorkers
 from hpod.daemon.manager import StudyManager
 from hpod.daemon.requests import RequestHandler
@@ -304,19 +303,6 @@ class Daemon:
             await self._bus.reply(props["reply_to"], props.get("correlation_id"), reply)
 
     async def _on_result(self, body: bytes, props: dict[str, Any]) -> None:
-        """A worker's result; one that is not a result at all is dead-lettered at once."""
+        # The manager validates the raw message itself and dead-letters what it refuses.
         assert self._manager is not None
-        try:
-            message = json.loads(body)
-            if not isinstance(message, dict):
-                raise ValueError("a result must be a JSON object")
-            items = message.get("results", [message])
-            if not isinstance(items, list) or not all(
-                isinstance(item, dict) and {"study", "number", "state"} <= item.keys()
-                for item in items
-            ):
-                raise ValueError("a result needs study, number and state")
-        except (ValueError, RecursionError) as exc:
-            log.error("result.malformed", error=repr(exc), body=body[:200])
-            raise Unprocessable(f"not a result: {exc!r}") from None
-        await self._manager.on_worker_result(message, bool(props.get("redelivered")))
+        await self._manager.on_worker_result(body, bool(props.get("redelivered")))

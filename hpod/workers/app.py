@@ -1,8 +1,13 @@
-"""The Celery app of hpod's workers: JSON only, late acks, retried when a worker dies.
+"""The Celery app of hpod's workers: JSON only, late acks, retried (a bounded number of
+times) when a worker dies.
 
-`task_acks_late` with `task_reject_on_worker_lost` means a trial whose worker process dies is
-delivered again to another worker rather than lost; the daemon tells Optuna only once, however
-many times a trial is evaluated. Messages are JSON; a pickled message is refused by
+`task_acks_late` with `task_retry_on_worker_lost` means a trial whose worker process dies is
+sent again (to any worker) rather than lost; the daemon tells Optuna only once, however many
+times a trial is evaluated. The retries are counted in the message, and a task that killed its
+worker ``HPOD_MAX_ATTEMPTS`` times is given up and its trials are failed with the reason (see
+`hpod.workers.tasks.register`): a poison task (an objective that exhausts memory or crashes
+its process) is never redelivered forever, as `task_reject_on_worker_lost` alone would (it
+requeues without counting). Messages are JSON; a pickled message is refused by
 `accept_content` before any code runs.
 """
 
@@ -31,7 +36,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        task_reject_on_worker_lost=True,  # only if sending the retry below fails
+        task_retry_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         task_queues=[trials],

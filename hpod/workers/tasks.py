@@ -16,22 +16,35 @@ from __future__ import annotations
 import socket
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import optuna
-from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
+import structlog
+from celery import Celery, Task, signals
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from optuna.pruners import BasePruner
+from pydantic import ValidationError
 
 from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
 from hpod.policies.fidelity import deterministic, evaluate, fidelity_of, version_of
 from hpod.policies.pruning import build_pruners, should_prune
-from hpod.workers.registry import ObjectiveRegistry
+from hpod.workers.messages import (
+    MAX_PACK,
+    Cost,
+    EvaluateTask,
+    TaskIdentity,
+    TrialResult,
+    describe,
+    validate,
+)
+from hpod.workers.registry import ObjectiveRegistry, checked_kwargs
 
 HOSTNAME = socket.gethostname()
+log = structlog.get_logger("hpod.worker")
 
 
 class StorageReporter:
@@ -80,51 +93,47 @@ def _registry(configured: tuple[tuple[str, str], ...]) -> ObjectiveRegistry:
     return ObjectiveRegistry(dict(configured))
 
 
-def run_trial(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate the trial a task message describes; the outcome as a result body (no I/O)."""
+def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate the trial a task describes; the outcome as a result body (no I/O). A task
+    given as a mapping is validated first (`ValidationError` if it is not a valid task)."""
+    if not isinstance(task, EvaluateTask):
+        task = validate(EvaluateTask, task)
     started = time.perf_counter()
-    plan: dict[str, Any] = message.get("plan") or {}
+    plan = task.plan
     outcome: dict[str, Any]
     try:
-        fn = _registry(tuple(sorted(settings.objectives.items()))).get(message["objective"])
+        fn = _registry(tuple(sorted(settings.objectives.items()))).get(task.objective)
+        # The objective's own declared schema, checked again here: the daemon checked the
+        # study's kwargs at study.create, but a task on the queue may come from anyone.
+        kwargs = checked_kwargs(fn, task.objective, task.objective_kwargs)
         # The ladder applies only to objectives that subsample; for the others the pruners
         # must not expect its rungs as steps (an epoch objective reports epochs 1, 2, ...).
-        ladder = [float(f) for f in plan.get("ladder", [1.0])]
-        if fidelity_of(fn) != "data":
-            ladder = [1.0]
+        ladder = list(plan.ladder) if fidelity_of(fn) == "data" else [1.0]
         pruners = build_pruners(
-            plan.get("pruner", "none"),
-            plan.get("pruner_options", {}),
-            float(plan.get("threshold", 0.0)),
-            int(plan.get("threshold_min_trials", 8)),
+            plan.pruner,
+            plan.pruner_options.kwargs(),
+            plan.threshold,
+            plan.threshold_min_trials,
             ladder,
         )
-        reporter = StorageReporter(settings, message["study"], message["trial_id"], pruners)
-        cached = {float(k): v for k, v in (message.get("cached") or {}).items()}
-        result = evaluate(
-            fn,
-            message["params"],
-            message.get("objective_kwargs") or {},
-            ladder,
-            reporter,
-            cached,
-        )
+        reporter = StorageReporter(settings, task.study, task.trial_id, pruners)
+        result = evaluate(fn, task.params, kwargs, ladder, reporter, plan.cached_rungs())
         outcome = {
             "state": "pruned" if result.pruned else "complete",
             "values": result.values,
-            "cost": {
-                "cpu": result.cpu_seconds,
-                "full_cpu": result.full_cpu_seconds,
-                "data": result.data_evaluated,
-                "rungs": [list(rung) for rung in result.rungs],
-                "pruned_at": result.pruned_at,
-                "objective_version": version_of(fn),
-                "deterministic": deterministic(fn),
-                "mode": plan.get("mode"),
+            "cost": Cost(
+                cpu=result.cpu_seconds,
+                full_cpu=result.full_cpu_seconds,
+                data=result.data_evaluated,
+                rungs=list(result.rungs),
+                pruned_at=result.pruned_at,
+                objective_version=version_of(fn),
+                deterministic=deterministic(fn),
+                mode=plan.mode,
                 # Whether the objective subsamples ("data"), reports epochs or neither:
                 # the strategy policy masks ladders and pruners by it.
-                "fidelity": fidelity_of(fn) or "none",
-            },
+                fidelity=_fidelity_name(fn),
+            ).model_dump(mode="json"),
         }
     except SoftTimeLimitExceeded:
         outcome = {"state": "failed", "error": "trial time limit exceeded"}
@@ -135,20 +144,101 @@ def run_trial(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
-def _result_body(message: dict[str, Any], worker: str, started_at: float) -> dict[str, Any]:
-    return {
+def _fidelity_name(fn: Any) -> Literal["data", "epochs", "none"]:
+    fidelity = fidelity_of(fn)
+    return "data" if fidelity == "data" else "epochs" if fidelity == "epochs" else "none"
+
+
+def result_body(
+    task: EvaluateTask | TaskIdentity, worker: str, started_at: float, outcome: dict[str, Any]
+) -> dict[str, Any]:
+    """The result message of one trial, validated against `TrialResult` (a worker never
+    publishes what the daemon would refuse: an objective's odd value fails the trial)."""
+    body = {
         "v": 1,
-        "study": message["study"],
-        "trial_id": message["trial_id"],
-        "number": message["number"],
-        "attempt": message.get("attempt", 1),
-        "worker": worker,
+        "study": task.study,
+        "trial_id": task.trial_id,
+        "number": task.number,
+        "attempt": task.attempt,
+        "params": task.params,
+        "worker": worker[:256],
         "started_at": started_at,
+        **outcome,
     }
+    try:
+        return validate(TrialResult, body).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        failed = {k: body[k] for k in ("v", "study", "trial_id", "number", "attempt", "params")}
+        error = f"the worker's result was invalid: {describe(exc)}"
+        return {**failed, "worker": body["worker"], "state": "failed", "error": error}
+
+
+def parse_task(message: dict[str, Any]) -> EvaluateTask | tuple[TaskIdentity, str] | None:
+    """A task message as a validated `EvaluateTask`; if it is invalid but names a trial, that
+    trial's identity and what was wrong (the worker answers with the trial's failure); None
+    if it names nothing."""
+    try:
+        return validate(EvaluateTask, message)
+    except ValidationError as exc:
+        error = describe(exc)
+    try:
+        identity = validate(TaskIdentity, message)
+    except ValidationError:
+        log.error("task.invalid", error=error)
+        return None
+    log.error("task.invalid", study=identity.study, trial=identity.number, error=error)
+    return identity, error
+
+
+def answer(settings: Settings, message: dict[str, Any], worker: str) -> dict[str, Any] | None:
+    """The result body for one task message: evaluated if valid, failed with the reason if
+    not (no code of an invalid task runs); None when it names no trial to answer for."""
+    started_at = time.time()
+    task = parse_task(message)
+    if task is None:
+        return None
+    if isinstance(task, tuple):
+        identity, error = task
+        return result_body(
+            identity, worker, started_at, {"state": "failed", "error": f"invalid task: {error}"}
+        )
+    return result_body(task, worker, started_at, run_trial(settings, task))
+
+
+def lost_answers(
+    task_name: str, kwargs: Mapping[str, Any], exception: BaseException, runs: int, worker: str
+) -> list[dict[str, Any]]:
+    """The failed results for the trials of a task Celery gave up on: its worker process died
+    running it on every try (OOM kill, segfault, ``os._exit``), or it hit the hard time limit.
+    Each trial that the task names validly fails with the reason; nothing runs again."""
+    if isinstance(exception, TimeLimitExceeded):
+        error = f"the trial hit its hard time limit and its worker process was killed: {exception}"
+    else:
+        error = (
+            f"the worker process died running this trial {runs} time(s), so it is not "
+            f"retried again: {type(exception).__name__}: {exception}"
+        )
+    messages = kwargs.get("trials") if task_name == EVALUATE_BATCH_TASK else [kwargs]
+    bodies = []
+    for message in messages if isinstance(messages, list) else []:
+        try:
+            identity = validate(TaskIdentity, message)
+        except ValidationError:
+            continue
+        outcome = {"state": "failed", "error": error}
+        bodies.append(result_body(identity, worker, time.time(), outcome))
+    return bodies
 
 
 def register(app: Celery) -> None:
-    """Register `hpod.evaluate` and `hpod.evaluate_batch` on `app`."""
+    """Register `hpod.evaluate` and `hpod.evaluate_batch` on `app`.
+
+    Poison tasks are bounded: a task whose worker process dies (``WorkerLostError``) is
+    retried by Celery (`task_retry_on_worker_lost`, see `hpod.workers.app`) at most
+    ``max_attempts - 1`` times; then, and when it hits the hard time limit, the worker's main
+    process publishes its trials as failed with the reason (`lost_answers`), and the message
+    is acknowledged, never redelivered.
+    """
 
     def publish(body: dict[str, Any]) -> None:
         with app.producer_pool.acquire(block=True) as producer:
@@ -163,21 +253,62 @@ def register(app: Celery) -> None:
                 retry_policy={"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5},
             )
 
-    @app.task(name=EVALUATE_TASK, bind=True)  # type: ignore[untyped-decorator]
-    def evaluate_one(self: Task, **message: Any) -> None:
-        started_at = time.time()
-        settings: Settings = app.conf.hpod_settings
-        outcome = run_trial(settings, message)
-        worker = f"{HOSTNAME}:{self.request.hostname}"
-        publish({**_result_body(message, worker, started_at), **outcome})
+    settings: Settings = app.conf.hpod_settings
+    retries = max(0, settings.max_attempts - 1)
 
-    @app.task(name=EVALUATE_BATCH_TASK, bind=True)  # type: ignore[untyped-decorator]
-    def evaluate_batch(self: Task, trials: list[dict[str, Any]]) -> None:
-        settings: Settings = app.conf.hpod_settings
-        worker = f"{HOSTNAME}:{self.request.hostname}"
-        results = []
-        for message in trials:
-            started_at = time.time()
-            outcome = run_trial(settings, message)
-            results.append({**_result_body(message, worker, started_at), **outcome})
-        publish({"v": 1, "results": results})
+    @app.task(name=EVALUATE_TASK, bind=True, max_retries=retries, default_retry_delay=1)  # type: ignore[untyped-decorator]
+    def evaluate_one(self: Task, **message: Any) -> None:
+        body = answer(settings, message, f"{HOSTNAME}:{self.request.hostname}")
+        if body is not None:
+            publish(body)
+
+    @app.task(name=EVALUATE_BATCH_TASK, bind=True, max_retries=retries, default_retry_delay=1)  # type: ignore[untyped-decorator]
+    def evaluate_batch(self: Task, **message: Any) -> None:
+        body = answer_pack(settings, message, f"{HOSTNAME}:{self.request.hostname}")
+        if body is not None:
+            publish(body)
+
+    signals.task_failure.connect(_give_up_handler(app, publish), weak=False)
+
+
+def answer_pack(
+    settings: Settings, message: Mapping[str, Any], worker: str
+) -> dict[str, Any] | None:
+    """The result message for a packed task: one result per trial it validly names."""
+    trials = message.get("trials") if set(message) == {"trials"} else None
+    if not isinstance(trials, list) or not 1 <= len(trials) <= MAX_PACK:
+        log.error("task.invalid", error=f"a pack needs only 'trials', 1 to {MAX_PACK} of them")
+        return None
+    results = []
+    for item in trials:
+        body = answer(settings, item if isinstance(item, dict) else {}, worker)
+        if body is not None:
+            results.append(body)
+    return {"v": 1, "results": results} if results else None
+
+
+def _give_up_handler(app: Celery, publish: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
+    """The `task_failure` receiver that answers for the trials of a task Celery gave up on."""
+
+    def on_failure(
+        sender: Task | None = None,
+        exception: BaseException | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        """Celery gave up on a task of ours (in the worker's main process): answer for its
+        trials, so the daemon fails them now instead of waiting or redelivering."""
+        if sender is None or sender.app is not app or exception is None:
+            return
+        if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
+            return  # the task body answers every other failure itself
+        runs = int(sender.request.retries or 0) + 1
+        worker = f"{HOSTNAME}:{sender.request.hostname}"
+        bodies = lost_answers(sender.name, kwargs or {}, exception, runs, worker)
+        log.error("task.given_up", task=sender.name, runs=runs, error=repr(exception))
+        if len(bodies) == 1:
+            publish(bodies[0])
+        elif bodies:
+            publish({"v": 1, "results": bodies})
+
+    return on_failure

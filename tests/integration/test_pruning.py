@@ -37,6 +37,7 @@ def test_a_hopeless_trial_is_pruned_by_the_study_pruner(tmp_path: Path) -> None:
             {
                 "study": "pruning",
                 "trial_id": asked.trial_id,
+                "number": asked.number,
                 "objective": "mlp_digits",
                 "params": {"lr": lr},
                 "objective_kwargs": {"epochs": 6},
@@ -72,6 +73,7 @@ def test_an_epoch_objective_ignores_the_data_ladder_and_prunes_on_epochs(tmp_pat
         message = {
             "study": "pruning",
             "trial_id": asked.trial_id,
+            "number": asked.number,
             "objective": "mlp_digits",
             "params": {"lr": lr},
             "objective_kwargs": {"epochs": 6},

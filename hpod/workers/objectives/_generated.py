@@ -1,12 +1,14 @@
-"""Generated classification data shared by the example objectives: built once per process."""
+"""Generated classification data shared by the example objectives: built once per process.
+
+scikit-learn is imported where it is used: the daemon imports the objective modules to read
+their declared kwargs (`hpod_kwargs`) and must not pay for scikit-learn (about 90 MB).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
-from sklearn.datasets import make_classification
-from sklearn.model_selection import train_test_split
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -26,6 +28,9 @@ def classification_split(
     Cached because every trial of a study asks for the same data; the arrays are marked
     read-only so that no objective can change them for the trials that follow.
     """
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import train_test_split
+
     x, y = make_classification(
         n_samples=n_samples,
         n_features=n_features,

@@ -15,7 +15,10 @@ import numbers
 import time
 from typing import Any
 
+from pydantic import Field
+
 from hpod.workers.context import TrialContext
+from hpod.workers.registry import ObjectiveKwargs
 
 BRANIN_MINIMUM = 0.397887357729738
 """The global minimum of `branin`, reached at (-pi, 12.275), (pi, 2.275) and (9.42478, 2.475)."""
@@ -49,6 +52,22 @@ def quadratic(ctx: TrialContext, *, offset: float = 0.5, sleep: float = 0.0) -> 
     return math.fsum((x - centre) ** 2 for x in values)
 
 
+class QuadraticKwargs(ObjectiveKwargs):
+    """`quadratic`'s keyword arguments: a finite offset, at most an hour of sleep."""
+
+    offset: float = Field(default=0.5, ge=-1e9, le=1e9)
+    sleep: float = Field(default=0.0, ge=0.0, le=3600.0)
+
+
+class BraninKwargs(ObjectiveKwargs):
+    """`branin`'s keyword arguments: at most an hour of sleep."""
+
+    sleep: float = Field(default=0.0, ge=0.0, le=3600.0)
+
+
+quadratic.hpod_kwargs = QuadraticKwargs  # type: ignore[attr-defined]
+
+
 def branin(ctx: TrialContext, *, sleep: float = 0.0) -> float:
     """The Branin-Hoo function of ``x1`` and ``x2``; lower is better, minimum 0.397887.
 
@@ -73,6 +92,9 @@ def branin(ctx: TrialContext, *, sleep: float = 0.0) -> float:
     s = 10.0
     t = 1.0 / (8.0 * math.pi)
     return a * (x2 - b * x1**2 + c * x1 - r) ** 2 + s * (1.0 - t) * math.cos(x1) + s
+
+
+branin.hpod_kwargs = BraninKwargs  # type: ignore[attr-defined]
 
 
 def _number(params: dict[str, Any], name: str) -> float:

@@ -16,12 +16,48 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import log_loss
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's dependency
+from pydantic import Field, model_validator
 
 from hpod.workers.context import TrialContext
 from hpod.workers.objectives._generated import Split, classification_split
+from hpod.workers.registry import ObjectiveKwargs
+
+#: Most cells (rows x features) of a generated data set: 40 MB of float64, so a study's kwargs
+#: can never make one evaluation exhaust a worker's memory.
+MAX_CELLS = 5_000_000
+
+
+class DataKwargs(ObjectiveKwargs):
+    """The generated data set's keyword arguments, bounded (`MAX_CELLS`) and consistent."""
+
+    n_samples: int = Field(default=4000, ge=20, le=250_000)
+    n_features: int = Field(default=20, ge=2, le=500)
+    n_informative: int = Field(default=8, ge=1, le=500)
+    validation_fraction: float = Field(default=0.25, ge=0.05, le=0.9)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> DataKwargs:
+        if self.n_samples * self.n_features > MAX_CELLS:
+            raise ValueError(
+                f"n_samples x n_features must be at most {MAX_CELLS:,} "
+                f"(got {self.n_samples * self.n_features:,})"
+            )
+        if self.n_informative > self.n_features:
+            raise ValueError("n_informative must not exceed n_features")
+        return self
+
+
+class GradientBoostingKwargs(DataKwargs):
+    """`gradient_boosting`'s keyword arguments."""
+
+    n_classes: int = Field(default=2, ge=2, le=20)
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> GradientBoostingKwargs:
+        if self.n_classes * 2 > 2**self.n_informative:  # make_classification's own rule
+            raise ValueError("n_classes * 2 must be at most 2 ** n_informative")
+        return self
 
 
 def gradient_boosting(
@@ -52,7 +88,8 @@ def gradient_boosting(
 
     Keyword arguments (the study's ``objective_kwargs``) describe the data set:
     ``n_samples`` (4000), ``n_features`` (20), ``n_informative`` (8), ``n_classes`` (2),
-    ``validation_fraction`` (0.25) and ``seed`` (0, for the data, the split and the model).
+    ``validation_fraction`` (0.25) and ``seed`` (0, for the data, the split and the model),
+    bounded by `GradientBoostingKwargs` (at most `MAX_CELLS` rows x features).
 
     Early stopping is switched off explicitly: scikit-learn turns it on by itself above 10,000
     training rows, which would make a trial's effective ``max_iter`` depend on the fidelity.
@@ -60,6 +97,11 @@ def gradient_boosting(
     The training rows are subsampled by class (stratified), so every class keeps at least
     one row at any fidelity; below a few percent the scores stop ranking models usefully.
     """
+    # Imported here: the daemon imports this module for its declared kwargs, never sklearn.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import log_loss
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's
+
     x_train, x_val, y_train, y_val = _data(
         int(n_samples),
         int(n_features),
@@ -96,6 +138,7 @@ def gradient_boosting(
 
 
 gradient_boosting.hpod_fidelity = "data"  # type: ignore[attr-defined]
+gradient_boosting.hpod_kwargs = GradientBoostingKwargs  # type: ignore[attr-defined]
 
 
 def _optional_int(value: Any) -> int | None:

@@ -21,10 +21,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from pydantic import Field
 
 from hpod.workers.context import TrialContext, TrialPruned
+from hpod.workers.registry import ObjectiveKwargs
 
 if TYPE_CHECKING:  # for annotations only: no torch import at run time (see module docstring)
     import torch
@@ -107,6 +107,17 @@ def mlp_digits(
 mlp_digits.hpod_fidelity = "epochs"  # type: ignore[attr-defined]
 
 
+class MlpKwargs(ObjectiveKwargs):
+    """`mlp_digits`'s keyword arguments."""
+
+    epochs: int = Field(default=10, ge=1, le=1000)
+    validation_fraction: float = Field(default=0.25, ge=0.05, le=0.9)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+
+mlp_digits.hpod_kwargs = MlpKwargs  # type: ignore[attr-defined]
+
+
 def _network(inputs: int, hidden: int, layers: int, dropout: float) -> torch.nn.Module:
     """`layers` blocks of Linear -> ReLU -> Dropout, then a linear layer to the 10 classes."""
     import torch  # lazily, like in `mlp_digits`
@@ -149,6 +160,9 @@ def _data(validation_fraction: float, seed: int) -> Split:
 
     Cached because every trial asks for the same data; read-only so no trial can alter it.
     """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     parts: Split = tuple(
         train_test_split(

@@ -13,17 +13,18 @@ The fidelity is the share of rows given to the cross-validation.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
+from pydantic import Field
 
 from hpod.workers.context import TrialContext
 from hpod.workers.objectives._generated import Split, classification_split
+from hpod.workers.objectives.gradient_boosting import DataKwargs
+from hpod.workers.registry import ObjectiveKwargs
+
+if TYPE_CHECKING:  # for annotations only: sklearn is imported where it is used
+    from sklearn.svm import SVC
 
 KERNELS = ("rbf", "linear", "poly")
 GAMMA_NAMES = ("scale", "auto")
@@ -51,6 +52,11 @@ def svc_breast_cancer(ctx: TrialContext, *, folds: int = 5, seed: int = 0) -> fl
     Raises ValueError for an unknown kernel or gamma name, and when the fidelity leaves
     fewer than two rows of some class.
     """
+    # Imported here: the daemon imports this module for its declared kwargs, never sklearn.
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     x, y = _data()
     x, y = ctx.subsample(x, y, stratify=y)
     n_splits = min(int(folds), int(np.bincount(y).min()))
@@ -68,8 +74,29 @@ def svc_breast_cancer(ctx: TrialContext, *, folds: int = 5, seed: int = 0) -> fl
 svc_breast_cancer.hpod_fidelity = "data"  # type: ignore[attr-defined]
 
 
+class BreastCancerKwargs(ObjectiveKwargs):
+    """`svc_breast_cancer`'s keyword arguments."""
+
+    folds: int = Field(default=5, ge=2, le=20)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class SyntheticKwargs(DataKwargs):
+    """`svc_synthetic`'s keyword arguments (a kernel SVC's fit grows about quadratically
+    with the rows: fewer than for gradient boosting)."""
+
+    n_samples: int = Field(default=6000, ge=20, le=50_000)
+    n_informative: int = Field(default=10, ge=1, le=500)
+    flip_y: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+svc_breast_cancer.hpod_kwargs = BreastCancerKwargs  # type: ignore[attr-defined]
+
+
 def _svc(params: dict[str, Any]) -> SVC:
     """The SVC that `params` describe, with checked kernel and gamma."""
+    from sklearn.svm import SVC
+
     kernel = str(params.get("kernel", "rbf"))
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -90,6 +117,8 @@ def _svc(params: dict[str, Any]) -> SVC:
 @lru_cache(maxsize=1)
 def _data() -> tuple[np.ndarray, np.ndarray]:
     """The breast-cancer features and labels, loaded once per process and read-only."""
+    from sklearn.datasets import load_breast_cancer
+
     x, y = load_breast_cancer(return_X_y=True)
     x, y = np.asarray(x), np.asarray(y)
     x.flags.writeable = False
@@ -136,6 +165,7 @@ def svc_synthetic(
 
 
 svc_synthetic.hpod_fidelity = "data"  # type: ignore[attr-defined]
+svc_synthetic.hpod_kwargs = SyntheticKwargs  # type: ignore[attr-defined]
 
 
 @lru_cache(maxsize=4)
@@ -151,6 +181,8 @@ def _synthetic(
     x_train, x_val, y_train, y_val = classification_split(
         n_samples, n_features, n_informative, 2, flip_y, validation_fraction, seed
     )
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(x_train)
     parts = (scaler.transform(x_train), scaler.transform(x_val), y_train, y_val)
     for array in parts:
