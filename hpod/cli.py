@@ -725,11 +725,16 @@ def _print_daemon_doctor(report: dict[str, Any]) -> None:
         f"in flight {res['in_flight']}/{res['max_inflight']}, workers {res['workers']}, "
         f"queues {res['queue_depth']}"
     )
-    studies = Table("study", "trials", "bottleneck", "share", title="studies")
+    studies = Table(
+        "study", "trials", "bottleneck", "share", "hpod/trial", "waits/trial", title="studies"
+    )
     for name, r in report["studies"].items():
         stage = r["bottleneck"]
         share = f"{r['shares'][stage]:.0%}" if stage else "-"
-        studies.add_row(name, str(r["trials"]), stage or "-", share)
+        parts = r.get("per_trial")
+        ours = f"{(parts['daemon'] + parts['transport']) * 1000:.1f} ms" if parts else "-"
+        waits = f"{(parts['queue_wait'] + parts['pack_wait']) * 1000:.1f} ms" if parts else "-"
+        studies.add_row(name, str(r["trials"]), stage or "-", share, ours, waits)
     console.print(studies)
 
 

@@ -45,6 +45,18 @@ def total(splits: list[dict[str, float]], *parts: str) -> float:
     return sum(s[p] for s in splits for p in parts)
 
 
+def hpod(daemon: Daemon, *args: str) -> str:
+    """Run an `hpod` command against `daemon`; its standard output."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpod", *args],
+        env={**daemon.env, "COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
 def trial_time_counts(daemon: Daemon) -> dict[str, float]:
     """`hpod_trial_time_seconds_count` by part, from /metrics."""
     import urllib.request
@@ -70,14 +82,8 @@ def test_waits_are_split_from_hpods_own_time(start_daemon: DaemonFactory, tmp_pa
     statuses = {name: daemon.wait_study(name) for name in names}
     doctor = {name: daemon.get(f"/studies/{name}/doctor") for name in names}
     counts = trial_time_counts(daemon)
-    out = subprocess.run(
-        [sys.executable, "-m", "hpod", "status", names[0]],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = hpod(daemon, "status", names[0])
+    doctor_out = hpod(daemon, "doctor", names[0])
     daemon.stop()
 
     splits = [s for name in names for s in stored_splits(tmp_path / "data", name)]
@@ -103,3 +109,4 @@ def test_waits_are_split_from_hpods_own_time(start_daemon: DaemonFactory, tmp_pa
     assert all(counts.get(part) == 2 * TRIALS for part in PARTS), counts
     assert "ms of hpod (daemon + transport)" in out
     assert "pack wait (behind the other trials of its pack)" in out
+    assert "transport (hpod: the broker both ways)" in doctor_out
