@@ -413,8 +413,31 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
-    if eff.get("dispatch_overhead_seconds") is not None:
-        print(f"  dispatch overhead {eff['dispatch_overhead_seconds'] * 1000:.1f} ms per trial")
+    _print_time_per_trial(eff.get("time_per_trial"))
+
+
+#: How `hpod status` and `hpod doctor` name the parts of a trial's time.
+PART_LABELS = {
+    "daemon": "daemon (hpod: sampler, storage, policies, publish)",
+    "transport": "transport (hpod: the broker both ways)",
+    "queue_wait": "queue wait (no free worker)",
+    "pack_wait": "pack wait (behind the other trials of its pack)",
+    "evaluation": "evaluation (the objective)",
+}
+
+
+def _print_time_per_trial(parts: dict[str, Any] | None, trials: int | None = None) -> None:
+    """The mean parts of a trial's time, hpod's own (daemon + transport) first."""
+    if not parts:
+        return
+    counted = parts.get("trials", trials)
+    overhead = parts.get("overhead", parts["daemon"] + parts["transport"])
+    print(
+        f"  time per trial    {overhead * 1000:.1f} ms of hpod (daemon + transport), "
+        f"mean over {counted} trials:"
+    )
+    for part, label in PART_LABELS.items():
+        print(f"    {label:<50} {parts[part] * 1000:9.1f} ms")
 
 
 def _control(call: Any, *args: Any, **kwargs: Any) -> int:
@@ -675,6 +698,7 @@ def _print_breakdown(report: dict[str, Any]) -> None:
         table.add_row(stage, f"{seconds:.3f}", f"{report['shares'][stage]:.0%}")
     Console().print(table)
     print(f"{report['trials']} trials told, {report['total_seconds']:.3f} s accounted")
+    _print_time_per_trial(report.get("per_trial"), report["trials"])
     print(report["verdict"])
 
 
@@ -701,11 +725,16 @@ def _print_daemon_doctor(report: dict[str, Any]) -> None:
         f"in flight {res['in_flight']}/{res['max_inflight']}, workers {res['workers']}, "
         f"queues {res['queue_depth']}"
     )
-    studies = Table("study", "trials", "bottleneck", "share", title="studies")
+    studies = Table(
+        "study", "trials", "bottleneck", "share", "hpod/trial", "waits/trial", title="studies"
+    )
     for name, r in report["studies"].items():
         stage = r["bottleneck"]
         share = f"{r['shares'][stage]:.0%}" if stage else "-"
-        studies.add_row(name, str(r["trials"]), stage or "-", share)
+        parts = r.get("per_trial")
+        ours = f"{(parts['daemon'] + parts['transport']) * 1000:.1f} ms" if parts else "-"
+        waits = f"{(parts['queue_wait'] + parts['pack_wait']) * 1000:.1f} ms" if parts else "-"
+        studies.add_row(name, str(r["trials"]), stage or "-", share, ours, waits)
     console.print(studies)
 
 

@@ -1,14 +1,18 @@
 """Where a study's time goes: seconds per stage of a trial's path, and the bottleneck.
 
 The study loop adds the seconds of each stage as trials pass through it: the sampler (the
-``ask`` call on the Optuna thread), dispatch (publishing the task), queue wait (dispatch to
-a worker starting), evaluation (as the worker measured it), storage (``tell`` and the
-bookkeeping writes) and the policy chain's hooks. The stage with the largest share is the
-bottleneck, and the verdict says what to change about it. Evaluation and queue wait are
-summed over trials that run in parallel (worker-seconds); the other stages run one at a
-time in the daemon. The figures cover this daemon's lifetime (they are not persisted), and
-only its running studies and the most recently started finished ones
-(`max_finished_study_series`).
+``ask`` call on the Optuna thread), dispatch (publishing the task), queue wait (published to
+a worker starting the task), pack wait (a packed trial waiting behind, or for, the other
+trials of its task), evaluation (as the worker measured it), transport (the rest of the
+published → result interval: the broker both ways), storage (``tell`` and the bookkeeping
+writes) and the policy chain's hooks; `hpod.daemon.timeline` says how a trial's time is split.
+The stage with the largest share is the bottleneck, and the verdict says what to change about
+it. Queue wait, pack wait, evaluation and transport are summed over trials that run in
+parallel (worker-seconds); the other stages run one at a time in the daemon. The report also
+gives the mean per trial of each part of a trial's time (`hpod.daemon.timeline.PARTS`):
+sampler, dispatch, storage and policies together are the *daemon* part, hpod's own cost.
+The figures cover this daemon's lifetime (they are not persisted), and only its running
+studies and the most recently started finished ones (`max_finished_study_series`).
 """
 
 from __future__ import annotations
@@ -19,19 +23,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from hpod.daemon.timeline import PARTS
+
 #: The stages, in the order a trial meets them, each with what to do when it dominates.
 ADVICE = {
     "sampler": "asking Optuna is slow; a cheaper sampler (random, tpe) or a smaller "
     "space would help",
     "dispatch": "publishing tasks is slow; check the broker (and its disk)",
-    "queue_wait": "trials wait before a worker starts them; add workers (for trials of "
-    "a few milliseconds the broker's round trip dominates: batch them)",
+    "queue_wait": "trials wait before a worker starts them; add workers",
+    "pack_wait": "packed trials wait behind each other in one task; more workers or a "
+    "smaller pack (batch_seconds) let idle workers run them",
     "evaluation": "the objective itself takes the time, as it should; lower fidelity or "
     "more aggressive pruning make it cheaper",
+    "transport": "the broker's round trip dominates; RabbitMQ is faster than the embedded "
+    "broker, and batching trials of a few milliseconds pays it once per pack",
     "storage": "storage writes are slow; the journal file or PostgreSQL is faster than SQLite",
     "policies": "a policy hook is slow; the log names the policies in the chain",
 }
 STAGES = tuple(ADVICE)
+#: The stages that are the daemon's own work on a trial (the `daemon` part of its time).
+DAEMON_STAGES = ("sampler", "dispatch", "storage", "policies")
 
 
 class TimeBreakdown:
@@ -73,9 +84,21 @@ class TimeBreakdown:
             "shares": shares,
             "total_seconds": total,
             "trials": self.trials,
+            "per_trial": self.per_trial(),
             "bottleneck": stage,
             "verdict": verdict,
         }
+
+    def per_trial(self) -> dict[str, float] | None:
+        """Mean seconds per told trial of each part of a trial's time (None before one).
+
+        The daemon's stages together are its `daemon` part; the waits, the evaluation and
+        transport are the trial's own parts (`hpod.daemon.timeline.PARTS`)."""
+        if not self.trials:
+            return None
+        daemon = sum(self.seconds[s] for s in DAEMON_STAGES)
+        parts = {"daemon": daemon, **{p: self.seconds[p] for p in PARTS if p != "daemon"}}
+        return {p: parts[p] / self.trials for p in PARTS}
 
 
 class Doctor:

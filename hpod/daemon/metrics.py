@@ -112,8 +112,18 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "hpod_queue_wait_seconds",
-            "From dispatch to a worker starting the trial.",
+            "From a trial's task being published to a worker starting the task.",
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        # The parts of a trial's time (hpod.daemon.timeline): daemon and transport are hpod's
+        # cost; queue and pack waits are waiting for workers; evaluation is the objective.
+        self.trial_time = Histogram(
+            "hpod_trial_time_seconds",
+            "A dispatched trial's time by part: daemon (its share of ask, policies, publish "
+            "and dispatch mark), queue_wait, pack_wait, evaluation, transport.",
+            ["part"],
+            buckets=tuple(sorted({*LATENCY_BUCKETS, *DURATION_BUCKETS})),
             registry=r,
         )
         self.queue_depth = Gauge(

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
+from hpod.daemon.timeline import OVERHEAD_PARTS, mean_parts, valid_parts
 from hpod.engine import (
     BUDGET_ATTR,
     COST_ATTR,
@@ -607,7 +608,7 @@ class StudyStore:
         mean_full = sum(full_cpus) / len(full_cpus) if full_cpus else None
         cpu = data = estimate = 0.0
         hits = partial = 0
-        overheads: list[float] = []
+        times: list[dict[str, float]] = []
         pruned_at: dict[str, int] = {}
         for t, cost in costs:
             cpu += float(cost.get("cpu") or 0.0)
@@ -615,8 +616,8 @@ class StudyStore:
             hits += cost.get("cache") == "hit"
             partial += cost.get("cache") == "partial"
             estimate += _full_cost(cost, ratios, mean_full)
-            if cost.get("overhead") is not None:
-                overheads.append(float(cost["overhead"]))
+            if valid_parts(cost.get("time")):
+                times.append(cost["time"])
             if t.state == TrialState.PRUNED:
                 where = (
                     f"{round(float(cost['pruned_at']) * 100)}% of the data"
@@ -638,10 +639,21 @@ class StudyStore:
             "full_evaluation_cpu_seconds": round(estimate, 4) if known else None,
             "saved_cpu_seconds": round(estimate - cpu, 4) if known else None,
             "compute_ratio": round(estimate / cpu, 3) if known and cpu > 0 else None,
-            "dispatch_overhead_seconds": (
-                round(sum(overheads) / len(overheads), 5) if overheads else None
-            ),
+            "time_per_trial": _time_per_trial(times),
         }
+
+
+def _time_per_trial(times: list[dict[str, float]]) -> dict[str, Any] | None:
+    """The mean parts of the dispatched trials' time (`hpod.daemon.timeline`), in seconds,
+    with hpod's own share (daemon + transport) and how many trials were timed."""
+    means = mean_parts(times)
+    if means is None:
+        return None
+    return {
+        "trials": len(times),
+        **{part: round(seconds, 6) for part, seconds in means.items()},
+        "overhead": round(sum(means[p] for p in OVERHEAD_PARTS), 6),
+    }
 
 
 def _full_cost(

@@ -24,6 +24,7 @@ from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.daemon.strategy import StrategyDriver
+from hpod.daemon.timeline import TrialTimes, split_task
 from hpod.engine import (
     BUDGET_ATTR,
     DISPATCHED_ATTR,
@@ -51,12 +52,16 @@ class InFlight:
     trial: AskedTrial
     attempt: int
     deadline: float
-    #: `time.time()` of the last dispatch; None for a trial recovered after a restart.
+    #: `time.time()` when its task was last published; None for a trial recovered after a
+    #: restart.
     dispatched_at: float | None = None
     #: The worker task it travels in (several trials share one when packed).
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
     plan: dict[str, Any] = field(default_factory=dict)
+    #: The daemon's own seconds on it so far: its share of the ask and of the task's publish
+    #: and dispatch mark, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
+    daemon: float = 0.0
 
 
 @dataclass
@@ -376,11 +381,14 @@ class StudyRun:
         the skipped ones at once)."""
         asked_at = time.perf_counter()
         self.n_created += n
-        asked_trials = await self._timed("sampler", self.store.ask_many, self.spec, n)
+        asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
+        self.timings.add("sampler", ask_seconds)
         to_dispatch: list[tuple[AskedTrial, dict[str, Any]]] = []
         skipped: list[Result] = []
+        daemon: dict[int, float] = {}
         for asked in asked_trials:
             event = self._event(asked)
+            hook_started = time.perf_counter()
             try:
                 with self.timings.measure("policies"):
                     self.policies.before_dispatch(event)
@@ -394,8 +402,10 @@ class StudyRun:
             if event.notes.get("cache"):
                 event.task["cache"] = event.notes["cache"]
             to_dispatch.append((asked, event.task))
+            hook = time.perf_counter() - hook_started
+            daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
         if to_dispatch:
-            await self._dispatch(to_dispatch, attempt=1, asked_at=asked_at)
+            await self._dispatch(to_dispatch, attempt=1, asked_at=asked_at, daemon=daemon)
         if skipped:
             await self.on_results(skipped)
 
@@ -431,8 +441,12 @@ class StudyRun:
         trials: list[tuple[AskedTrial, dict[str, Any]]],
         attempt: int,
         asked_at: float | None = None,
+        daemon: dict[int, float] | None = None,
     ) -> None:
-        """Send `trials` to the workers as one task (one trial, or a pack of them)."""
+        """Send `trials` to the workers as one task (one trial, or a pack of them).
+
+        `daemon`: the daemon's seconds already spent on each trial, by number (its share of
+        the ask, its policy hooks); the publish and the dispatch mark are shared on top."""
         messages = []
         for asked, plan in trials:
             self._forget_task_of(asked.number)
@@ -450,20 +464,47 @@ class StudyRun:
             )
         task = self._new_task({asked.number for asked, _ in trials})
         now = time.time()
-        for asked, plan in trials:
-            self.inflight[asked.number] = InFlight(
-                asked, attempt, self._deadline(len(trials)), now, task, plan
+        flights = [
+            InFlight(
+                asked,
+                attempt,
+                self._deadline(len(trials)),
+                now,
+                task,
+                plan,
+                (daemon or {}).get(asked.number, 0.0),
             )
+            for asked, plan in trials
+        ]
+        for flight in flights:
+            self.inflight[flight.trial.number] = flight
         timeout = self.spec.trial_timeout * len(trials)
+        publish_started = time.perf_counter()
         with self.timings.measure("dispatch"):
             if len(messages) == 1:
                 await self.bus.dispatch(messages[0], soft_limit=timeout, hard_limit=timeout + 30)
             else:
                 await self.bus.dispatch_pack(messages, soft_limit=timeout, hard_limit=timeout + 30)
+        # The publish is the daemon's work, not the trial's wait: its interval starts after.
+        self._published(flights, time.perf_counter() - publish_started, time.time())
         if asked_at is not None:
             self.metrics.dispatch_latency.observe(time.perf_counter() - asked_at)
         trial_ids = [asked.trial_id for asked, _ in trials]
-        await self._timed("storage", self.store.mark_dispatched_many, trial_ids, attempt)
+        _, mark_seconds = await self.store.call_timed(
+            self.store.mark_dispatched_many, trial_ids, attempt
+        )
+        self.timings.add("storage", mark_seconds)
+        for flight in flights:
+            flight.daemon += mark_seconds / len(flights)
+
+    @staticmethod
+    def _published(flights: list[InFlight], seconds: float, at: float) -> None:
+        """Count the publish of `flights`' task in their daemon time, shared; their
+        dispatch → result interval starts when it returned."""
+        for flight in flights:
+            flight.daemon += seconds / len(flights)
+            if flight.dispatched_at is not None:
+                flight.dispatched_at = max(flight.dispatched_at, at)
 
     def _forget_task_of(self, number: int) -> None:
         """Take trial `number` out of the task it was in (it is told or re-dispatched)."""
@@ -510,13 +551,15 @@ class StudyRun:
     async def on_results(self, results: list[Result]) -> list[bool]:
         """Tell several outcomes in one durable write, then publish them; for each, whether
         it was told now (False: it had been told before)."""
-        now = time.time()
+        parts = self._split(results, time.time())
         outcomes = []
         for result in results:
             cost = dict(result.cost) if result.cost else None
             flight = self.inflight.get(result.number)
-            if cost is not None and flight is not None and flight.dispatched_at is not None:
-                cost["overhead"] = max(0.0, now - flight.dispatched_at - (result.duration or 0.0))
+            if cost is not None:
+                cost.pop("time", None)  # the daemon's measure, never a worker's claim
+            if cost is not None and result.number in parts:
+                cost["time"] = {p: round(v, 6) for p, v in parts[result.number].items()}
             if cost is not None and flight is not None and flight.plan.get("cache"):
                 cost.setdefault("cache", flight.plan["cache"])
             outcomes.append(Outcome(result.number, result.state, result.values, result.error, cost))
@@ -524,12 +567,12 @@ class StudyRun:
         answers = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
-            flight = self.inflight.pop(result.number, None)
+            self.inflight.pop(result.number, None)
             self.told.add(result.number)
             answers.append(frozen is not None)
             if frozen is None:
                 continue
-            self._account(result, flight, frozen)
+            self._account(result, frozen, parts.get(result.number))
             with self.timings.measure("policies"):
                 self.policies.after_tell(
                     TrialEvent(
@@ -547,7 +590,32 @@ class StudyRun:
         self.wake.set()
         return answers
 
-    def _account(self, result: Result, flight: InFlight | None, frozen: FrozenTrial) -> None:
+    def _split(self, results: list[Result], received_at: float) -> dict[int, dict[str, float]]:
+        """The parts of each dispatched trial's time (`hpod.daemon.timeline`), by number.
+
+        Results of one task (a pack's, answered in one message) are split together: a
+        trial's pack wait is measured against the other trials of its task. Trials not in
+        flight (told before, external, recovered after a restart) have no split."""
+        by_task: dict[int, list[TrialTimes]] = {}
+        for result in results:
+            flight = self.inflight.get(result.number)
+            if flight is None or flight.dispatched_at is None or result.started_at is None:
+                continue  # a time-out's failure, say: no worker reported when it started
+            by_task.setdefault(flight.task, []).append(
+                TrialTimes(
+                    result.number,
+                    flight.dispatched_at,
+                    result.started_at,
+                    result.duration,
+                    flight.daemon,
+                )
+            )
+        parts: dict[int, dict[str, float]] = {}
+        for members in by_task.values():
+            parts.update(split_task(members, received_at))
+        return parts
+
+    def _account(self, result: Result, frozen: FrozenTrial, parts: dict[str, float] | None) -> None:
         """Count a told trial in the metrics and in the study's time breakdown."""
         self.metrics.told(self.name, frozen)
         self.timings.trials += 1
@@ -556,11 +624,14 @@ class StudyRun:
             self.metrics.evaluation.labels(self.spec.objective or "external").observe(
                 result.duration
             )
-        dispatched_at = flight.dispatched_at if flight is not None else None
-        if dispatched_at is not None and result.started_at is not None:
-            wait = max(0.0, result.started_at - dispatched_at)
-            self.timings.add("queue_wait", wait)
-            self.metrics.queue_wait.observe(wait)
+        if parts is None:
+            return
+        for part in ("queue_wait", "pack_wait", "transport"):
+            self.timings.add(part, parts[part])
+        if result.started_at is not None:
+            self.metrics.queue_wait.observe(parts["queue_wait"])
+        for part, seconds in parts.items():
+            self.metrics.trial_time.labels(part).observe(seconds)
 
     # --- external evaluators -----------------------------------------------------------
 

@@ -288,6 +288,11 @@ def test_switching_the_mode_needs_the_token_and_is_published(
     page.wait_for_function(
         "() => document.getElementById('eff-compute').textContent.includes('CPU')"
     )
+    # hpod's own time per trial, apart from the waits for workers (issue 16, item 1).
+    page.wait_for_function(
+        "() => document.getElementById('eff-overhead').textContent.includes('transport')"
+    )
+    assert (page.text_content("#eff-evaluation") or "x")[0].isdigit()
     page.wait_for_function(
         "() => (document.getElementById('plot-compute').data || []).some((t) => t.x.length > 0)"
     )

@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 from conftest import Daemon, DaemonFactory, quadratic_spec
 
-STAGES = {"sampler", "dispatch", "queue_wait", "evaluation", "storage", "policies"}
+STAGES = {
+    "sampler",
+    "dispatch",
+    "queue_wait",
+    "pack_wait",
+    "evaluation",
+    "transport",
+    "storage",
+    "policies",
+}
 
 
 def hpod(daemon: Daemon, *args: str) -> str:

@@ -18,6 +18,7 @@ FAMILIES = {
     "hpod_dispatch_latency_seconds",
     "hpod_evaluation_seconds",
     "hpod_queue_wait_seconds",
+    "hpod_trial_time_seconds",
     "hpod_queue_depth",
     "hpod_inflight_trials",
     "hpod_study_inflight_trials",
@@ -100,6 +101,8 @@ def check_series(daemon: Daemon, samples: Samples, name: str) -> None:
     assert value(samples, "hpod_evaluation_seconds_count", objective="quadratic") == 12
     assert (value(samples, "hpod_evaluation_seconds_sum", objective="quadratic") or 0) >= 3.6
     assert value(samples, "hpod_queue_wait_seconds_count") == 12
+    for part in ("daemon", "queue_wait", "pack_wait", "evaluation", "transport"):
+        assert value(samples, "hpod_trial_time_seconds_count", part=part) == 12
     assert value(samples, "hpod_inflight_trials") == 0
     assert value(samples, "hpod_cache_hits_total") == 0
     assert value(samples, "hpod_cache_misses_total") == 0

@@ -333,7 +333,13 @@
     const where = Object.entries(e.pruned_at || {}).map(([at, n]) => `${n} at ${at}`).join(", ");
     hpod.setText("eff-pruned", `${e.pruned}` + (where ? ` (${where})` : ""));
     hpod.setText("eff-data", e.data_fraction === null ? "–" : e.data_fraction.toFixed(2));
-    hpod.setText("eff-overhead", seconds(e.dispatch_overhead_seconds));
+    // The parts of a trial's time (hpod.daemon.timeline): hpod's own, then the waits.
+    const t = e.time_per_trial;
+    const ms = (v) => (t ? (v < 0.01 ? `${(v * 1000).toFixed(1)} ms` : seconds(v)) : "–");
+    hpod.setText("eff-overhead", t ? `${ms(t.overhead)} (daemon ${ms(t.daemon)}, transport ${ms(t.transport)})` : "–");
+    hpod.setText("eff-queue", t ? ms(t.queue_wait) : "–");
+    hpod.setText("eff-pack", t ? ms(t.pack_wait) : "–");
+    hpod.setText("eff-evaluation", t ? ms(t.evaluation) : "–");
     const plan = status.plan;
     hpod.setText("eff-plan", plan
       ? `${plan.sampler} sampler · ${plan.pruner} pruner · data ${plan.ladder.map((f) => `${Math.round(f * 100)}%`).join(" → ")} · ${plan.pack} per task`
