@@ -16,6 +16,7 @@ told trials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Mapping
@@ -63,6 +64,13 @@ class DeclaredFidelities:
         self.prefetch(name)
         return await asyncio.shield(self._probes[name])
 
+    async def close(self) -> None:
+        """Stop the probes still running (their children are killed), at the daemon's stop."""
+        running = [task for task in self._probes.values() if not task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     async def _probe(self, name: str) -> Fidelity | None:
         request = json.dumps({"name": name, "configured": self.configured}).encode()
         try:
@@ -79,21 +87,23 @@ class DeclaredFidelities:
             return None
         try:
             out, err = await asyncio.wait_for(proc.communicate(request), PROBE_TIMEOUT_SECONDS)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             log.warning("objective.fidelity_unknown", objective=name, error="probe timed out")
             return None
-        except asyncio.CancelledError:
-            proc.kill()
-            raise
         return self._answer(name, proc.returncode, out, err)
 
     @staticmethod
     def _answer(name: str, code: int | None, out: bytes, err: bytes) -> Fidelity | None:
         """The probe's answer, or None (logged) when it failed or said something else."""
+        # The answer is the last line: an objective's module may print while it is imported.
+        last = out[-MAX_ANSWER_BYTES:].strip().splitlines()[-1:] or [b""]
         try:
-            answer: Any = json.loads(out[:MAX_ANSWER_BYTES]) if code == 0 else None
+            answer: Any = json.loads(last[0]) if code == 0 else None
         except ValueError:
             answer = None
         declared = answer.get("fidelity") if isinstance(answer, dict) else None

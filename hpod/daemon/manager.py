@@ -306,6 +306,7 @@ class StudyManager:
         except Exception as exc:
             log.warning("storage.mark_failed", error=repr(exc))
         await self.monitor.stop()
+        await self.declared.close()
         self.agent.close()
 
     # --- requests ----------------------------------------------------------------------

@@ -4,9 +4,12 @@ fidelity → the plan, and the declared fidelity the daemon reads without import
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from hpod.daemon import declared as probe
@@ -145,3 +148,49 @@ def test_the_daemon_reads_declared_fidelities_outside_its_process() -> None:
     assert answers == ["data", None, None, "data"]
     assert once
     assert ("sklearn" in sys.modules) == had_sklearn
+
+
+def objective_module(path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> dict[str, str]:
+    """An operator's objective module in `path`, importable by the probe's child process."""
+    (path / "my_objectives.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return {"mine": "my_objectives:mine"}
+
+
+def test_a_configured_objective_that_prints_on_import_declares_its_own_fidelity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module that prints while imported still answers; any declared value other than
+    "data" is one that reports by itself."""
+    configured = objective_module(
+        tmp_path,
+        monkeypatch,
+        "print('loading my data')\ndef mine(ctx):\n    return 0.0\nmine.hpod_fidelity = 'folds'\n",
+    )
+    assert asyncio.run(DeclaredFidelities(configured).fidelity("mine")) == "epochs"
+
+
+def test_a_hanging_import_is_abandoned_and_closing_kills_a_running_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe past its time limit answers None (the study infers its fidelity); the daemon's
+    stop cancels a probe still running and kills its child."""
+    configured = objective_module(tmp_path, monkeypatch, "import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(probe, "PROBE_TIMEOUT_SECONDS", 1.0)
+    # Bounded here, so a probe that waits for the child instead of killing it fails.
+    answer = asyncio.run(asyncio.wait_for(DeclaredFidelities(configured).fidelity("mine"), 15))
+    assert answer is None
+
+    async def close_early() -> bool:
+        declared = DeclaredFidelities(configured)
+        declared.prefetch("mine")
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(declared.close(), 15)
+        probes = [
+            child
+            for child in psutil.Process().children()
+            if "hpod.daemon.declared" in " ".join(child.cmdline())
+        ]
+        return declared._probes["mine"].cancelled() and not probes
+
+    assert asyncio.run(close_early())
