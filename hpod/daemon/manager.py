@@ -17,6 +17,7 @@ from hpod.backoff import Backoff
 from hpod.cache import ResultCache
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
+from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.monitor import Monitor
@@ -30,7 +31,8 @@ from hpod.modes import Mode, load_modes
 from hpod.policies import PolicyChain
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import CachePolicy
-from hpod.policies.plan import Plan, resolve_plan
+from hpod.policies.compose import resolve_plan
+from hpod.policies.plan import Plan
 from hpod.policies.pruning_policy import PruningPolicy
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.policies.strategy.catalog import load_strategies
@@ -92,6 +94,8 @@ class StudyManager:
         self.bus = bus
         self.limits = Limits(settings.max_inflight)
         self.registry = ObjectiveRegistry(settings.objectives)
+        #: The fidelity each objective declares, probed outside the daemon's process.
+        self.declared = DeclaredFidelities(settings.objectives)
         self.modes: dict[str, Mode] = load_modes()
         self.default_mode = self._stored_default_mode()
         self.cache = ResultCache(
@@ -185,6 +189,8 @@ class StudyManager:
         self._supervision.setdefault(spec.name, Supervision()).started_at = time.monotonic()
         run: StudyRun | None = None
         try:
+            if spec.objective is not None:
+                self.declared.prefetch(spec.objective)
             run = StudyRun(
                 spec,
                 self.store,
@@ -196,6 +202,7 @@ class StudyManager:
                 self.doctor.breakdown(spec.name),
                 await self.plan_of(spec),
                 self.agent,
+                self.declared,
             )
             self.runs[spec.name] = run
             await run.start()
@@ -309,6 +316,7 @@ class StudyManager:
         except Exception as exc:
             log.warning("storage.mark_failed", error=repr(exc))
         await self.monitor.stop()
+        await self.declared.close()
         self.agent.close()
 
     # --- requests ----------------------------------------------------------------------

@@ -8,11 +8,13 @@ as ``mode``, and its one decision says why.
 
 `StrategyDriver` decides at the study's start and again each time the number of told trials
 reaches the next multiple of the mode's `strategy_window`, just before more trials are asked.
+It knows the objective's fidelity from the start when the objective declares it
+(`hpod.daemon.declared`), else from the told trials (`infer_fidelity`).
 Before each decision the previous one's window is scored (`window_reward`) and, once, handed
 to the agent as an `Experience`, so the policy learns from every study the daemon runs. A
-chosen strategy is laid over the mode's plan (`actions.apply`); a mode switch re-resolves the
-mode's plan and lays the current strategy over it again, so it keeps the strategy and changes
-the other knobs.
+chosen strategy is laid over the mode's plan by the one composer (`hpod.policies.compose`);
+a mode switch re-resolves the mode's plan and lays the current strategy over it again, so it
+keeps the strategy and changes the other knobs.
 
 Every decision is kept on the study (user attributes, so a restart resumes from them):
 
@@ -39,12 +41,13 @@ import structlog
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.errors import RequestRejected
+from hpod.policies.compose import compose
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import (
+    Fidelity,
     SpaceShape,
     Strategy,
     action_features,
-    apply,
     warm_start,
 )
 from hpod.policies.strategy.agent import Decision, StrategyAgent
@@ -71,6 +74,12 @@ MAX_DECISIONS = 200
 AUTO, MODE = "auto", "mode"
 #: Decisions whose window is experience for the learner (a "mode" decision is not an action).
 LEARNING_SOURCES = frozenset({"policy", "rules", "explore", "forced"})
+FIDELITIES: tuple[Fidelity, ...] = ("data", "epochs", "none")
+
+
+def stored_fidelity(value: Any) -> Fidelity | None:
+    """A fidelity read back from a stored decision (None if absent or not one)."""
+    return next((f for f in FIDELITIES if f == value), None)
 
 
 def best_params(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any] | None:
@@ -149,6 +158,8 @@ class Snapshot:
     outcome: WindowOutcome | None
     #: The best complete trial's parameters (a CMA-ES switched to starts there).
     best_params: dict[str, Any] | None = None
+    #: The objective's fidelity: declared, else as the trials show it.
+    fidelity: Fidelity = "none"
 
 
 class StrategyDriver:
@@ -166,6 +177,11 @@ class StrategyDriver:
         self.next_at: int | None = 0
         #: Features of the pending decision, in `FEATURE_NAMES` order (for its experience).
         self._pending_features: list[float] | None = None
+        #: The fidelity the objective declares (None: none declared, or not resolvable here).
+        self.declared: Fidelity | None = None
+        self._declared_known = False
+        #: The fidelity the plan is composed for: the last decision's.
+        self.fidelity: Fidelity | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -174,8 +190,14 @@ class StrategyDriver:
         return MODE if spec_override(self.run.spec) is not None else self.setting
 
     def plan_for(self, mode_plan: Plan) -> Plan:
-        """`mode_plan` with the current strategy laid over it (or unchanged under ``mode``)."""
-        return mode_plan if self.strategy is None else apply(mode_plan, self.strategy)
+        """`mode_plan` with the current strategy laid over it (or unchanged under ``mode``);
+        a strategy chosen by ``auto`` keeps the mode's pruning where its own prunes nothing."""
+        return compose(
+            mode_plan,
+            self.strategy,
+            self.fidelity,
+            keep_mode_pruning=self.effective_setting == AUTO,
+        )
 
     def window(self) -> int:
         """Trials told between two decisions, from the mode in force."""
@@ -207,6 +229,7 @@ class StrategyDriver:
             self.next_at = 0
             return
         last = self.records[-1]
+        self.fidelity = stored_fidelity(last.get("fidelity"))
         self.next_at = None if self.effective_setting == MODE else self._boundary(last["told"])
         if last.get("source") != MODE:
             try:
@@ -272,7 +295,7 @@ class StrategyDriver:
         """Read the study's trials once (on the Optuna thread) and derive what a decision needs."""
         run = self.run
         trials = run.store.trials(run.spec, None)
-        fidelity = infer_fidelity(trials)
+        fidelity = self.declared or infer_fidelity(trials)
         vector = features(
             run.spec,
             trials,
@@ -287,8 +310,21 @@ class StrategyDriver:
             mode = str(pending.get("mode") or run.mode_plan.mode)
             outcome = window_reward(run.spec, trials, int(pending["first_trial"]), mode)
         return Snapshot(
-            SpaceShape.of(run.spec, fidelity), vector, outcome, best_params(run.spec, trials)
+            SpaceShape.of(run.spec, fidelity),
+            vector,
+            outcome,
+            best_params(run.spec, trials),
+            fidelity,
         )
+
+    async def _resolve_declared(self) -> None:
+        """Learn, once, the fidelity the study's objective declares (`hpod.daemon.declared`)."""
+        run = self.run
+        if self._declared_known:
+            return
+        if run.declared is not None and run.spec.objective is not None:
+            self.declared = await run.declared.fidelity(run.spec.objective)
+        self._declared_known = True
 
     def _ladder_pays(self) -> bool | None:
         """The subsampling policy's verdict on the data ladder (None while it measures)."""
@@ -304,7 +340,9 @@ class StrategyDriver:
             if due_only and (self.next_at is None or told < self.next_at):
                 return  # another caller decided while this one waited for the lock
             pending = self._pending()
+            await self._resolve_declared()
             snapshot = await run.store.call(self._snapshot, pending)
+            self.fidelity = snapshot.fidelity
             experience = self._settle(pending, snapshot.outcome) if pending else None
             previous = self.records[-1] if self.records else None
             setting = self.effective_setting
@@ -320,6 +358,7 @@ class StrategyDriver:
             if plan != run.plan:
                 await run.set_plan(plan)
             record = self._record(decision, plan, trigger, told, first_trial)
+            record["fidelity"] = snapshot.fidelity
             self.current = (
                 {**decision.to_json(), "mode": plan.mode, "trigger": trigger}
                 if decision is not None
@@ -410,6 +449,9 @@ class StrategyDriver:
             name, source = MODE, MODE
         else:
             name, source, reason = decision.strategy.name, decision.source, decision.reason
+            kept = plan.extra.get("kept_from_mode")
+            if kept:
+                reason += f"; keeps the mode's {' and '.join(kept)} (the strategy has none)"
         return {
             "told": told,
             "first_trial": first_trial,

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
+from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
@@ -196,8 +197,11 @@ class StudyRun:
         timings: TimeBreakdown,
         plan: Plan,
         agent: StrategyAgent,
+        declared: DeclaredFidelities | None = None,
     ) -> None:
         self.spec = spec
+        #: Where the strategy driver learns the fidelity the objective declares.
+        self.declared = declared
         #: The plan of the study's mode (and spec); `plan` is it with the strategy laid over.
         self.mode_plan = plan
         self.plan = plan

@@ -17,8 +17,8 @@ from hpod.daemon.strategy import (
 )
 from hpod.errors import RequestRejected
 from hpod.modes import load_modes
-from hpod.policies.plan import resolve_plan
-from hpod.policies.strategy.actions import BUILTIN, apply
+from hpod.policies.compose import compose, resolve_plan
+from hpod.policies.strategy.actions import BUILTIN
 from hpod.schema import StudySpec
 
 NAMES = [s.name for s in BUILTIN]
@@ -103,7 +103,7 @@ def test_each_mode_has_a_strategy_window_and_a_strategy_keeps_the_modes_other_kn
     plan = resolve_plan(spec(sampler={"seed": 4}), "fast", modes["fast"])
     assert plan.strategy_window == 8
     cmaes = next(s for s in BUILTIN if s.name == "cmaes")
-    laid = apply(plan, cmaes)
+    laid = compose(plan, cmaes, None, keep_mode_pruning=False)
     assert (laid.sampler, laid.pruner, laid.ladder) == ("cmaes", "none", (1.0,))
     kept = ("threshold", "policies", "parallelism", "batch_seconds", "seed", "strategy_window")
     assert all(getattr(laid, k) == getattr(plan, k) for k in kept)

@@ -15,8 +15,8 @@ from hpod.modes import load_modes
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import CachePolicy
+from hpod.policies.compose import resolve_plan
 from hpod.policies.fidelity import evaluate
-from hpod.policies.plan import resolve_plan
 from hpod.policies.pruning import ThresholdPruner, build_pruners, fidelity_step, should_prune
 from hpod.policies.pruning_policy import PruningPolicy
 from hpod.policies.subsampling import SubsamplingPolicy

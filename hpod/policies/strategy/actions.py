@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from hpod.policies.plan import Plan
 from hpod.schema import CategoricalParam, StudySpec
 
 Fidelity = Literal["data", "epochs", "none"]
@@ -157,17 +156,3 @@ def warm_start(strategy: Strategy, best_params: dict[str, Any] | None, spec: Stu
         return strategy
     options = {**strategy.sampler_options, "x0": numeric, "sigma0": WARM_SIGMA}
     return replace(strategy, sampler_options=options)
-
-
-def apply(plan: Plan, strategy: Strategy) -> Plan:
-    """`plan` with the sampler, pruner and data ladder of `strategy` (the mode's other knobs,
-    the spec's seed and parallelism stay)."""
-    return replace(
-        plan,
-        sampler=strategy.sampler,
-        sampler_options=dict(strategy.sampler_options),
-        pruner=strategy.pruner,
-        pruner_options=dict(strategy.pruner_options),
-        ladder=tuple(strategy.ladder),
-        extra={**plan.extra, "strategy": strategy.name},
-    )

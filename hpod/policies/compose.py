@@ -1,0 +1,135 @@
+"""One plan, composed in one place: mode + spec + strategy + the objective's fidelity.
+
+Every plan a study runs under comes from here (issue 13, item 1):
+
+1. `resolve_plan`: the mode's knobs, with what the spec sets explicitly (sampler, pruner,
+   ``max_concurrent``) winning over them. This is the plan under strategy ``mode``.
+2. `compose`: the strategy in force laid over that plan. Its sampler always replaces the
+   mode's. Its pruner and data ladder replace the mode's only where they apply: a strategy
+   chosen by ``auto`` that prunes nothing, or has no ladder, keeps the mode's pruner, or
+   ladder, when the objective's fidelity lets them work. A strategy never silently drops
+   pruning; a strategy the study forces gets exactly what it names.
+
+The fidelity is the one the objective declares (``hpod_fidelity``, known before the first
+trial), else the one its trials show (`features.infer_fidelity`), else unknown (None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from hpod.modes import Mode
+from hpod.policies.plan import Plan
+from hpod.policies.strategy.actions import Fidelity, Strategy
+from hpod.schema import StudySpec
+
+#: The pruners whose options a spec may set (Optuna's median family).
+MEDIAN_FAMILY = ("median", "percentile", "patient")
+
+
+def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
+    """The plan of `spec` under `mode`: the spec's explicit sampler, pruner and
+    max_concurrent win over the mode's."""
+    sampler = spec.sampler.name or mode.sampler
+    sampler_options = dict(mode.sampler_options) if spec.sampler.name is None else {}
+    if spec.pruner is not None:
+        pruner = spec.pruner.name
+        pruner_options: dict[str, Any] = (
+            {
+                "n_startup_trials": spec.pruner.n_startup_trials,
+                "n_warmup_steps": spec.pruner.n_warmup_steps,
+            }
+            if pruner in MEDIAN_FAMILY
+            else {}
+        )
+    else:
+        pruner, pruner_options = mode.pruner, dict(mode.pruner_options)
+    return Plan(
+        mode=mode_name,
+        sampler=sampler,
+        sampler_options=sampler_options,
+        seed=spec.sampler.seed,
+        pruner=pruner,
+        pruner_options=pruner_options,
+        threshold=mode.threshold,
+        threshold_min_trials=mode.threshold_min_trials,
+        ladder=tuple(mode.ladder),
+        policies=frozenset(mode.policies),
+        parallelism=spec.max_concurrent or mode.parallelism,
+        batch_seconds=mode.batch_seconds,
+        max_pack=mode.max_pack,
+        single_objective=len(spec.directions) == 1,
+        strategy_window=mode.strategy_window,
+    )
+
+
+def compose(
+    mode_plan: Plan,
+    strategy: Strategy | None,
+    fidelity: Fidelity | None,
+    *,
+    keep_mode_pruning: bool,
+) -> Plan:
+    """`mode_plan` with `strategy` laid over it (unchanged when there is no strategy).
+
+    The strategy's sampler, pruner and ladder replace the mode's, and the mode's other knobs,
+    the spec's seed and parallelism stay. With `keep_mode_pruning` (a strategy chosen by
+    ``auto``) and an objective of known fidelity, a strategy without a pruner keeps the
+    mode's, and one without a ladder keeps the mode's ladder on an objective that subsamples
+    and is pruned (see `mode_pruner_applies` and `mode_ladder_applies`).
+    """
+    if strategy is None:
+        return mode_plan
+    pruner, pruner_options = strategy.pruner, dict(strategy.pruner_options)
+    ladder = tuple(strategy.ladder)
+    kept = []
+    if keep_mode_pruning and fidelity is not None:
+        if pruner == "none" and mode_pruner_applies(mode_plan, fidelity):
+            pruner, pruner_options = mode_plan.pruner, dict(mode_plan.pruner_options)
+            kept.append("pruner")
+        if len(ladder) == 1 and pruner != "none" and mode_ladder_applies(mode_plan, fidelity):
+            ladder = tuple(mode_plan.ladder)
+            kept.append("ladder")
+    extra: dict[str, Any] = {**mode_plan.extra, "strategy": strategy.name}
+    if kept:
+        extra["kept_from_mode"] = kept
+    return replace(
+        mode_plan,
+        sampler=strategy.sampler,
+        sampler_options=dict(strategy.sampler_options),
+        pruner=pruner,
+        pruner_options=pruner_options,
+        ladder=ladder,
+        extra=extra,
+    )
+
+
+def mode_pruner_applies(mode_plan: Plan, fidelity: Fidelity) -> bool:
+    """Whether the mode's pruner can stop trials: it has one, the objective reports something
+    to prune on (a data ladder's rungs or its own epochs), and the study has one objective."""
+    return mode_plan.pruner != "none" and fidelity != "none" and mode_plan.single_objective
+
+
+def mode_ladder_applies(mode_plan: Plan, fidelity: Fidelity) -> bool:
+    """Whether the mode's data ladder can work: it has rungs below full data, the objective
+    subsamples, and the study has one objective."""
+    return len(mode_plan.ladder) > 1 and fidelity == "data" and mode_plan.single_objective
+
+
+def compose_plan(
+    spec: StudySpec,
+    mode_name: str,
+    mode: Mode,
+    strategy: Strategy | None = None,
+    fidelity: Fidelity | None = None,
+    *,
+    keep_mode_pruning: bool = False,
+) -> Plan:
+    """The whole composition in one call: `spec` under `mode`, `strategy` laid over it."""
+    return compose(
+        resolve_plan(spec, mode_name, mode),
+        strategy,
+        fidelity,
+        keep_mode_pruning=keep_mode_pruning,
+    )

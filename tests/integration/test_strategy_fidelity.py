@@ -1,0 +1,70 @@
+"""The objective's declared fidelity is known before the first trial (issue 13, item 1): a
+small-budget balanced study on a data-fidelity objective prunes from its first window, through
+a real daemon and real Celery workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+from conftest import Daemon, DaemonFactory
+
+from hpod.engine import COST_ATTR, make_storage
+
+PRUNED = optuna.trial.TrialState.PRUNED
+
+
+def load(daemon: Daemon, name: str) -> optuna.Study:
+    """The study, read with plain Optuna from the daemon's journal."""
+    storage = make_storage(f"journal://{daemon.env['HPOD_DATA_DIR']}/studies.journal")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def boosting_spec(name: str) -> dict[str, Any]:
+    """Sixteen trials of gradient boosting on a small data set, left to the strategy policy."""
+    return {
+        "name": name,
+        "objective": "gradient_boosting",
+        "objective_kwargs": {"n_samples": 1200},
+        "space": {
+            "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+            "max_iter": {"type": "int", "low": 20, "high": 100},
+            "max_leaf_nodes": {"type": "int", "low": 4, "high": 64, "log": True},
+        },
+        "budget": {"trials": 16},
+        "mode": "balanced",
+        "sampler": {"seed": 7},
+    }
+
+
+def test_a_small_budget_balanced_study_on_a_data_objective_prunes_from_its_first_window(
+    start_daemon: DaemonFactory,
+) -> None:
+    """strategy auto decides before any trial, yet knows the objective subsamples: the first
+    decision's plan carries a data ladder and a pruner (every later one too), and trials of
+    that first window stop on a lower rung of the data."""
+    daemon = start_daemon()
+    name = "small-boosting"
+    assert daemon.request("POST", "/studies", boosting_spec(name))[0] == 201
+    final = daemon.wait_study(name, timeout=300)
+    assert final["n_trials"] == 16, final
+
+    study = load(daemon, name)
+    decisions = study.user_attrs["hpod:strategy"]
+    first = decisions[0]
+    assert first["told"] == 0 and first["trigger"] == "start"
+    assert first["fidelity"] == "data", first
+    assert first["plan"]["pruner"] != "none", first
+    assert first["plan"]["ladder"] == pytest.approx([1 / 9, 1 / 3, 1.0]), first
+    # No decision drops pruning: a strategy without a pruner or ladder keeps the mode's.
+    for decision in decisions:
+        assert decision["plan"]["pruner"] != "none" and len(decision["plan"]["ladder"]) > 1
+
+    end = decisions[1]["first_trial"] if len(decisions) > 1 else 16
+    window = [t for t in study.get_trials(deepcopy=False) if t.number < end]
+    pruned = [t for t in window if t.state == PRUNED]
+    assert pruned, [(t.number, t.state, t.user_attrs.get(COST_ATTR)) for t in window]
+    for t in pruned:
+        assert t.user_attrs[COST_ATTR]["pruned_at"] < 1.0
+    assert final["efficiency"]["pruned"] >= len(pruned)
