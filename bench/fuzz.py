@@ -56,6 +56,7 @@ HEADER = [
     "RSS start / end / after restart (MiB)",
     "SIGTERM (s)",
     "restart OK",
+    "duration (min)",
 ]
 
 
@@ -181,6 +182,7 @@ def main() -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/hardening.md")
     args = parser.parse_args()
 
+    measured = commit()  # the code the daemon runs: taken now, the tree may change meanwhile
     vhost = None if args.amqp_url else f"hpod-fuzz-{args.seed}-{os.getpid()}"
     url = args.amqp_url or create_vhost(vhost or "")
     purge(url)
@@ -202,6 +204,7 @@ def main() -> int:
     total = campaign.Tally()
     merge(total, http)
     merge(total, amqp)
+    duration = time.monotonic() - began
     failures = [*(f"finding not refused: {p}" for p in not_refused), *total.failures()]
     (data / "failures.txt").write_text("\n".join(failures) + "\n")
     restart_ok = (
@@ -219,7 +222,7 @@ def main() -> int:
         f"{len(total.accepted_bad)}; RSS start "
         f"{rss_start:.0f} MiB, end {end['rss_end']:.0f} MiB, after restart "
         f"{end['rss_restart']:.0f} MiB; after the run: {end}; restart OK: {restart_ok}; "
-        f"{time.monotonic() - began:.0f} s"
+        f"{duration:.0f} s"
     )
     for line in failures[:50]:
         print("  " + line)
@@ -231,7 +234,7 @@ def main() -> int:
             ["commit", "seed", "AMQP sent", "HTTP sent"],
             {
                 "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
-                "commit": commit(),
+                "commit": measured,
                 "seed": args.seed,
                 "AMQP sent": amqp.sent,
                 "HTTP sent": http.sent,
@@ -246,6 +249,7 @@ def main() -> int:
                 ),
                 "SIGTERM (s)": f"{end['sigterm_seconds']:.1f}",
                 "restart OK": "yes" if restart_ok else "no",
+                "duration (min)": f"{duration / 60:.0f}",
             },
         )
     if not args.keep:
