@@ -50,6 +50,14 @@ F = {"type": "float", "low": 0.0, "high": 1.0}
 # (case id, message (dict or raw bytes), expected error code, expected field)
 TABLE: list[tuple[str, Any, str, str]] = [
     ("not json", b"{this is not json", "not_json", ""),
+    # UTF-8 only: a BOM or UTF-16 was once read (the exact cases #130 and #58 of fuzz seed 1).
+    (
+        "utf-8 BOM",
+        b'\xef\xbb\xbf{"v":1,"type":"study.strategy","name":"fz-ctl","strategy":"tpe"}',
+        "not_json",
+        "",
+    ),
+    ("utf-16", '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-16"), "not_json", ""),
     ("not an object", b"[1, 2, 3]", "invalid", ""),
     ("missing version", {"type": "study.create", "study": spec()}, "invalid", "v"),
     ("unknown version", {**create(spec()), "v": 2}, "unsupported_version", "v"),

@@ -77,6 +77,35 @@ ISSUE_BODIES: list[tuple[str, bytes, str, str, str]] = [
         "study.space.c.choices.1",
         "Unicode",
     ),
+    # The protocol is UTF-8 JSON: json.loads alone accepted these (the fuzz run's #130, #58).
+    (
+        "utf-8 BOM",
+        b'\xef\xbb\xbf{"v":1,"type":"study.strategy","name":"fz-ctl","strategy":"tpe"}',
+        "not_json",
+        "",
+        "byte order mark",
+    ),
+    (
+        "utf-16",
+        '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-16"),
+        "not_json",
+        "",
+        "UTF-16",
+    ),
+    (
+        "utf-16-le without a BOM",
+        '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-16-le"),
+        "not_json",
+        "",
+        "UTF-16-LE",
+    ),
+    (
+        "utf-32",
+        '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-32"),
+        "not_json",
+        "",
+        "UTF-32",
+    ),
     # Finding 4: booleans taken as numbers, floats taken as ints, a timeout no worker honours.
     (
         "tell with true everywhere",
