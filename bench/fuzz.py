@@ -51,7 +51,7 @@ HEADER = [
     "5xx",
     "non-JSON",
     "malformed replies",
-    "bools accepted",
+    "must-refuse accepted",
     "findings not refused",
     "RSS start / end / after restart (MiB)",
     "SIGTERM (s)",
@@ -64,8 +64,11 @@ def purge(url: str) -> None:
     """Empty hpod's queues in the vhost (a vhost given with --amqp-url may hold old ones)."""
     import pika
 
+    from hpod.messaging import DEAD_LETTERS, REQUESTS, RESULTS, TRIALS, retry_queue_name
+
+    names = [REQUESTS, RESULTS, TRIALS, DEAD_LETTERS, *map(retry_queue_name, (REQUESTS, RESULTS))]
     connection = pika.BlockingConnection(pika.URLParameters(url))
-    for name in ("hpod.requests", "hpod.results", "hpod.trials", "hpod.requests.dead"):
+    for name in names:
         channel = connection.channel()
         with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):  # not declared yet
             channel.queue_purge(name)
@@ -218,7 +221,7 @@ def main() -> int:
     print(f"findings not refused: {len(not_refused)}")
     print(
         f"unanswered {len(total.unanswered)}, 5xx {len(total.server_errors)}, non-JSON "
-        f"{len(total.non_json)}, malformed {len(total.malformed)}, bools accepted "
+        f"{len(total.non_json)}, malformed {len(total.malformed)}, must-refuse accepted "
         f"{len(total.accepted_bad)}; RSS start "
         f"{rss_start:.0f} MiB, end {end['rss_end']:.0f} MiB, after restart "
         f"{end['rss_restart']:.0f} MiB; after the run: {end}; restart OK: {restart_ok}; "
@@ -242,7 +245,7 @@ def main() -> int:
                 "5xx": len(total.server_errors),
                 "non-JSON": len(total.non_json),
                 "malformed replies": len(total.malformed),
-                "bools accepted": len(total.accepted_bad),
+                "must-refuse accepted": len(total.accepted_bad),
                 "findings not refused": len(not_refused),
                 "RSS start / end / after restart (MiB)": (
                     f"{rss_start:.0f} / {end['rss_end']:.0f} / {end['rss_restart']:.0f}"

@@ -551,10 +551,10 @@ def m_bytes(rng: random.Random, body: bytes) -> tuple[str, bytes]:
         return "random bytes", rng.randbytes(rng.choice([1, 16, 1024]))
     if kind == "empty":
         return "empty body", b""
-    if kind == "bom":
-        return "utf-8 BOM", b"\xef\xbb\xbf" + body
+    if kind == "bom":  # the protocol is UTF-8 without a BOM: refused, like UTF-16
+        return "utf-8 BOM" + MUST_REFUSE, b"\xef\xbb\xbf" + body
     if kind == "utf16":
-        return "utf-16", body.decode("utf-8", "replace").encode("utf-16")
+        return "utf-16" + MUST_REFUSE, body.decode("utf-8", "replace").encode("utf-16")
     if kind == "latin1":
         return "latin-1 byte", body.replace(b'"', b'"\xe9', 1)
     if kind == "trailing":
