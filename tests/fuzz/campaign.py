@@ -196,11 +196,10 @@ class AmqpFuzzer:
 
     def _on_dead(self, _ch: Any, _method: Any, props: Any, body: bytes) -> None:
         reason = dead_letter_reason(props.headers) or ""
-        key = props.correlation_id if props.correlation_id in self.pending else None
-        if key is None:  # hpod does not copy the properties: match the (truncated) body
-            key = next(
-                (k for k, o in self.pending.items() if o.case.body.startswith(body) and body), None
-            )
+        original = (props.headers or {}).get("x-original-correlation_id")
+        key = next((k for k in (props.correlation_id, original) if k in self.pending), None)
+        if key is None:  # no correlation id kept: only the very same body is this case's
+            key = next((k for k, o in self.pending.items() if o.case.body == body), None)
         if key is None:
             self.stray_dead_letters += 1
             return

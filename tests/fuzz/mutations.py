@@ -516,7 +516,9 @@ def m_space(rng: random.Random, value: Any) -> tuple[str, Any]:
     else:
         study["sampler"] = {"name": "random", "seed": rng.choice([-1, 2**32, 2**64, 10**400])}
         n = study["sampler"]["seed"]
-    return f"space {kind} {_label(n)}", {**_copy(value), "study": study}
+    # Each is past a documented limit (256 parameters, 1,024 choices, finite ranges, seeds
+    # within 0..2**32-1, a step that leaves a countable grid): all must be refused.
+    return f"space {kind} {_label(n)}{MUST_REFUSE}", {**_copy(value), "study": study}
 
 
 VALUE_MUTATIONS: list[tuple[int, Callable[[random.Random, Any], tuple[str, Any]]]] = [
