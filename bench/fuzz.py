@@ -124,17 +124,18 @@ def merge(into: campaign.Tally, other: campaign.Tally) -> None:
 
 
 def run_http(daemon: Process, args: argparse.Namespace) -> campaign.Tally:
-    """The HTTP cases, with progress every 500."""
+    """The HTTP cases, with progress and the daemon's RSS every 500 (growth or a plateau)."""
     cases = [*mutations.http_cases(args.seed, args.http), *mutations.http_odd_cases()]
     total = campaign.Tally()
     for start in range(0, len(cases), 500):
         merge(total, campaign.fuzz_http(daemon.url, daemon.token, cases[start : start + 500]))
-        print(f"HTTP {min(start + 500, len(cases))}/{len(cases)}: {total.summary()}", flush=True)
+        done = f"{min(start + 500, len(cases))}/{len(cases)}"
+        print(f"HTTP {done} (RSS {daemon.rss_mib():.0f} MiB): {total.summary()}", flush=True)
     return total
 
 
-def run_amqp(url: str, args: argparse.Namespace) -> campaign.Tally:
-    """The AMQP cases, with progress every 1000."""
+def run_amqp(daemon: Process, url: str, args: argparse.Namespace) -> campaign.Tally:
+    """The AMQP cases, with progress and the daemon's RSS every 1000."""
     cases = list(mutations.amqp_cases(args.seed, args.amqp))
     total = campaign.Tally()
     for start in range(0, len(cases), 1000):
@@ -142,7 +143,8 @@ def run_amqp(url: str, args: argparse.Namespace) -> campaign.Tally:
             url, cases[start : start + 1000], window=args.window, timeout=args.timeout
         )
         merge(total, tally)
-        print(f"AMQP {min(start + 1000, len(cases))}/{len(cases)}: {total.summary()}", flush=True)
+        done = f"{min(start + 1000, len(cases))}/{len(cases)}"
+        print(f"AMQP {done} (RSS {daemon.rss_mib():.0f} MiB): {total.summary()}", flush=True)
     return total
 
 
@@ -200,7 +202,7 @@ def main() -> int:
         rss_start = daemon.rss_mib()
         not_refused = findings(daemon, url)
         http = run_http(daemon, args)
-        amqp = run_amqp(url, args)
+        amqp = run_amqp(daemon, url, args)
         end = after(daemon, url)
     finally:
         daemon.stop()
