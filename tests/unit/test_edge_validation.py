@@ -236,6 +236,30 @@ class TestLimits:
             parse_request(create(json.dumps(space)))
         assert info.value.field == "study.space.c.choices"
 
+    @pytest.mark.parametrize(
+        ("space", "field"),
+        [
+            (
+                {f"p{k}": {"type": "float", "low": 0, "high": 1} for k in range(20_000)},
+                "study.space",
+            ),
+            (
+                {"c": {"type": "categorical", "choices": [f"c{k}" for k in range(100_000)]}},
+                "study.space.c.choices",
+            ),
+        ],
+        ids=["20,000 params", "100,000 choices"],
+    )
+    def test_the_fuzz_sizes_that_were_accepted(self, space: dict[str, object], field: str) -> None:
+        """The fuzz's spaces of 20,000 parameters and 100,000 choices (tests/fuzz/mutations.py,
+        m_space), once accepted, fit in the default 1 MiB and are refused by count."""
+        raw = create(json.dumps(space))
+        assert len(raw) < 1 << 20
+        with pytest.raises(RequestRejected) as info:
+            parse_request(raw, 1 << 20)
+        assert (info.value.code, info.value.field) == ("invalid", field), info.value
+        assert "at most" in info.value.message
+
     def test_a_long_string(self) -> None:
         """A choice longer than MAX_STRING_CHARS is refused at its index."""
         space = {"c": {"type": "categorical", "choices": ["a", "b" * (MAX_STRING_CHARS + 1)]}}
