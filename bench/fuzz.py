@@ -51,11 +51,12 @@ HEADER = [
     "5xx",
     "non-JSON",
     "malformed replies",
-    "bools accepted",
+    "must-refuse accepted",
     "findings not refused",
     "RSS start / end / after restart (MiB)",
     "SIGTERM (s)",
     "restart OK",
+    "duration (min)",
 ]
 
 
@@ -63,8 +64,11 @@ def purge(url: str) -> None:
     """Empty hpod's queues in the vhost (a vhost given with --amqp-url may hold old ones)."""
     import pika
 
+    from hpod.messaging import DEAD_LETTERS, REQUESTS, RESULTS, TRIALS, retry_queue_name
+
+    names = [REQUESTS, RESULTS, TRIALS, DEAD_LETTERS, *map(retry_queue_name, (REQUESTS, RESULTS))]
     connection = pika.BlockingConnection(pika.URLParameters(url))
-    for name in ("hpod.requests", "hpod.results", "hpod.trials", "hpod.requests.dead"):
+    for name in names:
         channel = connection.channel()
         with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):  # not declared yet
             channel.queue_purge(name)
@@ -120,17 +124,18 @@ def merge(into: campaign.Tally, other: campaign.Tally) -> None:
 
 
 def run_http(daemon: Process, args: argparse.Namespace) -> campaign.Tally:
-    """The HTTP cases, with progress every 500."""
+    """The HTTP cases, with progress and the daemon's RSS every 500 (growth or a plateau)."""
     cases = [*mutations.http_cases(args.seed, args.http), *mutations.http_odd_cases()]
     total = campaign.Tally()
     for start in range(0, len(cases), 500):
         merge(total, campaign.fuzz_http(daemon.url, daemon.token, cases[start : start + 500]))
-        print(f"HTTP {min(start + 500, len(cases))}/{len(cases)}: {total.summary()}", flush=True)
+        done = f"{min(start + 500, len(cases))}/{len(cases)}"
+        print(f"HTTP {done} (RSS {daemon.rss_mib():.0f} MiB): {total.summary()}", flush=True)
     return total
 
 
-def run_amqp(url: str, args: argparse.Namespace) -> campaign.Tally:
-    """The AMQP cases, with progress every 1000."""
+def run_amqp(daemon: Process, url: str, args: argparse.Namespace) -> campaign.Tally:
+    """The AMQP cases, with progress and the daemon's RSS every 1000."""
     cases = list(mutations.amqp_cases(args.seed, args.amqp))
     total = campaign.Tally()
     for start in range(0, len(cases), 1000):
@@ -138,7 +143,8 @@ def run_amqp(url: str, args: argparse.Namespace) -> campaign.Tally:
             url, cases[start : start + 1000], window=args.window, timeout=args.timeout
         )
         merge(total, tally)
-        print(f"AMQP {min(start + 1000, len(cases))}/{len(cases)}: {total.summary()}", flush=True)
+        done = f"{min(start + 1000, len(cases))}/{len(cases)}"
+        print(f"AMQP {done} (RSS {daemon.rss_mib():.0f} MiB): {total.summary()}", flush=True)
     return total
 
 
@@ -181,6 +187,7 @@ def main() -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/hardening.md")
     args = parser.parse_args()
 
+    measured = commit()  # the code the daemon runs: taken now, the tree may change meanwhile
     vhost = None if args.amqp_url else f"hpod-fuzz-{args.seed}-{os.getpid()}"
     url = args.amqp_url or create_vhost(vhost or "")
     purge(url)
@@ -195,13 +202,14 @@ def main() -> int:
         rss_start = daemon.rss_mib()
         not_refused = findings(daemon, url)
         http = run_http(daemon, args)
-        amqp = run_amqp(url, args)
+        amqp = run_amqp(daemon, url, args)
         end = after(daemon, url)
     finally:
         daemon.stop()
     total = campaign.Tally()
     merge(total, http)
     merge(total, amqp)
+    duration = time.monotonic() - began
     failures = [*(f"finding not refused: {p}" for p in not_refused), *total.failures()]
     (data / "failures.txt").write_text("\n".join(failures) + "\n")
     restart_ok = (
@@ -215,11 +223,11 @@ def main() -> int:
     print(f"findings not refused: {len(not_refused)}")
     print(
         f"unanswered {len(total.unanswered)}, 5xx {len(total.server_errors)}, non-JSON "
-        f"{len(total.non_json)}, malformed {len(total.malformed)}, bools accepted "
+        f"{len(total.non_json)}, malformed {len(total.malformed)}, must-refuse accepted "
         f"{len(total.accepted_bad)}; RSS start "
         f"{rss_start:.0f} MiB, end {end['rss_end']:.0f} MiB, after restart "
         f"{end['rss_restart']:.0f} MiB; after the run: {end}; restart OK: {restart_ok}; "
-        f"{time.monotonic() - began:.0f} s"
+        f"{duration:.0f} s"
     )
     for line in failures[:50]:
         print("  " + line)
@@ -231,7 +239,7 @@ def main() -> int:
             ["commit", "seed", "AMQP sent", "HTTP sent"],
             {
                 "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
-                "commit": commit(),
+                "commit": measured,
                 "seed": args.seed,
                 "AMQP sent": amqp.sent,
                 "HTTP sent": http.sent,
@@ -239,13 +247,14 @@ def main() -> int:
                 "5xx": len(total.server_errors),
                 "non-JSON": len(total.non_json),
                 "malformed replies": len(total.malformed),
-                "bools accepted": len(total.accepted_bad),
+                "must-refuse accepted": len(total.accepted_bad),
                 "findings not refused": len(not_refused),
                 "RSS start / end / after restart (MiB)": (
                     f"{rss_start:.0f} / {end['rss_end']:.0f} / {end['rss_restart']:.0f}"
                 ),
                 "SIGTERM (s)": f"{end['sigterm_seconds']:.1f}",
                 "restart OK": "yes" if restart_ok else "no",
+                "duration (min)": f"{duration / 60:.0f}",
             },
         )
     if not args.keep:

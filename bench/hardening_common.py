@@ -23,6 +23,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "hardening.md"
 sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+sys.path.insert(0, str(ROOT))  # this tree's hpod, not one installed in the venv
 
 import campaign  # noqa: E402  (tests/fuzz, on the path just above)
 import fault_audit  # noqa: E402

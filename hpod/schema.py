@@ -595,15 +595,7 @@ def load_json(raw: bytes | str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH)
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise RequestRejected("too_large", "", f"message of {size} bytes exceeds {max_bytes}")
-    try:
-        # As json.loads does with bytes (UTF-8, -16 or -32, detected).
-        text = (
-            raw.decode(json.detect_encoding(raw), "surrogatepass")
-            if isinstance(raw, bytes)
-            else raw
-        )
-    except UnicodeDecodeError as exc:
-        raise RequestRejected("not_json", "", f"not valid JSON: {exc}") from exc
+    text = _decode_utf8(raw) if isinstance(raw, bytes) else raw
     _check_depth(text, max_depth)
     try:
         return json.loads(text, parse_constant=_parse_constant)
@@ -613,6 +605,31 @@ def load_json(raw: bytes | str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH)
         raise RequestRejected("invalid", "", f"a number is out of range: {exc}") from exc
     except RecursionError as exc:  # unreachable after _check_depth; never let it escape
         raise RequestRejected("not_json", "", "JSON nested too deep") from exc
+
+
+def _decode_utf8(raw: bytes) -> str:
+    """The message's text, read as UTF-8, the protocol's one encoding (RFC 8259 §8.1).
+
+    json.loads would detect and accept UTF-16 and UTF-32 and skip a UTF-8 byte order mark;
+    those are refused here (`not_json`, saying what was found), so a sender learns of a
+    wrong encoding at once instead of depending on a leniency. ``surrogatepass`` lets an
+    encoded lone surrogate through to `check_json_values`, which names its field.
+    """
+    found = json.detect_encoding(raw)  # BOMs, and NUL bytes, which UTF-8 JSON never holds
+    if found == "utf-8-sig":
+        raise RequestRejected(
+            "not_json",
+            "",
+            "not valid JSON: it starts with a byte order mark (send UTF-8 without one)",
+        )
+    if found != "utf-8":
+        raise RequestRejected(
+            "not_json", "", f"not valid JSON: it looks like {found.upper()} (send UTF-8)"
+        )
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise RequestRejected("not_json", "", f"not valid JSON: not UTF-8: {exc}") from exc
 
 
 _BRACKETS = re.compile(r"[\[\]{}]")

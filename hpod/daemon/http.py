@@ -286,17 +286,20 @@ async def create_study(request: web.Request) -> web.Response:
 
 async def stop_study(request: web.Request) -> web.Response:
     """POST /studies/{name}/stop: ask no new trials; trials in flight are still told."""
-    return await _run(request, _envelope("study.stop", name=request.match_info["name"]))
+    body = await _body(request)  # none, or {}: anything else is refused, never ignored
+    return await _run(request, _envelope("study.stop", body, name=request.match_info["name"]))
 
 
 async def pause_study(request: web.Request) -> web.Response:
     """POST /studies/{name}/pause: dispatch no new trials until resumed."""
-    return await _run(request, _envelope("study.pause", name=request.match_info["name"]))
+    body = await _body(request)  # none, or {}: anything else is refused, never ignored
+    return await _run(request, _envelope("study.pause", body, name=request.match_info["name"]))
 
 
 async def resume_study(request: web.Request) -> web.Response:
     """POST /studies/{name}/resume: dispatch again, up to the budget."""
-    return await _run(request, _envelope("study.resume", name=request.match_info["name"]))
+    body = await _body(request)  # none, or {}: anything else is refused, never ignored
+    return await _run(request, _envelope("study.resume", body, name=request.match_info["name"]))
 
 
 @_accepts("study.budget")
@@ -322,6 +325,8 @@ async def policy_status(request: web.Request) -> web.Response:
 
 async def policy_reset(request: web.Request) -> web.Response:
     """POST /policy/reset: back to the shipped policy, local experience forgotten (token)."""
+    if await _body(request) not in ({}, None):  # as the routes above: never ignore a body
+        raise RequestRejected("invalid", "", "this route takes no body (or {})")
     return web.json_response(await request.app[MANAGER].policy_reset())
 
 
@@ -340,7 +345,8 @@ async def policy_import(request: web.Request) -> web.Response:
 async def ask(request: web.Request) -> web.Response:
     """POST /studies/{name}/ask: a trial for an external evaluator (``Idempotency-Key`` is the
     ask's id)."""
-    return await _run(request, _envelope("trial.ask", study=request.match_info["name"]))
+    body = await _body(request)  # none, or {}: anything else is refused, never ignored
+    return await _run(request, _envelope("trial.ask", body, study=request.match_info["name"]))
 
 
 @_accepts("trial.tell")

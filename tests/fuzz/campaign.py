@@ -21,8 +21,7 @@ from typing import Any
 import pika
 from mutations import Case, HttpCase
 
-DEAD_LETTERS = "hpod.requests.dead"
-REQUESTS = "hpod.requests"
+from hpod.messaging import DEAD_LETTER_ARGUMENTS, DEAD_LETTERS, REQUESTS, retry_queue_name
 
 
 @dataclass
@@ -183,8 +182,8 @@ class AmqpFuzzer:
         try:
             probe.queue_declare(DEAD_LETTERS, passive=True)
         except pika.exceptions.ChannelClosedByBroker:
-            # Not declared yet: declare it as hpod does (durable, no arguments).
-            self.channel.queue_declare(DEAD_LETTERS, durable=True)
+            # Not declared yet: declare it as hpod does (durable, bounded).
+            self.channel.queue_declare(DEAD_LETTERS, durable=True, arguments=DEAD_LETTER_ARGUMENTS)
         else:
             probe.close()
         self.channel.basic_consume(DEAD_LETTERS, self._on_dead, auto_ack=True)
@@ -197,11 +196,10 @@ class AmqpFuzzer:
 
     def _on_dead(self, _ch: Any, _method: Any, props: Any, body: bytes) -> None:
         reason = dead_letter_reason(props.headers) or ""
-        key = props.correlation_id if props.correlation_id in self.pending else None
-        if key is None:  # hpod does not copy the properties: match the (truncated) body
-            key = next(
-                (k for k, o in self.pending.items() if o.case.body.startswith(body) and body), None
-            )
+        original = (props.headers or {}).get("x-original-correlation_id")
+        key = next((k for k in (props.correlation_id, original) if k in self.pending), None)
+        if key is None:  # no correlation id kept: only the very same body is this case's
+            key = next((k for k, o in self.pending.items() if o.case.body == body), None)
         if key is None:
             self.stray_dead_letters += 1
             return
@@ -348,10 +346,15 @@ def fuzz_http(base: str, token: str, cases: Iterable[HttpCase], timeout: float =
 
 
 def queue_depth(url: str, name: str = REQUESTS) -> int:
-    """Messages ready on a queue (not those a consumer holds unacknowledged)."""
+    """Messages ready on a queue and on its retry queue, i.e. left to be tried again at the
+    next start (not those a consumer holds unacknowledged); an undeclared queue holds none."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
+    depth = 0
     try:
-        depth: int = connection.channel().queue_declare(name, passive=True).method.message_count
+        for queue in (name, retry_queue_name(name)):
+            channel = connection.channel()
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                depth += channel.queue_declare(queue, passive=True).method.message_count
         return depth
     finally:
         connection.close()

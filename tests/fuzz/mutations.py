@@ -516,7 +516,9 @@ def m_space(rng: random.Random, value: Any) -> tuple[str, Any]:
     else:
         study["sampler"] = {"name": "random", "seed": rng.choice([-1, 2**32, 2**64, 10**400])}
         n = study["sampler"]["seed"]
-    return f"space {kind} {_label(n)}", {**_copy(value), "study": study}
+    # Each is past a documented limit (256 parameters, 1,024 choices, finite ranges, seeds
+    # within 0..2**32-1, a step that leaves a countable grid): all must be refused.
+    return f"space {kind} {_label(n)}{MUST_REFUSE}", {**_copy(value), "study": study}
 
 
 VALUE_MUTATIONS: list[tuple[int, Callable[[random.Random, Any], tuple[str, Any]]]] = [
@@ -551,10 +553,10 @@ def m_bytes(rng: random.Random, body: bytes) -> tuple[str, bytes]:
         return "random bytes", rng.randbytes(rng.choice([1, 16, 1024]))
     if kind == "empty":
         return "empty body", b""
-    if kind == "bom":
-        return "utf-8 BOM", b"\xef\xbb\xbf" + body
+    if kind == "bom":  # the protocol is UTF-8 without a BOM: refused, like UTF-16
+        return "utf-8 BOM" + MUST_REFUSE, b"\xef\xbb\xbf" + body
     if kind == "utf16":
-        return "utf-16", body.decode("utf-8", "replace").encode("utf-16")
+        return "utf-16" + MUST_REFUSE, body.decode("utf-8", "replace").encode("utf-16")
     if kind == "latin1":
         return "latin-1 byte", body.replace(b'"', b'"\xe9', 1)
     if kind == "trailing":

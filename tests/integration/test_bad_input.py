@@ -50,6 +50,14 @@ F = {"type": "float", "low": 0.0, "high": 1.0}
 # (case id, message (dict or raw bytes), expected error code, expected field)
 TABLE: list[tuple[str, Any, str, str]] = [
     ("not json", b"{this is not json", "not_json", ""),
+    # UTF-8 only: a BOM or UTF-16 was once read (the exact cases #130 and #58 of fuzz seed 1).
+    (
+        "utf-8 BOM",
+        b'\xef\xbb\xbf{"v":1,"type":"study.strategy","name":"fz-ctl","strategy":"tpe"}',
+        "not_json",
+        "",
+    ),
+    ("utf-16", '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-16"), "not_json", ""),
     ("not an object", b"[1, 2, 3]", "invalid", ""),
     ("missing version", {"type": "study.create", "study": spec()}, "invalid", "v"),
     ("unknown version", {**create(spec()), "v": 2}, "unsupported_version", "v"),
@@ -348,6 +356,37 @@ def test_http_errors_are_json(daemon: Daemon) -> None:
         assert reply["v"] == 1 and reply["ok"] is False, where
         assert reply["error"]["code"] == code and reply["error"]["message"], where
     assert daemon.get("/health")["status"] == "ok"
+
+
+# (route, body, error code, field): a body on a route that takes none is refused, never
+# ignored. The first three are the exact cases #305, #551 and #1497 of fuzz seed 1 over HTTP,
+# once answered 200 because these routes did not read their body at all.
+BODYLESS: list[tuple[str, bytes, str, str]] = [
+    ("pause", b"\xff\xfe{\x00}\x00", "not_json", ""),
+    ("stop", b"\xef\xbb\xbf{}", "not_json", ""),
+    ("ask", b"\xff\xfe{\x00}\x00", "not_json", ""),
+    ("resume", b'{"budget":{"trials":5}}', "invalid", "budget"),
+]
+
+
+@pytest.mark.broker
+def test_a_body_on_a_route_without_one_is_refused(daemon: Daemon) -> None:
+    """/stop, /pause, /resume, /ask and /policy/reset refuse a body other than none or {}
+    (a UTF-16 or BOM body, or fields they do not have) and change nothing; none and {} work."""
+    before = daemon.get(f"/studies/{EXTERNAL}")
+    for route, body, code, field in BODYLESS:
+        status, reply = daemon.request("POST", f"/studies/{EXTERNAL}/{route}", raw=body)
+        assert (status, reply["error"]["code"], reply["error"]["field"]) == (400, code, field), (
+            route,
+            reply,
+        )
+    status, reply = daemon.request("POST", "/policy/reset", raw=b'{"x":1}')
+    assert (status, reply["error"]["code"]) == (400, "invalid"), reply
+    after = daemon.get(f"/studies/{EXTERNAL}")
+    assert (after["state"], after["counts"]) == (before["state"], before["counts"])
+    for body in (b"", b"{}"):
+        assert daemon.request("POST", f"/studies/{EXTERNAL}/pause", raw=body)[0] == 200
+        assert daemon.request("POST", f"/studies/{EXTERNAL}/resume", raw=body)[0] == 200
 
 
 @pytest.mark.broker

@@ -77,6 +77,35 @@ ISSUE_BODIES: list[tuple[str, bytes, str, str, str]] = [
         "study.space.c.choices.1",
         "Unicode",
     ),
+    # The protocol is UTF-8 JSON: json.loads alone accepted these (the fuzz run's #130, #58).
+    (
+        "utf-8 BOM",
+        b'\xef\xbb\xbf{"v":1,"type":"study.strategy","name":"fz-ctl","strategy":"tpe"}',
+        "not_json",
+        "",
+        "byte order mark",
+    ),
+    (
+        "utf-16",
+        '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-16"),
+        "not_json",
+        "",
+        "UTF-16",
+    ),
+    (
+        "utf-16-le without a BOM",
+        '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-16-le"),
+        "not_json",
+        "",
+        "UTF-16-LE",
+    ),
+    (
+        "utf-32",
+        '{"v":1,"type":"study.pause","name":"fz-ctl"}'.encode("utf-32"),
+        "not_json",
+        "",
+        "UTF-32",
+    ),
     # Finding 4: booleans taken as numbers, floats taken as ints, a timeout no worker honours.
     (
         "tell with true everywhere",
@@ -206,6 +235,30 @@ class TestLimits:
         with pytest.raises(RequestRejected) as info:
             parse_request(create(json.dumps(space)))
         assert info.value.field == "study.space.c.choices"
+
+    @pytest.mark.parametrize(
+        ("space", "field"),
+        [
+            (
+                {f"p{k}": {"type": "float", "low": 0, "high": 1} for k in range(20_000)},
+                "study.space",
+            ),
+            (
+                {"c": {"type": "categorical", "choices": [f"c{k}" for k in range(100_000)]}},
+                "study.space.c.choices",
+            ),
+        ],
+        ids=["20,000 params", "100,000 choices"],
+    )
+    def test_the_fuzz_sizes_that_were_accepted(self, space: dict[str, object], field: str) -> None:
+        """The fuzz's spaces of 20,000 parameters and 100,000 choices (tests/fuzz/mutations.py,
+        m_space), once accepted, fit in the default 1 MiB and are refused by count."""
+        raw = create(json.dumps(space))
+        assert len(raw) < 1 << 20
+        with pytest.raises(RequestRejected) as info:
+            parse_request(raw, 1 << 20)
+        assert (info.value.code, info.value.field) == ("invalid", field), info.value
+        assert "at most" in info.value.message
 
     def test_a_long_string(self) -> None:
         """A choice longer than MAX_STRING_CHARS is refused at its index."""
