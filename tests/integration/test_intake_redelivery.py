@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually
 from kombu import Message, Producer
 
 from hpod.config import Settings
@@ -349,9 +350,15 @@ def test_dead_letters_left_on_the_unbounded_legacy_queue_are_reported(
 
     with Connection(rabbitmq) as conn:
         channel = conn.channel()
-        channel.queue_declare(LEGACY_DEAD_LETTERS, durable=True)
+        channel.queue_declare(LEGACY_DEAD_LETTERS, durable=True, auto_delete=False)
         channel.queue_purge(LEGACY_DEAD_LETTERS)
         Producer(channel).publish(b"old", routing_key=LEGACY_DEAD_LETTERS, content_type="x/y")
+        # The publish is not confirmed: wait until the broker counts it, or the start may see 0.
+        eventually(
+            lambda: channel.queue_declare(LEGACY_DEAD_LETTERS, passive=True).message_count == 1,
+            timeout=10,
+            what="the old dead letter to be counted",
+        )
     s = Settings(data_dir=tmp_path / "data", broker_url=rabbitmq)
     intake = QueueIntake(s, asyncio.new_event_loop(), Recorder().on_request, Recorder().on_result)
     try:
