@@ -1,0 +1,11 @@
+"""Transfer across studies: every finished study leaves a memory that warm-starts the next.
+
+Pure parts (no daemon, no I/O): `memory` (the record of a finished study), `similarity`
+(which past studies resemble a new one), `mapping` (past configurations carried into a new
+space, and how many), `agreement` (whether a past study's surface agrees with the new
+study's first results). `store` reads and writes them in an Optuna storage.
+
+Not yet wired into the daemon: `bench/transfer.py` drives these parts in-process
+(docs/benchmarks.md, "Transfer"), and the daemon's side waits until transfer is shown not to
+make a study worse than starting cold (issue 15).
+"""

@@ -1,0 +1,134 @@
+"""Does a past study's response surface agree with what the new study is finding?
+
+Each complete trial of the new study is looked up in the past study's surface: the rank of
+the nearest past configuration (nearest-neighbour prediction) is what the past study
+predicts for it. The Spearman correlation (scipy) between those predicted ranks and the new
+trials' values (oriented so that lower is better, first objective) measures agreement: near
+1 the two studies order configurations alike; at or below 0 the past is no guide. Once at
+least `MIN_PAIRS` trials are compared, a correlation below `MIN_AGREEMENT` means the past
+study disagrees and stops being used.
+
+Distances are measured in the new space: each numeric parameter scaled to [0, 1] over its
+new range (on a log scale for a log parameter) and clipped there; a categorical parameter
+adds 1 when the values differ; a parameter only one side has adds 0.25 (unknown, not far).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from hpod.schema import CategoricalParam, ParamSpec
+
+#: Trials compared before a past study may be judged.
+MIN_PAIRS = 8
+#: A past study whose correlation falls below this (once MIN_PAIRS are compared) disagrees.
+MIN_AGREEMENT = 0.0
+#: What a parameter only one side has adds to the squared distance.
+MISSING_DISTANCE = 0.25
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The verdict on one past study: its correlation (None while it cannot be computed),
+    the pairs compared, and whether it disagrees."""
+
+    correlation: float | None
+    pairs: int
+    disagrees: bool
+
+
+def predict_ranks(
+    surface: Sequence[tuple[dict[str, Any], float]],
+    points: Sequence[dict[str, Any]],
+    space: dict[str, ParamSpec],
+) -> list[float]:
+    """The past rank of the nearest surface configuration to each of `points`."""
+    if not surface:
+        return [math.nan] * len(points)
+    past = [_coords(params, space) for params, _ in surface]
+    past_ranks = np.array([rank for _, rank in surface], dtype=float)
+    out = []
+    for point in points:
+        here = _coords(point, space)
+        distances = np.array([_distance(here, there) for there in past])
+        out.append(float(past_ranks[int(np.argmin(distances))]))
+    return out
+
+
+def _coords(params: dict[str, Any], space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """A configuration in the new space's unit coordinates (categoricals as JSON keys)."""
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if isinstance(spec, CategoricalParam):
+            out[name] = json.dumps(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = _unit(float(value), spec.low, spec.high, spec.log)
+    return out
+
+
+def _unit(value: float, low: float, high: float, log: bool) -> float:
+    if high <= low:
+        return 0.0
+    if log:
+        value, low, high = (math.log(max(v, 1e-300)) for v in (value, low, high))
+    return min(max((value - low) / (high - low), 0.0), 1.0)
+
+
+def _distance(a: dict[str, Any], b: dict[str, Any]) -> float:
+    total = 0.0
+    for name in a.keys() | b.keys():
+        if name not in a or name not in b:
+            total += MISSING_DISTANCE
+        elif isinstance(a[name], str) or isinstance(b[name], str):
+            total += 0.0 if a[name] == b[name] else 1.0
+        else:
+            total += (a[name] - b[name]) ** 2
+    return total
+
+
+def agreement(
+    surface: Sequence[tuple[dict[str, Any], float]],
+    observed: Sequence[tuple[dict[str, Any], float]],
+    space: dict[str, ParamSpec],
+    minimize: bool = True,
+    min_pairs: int = MIN_PAIRS,
+    min_agreement: float = MIN_AGREEMENT,
+) -> Agreement:
+    """Compare the new study's (params, value) pairs with a past surface (see the module)."""
+    if not surface:
+        return Agreement(None, len(observed), False)
+    predicted = predict_ranks(surface, [params for params, _ in observed], space)
+    values = [value if minimize else -value for _, value in observed]
+    return judge(predicted, values, min_pairs, min_agreement)
+
+
+def judge(
+    predicted: Sequence[float],
+    values: Sequence[float],
+    min_pairs: int = MIN_PAIRS,
+    min_agreement: float = MIN_AGREEMENT,
+) -> Agreement:
+    """The verdict from past ranks predicted for the new trials and the new trials' values
+    (lower is better), pair by pair."""
+    correlation = _spearman(list(predicted), list(values))
+    judged = correlation is not None and len(values) >= min_pairs
+    disagrees = judged and correlation is not None and correlation < min_agreement
+    return Agreement(correlation, len(values), disagrees)
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rho, or None when it is undefined (a constant side)."""
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    rho = float(spearmanr(a, b).statistic)
+    return None if math.isnan(rho) else round(rho, 4)

@@ -1,0 +1,123 @@
+"""Transfer's reads and writes in an Optuna storage (any: journal file, SQLite, PostgreSQL).
+
+Plain synchronous functions of an Optuna storage or study; the daemon runs them on its one
+Optuna thread (`StudyStore.call`). Everything lives in Optuna's own attributes:
+
+- ``hpod:memory`` (study): a finished study's memory record (`hpod.transfer.memory`);
+- ``hpod:transfer`` (study): what a new study took from the past, and the verdicts since;
+- ``hpod:transferred`` (trial): ``{"from": study, "rank": r}`` on each transferred trial;
+- ``hpod:transfer_dropped`` (trial): why a transferred trial was dropped before it ran.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from hpod.transfer.mapping import Transferred
+from hpod.transfer.memory import MEMORY_ATTR, Observed, StudyMemory, dump_memory, load_memory
+
+TRANSFER_ATTR = "hpod:transfer"
+TRANSFERRED_ATTR = "hpod:transferred"
+DROPPED_ATTR = "hpod:transfer_dropped"
+#: The version the workers report for the objective (`hpod.workers.tasks`, in ``hpod:cost``).
+_COST_ATTR = "hpod:cost"
+
+
+def load_memories(storage: BaseStorage, exclude: str) -> list[StudyMemory]:
+    """Every valid memory record in the storage, but that of study `exclude`."""
+    out = []
+    for study in storage.get_all_studies():
+        if study.study_name == exclude:
+            continue
+        memory = load_memory(study.user_attrs.get(MEMORY_ATTR))
+        if memory is not None and memory.study == study.study_name:
+            out.append(memory)
+    return out
+
+
+def load_memories_of(storage: BaseStorage, names: list[str]) -> dict[str, StudyMemory]:
+    """The memory records of the studies `names` (those that have a valid one)."""
+    out = {}
+    for name in names:
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        memory = load_memory(storage.get_study_user_attrs(study_id).get(MEMORY_ATTR))
+        if memory is not None:
+            out[name] = memory
+    return out
+
+
+def write_memory(storage: BaseStorage, name: str, memory: StudyMemory) -> None:
+    """Store `memory` on study `name` (replacing an earlier record)."""
+    study_id = storage.get_study_id_from_name(name)
+    storage.set_study_user_attr(study_id, MEMORY_ATTR, _as_json(memory))
+
+
+def _as_json(memory: StudyMemory) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(dump_memory(memory))
+    return data
+
+
+def enqueue(study: optuna.Study, configs: list[Transferred]) -> list[Transferred]:
+    """Enqueue each configuration as a waiting trial marked transferred; returns those
+    enqueued. One the study already has (a trial with the same parameters: a start cut short
+    and retried, or the sampler got there first) is not enqueued again."""
+    enqueued = []
+    for config in configs:
+        before = len(study.get_trials(deepcopy=False))
+        study.enqueue_trial(
+            config.params,
+            user_attrs={TRANSFERRED_ATTR: {"from": config.source, "rank": config.rank}},
+            skip_if_exists=True,
+        )
+        if len(study.get_trials(deepcopy=False)) > before:
+            enqueued.append(config)
+    return enqueued
+
+
+def drop_waiting(study: optuna.Study, source: str | None, reason: str) -> list[int]:
+    """Fail the waiting (not yet asked) transferred trials of `source` (of any source when
+    None), marked dropped with `reason`; returns their numbers."""
+    dropped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        mark = trial.user_attrs.get(TRANSFERRED_ATTR)
+        if not isinstance(mark, dict) or (source is not None and mark.get("from") != source):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, DROPPED_ATTR, reason)
+        if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            dropped.append(trial.number)
+    return dropped
+
+
+def counts_in_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a stored trial counts in its study's trial budget: not while it waits in the
+    queue (it counts when it is asked), never once dropped by transfer."""
+    return trial.state != TrialState.WAITING and DROPPED_ATTR not in trial.user_attrs
+
+
+def complete_trials(study: optuna.Study) -> list[Observed]:
+    """The study's complete trials as the memory and the agreement check see them."""
+    return [
+        Observed(dict(t.params), list(t.values))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values
+    ]
+
+
+def reported_version(study: optuna.Study) -> str | None:
+    """The objective version the study's workers reported most often, if any did."""
+    versions = Counter(
+        str(t.user_attrs[_COST_ATTR]["objective_version"])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if isinstance(t.user_attrs.get(_COST_ATTR), dict)
+        and "objective_version" in t.user_attrs[_COST_ATTR]
+    )
+    return versions.most_common(1)[0][0] if versions else None
