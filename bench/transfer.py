@@ -20,7 +20,7 @@ reaches the target; a run that never does is censored at its total (shown as ">"
 
 Negative control: an unrelated objective that shares the parameter names (an analytic bowl
 whose optimum sits where gradient boosting does badly: a low learning rate, few rounds) is
-warm-started from the gradient-boosting memories by name (as a spec's `transfer: [names]`
+warm-started from the gradient-boosting memories by name (as naming the past studies
 would), and compared with itself cold. Its evaluations cost microseconds, so its compute is
 counted in evaluations.
 
