@@ -33,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ HEADER = [
     "stuck",
     "without event",
     "at exactly their budget",
+    "duration (s)",
     "notes",
 ]
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -369,6 +371,7 @@ def record(seed: int, phase: dict[str, Any]) -> None:
         "seed": seed,
         "phase": phase["phase"],
         "faults": ", ".join(f"{k} x{v}" for k, v in phase["faults"].items()) or "-",
+        "duration (s)": phase.get("seconds", "-"),
         "notes": "; ".join(phase["notes"]).replace("|", "/")[:300] or "-",
     }
     if result is not None:
@@ -437,18 +440,31 @@ def parse_args() -> argparse.Namespace:
 
 def run_phases(args: argparse.Namespace, url: str, root: Path) -> list[dict[str, Any]]:
     """The phases not skipped, in order; a skipped one gets a row saying so."""
-    phases = [journal_phase(args, url, root)]
+    phases = [timed(journal_phase, args, url, root)]
     if "broker" in args.skip:
         phases[-1]["notes"].append("RabbitMQ restarts not run (--skip broker)")
     if "postgres" in args.skip:
         phases.append(skipped("postgres", "--skip postgres"))
     elif args.postgres_restarts:
-        phases.append(postgres_phase(args, url, root))
+        phases.append(timed(postgres_phase, args, url, root))
     if "disk-full" in args.skip:
         phases.append(skipped("disk full", "--skip disk-full"))
     else:
-        phases.append(disk_full_phase(args, url, root))
+        phases.append(timed(disk_full_phase, args, url, root))
     return phases
+
+
+def timed(
+    phase: Callable[[argparse.Namespace, str, Path], dict[str, Any]],
+    args: argparse.Namespace,
+    url: str,
+    root: Path,
+) -> dict[str, Any]:
+    """Run one phase and note how long it took (wall clock, start to audit)."""
+    started = time.monotonic()
+    result = phase(args, url, root)
+    result["seconds"] = round(time.monotonic() - started)
+    return result
 
 
 def main() -> int:
@@ -468,7 +484,7 @@ def main() -> int:
     failing = ("WEDGED", "not completed", "could not create", "daemon did not start")
     for phase in phases:
         result = phase["audit"]
-        print(f"{phase['phase']}: {phase['faults']} {phase['notes']}")
+        print(f"{phase['phase']}: {phase['faults']} {phase.get('seconds', '-')} s {phase['notes']}")
         ok = ok and not any(note.startswith(failing) for note in phase["notes"])
         if result is not None:
             print(result.summary())
