@@ -12,9 +12,13 @@ full disk. Three phases, each audited (tests/fuzz/fault_audit.py) once everythin
 2. postgres: the same on a PostgreSQL database made for the run, with PostgreSQL restarts;
 3. disk full: the data directory on a 64 MiB tmpfs, filled mid-study, then freed.
 
-It prints lost, told twice, stuck, without event and budget exactness per phase, and writes
-them into docs/hardening.md (`--no-doc` to skip). Exit status 0 only when every study of every
-phase is at exactly its budget with nothing lost, told twice or stuck.
+`--skip broker,postgres` leaves out the RabbitMQ restarts (of phase 1) and the PostgreSQL
+phase, for a machine whose servers others are using at the time (`--skip disk-full` the
+third phase); a skipped phase gets a row saying so. It prints lost, told twice, stuck, without
+event and budget exactness per phase, and writes them into docs/hardening.md (`--no-doc` to
+skip; `--note` adds a text to every row's notes, such as why phases were skipped). Exit status
+0 only when every study of every phase is at exactly its budget with nothing lost, told twice
+or stuck.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,7 @@ HEADER = [
     "stuck",
     "without event",
     "at exactly their budget",
+    "duration (s)",
     "notes",
 ]
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -365,6 +371,7 @@ def record(seed: int, phase: dict[str, Any]) -> None:
         "seed": seed,
         "phase": phase["phase"],
         "faults": ", ".join(f"{k} x{v}" for k, v in phase["faults"].items()) or "-",
+        "duration (s)": phase.get("seconds", "-"),
         "notes": "; ".join(phase["notes"]).replace("|", "/")[:300] or "-",
     }
     if result is not None:
@@ -382,14 +389,41 @@ def record(seed: int, phase: dict[str, Any]) -> None:
     update_table("faults", HEADER, ["commit", "seed", "phase"], row)
 
 
-def main() -> int:
+SKIPPABLE = ("broker", "postgres", "disk-full")
+
+
+def skip_list(text: str) -> frozenset[str]:
+    """`--skip broker,postgres`: the phases (or RabbitMQ restarts) to leave out."""
+    items = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = items - set(SKIPPABLE)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {sorted(unknown)}; choose from {SKIPPABLE}")
+    return items
+
+
+def skipped(name: str, why: str) -> dict[str, Any]:
+    """The row of a phase left out, so the table says it was not run."""
+    print(f"{name}: not run ({why})", flush=True)
+    return {"phase": name, "faults": {}, "audit": None, "notes": [f"not run ({why})"]}
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (`--skip broker` also sets `--rabbitmq-restarts 0`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--daemon-kills", type=int, default=60)
     parser.add_argument("--worker-kills", type=int, default=20)
     parser.add_argument("--torn", type=int, default=5, help="torn journal tails")
     parser.add_argument("--rabbitmq-restarts", type=int, default=2)
     parser.add_argument("--postgres-restarts", type=int, default=3)
-    parser.add_argument("--no-disk-full", action="store_true")
+    parser.add_argument("--no-disk-full", action="store_true", help="same as --skip disk-full")
+    parser.add_argument(
+        "--skip",
+        type=skip_list,
+        default=frozenset(),
+        help="comma-separated: broker (no RabbitMQ restarts), postgres (no PostgreSQL phase), "
+        "disk-full (no disk-full phase)",
+    )
+    parser.add_argument("--note", default="", help="added to the notes of every row written")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (-c 2 each)")
     parser.add_argument("--trials", type=int, default=60, help="largest budget of a study")
     parser.add_argument("--seed", type=int, default=1)
@@ -397,18 +431,51 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep data dirs, vhost, database")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/hardening.md")
     args = parser.parse_args()
+    if args.no_disk_full:
+        args.skip = args.skip | {"disk-full"}
+    if "broker" in args.skip:
+        args.rabbitmq_restarts = 0
+    return args
+
+
+def run_phases(args: argparse.Namespace, url: str, root: Path) -> list[dict[str, Any]]:
+    """The phases not skipped, in order; a skipped one gets a row saying so."""
+    phases = [timed(journal_phase, args, url, root)]
+    if "broker" in args.skip:
+        phases[-1]["notes"].append("RabbitMQ restarts not run (--skip broker)")
+    if "postgres" in args.skip:
+        phases.append(skipped("postgres", "--skip postgres"))
+    elif args.postgres_restarts:
+        phases.append(timed(postgres_phase, args, url, root))
+    if "disk-full" in args.skip:
+        phases.append(skipped("disk full", "--skip disk-full"))
+    else:
+        phases.append(timed(disk_full_phase, args, url, root))
+    return phases
+
+
+def timed(
+    phase: Callable[[argparse.Namespace, str, Path], dict[str, Any]],
+    args: argparse.Namespace,
+    url: str,
+    root: Path,
+) -> dict[str, Any]:
+    """Run one phase and note how long it took (wall clock, start to audit)."""
+    started = time.monotonic()
+    result = phase(args, url, root)
+    result["seconds"] = round(time.monotonic() - started)
+    return result
+
+
+def main() -> int:
+    args = parse_args()
 
     vhost = None if args.amqp_url else f"hpod-faults-{args.seed}-{os.getpid()}"
     url = args.amqp_url or create_vhost(vhost or "")
     root = Path(tempfile.mkdtemp(prefix="hpod-faults-"))
     print(f"logs and data in {root}", flush=True)
-    phases = []
     try:
-        phases.append(journal_phase(args, url, root))
-        if args.postgres_restarts:
-            phases.append(postgres_phase(args, url, root))
-        if not args.no_disk_full:
-            phases.append(disk_full_phase(args, url, root))
+        phases = run_phases(args, url, root)
     finally:
         if vhost and not args.keep:
             delete_vhost(vhost)
@@ -417,12 +484,14 @@ def main() -> int:
     failing = ("WEDGED", "not completed", "could not create", "daemon did not start")
     for phase in phases:
         result = phase["audit"]
-        print(f"{phase['phase']}: {phase['faults']} {phase['notes']}")
+        print(f"{phase['phase']}: {phase['faults']} {phase.get('seconds', '-')} s {phase['notes']}")
         ok = ok and not any(note.startswith(failing) for note in phase["notes"])
         if result is not None:
             print(result.summary())
             ok = ok and result.exact == len(result.studies) and result.lost == 0
             ok = ok and result.told_twice == 0 and result.stuck == 0
+        if args.note:  # first, so the 300 characters of the notes cell keep it
+            phase["notes"].insert(0, args.note)
         if not args.no_doc:
             record(args.seed, phase)
     if not args.keep:
