@@ -87,13 +87,22 @@ class Daemonless:
         """Play the worker: tell every trial in flight of study `name` complete. A result
         whose tell fails on storage is left for the next call, as the intake requeues it."""
         run = self.manager.runs.get(name)
-        numbers = list(run.inflight) if run else []
-        for number in numbers:
+        flights = list(run.inflight.values()) if run else []
+        for flight in flights:
+            # A whole worker result (hpod.workers.messages.TrialResult): trial id, attempt
+            # and params are checked against the trial in flight.
+            result = {
+                "study": name,
+                "trial_id": flight.trial.trial_id,
+                "number": flight.trial.number,
+                "attempt": flight.attempt,
+                "params": flight.trial.params,
+                "state": "complete",
+                "values": [1.0],
+            }
             with contextlib.suppress(OSError, JournalGroupError):
-                await self.manager.on_worker_result(
-                    {"study": name, "number": number, "state": "complete", "values": [1.0]}
-                )
-        return len(numbers)
+                await self.manager.on_worker_result(result)
+        return len(flights)
 
 
 @pytest.fixture
@@ -209,7 +218,8 @@ async def test_a_crashed_loop_gives_back_its_slots_and_other_studies_dispatch(
     results come (nothing lost, nothing told twice)."""
     await daemon.manager.create(StudySpec.model_validate(quadratic("a", trials=6)))
     await daemon.until(lambda: daemon.manager.limits.inflight == 2)
-    in_flight = sorted(daemon.manager.runs["a"].inflight)
+    flights = dict(daemon.manager.runs["a"].inflight)
+    in_flight = sorted(flights)
     original_fill = StudyRun._fill
 
     async def failing_fill(self: StudyRun) -> None:
@@ -228,12 +238,18 @@ async def test_a_crashed_loop_gives_back_its_slots_and_other_studies_dispatch(
     assert daemon.manager.limits.inflight == 2
     # The results of a's dispatched trials arrive later: told once, not lost.
     for number in in_flight:
-        await daemon.manager.on_worker_result(
-            {"study": "a", "number": number, "state": "complete", "values": [0.5]}
-        )
-        await daemon.manager.on_worker_result(
-            {"study": "a", "number": number, "state": "complete", "values": [0.5]}
-        )
+        flight = flights[number]  # a whole worker result: checked against the stored trial
+        result = {
+            "study": "a",
+            "trial_id": flight.trial.trial_id,
+            "number": number,
+            "attempt": flight.attempt,
+            "params": flight.trial.params,
+            "state": "complete",
+            "values": [0.5],
+        }
+        await daemon.manager.on_worker_result(result)
+        await daemon.manager.on_worker_result(result)
     told = [e["trial"] for e in daemon.events if e["event"] == "trial.completed"]
     assert sorted(told) == in_flight
     assert (await daemon.manager.status("a"))["counts"] == {"complete": 2}
