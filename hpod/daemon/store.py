@@ -53,6 +53,12 @@ log = structlog.get_logger("hpod.store")
 T = TypeVar("T")
 #: Study attribute: why hpod marked the study `failed` (kept across restarts).
 FAILURE_ATTR = "hpod:failure"
+#: Study attribute: numbers of trials told by the daemon itself (cache hits, skips, a last
+#: attempt expired) whose `trial.*` event may not have gone out yet. No broker message backs
+#: such a tell, so nothing would redeliver it after a crash: the note is written in the same
+#: durable group as the tell and cleared once the event is published; recovery publishes the
+#: events still noted (events are at least once).
+EVENTS_OWED_ATTR = "hpod:events_owed"
 #: Optuna study objects kept open for studies without a running loop (status, direct tells);
 #: those of running loops are always kept (their samplers carry state).
 OPEN_STUDIES = 64
@@ -527,14 +533,21 @@ class StudyStore:
         tell_values = values if state == "complete" else None
         return study.tell(number, tell_values, state=STATES[state], skip_if_finished=True)
 
-    def tell_many(self, spec: StudySpec, outcomes: list[Outcome]) -> list[FrozenTrial | None]:
+    def tell_many(
+        self, spec: StudySpec, outcomes: list[Outcome], owe_events: bool = False
+    ) -> list[FrozenTrial | None]:
         """Tell several outcomes in one durable write group; None for those already told.
 
         The cost of each evaluation is stored on its trial (`hpod:cost`) before the tell, in
-        the same group: the efficiency report reads it from storage.
+        the same group: the efficiency report reads it from storage. With `owe_events` (no
+        broker message backs these outcomes) their events are noted as owed in the same group
+        (`EVENTS_OWED_ATTR`), until `settle_events`.
         """
         told: list[FrozenTrial | None] = []
         with storage_group(self.storage):
+            if owe_events:
+                owed = set(self.owed_events(spec.name)) | {o.number for o in outcomes}
+                self.set_attr(spec.name, EVENTS_OWED_ATTR, sorted(owed))
             for o in outcomes:
                 if o.cost:
                     trial_id = self._trial_id(spec, o.number)
@@ -542,6 +555,21 @@ class StudyStore:
                         self.storage.set_trial_user_attr(trial_id, COST_ATTR, o.cost)
                 told.append(self.tell(spec, o.number, o.state, o.values, o.error))
         return told
+
+    def owed_events(self, name: str) -> list[int]:
+        """Trial numbers of study `name` whose events may not have been published (see
+        `EVENTS_OWED_ATTR`); a value that is not a list of numbers counts as none."""
+        value = self._attrs(name).get(EVENTS_OWED_ATTR)
+        if not isinstance(value, list):
+            return []
+        return [n for n in value if isinstance(n, int) and not isinstance(n, bool)]
+
+    def settle_events(self, name: str, numbers: list[int]) -> None:
+        """The events of trials `numbers` of study `name` are published: no longer owed."""
+        owed = self.owed_events(name)
+        left = [n for n in owed if n not in set(numbers)]
+        if left != owed:
+            self.set_attr(name, EVENTS_OWED_ATTR, left)
 
     def _trial_id(self, spec: StudySpec, number: int) -> int:
         study = self.open(spec)

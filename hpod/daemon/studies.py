@@ -280,6 +280,23 @@ class StudyRun:
                 await self._dispatch([(asked, self._task_plan(asked))], attempt=1)
         if pending:
             log.info("study.recovered", study=self.name, in_flight=len(self.inflight))
+        await self._publish_owed({t.number: t for t in trials})
+
+    async def _publish_owed(self, trials: dict[int, FrozenTrial]) -> None:
+        """Publish the events a crash may have kept from going out: those of trials the
+        daemon told itself (no broker message would bring them back; see
+        `hpod.daemon.store.EVENTS_OWED_ATTR`). A consumer may see such an event twice, with
+        the same outcome; never zero times."""
+        owed = await self.store.call(self.store.owed_events, self.name)
+        if not owed:
+            return
+        finished = [trials[n] for n in owed if n in trials and trials[n].state in FINISHED]
+        for frozen in finished:
+            result = Result(frozen.number, STATE_NAMES[frozen.state], frozen.values)
+            await publish_told(self.bus, self.name, result, frozen)
+        # Owed but not finished: the tell never happened; it is told (and noted) again later.
+        await self.store.call(self.store.settle_events, self.name, owed)
+        log.info("study.events_republished", study=self.name, trials=[t.number for t in finished])
 
     def _deadline(self, pack: int = 1) -> float:
         timeout = self.spec.trial_timeout * pack
@@ -411,7 +428,7 @@ class StudyRun:
         if to_dispatch:
             await self._dispatch(to_dispatch, attempt=1, asked_at=asked_at, daemon=daemon)
         if skipped:
-            await self.on_results(skipped)
+            await self.on_results(skipped, owed=True)
 
     def _event(self, asked: AskedTrial) -> TrialEvent:
         """A just-asked trial as the policies see it, its task at the plan's base."""
@@ -544,7 +561,8 @@ class StudyRun:
                 await self._dispatch([(flight.trial, flight.plan)], flight.attempt + 1)
             else:
                 error = f"no result after {flight.attempt} attempts (worker lost or stuck)"
-                await self.on_result(Result(flight.trial.number, "failed", error=error))
+                result = Result(flight.trial.number, "failed", error=error)
+                await self.on_results([result], owed=True)
 
     # --- results -----------------------------------------------------------------------
 
@@ -552,9 +570,17 @@ class StudyRun:
         """Tell Optuna a trial's outcome and publish it; False if it was already told."""
         return (await self.on_results([result]))[0]
 
-    async def on_results(self, results: list[Result]) -> list[bool]:
+    async def on_results(self, results: list[Result], owed: bool = False) -> list[bool]:
         """Tell several outcomes in one durable write, then publish them; for each, whether
-        it was told now (False: it had been told before)."""
+        it was told now (False: it had been told before).
+
+        `owed`: the daemon decided these outcomes itself (a cache hit, a trial failed after
+        its last attempt), so no broker message is redelivered if the daemon dies between the
+        tell and the events. Their events are then noted as owed in the same durable write and
+        settled once published; recovery publishes those still owed (`_publish_owed`).
+        Results from a message need no note: the message is acknowledged after the events,
+        and a redelivered one republishes them (`StudyManager.on_worker_result`).
+        """
         parts = self._split(results, time.time())
         outcomes = []
         for result in results:
@@ -567,7 +593,7 @@ class StudyRun:
             if cost is not None and flight is not None and flight.plan.get("cache"):
                 cost.setdefault("cache", flight.plan["cache"])
             outcomes.append(Outcome(result.number, result.state, result.values, result.error, cost))
-        told = await self._timed("storage", self.store.tell_many, self.spec, outcomes)
+        told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
         answers = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
@@ -591,6 +617,9 @@ class StudyRun:
                     )
                 )
             await publish_told(self.bus, self.name, result, frozen)
+        if owed:
+            numbers = [result.number for result in results]
+            await self._timed("storage", self.store.settle_events, self.name, numbers)
         self.wake.set()
         return answers
 
