@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # --- E: memory bounds (issue 12, finding 8) ---
+    # --- memory bounds of what the daemon keeps per study ---
     max_finished_study_series: int = Field(
         default=200,
         gt=0,
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Open GET /events streams at once; one more is answered 503.",
     )
-    # --- C: study failure and storage faults (issue 12) ---
+    # --- study failure and storage faults ---
     study_max_failures: int = Field(
         default=3,
         ge=1,
@@ -228,7 +228,7 @@ class Settings(BaseSettings):
         """Where the daemon's HTTP API listens, as a client would call it."""
         return f"http://{self.http_host}:{self.http_port}"
 
-    # --- B: intake and broker (issue 12) ---------------------------------------------------
+    # --- intake and broker ---
     redelivery_max_attempts: int = Field(
         default=5,
         ge=1,

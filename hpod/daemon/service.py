@@ -156,7 +156,7 @@ class Daemon:
         ]
         if self._manager is not None:
             self._manager.modes = modes
-            # A: `objectives` is reloadable: a fresh registry over the new setting (issue 17).
+            # `objectives` is reloadable: a fresh registry over the new setting (issue 17).
             self._manager.registry = type(self._manager.registry)(self.settings.objectives)
             self._manager.limits.max_inflight = self.settings.max_inflight
             await self._manager.replan()

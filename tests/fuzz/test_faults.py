@@ -100,7 +100,7 @@ def test_kill9_of_daemon_and_workers_loses_nothing_and_tells_nothing_twice(
     assert result.no_event == 0, result.summary()
 
 
-# EXPECTED BEHAVIOUR (issue 12, designed by helper C; adjust here if the design differs): a
+# Issue 12 (docs/operations.md, "A journal that does not parse"): a
 # journal that does not parse is refused at start: `hpod run` exits with code 2 and a message
 # naming the journal file and the line, instead of starting on a partial history or dying
 # with a bare traceback.
