@@ -641,10 +641,12 @@ def _check_depth(text: str, max_depth: int) -> None:
     """Refuse JSON nested deeper than `max_depth`, before any parser recurses into it.
 
     Written by hand because the standard library's parser has no depth limit (a 2 KB array
-    nested 1,000 deep raises RecursionError) and no JSON library in hpod's dependencies has
-    one. It counts [ and { outside strings: strings are skipped with the C scanner json.loads
-    itself uses, and the text between two strings is scanned bracket by bracket only when
-    its opening brackets could reach the limit, so a normal message costs a few str.count
+    nested 1,000 deep raises RecursionError), and pydantic-core's parser, which stops at a
+    fixed 200 levels, refuses a lone surrogate as a parse error (so the field holding it could
+    not be named, as `check_json_values` does) and cannot take the protocol's 32. It counts
+    [ and { outside strings: strings are skipped with the C scanner json.loads itself uses,
+    and the text between two strings is scanned bracket by bracket only when its opening
+    brackets could reach the limit, so a normal message costs a few str.count
     per string (at worst ~0.3 s for a 1 MiB message of tiny strings; bounded by the size).
     """
     if text.count("[") + text.count("{") <= max_depth:

@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import quadratic_spec
 from optuna.trial import TrialState
 
 from hpod.config import Settings
@@ -39,18 +40,8 @@ HUGE_SPACE = {
 
 
 def quadratic(name: str, trials: int = 6, **extra: Any) -> dict[str, Any]:
-    """A small quadratic study, as a request would carry it."""
-    return {
-        "name": name,
-        "objective": "quadratic",
-        "space": {
-            "x": {"type": "float", "low": -2.0, "high": 2.0},
-            "y": {"type": "float", "low": -2.0, "high": 2.0},
-        },
-        "budget": {"trials": trials},
-        "sampler": {"name": "random", "seed": 0},
-        **extra,
-    }
+    """A small quadratic study, as a request would carry it (conftest's, with 6 trials)."""
+    return quadratic_spec(name, trials, **extra)
 
 
 class Daemonless:
