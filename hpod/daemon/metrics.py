@@ -227,6 +227,12 @@ class Metrics:
         if frozen.state == TrialState.PRUNED:
             self.prunes.labels(study, rung_label(len(frozen.intermediate_values))).inc()
 
+    def looked_up(self, outcome: object) -> None:
+        """Count a trial the caching policy looked up and did not find (`LOOKUP_NOTE` is
+        "miss"); hits are counted by `skipped`, as the trial is told without evaluation."""
+        if outcome == "miss":
+            self.cache_misses.inc()
+
     def skipped(self, reason: str) -> None:
         """Count a trial a policy answered without an evaluation: a cache hit when the reason
         is the caching policy's (`CACHE`, the one spelling it raises)."""

@@ -37,6 +37,7 @@ from hpod.engine import (
 from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
+from hpod.policies.caching import LOOKUP_NOTE
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
@@ -420,6 +421,7 @@ class StudyRun:
                     Result(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
                 )
                 continue
+            self.metrics.looked_up(event.notes.get(LOOKUP_NOTE))
             if event.notes.get("cache"):
                 event.task["cache"] = event.notes["cache"]
             to_dispatch.append((asked, event.task))

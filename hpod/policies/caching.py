@@ -13,6 +13,9 @@ from typing import Any
 from hpod.cache import CACHE, ResultCache, cache_key
 from hpod.policies._base import Policy, SkipEvaluation, TrialEvent
 
+#: The note a trial gets when the cache was looked up for it: "hit", "partial" or "miss".
+LOOKUP_NOTE = "cache_lookup"
+
 
 class CachePolicy(Policy):
     """Serves and fills the shared result cache."""
@@ -29,13 +32,19 @@ class CachePolicy(Policy):
         )
 
     def before_dispatch(self, trial: TrialEvent) -> None:
-        """Tell a full-data hit now; attach cached lower rungs to the task."""
+        """Tell a full-data hit now; attach cached lower rungs to the task.
+
+        A trial whose full-data result was looked up and not found is noted a miss (the
+        metrics count it), also when some lower rungs were found: its full evaluation runs.
+        Before any result of the objective is known there is nothing to look up, no note.
+        """
         if trial.spec.objective is None:
             return
         version = self.cache.objective_version(trial.spec.objective)
         if version is None:  # no result of this objective seen yet: nothing can be cached
             return
         full = self.cache.get(self._key(trial, version, 1.0))
+        trial.notes[LOOKUP_NOTE] = "hit" if full is not None else "miss"
         if full is not None:
             cost = {"cpu": 0.0, "data": 0.0, CACHE: "hit", "cached_cpu": full.get("cpu")}
             raise SkipEvaluation(list(full["values"]), CACHE, cost)

@@ -14,7 +14,7 @@ from hpod.cache import ResultCache
 from hpod.modes import load_modes
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
-from hpod.policies.caching import CachePolicy
+from hpod.policies.caching import LOOKUP_NOTE, CachePolicy
 from hpod.policies.compose import resolve_plan
 from hpod.policies.fidelity import evaluate
 from hpod.policies.pruning import ThresholdPruner, build_pruners, fidelity_step, should_prune
@@ -252,7 +252,8 @@ def test_the_cache_serves_full_results_and_lower_rungs(tmp_path: Path) -> None:
     configuration pruned earlier gets its cached rung on its task."""
     policy = CachePolicy(ResultCache(tmp_path, None, 10))
     trial = event()
-    policy.before_dispatch(trial)  # nothing known yet: dispatched
+    policy.before_dispatch(trial)  # nothing known yet: dispatched, not looked up
+    assert LOOKUP_NOTE not in trial.notes
     rungs = [[0.111111, 0.5, False, 0.1], [0.333333, 0.4, False, 0.2], [1.0, 0.3, False, 1.0]]
     cost = {"objective_version": "1", "rungs": rungs, "full_cpu": 1.0}
     policy.after_tell(event(state="complete", values=[0.3], cost=cost))
@@ -265,6 +266,7 @@ def test_the_cache_serves_full_results_and_lower_rungs(tmp_path: Path) -> None:
     again.task["ladder"] = [0.111111, 0.333333, 1.0]
     policy.before_dispatch(again)
     assert again.task["cached"] == {"0.111111": [0.8]}
+    assert again.notes[LOOKUP_NOTE] == "miss"  # a lower rung is no full result
 
 
 def test_the_cache_key_covers_data_version_and_params(tmp_path: Path) -> None:
