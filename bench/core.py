@@ -1,9 +1,11 @@
-"""Core benchmark: latency to first dispatch, trials/s through RabbitMQ + Celery, idle memory.
+"""Core benchmark: latency to first dispatch, trials/s through RabbitMQ + Celery, idle memory,
+and wall-clock against plain Optuna for objectives that take time.
 
 Each figure is printed next to a baseline measured in the same run on the same machine (plain
 Optuna on the same kind of storage), because shared machines are noisy: read the ratios.
 
     python bench/core.py [--trials 300] [--amqp amqp://guest:guest@127.0.0.1:5672/%2F]
+    python bench/core.py --only wallclock      # just the wall-clock table (~10 min)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +284,149 @@ def overhead_table(amqp: str, tmp: Path, trials: int, concurrency: int) -> str:
     return "\n".join(lines)
 
 
+#: The wall-clock runs: (objective seconds, trials per study). A 1 s objective gets fewer.
+WALLCLOCK_COSTS = ((0.01, 100), (0.1, 60), (1.0, 16))
+
+
+def http_call(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    """One call to the daemon's HTTP API with its token; the decoded JSON answer."""
+    url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", f"Bearer {env['HPOD_API_TOKEN']}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def daemon_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the daemon process itself, not of its children."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def hpod_wallclock(
+    env: dict[str, str], daemon_pid: int, sleep: float, trials: int, workers: int, sampler: str
+) -> dict[str, float]:
+    """One study of `quadratic` sleeping `sleep` s per trial, `workers` trials in flight:
+    seconds from the request to the daemon's `completed`, daemon CPU seconds, and the
+    timeline's mean hpod share per trial (daemon + transport, `hpod.daemon.timeline`)."""
+    name = f"wall-{uuid.uuid4().hex[:8]}"
+    study = {
+        "name": name,
+        "objective": "quadratic",
+        "objective_kwargs": {"sleep": sleep},
+        "space": SPACE,
+        "budget": {"trials": trials},
+        "max_concurrent": workers,
+        "sampler": {"name": sampler, "seed": 0},
+        "mode": "bench-unbatched",
+    }
+    # The end is read from the daemon's event stream, not by polling: a poll costs the
+    # daemon CPU (a status document) and would be counted as its own.
+    url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}/events?study={name}"
+    with urllib.request.urlopen(url, timeout=600) as stream:
+        cpu0 = daemon_cpu(daemon_pid)
+        t0 = time.perf_counter()
+        http_call(env, "POST", "/studies", study)
+        for line in stream:
+            if (
+                line.startswith(b"data: ")
+                and json.loads(line[6:]).get("event") == "study.completed"
+            ):
+                break
+        wall = time.perf_counter() - t0
+        cpu = daemon_cpu(daemon_pid) - cpu0
+    status = http_call(env, "GET", f"/studies/{name}")
+    per_trial = (status.get("efficiency") or {}).get("time_per_trial") or {}
+    return {
+        "wall": wall,
+        "daemon_cpu": cpu,
+        "overhead": float(per_trial.get("overhead") or float("nan")),
+    }
+
+
+def plain_wallclock(
+    tmp: Path, sleep: float, trials: int, workers: int, sampler: str
+) -> dict[str, float]:
+    """Plain Optuna in one process, journal file, the same objective, `workers` threads
+    (`n_jobs`; the objective sleeps, so threads overlap as worker processes do): wall
+    seconds and the process's CPU seconds (sampler + storage: sleeping costs none)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(tmp / f"plain-{uuid.uuid4().hex[:6]}")))
+    chosen = (
+        optuna.samplers.RandomSampler(seed=0)
+        if sampler == "random"
+        else optuna.samplers.TPESampler(seed=0)
+    )
+    study = optuna.create_study(storage=storage, sampler=chosen)
+
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+        time.sleep(sleep)
+        return (x - 0.5) ** 2 + (y - 0.5) ** 2
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    study.optimize(objective, n_trials=trials, n_jobs=workers)
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+
+
+def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -> str:
+    """hpod's wall-clock to run a study against plain Optuna's, in the same run.
+
+    For each transport (RabbitMQ + a Celery worker; the embedded default with its local
+    worker processes), each number of workers and each sampler: one daemon, studies of
+    10 ms, 100 ms and 1 s trials with as many trials in flight as workers. "hpod per trial"
+    is (hpod's wall - plain's) / trials: what a user waits for hpod. "timeline" is the
+    daemon's own per-trial split (daemon + transport). Daemon CPU per trial is beside plain
+    Optuna's whole CPU per trial (its sampler and storage, in one process).
+    """
+    lines = [
+        "| transport | workers | sampler | trial | trials | hpod wall s | plain wall s "
+        "| ratio | hpod per trial ms | timeline ms | daemon CPU/trial ms | plain CPU/trial ms |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    transports = [("RabbitMQ", amqp)] if amqp else []
+    transports.append(("embedded", None))
+    for transport, url in transports:
+        for workers in worker_counts:
+            settings = {"local_workers": str(workers)} if url is None else {"broker_url": url}
+            env = env_for(tmp / f"wall-{transport}-{workers}", **settings, max_inflight="64")
+            daemon = start(["run"] if url is None else ["run", "--no-workers"], env)
+            worker = (
+                start(["worker", "-c", str(workers), "-n", f"wall-{os.getpid()}@%h"], env)
+                if url is not None
+                else None
+            )
+            try:
+                wait_healthy(env)
+                time.sleep(3)  # workers connected and warm before anything is timed
+                hpod_wallclock(env, daemon.pid, 0.0, 8, workers, "random")  # warm-up
+                for sampler in ("random", "tpe"):
+                    for sleep, trials in WALLCLOCK_COSTS:
+                        h = hpod_wallclock(env, daemon.pid, sleep, trials, workers, sampler)
+                        p = plain_wallclock(tmp, sleep, trials, workers, sampler)
+                        row = (
+                            f"| {transport} | {workers} | {sampler} | {sleep * 1000:.0f} ms "
+                            f"| {trials} | {h['wall']:.2f} | {p['wall']:.2f} "
+                            f"| {h['wall'] / p['wall']:.2f}x "
+                            f"| {(h['wall'] - p['wall']) / trials * 1000:.1f} "
+                            f"| {h['overhead'] * 1000:.1f} "
+                            f"| {h['daemon_cpu'] / trials * 1000:.1f} "
+                            f"| {p['cpu'] / trials * 1000:.1f} |"
+                        )
+                        print(row, flush=True)
+                        lines.append(row)
+            finally:
+                if worker is not None:
+                    stop(worker)
+                stop(daemon)
+    return "\n".join(lines)
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `path`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -306,11 +452,23 @@ def main() -> None:
     parser.add_argument(
         "--memory-only", action="store_true", help="only the idle daemon's memory (no broker)"
     )
+    parser.add_argument(
+        "--only",
+        choices=["wallclock"],
+        help="only this measurement (wallclock: hpod's wall-clock against plain Optuna's)",
+    )
+    parser.add_argument(
+        "--workers", default="1,4", help="worker counts of the wall-clock table (default 1,4)"
+    )
     args = parser.parse_args()
+    counts = [int(c) for c in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.memory_only:
             print_idle_memory(tmp)
+            return
+        if args.only == "wallclock":
+            write_section(Path(args.out), "wallclock", wallclock_table(args.amqp, tmp, counts))
             return
         lat = bench_first_dispatch(args.amqp, tmp, args.dispatches)
         p50, p90 = statistics.median(lat), statistics.quantiles(lat, n=10)[-1]
@@ -327,6 +485,7 @@ def main() -> None:
             + ", ".join(f"{k} {v:.0f} trials/s" for k, v in rates.items())
             + f" (WAL/plain SQLite = {rates['wal'] / rates['sqlite']:.1f})"
         )
+        write_section(Path(args.out), "wallclock", wallclock_table(args.amqp, tmp, counts))
         print_idle_memory(tmp)
 
 

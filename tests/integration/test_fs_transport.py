@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -167,6 +168,35 @@ def test_round_trip_json(connect: Callable[..., Connection], folders: tuple[Path
         conn.drain_events(timeout=2)
     assert received == [({"trial": 7, "params": {"lr": 0.1}}, "application/json")]
     assert _names(folders[0]) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the wake-up uses inotify (Linux)")
+def test_a_waiting_consumer_wakes_when_a_message_lands(
+    connect: Callable[..., Connection],
+) -> None:
+    """With a polling interval of a minute, a consumer waiting in `drain_events` still gets a
+    message published from another connection at once: it waits on the folder's inotify
+    watch, not by sleeping out the interval (which cost every trial of the embedded default
+    the interval twice). The bound below is a tenth of the interval, not a speed figure."""
+    consumer, producer = connect(polling_interval=60.0), connect(polling_interval=60.0)
+    queue = Queue("jobs", routing_key="jobs")
+    received: list[Any] = []
+
+    def on_message(body: Any, message: Message) -> None:
+        received.append(body)
+        message.ack()
+
+    with Consumer(consumer, [queue], callbacks=[on_message], accept=["json"]):
+        with pytest.raises(TimeoutError):
+            consumer.drain_events(timeout=0.2)  # nothing there yet: waits, then times out
+        sender = threading.Timer(0.3, _publish, (producer, "late"))
+        sender.start()
+        started = time.monotonic()
+        consumer.drain_events(timeout=30)
+        waited = time.monotonic() - started
+        sender.join()
+    assert received == [{"id": "late"}]
+    assert waited < 6.0, f"woke after {waited:.1f} s: slept out the polling interval"
 
 
 def test_alias_resolves_for_kombu_and_celery(folders: tuple[Path, Path]) -> None:
