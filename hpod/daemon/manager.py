@@ -424,6 +424,7 @@ class StudyManager:
             told = await run.on_result(result)
         else:
             told = await self._tell_directly(spec, result)
+        self._note_told(request.study, run, [request.trial])
         return {"study": request.study, "trial": request.trial, "already_told": not told}
 
     async def enqueue(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -594,18 +595,33 @@ class StudyManager:
             told = await run.on_results(accepted) if accepted else []
         else:
             told = [await self._tell_directly(spec, result) for result in accepted]
+        self._note_told(study, run, [r.number for r in [*accepted, *duplicates]])
         stale = [r for r, was_told in zip(accepted, told, strict=True) if not was_told]
         for again in [*stale, *duplicates] if redelivered else []:
             frozen = await self.store.call(self.store.trial, spec, again.number)
             await publish_told(self.bus, spec.name, again, frozen)
+
+    def _note_told(self, study: str, told_by: StudyRun | None, numbers: list[int]) -> None:
+        """Trials `numbers` of `study` are finished in storage, told by the loop `told_by`
+        (None: directly). A loop of the study that started while the tell was on its way
+        (a restart after a storage outage) may have read them RUNNING and taken them for
+        in flight: it learns they are told, instead of waiting for their trial timeout."""
+        current = self.runs.get(study)
+        if current is not None and current is not told_by and numbers:
+            current.note_told(numbers)
 
     async def _match(
         self, spec: StudySpec, run: StudyRun | None, result: TrialResult
     ) -> Expected | str | None:
         """The trial in flight `result` is for (what it is checked against), None if that
         trial was told already (a second evaluation), or why the result is refused (part of
-        `on_worker_result`)."""
-        if run is not None:
+        `on_worker_result`).
+
+        A loop still recovering (restarted after a storage outage, say) does not know its
+        trials in flight yet: its results are checked against the stored trial, as those of a
+        study without a loop are. Refused, they were dead-lettered, and the loop then waited
+        for them until their trial timeout."""
+        if run is not None and not run.recovering:
             flight = run.inflight.get(result.number)
             if flight is None:
                 if result.number in run.told:
