@@ -342,10 +342,22 @@ class StudyManager:
         spec = spec.model_copy(update={"mode": mode})
         await self._check_study_limit(spec.name)
         created = await self.store.call(self.store.create, spec)
+        if not created:
+            created = await self._stored_but_not_started(spec.name)
         if created:
             await self.bus.event("study.created", spec.name, spec=spec.model_dump(mode="json"))
             await self._start_run(spec)
         return {"created": created, **await self.status(spec.name)}
+
+    async def _stored_but_not_started(self, name: str) -> bool:
+        """Whether study `name` is stored as running with no loop here, none failed and
+        waiting to restart: its create's last write (the spec) landed though the create
+        raised (a database's COMMIT whose answer a broken connection lost), so neither the
+        loop nor `study.created` followed. The create's retry finishes it."""
+        if name in self.runs or name in self._supervision:
+            return False
+        attrs = await self.store.call(self.store.study_attrs, name)
+        return attrs.get(STATE_ATTR) == "running"
 
     async def _check_study_limit(self, name: str) -> None:
         """Refuse a new study beyond `max_studies` (a repeated create of one is answered)."""
@@ -636,9 +648,11 @@ class StudyManager:
                 return exc.message
             if frozen.state in FINISHED:
                 return None
-            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0) or 0)
             if frozen.state != TrialState.RUNNING or frozen.user_attrs.get(EXTERNAL_ATTR):
                 return f"trial {result.number} is not running on hpod's workers"
+            # A task is published before its dispatch mark is written: a mark lost to a
+            # storage outage in between leaves the stored attempt one behind the task's.
+            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0) or 0) + 1
             expected = _expected(spec, frozen._trial_id, frozen.params, attempt)
         problem = check_result(result, expected)
         return expected if problem is None else problem

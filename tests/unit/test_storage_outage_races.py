@@ -209,3 +209,95 @@ async def test_a_tell_whose_commit_landed_though_it_failed_is_not_told_twice(
     await daemon.manager.on_worker_result(results[1])
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
+
+
+async def test_a_create_whose_last_commit_landed_though_it_failed_starts_on_the_retry(
+    daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stored the study's spec (the create's last write), then the connection
+    broke before the client saw the COMMIT: the create raises and the intake retries it. The
+    retry finds the study stored with the very same spec; it used to answer `created: false`
+    and leave the study stored as running with no loop (and no `study.created`) until the
+    daemon restarted. Now the retry starts it, and the study runs to its budget."""
+    store = daemon.store
+    original = store.create
+    left = [commit_error()]
+
+    def landed_then_failed(spec: StudySpec) -> bool:
+        created = original(spec)
+        if left:
+            raise left.pop()
+        return created
+
+    monkeypatch.setattr(store, "create", landed_then_failed)
+    spec = StudySpec.model_validate(quadratic("pg", trials=2))
+    with pytest.raises(StorageInternalError):
+        await daemon.manager.create(spec)
+    assert "pg" not in daemon.manager.runs and daemon.event_names("pg") == []
+    reply = await daemon.manager.create(spec)
+    assert reply["created"] is True and reply["running"] is True
+    again = await daemon.manager.create(spec)  # a third time: nothing more happens
+    assert again["created"] is False and again["running"] is True
+    assert daemon.event_names("pg").count("study.created") == 1
+    for _ in range(int(WITHIN / 0.05)):
+        if "study.completed" in daemon.event_names("pg"):
+            break
+        await daemon.answer("pg")
+        await asyncio.sleep(0.05)
+    assert (await daemon.manager.status("pg"))["counts"] == {"complete": 2}
+
+
+async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
+    daemon: Daemonless, refused: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task is published before its dispatch mark is written; PostgreSQL goes away in
+    between, so the mark is lost and the loop crashes. The worker's result, arriving while
+    no loop runs, was refused as "attempt 1 was never dispatched (latest 0)" and the trial
+    evaluated again by the restarted loop. The stored mark can lag one attempt behind what
+    was published: the result is told, and the restarted loop dispatches nothing again."""
+    restart_gate = asyncio.Event()
+    original_restart = StudyManager._restart
+
+    async def held_restart(self: StudyManager, spec: StudySpec, delay: float) -> None:
+        await restart_gate.wait()
+        await original_restart(self, spec, delay)
+
+    monkeypatch.setattr(StudyManager, "_restart", held_restart)
+    published: list[dict[str, Any]] = []
+    bus = daemon.bus
+    real_dispatch, real_pack = bus.dispatch, bus.dispatch_pack
+
+    async def dispatch(message: dict[str, Any], **limits: float) -> None:
+        published.append(message)
+        await real_dispatch(message, **limits)
+
+    async def dispatch_pack(messages: list[dict[str, Any]], **limits: float) -> None:
+        published.extend(messages)
+        await real_pack(messages, **limits)
+
+    monkeypatch.setattr(bus, "dispatch", dispatch)
+    monkeypatch.setattr(bus, "dispatch_pack", dispatch_pack)
+    left = [commit_error()]
+    real_mark = daemon.store.mark_dispatched_many
+
+    def mark_lost(trial_ids: list[int], attempt: int) -> None:
+        if left:
+            raise left.pop()
+        real_mark(trial_ids, attempt)
+
+    monkeypatch.setattr(daemon.store, "mark_dispatched_many", mark_lost)
+    await daemon.manager.create(StudySpec.model_validate(quadratic("pg", trials=1)))
+    await daemon.until(lambda: not left and "pg" not in daemon.manager.runs)
+    assert [m["number"] for m in published] == [0]
+    for message in published:
+        await daemon.manager.on_worker_result(
+            {
+                **{k: message[k] for k in ("study", "number", "trial_id", "attempt", "params")},
+                "state": "complete",
+                "values": [0.5],
+            }
+        )
+    assert refused == []
+    restart_gate.set()
+    assert await completed(daemon, "pg") == [0]
+    assert [m["number"] for m in published] == [0]  # not evaluated twice
