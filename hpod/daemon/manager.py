@@ -345,6 +345,8 @@ class StudyManager:
         if not created:
             created = await self._stored_but_not_started(spec.name)
         if created:
+            # Claimed before the next await: a concurrent create of it does not start it too.
+            self._supervision.setdefault(spec.name, Supervision())
             await self.bus.event("study.created", spec.name, spec=spec.model_dump(mode="json"))
             await self._start_run(spec)
         return {"created": created, **await self.status(spec.name)}
@@ -357,7 +359,8 @@ class StudyManager:
         if name in self.runs or name in self._supervision:
             return False
         attrs = await self.store.call(self.store.study_attrs, name)
-        return attrs.get(STATE_ATTR) == "running"
+        started = name in self.runs or name in self._supervision  # meanwhile
+        return not started and attrs.get(STATE_ATTR) == "running"
 
     async def _check_study_limit(self, name: str) -> None:
         """Refuse a new study beyond `max_studies` (a repeated create of one is answered)."""

@@ -230,15 +230,27 @@ async def test_a_create_whose_last_commit_landed_though_it_failed_starts_on_the_
         return created
 
     monkeypatch.setattr(store, "create", landed_then_failed)
+    starts: list[str] = []
+    original_start = StudyManager._start_run
+
+    async def counted_start(self: StudyManager, spec: StudySpec) -> None:
+        starts.append(spec.name)
+        await original_start(self, spec)
+
+    monkeypatch.setattr(StudyManager, "_start_run", counted_start)
     spec = StudySpec.model_validate(quadratic("pg", trials=2))
     with pytest.raises(StorageInternalError):
         await daemon.manager.create(spec)
     assert "pg" not in daemon.manager.runs and daemon.event_names("pg") == []
-    reply = await daemon.manager.create(spec)
-    assert reply["created"] is True and reply["running"] is True
-    again = await daemon.manager.create(spec)  # a third time: nothing more happens
+    # The intake retries it, and a client sends it again over HTTP at the same moment:
+    # the study is started once.
+    replies = await asyncio.gather(daemon.manager.create(spec), daemon.manager.create(spec))
+    assert sorted(r["created"] for r in replies) == [False, True]
+    assert all(r["running"] for r in replies if r["created"])
+    again = await daemon.manager.create(spec)  # once more: nothing more happens
     assert again["created"] is False and again["running"] is True
     assert daemon.event_names("pg").count("study.created") == 1
+    assert starts == ["pg"]  # one loop started
     for _ in range(int(WITHIN / 0.05)):
         if "study.completed" in daemon.event_names("pg"):
             break
