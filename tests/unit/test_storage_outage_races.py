@@ -13,6 +13,10 @@ Each test here replays one such interleaving exactly, holding one side at a gate
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +29,13 @@ from test_study_failure import Daemonless, quadratic, result_of
 
 from hpod.daemon import manager as manager_module
 from hpod.daemon.manager import StudyManager
-from hpod.daemon.store import is_storage_fault
+from hpod.daemon.store import FINISHED, is_storage_fault
 from hpod.daemon.studies import Result, StudyRun
 from hpod.engine import DISPATCHED_ATTR
 from hpod.schema import StudySpec
 
+#: Optuna's journal operation that finishes a trial (`JournalOperation.SET_TRIAL_STATE_VALUES`).
+SET_TRIAL_STATE_VALUES = 6
 #: What a test waits for the study to go on: far below the trial timeout (600 s) + grace
 #: (60 s) that a trial wrongly kept in flight waits out.
 WITHIN = 20.0
@@ -313,3 +319,53 @@ async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
     restart_gate.set()
     assert await completed(daemon, "pg") == [0]
     assert [m["number"] for m in published] == [0]  # not evaluated twice
+
+
+async def test_a_journal_write_that_stayed_though_it_failed_is_not_told_twice(
+    daemon: Daemonless, refused: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's ambiguous commit: a tell's group is written, its fsync fails (EIO), and
+    cutting the group back fails too, so its lines stay in the file though the tell raised.
+    The store reads the file anew; the retried result finds the trial told, publishes its
+    event, and the trial is finished once in the file."""
+    results = await two_trials_dispatched(daemon, "pg")
+    real_fsync, real_ftruncate = os.fsync, os.ftruncate
+    armed = [True]
+
+    def on_optuna_thread() -> bool:
+        return armed[0] and threading.current_thread().name.startswith("hpod-optuna")
+
+    def fsync(fd: int) -> None:
+        if on_optuna_thread():
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    def ftruncate(fd: int, length: int) -> None:
+        if on_optuna_thread():
+            armed[0] = False  # the cut-back fails; everything works again after it
+            raise OSError(errno.EIO, "Input/output error")
+        real_ftruncate(fd, length)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    with pytest.raises(OSError):
+        await daemon.manager.on_worker_result(results[0])
+    assert not armed[0] and daemon.store.fault is not None
+    journal = daemon.settings.data_dir / "studies.journal"
+    assert finished_in(journal) == [results[0]["trial_id"]]  # stayed, though it raised
+    await daemon.manager.on_worker_result(results[0], redelivered=True)
+    await daemon.manager.on_worker_result(results[1])
+    assert await completed(daemon, "pg") == [0, 1]
+    assert refused == []
+    assert sorted(finished_in(journal)) == sorted(r["trial_id"] for r in results)
+
+
+def finished_in(journal: Path) -> list[int]:
+    """The trial ids finished in a journal file, once per finishing operation."""
+    with journal.open("rb") as f:
+        return [
+            op["trial_id"]
+            for op in map(json.loads, f)
+            if op.get("op_code") == SET_TRIAL_STATE_VALUES
+            and op.get("state") in {state.value for state in FINISHED}
+        ]
