@@ -586,11 +586,15 @@ def _raw(message: Message) -> bytes:
 
 def _props(message: Message) -> dict[str, Any]:
     """The properties a handler sees; a retried copy counts as redelivered (it may have had
-    effects before it failed, e.g. a result told whose event did not go out)."""
+    effects before it failed, e.g. a result told whose event did not go out). That includes
+    a copy retried after an outage, whose try was not counted: a commit can land though the
+    client saw it fail (PostgreSQL gone between COMMIT and its answer)."""
     props = dict(message.properties)
     props["headers"] = dict(message.headers or {})
     props["redelivered"] = (
-        bool((message.delivery_info or {}).get("redelivered")) or _attempts(message) > 0
+        bool((message.delivery_info or {}).get("redelivered"))
+        or _attempts(message) > 0
+        or _int_header(message, OUTAGES_HEADER) > 0
     )
     return props
 

@@ -342,10 +342,25 @@ class StudyManager:
         spec = spec.model_copy(update={"mode": mode})
         await self._check_study_limit(spec.name)
         created = await self.store.call(self.store.create, spec)
+        if not created:
+            created = await self._stored_but_not_started(spec.name)
         if created:
+            # Claimed before the next await: a concurrent create of it does not start it too.
+            self._supervision.setdefault(spec.name, Supervision())
             await self.bus.event("study.created", spec.name, spec=spec.model_dump(mode="json"))
             await self._start_run(spec)
         return {"created": created, **await self.status(spec.name)}
+
+    async def _stored_but_not_started(self, name: str) -> bool:
+        """Whether study `name` is stored as running with no loop here, none failed and
+        waiting to restart: its create's last write (the spec) landed though the create
+        raised (a database's COMMIT whose answer a broken connection lost), so neither the
+        loop nor `study.created` followed. The create's retry finishes it."""
+        if name in self.runs or name in self._supervision:
+            return False
+        attrs = await self.store.call(self.store.study_attrs, name)
+        started = name in self.runs or name in self._supervision  # meanwhile
+        return not started and attrs.get(STATE_ATTR) == "running"
 
     async def _check_study_limit(self, name: str) -> None:
         """Refuse a new study beyond `max_studies` (a repeated create of one is answered)."""
@@ -424,6 +439,7 @@ class StudyManager:
             told = await run.on_result(result)
         else:
             told = await self._tell_directly(spec, result)
+        self._note_told(request.study, run, [request.trial])
         return {"study": request.study, "trial": request.trial, "already_told": not told}
 
     async def enqueue(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -594,18 +610,33 @@ class StudyManager:
             told = await run.on_results(accepted) if accepted else []
         else:
             told = [await self._tell_directly(spec, result) for result in accepted]
+        self._note_told(study, run, [r.number for r in [*accepted, *duplicates]])
         stale = [r for r, was_told in zip(accepted, told, strict=True) if not was_told]
         for again in [*stale, *duplicates] if redelivered else []:
             frozen = await self.store.call(self.store.trial, spec, again.number)
             await publish_told(self.bus, spec.name, again, frozen)
+
+    def _note_told(self, study: str, told_by: StudyRun | None, numbers: list[int]) -> None:
+        """Trials `numbers` of `study` are finished in storage, told by the loop `told_by`
+        (None: directly). A loop of the study that started while the tell was on its way
+        (a restart after a storage outage) may have read them RUNNING and taken them for
+        in flight: it learns they are told, instead of waiting for their trial timeout."""
+        current = self.runs.get(study)
+        if current is not None and current is not told_by and numbers:
+            current.note_told(numbers)
 
     async def _match(
         self, spec: StudySpec, run: StudyRun | None, result: TrialResult
     ) -> Expected | str | None:
         """The trial in flight `result` is for (what it is checked against), None if that
         trial was told already (a second evaluation), or why the result is refused (part of
-        `on_worker_result`)."""
-        if run is not None:
+        `on_worker_result`).
+
+        A loop still recovering (restarted after a storage outage, say) does not know its
+        trials in flight yet: its results are checked against the stored trial, as those of a
+        study without a loop are. Refused, they were dead-lettered, and the loop then waited
+        for them until their trial timeout."""
+        if run is not None and not run.recovering:
             flight = run.inflight.get(result.number)
             if flight is None:
                 if result.number in run.told:
@@ -620,9 +651,11 @@ class StudyManager:
                 return exc.message
             if frozen.state in FINISHED:
                 return None
-            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0) or 0)
             if frozen.state != TrialState.RUNNING or frozen.user_attrs.get(EXTERNAL_ATTR):
                 return f"trial {result.number} is not running on hpod's workers"
+            # A task is published before its dispatch mark is written: a mark lost to a
+            # storage outage in between leaves the stored attempt one behind the task's.
+            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0) or 0) + 1
             expected = _expected(spec, frozen._trial_id, frozen.params, attempt)
         problem = check_result(result, expected)
         return expected if problem is None else problem

@@ -225,6 +225,10 @@ class StudyRun:
         self.n_created = 0
         self.created_at = time.time()
         self.stopping = False
+        #: True until `_recover` has rebuilt the trials in flight from storage. The loop is
+        #: registered (results reach it) before that: meanwhile a result is checked against
+        #: the stored trial, not against `inflight` (`StudyManager._match`).
+        self.recovering = True
         #: Paused: nothing new is dispatched until resumed (trials in flight are still told).
         self.paused = False
         #: The budget in force: the spec's, or one changed live (`study.budget`).
@@ -279,9 +283,20 @@ class StudyRun:
                 self.inflight[asked.number] = InFlight(asked, attempt, self._deadline(), None, task)
             else:
                 await self._dispatch([(asked, self._task_plan(asked))], attempt=1)
+        self.recovering = False
         if pending:
             log.info("study.recovered", study=self.name, in_flight=len(self.inflight))
         await self._publish_owed({t.number: t for t in trials})
+
+    def note_told(self, numbers: list[int]) -> None:
+        """Trials `numbers` were told outside this loop (directly, or by an earlier loop of
+        the study) while it started: a trial it recovered as in flight from a read taken
+        before that tell landed is in flight no more."""
+        for number in numbers:
+            self._forget_task_of(number)
+            self.inflight.pop(number, None)
+            self.told.add(number)
+        self.wake.set()
 
     async def _publish_owed(self, trials: dict[int, FrozenTrial]) -> None:
         """Publish the events a crash may have kept from going out: those of trials the
