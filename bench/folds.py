@@ -1,0 +1,201 @@
+"""Pruning across cross-validation folds: plain TPE against three ways of pruning on folds.
+
+The objective is the shipped `svc_cv` (an RBF SVC scored by 5-fold CV), run in-process
+through hpod's own evaluation (`hpod.policies.fidelity.evaluate`, so the CPU counted is the
+objective's alone, as a worker counts it). Arms, all with Optuna's default TPE seeded alike:
+
+- ``plain``: no pruning (the yardstick);
+- ``median``: Optuna's MedianPruner on the running mean of the folds seen (step = folds seen),
+  what a user of plain Optuna would write;
+- ``folds:K``: hpod's fold rule (`FoldPruner`, margin ``k`` standard errors), per-fold values;
+- ``wilcoxon``: Optuna's WilcoxonPruner on per-fold values.
+
+A run's figure is the objective CPU it spent until its best reached the target, plain's median
+final best over the seeds; the ratio is plain's CPU to that target over the arm's, per seed
+(same seed: paired), summarised by the geometric mean with a bootstrap 95 % interval.
+
+    python bench/folds.py [--seeds 5] [--trials 40] [--k 2.0]
+    python bench/folds.py --calibrate   # chooses k on the validation task
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+
+from hpod.policies.fidelity import evaluate
+from hpod.policies.pruning import FoldPruner, should_prune
+from hpod.workers.objectives.cv import svc_cv
+
+#: The task the figures are reported on.
+REPORT_TASK: dict[str, Any] = {"n_samples": 2000, "seed": 0}
+#: The task k is calibrated on (other data, other size): never the reported one.
+VALIDATION_TASK: dict[str, Any] = {
+    "n_samples": 1500,
+    "n_features": 30,
+    "n_informative": 10,
+    "seed": 7,
+}
+SPACE: dict[str, tuple[float, float]] = {"C": (1e-2, 1e3), "gamma": (1e-4, 1.0)}
+
+
+class Reporter:
+    """Reports into an in-process Optuna trial and asks the arm's pruners."""
+
+    def __init__(
+        self, trial: optuna.Trial, pruners: list[optuna.pruners.BasePruner], running_mean: bool
+    ) -> None:
+        self.trial = trial
+        self.pruners = pruners
+        self.running_mean = running_mean
+        self.values: list[float] = []
+
+    def report(self, value: float, step: int) -> None:
+        """Per fold (step = fold index), or the running mean (step = folds seen)."""
+        self.values.append(value)
+        if self.running_mean:
+            self.trial.report(sum(self.values) / len(self.values), len(self.values))
+        else:
+            self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        """The arm's pruners, with hpod's own `should_prune`."""
+        if not self.pruners:
+            return False
+        frozen = self.trial.study._storage.get_trial(self.trial._trial_id)
+        return should_prune(self.trial.study, frozen, self.pruners)
+
+
+def arm_pruners(arm: str) -> tuple[list[optuna.pruners.BasePruner], bool]:
+    """The pruners of an arm (``folds:K`` is the fold rule at margin K), and whether it
+    reports running means."""
+    if arm == "plain":
+        return [], False
+    if arm == "median":
+        return [optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)], True
+    if arm.startswith("folds:"):
+        return [FoldPruner(float(arm.partition(":")[2]))], False
+    if arm == "wilcoxon":
+        return [optuna.pruners.WilcoxonPruner(p_threshold=0.1)], False
+    raise ValueError(arm)
+
+
+def run(arm: str, seed: int, trials: int, task: dict[str, Any]) -> dict[str, Any]:
+    """One study: per trial its value (None if pruned), CPU and folds evaluated."""
+    pruners, running_mean = arm_pruners(arm)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    out: dict[str, list[Any]] = {"values": [], "cpu": [], "folds": []}
+    for _ in range(trials):
+        trial = study.ask()
+        params = {n: trial.suggest_float(n, lo, hi, log=True) for n, (lo, hi) in SPACE.items()}
+        reporter = Reporter(trial, pruners, running_mean)
+        result = evaluate(svc_cv, params, task, [1.0], reporter)
+        if result.pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            out["values"].append(None)
+        else:
+            assert result.values is not None
+            study.tell(trial, result.values[0])
+            out["values"].append(result.values[0])
+        out["cpu"].append(result.cpu_seconds)
+        out["folds"].append(len(reporter.values))
+    return out
+
+
+def cpu_to(target: float, record: dict[str, Any]) -> float | None:
+    """Objective CPU spent until the best value reached `target`; None if never."""
+    spent, best = 0.0, math.inf
+    for value, cpu in zip(record["values"], record["cpu"], strict=True):
+        spent += cpu
+        if value is not None:
+            best = min(best, value)
+        if best <= target + 1e-12:
+            return spent
+    return None
+
+
+def final_best(record: dict[str, Any]) -> float:
+    """The best complete value of a run."""
+    return min(v for v in record["values"] if v is not None)
+
+
+def geo_interval(ratios: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Geometric mean of `ratios` and its bootstrap 95 % interval (over seeds)."""
+    logs = np.log(np.asarray(ratios))
+    rng = np.random.default_rng(seed)
+    means = [rng.choice(logs, len(logs)).mean() for _ in range(5000)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(np.exp(logs.mean())), float(np.exp(lo)), float(np.exp(hi))
+
+
+def compare(
+    arms: list[str], seeds: int, trials: int, task: dict[str, Any], log: Callable[..., None]
+) -> dict[str, Any]:
+    """Every arm on every seed; the ratios against plain."""
+    records: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ["plain", *arms]}
+    for seed in range(seeds):
+        for arm in records:
+            started = time.perf_counter()
+            records[arm].append(run(arm, seed, trials, task))
+            log(arm, seed, final_best(records[arm][-1]), time.perf_counter() - started)
+    target = statistics.median(final_best(r) for r in records["plain"])
+    table: dict[str, Any] = {"target": target}
+    for arm, runs in records.items():
+        plain_cpu = [cpu_to(target, r) for r in records["plain"]]
+        arm_cpu = [cpu_to(target, r) for r in runs]
+        ratios = [
+            p / a
+            for p, a in zip(plain_cpu, arm_cpu, strict=True)
+            if p is not None and a is not None
+        ]
+        pruned = sum(v is None for r in runs for v in r["values"])
+        folds = sum(f for r in runs for f in r["folds"])
+        row: dict[str, Any] = {
+            "reached": sum(a is not None for a in arm_cpu),
+            "paired": len(ratios),
+            "pruned": pruned,
+            "trials": sum(len(r["values"]) for r in runs),
+            "folds_per_trial": folds / sum(len(r["values"]) for r in runs),
+            "total_cpu": sum(sum(r["cpu"]) for r in runs),
+            "final_best_median": statistics.median(final_best(r) for r in runs),
+        }
+        if len(ratios) >= 2:
+            row["ratio"], row["lo"], row["hi"] = geo_interval(ratios)
+        row["ratios"] = [round(x, 3) for x in ratios]
+        table[arm] = row
+    return table
+
+
+def main() -> None:
+    """Run the comparison (or the calibration of k) and print a JSON table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--k", type=float, default=2.0)
+    parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--ks", default="1,2,3")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def log(*parts: Any) -> None:
+        print(*parts, flush=True)
+
+    if args.calibrate:
+        arms = [f"folds:{float(k)}" for k in args.ks.split(",")]
+        table = compare(arms, args.seeds, args.trials, VALIDATION_TASK, log)
+    else:
+        arms = ["median", f"folds:{args.k}", "wilcoxon"]
+        table = compare(arms, args.seeds, args.trials, REPORT_TASK, log)
+    print(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
