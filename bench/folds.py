@@ -88,12 +88,17 @@ def arm_pruners(arm: str) -> tuple[list[optuna.pruners.BasePruner], bool]:
     raise ValueError(arm)
 
 
-def run(arm: str, seed: int, trials: int, task: dict[str, Any]) -> dict[str, Any]:
-    """One study: per trial its value (None if pruned), CPU and folds evaluated."""
+def run(
+    arm: str, seed: int, trials: int, task: dict[str, Any], cpu_budget: float | None = None
+) -> dict[str, Any]:
+    """One study: per trial its value (None if pruned), CPU and folds evaluated. With
+    `cpu_budget` it runs until its objective CPU reaches that (at most 4 x `trials`)."""
     pruners, running_mean = arm_pruners(arm)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
     out: dict[str, list[Any]] = {"values": [], "cpu": [], "folds": []}
-    for _ in range(trials):
+    for _ in range(trials if cpu_budget is None else 4 * trials):
+        if cpu_budget is not None and sum(out["cpu"]) >= cpu_budget:
+            break
         trial = study.ask()
         params = {n: trial.suggest_float(n, lo, hi, log=True) for n, (lo, hi) in SPACE.items()}
         reporter = Reporter(trial, pruners, running_mean)
@@ -122,9 +127,25 @@ def cpu_to(target: float, record: dict[str, Any]) -> float | None:
     return None
 
 
-def final_best(record: dict[str, Any]) -> float:
-    """The best complete value of a run."""
-    return min(v for v in record["values"] if v is not None)
+def final_best(record: dict[str, Any], cpu: float = math.inf) -> float:
+    """The best complete value of a run within `cpu` objective seconds."""
+    spent, best = 0.0, math.inf
+    for value, used in zip(record["values"], record["cpu"], strict=True):
+        spent += used
+        if spent > cpu + 1e-9:
+            break
+        if value is not None:
+            best = min(best, value)
+    return best
+
+
+def mean_interval(values: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Mean of `values` and its bootstrap 95 % interval (over seeds)."""
+    data = np.asarray(values)
+    rng = np.random.default_rng(seed)
+    means = [rng.choice(data, len(data)).mean() for _ in range(5000)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(data.mean()), float(lo), float(hi)
 
 
 def geo_interval(ratios: list[float], seed: int = 0) -> tuple[float, float, float]:
@@ -139,13 +160,19 @@ def geo_interval(ratios: list[float], seed: int = 0) -> tuple[float, float, floa
 def compare(
     arms: list[str], seeds: int, trials: int, task: dict[str, Any], log: Callable[..., None]
 ) -> dict[str, Any]:
-    """Every arm on every seed; the ratios against plain."""
+    """Every arm on every seed, each pruning arm given the objective CPU plain spent on
+    that seed (equal compute); the ratios against plain."""
     records: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ["plain", *arms]}
     for seed in range(seeds):
+        budget = None
         for arm in records:
             started = time.perf_counter()
-            records[arm].append(run(arm, seed, trials, task))
-            log(arm, seed, final_best(records[arm][-1]), time.perf_counter() - started)
+            records[arm].append(run(arm, seed, trials, task, budget))
+            record = records[arm][-1]
+            if budget is None:
+                budget = sum(record["cpu"])
+            log(arm, seed, len(record["values"]), final_best(record), time.perf_counter() - started)
+    plain_cpu_total = [sum(r["cpu"]) for r in records["plain"]]
     target = statistics.median(final_best(r) for r in records["plain"])
     table: dict[str, Any] = {"target": target}
     for arm, runs in records.items():
@@ -167,6 +194,12 @@ def compare(
             "total_cpu": sum(sum(r["cpu"]) for r in runs),
             "final_best_median": statistics.median(final_best(r) for r in runs),
         }
+        # Quality at equal compute: the arm's best within plain's CPU, minus plain's best.
+        diffs = [
+            final_best(r, cpu) - final_best(p)
+            for r, p, cpu in zip(runs, records["plain"], plain_cpu_total, strict=True)
+        ]
+        row["best_minus_plain"], row["best_lo"], row["best_hi"] = mean_interval(diffs)
         if len(ratios) >= 2:
             row["ratio"], row["lo"], row["hi"] = geo_interval(ratios)
         row["ratios"] = [round(x, 3) for x in ratios]
