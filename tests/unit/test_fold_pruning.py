@@ -11,12 +11,15 @@ import optuna
 import pytest
 
 from hpod.modes import load_modes
+from hpod.policies import TrialEvent
 from hpod.policies.compose import compose, resolve_plan
 from hpod.policies.fidelity import evaluate, fidelity_of
 from hpod.policies.pruning import FoldPruner, fold_rule
+from hpod.policies.pruning_policy import PruningPolicy
 from hpod.policies.strategy.actions import BUILTIN
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
+from hpod.workers.messages import TaskPlan, validate
 from hpod.workers.objectives.cv import svc_cv
 from hpod.workers.registry import InvalidObjectiveKwargs, checked_kwargs
 
@@ -280,3 +283,11 @@ class TestPlans:
         qmc = next(s for s in BUILTIN if s.name == "qmc")
         assert compose(plan, qmc, "epochs", keep_mode_pruning=True).fold_margin == plan.fold_margin
         assert compose(plan, qmc, "epochs", keep_mode_pruning=False).fold_margin == 0.0
+
+    def test_the_pruning_policy_sends_the_margin_on_a_valid_task(self) -> None:
+        """The worker's part of the plan carries `fold_margin`, as `TaskPlan` accepts it."""
+        plan = resolve_plan(cv_spec(), "balanced", MODES["balanced"])
+        trial = TrialEvent(cv_spec(), 0, {"C": 1.0}, plan=plan, task=plan.base_task())
+        PruningPolicy().before_dispatch(trial)
+        assert trial.task["fold_margin"] == MODES["balanced"].fold_margin
+        assert validate(TaskPlan, trial.task).fold_margin == MODES["balanced"].fold_margin
