@@ -10,11 +10,15 @@ objective's alone, as a worker counts it). Arms, all with Optuna's default TPE s
 - ``folds:K``: hpod's fold rule (`FoldPruner`, margin ``k`` standard errors), per-fold values;
 - ``wilcoxon``: Optuna's WilcoxonPruner on per-fold values.
 
-A run's figure is the objective CPU it spent until its best reached the target, plain's median
-final best over the seeds; the ratio is plain's CPU to that target over the arm's, per seed
-(same seed: paired), summarised by the geometric mean with a bootstrap 95 % interval.
+Each pruning arm gets, per seed, the objective CPU plain spent on that seed (equal compute,
+so it runs more trials). A run's figure is the objective CPU it spent until its best reached
+the target, plain's median final best over the seeds; the ratio is plain's CPU to that target
+over the arm's, per seed (same seed: paired; a plain seed that never reaches the target
+counts its total, an arm's seed that never does is left out and counted in ``reached``),
+summarised by the geometric mean with a bootstrap 95 % interval. ``best_minus_plain`` is the
+arm's best within plain's CPU minus plain's final best, per seed (mean, 95 % interval).
 
-    python bench/folds.py [--seeds 5] [--trials 40] [--k 2.0]
+    python bench/folds.py [--seeds 5] [--trials 40] [--k 1.0]
     python bench/folds.py --calibrate   # chooses k on the validation task
 """
 
@@ -176,13 +180,14 @@ def compare(
     target = statistics.median(final_best(r) for r in records["plain"])
     table: dict[str, Any] = {"target": target}
     for arm, runs in records.items():
-        plain_cpu = [cpu_to(target, r) for r in records["plain"]]
-        arm_cpu = [cpu_to(target, r) for r in runs]
-        ratios = [
-            p / a
-            for p, a in zip(plain_cpu, arm_cpu, strict=True)
-            if p is not None and a is not None
+        # A plain seed that never reaches the target counts its total (so its ratio is a
+        # lower bound); an arm's seed that never reaches it is left out, and counted apart.
+        plain_cpu = [
+            cpu_to(target, r) or total
+            for r, total in zip(records["plain"], plain_cpu_total, strict=True)
         ]
+        arm_cpu = [cpu_to(target, r) for r in runs]
+        ratios = [p / a for p, a in zip(plain_cpu, arm_cpu, strict=True) if a is not None]
         pruned = sum(v is None for r in runs for v in r["values"])
         folds = sum(f for r in runs for f in r["folds"])
         row: dict[str, Any] = {
@@ -212,7 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--k", type=float, default=2.0)
+    parser.add_argument("--k", type=float, default=1.0)
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--ks", default="1,2,3")
     args = parser.parse_args()
