@@ -413,6 +413,8 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
+    if eff.get("report_cpu_seconds"):
+        print(f"  reporting         {eff['report_cpu_seconds']:.2f} CPU s (not in compute spent)")
     _print_time_per_trial(eff.get("time_per_trial"))
 
 

@@ -47,6 +47,10 @@ class Mode(BaseModel):
     threshold: float = Field(default=0.0, ge=0.0, le=10.0)
     #: …but only once this many trials have reported at that step.
     threshold_min_trials: int = Field(default=8, ge=1)
+    #: For objectives over folds (``hpod_fidelity = "folds"``): prune a trial whose mean over
+    #: the folds seen is worse than the best trial's by more than this many standard errors,
+    #: in place of the step pruners (0 switches it off; `hpod.policies.pruning.FoldPruner`).
+    fold_margin: float = Field(default=0.0, ge=0.0, le=100.0)
     #: Data fractions a trial climbs, for objectives whose fidelity is the data size.
     ladder: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=10)
     #: Trials in flight per study when the study does not set max_concurrent.

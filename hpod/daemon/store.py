@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -613,10 +614,12 @@ class StudyStore:
         """What the efficiency policies saved, from the costs stored on the trials.
 
         The full-evaluation estimate is what plain Optuna would have spent: one full-data
-        evaluation per trial. A trial that ran on full data costs what it measured; a trial
-        pruned on a fraction is scaled up by the study's measured cost ratio of that fraction
-        to the full data (trials that ran both); a cache hit costs what the cached evaluation
-        did. External trials (no cost recorded) are left out.
+        evaluation per trial. A trial that ran to the end on full data costs what it measured;
+        a trial pruned on a fraction is scaled up by the study's measured cost ratio of that
+        fraction to the full data (complete trials that ran both); a trial pruned after some
+        of its epochs or folds is scaled up from its own CPU per step to the steps of a full
+        evaluation (the median of the complete trials'); a cache hit costs what the cached
+        evaluation did. External trials (no cost recorded) are left out.
         """
         costs = [
             (t, t.user_attrs[COST_ATTR])
@@ -625,7 +628,10 @@ class StudyStore:
         ]
         ratios: dict[float, list[float]] = {}
         full_cpus: list[float] = []
-        for _, cost in costs:
+        # Only complete trials measure a full evaluation: a trial pruned after some of its
+        # epochs or folds ran on the full data too, yet stopped early.
+        complete = [(t, cost) for t, cost in costs if t.state == TrialState.COMPLETE]
+        for _, cost in complete:
             rungs = {float(r[0]): float(r[3]) for r in cost.get("rungs", []) if not r[2]}
             if rungs.get(1.0):
                 full_cpus.append(rungs[1.0])
@@ -634,7 +640,8 @@ class StudyStore:
             elif cost.get("full_cpu") is not None:
                 full_cpus.append(float(cost["full_cpu"]))
         mean_full = sum(full_cpus) / len(full_cpus) if full_cpus else None
-        cpu = data = estimate = 0.0
+        full_steps = _median([len(t.intermediate_values) for t, _ in complete])
+        cpu = data = estimate = report_cpu = 0.0
         hits = partial = 0
         times: list[dict[str, float]] = []
         pruned_at: dict[str, int] = {}
@@ -643,15 +650,20 @@ class StudyStore:
             data += float(cost.get("data") or 0.0)
             hits += cost.get("cache") == "hit"
             partial += cost.get("cache") == "partial"
-            estimate += _full_cost(cost, ratios, mean_full)
+            report_cpu += float(cost.get("report_cpu") or 0.0)
+            if t.state == TrialState.PRUNED and cost.get("pruned_at") is None:
+                estimate += _step_pruned_cost(cost, len(t.intermediate_values), full_steps)
+            else:
+                estimate += _full_cost(cost, ratios, mean_full)
             if valid_parts(cost.get("time")):
                 times.append(cost["time"])
             if t.state == TrialState.PRUNED:
-                where = (
-                    f"{round(float(cost['pruned_at']) * 100)}% of the data"
-                    if cost.get("pruned_at") is not None
-                    else f"step {t.last_step}"
-                )
+                if cost.get("pruned_at") is not None:
+                    where = f"{round(float(cost['pruned_at']) * 100)}% of the data"
+                elif cost.get("folds") is not None:
+                    where = f"{cost['folds']} fold(s)"
+                else:
+                    where = f"step {t.last_step}"
                 pruned_at[where] = pruned_at.get(where, 0) + 1
         counted = len(costs)
         known = mean_full is not None
@@ -667,6 +679,7 @@ class StudyStore:
             "full_evaluation_cpu_seconds": round(estimate, 4) if known else None,
             "saved_cpu_seconds": round(estimate - cpu, 4) if known else None,
             "compute_ratio": round(estimate / cpu, 3) if known and cpu > 0 else None,
+            "report_cpu_seconds": round(report_cpu, 4),
             "time_per_trial": _time_per_trial(times),
         }
 
@@ -682,6 +695,21 @@ def _time_per_trial(times: list[dict[str, float]]) -> dict[str, Any] | None:
         **{part: round(seconds, 6) for part, seconds in means.items()},
         "overhead": round(sum(means[p] for p in OVERHEAD_PARTS), 6),
     }
+
+
+def _median(values: list[int]) -> float | None:
+    """The median of the positive counts, None without any."""
+    counted = [v for v in values if v > 0]
+    return float(statistics.median(counted)) if counted else None
+
+
+def _step_pruned_cost(cost: dict[str, Any], steps: int, full_steps: float | None) -> float:
+    """A trial pruned after `steps` of its epochs or folds, priced had it run all of them:
+    its own CPU per step times a full evaluation's steps (never less than it spent)."""
+    spent = float(cost.get("cpu") or 0.0)
+    if steps <= 0 or full_steps is None:
+        return spent
+    return max(spent, spent / steps * full_steps)
 
 
 def _full_cost(

@@ -61,6 +61,9 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         max_pack=mode.max_pack,
         single_objective=len(spec.directions) == 1,
         strategy_window=mode.strategy_window,
+        # The fold rule is the mode's pruner for objectives over folds: a spec naming its
+        # own pruner gets that pruner instead.
+        fold_margin=mode.fold_margin if spec.pruner is None and len(spec.directions) == 1 else 0.0,
     )
 
 
@@ -102,6 +105,8 @@ def compose(
         pruner_options=pruner_options,
         ladder=ladder,
         extra=extra,
+        # A forced strategy gets exactly what it names; `auto` keeps the mode's fold rule.
+        fold_margin=mode_plan.fold_margin if keep_mode_pruning else 0.0,
     )
 
 

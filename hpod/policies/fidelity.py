@@ -8,7 +8,9 @@ rung's value is ever told as the trial's value: quality is judged on full fideli
 
 Objectives that report by themselves (epochs) or have no fidelity run once, at full data.
 The CPU time spent in the objective is measured on every rung, so the efficiency report and
-the benchmark count every evaluation, pruned and partial ones included.
+the benchmark count every evaluation, pruned and partial ones included. The reporter's CPU
+(storing intermediate values, asking the pruners) is measured apart and never counts as the
+evaluation's: it is hpod's cost, not the objective's (`Evaluation.report_cpu`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from hpod.errors import HpodError
 from hpod.policies.pruning import fidelity_step
 from hpod.workers.context import NoPruning, Reporter, TrialContext, TrialPruned
 
-#: An objective's attribute naming its fidelity: "data" (subsamples), "epochs" (reports).
+#: An objective's attribute naming its fidelity: "data" (subsamples), "epochs" (reports),
+#: "folds" (reports one value per cross-validation fold or instance, `ctx.report_fold`).
 FIDELITY_ATTR = "hpod_fidelity"
 #: An objective's attribute naming its version (part of the cache key); "1" if absent.
 VERSION_ATTR = "hpod_version"
@@ -48,6 +51,8 @@ class Evaluation:
     pruned: bool = False
     #: The data fraction of the rung after which a ladder trial was pruned.
     pruned_at: float | None = None
+    #: CPU seconds spent reporting and asking the pruners (not in `cpu_seconds`).
+    report_cpu: float = 0.0
 
 
 def fidelity_of(fn: Callable[..., Any]) -> str | None:
@@ -84,12 +89,38 @@ def evaluate(
     with ``pruned`` set; any other exception of the objective propagates.
     """
     result = Evaluation()
+    timed = TimedReporter(reporter)
     try:
-        _climb(fn, params, kwargs, ladder, reporter, cached or {}, result)
+        _climb(fn, params, kwargs, ladder, timed, cached or {}, result)
     except (TrialPruned, optuna.TrialPruned):
         result.pruned = True
         result.values = None
+    result.report_cpu = timed.cpu
     return result
+
+
+class TimedReporter:
+    """A reporter that counts the CPU seconds its calls take (`cpu`)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.cpu = 0.0
+
+    def report(self, value: float, step: int) -> None:
+        """Report through the wrapped reporter, timed."""
+        started = time.process_time()
+        try:
+            self.reporter.report(value, step)
+        finally:
+            self.cpu += time.process_time() - started
+
+    def should_prune(self) -> bool:
+        """Ask the wrapped reporter, timed."""
+        started = time.process_time()
+        try:
+            return self.reporter.should_prune()
+        finally:
+            self.cpu += time.process_time() - started
 
 
 def _climb(
@@ -114,7 +145,7 @@ def _climb(
             try:
                 values = as_values(fn(ctx, **kwargs))
             finally:
-                spent = time.process_time() - started
+                spent = time.process_time() - started - ctx.reporter_cpu
                 result.cpu_seconds += spent
                 result.data_evaluated += fraction
                 if fraction == 1.0:

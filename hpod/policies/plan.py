@@ -34,6 +34,8 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Trials told between two decisions of the strategy policy.
     strategy_window: int = 12
+    #: The fold rule's margin in standard errors for objectives over folds (0: off).
+    fold_margin: float = 0.0
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""

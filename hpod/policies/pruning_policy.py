@@ -1,8 +1,9 @@
 """The pruning policy: which pruners the worker asks after each intermediate report.
 
 Optuna's pruners (median, percentile, patient, successive halving, Hyperband, Wilcoxon) plus
-hpod's aggressive threshold, as the study's plan names them; the worker builds them from this
-JSON (`hpod.policies.pruning.build_pruners`). Without this policy nothing is pruned.
+hpod's aggressive threshold, as the study's plan names them, and the fold rule's margin for
+objectives over folds; the worker builds them from this JSON
+(`hpod.policies.pruning.build_pruners`, `FoldPruner`). Without this policy nothing is pruned.
 """
 
 from __future__ import annotations
@@ -24,3 +25,4 @@ class PruningPolicy(Policy):
         trial.task["pruner_options"] = dict(plan.pruner_options)
         trial.task["threshold"] = plan.threshold
         trial.task["threshold_min_trials"] = plan.threshold_min_trials
+        trial.task["fold_margin"] = plan.fold_margin

@@ -3,12 +3,18 @@
 An objective never sees Optuna or the broker: it reads `params` and `fidelity`, trains on
 `subsample(...)` of its data, calls `report(value, step)` as it learns and asks
 `should_prune()`. Reports go to the study's Optuna storage, so the study's pruner decides
-with the intermediate values of every trial, whichever worker ran them.
+with the intermediate values of every trial, whichever worker ran them. An objective that
+averages over cross-validation folds visits them in `folds(n)`'s order and reports each with
+`report_fold(i, value)`. The CPU time spent reporting is kept apart (`reporter_cpu`), so it
+never counts as the evaluation's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -64,6 +70,10 @@ class TrialContext:
         self.reporter = reporter if reporter is not None else NoPruning()
         self.seed = seed
         self.last_report: tuple[int, float] | None = None
+        #: CPU seconds spent in the reporter (storage, pruners), not the objective's own.
+        self.reporter_cpu = 0.0
+        #: The values reported by `report_fold`, by fold index.
+        self.fold_values: dict[int, float] = {}
 
     def subsample(self, *arrays: T, stratify: Any = None) -> tuple[T, ...]:
         """The `fidelity` share of rows of each array, the same rows for all of them.
@@ -100,11 +110,48 @@ class TrialContext:
     def report(self, value: float, step: int) -> None:
         """Report an intermediate objective value (e.g. validation loss after epoch `step`)."""
         self.last_report = (step, float(value))
-        self.reporter.report(float(value), step)
+        started = time.process_time()
+        try:
+            self.reporter.report(float(value), step)
+        finally:
+            self.reporter_cpu += time.process_time() - started
 
     def should_prune(self) -> bool:
         """Whether the study's pruner says this trial should stop now."""
-        return self.reporter.should_prune()
+        started = time.process_time()
+        try:
+            return self.reporter.should_prune()
+        finally:
+            self.reporter_cpu += time.process_time() - started
+
+    def folds(self, n: int) -> Iterator[int]:
+        """The fold indices ``0 .. n-1`` in this trial's own shuffled order.
+
+        The order is seeded by the trial's parameters (and `seed`): reproducible, the same
+        for a re-run of the trial, and different between trials, so that pruning after a
+        few folds never always judges on the same, possibly easy, folds.
+        """
+        if n < 1:
+            raise ValueError(f"folds needs at least one fold, got {n}")
+        key = json.dumps([self.params, self.seed], sort_keys=True, default=repr).encode()
+        entropy = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+        yield from (int(i) for i in np.random.default_rng(entropy).permutation(n))
+
+    def report_fold(self, fold: int, value: float) -> None:
+        """Report the value on fold (or instance) `fold`, at `fold` as step; raise
+        `TrialPruned` when the study's pruners stop the trial after it."""
+        if fold < 0:
+            raise ValueError(f"fold must be a non-negative index, got {fold}")
+        self.fold_values[fold] = float(value)
+        self.report(value, fold)
+        if self.should_prune():
+            raise TrialPruned(f"pruned after {len(self.fold_values)} fold(s)")
+
+    def fold_mean(self) -> float:
+        """The mean of the values reported by `report_fold` (the trial's value over folds)."""
+        if not self.fold_values:
+            raise ValueError("no fold was reported")
+        return sum(self.fold_values.values()) / len(self.fold_values)
 
 
 def _take(array: Any, rows: np.ndarray) -> Any:

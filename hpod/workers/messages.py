@@ -124,6 +124,9 @@ class TaskPlan(Strict):
     pruner_options: PrunerOptions = Field(default_factory=PrunerOptions)
     threshold: Annotated[float, Field(ge=0.0, le=1e6)] = 0.0
     threshold_min_trials: SmallInt = 8
+    #: For an objective over folds (``hpod_fidelity = "folds"``): prune by `FoldPruner` at
+    #: this many standard errors, in place of the pruners above (0: the pruners above).
+    fold_margin: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
     #: Values already known for lower rungs, by fraction (as a string: JSON keys are).
     cached: dict[Annotated[str, StringConstraints(max_length=32)], list[float]] = Field(
         default_factory=dict, max_length=MAX_RUNGS
@@ -207,6 +210,10 @@ class Cost(Strict):
     deterministic: bool = True
     mode: Name | None = None
     fidelity: Literal["data", "epochs", "none"] = "none"
+    #: CPU seconds spent reporting intermediate values and asking the pruners (not in `cpu`).
+    report_cpu: Seconds = 0.0
+    #: Folds (or instances) evaluated, for an objective over folds.
+    folds: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
 
 
 State = Literal["complete", "pruned", "failed"]

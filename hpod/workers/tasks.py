@@ -31,7 +31,7 @@ from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
 from hpod.policies.fidelity import deterministic, evaluate, fidelity_of, version_of
-from hpod.policies.pruning import build_pruners, should_prune
+from hpod.policies.pruning import FoldPruner, build_pruners, should_prune
 from hpod.workers.messages import (
     MAX_PACK,
     Cost,
@@ -58,6 +58,8 @@ class StorageReporter:
         self._trial_id = trial_id
         self._pruners = pruners
         self._trial: optuna.Trial | None = None
+        #: The steps reported, in order.
+        self.steps: list[int] = []
 
     def _get_trial(self) -> optuna.Trial:
         if self._trial is None:
@@ -68,6 +70,7 @@ class StorageReporter:
     def report(self, value: float, step: int) -> None:
         """Store the intermediate value where every pruner decision can see it."""
         self._get_trial().report(value, step)
+        self.steps.append(step)
 
     def should_prune(self) -> bool:
         """The plan's pruners decide, from all trials' intermediate values in storage."""
@@ -109,15 +112,23 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
         # The ladder applies only to objectives that subsample; for the others the pruners
         # must not expect its rungs as steps (an epoch objective reports epochs 1, 2, ...).
         ladder = list(plan.ladder) if fidelity_of(fn) == "data" else [1.0]
-        pruners = build_pruners(
-            plan.pruner,
-            plan.pruner_options.kwargs(),
-            plan.threshold,
-            plan.threshold_min_trials,
-            ladder,
+        over_folds = fidelity_of(fn) == "folds"
+        # An objective over folds reports fold indices as steps: the plan's step pruners
+        # would compare unrelated folds, so the fold rule replaces them where it is on.
+        pruners: list[BasePruner] = (
+            [FoldPruner(plan.fold_margin)]
+            if over_folds and plan.fold_margin > 0
+            else build_pruners(
+                plan.pruner,
+                plan.pruner_options.kwargs(),
+                plan.threshold,
+                plan.threshold_min_trials,
+                ladder,
+            )
         )
         reporter = StorageReporter(settings, task.study, task.trial_id, pruners)
         result = evaluate(fn, task.params, kwargs, ladder, reporter, plan.cached_rungs())
+        folds = len(reporter.steps) if over_folds else None
         outcome = {
             "state": "pruned" if result.pruned else "complete",
             "values": result.values,
@@ -133,6 +144,8 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
                 # Whether the objective subsamples ("data"), reports epochs or neither:
                 # the strategy policy masks ladders and pruners by it.
                 fidelity=_fidelity_name(fn),
+                report_cpu=result.report_cpu,
+                folds=folds,
             ).model_dump(mode="json"),
         }
     except SoftTimeLimitExceeded:
@@ -145,8 +158,10 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
 
 
 def _fidelity_name(fn: Any) -> Literal["data", "epochs", "none"]:
+    """The fidelity as the strategy policy knows it: an objective over folds reports by
+    itself, like one over epochs."""
     fidelity = fidelity_of(fn)
-    return "data" if fidelity == "data" else "epochs" if fidelity == "epochs" else "none"
+    return "data" if fidelity == "data" else "epochs" if fidelity in ("epochs", "folds") else "none"
 
 
 def result_body(
