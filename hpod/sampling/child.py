@@ -68,7 +68,12 @@ def answer(message: dict[str, Any]) -> dict[str, Any]:
     study.add_trials(trials)
     trial_id = study._storage.create_new_trial(study._study_id)
     frozen = study._storage.get_trial(trial_id)
-    sampler = GPSampler(seed=seed, n_startup_trials=1, warn_independent_sampling=False)
+    sampler = GPSampler(
+        seed=seed,
+        n_startup_trials=1,
+        deterministic_objective=bool(message.get("deterministic_objective")),
+        warn_independent_sampling=False,
+    )
     params = sampler.sample_relative(study, frozen, space)
     internal = {n: space[n].to_internal_repr(params[n]) for n in names}
     return {"ok": True, "params": internal, "cpu": time.process_time() - started}

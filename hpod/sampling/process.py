@@ -229,14 +229,18 @@ class SamplerProcess:
         delay = self.backoff.next_delay()
         self._retry_at = time.monotonic() + delay
         log.warning("sampler.process_failed", reason=reason, restart_in=round(delay, 2))
-        self._stop()
+        self._stop(graceful=False)
 
-    def _stop(self) -> None:
+    def _stop(self, graceful: bool = True) -> None:
+        """End the process: stdin closed and `STOP_TIMEOUT` to leave, or (`graceful` False:
+        it hangs or speaks nonsense) killed at once."""
         proc, self._proc = self._proc, None
         self._ready = False
         self._buffer = b""
         if proc is None:
             return
+        if not graceful and proc.poll() is None:
+            proc.kill()
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
@@ -287,8 +291,10 @@ class ProcessGPSampler(BaseSampler):
         n_startup_trials: int | None = None,
         process: SamplerProcess | None = None,
         parallel: bool = False,
+        deterministic_objective: bool = False,
     ) -> None:
         self._seed = seed
+        self._deterministic = deterministic_objective
         self._n_startup = n_startup_trials
         self._process = process
         self._space = IntersectionSearchSpace()
@@ -337,6 +343,7 @@ class ProcessGPSampler(BaseSampler):
         request = wire.request(
             [d.name.lower() for d in study.directions], search_space, trials, self._seed
         )
+        request["deterministic_objective"] = self._deterministic
         try:
             internal, cpu = self.process.suggest(study.study_name, request)
             params = wire.external(search_space, internal)

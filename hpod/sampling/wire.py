@@ -27,6 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 #: The version of the exchange; a process that answers another one is restarted.
 PROTOCOL = 1
+#: A value this share of its range outside the bounds is float round-off, put back inside.
+ROUND_OFF = 1e-9
 
 
 class WireError(ValueError):
@@ -116,5 +118,7 @@ def _snap(dist: BaseDistribution, value: float) -> float:
         if isinstance(dist, IntDistribution):
             value = float(round(value))
     if isinstance(dist, IntDistribution | FloatDistribution):
-        return min(max(value, dist.low), dist.high)
+        slack = ROUND_OFF * (dist.high - dist.low)
+        if dist.low - slack <= value <= dist.high + slack:  # round-off, not a wrong answer
+            return min(max(value, dist.low), dist.high)
     return value
