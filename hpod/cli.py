@@ -413,6 +413,13 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
+    sampler = eff.get("sampler_process")
+    if sampler:
+        print(
+            f"  sampler process   {sampler['cpu_seconds']:.2f} CPU s for "
+            f"{sampler['suggestions']} GP suggestions (outside the daemon; the daemon's own "
+            "time is below)"
+        )
     _print_time_per_trial(eff.get("time_per_trial"))
 
 

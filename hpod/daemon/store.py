@@ -36,6 +36,7 @@ from hpod.engine import (
     EXTERNAL_ATTR,
     MODE_ATTR,
     REQUEST_ATTR,
+    SAMPLER_CPU_ATTR,
     SPEC_ATTR,
     STATE_ATTR,
     check_sampler_available,
@@ -616,12 +617,18 @@ class StudyStore:
         evaluation per trial. A trial that ran on full data costs what it measured; a trial
         pruned on a fraction is scaled up by the study's measured cost ratio of that fraction
         to the full data (trials that ran both); a cache hit costs what the cached evaluation
-        did. External trials (no cost recorded) are left out.
+        did. External trials (no cost recorded) are left out. The CPU the sampler process spent
+        on the study's points (GP) is given apart: it is neither the objective's nor the
+        daemon's.
         """
+        every = self.open(spec).get_trials(deepcopy=False)
         costs = [
             (t, t.user_attrs[COST_ATTR])
-            for t in self.open(spec).get_trials(deepcopy=False, states=FINISHED)
-            if t.user_attrs.get(COST_ATTR)
+            for t in every
+            if t.state in FINISHED and t.user_attrs.get(COST_ATTR)
+        ]
+        sampler_cpu = [
+            float(t.user_attrs[SAMPLER_CPU_ATTR]) for t in every if SAMPLER_CPU_ATTR in t.user_attrs
         ]
         ratios: dict[float, list[float]] = {}
         full_cpus: list[float] = []
@@ -668,6 +675,12 @@ class StudyStore:
             "saved_cpu_seconds": round(estimate - cpu, 4) if known else None,
             "compute_ratio": round(estimate / cpu, 3) if known and cpu > 0 else None,
             "time_per_trial": _time_per_trial(times),
+            # The GP's CPU, spent in the sampler process (not in the daemon's own time).
+            "sampler_process": (
+                {"suggestions": len(sampler_cpu), "cpu_seconds": round(sum(sampler_cpu), 4)}
+                if sampler_cpu
+                else None
+            ),
         }
 
 

@@ -36,13 +36,12 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.backoff import Backoff
+from hpod.engine import SAMPLER_CPU_ATTR
 from hpod.sampling import wire
 from hpod.sampling.opening import opening_size
 
 log = structlog.get_logger("hpod.sampler")
 
-#: Trial user attribute: CPU seconds the sampler process spent choosing the trial's point.
-SAMPLER_CPU_ATTR = "hpod:sampler_cpu"
 #: Seconds to wait for a started process to have torch loaded.
 START_TIMEOUT = 120.0
 #: Seconds to wait for one suggestion; a GP over a few hundred trials takes about one.

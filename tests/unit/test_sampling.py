@@ -16,11 +16,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hpod.backoff import Backoff
-from hpod.engine import make_sampler
+from hpod.engine import SAMPLER_CPU_ATTR, make_sampler
 from hpod.sampling import wire
 from hpod.sampling.cmaes import RESTART_ATTR, OpeningCmaEsSampler
 from hpod.sampling.opening import opening_size
-from hpod.sampling.process import SAMPLER_CPU_ATTR, ProcessGPSampler, SamplerProcess
+from hpod.sampling.process import ProcessGPSampler, SamplerProcess
 
 QUICK = Backoff(initial=0.05, maximum=0.1, jitter=0.0)
 
