@@ -545,6 +545,10 @@ def _print_policy(status: dict[str, Any]) -> None:
     """The strategy policy's status, in a few lines."""
     weights = status.get("weights") or "none"
     print(f"strategy policy version {status.get('version')}: weights {weights}")
+    if status.get("auto"):
+        print(f"  auto decides by: {status['auto']}")
+    if status.get("sampler_process"):
+        print(f"  sampler process (GP): {json.dumps(status['sampler_process'], sort_keys=True)}")
     if status.get("fallback"):
         print(f"  fallback: {status['fallback']}")
     experiences = status.get("experiences") or {}
