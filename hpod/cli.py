@@ -415,6 +415,13 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
         )
     if eff.get("report_cpu_seconds"):
         print(f"  reporting         {eff['report_cpu_seconds']:.2f} CPU s (not in compute spent)")
+    sampler = eff.get("sampler_process")
+    if sampler:
+        print(
+            f"  sampler process   {sampler['cpu_seconds']:.2f} CPU s for "
+            f"{sampler['suggestions']} GP suggestions (outside the daemon; the daemon's own "
+            "time is below)"
+        )
     _print_time_per_trial(eff.get("time_per_trial"))
 
 
@@ -540,6 +547,10 @@ def _print_policy(status: dict[str, Any]) -> None:
     """The strategy policy's status, in a few lines."""
     weights = status.get("weights") or "none"
     print(f"strategy policy version {status.get('version')}: weights {weights}")
+    if status.get("auto"):
+        print(f"  auto decides by: {status['auto']}")
+    if status.get("sampler_process"):
+        print(f"  sampler process (GP): {json.dumps(status['sampler_process'], sort_keys=True)}")
     if status.get("fallback"):
         print(f"  fallback: {status['fallback']}")
     experiences = status.get("experiences") or {}

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="The strategy policy retrains (in its own process) after this many new "
         "experiences.",
     )
+    policy_learned: bool = Field(
+        default=False,
+        description="Strategy auto is the learned policy (and it learns online) instead of "
+        "the static rule (docs/policies.md).",
+    )
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # --- memory bounds of what the daemon keeps per study ---

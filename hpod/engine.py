@@ -8,6 +8,7 @@ optuna-dashboard read unchanged.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import math
 import os
 import sqlite3
@@ -35,6 +36,8 @@ ERROR_ATTR = "hpod:error"
 COST_ATTR = "hpod:cost"
 #: A budget changed live (the spec keeps the one the study was created with).
 BUDGET_ATTR = "hpod:budget"
+#: CPU seconds the sampler process spent choosing a trial's point (`hpod.sampling.process`).
+SAMPLER_CPU_ATTR = "hpod:sampler_cpu"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Multivariate TPE, its `group` option and a few pruners are flagged experimental; hpod pins
@@ -100,7 +103,9 @@ def make_sampler(
     """The Optuna sampler `name` with the mode's `options`.
 
     With trials evaluated in parallel, TPE lies constantly about the trials still running,
-    so trials asked together are spread out instead of piling onto one point.
+    so trials asked together are spread out instead of piling onto one point. ``cmaes`` and
+    ``gp`` are hpod's samplers around Optuna's (`hpod.sampling`): each opens with a short
+    scrambled Sobol design; the GP runs in a separate process.
     """
     options = dict(options)
     if name == "random":
@@ -111,13 +116,15 @@ def make_sampler(
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **options)
     if name == "cmaes":
-        with warnings.catch_warnings():
-            # x0 and sigma0 (a warm start at the best point, see strategy.actions.warm_start)
-            # are deprecated in favour of source_trials, which needs many more trials.
-            warnings.simplefilter("ignore", FutureWarning)
-            return optuna.samplers.CmaEsSampler(seed=seed, **options)
+        # A QMC opening, a warm start at its best point and IPOP restarts (hpod.sampling.cmaes).
+        from hpod.sampling.cmaes import OpeningCmaEsSampler
+
+        return OpeningCmaEsSampler(seed=seed, parallel=parallel, **options)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, **options)
+        # Optuna's GPSampler in the sampler process: torch never enters this one.
+        from hpod.sampling.process import ProcessGPSampler
+
+        return ProcessGPSampler(seed=seed, parallel=parallel, **options)
     if name != "tpe":
         raise ValueError(f"unknown sampler {name!r}")
     if parallel:
@@ -129,18 +136,17 @@ def make_sampler(
 
 def check_sampler_available(name: str) -> None:
     """Refuse a sampler whose optional dependency is missing, before the study exists."""
-    needs = {"cmaes": "cmaes", "gp": "scipy", "qmc": "scipy"}
+    needs = {"cmaes": "cmaes", "gp": "torch", "qmc": "scipy"}
     module = needs.get(name)
     if module is None:
         return
-    try:
-        __import__(module)
-    except ImportError as exc:
+    # Found, not imported: torch (for gp) must stay out of the daemon's memory.
+    if importlib.util.find_spec(module) is None:
         raise RequestRejected(
             "unavailable",
             "study.sampler.name",
             f"sampler {name!r} needs the {module!r} package on the daemon",
-        ) from exc
+        )
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:

@@ -112,6 +112,8 @@ class StudyManager:
             settings.data_dir / "policy",
             load_strategies(),
             learn_every=settings.policy_learn_every,
+            learn=settings.policy_learned,
+            learned=settings.policy_learned,
         )
         #: Failures of study loops by study name (see `_on_failure`).
         self._supervision: dict[str, Supervision] = {}

@@ -37,6 +37,7 @@ from hpod.engine import (
     EXTERNAL_ATTR,
     MODE_ATTR,
     REQUEST_ATTR,
+    SAMPLER_CPU_ATTR,
     SPEC_ATTR,
     STATE_ATTR,
     check_sampler_available,
@@ -620,11 +621,17 @@ class StudyStore:
         of its epochs or folds is scaled up from its own CPU per step to the steps of a full
         evaluation (the median of the complete trials'); a cache hit costs what the cached
         evaluation did. External trials (no cost recorded) are left out.
+        The CPU the sampler process spent on the study's points (GP) is given apart: it is
+        neither the objective's nor the daemon's.
         """
+        every = self.open(spec).get_trials(deepcopy=False)
         costs = [
             (t, t.user_attrs[COST_ATTR])
-            for t in self.open(spec).get_trials(deepcopy=False, states=FINISHED)
-            if t.user_attrs.get(COST_ATTR)
+            for t in every
+            if t.state in FINISHED and t.user_attrs.get(COST_ATTR)
+        ]
+        sampler_cpu = [
+            float(t.user_attrs[SAMPLER_CPU_ATTR]) for t in every if SAMPLER_CPU_ATTR in t.user_attrs
         ]
         ratios: dict[float, list[float]] = {}
         full_cpus: list[float] = []
@@ -681,6 +688,12 @@ class StudyStore:
             "compute_ratio": round(estimate / cpu, 3) if known and cpu > 0 else None,
             "report_cpu_seconds": round(report_cpu, 4),
             "time_per_trial": _time_per_trial(times),
+            # The GP's CPU, spent in the sampler process (not in the daemon's own time).
+            "sampler_process": (
+                {"suggestions": len(sampler_cpu), "cpu_seconds": round(sum(sampler_cpu), 4)}
+                if sampler_cpu
+                else None
+            ),
         }
 
 

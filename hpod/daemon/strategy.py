@@ -310,7 +310,7 @@ class StrategyDriver:
             mode = str(pending.get("mode") or run.mode_plan.mode)
             outcome = window_reward(run.spec, trials, int(pending["first_trial"]), mode)
         return Snapshot(
-            SpaceShape.of(run.spec, fidelity),
+            SpaceShape.of(run.spec, fidelity, run.budget.trials),
             vector,
             outcome,
             best_params(run.spec, trials),

@@ -14,6 +14,7 @@ import pytest
 from conftest import Daemon, DaemonFactory, eventually
 
 from hpod.policies.strategy.agent import BUNDLE_FORMAT, shipped_dir
+from hpod.policies.strategy.model import checksum
 
 STUDIES = 300
 CAP = 20
@@ -96,15 +97,36 @@ def test_many_finished_studies_leave_bounded_series_records_and_memory(
 
 
 def _weights_text(case: str) -> str:
-    """The shipped weights file with one of the report's exact defects."""
+    """The shipped weights file with one of the reports' exact defects (issues 12 and 14)."""
     if case == "deep":
         return "[" * 200_000 + "]" * 200_000
     data = json.loads((shipped_dir() / "weights.json").read_text())
+    if case == "huge":
+        data["padding"] = "x" * 21_700_000
+        return json.dumps(data)
+    if case in ("1e300", "single"):
+        if case == "1e300":
+            data["networks"][0][0]["weight"][0][0] = 1e300
+        else:
+            data["networks"] = data["networks"][:1]
+        data["sha256"] = checksum(data["networks"])  # only the check under test refuses it
+        return json.dumps(data)
     data["trained_on"] = "lots" if case == "lots" else 424242
     return json.dumps(data).replace("424242", "1e999")
 
 
-@pytest.mark.parametrize("case", ["lots", "infinite", "deep"])
+#: The field each defect is refused by (None: the file as a whole, with this reason).
+REFUSED = {
+    "lots": ("trained_on", ""),
+    "infinite": ("trained_on", ""),
+    "deep": (None, "recursion limit"),
+    "huge": (None, "larger than"),
+    "1e300": ("networks.0.0.weight.0.0", ""),
+    "single": ("networks", "exactly 5"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
 def test_the_daemon_starts_with_a_bad_weights_file_on_the_shipped_weights(
     start_daemon: DaemonFactory, tmp_path: Path, case: str
 ) -> None:
@@ -118,14 +140,14 @@ def test_the_daemon_starts_with_a_bad_weights_file_on_the_shipped_weights(
     logged = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
     unreadable = [e for e in logged if e.get("event") == "strategy.weights_unreadable"]
     assert unreadable and unreadable[0]["path"] == str(data_dir / "policy" / "weights.json")
-    if case == "deep":
-        assert "recursion limit" in unreadable[0]["reason"]
+    field, reason = REFUSED[case]
+    assert unreadable[0]["field"] == field and reason in unreadable[0]["reason"]
+    if field is None:
         return
-    assert unreadable[0]["field"] == "trained_on"
     bundle = {"format": BUNDLE_FORMAT, "weights": None, "replay": []}
     raw = json.dumps(bundle).replace("null", _weights_text(case)).encode()
     status, reply = daemon.request("POST", "/policy/import", raw=raw)
     assert status == 400, reply
     assert reply["error"]["code"] == "invalid"
-    assert reply["error"]["field"] == "bundle.weights.trained_on"
+    assert reply["error"]["field"] == f"bundle.weights.{field}"
     assert daemon.get("/policy")["weights"] == "shipped"  # the policy in force stays

@@ -339,7 +339,7 @@ def test_the_daemon_learns_in_its_own_process_and_keeps_the_weights_across_a_res
     import psutil
 
     data = tmp_path / "data"
-    daemon = start_daemon(data_dir=data, policy_learn_every="3")
+    daemon = start_daemon(data_dir=data, policy_learn_every="3", policy_learned="true")
     shipped_version = daemon.get("/policy")["version"]
     assert daemon.request("POST", "/studies", spec("learner", 40))[0] == 201
     daemon.wait_study("learner")

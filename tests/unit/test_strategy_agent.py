@@ -54,11 +54,25 @@ def cmaes_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_by_default_auto_is_the_rule_even_with_weights(tmp_path: Path, cmaes_weights: Path) -> None:
+    """The learned policy is opt-in (`policy_learned`): by default the rule decides, says
+    so, and the weights are only loaded for the status."""
+    agent = StrategyAgent(tmp_path / "p", shipped=cmaes_weights, explore=True)
+    assert agent.ensemble is not None
+    small = SpaceShape(4, 4, 0, 0, 1, "none", budget_trials=30)
+    for told in (0, 12, 24):
+        decision = agent.decide(small, [0.1] * len(FEATURE_NAMES), "balanced", told, told, None)
+        assert (decision.strategy.name, decision.source) == ("gp", "rules")
+        assert decision.reason.startswith("rule: numeric space, small budget")
+        assert decision.scores == {}
+    assert agent.status()["auto"] == "rule"
+
+
 def test_without_weights_the_rules_decide_and_say_why(tmp_path: Path) -> None:
-    agent = StrategyAgent(tmp_path / "policy", shipped=tmp_path / "nothing")
+    agent = StrategyAgent(tmp_path / "policy", shipped=tmp_path / "nothing", learned=True)
     decision = agent.decide(CONTINUOUS, [0.0] * len(FEATURE_NAMES), "balanced", 0, 0, None)
     assert decision.source == "rules"
-    assert decision.strategy.name == "qmc"  # the rules open with a space-filling design
+    assert decision.strategy.name == "cmaes"  # numeric, no trial budget: the rule's CMA-ES
     assert "unreadable" in decision.reason and "cannot read" in decision.reason
     assert agent.status()["fallback"] == decision.reason
 
@@ -77,7 +91,7 @@ def test_a_corrupt_weights_file_falls_back_to_the_shipped_weights_then_the_rules
     assert "strategy.weights_unreadable" in capsys.readouterr().out
     (policy / "weights.json").write_text("{not json")
     assert "not JSON" in (StrategyAgent(policy, shipped=cmaes_weights).fallback or "")
-    agent = StrategyAgent(policy, shipped=tmp_path / "nothing")  # no usable weights at all
+    agent = StrategyAgent(policy, shipped=tmp_path / "nothing", learned=True)  # no weights
     decision = agent.decide(CONTINUOUS, [0.1] * len(FEATURE_NAMES), "balanced", 30, 30, None)
     assert decision.source == "rules"
     assert "not JSON" in decision.reason
@@ -86,12 +100,13 @@ def test_a_corrupt_weights_file_falls_back_to_the_shipped_weights_then_the_rules
 def test_trained_weights_pick_what_earned_most_and_mask_what_cannot_apply(
     tmp_path: Path, cmaes_weights: Path
 ) -> None:
-    agent = StrategyAgent(tmp_path / "p", shipped=cmaes_weights, explore=False)
+    agent = StrategyAgent(tmp_path / "p", shipped=cmaes_weights, explore=False, learned=True)
+    assert agent.status()["auto"] == "learned policy"
     state = [0.1] * len(FEATURE_NAMES)
     decision = agent.decide(CONTINUOUS, state, "balanced", 30, 30, None)
     assert decision.strategy.name == "cmaes" and decision.source == "policy"
     assert max(decision.scores, key=decision.scores.__getitem__) == "cmaes"
-    assert "tpe-halving-ladder" in decision.masked and "gp" in decision.masked
+    assert "tpe-halving-ladder" in decision.masked and "gp" not in decision.masked
     conditional = SpaceShape(4, 3, 1, 2, 1, "none")
     decision = agent.decide(conditional, state, "balanced", 30, 30, None)
     assert decision.strategy.name != "cmaes"

@@ -22,7 +22,7 @@ def test_an_operator_strategy_is_added_and_scored(tmp_path: Path) -> None:
     )
     strategies = load_strategies(str(file))
     assert [s.name for s in strategies[len(BUILTIN) :]] == ["tpe-wilcoxon", "cmaes-ladder"]
-    agent = StrategyAgent(tmp_path / "policy", strategies, explore=False)
+    agent = StrategyAgent(tmp_path / "policy", strategies, explore=False, learned=True)
     epochs = SpaceShape(3, 3, 0, 0, 1, "epochs")
     decision = agent.decide(epochs, [0.1] * len(FEATURE_NAMES), "balanced", 24, 24, None)
     if agent.ensemble is not None:  # the shipped weights score it from its parts

@@ -1,4 +1,4 @@
-"""Strategies: masks that keep impossible actions out, and the rule-based selector."""
+"""Strategies: masks that keep impossible actions out, and the static rule of `auto`."""
 
 from __future__ import annotations
 
@@ -7,19 +7,24 @@ from typing import Any
 import pytest
 
 from hpod.policies.strategy.actions import BUILTIN, SpaceShape, available
-from hpod.policies.strategy.rules import OPENING_TRIALS, choose
+from hpod.policies.strategy.rules import SMALL_BUDGET, choose, rule
 from hpod.schema import StudySpec
 
 FLOAT = {"type": "float", "low": 0.0, "high": 1.0}
+INT = {"type": "int", "low": 1, "high": 9}
+CAT = {"type": "categorical", "choices": ["a", "b", "c"]}
 
 
-def shape(space: dict[str, Any], fidelity: Any = "none", directions: int = 1) -> SpaceShape:
-    """The shape of a study with `space`."""
+def shape(
+    space: dict[str, Any], fidelity: Any = "none", directions: int = 1, trials: int | None = 40
+) -> SpaceShape:
+    """The shape of a study with `space` and a budget of `trials` (None: seconds only)."""
+    budget = {"trials": trials} if trials is not None else {"seconds": 600}
     spec = StudySpec.model_validate(
         {
             "name": "s",
             "space": space,
-            "budget": {"trials": 10},
+            "budget": budget,
             "directions": ["minimize"] * directions,
         }
     )
@@ -42,9 +47,9 @@ def names(s: SpaceShape) -> set[str]:
 
 
 def test_masks_keep_out_what_cannot_apply() -> None:
-    """CMA-ES needs continuous, unconditional spaces; pruning needs reports; a ladder needs
-    subsampling; NSGA-II is for several objectives."""
-    assert "cmaes" in names(CONTINUOUS) and "cmaes" not in names(MIXED)
+    """CMA-ES needs continuous, unconditional spaces, and so does the GP; pruning needs
+    reports; a ladder needs subsampling; NSGA-II is for several objectives."""
+    assert {"cmaes", "gp"} <= names(CONTINUOUS) and not {"cmaes", "gp"} & names(MIXED)
     assert not {"tpe-median", "tpe-halving-ladder", "nsga2"} & names(CONTINUOUS)
     epochs = shape({"x": FLOAT, "y": FLOAT}, "epochs")
     assert "tpe-median" in names(epochs) and "tpe-halving-ladder" not in names(epochs)
@@ -53,32 +58,58 @@ def test_masks_keep_out_what_cannot_apply() -> None:
     assert names(multi) == {"random", "qmc", "tpe", "tpe-multivariate", "nsga2"}
 
 
+def test_every_builtin_strategy_may_be_chosen_by_auto() -> None:
+    """gp is no longer forced-only: the rule picks it for small numeric budgets."""
+    assert all(s.auto for s in BUILTIN)
+
+
 @pytest.mark.parametrize(
-    ("s", "told", "ladder_pays", "expected"),
+    ("s", "ladder_pays", "expected"),
     [
-        (CONTINUOUS, 0, None, "qmc"),
-        (CONTINUOUS, OPENING_TRIALS, None, "cmaes"),
-        (MIXED, 0, None, "tpe-multivariate"),
-        (
-            shape({"x": FLOAT, "c": {"type": "categorical", "choices": [1, 2]}}, "epochs"),
-            20,
-            None,
-            "tpe-median",
-        ),
-        (shape({"x": FLOAT, "y": FLOAT}, "epochs"), 20, None, "cmaes-median"),
-        (shape({"x": FLOAT, "y": FLOAT}, "data"), 20, None, "tpe-halving-ladder"),
-        (shape({"x": FLOAT, "y": FLOAT}, "data"), 20, False, "cmaes"),
-        (shape({"x": FLOAT, "y": FLOAT}, "none", directions=2), 20, None, "nsga2"),
+        # numeric, small budget: GP (after its Sobol opening)
+        (CONTINUOUS, None, "gp"),
+        (shape({"x": FLOAT, "n": INT}, trials=16), None, "gp"),
+        (shape({"x": FLOAT}, trials=SMALL_BUDGET), None, "gp"),
+        # a few categoricals (at most a fifth) still count as numeric
+        (shape({**{f"x{i}": FLOAT for i in range(4)}, "c": CAT}), None, "gp"),
+        # numeric, longer run or no trial budget: CMA-ES (after its opening, with restarts)
+        (shape({f"x{i}": FLOAT for i in range(5)}, trials=SMALL_BUDGET + 1), None, "cmaes"),
+        (shape({"x": FLOAT, "y": INT}, trials=None), None, "cmaes"),
+        # one numeric parameter, long run: CMA-ES cannot apply, TPE
+        (shape({"x": FLOAT}, trials=500), None, "tpe-multivariate"),
+        # mixed or conditional: multivariate TPE (grouped), whatever the budget
+        (MIXED, None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "c": CAT, "d": CAT}, trials=20), None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "c": CAT, "d": CAT}, trials=500), None, "tpe-multivariate"),
+        # a fidelity: TPE, under the mode's pruner and ladder (compose keeps them)
+        (shape({"x": FLOAT, "y": FLOAT}, "epochs", trials=16), None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=16), None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=500), True, "tpe-multivariate"),
+        # a data ladder measured not to pay: as without a fidelity
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=16), False, "gp"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=500), False, "cmaes"),
+        # several objectives: NSGA-II
+        (shape({"x": FLOAT, "y": FLOAT}, "none", directions=2), None, "nsga2"),
     ],
 )
-def test_the_rules_choose_by_space_fidelity_and_progress(
-    s: SpaceShape, told: int, ladder_pays: bool | None, expected: str
+def test_the_rule_chooses_by_space_budget_and_fidelity(
+    s: SpaceShape, ladder_pays: bool | None, expected: str
 ) -> None:
-    """Opening design first, CMA-ES on continuous spaces, TPE on mixed ones, pruning with
-    epochs, a ladder where it pays, NSGA-II for several objectives."""
-    chosen = choose(s, told, ladder_pays)
-    assert chosen.name == expected
+    """The static rule of `auto`, one case per space and budget class; it never depends on
+    how far the study is, so every window gives the same answer."""
+    chosen, reason = rule(s, ladder_pays)
+    assert chosen.name == expected, reason
     assert chosen.mask_reason(s) is None
+    assert reason
+    assert all(choose(s, told, ladder_pays).name == expected for told in (0, 7, 100))
+
+
+def test_the_rule_reads_the_live_budget_over_the_spec() -> None:
+    spec = StudySpec.model_validate(
+        {"name": "s", "space": {"x": FLOAT, "y": FLOAT}, "budget": {"trials": 20}}
+    )
+    assert choose(SpaceShape.of(spec, "none")).name == "gp"
+    assert choose(SpaceShape.of(spec, "none", budget_trials=400)).name == "cmaes"
 
 
 def test_every_builtin_strategy_builds_its_optuna_objects() -> None:

@@ -27,10 +27,15 @@ class SpaceShape:
     n_conditional: int
     n_directions: int
     fidelity: Fidelity
+    #: The study's budget in trials (None: none given, e.g. a budget in seconds only).
+    budget_trials: int | None = None
 
     @classmethod
-    def of(cls, spec: StudySpec, fidelity: Fidelity) -> SpaceShape:
-        """The shape of `spec`'s study for an objective of the given fidelity."""
+    def of(
+        cls, spec: StudySpec, fidelity: Fidelity, budget_trials: int | None = None
+    ) -> SpaceShape:
+        """The shape of `spec`'s study for an objective of the given fidelity; the budget is
+        the spec's unless a live one is given."""
         params = list(spec.space.values())
         return cls(
             n_params=len(params),
@@ -39,6 +44,7 @@ class SpaceShape:
             n_conditional=sum(p.condition is not None for p in params),
             n_directions=len(spec.directions),
             fidelity=fidelity,
+            budget_trials=budget_trials if budget_trials is not None else spec.budget.trials,
         )
 
 
@@ -69,6 +75,8 @@ class Strategy:
                 return "CMA-ES cannot follow conditional parameters"
             if shape.n_continuous < max(2, 0.8 * shape.n_params):
                 return "CMA-ES needs a mostly continuous space of two or more dimensions"
+        if self.sampler == "gp" and shape.n_conditional:
+            return "the GP models one fixed space: it cannot follow conditional parameters"
         if self.pruner != "none" and shape.fidelity == "none":
             return "pruning needs an objective that reports intermediate values"
         if len(self.ladder) > 1 and shape.fidelity != "data":
@@ -84,10 +92,13 @@ BUILTIN: tuple[Strategy, ...] = (
     Strategy("qmc", "qmc"),
     Strategy("tpe", "tpe"),
     Strategy("tpe-multivariate", "tpe", sampler_options={"multivariate": True}),
+    # Both open with a short Sobol design (hpod.sampling.opening); CMA-ES then starts at its
+    # best point and restarts (IPOP) when it converges (hpod.sampling.cmaes).
     Strategy("cmaes", "cmaes"),
-    # Optuna's GP sampler costs ~0.4 s of daemon CPU a trial and imports torch into the
-    # daemon: worth it only for very expensive objectives, so a study must ask for it.
-    Strategy("gp", "gp", auto=False),
+    # Optuna's GP sampler, run in the sampler process (hpod.sampling.process): its ~0.1-1 s
+    # of CPU a trial and torch stay out of the daemon. The rule's pick for small numeric
+    # budgets.
+    Strategy("gp", "gp"),
     Strategy("nsga2", "nsga2"),
     Strategy("tpe-median", "tpe", "median", sampler_options={"multivariate": True}),
     Strategy("tpe-hyperband", "tpe", "hyperband", sampler_options={"multivariate": True}),

@@ -1,19 +1,25 @@
 """The strategy agent: decides each study's strategy and learns from what it earned.
 
-One agent per daemon. It scores every strategy that can apply with the learned ensemble
-(`model.py`, NumPy) and takes the best one only where the networks agree it beats the
-rule-based selector's pick; otherwise, or without usable weights, the rules decide. That is
+One agent per daemon. By default ``auto`` is the static rule (`rules.py`): the learned
+policy was measured no better than a one-line rule, and online learning made it worse
+(issue 14), so the agent decides by the rule and only records experience. With
+``learned=True`` (the ``policy_learned`` setting) it is the learned policy: it scores every
+strategy that can apply with the learned ensemble (`model.py`, NumPy) and takes the best one
+only where the networks agree it beats the rule's pick; otherwise, or without usable
+weights, the rule decides. That is
 the conservative part: a bad exploratory choice costs a user real compute, so exploration is
 rare (it decays with the agent's own experience) and only ever tries the runner-up.
 
-Every decision's outcome goes to the replay buffer on disk; after enough new experience the
-agent starts the learner as a separate process (`learner.py`, the only place torch is
-imported) and picks up the new weights when they appear.
+Every decision's outcome goes to the replay buffer on disk; with learning on, after enough
+new experience the agent starts the learner as a separate process (`learner.py`, the only
+place torch is imported besides the GP's sampler process) and picks up the new weights when
+they appear.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import subprocess
 import sys
@@ -37,6 +43,7 @@ from hpod.policies.strategy.replay import (
     ReplayBuffer,
 )
 from hpod.policies.strategy.reward import WindowOutcome
+from hpod.sampling import process as sampler_process
 
 log = structlog.get_logger("hpod.strategy")
 
@@ -101,8 +108,12 @@ class StrategyAgent:
         seed: int | None = None,
         shipped: Path | None = None,
         learn_every: int = LEARN_EVERY,
+        learned: bool = False,
     ) -> None:
         self.policy_dir = policy_dir
+        #: Whether ``auto`` is the learned policy (else the rule decides; weights are still
+        #: loaded, so that `status` shows them and turning it on needs no other change).
+        self.learned = learned
         self.strategies = strategies
         self.explore = explore
         self.learn = learn
@@ -115,7 +126,9 @@ class StrategyAgent:
         self._new_experiences = 0
         self._local_count = len(self.buffer)
         self._shipped_count = _count(self.shipped / "replay.jsonl.gz")
+        #: Time of the local weights file last loaded, and of the one last refused.
         self._weights_mtime: float | None = None
+        self._refused_mtime: float | None = None
         self.ensemble: model.Ensemble | None = None
         self.weights_source: str | None = None
         self.fallback: str | None = None
@@ -127,31 +140,47 @@ class StrategyAgent:
         """Use the local weights if there are any, else the shipped ones. A file that cannot
         be used is logged (file, field and reason) and the next one down is used: bad local
         weights leave the shipped ones in force, bad shipped ones leave the rules deciding.
-        Never raises: a weights file must not stop the daemon."""
+
+        One guard around the whole load: whatever a file makes fail (a refusal, a bug, a
+        surprise of the parser) it is refused, named in the log and in `status`; nothing
+        escapes to stop the daemon. The local file's time is recorded as loaded only after a
+        good load; a refused one is remembered apart, so it is not read again at every
+        decision, and the fallback stays shown until a good file replaces it."""
         local = self.policy_dir / "weights.json"
-        self._weights_mtime = _mtime(local)
+        seen = _mtime(local)  # before the read: a file replaced meanwhile is read again
         candidates = [(local, "local")] if local.exists() else []
         candidates.append((self.shipped / "weights.json", "shipped"))
         problems = []
         for path, source in candidates:
             try:
-                self.ensemble = model.load(path)
-            except model.WeightsError as exc:
-                problems.append(f"weights {path} unreadable ({exc})")
+                ensemble = model.load(path)
+            except Exception as exc:  # the one guard: see the docstring
+                field = exc.field if isinstance(exc, model.WeightsError) else ""
+                reason = exc.reason if isinstance(exc, model.WeightsError) else repr(exc)
+                problems.append(
+                    f"weights {path} unreadable ({field + ': ' if field else ''}{reason})"
+                )
                 log.error(
                     "strategy.weights_unreadable",
                     path=str(path),
-                    field=exc.field or None,
-                    reason=exc.reason,
+                    field=field or None,
+                    reason=reason,
                 )
+                if source == "local":
+                    self._refused_mtime = seen
                 continue
+            self.ensemble = ensemble
             self.weights_source = source
             self.fallback = f"{problems[0]}: the shipped weights decide" if problems else None
+            if source == "local":
+                self._weights_mtime, self._refused_mtime = seen, None
+            else:
+                self._weights_mtime = None
             log.info(
                 "strategy.weights_loaded",
                 path=str(path),
-                version=self.ensemble.version,
-                trained_on=self.ensemble.trained_on,
+                version=ensemble.version,
+                trained_on=ensemble.trained_on,
             )
             return
         self.ensemble = None
@@ -159,7 +188,12 @@ class StrategyAgent:
         self.fallback = f"{problems[0]}: the rule-based selector decides"
 
     def _reload_if_changed(self) -> None:
-        if _mtime(self.policy_dir / "weights.json") != self._weights_mtime:
+        """Load again if the local file changed since the last good load and is not the
+        file last refused."""
+        now = _mtime(self.policy_dir / "weights.json")
+        gone = now is None and self._refused_mtime is not None
+        if gone or (now != self._weights_mtime and now != self._refused_mtime):
+            self._refused_mtime = None
             self._load()
 
     # --- deciding --------------------------------------------------------------------------
@@ -199,7 +233,7 @@ class StrategyAgent:
         self._reload_if_changed()
         masked = self.masks(shape)
         candidates = [s for s in self.strategies if s.name not in masked]
-        ruled = rules.choose(shape, told, ladder_pays, self.strategies)
+        ruled, why = rules.rule(shape, ladder_pays, self.strategies)
         if ruled.name in masked:  # the rules' fallback when nothing else applies
             ruled = candidates[0] if candidates else ruled
 
@@ -209,6 +243,8 @@ class StrategyAgent:
             return Decision(strategy, source, features, scores, masked, reason, told, first_trial)
 
         incumbent = next((s for s in candidates if s.name == current), ruled)
+        if not self.learned:
+            return decision(ruled, "rules", f"rule: {why}", {})
         if self.ensemble is None:
             return decision(ruled, "rules", self.fallback or "no trained policy", {})
         if self.ensemble.trained_on < MIN_TRAINED_ON:
@@ -345,6 +381,7 @@ class StrategyAgent:
         except (OSError, ValueError):  # WeightsError is a ValueError
             learner["last"] = None
         return {
+            "auto": "learned policy" if self.learned else "rule",
             "version": self.ensemble.version if self.ensemble else None,
             "weights": self.weights_source,
             "trained_on": self.ensemble.trained_on if self.ensemble else None,
@@ -354,6 +391,7 @@ class StrategyAgent:
             "exploration_rate": round(self._explore_rate(), 4) if self.explore else 0.0,
             "strategies": [s.name for s in self.strategies],
             "recent": list(self._recent)[-20:],
+            "sampler_process": sampler_process.shared_status(),
         }
 
     def reset(self) -> dict[str, Any]:
@@ -397,6 +435,14 @@ class StrategyAgent:
         weights = bundle.get("weights")
         if weights is not None:
             try:
+                size = len(json.dumps(weights, separators=(",", ":"), default=str))
+            except (ValueError, RecursionError) as exc:
+                raise RequestRejected("invalid", "bundle.weights", f"not JSON: {exc}") from exc
+            if size > model.MAX_FILE_BYTES:
+                raise RequestRejected(
+                    "invalid", "bundle.weights", f"larger than {model.MAX_FILE_BYTES} bytes"
+                )
+            try:
                 model.parse(weights)
             except model.WeightsError as exc:
                 field = f"bundle.weights.{exc.field}" if exc.field else "bundle.weights"
@@ -428,8 +474,10 @@ class StrategyAgent:
         self._learner = None
 
     def close(self) -> None:
-        """Stop a learner still running (its weights are written atomically: nothing tears)."""
+        """Stop a learner still running (its weights are written atomically: nothing tears)
+        and the sampler process the strategies' GP runs in (daemon shutdown)."""
         self._stop_learner()
+        sampler_process.stop_shared()
 
 
 def _mtime(path: Path) -> float | None:

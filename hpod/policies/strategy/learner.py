@@ -27,8 +27,8 @@ from typing import Any
 from hpod.policies.strategy import model
 from hpod.policies.strategy.replay import Experience, read_experiences
 
-NETWORKS = 5
-HIDDEN = 64
+NETWORKS = model.NETWORKS
+HIDDEN = model.HIDDEN
 #: The daemon's own experiences make up this share of what the learner fits once there are
 #: many; with n of them the share is n / (n + LOCAL_HALF), so a few studies already move the
 #: policy (the shipped suite has thousands) without a handful of windows overturning it.

@@ -4,9 +4,10 @@ The networks are trained with PyTorch (`learner.py`), but the daemon only needs 
 pass: a few small dense layers. Doing that in NumPy keeps torch (180 MB, 1.3 s to import) out
 of the daemon, which decides a strategy every window of every study; torch is loaded only
 where learning happens. Weights are stored as JSON, never pickled, and validated as a whole
-before use: read with a size and depth limit, checked against a strict model (types, finite
-numbers, shapes that chain through the network), so a file that is corrupt, truncated, hostile
-or made for other features is refused with the reason and the field (`WeightsError`, the only
+before use: read with a size and depth limit, checked against a strict model (types, bounded
+finite numbers, exactly the architecture the agent reads: five networks of 64-64-1), and its
+predictions on probe inputs must be finite, so a file that is corrupt, truncated, hostile or
+made for other features is refused with the reason and the field (`WeightsError`, the only
 exception `load` raises); the caller then falls back to the shipped weights or the rules.
 """
 
@@ -31,11 +32,20 @@ FORMAT = "hpod-strategy-weights/1"
 
 
 #: A weights file larger than this is refused unread (the shipped one is ~300 kB).
-MAX_FILE_BYTES = 32 * 1024 * 1024
-#: Bounds on the ensemble a file may describe: networks, layers per network, layer width.
+MAX_FILE_BYTES = 2 * 1024 * 1024
+#: The one architecture the agent reads: `NETWORKS` networks (its quorum is 4 of 5), each
+#: two hidden ReLU layers of `HIDDEN` units and one output. Anything else is refused.
+NETWORKS = 5
+HIDDEN = 64
+#: Bounds the schema checks before shapes are compared (so a hostile file fails fast).
 MAX_NETWORKS = 32
 MAX_LAYERS = 16
 MAX_WIDTH = 4096
+#: No weight or bias of a trained network comes near this (they are below 10); 1e300 would
+#: overflow to infinity in the forward pass.
+MAX_WEIGHT = 1e3
+#: Predictions on the probe inputs must stay within this (the reward target is ~[-3, 3]).
+MAX_OUTPUT = 1e3
 
 
 class WeightsError(ValueError):
@@ -84,7 +94,7 @@ def checksum(networks: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
 
 class _LayerFile(BaseModel):
@@ -141,21 +151,51 @@ def parse(data: Any) -> Ensemble:
         )
     if checked.sha256 != checksum(data["networks"]):
         raise WeightsError("checksum mismatch: the file is damaged", "sha256")
+    if len(checked.networks) != NETWORKS:
+        raise WeightsError(
+            f"{len(checked.networks)} networks; the agent reads exactly {NETWORKS}", "networks"
+        )
     parsed = [_network(n, layers) for n, layers in enumerate(checked.networks)]
-    return Ensemble(
+    ensemble = Ensemble(
         tuple(parsed),
         checked.version,
         checked.trained_on,
         {k: v for k, v in data.items() if k not in ("networks", "sha256")},
     )
+    _check_outputs(ensemble)
+    return ensemble
+
+
+def _check_outputs(ensemble: Ensemble) -> None:
+    """Refuse networks whose predictions on probe inputs (all features at -1, 0, 1 and a
+    fixed mixture) are not finite or not within `MAX_OUTPUT`."""
+    width_state, width_action = len(FEATURE_NAMES), len(ACTION_FEATURE_NAMES)
+    mixture = np.random.default_rng(0).uniform(-1.0, 1.0, width_state + width_action)
+    probes = [np.full(width_state + width_action, v) for v in (-1.0, 0.0, 1.0)] + [mixture]
+    with np.errstate(all="ignore"):
+        out = np.concatenate(
+            [
+                ensemble.predict(list(p[:width_state]), [list(p[width_state:])]).ravel()
+                for p in probes
+            ]
+        )
+    if not np.all(np.isfinite(out)) or np.any(np.abs(out) > MAX_OUTPUT):
+        raise WeightsError(
+            f"predictions not finite or beyond {MAX_OUTPUT:g} on probe inputs", "networks"
+        )
 
 
 def _network(n: int, layers: list[_LayerFile]) -> tuple[Layer, ...]:
-    """One network's layers, checked to chain from the input width to one output."""
+    """One network's layers, checked to be exactly the architecture (`HIDDEN`, `HIDDEN`, 1)."""
     built = []
     fan_in = len(FEATURE_NAMES) + len(ACTION_FEATURE_NAMES)
+    if len(layers) != 3:
+        raise WeightsError(f"{len(layers)} layers; expected 3", f"networks.{n}")
     for k, layer in enumerate(layers):
         where = f"networks.{n}.{k}"
+        width = 1 if k == len(layers) - 1 else HIDDEN
+        if len(layer.weight) != width:
+            raise WeightsError(f"must have {width} rows", f"{where}.weight")
         if any(len(row) != fan_in for row in layer.weight):
             raise WeightsError(f"every row must have {fan_in} numbers", f"{where}.weight")
         if len(layer.bias) != len(layer.weight):

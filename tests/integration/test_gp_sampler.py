@@ -1,0 +1,52 @@
+"""A GP study in a real daemon with real workers: `auto` picks the GP for a small numeric
+budget, the GP runs in the sampler process, torch is mapped there and never in the daemon,
+its CPU shows in the efficiency report, and the process ends with the daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import psutil
+from conftest import DaemonFactory, eventually, quadratic_spec
+
+from hpod.engine import SAMPLER_CPU_ATTR, make_storage
+
+
+def maps_torch(pid: int) -> bool:
+    """Whether process `pid` has libtorch mapped (read from /proc/<pid>/maps)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_gp_study_keeps_torch_in_the_sampler_process(start_daemon: DaemonFactory) -> None:
+    daemon = start_daemon()
+    assert daemon.proc is not None
+    name = "gp-small-budget"
+    body = quadratic_spec(name, 14, sampler={"seed": 3}, max_concurrent=2)
+    assert daemon.request("POST", "/studies", body)[0] == 201
+    final = daemon.wait_study(name, timeout=300)
+    assert final["n_trials"] == 14 and final["counts"] == {"complete": 14}
+
+    shown = final["strategy"]
+    assert (shown["current"], shown["source"]) == ("gp", "rules"), shown
+    assert shown["reason"].startswith("rule: numeric space, small budget (14 trials")
+    assert shown["plan"]["sampler"] == "gp"
+
+    journal = f"journal://{daemon.env['HPOD_DATA_DIR']}/studies.journal"
+    trials = optuna.load_study(study_name=name, storage=make_storage(journal)).trials
+    by_gp = [t for t in trials if SAMPLER_CPU_ATTR in t.user_attrs]
+    assert by_gp, "no trial was sampled by the GP"
+    assert min(t.number for t in by_gp) >= 4  # after the Sobol opening (2 x 2 dims)
+    sampler = final["efficiency"]["sampler_process"]
+    assert sampler["suggestions"] == len(by_gp)
+    assert sampler["cpu_seconds"] > 0
+
+    process = daemon.get("/policy")["sampler_process"]
+    assert process["fallbacks"] == 0 and process["starts"] == 1, process
+    child = process["pid"]
+    assert psutil.Process(child).ppid() == daemon.proc.pid
+    assert maps_torch(child), "the sampler process has no torch mapped: is it the GP?"
+    assert not maps_torch(daemon.proc.pid), "torch was loaded into the daemon"
+
+    daemon.stop()
+    eventually(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie")
