@@ -361,9 +361,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show a study's status and what the efficiency policies saved."""
     status = _status(args.name, args.url)
     _print_best(status)
-    print(
-        f"mode: {status.get('mode')}  in flight: {status['in_flight']}  budget: {status['budget']}"
-    )
+    budget = status.get("budget") or {}
+    limits = ", ".join(f"{v:g} {k}" for k, v in budget.items() if v is not None)
+    print(f"mode: {status.get('mode')}  in flight: {status['in_flight']}  budget: {limits}")
+    spent = status.get("spent")
+    if spent:
+        print(
+            f"spent: {spent['trials']} trials, {spent['cpu_seconds']:g} CPU s, "
+            f"{spent['full_evaluations']:g} full evaluations"
+        )
     if status.get("plan"):
         plan = status["plan"]
         print(
