@@ -14,8 +14,8 @@ added to `hpod.modes.ALL_POLICIES` gets its ``balanced-no-<policy>`` ablation by
 new strategy is ``Config("balanced-<name>", "balanced", "<name>", ABLATION, ...)``.
 
 - ``tpe`` is plain Optuna: default TPE, full data, no pruning, no cache, no batching. It is
-  the yardstick: T = median over seeds of its final best; a ratio = its median CPU seconds
-  to reach T ÷ the configuration's (a seed never reaching T counts as infinite).
+  the yardstick: T = median over seeds of its best within the budget; a ratio = its median
+  CPU seconds to reach T ÷ the configuration's (a seed never reaching T counts as infinite).
 - ``cmaes``, ``gp``, ``tpe-median``, ``tpe-hyperband`` are the other simple set-ups (the
   pruners on the task's own steps: the data ladder's rungs, or the epochs it reports).
 - ``balanced``, ``fast``, ``thorough``: hpod's modes with strategy ``auto`` (the default).
@@ -442,6 +442,19 @@ class Run:
         bests = [t["best"] for t in self.trials if t["best"] is not None]
         return float(bests[-1]) if bests else math.inf
 
+    @property
+    def best_at_budget(self) -> float:
+        """The running best of the trials finished within the compute budget: the quality
+        at exactly equal compute (trials in flight when the budget was spent finish past
+        it and do not count; inf if none completed within it)."""
+        best = math.inf
+        for t in self.trials:
+            if t["cum_cpu"] > self.budget_cpu:
+                break
+            if t["best"] is not None:
+                best = float(t["best"])
+        return best
+
     def first_reaching(self, target: float) -> dict[str, Any] | None:
         """The trial whose completion first brought the running best to `target`."""
         for t in self.trials:
@@ -652,7 +665,7 @@ class Cell:
     cpu: Ratio
     wall: Ratio
     tree: Ratio
-    quality: float  # median final best / T
+    quality: float  # median best at the budget / T
     reached: int
     seeds: int
     trials: float  # median trials
@@ -665,7 +678,7 @@ class Cell:
 def analyse(runs: list[Run], rng: np.random.Generator) -> dict[str, Any]:
     """Target, and each configuration's ratios, for the runs of one task and worker count."""
     base = [r for r in runs if r.config == BASELINE]
-    target = statistics.median(r.final_best for r in base)
+    target = statistics.median(r.best_at_budget for r in base)
 
     def by_seed(rs: list[Run], fn: Callable[[Run], float]) -> dict[int, float]:
         return {r.seed: fn(r) for r in rs}
@@ -689,7 +702,7 @@ def analyse(runs: list[Run], rng: np.random.Generator) -> dict[str, Any]:
                 by_seed(mine, lambda r: r.tree_cpu_to(target)),
                 rng,
             ),
-            quality=_quality(statistics.median(r.final_best for r in mine), target),
+            quality=_quality(statistics.median(r.best_at_budget for r in mine), target),
             reached=sum(not math.isinf(r.cpu_to(target)) for r in mine),
             seeds=len(mine),
             trials=statistics.median(len(r.trials) for r in mine),
@@ -741,7 +754,7 @@ def verdicts(analysis: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool |
                 (
                     f"{key}: fast >= {FAST_OVER_BALANCED:g}x balanced's ratio, quality <= "
                     f"{FAST_QUALITY}",
-                    f"{_x(fast.cpu.value)} vs {_x(balanced.cpu.value)}; quality {fast.quality:.4f}",
+                    f"{_x(fast.cpu.value)} vs {_x(balanced.cpu.value)}; quality {_q(fast.quality)}",
                     _ge(fast.cpu.value, FAST_OVER_BALANCED * balanced.cpu.value)
                     and fast.quality <= FAST_QUALITY,
                 )
@@ -751,7 +764,7 @@ def verdicts(analysis: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool |
             out.append(
                 (
                     f"{key}: thorough's quality at plain's compute <= {THOROUGH_QUALITY}",
-                    f"{thorough.quality:.4f}",
+                    _q(thorough.quality),
                     thorough.quality <= THOROUGH_QUALITY,
                 )
             )
@@ -770,6 +783,11 @@ def verdicts(analysis: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool |
             )
         )
     return out
+
+
+def _q(quality: float) -> str:
+    """A quality ratio; none completed within the budget shows as such."""
+    return "none within the budget" if math.isinf(quality) else f"{quality:.3f}"
 
 
 def _finite_or(value: float, default: float) -> float:
@@ -795,10 +813,13 @@ def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "Every study's budget is `budget.cpu_seconds` = N full evaluations x the task's "
         "measured CPU of one (warm-up study), so every configuration spends the same "
-        "compute. T = median over seeds of plain TPE's final best. Each cell: plain TPE's "
-        "median CPU in the objective to reach T ÷ the configuration's, with a paired "
-        "bootstrap 95 % interval over seeds; in brackets the quality ratio (median final "
-        "best / T, <= 1 is at least plain's).",
+        "compute. Quality at the budget = the running best of the trials finished within "
+        "it (trials still in flight when it was spent finish past it and are not counted). "
+        "T = median over seeds of plain TPE's quality at the budget. Each cell: plain TPE's "
+        "median CPU in the objective to reach T ÷ the configuration's (a seed that never "
+        "reaches T counts as infinite), with a paired bootstrap 95 % interval over seeds; "
+        "in brackets the quality ratio (median quality at the budget / T, <= 1 is at least "
+        "plain's).",
         "",
     ]
     for workers in meta["workers"]:
@@ -812,7 +833,7 @@ def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             row = [config]
             for k in keys:
                 cell = analysis[k]["cells"].get(config)
-                row.append("-" if cell is None else f"{cell.cpu.text()} ({cell.quality:.3f})")
+                row.append("-" if cell is None else f"{cell.cpu.text()} ({_q(cell.quality)})")
             rows.append(row)
         lines += table(["configuration", *[k.split("@")[0] for k in keys]], rows)
         lines += [
@@ -886,6 +907,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", help="comma-separated worker counts (default 1,4; quick 4)")
     parser.add_argument("--out", type=Path, help="Markdown file (default docs/benchmarks.md)")
     parser.add_argument("--json", type=Path, help="raw results (default bench/results/...)")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: analyse the raw results of an earlier run again, rewrite --out",
+    )
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 10)
     args.task_list = (
@@ -961,6 +988,11 @@ def measure(args: argparse.Namespace, workers: int, tag: str) -> list[Run]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, then report it."""
     args = parse_args(argv)
+    if args.render is not None:
+        payload = json.loads(args.render.read_text())
+        runs = [Run(**r) for r in payload["runs"]]
+        report(runs, payload["meta"], args.out, args.render)
+        return 0
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.perf_counter()
     tag = dt.datetime.now().strftime("%H%M%S")

@@ -144,6 +144,20 @@ def budget_left(
     return True
 
 
+def budget_used(budget: Budget, created: int, elapsed: float, spend: Spend) -> float:
+    """The share of `budget` spent, by the tightest of its limits (0 to 1)."""
+    shares = [0.0]
+    if budget.trials:
+        shares.append(created / budget.trials)
+    if budget.seconds:
+        shares.append(elapsed / budget.seconds)
+    if budget.cpu_seconds:
+        shares.append(spend.cpu_seconds / budget.cpu_seconds)
+    if budget.full_evaluations:
+        shares.append(spend.full_evaluations / budget.full_evaluations)
+    return min(1.0, max(shares))
+
+
 def trials_affordable(budget: Budget, spend: Spend, in_flight: int = 0) -> int | None:
     """How many more trials the compute limits leave room for at the mean spend per trial
     so far (at least 1; None when there is no compute limit or nothing is told yet): the

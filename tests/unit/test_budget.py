@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpod.daemon.budget import Spend, budget_left, trials_affordable
+from hpod.daemon.budget import Spend, budget_left, budget_used, trials_affordable
 from hpod.engine import COST_ATTR
 from hpod.errors import RequestRejected
 from hpod.schema import Budget, StudySpec, parse_request
@@ -216,3 +216,13 @@ class TestPackLimit:
         assert trials_affordable(Budget(full_evaluations=4), spend, in_flight=0) == 1
         assert trials_affordable(Budget(trials=9), spend) is None
         assert trials_affordable(Budget(cpu_seconds=5), Spend()) is None
+
+
+def test_budget_used_is_the_tightest_limit_compute_included() -> None:
+    """The strategy policy's `budget_used` feature: 3 of 10 trials, 4 of 8 CPU seconds."""
+    spend = Spend()
+    spend.add(0, "complete", _cost(4.0, 1.0, 4.0), None, 600)
+    assert budget_used(Budget(trials=10, cpu_seconds=8), 3, 0.0, spend) == pytest.approx(0.5)
+    assert budget_used(Budget(trials=10, full_evaluations=2), 3, 0.0, spend) == 0.5
+    assert budget_used(Budget(trials=10), 3, 0.0, spend) == pytest.approx(0.3)
+    assert budget_used(Budget(cpu_seconds=1), 3, 0.0, spend) == 1.0
