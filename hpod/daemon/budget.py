@@ -28,7 +28,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR
-from hpod.schema import Budget
+from hpod.schema import MAX_BUDGET_TRIALS, Budget
 
 _STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -127,7 +127,9 @@ def budget_left(
     trials will most likely pay for; with nothing in flight it asks while the limit is not
     reached. A study ends when any limit is spent; trials in flight then are still told.
     """
-    if budget.trials is not None and created >= budget.trials:
+    if created >= (budget.trials if budget.trials is not None else MAX_BUDGET_TRIALS):
+        # Without a trial limit, the largest one still bounds a study: a budget in compute
+        # alone would never end if every trial were a cache hit (spending 0).
         return False
     if budget.seconds is not None and elapsed >= budget.seconds:
         return False

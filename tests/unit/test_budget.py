@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 from hpod.daemon.budget import Spend, budget_left, budget_used, trials_affordable
 from hpod.engine import COST_ATTR
 from hpod.errors import RequestRejected
-from hpod.schema import Budget, StudySpec, parse_request
+from hpod.schema import MAX_BUDGET_TRIALS, Budget, StudySpec, parse_request
 
 
 def _cost(cpu: float, data: float, full_cpu: float | None = None, **extra: Any) -> dict[str, Any]:
@@ -226,3 +226,13 @@ def test_budget_used_is_the_tightest_limit_compute_included() -> None:
     assert budget_used(Budget(trials=10, full_evaluations=2), 3, 0.0, spend) == 0.5
     assert budget_used(Budget(trials=10), 3, 0.0, spend) == pytest.approx(0.3)
     assert budget_used(Budget(cpu_seconds=1), 3, 0.0, spend) == 1.0
+
+
+def test_a_budget_in_compute_alone_still_ends_at_the_largest_trial_count() -> None:
+    """Trials that are all cache hits spend nothing: the largest trial budget bounds them."""
+    spend = Spend()
+    for n in range(3):
+        spend.add(n, "complete", _cost(0.0, 0.0, cache="hit"), None, 600)
+    budget = Budget(cpu_seconds=10)
+    assert budget_left(budget, MAX_BUDGET_TRIALS - 1, 0.0, spend)
+    assert not budget_left(budget, MAX_BUDGET_TRIALS, 0.0, spend)
