@@ -28,10 +28,12 @@ lint: install
 	$(VENV)/bin/ruff check hpod tests bench
 	$(VENV)/bin/mypy hpod
 
-# Both benchmarks write their tables into docs/benchmarks.md (about 50 minutes in all).
+# The benchmarks write their tables into docs/benchmarks.md: core and quality about 50
+# minutes; savings (10 seeds, one and four workers) several hours on 2 cores.
 bench: install
 	$(PY) bench/core.py
 	$(PY) bench/quality.py
+	$(PY) bench/savings.py
 
 # The strategy policy: train the shipped weights (seeded: the same weights every time), then
 # judge them on the held-out tasks; the tables go into docs/benchmarks.md (~10 minutes).

@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--trials", type=int)
     p.add_argument("--seconds", type=float)
+    p.add_argument("--cpu-seconds", type=float, help="CPU seconds of evaluation")
+    p.add_argument("--full-evaluations", type=float, help="full-evaluation equivalents")
     p.add_argument("--url")
     p.set_defaults(func=cmd_budget)
 
@@ -359,9 +361,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show a study's status and what the efficiency policies saved."""
     status = _status(args.name, args.url)
     _print_best(status)
-    print(
-        f"mode: {status.get('mode')}  in flight: {status['in_flight']}  budget: {status['budget']}"
-    )
+    budget = status.get("budget") or {}
+    limits = ", ".join(f"{v:g} {k}" for k, v in budget.items() if v is not None)
+    print(f"mode: {status.get('mode')}  in flight: {status['in_flight']}  budget: {limits}")
+    spent = status.get("spent")
+    if spent:
+        print(
+            f"spent: {spent['trials']} trials, {spent['cpu_seconds']:g} CPU s, "
+            f"{spent['full_evaluations']:g} full evaluations"
+        )
     if status.get("plan"):
         plan = status["plan"]
         print(
@@ -483,10 +491,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_budget(args: argparse.Namespace) -> int:
     """Change a study's budget live."""
-    if args.trials is None and args.seconds is None:
-        print("hpod: give --trials, --seconds or both", file=sys.stderr)
+    limits = (args.trials, args.seconds, args.cpu_seconds, args.full_evaluations)
+    if all(limit is None for limit in limits):
+        print(
+            "hpod: give at least one of --trials, --seconds, --cpu-seconds, --full-evaluations",
+            file=sys.stderr,
+        )
         return 2
-    return _control(_client(args.url).set_budget, args.name, args.trials, args.seconds)
+    return _control(_client(args.url).set_budget, args.name, *limits)
 
 
 def cmd_mode(args: argparse.Namespace) -> int:

@@ -113,10 +113,23 @@ class Client:
         return self._http("POST", f"/studies/{name}/resume", {})
 
     def set_budget(
-        self, name: str, trials: int | None = None, seconds: float | None = None
+        self,
+        name: str,
+        trials: int | None = None,
+        seconds: float | None = None,
+        cpu_seconds: float | None = None,
+        full_evaluations: float | None = None,
     ) -> dict[str, Any]:
-        """Change study `name`'s budget live."""
-        budget = {k: v for k, v in (("trials", trials), ("seconds", seconds)) if v is not None}
+        """Replace study `name`'s budget live (a limit left out is no limit); the study ends
+        when any limit given is spent. `cpu_seconds` and `full_evaluations` are compute:
+        pruned, partial and cached trials spend only what they cost."""
+        limits = {
+            "trials": trials,
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "full_evaluations": full_evaluations,
+        }
+        budget = {k: v for k, v in limits.items() if v is not None}
         if self._amqp:
             return self._request({"type": "study.budget", "name": name, "budget": budget})
         return self._http("POST", f"/studies/{name}/budget", {"budget": budget})

@@ -81,6 +81,10 @@ MIN_TRIAL_TIMEOUT = 1.0
 #: The longest trial_timeout and time budget.
 MAX_TRIAL_TIMEOUT = 7 * 24 * 3600
 MAX_BUDGET_SECONDS = 10 * 365 * 24 * 3600
+#: The largest CPU budget: ten years on 1,024 cores.
+MAX_BUDGET_CPU_SECONDS = MAX_BUDGET_SECONDS * 1024
+#: The largest budget in trials, and in full-evaluation equivalents.
+MAX_BUDGET_TRIALS = 1_000_000
 #: Sampler seeds: numpy's RandomState accepts exactly 0 … 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -294,16 +298,58 @@ def _grid_points(param: FloatParam | IntParam | CategoricalParam) -> int:
 
 
 class Budget(WireModel):
-    """When a study stops asking: after `trials` trials and/or `seconds` of wall time."""
+    """When a study stops asking: as soon as any limit given is spent.
 
-    trials: int | None = Field(default=None, gt=0, le=1_000_000)
+    `trials` counts every trial created; `seconds` is wall time since the study was created;
+    `cpu_seconds` and `full_evaluations` are compute, so pruned, partial and cached trials
+    spend only what they cost (definitions: `hpod.daemon.budget`, docs/protocol.md).
+    """
+
+    trials: int | None = Field(default=None, gt=0, le=MAX_BUDGET_TRIALS)
     seconds: float | None = Field(default=None, gt=0, le=MAX_BUDGET_SECONDS)
+    cpu_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_BUDGET_CPU_SECONDS,
+        description="CPU seconds the trials' evaluations may spend (a cache hit spends 0).",
+    )
+    full_evaluations: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_BUDGET_TRIALS,
+        description=(
+            "Full-evaluation equivalents the trials may spend: CPU seconds spent over the "
+            "mean CPU seconds of the study's complete full-fidelity evaluations."
+        ),
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
-        if self.trials is None and self.seconds is None:
-            raise ValueError("give trials, seconds or both")
+        if all(getattr(self, name) is None for name in BUDGET_LIMITS):
+            raise ValueError("give at least one of trials, seconds, cpu_seconds, full_evaluations")
         return self
+
+    def compute_limit(self) -> str | None:
+        """The name of the first limit given in compute, or None."""
+        return next((n for n in COMPUTE_LIMITS if getattr(self, n) is not None), None)
+
+
+#: The limits a budget may give, and those of them measured in compute.
+BUDGET_LIMITS = ("trials", "seconds", "cpu_seconds", "full_evaluations")
+COMPUTE_LIMITS = ("cpu_seconds", "full_evaluations")
+
+
+def check_compute_budget(budget: Budget, objective: str | None, prefix: str) -> None:
+    """Refuse a budget in compute for a study without an objective: its trials are told
+    from outside (ask/tell), which report no cost, so the budget would never be spent."""
+    limit = budget.compute_limit()
+    if limit is not None and objective is None:
+        raise RequestRejected(
+            "invalid",
+            f"{prefix}.{limit}",
+            "a budget in compute needs an objective: trials told from outside report no "
+            "cost (give trials or seconds)",
+        )
 
 
 class SamplerSpec(WireModel):
@@ -412,6 +458,11 @@ class StudySpec(WireModel):
                             f"{missing!r} are not choices of {cond.param!r}",
                         )
             seen[name] = param
+        return self
+
+    @model_validator(mode="after")
+    def _check_compute_budget(self) -> StudySpec:
+        check_compute_budget(self.budget, self.objective, "study.budget")
         return self
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from hpod.backoff import Backoff
 from hpod.cache import ResultCache
 from hpod.config import Settings
+from hpod.daemon.budget import Spend
 from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import Doctor
@@ -37,7 +38,14 @@ from hpod.policies.pruning_policy import PruningPolicy
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.policies.strategy.catalog import load_strategies
 from hpod.policies.subsampling import SubsamplingPolicy
-from hpod.schema import Budget, ModeSet, StudySpec, TrialTell, check_finite
+from hpod.schema import (
+    Budget,
+    ModeSet,
+    StudySpec,
+    TrialTell,
+    check_compute_budget,
+    check_finite,
+)
 from hpod.workers.messages import (
     Expected,
     TrialResult,
@@ -406,6 +414,7 @@ class StudyManager:
     async def set_budget(self, name: str, budget: Budget) -> dict[str, Any]:
         """Change a running (or paused) study's budget live."""
         run = await self._live(name)
+        check_compute_budget(budget, run.spec.objective, "budget")
         await run.set_budget(budget)
         await self.bus.event("study.budget_changed", name, budget=budget.model_dump(mode="json"))
         return await self.status(name)
@@ -684,6 +693,9 @@ class StudyManager:
         summary["running"] = run is not None
         if run is not None:
             summary["budget"] = run.budget.model_dump(mode="json")
+            summary["spent"] = run.spent()
+        else:
+            summary["spent"] = await self._spent(spec)
         summary["efficiency"] = await self.store.call(self.store.efficiency, spec)
         attrs = await self.store.call(self.store.study_attrs, name)
         summary["strategy"] = strategy_status(attrs, spec)
@@ -701,6 +713,13 @@ class StudyManager:
                 "policies_report": run.policies.describe(),
             }
         return summary
+
+    async def _spent(self, spec: StudySpec) -> dict[str, Any]:
+        """What a study whose loop is not running spent, counted from its stored trials
+        as its loop would (`hpod.daemon.budget`); no `seconds`: it no longer runs."""
+        trials = await self.store.call(self.store.trials, spec, None)
+        spend = Spend.of_trials(trials, spec.trial_timeout)
+        return {"trials": len(trials), "seconds": None, **spend.report()}
 
     async def list(self) -> list[dict[str, Any]]:
         """A summary line per study."""

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from optuna.trial import FrozenTrial, TrialState
 
+from hpod.daemon.budget import budget_used
 from hpod.errors import RequestRejected
 from hpod.policies.compose import compose
 from hpod.policies.plan import Plan
@@ -283,13 +284,9 @@ class StrategyDriver:
         return None
 
     def _budget_used(self) -> float:
-        """The share of the budget spent, by the tighter of its limits."""
-        run, shares = self.run, [0.0]
-        if run.budget.trials:
-            shares.append(run.n_created / run.budget.trials)
-        if run.budget.seconds:
-            shares.append((time.time() - run.created_at) / run.budget.seconds)
-        return min(1.0, max(shares))
+        """The share of the budget spent, by the tightest of its limits (compute included)."""
+        run = self.run
+        return budget_used(run.budget, run.n_created, time.time() - run.created_at, run.spend)
 
     def _snapshot(self, pending: dict[str, Any] | None) -> Snapshot:
         """Read the study's trials once (on the Optuna thread) and derive what a decision needs."""

@@ -19,6 +19,7 @@ import structlog
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.config import Settings
+from hpod.daemon.budget import Spend, budget_left, trials_affordable
 from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import TimeBreakdown
@@ -233,6 +234,8 @@ class StudyRun:
         self.paused = False
         #: The budget in force: the spec's, or one changed live (`study.budget`).
         self.budget: Budget = spec.budget
+        #: The compute the told trials spent (`hpod.daemon.budget`), rebuilt at recovery.
+        self.spend = Spend()
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -265,6 +268,7 @@ class StudyRun:
         for t in trials:
             if t.state in FINISHED:
                 self.told.add(t.number)
+                self.spend.add_trial(t, self.spec.trial_timeout)
             if t.user_attrs.get(EXTERNAL_ATTR):
                 key = t.user_attrs.get(REQUEST_ATTR) or f"trial-{t.number}"
                 self.external[key] = AskedTrial(t._trial_id, t.number, dict(t.params))
@@ -339,11 +343,20 @@ class StudyRun:
         finally:
             self.done.set()
 
-    def _budget_left(self) -> bool:
-        budget = self.budget
-        if budget.trials is not None and self.n_created >= budget.trials:
-            return False
-        return budget.seconds is None or time.time() - self.created_at < budget.seconds
+    def _budget_left(self, reserve: bool = True) -> bool:
+        """Whether the budget allows another trial; with `reserve`, the compute of the
+        trials in flight is reserved first (see `hpod.daemon.budget.budget_left`)."""
+        elapsed = time.time() - self.created_at
+        in_flight = len(self.inflight) if reserve else 0
+        return budget_left(self.budget, self.n_created, elapsed, self.spend, in_flight)
+
+    def spent(self) -> dict[str, Any]:
+        """What the study has spent of each kind of budget (the status's `spent`)."""
+        return {
+            "trials": self.n_created,
+            "seconds": round(time.time() - self.created_at, 3),
+            **self.spend.report(),
+        }
 
     def _finished(self) -> bool:
         if self.inflight:
@@ -411,6 +424,9 @@ class StudyRun:
             pack = min(pack, limit)
         if self.budget.trials is not None:
             pack = min(pack, self.budget.trials - self.n_created)
+        affordable = trials_affordable(self.budget, self.spend, len(self.inflight))
+        if affordable is not None:
+            pack = min(pack, affordable)
         return max(1, pack)
 
     async def _ask_and_dispatch(self, n: int) -> None:
@@ -619,6 +635,7 @@ class StudyRun:
             answers.append(frozen is not None)
             if frozen is None:
                 continue
+            self.spend.add_trial(frozen, self.spec.trial_timeout, outcome.cost)
             self._account(result, frozen, parts.get(result.number))
             with self.timings.measure("policies"):
                 self.policies.after_tell(
@@ -695,7 +712,7 @@ class StudyRun:
             raise RequestRejected(
                 "paused", "study", f"study {self.name!r} is paused: resume it to ask trials"
             )
-        if self.stopping or not self._budget_left():
+        if self.stopping or not self._budget_left(reserve=False):
             raise RequestRejected(
                 "budget_exhausted", "study", f"study {self.name!r} asks no more trials"
             )

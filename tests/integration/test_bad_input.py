@@ -215,6 +215,13 @@ TABLE: list[tuple[str, Any, str, str]] = [
         "invalid",
         "budget.trials",
     ),
+    # A budget in compute for a study told from outside, which reports no cost.
+    (
+        "budget in compute without an objective",
+        {"v": 1, "type": "study.budget", "name": EXTERNAL, "budget": {"cpu_seconds": 10}},
+        "invalid",
+        "budget.cpu_seconds",
+    ),
     ("low false", create(space(x={**F, "low": False})), "invalid", "study.space.x.low"),
     ("-0.0 as a trial number", tell(trial=-0.0, values=[1.0]), "invalid", "trial"),
     (

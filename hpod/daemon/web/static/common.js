@@ -293,10 +293,16 @@ const hpod = (() => {
     "mode.changed": (e) => `mode changed to ${e.mode}${e.study ? "" : " (default mode)"}`,
     "study.paused": () => "paused",
     "study.resumed": () => "resumed",
-    "study.budget_changed": (e) => `budget changed to ${e.budget && e.budget.trials ? `${e.budget.trials} trials` : "a time limit"}`,
+    "study.budget_changed": (e) => `budget changed to ${budgetText(e.budget)}`,
     "strategy.chosen": (e) => `strategy ${e.strategy} (${e.source}) at ${e.told} told${e.previous_reward != null ? `; the last window earned ${num(e.previous_reward)}` : ""}`,
     "request.rejected": (e) => `request rejected (${e.channel}): ${e.error ? e.error.message : ""}`,
   };
+
+  function budgetText(budget) {
+    const units = { trials: "trials", seconds: "s", cpu_seconds: "CPU s", full_evaluations: "full evaluations" };
+    const limits = Object.entries(budget || {}).filter(([k, v]) => v != null && units[k]);
+    return limits.length ? limits.map(([k, v]) => `${num(v)} ${units[k]}`).join(", ") : "no limit";
+  }
 
   function logActivity(event) {
     const list = $("activity");
@@ -337,6 +343,17 @@ const hpod = (() => {
         fraction = Math.max(fraction, elapsed / budget.seconds);
       } else {
         parts.push(`time budget ${duration(budget.seconds)}`);
+      }
+    }
+    // A budget in compute: the status of one study carries what it spent (`spent`).
+    const spent = status.spent || {};
+    for (const [key, unit] of [["cpu_seconds", "CPU s"], ["full_evaluations", "full evaluations"]]) {
+      if (!budget[key]) continue;
+      if (spent[key] != null) {
+        parts.push(`${num(spent[key])} / ${num(budget[key])} ${unit}`);
+        fraction = Math.max(fraction, spent[key] / budget[key]);
+      } else {
+        parts.push(`budget ${num(budget[key])} ${unit}`);
       }
     }
     if (status.state === "completed") fraction = 1;
