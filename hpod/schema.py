@@ -332,6 +332,34 @@ def _minimize() -> list[Direction]:
     return ["minimize"]
 
 
+#: Past studies a study may name in `transfer`.
+MAX_TRANSFER_SOURCES = 20
+TransferSetting = (
+    Literal["auto", "off"]
+    | Annotated[
+        list[Annotated[str, Field(pattern=NAME_PATTERN)]],
+        Field(min_length=1, max_length=MAX_TRANSFER_SOURCES),
+    ]
+)
+
+
+def _check_transfer(value: Any) -> Any:
+    """`transfer` is "auto", "off" or a non-empty list of distinct study names; checked here
+    so that every refusal names the field itself (`study.transfer`), not a branch of the union."""
+    if value in ("auto", "off"):
+        return value
+    if not isinstance(value, list):
+        raise ValueError('must be "auto", "off" or a list of study names')
+    if not 1 <= len(value) <= MAX_TRANSFER_SOURCES:
+        raise ValueError(f"a list of 1 to {MAX_TRANSFER_SOURCES} study names")
+    for name in value:
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"{_short(json.dumps(name))} is not a study name")
+    if len(set(value)) != len(value):
+        raise ValueError("study names must be distinct")
+    return value
+
+
 class StudySpec(WireModel):
     """Everything that defines a study; the same name with another spec is refused."""
 
@@ -375,6 +403,14 @@ class StudySpec(WireModel):
             "pruner keeps them: the policy does not override what the spec sets."
         ),
     )
+    transfer: Annotated[TransferSetting, BeforeValidator(_check_transfer)] = Field(
+        default="auto",
+        description=(
+            "Warm start from past studies: 'auto' (the most similar finished studies of the same "
+            "objective), 'off' (start cold), or the names of the past studies to learn from. "
+            "See docs/transfer.md."
+        ),
+    )
 
     @field_validator("objective_kwargs")
     @classmethod
@@ -412,6 +448,14 @@ class StudySpec(WireModel):
                             f"{missing!r} are not choices of {cond.param!r}",
                         )
             seen[name] = param
+        return self
+
+    @model_validator(mode="after")
+    def _check_transfer_sources(self) -> StudySpec:
+        if isinstance(self.transfer, list) and self.name in self.transfer:
+            raise RequestRejected(
+                "invalid", "study.transfer", f"study {self.name!r} cannot learn from itself"
+            )
         return self
 
     @model_validator(mode="after")

@@ -61,6 +61,7 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         max_pack=mode.max_pack,
         single_objective=len(spec.directions) == 1,
         strategy_window=mode.strategy_window,
+        transfer_share=mode.transfer_share,
     )
 
 

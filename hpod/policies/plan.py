@@ -34,6 +34,8 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Trials told between two decisions of the strategy policy.
     strategy_window: int = 12
+    #: The largest share of the trial budget transferred from past studies (`hpod.transfer`).
+    transfer_share: float = 0.25
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""
