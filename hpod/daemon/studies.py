@@ -364,11 +364,12 @@ class StudyRun:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
         if self.spec.objective is None:
             return
-        await self.transfer.observe()
         while self._may_ask():
-            # A strategy decision due (start, or a full window) comes before the next ask;
-            # it awaits, so whether to ask is checked again after it.
+            # A strategy decision due (start, or a full window) and the transfer's verdicts on
+            # the trials told since (`hpod.daemon.transfer`) come before the next ask; they
+            # await, so whether to ask is checked again after them.
             await self.strategy.maybe_decide()
+            await self.transfer.observe()
             if not self._may_ask():
                 break
             await self._ask_and_dispatch(self.next_pack_size())

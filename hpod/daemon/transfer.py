@@ -229,7 +229,7 @@ class TransferDriver:
                 elif name not in chosen:
                     skipped.append({"study": name, "reason": NOT_COMPARABLE})
         else:
-            memories = load_memories(self.store.storage, spec.name)
+            memories = load_memories(self.store.storage, spec.name, spec.objective)
             sources = rank_sources(target, memories)
         configs = plan_transfer(dict(spec.space), sources, limit) if limit else []
         now, held = stages(configs)

@@ -99,7 +99,7 @@ def check_warm(daemon: Daemon, past: str, name: str, expected: int) -> dict[str,
     assert all(t.user_attrs[TRANSFERRED_ATTR]["from"] == past for t in moved)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in moved)
     best = sorted(old.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value)
-    first = [t for t in moved if t.user_attrs[TRANSFERRED_ATTR]["rank"] == 0][0]
+    first = next(t for t in moved if t.user_attrs[TRANSFERRED_ATTR]["rank"] == 0)
     assert first.number == 0 and first.params == best[0].params
     assert len(new.trials) == 24  # the budget: transferred trials count in it
     status = daemon.get(f"/studies/{name}")["transfer"]
@@ -151,7 +151,8 @@ def test_transfer_after_a_daemon_restart(start_daemon: DaemonFactory, tmp_path: 
     run(first, spec("before", 0.5))
     first.stop()
     second = start_daemon(data_dir=data)
-    status, reply = second.request("POST", "/studies", spec("after", 0.4, seed=1, transfer=["before"]))
+    after = spec("after", 0.4, seed=1, transfer=["before"])
+    status, reply = second.request("POST", "/studies", after)
     assert status == 201, reply
     second.wait_complete("after", 2)
     second.stop()
