@@ -3,8 +3,8 @@
 Related sequence: the `gradient_boosting` objective on five shifted data sets (the generator's
 seed and the number of rows change: `DATASETS`), tuned one after the other. Each later study (2
 to 5) is warm-started from the memories of the earlier ones of its sequence, with the parts in
-`hpod/transfer/` (not yet wired into the daemon): `build_memory` when a study ends,
-`rank_sources` and `plan_transfer` at the start (at most 0.25 of the trials), the
+`hpod/transfer/` (which the daemon drives the same way, `hpod/daemon/transfer.py`):
+`build_memory` when a study ends, `rank_sources` and `plan_transfer` at the start (at most 0.25 of the trials), the
 configurations enqueued with Optuna's `enqueue_trial`, and after every tell the agreement check
 (`predict_ranks`, `judge`) that drops a disagreeing source's waiting trials (`drop_waiting`);
 half of the configurations are enqueued at the start, the rest once 8 results are in

@@ -63,8 +63,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hpod.transfer")
 
-#: The event published when a study's transfer changes (planned, released, a source dropped).
-TRANSFER_EVENT = "study.transfer"
 #: Complete trials the agreement check follows; the verdicts after them stand.
 JUDGE_LIMIT = 100
 #: A stopped study leaves a memory only with at least this many complete trials.
@@ -421,11 +419,12 @@ class TransferDriver:
         }
 
     async def _publish(self, change: str) -> None:
-        """Publish `study.transfer` with the study's transfer as its status shows it."""
+        """Publish `study.transfer` (planned, released, disagreed) with the study's transfer
+        as its status shows it."""
         assert self.record is not None
         status = transfer_status({TRANSFER_ATTR: self.record}, self.spec)
         await self.run.bus.event(
-            TRANSFER_EVENT,
+            "study.transfer",
             self.run.name,
             change=change,
             transferred=status["transferred"],
