@@ -4,13 +4,13 @@ Related sequence: the `gradient_boosting` objective on five shifted data sets (t
 seed and the number of rows change: `DATASETS`), tuned one after the other. Each later study (2
 to 5) is warm-started from the memories of the earlier ones of its sequence, with the parts in
 `hpod/transfer/` (which the daemon drives the same way, `hpod/daemon/transfer.py`):
-`build_memory` when a study ends, `rank_sources` and `plan_transfer` at the start (at most 0.25 of the trials), the
-configurations enqueued with Optuna's `enqueue_trial`, and after every tell the agreement check
-(`predict_ranks`, `judge`) that drops a disagreeing source's waiting trials (`drop_waiting`);
-half of the configurations are enqueued at the start, the rest once 8 results are in
-(`stages`). Cold is the same study without transfer: plain Optuna (its default TPE sampler, the
-same seed), which is also the reference: the target of data set d is the median over seeds of
-cold's final best on d.
+`build_memory` when a study ends, `rank_sources` and `plan_transfer` at the start (at most
+0.25 of the trials), the configurations enqueued with Optuna's `enqueue_trial`, and after
+every tell the agreement check (`predict_ranks`, `judge`) that drops a disagreeing source's
+waiting trials (`drop_waiting`); half of the configurations are enqueued at the start, the
+rest once 8 results are in (`stages`). Cold is the same study without transfer: plain
+Optuna (its default TPE sampler, the same seed), which is also the reference: the target of
+data set d is the median over seeds of cold's final best on d.
 
 It runs in-process with Optuna (no daemon, no workers): transfer is the only difference
 between warm and cold, and the benchmark is fast. Compute is the CPU time of the objective
