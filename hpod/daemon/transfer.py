@@ -23,8 +23,9 @@ learns from their results like from any other. Every Optuna call runs on the sto
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from optuna.trial import TrialState
@@ -32,8 +33,10 @@ from optuna.trial import TrialState
 from hpod.daemon.store import is_storage_fault
 from hpod.errors import RequestRejected
 from hpod.journal import storage_group
+from hpod.policies import PolicyChain
 from hpod.policies.caching import CachePolicy
-from hpod.schema import StudySpec
+from hpod.policies.plan import Plan
+from hpod.schema import Budget, StudySpec
 from hpod.transfer.agreement import MIN_PAIRS, judge, predict_ranks
 from hpod.transfer.mapping import (
     Transferred,
@@ -59,7 +62,6 @@ from hpod.transfer.store import (
 
 if TYPE_CHECKING:
     from hpod.daemon.store import StudyStore
-    from hpod.daemon.studies import StudyRun
 
 log = structlog.get_logger("hpod.transfer")
 
@@ -117,10 +119,62 @@ def transfer_status(attrs: dict[str, Any], spec: StudySpec) -> dict[str, Any]:
     return status
 
 
+class Events(Protocol):
+    """Where the driver publishes `study.transfer` (the daemon's `Bus`)."""
+
+    async def event(self, event_type: str, study: str | None, **data: Any) -> None:
+        """Publish one event."""
+
+
+class StudyLoop(Protocol):
+    """What the driver reads of a study's loop (`hpod.daemon.studies.StudyRun`; a benchmark
+    or a test may drive it with a stand-in). Read only."""
+
+    @property
+    def name(self) -> str:
+        """The study's name."""
+
+    @property
+    def spec(self) -> StudySpec:
+        """The study's spec."""
+
+    @property
+    def store(self) -> StudyStore:
+        """The daemon's store (its Optuna thread)."""
+
+    @property
+    def bus(self) -> Events:
+        """Where events go."""
+
+    @property
+    def mode_plan(self) -> Plan:
+        """The plan of the study's mode: its `transfer_share`."""
+
+    @property
+    def budget(self) -> Budget:
+        """The budget in force."""
+
+    @property
+    def told(self) -> set[int]:
+        """Numbers of the trials told so far."""
+
+    @property
+    def n_created(self) -> int:
+        """Trials asked so far (counted in the budget)."""
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set to let the loop look again (after new trials were enqueued)."""
+
+    @property
+    def policies(self) -> PolicyChain:
+        """The study's efficiency policies (the cache knows the objective's version)."""
+
+
 class TransferDriver:
     """Transfer for one study's loop (see the module)."""
 
-    def __init__(self, run: StudyRun) -> None:
+    def __init__(self, run: StudyLoop) -> None:
         self.run = run
         #: The stored record (``hpod:transfer``); None: this study takes nothing.
         self.record: dict[str, Any] | None = None

@@ -18,6 +18,7 @@ from hpod.daemon.store import StudyStore
 from hpod.daemon.transfer import TransferDriver, check_sources, transfer_status
 from hpod.errors import RequestRejected
 from hpod.modes import load_modes
+from hpod.policies import PolicyChain
 from hpod.policies.compose import resolve_plan
 from hpod.policies.plan import Plan
 from hpod.schema import Budget, StudySpec, parse_request
@@ -85,7 +86,7 @@ class FakeRun:
     told: set[int] = field(default_factory=set)
     n_created: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    policies: Any = None
+    policies: PolicyChain = field(default_factory=lambda: PolicyChain([]))
 
     @property
     def name(self) -> str:
@@ -99,7 +100,7 @@ def plan(s: StudySpec) -> Plan:
 
 def driver(store: StudyStore, s: StudySpec) -> TransferDriver:
     """A driver for `s` on `store` (its loop stands in as a `FakeRun`)."""
-    run = FakeRun(s, store, plan(s), s.budget, policies=type("P", (), {"policies": []})())
+    run = FakeRun(s, store, plan(s), s.budget)
     return TransferDriver(run)
 
 
