@@ -3,17 +3,19 @@
 Related sequence: the `gradient_boosting` objective on five shifted data sets (the generator's
 seed and the number of rows change: `DATASETS`), tuned one after the other. Each later study (2
 to 5) is warm-started from the memories of the earlier ones of its sequence, with the parts in
-`hpod/transfer/` (not yet wired into the daemon): `build_memory` when a study ends,
-`rank_sources` and `plan_transfer` at the start (at most 0.25 of the trials), the
-configurations enqueued with Optuna's `enqueue_trial`, and after every tell the agreement check
-(`predict_ranks`, `judge`) that drops a disagreeing source's waiting trials (`drop_waiting`);
-half of the configurations are enqueued at the start, the rest once 8 results are in
-(`stages`). Cold is the same study without transfer: plain Optuna (its default TPE sampler, the
-same seed), which is also the reference: the target of data set d is the median over seeds of
-cold's final best on d.
+`hpod/transfer/` (which the daemon drives the same way, `hpod/daemon/transfer.py`):
+`build_memory` when a study ends, `rank_sources` and `plan_transfer` at the start (at most
+0.25 of the trials), the configurations enqueued with Optuna's `enqueue_trial`, and before
+every ask the agreement check (`predict_ranks`, `judge`) that drops a disagreeing source's
+waiting trials (`drop_waiting`); half of the configurations are enqueued at the start, the
+rest once 8 results are in (`stages`). Cold is the same study without transfer: plain
+Optuna (its default TPE sampler, the same seed), which is also the reference: the target of
+data set d is the median over seeds of cold's final best on d.
 
-It runs in-process with Optuna (no daemon, no workers): transfer is the only difference
-between warm and cold, and the benchmark is fast. Compute is the CPU time of the objective
+It runs in-process, one trial at a time, through the daemon's own transfer code
+(`hpod.daemon.transfer.TransferDriver` on a journal-file `StudyStore`, the loop stood in for by
+`Loop`): no broker, no workers, so transfer is the only difference between warm and cold and
+the benchmark is fast. Compute is the CPU time of the objective
 calls (`time.process_time`, one OpenMP thread), so the figures do not depend on the machine's
 other load. A run's compute to target is its cumulative CPU when its running best first
 reaches the target; a run that never does is censored at its total (shown as ">").
@@ -33,29 +35,32 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hpod.schema import StudySpec  # noqa: E402
-from hpod.transfer.agreement import MIN_PAIRS, judge, predict_ranks  # noqa: E402
-from hpod.transfer.mapping import Transferred, plan_transfer, stages, transfer_count  # noqa: E402
-from hpod.transfer.memory import Observed, StudyMemory, build_memory  # noqa: E402
-from hpod.transfer.similarity import Target, rank_sources  # noqa: E402
-from hpod.transfer.store import drop_waiting, enqueue  # noqa: E402
+from hpod.daemon.store import StudyStore  # noqa: E402
+from hpod.daemon.transfer import TransferDriver, transfer_status  # noqa: E402
+from hpod.engine import suggest  # noqa: E402
+from hpod.modes import load_modes  # noqa: E402
+from hpod.policies import PolicyChain  # noqa: E402
+from hpod.policies.compose import resolve_plan  # noqa: E402
+from hpod.policies.plan import Plan  # noqa: E402
+from hpod.schema import Budget, StudySpec  # noqa: E402
 from hpod.workers.context import TrialContext  # noqa: E402
 from hpod.workers.objectives.gradient_boosting import gradient_boosting  # noqa: E402
 
@@ -115,89 +120,85 @@ class Run:
     compute: list[float] = field(default_factory=list)
     transferred: int = 0
     dropped: int = 0
-    memory: StudyMemory | None = None
 
 
-def spec_space() -> dict[str, Any]:
-    spec = StudySpec.model_validate(
-        {"name": "b", "space": SPACE, "budget": {"trials": 1}}, strict=False
-    )
-    return dict(spec.space)
+@dataclass
+class Loop:
+    """The part of a daemon's study loop that `TransferDriver` reads (`StudyLoop`)."""
+
+    name: str
+    spec: StudySpec
+    store: StudyStore
+    mode_plan: Plan
+    budget: Budget
+    bus: NoEvents
+    policies: PolicyChain
+    told: set[int] = field(default_factory=set)
+    n_created: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def suggest(trial: optuna.Trial) -> dict[str, Any]:
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.5, log=True),
-        "max_iter": trial.suggest_int("max_iter", 20, 300),
-        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 4, 128, log=True),
-        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 2, 100, log=True),
-        "l2_regularization": trial.suggest_float("l2_regularization", 0.0, 10.0),
-    }
+class NoEvents:
+    """No broker here: the driver's events are dropped."""
+
+    async def event(self, event_type: str, study: str | None, **data: Any) -> None:
+        """Drop it."""
 
 
-def run_study(
+async def run_study(
+    store: StudyStore,
+    name: str,
     objective: Objective,
     objective_name: str,
     kwargs: dict[str, Any],
     seed: int,
     trials: int,
-    memories: list[StudyMemory],
-    names: list[str] | None,
+    transfer: str | list[str],
     count_evaluations: bool,
     kind: str,
     dataset: int,
 ) -> Run:
-    """One study, warm-started from `memories` when there are any (the daemon's logic)."""
-    space = spec_space()
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    """One study, as the daemon runs it (one trial at a time): the daemon's `TransferDriver`
+    plans and enqueues the transfer at the start, judges before each ask, writes the memory
+    at the end; TPE with the study's seed asks (the daemon's sampler for a spec naming it)."""
+    spec = StudySpec.model_validate(
+        {
+            "name": name,
+            "objective": objective_name,
+            "objective_kwargs": kwargs,
+            "space": SPACE,
+            "budget": {"trials": trials},
+            "sampler": {"name": "tpe", "seed": seed},
+            "transfer": transfer,
+        },
+        strict=False,
+    )
+    assert store.create(spec)
+    modes = load_modes(None)
+    plan = replace(resolve_plan(spec, "balanced", modes["balanced"]), transfer_share=SHARE)
+    loop = Loop(name, spec, store, plan, spec.budget, NoEvents(), PolicyChain([]))
+    driver = TransferDriver(loop)
+    await driver.start()
+    study = store.open(spec)
     run = Run(kind, dataset, seed)
-    sources: list[tuple[StudyMemory, float]] = []
-    if memories:
-        target = Target(objective_name, space, ["minimize"], kwargs, "1", None)
-        sources = rank_sources(target, memories, names)
-        configs = plan_transfer(space, sources, transfer_count(SHARE, trials))
-        now, held = stages(configs)
-        enqueue(study, now)
-        run.transferred = len(now)
-    else:
-        held = []
-    active = {memory.study: memory for memory, _ in sources}
-    predicted: dict[str, list[float]] = {name: [] for name in active}
-    observed: list[tuple[dict[str, Any], float]] = []
     cpu = 0.0
     best = math.inf
-    done = 0
-    while done < trials:
-        trial = study.ask()  # a waiting transferred trial first (dropped ones are failed)
-        params = suggest(trial)
+    while loop.n_created < trials:
+        await driver.observe()
+        trial = study.ask()  # a waiting transferred trial first
+        loop.n_created += 1
+        params = suggest(trial, spec.space)
         started = time.process_time()
         value = objective(params, kwargs)
         cpu += 1.0 if count_evaluations else time.process_time() - started
         study.tell(trial, value)
-        done += 1
+        loop.told.add(trial.number)
         best = min(best, value)
         run.best.append(best)
         run.compute.append(cpu)
-        observed.append((params, value))
-        for name, memory in list(active.items()):
-            missing = [p for p, _ in observed[len(predicted[name]) :]]
-            predicted[name].extend(predict_ranks(memory.surface, missing, space))
-            if judge(predicted[name], [v for _, v in observed]).disagrees:
-                run.dropped += len(drop_waiting(study, name, "disagrees"))
-                del active[name]
-        if held and len(observed) >= MIN_PAIRS:  # the driver's _release
-            released: list[Transferred] = [c for c in held if c.source in active]
-            enqueue(study, released)
-            run.transferred += len(released)
-            held = []
-    complete = [
-        Observed(dict(t.params), list(t.values))
-        for t in study.get_trials(states=(TrialState.COMPLETE,))
-    ]
-    name = f"{kind}-{dataset}-{seed}"
-    run.memory = build_memory(
-        name, objective_name, space, ["minimize"], complete, kwargs=kwargs, version="1"
-    )
+    await driver.finish("completed")
+    shown = transfer_status(store.study_attrs(name), spec)
+    run.transferred, run.dropped = shown["transferred"], shown["dropped"]
     return run
 
 
@@ -213,6 +214,52 @@ def geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
+async def run_seed(
+    tmp: Path,
+    seed: int,
+    datasets: list[dict[str, Any]],
+    trials: int,
+    cold: dict[tuple[int, int], Run],
+    warm: dict[tuple[int, int], Run],
+    started: float,
+) -> None:
+    """One seed's sequence: warm studies in one storage (each later study learns, `auto`,
+    from the memories of the earlier ones there), cold ones with transfer off in another (so
+    no warm study can learn from a cold run on its own data set); then the control."""
+    warm_store = StudyStore(f"journal://{tmp}/warm-{seed}.journal")
+    cold_store = StudyStore(f"journal://{tmp}/cold-{seed}.journal")
+    try:
+        for d, kwargs in enumerate(datasets):
+            if d == 0:  # the first study has nothing to learn from: it is its own cold run
+                warm[d, seed] = cold[d, seed] = await run_study(
+                    warm_store, f"warm-{d}", boosting, "gradient_boosting", kwargs, seed,
+                    trials, "off", False, "cold", d,
+                )  # fmt: skip
+            else:
+                cold[d, seed] = await run_study(
+                    cold_store, f"cold-{d}", boosting, "gradient_boosting", kwargs, seed,
+                    trials, "off", False, "cold", d,
+                )  # fmt: skip
+                warm[d, seed] = await run_study(
+                    warm_store, f"warm-{d}", boosting, "gradient_boosting", kwargs, seed,
+                    trials, "auto", False, "warm", d,
+                )  # fmt: skip
+            print(f"seed {seed} data set {d}: done ({time.time() - started:.0f} s)", flush=True)
+        cold[9, seed] = await run_study(
+            cold_store, "control", bowl, "bowl", {}, seed, trials, "off", True, "ctl", 9
+        )
+        # The control forces the boosting memories onto another objective, as `transfer:
+        # [names]` would; similarity needs the same objective, so it is told the same name.
+        names = [f"warm-{d}" for d in range(len(datasets))]
+        warm[9, seed] = await run_study(
+            warm_store, "control", bowl, "gradient_boosting", datasets[0], seed, trials, names,
+            True, "ctl-warm", 9,
+        )  # fmt: skip
+    finally:
+        warm_store.close()
+        cold_store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -225,40 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     cold: dict[tuple[int, int], Run] = {}
     warm: dict[tuple[int, int], Run] = {}
-    for seed in seeds:
-        memories: list[StudyMemory] = []
-        for d, kwargs in enumerate(datasets):
-            cold[d, seed] = run_study(
-                boosting, "gradient_boosting", kwargs, seed, args.trials, [], None, False,
-                "cold", d,
-            )  # fmt: skip
-            if d == 0:
-                warm[d, seed] = cold[d, seed]
-            else:
-                warm[d, seed] = run_study(
-                    boosting, "gradient_boosting", kwargs, seed, args.trials, memories, None,
-                    False, "warm", d,
-                )  # fmt: skip
-            memory = warm[d, seed].memory
-            if memory is not None:
-                memories.append(memory.model_copy(update={"study": f"warm-{d}-{seed}"}))
-            print(f"seed {seed} data set {d}: done ({time.time() - started:.0f} s)", flush=True)
-        control_cold = run_study(bowl, "bowl", {}, seed, args.trials, [], None, True, "ctl", 9)
-        names = [m.study for m in memories]
-        # The control forces the boosting memories onto another objective, as `transfer:
-        # [names]` would; similarity needs the same objective, so it is told the same name.
-        control_warm = run_study(
-            bowl, "gradient_boosting", DATASETS[0], seed, args.trials, memories, names, True,
-            "ctl-warm", 9,
-        )  # fmt: skip
-        cold[9, seed] = control_cold
-        warm[9, seed] = control_warm
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            asyncio.run(run_seed(Path(tmp), seed, datasets, args.trials, cold, warm, started))
     report(cold, warm, datasets, seeds, args, time.time() - started)
     if args.json:
-        rows = [
-            {k: v for k, v in vars(r).items() if k != "memory"}
-            for r in [*cold.values(), *warm.values()]
-        ]
+        rows = [vars(r) for r in [*cold.values(), *warm.values()]]
         args.json.write_text(json.dumps(rows))
     return 0
 

@@ -345,11 +345,13 @@ def _status(name: str, url: str | None) -> dict[str, Any]:
         try:
             spec = store.spec(name)
             from hpod.daemon.strategy import strategy_status
+            from hpod.daemon.transfer import transfer_status
 
             return {
                 **store.summary(spec),
                 "efficiency": store.efficiency(spec),
                 "strategy": strategy_status(store.study_attrs(name), spec),
+                "transfer": transfer_status(store.study_attrs(name), spec),
                 "in_flight": 0,
                 "running": False,
             }
@@ -378,6 +380,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{plan['pack']} per task; policies {', '.join(plan['policies'])}"
         )
     _print_strategy(status.get("strategy"))
+    _print_transfer(status.get("transfer"))
     _print_efficiency(status.get("efficiency"))
     return 0
 
@@ -402,6 +405,29 @@ def _print_strategy(strategy: dict[str, Any] | None) -> None:
             print(f"  {d['told']:>4}  {d['strategy']:<20} {d['source']:<8} {_reward(d['reward'])}")
         if len(decisions) > 20:
             print(f"  ({len(decisions) - 20} earlier decisions not shown)")
+
+
+def _print_transfer(transfer: dict[str, Any] | None) -> None:
+    """What the study took from past studies: each source, its similarity, the configurations
+    transferred, held and dropped, and whether it still agrees."""
+    if not transfer:
+        return
+    setting = transfer["setting"]
+    shown = setting if isinstance(setting, str) else ", ".join(setting)
+    print(
+        f"transfer ({shown}): {transfer['transferred']} configurations transferred, "
+        f"{transfer['held']} held, {transfer['dropped']} dropped"
+        + (f"; {transfer['reason']}" if transfer.get("reason") else "")
+    )
+    for s in transfer.get("sources") or []:
+        rho = "-" if s.get("correlation") is None else f"{s['correlation']:+.2f}"
+        print(
+            f"  from {s['study']:<30} similarity {s['similarity']:.2f}  "
+            f"{s['transferred']} transferred, {s.get('dropped', 0)} dropped  "
+            f"{s['state']} (rank correlation {rho} over {s.get('pairs', 0)} trials)"
+        )
+    for s in transfer.get("skipped") or []:
+        print(f"  skipped {s['study']}: {s['reason']}")
 
 
 def _print_efficiency(eff: dict[str, Any] | None) -> None:

@@ -61,6 +61,9 @@ class Mode(BaseModel):
     max_pack: int = Field(default=1, ge=1, le=10_000)
     #: Trials told between two choices of the strategy policy (sampler, pruner, ladder).
     strategy_window: int = Field(default=12, ge=2, le=100_000)
+    #: The largest share of a study's trial budget warm-started from past studies (transfer;
+    #: at most `hpod.transfer.mapping.MAX_TRANSFER_SHARE`, 0 switches transfer off).
+    transfer_share: float = Field(default=0.25, ge=0.0, le=0.5)
 
     @field_validator("ladder")
     @classmethod

@@ -378,6 +378,34 @@ def _minimize() -> list[Direction]:
     return ["minimize"]
 
 
+#: Past studies a study may name in `transfer`.
+MAX_TRANSFER_SOURCES = 20
+TransferSetting = (
+    Literal["auto", "off"]
+    | Annotated[
+        list[Annotated[str, Field(pattern=NAME_PATTERN)]],
+        Field(min_length=1, max_length=MAX_TRANSFER_SOURCES),
+    ]
+)
+
+
+def _check_transfer(value: Any) -> Any:
+    """`transfer` is "auto", "off" or a non-empty list of distinct study names; checked here
+    so that every refusal names the field itself (`study.transfer`), not a branch of the union."""
+    if value in ("auto", "off"):
+        return value
+    if not isinstance(value, list):
+        raise ValueError('must be "auto", "off" or a list of study names')
+    if not 1 <= len(value) <= MAX_TRANSFER_SOURCES:
+        raise ValueError(f"a list of 1 to {MAX_TRANSFER_SOURCES} study names")
+    for name in value:
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"{_short(json.dumps(name))} is not a study name")
+    if len(set(value)) != len(value):
+        raise ValueError("study names must be distinct")
+    return value
+
+
 class StudySpec(WireModel):
     """Everything that defines a study; the same name with another spec is refused."""
 
@@ -419,6 +447,14 @@ class StudySpec(WireModel):
             "the start and every window of trials), 'mode' (the mode's own), or the name of a "
             "strategy to force (GET /policy lists them). A spec that names its sampler or "
             "pruner keeps them: the policy does not override what the spec sets."
+        ),
+    )
+    transfer: Annotated[TransferSetting, BeforeValidator(_check_transfer)] = Field(
+        default="auto",
+        description=(
+            "Warm start from past studies: 'auto' (the most similar finished studies of the same "
+            "objective), 'off' (start cold), or the names of the past studies to learn from. "
+            "See docs/transfer.md."
         ),
     )
 
@@ -463,6 +499,14 @@ class StudySpec(WireModel):
     @model_validator(mode="after")
     def _check_compute_budget(self) -> StudySpec:
         check_compute_budget(self.budget, self.objective, "study.budget")
+        return self
+
+    @model_validator(mode="after")
+    def _check_transfer_sources(self) -> StudySpec:
+        if isinstance(self.transfer, list) and self.name in self.transfer:
+            raise RequestRejected(
+                "invalid", "study.transfer", f"study {self.name!r} cannot learn from itself"
+            )
         return self
 
     @model_validator(mode="after")

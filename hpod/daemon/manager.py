@@ -25,6 +25,7 @@ from hpod.daemon.monitor import Monitor
 from hpod.daemon.store import FINISHED, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
 from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
+from hpod.daemon.transfer import check_sources, transfer_status
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
 from hpod.messaging import RESULTS
@@ -351,6 +352,7 @@ class StudyManager:
         check_setting(spec.strategy, spec, self._strategy_names(), "study.strategy")
         spec = spec.model_copy(update={"mode": mode})
         await self._check_study_limit(spec.name)
+        await self.store.call(check_sources, self.store, spec)
         created = await self.store.call(self.store.create, spec)
         if not created:
             created = await self._stored_but_not_started(spec.name)
@@ -701,6 +703,9 @@ class StudyManager:
         summary["strategy"] = strategy_status(attrs, spec)
         if run is not None:
             summary["strategy"].update(run.strategy.status())
+        summary["transfer"] = transfer_status(attrs, spec)
+        if run is not None:
+            summary["transfer"].update(run.transfer.status())
         if run is not None:
             summary["mode"] = run.plan.mode
             summary["plan"] = {

@@ -27,6 +27,7 @@ from hpod.daemon.metrics import Metrics
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.daemon.strategy import StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
+from hpod.daemon.transfer import TransferDriver
 from hpod.engine import (
     BUDGET_ATTR,
     DISPATCHED_ATTR,
@@ -42,6 +43,7 @@ from hpod.policies.caching import LOOKUP_NOTE
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
+from hpod.transfer.store import counts_in_budget
 
 log = structlog.get_logger("hpod.studies")
 
@@ -241,6 +243,8 @@ class StudyRun:
         self.task: asyncio.Task[None] | None = None
         #: Chooses the sampler, pruner and data ladder at the start and every window.
         self.strategy = StrategyDriver(self, agent)
+        #: Warm start from past studies, their agreement, this study's memory at its end.
+        self.transfer = TransferDriver(self)
 
     @property
     def name(self) -> str:
@@ -254,6 +258,7 @@ class StudyRun:
         await self.store.call(self.store.set_plan, self.spec, self.plan)
         await self.strategy.resume()
         await self._recover()
+        await self.transfer.start()
         self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
 
     async def _recover(self) -> None:
@@ -263,7 +268,8 @@ class StudyRun:
         if attrs.get(BUDGET_ATTR):
             self.budget = Budget.model_validate(attrs[BUDGET_ATTR])
         trials = await self.store.call(self.store.trials, self.spec, None)
-        self.n_created = len(trials)
+        # Waiting trials (enqueued, transferred) count once asked; dropped ones never.
+        self.n_created = sum(counts_in_budget(t) for t in trials)
         pending = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         for t in trials:
             if t.state in FINISHED:
@@ -388,9 +394,11 @@ class StudyRun:
         if self.spec.objective is None:
             return
         while self._may_ask():
-            # A strategy decision due (start, or a full window) comes before the next ask;
-            # it awaits, so whether to ask is checked again after it.
+            # A strategy decision due (start, or a full window) and the transfer's verdicts on
+            # the trials told since (`hpod.daemon.transfer`) come before the next ask; they
+            # await, so whether to ask is checked again after them.
             await self.strategy.maybe_decide()
+            await self.transfer.observe()
             if not self._may_ask():
                 break
             await self._ask_and_dispatch(self.next_pack_size())
@@ -750,6 +758,7 @@ class StudyRun:
     async def _complete(self) -> None:
         state = "stopped" if self.stopping else "completed"
         await self.strategy.finish()
+        await self.transfer.finish(state)
         if state == "completed":
             await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "completed")
         summary = await self.store.call(self.store.summary, self.spec)

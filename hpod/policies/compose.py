@@ -64,6 +64,7 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         # The fold rule is the mode's pruner for objectives over folds: a spec naming its
         # own pruner gets that pruner instead.
         fold_margin=mode.fold_margin if spec.pruner is None and len(spec.directions) == 1 else 0.0,
+        transfer_share=mode.transfer_share,
     )
 
 

@@ -36,6 +36,8 @@ class Plan:
     strategy_window: int = 12
     #: The fold rule's margin in standard errors for objectives over folds (0: off).
     fold_margin: float = 0.0
+    #: The largest share of the trial budget transferred from past studies (`hpod.transfer`).
+    transfer_share: float = 0.25
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""

@@ -5,7 +5,6 @@ Pure parts (no daemon, no I/O): `memory` (the record of a finished study), `simi
 space, and how many), `agreement` (whether a past study's surface agrees with the new
 study's first results). `store` reads and writes them in an Optuna storage.
 
-Not yet wired into the daemon: `bench/transfer.py` drives these parts in-process
-(docs/benchmarks.md, "Transfer"), and the daemon's side waits until transfer is shown not to
-make a study worse than starting cold (issue 15).
+`hpod.daemon.transfer` drives them from a study's loop (spec field `transfer`, docs/transfer.md);
+`bench/transfer.py` drives the same parts in-process (docs/benchmarks.md, "Transfer").
 """

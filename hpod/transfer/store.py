@@ -29,13 +29,20 @@ DROPPED_ATTR = "hpod:transfer_dropped"
 _COST_ATTR = "hpod:cost"
 
 
-def load_memories(storage: BaseStorage, exclude: str) -> list[StudyMemory]:
-    """Every valid memory record in the storage, but that of study `exclude`."""
+def load_memories(
+    storage: BaseStorage, exclude: str, objective: str | None = None
+) -> list[StudyMemory]:
+    """Every valid memory record in the storage, but that of study `exclude`; with
+    `objective`, only those of that objective (the others are not even validated: a study
+    start reads every study's attributes, and similarity needs the same objective)."""
     out = []
     for study in storage.get_all_studies():
         if study.study_name == exclude:
             continue
-        memory = load_memory(study.user_attrs.get(MEMORY_ATTR))
+        raw = study.user_attrs.get(MEMORY_ATTR)
+        if objective is not None and isinstance(raw, dict) and raw.get("objective") != objective:
+            continue
+        memory = load_memory(raw)
         if memory is not None and memory.study == study.study_name:
             out.append(memory)
     return out

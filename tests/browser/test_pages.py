@@ -502,3 +502,27 @@ def test_pages_and_plotly_are_served_by_the_daemon(start_daemon: DaemonFactory) 
     assert time.monotonic() - started < 15
     assert daemon.proc is not None and daemon.proc.returncode == 0
     stream.close()
+
+
+def test_the_study_page_shows_what_was_transferred(
+    start_daemon: DaemonFactory, tab: Callable[[Daemon], Tab]
+) -> None:
+    """A study warm-started from a finished one shows a Transfer panel: the source (linked),
+    its similarity, what it gave and its agreement; a study without transfer shows none."""
+    daemon = start_daemon()
+    for seed, (name, offset) in enumerate((("web-past", 0.5), ("web-warm", 0.6))):
+        spec = quadratic_spec(name, trials=16, objective_kwargs={"offset": offset}, mode="thorough")
+        spec["sampler"]["seed"] = seed  # other seeds: the warm study's own trials differ
+        assert daemon.request("POST", "/studies", spec)[0] == 201
+        daemon.wait_study(name)
+    opened = tab(daemon)
+    page = opened.open("/study/web-warm")
+    page.wait_for_selector("#transfer:not([hidden]) #transfer-sources tbody tr")
+    row = page.locator("#transfer-sources tbody tr").first
+    assert row.locator("a").inner_text() == "web-past"
+    assert row.locator("td").nth(2).inner_text() == "4"  # a quarter of 16
+    assert "4 transferred" in page.locator("#transfer-now").inner_text()
+    page = opened.open("/study/web-past")
+    page.wait_for_selector("#study-state.state-completed")
+    assert page.locator("#transfer").is_hidden()
+    opened.check_clean()

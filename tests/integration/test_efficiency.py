@@ -160,6 +160,8 @@ def test_a_repeated_study_is_served_from_the_cache_also_after_a_restart(
     first = start_daemon(data_dir=data)
     spec = quadratic_spec("cached-1", trials=12, sampler={"name": "random", "seed": 7})
     spec["mode"] = "thorough"
+    # The very same configurations, in the same order: no warm start from cached-1 first.
+    spec["transfer"] = "off"
     assert first.request("POST", "/studies", spec)[0] == 201
     first.wait_study("cached-1")
     first.stop()

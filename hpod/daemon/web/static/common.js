@@ -295,6 +295,7 @@ const hpod = (() => {
     "study.resumed": () => "resumed",
     "study.budget_changed": (e) => `budget changed to ${budgetText(e.budget)}`,
     "strategy.chosen": (e) => `strategy ${e.strategy} (${e.source}) at ${e.told} told${e.previous_reward != null ? `; the last window earned ${num(e.previous_reward)}` : ""}`,
+    "study.transfer": (e) => `transfer ${e.change}: ${e.transferred} transferred, ${e.held} held, ${e.dropped} dropped${(e.sources || []).length ? ` (from ${e.sources.map((s) => `${s.study}${s.state === "active" ? "" : ` ${s.state}`}`).join(", ")})` : ""}`,
     "request.rejected": (e) => `request rejected (${e.channel}): ${e.error ? e.error.message : ""}`,
   };
 

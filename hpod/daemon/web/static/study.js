@@ -367,6 +367,31 @@
     $("strategy-decisions").tBodies[0].replaceChildren(...rows);
   }
 
+  /**
+   * What the study took from past studies (status.transfer): each source, its similarity,
+   * the configurations transferred and dropped, and whether it still agrees. Hidden when the
+   * study took nothing and skipped nothing. Re-read on `study.transfer`.
+   */
+  function renderTransfer() {
+    const t = status.transfer;
+    const sources = (t && t.sources) || [];
+    const skipped = (t && t.skipped) || [];
+    if (!sources.length && !skipped.length) { $("transfer").hidden = true; return; }
+    $("transfer").hidden = false;
+    const setting = Array.isArray(t.setting) ? t.setting.join(", ") : t.setting;
+    hpod.setText("transfer-now", `${t.transferred} transferred · ${t.held} held · ${t.dropped} dropped (setting ${setting})`);
+    const notes = skipped.map((s) => `skipped ${s.study}: ${s.reason}`);
+    hpod.setText("transfer-reason", [t.reason || "", ...notes].filter(Boolean).join(" · "));
+    const rows = sources.map((s) => el("tr", { class: `transfer-${s.state}` },
+      el("td", {}, el("a", { href: `/study/${encodeURIComponent(s.study)}` }, s.study)),
+      el("td", { class: "num" }, num(s.similarity)),
+      el("td", { class: "num" }, s.transferred),
+      el("td", { class: "num" }, s.dropped || 0),
+      el("td", {}, s.state),
+      el("td", { class: "num" }, s.correlation === null || s.correlation === undefined ? "–" : `${num(s.correlation)} over ${s.pairs}`)));
+    $("transfer-sources").tBodies[0].replaceChildren(...rows);
+  }
+
   function renderIntermediate(rows) {
     const reporting = rows.filter((t) => t.intermediate.length > 0).slice(-INTERMEDIATE_MAX);
     $("intermediate-empty").hidden = reporting.length > 0;
@@ -569,6 +594,7 @@
     renderActions();
     renderEfficiency();
     renderStrategy();
+    renderTransfer();
     renderObjectiveSelect();
     renderBest();
     renderTrialsTable(rows);
@@ -609,6 +635,7 @@
       case "study.resumed":
       case "study.budget_changed":
       case "strategy.chosen":
+      case "study.transfer":
         refreshSoon();
         break;
       case "mode.changed":

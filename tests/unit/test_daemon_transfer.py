@@ -1,0 +1,244 @@
+"""The daemon's side of transfer (`hpod.daemon.transfer`): the spec field at the edge, the
+status, and the driver on a real journal storage without a daemon: the plan made once, a start
+cut short finished on restart, a disagreeing source's waiting trials dropped and held ones
+never enqueued, the memory at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpod.daemon.store import StudyStore
+from hpod.daemon.transfer import TransferDriver, check_sources, transfer_status
+from hpod.errors import RequestRejected
+from hpod.modes import load_modes
+from hpod.policies import PolicyChain
+from hpod.policies.compose import resolve_plan
+from hpod.policies.plan import Plan
+from hpod.schema import Budget, StudySpec, parse_request
+from hpod.transfer.memory import MEMORY_ATTR
+from hpod.transfer.store import DROPPED_ATTR, TRANSFER_ATTR, TRANSFERRED_ATTR
+
+
+def spec(name: str, trials: int = 40, **extra: Any) -> StudySpec:
+    """A two-parameter quadratic study."""
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "objective": "quadratic",
+            "space": {
+                "x": {"type": "float", "low": -2, "high": 2},
+                "y": {"type": "float", "low": -2, "high": 2},
+            },
+            "budget": {"trials": trials},
+            **extra,
+        }
+    )
+
+
+def refusal(transfer: Any) -> RequestRejected:
+    """The refusal of a study.create whose spec has `transfer`."""
+    body = spec("s").model_dump(mode="json") | {"transfer": transfer}
+    with pytest.raises(RequestRejected) as refused:
+        parse_request({"v": 1, "type": "study.create", "study": body})
+    return refused.value
+
+
+def test_the_spec_field_defaults_to_auto_and_is_validated_naming_it() -> None:
+    """auto, off and a list of distinct names pass; anything else is refused with
+    `study.transfer`, whatever is wrong."""
+    assert spec("s").transfer == "auto"
+    assert spec("s", transfer="off").transfer == "off"
+    assert spec("s", transfer=["a", "b"]).transfer == ["a", "b"]
+    assert spec("s", transfer=["a"]).canonical() != spec("s").canonical()
+    for bad in ("on", "", [], ["a", "a"], ["s"], [1], ["no spaces"], None, 3, {"a": 1}):
+        refused = refusal(bad)
+        assert refused.field == "study.transfer", (bad, refused.message)
+    assert "cannot learn from itself" in refusal(["s"]).message
+    assert refusal(["x"] * 21).field == "study.transfer"
+
+
+@dataclass
+class FakeBus:
+    """Records the events a driver publishes."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def event(self, name: str, study: str | None, **fields: Any) -> None:
+        self.events.append((name, fields))
+
+
+@dataclass
+class FakeRun:
+    """What `TransferDriver` reads of a study's loop."""
+
+    spec: StudySpec
+    store: StudyStore
+    mode_plan: Plan
+    budget: Budget
+    bus: FakeBus = field(default_factory=FakeBus)
+    told: set[int] = field(default_factory=set)
+    n_created: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    policies: PolicyChain = field(default_factory=lambda: PolicyChain([]))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def plan(s: StudySpec) -> Plan:
+    """The study's plan under the balanced mode."""
+    return resolve_plan(s, "balanced", load_modes(None)["balanced"])
+
+
+def driver(store: StudyStore, s: StudySpec) -> TransferDriver:
+    """A driver for `s` on `store` (its loop stands in as a `FakeRun`)."""
+    run = FakeRun(s, store, plan(s), s.budget)
+    return TransferDriver(run)
+
+
+def finished_study(store: StudyStore, s: StudySpec, offset: float) -> None:
+    """Create `s` and complete 30 random trials of the quadratic centred at `offset`, then
+    write its memory as the daemon does at the end."""
+    assert store.create(s)
+    study = store.open(s)
+    for _ in range(30):
+        trial = study.ask()
+        x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+        study.tell(trial, (x - offset) ** 2 + (y - offset) ** 2)
+    asyncio.run(driver(store, s).finish("completed"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StudyStore:
+    """A daemon store on a fresh journal file."""
+    opened = StudyStore(f"journal://{tmp_path / 'studies.journal'}")
+    yield opened
+    opened.close()
+
+
+def waiting(store: StudyStore, s: StudySpec) -> list[optuna.trial.FrozenTrial]:
+    return store.trials(s, (TrialState.WAITING,))
+
+
+def test_a_new_study_plans_once_and_a_restart_does_not_transfer_again(store: StudyStore) -> None:
+    """The first start stores the plan and enqueues its first half; a second start (a
+    restart) finds the plan and enqueues nothing more."""
+    past = spec("past")
+    finished_study(store, past, 0.5)
+    assert isinstance(store.study_attrs("past")[MEMORY_ATTR], dict)
+    new = spec("new", transfer=["past"])
+    store.create(new)
+    first = driver(store, new)
+    asyncio.run(first.start())
+    queued = waiting(store, new)
+    assert len(queued) == 5  # half of a quarter of 40
+    assert {t.user_attrs[TRANSFERRED_ATTR]["from"] for t in queued} == {"past"}
+    record = store.study_attrs("new")[TRANSFER_ATTR]
+    assert len(record["held"]) == 5 and record["pending"] == []
+    assert [name for name, _ in first.run.bus.events] == ["study.transfer"]
+
+    again = driver(store, new)
+    asyncio.run(again.start())
+    assert len(waiting(store, new)) == 5
+    assert again.run.bus.events == []
+    shown = transfer_status(store.study_attrs("new"), new)
+    assert shown["transferred"] == 5 and shown["held"] == 5 and shown["setting"] == ["past"]
+    assert shown["sources"][0]["state"] == "active"
+
+
+def test_a_start_cut_short_after_the_plan_is_finished_once_on_restart(store: StudyStore) -> None:
+    """A crash between storing the plan and enqueueing: the restart enqueues the planned
+    configurations, once."""
+    finished_study(store, spec("past"), 0.5)
+    new = spec("new")
+    store.create(new)
+    asyncio.run(driver(store, new).start())
+    record = store.study_attrs("new")[TRANSFER_ATTR]
+    for trial in waiting(store, new):  # undo the enqueue: as if it never happened
+        store.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    record["pending"] = [
+        {"params": t.params, "from": "past", "rank": i}
+        for i, t in enumerate(store.trials(spec("past"), (TrialState.COMPLETE,))[:2])
+    ]
+    for source in record["sources"]:
+        source["transferred"] = 0
+    store.set_attr("new", TRANSFER_ATTR, record)
+    asyncio.run(driver(store, new).start())
+    asyncio.run(driver(store, new).start())
+    assert len(waiting(store, new)) == 2
+    assert transfer_status(store.study_attrs("new"), new)["transferred"] == 2
+
+
+def test_a_disagreeing_source_is_dropped_and_its_held_half_never_enqueued(
+    store: StudyStore,
+) -> None:
+    """Eight results whose order is the past study's reversed: the source disagrees, its
+    waiting trials are failed and marked dropped, its held configurations forgotten; the
+    budget does not count the dropped ones."""
+    finished_study(store, spec("corner", trials=30), 1.5)
+    new = spec("opposite", max_concurrent=1)
+    store.create(new)
+    one = driver(store, new)
+    asyncio.run(one.start())
+    study = store.open(new)
+    # The study's own first results, added beside the transferred trials, which all still
+    # wait (the worst case: none of them asked when the verdict comes).
+    grid = optuna.distributions.FloatDistribution(-2, 2)
+    for i in range(8):
+        x, y = -1.5 + 0.4 * i, -1.5 + 0.35 * i
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x, "y": y},
+                distributions={"x": grid, "y": grid},
+                value=(x + 1.5) ** 2 + (y + 1.5) ** 2,
+            )
+        )
+    one.run.told.update(range(5, 13))
+    asyncio.run(one.observe())
+    shown = transfer_status(store.study_attrs("opposite"), new)
+    source = shown["sources"][0]
+    assert source["state"] == "disagrees" and source["correlation"] < 0, shown
+    assert shown["held"] == 0 and shown["dropped"] == 5
+    dropped = [t for t in store.trials(new) if DROPPED_ATTR in t.user_attrs]
+    assert len(dropped) == 5 and all(t.state == TrialState.FAIL for t in dropped)
+    assert waiting(store, new) == []
+    assert [f["change"] for _, f in one.run.bus.events][-1] == "disagreed"
+    assert not one.judging
+
+
+def test_off_plans_nothing_and_a_named_study_must_exist(store: StudyStore) -> None:
+    """transfer off: no plan stored; a name the storage does not hold is refused at create,
+    but not for a study that already exists (a repeated create)."""
+    finished_study(store, spec("past"), 0.5)
+    cold = spec("cold", transfer="off")
+    store.create(cold)
+    asyncio.run(driver(store, cold).start())
+    assert TRANSFER_ATTR not in store.study_attrs("cold") and waiting(store, cold) == []
+    assert transfer_status(store.study_attrs("cold"), cold)["reason"].startswith("transfer off")
+    with pytest.raises(RequestRejected) as refused:
+        check_sources(store, spec("named", transfer=["past", "gone"]))
+    assert refused.value.field == "study.transfer" and "'gone'" in refused.value.message
+    check_sources(store, spec("named", transfer=["past"]))
+    check_sources(store, spec("cold", transfer=["gone"]))  # exists: answered by create
+
+
+def test_a_stopped_study_leaves_a_memory_only_with_enough_trials(store: StudyStore) -> None:
+    """Stopped with fewer than 8 complete trials: no memory; completed: a memory."""
+    short = spec("short")
+    store.create(short)
+    study = store.open(short)
+    for _ in range(3):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(-2, 2)})
+        study.tell(trial, trial.params["x"] ** 2)
+    asyncio.run(driver(store, short).finish("stopped"))
+    assert MEMORY_ATTR not in store.study_attrs("short")
+    asyncio.run(driver(store, short).finish("completed"))
+    assert store.study_attrs("short")[MEMORY_ATTR]["n_complete"] == 3
