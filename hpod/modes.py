@@ -57,8 +57,13 @@ class Mode(BaseModel):
     max_pack: int = Field(default=1, ge=1, le=10_000)
     #: Trials told between two choices of the strategy policy (sampler, pruner, ladder).
     strategy_window: int = Field(default=12, ge=2, le=100_000)
+    #: Continuation: rungs as shares of the steps of objectives that declare
+    #: ``hpod_resumable`` (epochs, boosting rounds, passes); a trial pauses at each rung and
+    #: the best 1/``continuation_eta`` there continue from their checkpoints. [1.0]: off.
+    continuation: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=10)
+    continuation_eta: int = Field(default=3, ge=2, le=100)
 
-    @field_validator("ladder")
+    @field_validator("ladder", "continuation")
     @classmethod
     def _check_ladder(cls, ladder: list[float]) -> list[float]:
         if any(not 0.0 < f <= 1.0 for f in ladder):

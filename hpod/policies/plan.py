@@ -34,6 +34,11 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Trials told between two decisions of the strategy policy.
     strategy_window: int = 12
+    #: Continuation rungs, as shares of a resumable objective's steps ((): off); see
+    #: `hpod.policies.compose.continuation_applies` and `hpod.daemon.promotion`.
+    steps_ladder: tuple[float, ...] = ()
+    #: Continuation keeps the best 1/eta of the trials at each rung.
+    eta: int = 3
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""
