@@ -656,6 +656,8 @@ class StudyManager:
         summary = await self.store.call(self.store.summary, spec)
         run = self.runs.get(name)
         summary["in_flight"] = len(run.inflight) if run else 0
+        # Continued trials waiting at a rung for a promotion (docs/policies.md#continuation).
+        summary["paused_trials"] = len(run.paused_trials) if run else 0
         summary["running"] = run is not None
         if run is not None:
             summary["budget"] = run.budget.model_dump(mode="json")
