@@ -44,6 +44,9 @@ from hpod.workers.objectives.gradient_boosting import gradient_boosting
 LADDER = (0.111111, 0.333333, 1.0)
 KWARGS = {"n_samples": 4000, "seed": 0}
 ROUNDS = 150
+#: Whether the continued arm tells hopeless paused trials pruned at once, as the daemon does
+#: (`--keep-paused` keeps every paused trial RUNNING until the end, for comparison).
+PRUNE_HOPELESS = True
 
 
 def space(trial: optuna.Trial) -> dict[str, Any]:
@@ -158,6 +161,9 @@ def continued(seed: int, trials: int, root: Path) -> Curve:
             curve.complete(result.values[0])
         else:
             rungs.paused(number, to, result.values[0], result.cpu_seconds, result.data_evaluated)
+            for hopeless in rungs.hopeless() if PRUNE_HOPELESS else []:
+                study.tell(running.pop(hopeless), state=optuna.trial.TrialState.PRUNED)
+                rungs.told(hopeless, None)
 
     while True:
         promotion = rungs.next_promotion(final=asked >= trials)
@@ -188,7 +194,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=24, help="plain's trials; 2x for the others")
+    parser.add_argument("--keep-paused", action="store_true", help="no early pruning of paused")
+    parser.add_argument("--arms", default="plain,ladder,continued")
     args = parser.parse_args()
+    global PRUNE_HOPELESS
+    PRUNE_HOPELESS = not args.keep_paused
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = list(range(args.seeds))
     arms: dict[str, Callable[[int], Curve]] = {}
@@ -198,7 +208,8 @@ def main() -> None:
             "ladder": lambda s: ladder(s, 2 * args.trials),
             "continued": lambda s: continued(s, 2 * args.trials, Path(tmp)),
         }
-        curves = {name: [arm(seed) for seed in seeds] for name, arm in arms.items()}
+        chosen = ["plain", *[a for a in args.arms.split(",") if a != "plain"]]
+        curves = {name: [arms[name](seed) for seed in seeds] for name in chosen}
     target = statistics.median(c.best for c in curves["plain"])
     plain_cpu = statistics.median(
         x for x in (to_target(c, target) for c in curves["plain"]) if x is not None

@@ -696,19 +696,24 @@ class StudyRun:
             self.inflight.pop(result.number, None)
             if flight is not None:
                 self.paused_trials[result.number] = flight.trial
+        hopeless = [n for n in promotions.hopeless() if n in self.paused_trials]
+        if hopeless:
+            await self._prune_paused(hopeless)
         self.wake.set()
 
-    async def _prune_paused(self) -> None:
-        """The study ends: continued trials never promoted are told pruned (their last value
-        is their last intermediate value), with what their tasks cost."""
-        if not self.paused_trials:
+    async def _prune_paused(self, numbers: list[int] | None = None) -> None:
+        """Tell paused trials pruned (their last value is their last intermediate value),
+        with what their tasks cost: `numbers` (hopeless ones, `Promotions.hopeless`), or at
+        the study's end every trial never promoted."""
+        chosen = sorted(self.paused_trials) if numbers is None else sorted(numbers)
+        if not chosen:
             return
         results = []
-        for number in sorted(self.paused_trials):
+        for number in chosen:
             record = self._promotions().records.get(number) or Record()
             # No task ran: the cost is the record's (`_merge_continued`).
             results.append(Result(number, "pruned", extra={"paused_at": record.at}))
-        self.paused_trials.clear()
+            self.paused_trials.pop(number, None)
         await self.on_results(results, owed=True)
 
     def _merge_continued(self, result: Result) -> dict[str, Any] | None:
