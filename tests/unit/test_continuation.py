@@ -20,7 +20,7 @@ from hpod.policies.compose import continuation_applies, resolve_plan
 from hpod.policies.fidelity import Continuation, evaluate_continued, resumable
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext
-from hpod.workers.objectives.gradient_boosting import gradient_boosting
+from hpod.workers.objectives.gradient_boosting import gradient_boosting, gradient_boosting_rounds
 from hpod.workers.objectives.mlp import mlp_digits
 from hpod.workers.objectives.sgd import sgd_classifier
 
@@ -216,14 +216,14 @@ def run_continued(fn: Any, params: dict[str, Any], kwargs: dict[str, Any], root:
     ("fn", "params", "kwargs"),
     [
         (mlp_digits, {"lr": 3e-3, "hidden": 32}, {"epochs": 3}),
-        (gradient_boosting, {"max_iter": 27, "learning_rate": 0.2}, {"n_samples": 1000}),
+        (gradient_boosting_rounds, {"max_iter": 27, "learning_rate": 0.2}, {"n_samples": 1000}),
         (
             sgd_classifier,
             {"learning_rate": "invscaling", "eta0": 0.1},
             {"passes": 9, "n_samples": 2000},
         ),
     ],
-    ids=["mlp_digits", "gradient_boosting", "sgd_classifier"],
+    ids=["mlp_digits", "gradient_boosting_rounds", "sgd_classifier"],
 )
 def test_a_continued_trial_trains_exactly_as_an_uninterrupted_one(
     fn: Any, params: dict[str, Any], kwargs: dict[str, Any], tmp_path: Path
@@ -232,6 +232,9 @@ def test_a_continued_trial_trains_exactly_as_an_uninterrupted_one(
     one's checkpoint, end where one uninterrupted call ends; each trains only its part."""
     assert resumable(fn)
     straight = fn(TrialContext(params), **kwargs)
+    if fn is gradient_boosting_rounds:  # the same model as the data objective's, by rounds
+        assert straight == gradient_boosting(TrialContext(params), **kwargs)
+        assert not resumable(gradient_boosting)  # its data ladder stays (see its docstring)
     evaluations = run_continued(fn, params, kwargs, tmp_path)
     assert evaluations[-1].values == [straight]
     resumed = [e.resumed_step for e in evaluations]
