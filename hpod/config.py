@@ -74,6 +74,21 @@ class Settings(BaseSettings):
         description="Cached results expire after this; unset: never.",
     )
     cache_size_mb: int = Field(default=1024, gt=0, description="Cache size limit; oldest culled.")
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Checkpoints of paused trials (continuation); unset for "
+        "<data_dir>/checkpoints. A path every worker mounts when workers run on several "
+        "machines.",
+    )
+    checkpoint_max_mb: int = Field(
+        default=256, gt=0, description="A bigger checkpoint is not saved (the trial retrains)."
+    )
+    checkpoint_total_mb: int = Field(
+        default=4096, gt=0, description="All checkpoints together; the oldest are removed."
+    )
+    checkpoint_ttl_seconds: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Older checkpoints are ignored and swept."
+    )
     policy_learn_every: int = Field(
         default=25,
         gt=0,
@@ -156,6 +171,10 @@ class Settings(BaseSettings):
     def result_cache_dir(self) -> Path:
         """Where the result cache lives (shared by every study, kept across restarts)."""
         return self.cache_dir or self.data_dir / "cache"
+
+    def checkpoint_root(self) -> Path:
+        """Where paused trials' checkpoints live (`hpod.checkpoints`)."""
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
 
     @property
     def embedded(self) -> bool:

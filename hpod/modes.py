@@ -64,8 +64,13 @@ class Mode(BaseModel):
     #: The largest share of a study's trial budget warm-started from past studies (transfer;
     #: at most `hpod.transfer.mapping.MAX_TRANSFER_SHARE`, 0 switches transfer off).
     transfer_share: float = Field(default=0.25, ge=0.0, le=0.5)
+    #: Continuation: rungs as shares of the steps of objectives that declare
+    #: ``hpod_resumable`` (epochs, boosting rounds, passes); a trial pauses at each rung and
+    #: the best 1/``continuation_eta`` there continue from their checkpoints. [1.0]: off.
+    continuation: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=10)
+    continuation_eta: int = Field(default=3, ge=2, le=100)
 
-    @field_validator("ladder")
+    @field_validator("ladder", "continuation")
     @classmethod
     def _check_ladder(cls, ladder: list[float]) -> list[float]:
         if any(not 0.0 < f <= 1.0 for f in ladder):

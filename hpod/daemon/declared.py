@@ -36,6 +36,8 @@ MAX_ANSWER_BYTES = 4096
 #: `hpod.policies.fidelity.FIDELITY_ATTR`, spelt out: importing that module loads Optuna,
 #: a second of the probe's start-up (a unit test checks they agree).
 FIDELITY_ATTR = "hpod_fidelity"
+#: `hpod.policies.fidelity.RESUMABLE_ATTR`, spelt out for the same reason.
+RESUMABLE_ATTR = "hpod_resumable"
 
 
 def as_fidelity(declared: str | None) -> Fidelity | None:
@@ -52,6 +54,8 @@ class DeclaredFidelities:
     def __init__(self, configured: Mapping[str, str]) -> None:
         self.configured = dict(configured)
         self._probes: dict[str, asyncio.Task[Fidelity | None]] = {}
+        #: Objectives that declare ``hpod_resumable`` (continuation), filled by the probes.
+        self._resumable: set[str] = set()
 
     def prefetch(self, name: str) -> None:
         """Start probing `name` now, so its answer is ready when a study first needs it."""
@@ -63,6 +67,12 @@ class DeclaredFidelities:
         resolved here. Never raises: a failed probe is logged and answers None."""
         self.prefetch(name)
         return await asyncio.shield(self._probes[name])
+
+    async def resumable(self, name: str) -> bool:
+        """Whether objective `name` declares ``hpod_resumable`` (False if it cannot be
+        resolved here: its trials are then re-trained, never continued)."""
+        await self.fidelity(name)
+        return name in self._resumable
 
     async def close(self) -> None:
         """Stop the probes still running (their children are killed), at the daemon's stop."""
@@ -97,8 +107,7 @@ class DeclaredFidelities:
             return None
         return self._answer(name, proc.returncode, out, err)
 
-    @staticmethod
-    def _answer(name: str, code: int | None, out: bytes, err: bytes) -> Fidelity | None:
+    def _answer(self, name: str, code: int | None, out: bytes, err: bytes) -> Fidelity | None:
         """The probe's answer, or None (logged) when it failed or said something else."""
         # The answer is the last line: an objective's module may print while it is imported.
         last = out[-MAX_ANSWER_BYTES:].strip().splitlines()[-1:] or [b""]
@@ -112,7 +121,14 @@ class DeclaredFidelities:
             log.warning("objective.fidelity_unknown", objective=name, error=tail[0][:500])
             return None
         fidelity = as_fidelity(declared)
-        log.info("objective.fidelity_declared", objective=name, fidelity=fidelity)
+        if answer.get("resumable") is True:
+            self._resumable.add(name)
+        log.info(
+            "objective.fidelity_declared",
+            objective=name,
+            fidelity=fidelity,
+            resumable=name in self._resumable,
+        )
         return fidelity
 
 
@@ -122,8 +138,14 @@ def main() -> None:
 
     request = json.load(sys.stdin)
     registry = ObjectiveRegistry(request.get("configured") or {})
-    declared = getattr(registry.get(str(request["name"])), FIDELITY_ATTR, None)
-    print(json.dumps({"fidelity": None if declared is None else str(declared)}))
+    fn = registry.get(str(request["name"]))
+    declared = getattr(fn, FIDELITY_ATTR, None)
+    resumable = getattr(fn, RESUMABLE_ATTR, False) is True
+    print(
+        json.dumps(
+            {"fidelity": None if declared is None else str(declared), "resumable": resumable}
+        )
+    )
 
 
 if __name__ == "__main__":

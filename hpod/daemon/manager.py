@@ -652,9 +652,16 @@ class StudyManager:
         if run is not None and not run.recovering:
             flight = run.inflight.get(result.number)
             if flight is None:
-                if result.number in run.told:
-                    return None
+                if result.number in run.told or result.number in run.paused_trials:
+                    return None  # told, or paused at a rung: a second result of a task
                 return f"trial {result.number} of study {spec.name!r} is not in flight"
+            steps_to = flight.plan.get("steps_to")
+            if (
+                steps_to is not None
+                and result.cost is not None
+                and result.cost.steps_to != steps_to
+            ):
+                return None  # a continued trial's result of an earlier rung's task
             expected = _expected(spec, flight.trial.trial_id, flight.trial.params, flight.attempt)
             expected = _with_ladder(expected, result, flight.plan)
         else:
@@ -674,9 +681,12 @@ class StudyManager:
         return expected if problem is None else problem
 
     async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
-        """Tell a trial of a study whose loop is not running (stopped, or ended)."""
+        """Tell a trial of a study whose loop is not running (stopped, or ended); a continued
+        trial that paused then is told pruned (no loop will promote it)."""
+        state = "pruned" if result.state == "paused" else result.state
+        values = None if state == "pruned" else result.values
         frozen = await self.store.call(
-            self.store.tell, spec, result.number, result.state, result.values, result.error
+            self.store.tell, spec, result.number, state, values, result.error
         )
         if frozen is not None:
             self.metrics.told(spec.name, frozen)
@@ -692,6 +702,8 @@ class StudyManager:
         summary = await self.store.call(self.store.summary, spec)
         run = self.runs.get(name)
         summary["in_flight"] = len(run.inflight) if run else 0
+        # Continued trials waiting at a rung for a promotion (docs/policies.md#continuation).
+        summary["paused_trials"] = len(run.paused_trials) if run else 0
         summary["running"] = run is not None
         if run is not None:
             summary["budget"] = run.budget.model_dump(mode="json")

@@ -488,6 +488,16 @@ class StudyStore:
         with contextlib.suppress(UpdateFinishedTrialError):
             self.storage.set_trial_user_attr(trial_id, DISPATCHED_ATTR, attempt)
 
+    def set_trial_attrs(self, spec: StudySpec, values: dict[int, dict[str, Any]]) -> None:
+        """Set user attributes of running trials, by number, in one durable write group (a
+        trial told meanwhile is left as it is)."""
+        with storage_group(self.storage):
+            for number, attrs in values.items():
+                trial_id = self._trial_id(spec, number)
+                for key, value in attrs.items():
+                    with contextlib.suppress(UpdateFinishedTrialError):
+                        self.storage.set_trial_user_attr(trial_id, key, value)
+
     def mark_dispatched_many(self, trial_ids: list[int], attempt: int) -> None:
         """`mark_dispatched` for a pack of trials, in one durable write group."""
         with storage_group(self.storage):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ from typing import Any, TypeVar
 import structlog
 from optuna.trial import FrozenTrial, TrialState
 
+from hpod.checkpoints import CheckpointStore
 from hpod.config import Settings
 from hpod.daemon.budget import Spend, budget_left, trials_affordable
 from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.metrics import Metrics
+from hpod.daemon.promotion import CONTINUATION_ATTR, Promotions, Record
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.daemon.strategy import StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
@@ -40,6 +43,7 @@ from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE
+from hpod.policies.compose import continuation_applies
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
@@ -223,6 +227,8 @@ class StudyRun:
         self.metrics = metrics
         self.timings = timings
         self.inflight: dict[int, InFlight] = {}
+        #: Continued trials waiting at a rung (not in flight), by number.
+        self.paused_trials: dict[int, AskedTrial] = {}
         self.external: dict[str, AskedTrial] = {}
         self.told: set[int] = set()
         self.n_created = 0
@@ -245,6 +251,11 @@ class StudyRun:
         self.strategy = StrategyDriver(self, agent)
         #: Warm start from past studies, their agreement, this study's memory at its end.
         self.transfer = TransferDriver(self)
+        #: Whether the objective declares ``hpod_resumable`` (None: not asked yet).
+        self.resumable: bool | None = None
+        #: The continued trials and the rule that promotes them (None: none continued).
+        self.promotions: Promotions | None = None
+        self.checkpoints = CheckpointStore.from_settings(settings)
 
     @property
     def name(self) -> str:
@@ -275,6 +286,9 @@ class StudyRun:
             if t.state in FINISHED:
                 self.told.add(t.number)
                 self.spend.add_trial(t, self.spec.trial_timeout)
+            record = Record.from_json(t.user_attrs.get(CONTINUATION_ATTR))
+            if record is not None:
+                self._promotions().load(t.number, record, finished=t.state in FINISHED)
             if t.user_attrs.get(EXTERNAL_ATTR):
                 key = t.user_attrs.get(REQUEST_ATTR) or f"trial-{t.number}"
                 self.external[key] = AskedTrial(t._trial_id, t.number, dict(t.params))
@@ -287,7 +301,10 @@ class StudyRun:
                 # first, so results reach it): told already, nothing to wait for.
                 continue
             attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0))
-            if attempt:
+            record = self.promotions.records.get(asked.number) if self.promotions else None
+            if record is not None:
+                self._recover_continued(asked, record, attempt)
+            elif attempt:
                 # Its task reached the broker before the restart: wait for its result.
                 task = self._new_task({asked.number})
                 self.inflight[asked.number] = InFlight(asked, attempt, self._deadline(), None, task)
@@ -296,6 +313,8 @@ class StudyRun:
         self.recovering = False
         if pending:
             log.info("study.recovered", study=self.name, in_flight=len(self.inflight))
+        running = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+        await asyncio.to_thread(self.checkpoints.sweep, self.name, running)
         await self._publish_owed({t.number: t for t in trials})
 
     def note_told(self, numbers: list[int]) -> None:
@@ -307,6 +326,18 @@ class StudyRun:
             self.inflight.pop(number, None)
             self.told.add(number)
         self.wake.set()
+
+    def _recover_continued(self, asked: AskedTrial, record: Record, attempt: int) -> None:
+        """A continued trial found after a restart: paused (it waits for its promotion), or
+        running to a rung (its result is waited for, its task sent again if none comes)."""
+        if record.to is None:
+            self.paused_trials[asked.number] = asked
+            return
+        task = self._new_task({asked.number})
+        plan = self._continued_plan(record.to)
+        self.inflight[asked.number] = InFlight(
+            asked, max(1, attempt), self._deadline(), None, task, plan
+        )
 
     async def _publish_owed(self, trials: dict[int, FrozenTrial]) -> None:
         """Publish the events a crash may have kept from going out: those of trials the
@@ -333,6 +364,7 @@ class StudyRun:
             while True:
                 await self._fill()
                 if self._finished():
+                    await self._prune_paused()
                     break
                 timeout = self._next_deadline()
                 try:
@@ -371,7 +403,13 @@ class StudyRun:
             return True
         if self.paused:
             return False
+        if self._promotion(final=not self._budget_left()) is not None:
+            return False
         return not self._budget_left() and not self._external_pending()
+
+    def _seconds_left(self) -> bool:
+        seconds = self.budget.seconds
+        return seconds is None or time.time() - self.created_at < seconds
 
     def _external_pending(self) -> bool:
         return any(a.number not in self.told for a in self.external.values())
@@ -380,6 +418,8 @@ class StudyRun:
         """Follow a new plan (a new strategy, or the mode changed): trials dispatched from
         now on use it."""
         self.plan = plan
+        if self.promotions is not None:
+            self.promotions.set_ladder(plan.steps_ladder, plan.eta)
         await self.store.call(self.store.set_plan, self.spec, plan)
         self.wake.set()
 
@@ -393,6 +433,8 @@ class StudyRun:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
         if self.spec.objective is None:
             return
+        await self._learn_resumable()
+        await self._promote()
         while self._may_ask():
             # A strategy decision due (start, or a full window) and the transfer's verdicts on
             # the trials told since (`hpod.daemon.transfer`) come before the next ask; they
@@ -463,6 +505,8 @@ class StudyRun:
             self.metrics.looked_up(event.notes.get(LOOKUP_NOTE))
             if event.notes.get("cache"):
                 event.task["cache"] = event.notes["cache"]
+            if self._continuing():
+                event.task = self._continued_plan(self._promotions().first_rung())
             to_dispatch.append((asked, event.task))
             hook = time.perf_counter() - hook_started
             daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
@@ -484,6 +528,8 @@ class StudyRun:
         with contextlib.suppress(SkipEvaluation):
             self.policies.before_dispatch(event)
         event.task.pop("cached", None)
+        if self._continuing():
+            return self._continued_plan(self._promotions().first_rung())
         return event.task
 
     def _new_task(self, numbers: set[int]) -> int:
@@ -605,6 +651,134 @@ class StudyRun:
                 result = Result(flight.trial.number, "failed", error=error)
                 await self.on_results([result], owed=True)
 
+    # --- continuation ------------------------------------------------------------------
+
+    async def _learn_resumable(self) -> None:
+        """Learn once whether the objective declares ``hpod_resumable`` (the daemon's probe,
+        `hpod.daemon.declared`), when the plan could continue its trials."""
+        if self.resumable is not None or len(self.plan.steps_ladder) < 2:
+            return
+        objective = self.spec.objective
+        if self.declared is None or objective is None:
+            self.resumable = False
+            return
+        self.resumable = await self.declared.resumable(objective)
+
+    def _continuing(self) -> bool:
+        """Whether new trials are continued (run to the first rung, then promoted)."""
+        return continuation_applies(self.plan, bool(self.resumable))
+
+    def _promotions(self) -> Promotions:
+        if self.promotions is None:
+            ladder = self.plan.steps_ladder if len(self.plan.steps_ladder) > 1 else (1 / 3, 1.0)
+            maximize = self.spec.directions[0] == "maximize"
+            self.promotions = Promotions(tuple(ladder), self.plan.eta, maximize)
+        return self.promotions
+
+    def _continued_plan(self, steps_to: float) -> dict[str, Any]:
+        """The task plan of a continued trial: full data, no step pruner (promotions are the
+        pruning), run to `steps_to` of the objective's steps from its checkpoint."""
+        return {**self.plan.base_task(), "steps_to": steps_to}
+
+    def _promotion(self, final: bool) -> tuple[int, float] | None:
+        """The paused trial to continue now, if any (never after the time budget)."""
+        if self.promotions is None or not self.paused_trials or not self._seconds_left():
+            return None
+        return self.promotions.next_promotion(final=final)
+
+    async def _promote(self) -> None:
+        """Continue paused trials while slots are free: promotions go before new trials."""
+        while (
+            not self.stopping
+            and not self.paused
+            and len(self.tasks) < self.plan.parallelism
+            and self.limits.available()
+        ):
+            promotion = self._promotion(final=not self._budget_left())
+            if promotion is None:
+                return
+            number, to = promotion
+            asked = self.paused_trials.pop(number)
+            record = self._promotions().record(number)
+            record.to = to
+            # Durable before the task goes out: a restart finds it running, not paused.
+            await self._timed(
+                "storage",
+                self.store.set_trial_attrs,
+                self.spec,
+                {number: {CONTINUATION_ATTR: record.as_json()}},
+            )
+            log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
+            await self._dispatch([(asked, self._continued_plan(to))], attempt=1)
+
+    async def _pause(self, results: list[Result]) -> None:
+        """Continued trials that reached a rung below the last: persist their records (one
+        durable write), free their slots, and let the promotion rule see them."""
+        promotions = self._promotions()
+        records: dict[int, dict[str, Any]] = {}
+        for result in results:
+            cost = result.cost or {}
+            at = float(cost.get("steps_to") or promotions.first_rung())
+            value = (result.values or [math.nan])[0]
+            task = {"worker": result.extra.get("worker"), "resumed": cost.get("resumed_step")}
+            record = promotions.paused(
+                result.number,
+                at,
+                value,
+                float(cost.get("cpu") or 0.0),
+                float(cost.get("data") or 0.0),
+                task,
+            )
+            records[result.number] = {CONTINUATION_ATTR: record.as_json()}
+        await self._timed("storage", self.store.set_trial_attrs, self.spec, records)
+        for result in results:
+            flight = self.inflight.get(result.number)
+            self._forget_task_of(result.number)
+            self.inflight.pop(result.number, None)
+            if flight is not None:
+                self.paused_trials[result.number] = flight.trial
+        hopeless = [n for n in promotions.hopeless() if n in self.paused_trials]
+        if hopeless:
+            await self._prune_paused(hopeless)
+        self.wake.set()
+
+    async def _prune_paused(self, numbers: list[int] | None = None) -> None:
+        """Tell paused trials pruned (their last value is their last intermediate value),
+        with what their tasks cost: `numbers` (hopeless ones, `Promotions.hopeless`), or at
+        the study's end every trial never promoted."""
+        chosen = sorted(self.paused_trials) if numbers is None else sorted(numbers)
+        if not chosen:
+            return
+        results = []
+        for number in chosen:
+            record = self._promotions().records.get(number) or Record()
+            # No task ran: the cost is the record's (`_merge_continued`).
+            results.append(Result(number, "pruned", extra={"paused_at": record.at}))
+            self.paused_trials.pop(number, None)
+        await self.on_results(results, owed=True)
+
+    def _merge_continued(self, result: Result) -> dict[str, Any] | None:
+        """The cost to store for a trial now told: a continued trial's tasks summed (CPU,
+        share of a full evaluation), and its whole CPU as its full-evaluation cost when it
+        completed the last rung; any other trial's cost as its worker reported it."""
+        promotions = self.promotions
+        record = promotions.records.get(result.number) if promotions is not None else None
+        if record is None:
+            return dict(result.cost) if result.cost else None
+        cost = dict(result.cost or {})
+        cost["cpu"] = round(record.cpu + float(cost.get("cpu") or 0.0), 6)
+        cost["data"] = round(record.data + float(cost.get("data") or 0.0), 6)
+        cost["paused_at"] = record.at
+        last = {
+            "to": cost.get("steps_to"),
+            "cpu": round(float((result.cost or {}).get("cpu") or 0.0), 6),
+        }
+        last.update(worker=result.extra.get("worker"), resumed=cost.get("resumed_step"))
+        cost["tasks"] = [*record.history, last] if result.cost else list(record.history)
+        if result.state == "complete" and cost.get("steps_to") == 1.0:
+            cost["full_cpu"] = cost["cpu"]
+        return cost
+
     # --- results -----------------------------------------------------------------------
 
     async def on_result(self, result: Result) -> bool:
@@ -622,10 +796,15 @@ class StudyRun:
         Results from a message need no note: the message is acknowledged after the events,
         and a redelivered one republishes them (`StudyManager.on_worker_result`).
         """
+        given = [r.number for r in results]
+        paused = [r for r in results if r.state == "paused"]
+        if paused:
+            await self._pause(paused)
+            results = [r for r in results if r.state != "paused"]
         parts = self._split(results, time.time())
         outcomes = []
         for result in results:
-            cost = dict(result.cost) if result.cost else None
+            cost = self._merge_continued(result)
             flight = self.inflight.get(result.number)
             if cost is not None:
                 cost.pop("time", None)  # the daemon's measure, never a worker's claim
@@ -635,15 +814,21 @@ class StudyRun:
                 cost.setdefault("cache", flight.plan["cache"])
             outcomes.append(Outcome(result.number, result.state, result.values, result.error, cost))
         told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
-        answers = []
+        answers: dict[int, bool] = {}
+        finished_ids = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
             self.inflight.pop(result.number, None)
             self.told.add(result.number)
-            answers.append(frozen is not None)
+            answers[result.number] = frozen is not None
             if frozen is None:
                 continue
             self.spend.add_trial(frozen, self.spec.trial_timeout, outcome.cost)
+            finished_ids.append(frozen._trial_id)
+            if self.promotions is not None:
+                complete = frozen.state == TrialState.COMPLETE and frozen.values
+                self.promotions.told(result.number, frozen.values[0] if complete else None)
+                self.paused_trials.pop(result.number, None)
             self._account(result, frozen, parts.get(result.number))
             with self.timings.measure("policies"):
                 self.policies.after_tell(
@@ -659,11 +844,19 @@ class StudyRun:
                     )
                 )
             await publish_told(self.bus, self.name, result, frozen)
-        if owed:
+        if owed and results:
             numbers = [result.number for result in results]
             await self._timed("storage", self.store.settle_events, self.name, numbers)
+        if finished_ids and (self.resumable or self.promotions is not None):
+            await asyncio.to_thread(self._delete_checkpoints, finished_ids)
         self.wake.set()
-        return answers
+        return [answers.get(number, True) for number in given]
+
+    def _delete_checkpoints(self, trial_ids: list[int]) -> None:
+        """Told trials need their checkpoints no more (a continued one's last task deleted
+        its own; a pruned or failed one's is deleted here)."""
+        for trial_id in trial_ids:
+            self.checkpoints.delete(self.name, trial_id)
 
     def _split(self, results: list[Result], received_at: float) -> dict[int, dict[str, float]]:
         """The parts of each dispatched trial's time (`hpod.daemon.timeline`), by number.

@@ -3,7 +3,9 @@
 Every plan a study runs under comes from here (issue 13, item 1):
 
 1. `resolve_plan`: the mode's knobs, with what the spec sets explicitly (sampler, pruner,
-   ``max_concurrent``) winning over them. This is the plan under strategy ``mode``.
+   ``max_concurrent``) winning over them. This is the plan under strategy ``mode``. Its
+   continuation rungs apply to objectives that declare ``hpod_resumable``
+   (`continuation_applies`); a strategy keeps them.
 2. `compose`: the strategy in force laid over that plan. Its sampler always replaces the
    mode's. Its pruner and data ladder replace the mode's only where they apply: a strategy
    chosen by ``auto`` that prunes nothing, or has no ladder, keeps the mode's pruner, or
@@ -65,6 +67,9 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         # own pruner gets that pruner instead.
         fold_margin=mode.fold_margin if spec.pruner is None and len(spec.directions) == 1 else 0.0,
         transfer_share=mode.transfer_share,
+        # A spec that names its pruner gets that pruner on every step, not promotions.
+        steps_ladder=tuple(mode.continuation) if spec.pruner is None else (),
+        eta=mode.continuation_eta,
     )
 
 
@@ -121,6 +126,17 @@ def mode_ladder_applies(mode_plan: Plan, fidelity: Fidelity) -> bool:
     """Whether the mode's data ladder can work: it has rungs below full data, the objective
     subsamples, and the study has one objective."""
     return len(mode_plan.ladder) > 1 and fidelity == "data" and mode_plan.single_objective
+
+
+def continuation_applies(plan: Plan, resumable: bool) -> bool:
+    """Whether a study continues its trials instead of re-training them: the plan has
+    continuation rungs below the last, the objective declares ``hpod_resumable``, the
+    pruning policy is in force and the study has one objective. Then the continuation
+    rungs replace the data ladder and the step pruner (a strategy's sampler still applies).
+    """
+    return (
+        len(plan.steps_ladder) > 1 and resumable and plan.single_objective and plan.uses("pruning")
+    )
 
 
 def compose_plan(

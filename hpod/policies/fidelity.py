@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from hpod.checkpoints import Checkpoint, CheckpointStore
 from hpod.errors import HpodError
 from hpod.policies.pruning import fidelity_step
 from hpod.workers.context import NoPruning, Reporter, TrialContext, TrialPruned
@@ -34,6 +35,9 @@ FIDELITY_ATTR = "hpod_fidelity"
 VERSION_ATTR = "hpod_version"
 #: An objective's attribute; False for one whose result varies between identical calls.
 DETERMINISTIC_ATTR = "hpod_deterministic"
+#: An objective's attribute; True for one that can be continued: it runs `ctx.steps(total)`,
+#: resumes from `ctx.resume()` and hands its state to `ctx.checkpoint(...)`.
+RESUMABLE_ATTR = "hpod_resumable"
 
 
 @dataclass
@@ -53,6 +57,10 @@ class Evaluation:
     pruned_at: float | None = None
     #: CPU seconds spent reporting and asking the pruners (not in `cpu_seconds`).
     report_cpu: float = 0.0
+    #: A continued task: the share of the steps it ran to, the step reached and resumed from.
+    steps_to: float | None = None
+    step: int | None = None
+    resumed_step: int | None = None
 
 
 def fidelity_of(fn: Callable[..., Any]) -> str | None:
@@ -66,6 +74,11 @@ def deterministic(fn: Callable[..., Any]) -> bool:
     fraction (registered objectives take their seeds as keyword arguments; one that does not
     declares ``hpod_deterministic = False`` and is never cached)."""
     return bool(getattr(fn, DETERMINISTIC_ATTR, True))
+
+
+def resumable(fn: Callable[..., Any]) -> bool:
+    """Whether the objective can be continued from a checkpoint (``hpod_resumable``)."""
+    return getattr(fn, RESUMABLE_ATTR, False) is True
 
 
 def version_of(fn: Callable[..., Any]) -> str:
@@ -168,3 +181,58 @@ def as_values(result: Any) -> list[float]:
     if not values or not all(math.isfinite(v) for v in values):
         raise HpodError(f"objective returned {values!r}: values must be finite numbers")
     return values
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Where a continued task keeps its trial's state, and how far it runs."""
+
+    store: CheckpointStore
+    study: str
+    trial_id: int
+    #: The share of the objective's steps to run to (1.0: the last rung).
+    steps_to: float
+
+
+def evaluate_continued(
+    fn: Callable[..., Any],
+    params: Mapping[str, Any],
+    kwargs: Mapping[str, Any],
+    reporter: Reporter,
+    continuation: Continuation,
+) -> Evaluation:
+    """Run a resumable objective from its trial's checkpoint up to `continuation.steps_to`
+    of its steps, on full data, and save its state there (below the last rung).
+
+    Only this task's increment is measured (CPU, share of the steps run): the daemon adds a
+    trial's tasks up. Loading and saving the checkpoint count in the CPU, as part of what
+    continuing costs. A missing or unreadable checkpoint means training from the start. On
+    the last rung the checkpoint is deleted: the trial is done with it.
+    """
+    result = Evaluation(steps_to=continuation.steps_to)
+    store, study, trial_id = continuation.store, continuation.study, continuation.trial_id
+    started = time.process_time()
+    try:
+        resumed = store.load(study, trial_id)
+        ctx = TrialContext(params, 1.0, reporter, steps_to=continuation.steps_to, resumed=resumed)
+        result.resumed_step = ctx.resumed_step
+        try:
+            values = as_values(fn(ctx, **kwargs))
+        except (TrialPruned, optuna.TrialPruned):
+            result.pruned = True
+            return result
+        result.values = values
+        total = ctx.total_steps or 1
+        reached = ctx.saved.step if ctx.saved is not None else ctx.resumed_step
+        result.step = max(reached, ctx.resumed_step)
+        result.data_evaluated = max(0, result.step - ctx.resumed_step) / total
+        if continuation.steps_to >= 1.0:
+            store.delete(study, trial_id)
+        elif ctx.saved is not None:
+            saved = ctx.saved
+            store.save(study, trial_id, Checkpoint(saved.step, values[0], saved.arrays, saved.meta))
+    finally:
+        result.cpu_seconds = time.process_time() - started
+    if continuation.steps_to >= 1.0:
+        result.full_cpu_seconds = None  # the daemon knows the whole: the sum of the tasks
+    return result

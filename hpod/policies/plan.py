@@ -38,6 +38,11 @@ class Plan:
     fold_margin: float = 0.0
     #: The largest share of the trial budget transferred from past studies (`hpod.transfer`).
     transfer_share: float = 0.25
+    #: Continuation rungs, as shares of a resumable objective's steps ((): off); see
+    #: `hpod.policies.compose.continuation_applies` and `hpod.daemon.promotion`.
+    steps_ladder: tuple[float, ...] = ()
+    #: Continuation keeps the best 1/eta of the trials at each rung.
+    eta: int = 3
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""

@@ -7,18 +7,28 @@ with the intermediate values of every trial, whichever worker ran them. An objec
 averages over cross-validation folds visits them in `folds(n)`'s order and reports each with
 `report_fold(i, value)`. The CPU time spent reporting is kept apart (`reporter_cpu`), so it
 never counts as the evaluation's.
+with the intermediate values of every trial, whichever worker ran them.
+
+An objective with an iterative fidelity (epochs, boosting rounds, SGD passes) that declares
+``hpod_resumable = True`` can be *continued* instead of re-trained: it runs the steps
+`steps(total)` gives (all of them outside a continued study), starts from `resume()` when
+that returns a checkpoint, and hands its state to `checkpoint(step, arrays, meta)` at the
+end. The study pauses it at a rung of its steps and, if it is among the best there, a later
+task (on any worker) resumes it from that state (`hpod.policies.fidelity.evaluate_continued`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from hpod.checkpoints import Checkpoint
 from hpod.errors import HpodError
 
 T = TypeVar("T")
@@ -62,9 +72,13 @@ class TrialContext:
         fidelity: float = 1.0,
         reporter: Reporter | None = None,
         seed: int = 0,
+        steps_to: float | None = None,
+        resumed: Checkpoint | None = None,
     ) -> None:
         if not 0.0 < fidelity <= 1.0:
             raise ValueError(f"fidelity must be in (0, 1], got {fidelity}")
+        if steps_to is not None and not 0.0 < steps_to <= 1.0:
+            raise ValueError(f"steps_to must be in (0, 1], got {steps_to}")
         self.params = dict(params)
         self.fidelity = fidelity
         self.reporter = reporter if reporter is not None else NoPruning()
@@ -74,6 +88,49 @@ class TrialContext:
         self.reporter_cpu = 0.0
         #: The values reported by `report_fold`, by fold index.
         self.fold_values: dict[int, float] = {}
+        #: The share of its steps this call runs the objective to (None: all of them).
+        self.steps_to = steps_to
+        self._resumed = resumed
+        #: What the objective handed to `checkpoint` (the runner saves it with the value).
+        self.saved: Checkpoint | None = None
+        #: The objective's total steps, once it called `steps`.
+        self.total_steps: int | None = None
+
+    def steps(self, total: int) -> range:
+        """The steps to run now, of an objective's `total` (epochs, rounds, passes).
+
+        Outside a continued study: all of them, ``range(1, total + 1)``. In a continued
+        study: from the step after the resumed checkpoint's (1 without one) up to this
+        task's rung, ``round(steps_to * total)`` (at least 1). Empty when the checkpoint is
+        already there (a task run twice): the objective then scores its restored state.
+        """
+        if isinstance(total, bool) or int(total) < 1:
+            raise ValueError(f"total steps must be at least 1, got {total!r}")
+        self.total_steps = int(total)
+        return range(self.resumed_step + 1, target_step(self.steps_to, self.total_steps) + 1)
+
+    @property
+    def resumed_step(self) -> int:
+        """The step the resumed checkpoint reached (0 when starting from scratch)."""
+        return self._resumed.step if self._resumed is not None else 0
+
+    def resume(self) -> Checkpoint | None:
+        """The trial's last checkpoint (arrays and meta as the objective saved them), or None:
+        start from scratch."""
+        return self._resumed
+
+    def checkpoint(
+        self,
+        step: int,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        meta: Any = None,
+    ) -> None:
+        """Hand over the state after `step`: named plain arrays (model weights, optimizer
+        moments, RNG states) and JSON `meta`. Saved without pickle, with the value the
+        objective returns, when the task ends on a rung below the last; ignored otherwise."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"checkpoint step must be a non-negative int, got {step!r}")
+        self.saved = Checkpoint(step, math.nan, dict(arrays or {}), meta)
 
     def subsample(self, *arrays: T, stratify: Any = None) -> tuple[T, ...]:
         """The `fidelity` share of rows of each array, the same rows for all of them.
@@ -152,6 +209,13 @@ class TrialContext:
         if not self.fold_values:
             raise ValueError("no fold was reported")
         return sum(self.fold_values.values()) / len(self.fold_values)
+
+
+def target_step(steps_to: float | None, total: int) -> int:
+    """The last step of a rung at `steps_to` of `total` steps (all of them for None)."""
+    if steps_to is None or steps_to >= 1.0:
+        return total
+    return min(total, max(1, round(steps_to * total)))
 
 
 def _take(array: Any, rows: np.ndarray) -> Any:

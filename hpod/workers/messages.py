@@ -133,6 +133,9 @@ class TaskPlan(Strict):
     )
     #: "partial" when some rungs come from the result cache.
     cache: Literal["partial"] | None = None
+    #: Continuation (objectives declaring ``hpod_resumable``): run to this share of the
+    #: objective's steps, resuming from the trial's checkpoint; None runs it all at once.
+    steps_to: Fraction | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskPlan:
@@ -214,9 +217,17 @@ class Cost(Strict):
     report_cpu: Seconds = 0.0
     #: Folds (or instances) evaluated, for an objective over folds.
     folds: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    #: A continued task: the share of the steps it ran to, the step it reached, and the step
+    #: it resumed from (0: no checkpoint, it trained from the start). `cpu` and `data` are
+    #: this task's increment; the daemon sums a trial's tasks.
+    steps_to: Fraction | None = None
+    step: Count | None = None
+    resumed_step: Count | None = None
 
 
-State = Literal["complete", "pruned", "failed"]
+#: "paused": a continued trial reached a rung below its last (values: its value there); it
+#: stays running in Optuna until the daemon promotes it or tells it pruned.
+State = Literal["complete", "pruned", "failed", "paused"]
 
 
 class TrialResult(Strict):
@@ -239,9 +250,9 @@ class TrialResult(Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> TrialResult:
-        if self.state == "complete" and self.values is None:
-            raise ValueError("a complete result needs values")
-        if self.state != "complete" and self.values is not None:
+        if self.state in ("complete", "paused") and self.values is None:
+            raise ValueError(f"a {self.state} result needs values")
+        if self.state not in ("complete", "paused") and self.values is not None:
             raise ValueError(f"a {self.state} result carries no values")
         return self
 

@@ -27,10 +27,20 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLo
 from optuna.pruners import BasePruner
 from pydantic import ValidationError
 
+from hpod.checkpoints import CheckpointStore
 from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
-from hpod.policies.fidelity import deterministic, evaluate, fidelity_of, version_of
+from hpod.policies.fidelity import (
+    Continuation,
+    Evaluation,
+    deterministic,
+    evaluate,
+    evaluate_continued,
+    fidelity_of,
+    resumable,
+    version_of,
+)
 from hpod.policies.pruning import FoldPruner, build_pruners, should_prune
 from hpod.workers.messages import (
     MAX_PACK,
@@ -126,11 +136,23 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
                 ladder,
             )
         )
-        reporter = StorageReporter(settings, task.study, task.trial_id, pruners)
-        result = evaluate(fn, task.params, kwargs, ladder, reporter, plan.cached_rungs())
-        folds = len(reporter.steps) if over_folds else None
+        folds: int | None = None
+        if plan.steps_to is not None and resumable(fn):
+            # Continued: the daemon's promotions are the pruning (no step pruner here).
+            reporter = StorageReporter(settings, task.study, task.trial_id, [])
+            result = evaluate_continued(
+                fn,
+                task.params,
+                kwargs,
+                reporter,
+                _continuation(settings, task.study, task.trial_id, plan.steps_to),
+            )
+        else:
+            reporter = StorageReporter(settings, task.study, task.trial_id, pruners)
+            result = evaluate(fn, task.params, kwargs, ladder, reporter, plan.cached_rungs())
+            folds = len(reporter.steps) if over_folds else None
         outcome = {
-            "state": "pruned" if result.pruned else "complete",
+            "state": _state(result),
             "values": result.values,
             "cost": Cost(
                 cpu=result.cpu_seconds,
@@ -146,6 +168,9 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
                 fidelity=_fidelity_name(fn),
                 report_cpu=result.report_cpu,
                 folds=folds,
+                steps_to=result.steps_to,
+                step=result.step,
+                resumed_step=result.resumed_step,
             ).model_dump(mode="json"),
         }
     except SoftTimeLimitExceeded:
@@ -155,6 +180,18 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
         outcome = {"state": "failed", "error": f"{type(exc).__name__}: {exc}\n{tail}"[:4000]}
     outcome["duration"] = time.perf_counter() - started
     return outcome
+
+
+def _state(result: Evaluation) -> Literal["complete", "pruned", "paused"]:
+    """A result's state: a continued task that stopped below its last rung is paused."""
+    if result.pruned:
+        return "pruned"
+    steps_to = result.steps_to
+    return "paused" if steps_to is not None and steps_to < 1.0 else "complete"
+
+
+def _continuation(settings: Settings, study: str, trial_id: int, steps_to: float) -> Continuation:
+    return Continuation(CheckpointStore.from_settings(settings), study, trial_id, steps_to)
 
 
 def _fidelity_name(fn: Any) -> Literal["data", "epochs", "none"]:

@@ -25,7 +25,8 @@ def test_the_context_table_lists_exactly_the_public_members_of_trial_context() -
 
 def test_the_declared_attributes_and_the_entry_point_group_are_the_code_s() -> None:
     """The attribute names hpod reads and the registration group are spelled as in the code."""
-    for attr in (fidelity.FIDELITY_ATTR, fidelity.VERSION_ATTR, fidelity.DETERMINISTIC_ATTR):
+    attrs = (fidelity.FIDELITY_ATTR, fidelity.VERSION_ATTR, fidelity.DETERMINISTIC_ATTR)
+    for attr in (*attrs, fidelity.RESUMABLE_ATTR):
         assert f"### `{attr}`" in DOC
     assert "### `hpod_kwargs`" in DOC
     assert f'[project.entry-points."{registry.ENTRY_POINT_GROUP}"]' in DOC
