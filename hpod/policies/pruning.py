@@ -120,6 +120,8 @@ class FoldPruner(BasePruner):
         minimize = study.direction == StudyDirection.MINIMIZE
         best = (min if minimize else max)(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
         total = len(best.intermediate_values)
+        if len(seen) >= total:
+            return False  # every fold is in: pruning now would only throw the value away
         if total > self.wilcoxon_above:
             if self._wilcoxon is None:
                 with warnings.catch_warnings():  # "experimental": Optuna is pinned below 6

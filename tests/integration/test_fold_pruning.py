@@ -54,3 +54,6 @@ def test_a_fold_pruned_trial_stops_early_and_the_best_runs_every_fold(
     assert efficiency["pruned"] == len(pruned)
     assert sum(n for where, n in efficiency["pruned_at"].items() if "fold" in where) == len(pruned)
     assert efficiency["compute_ratio"] > 1.0
+    # Reporting is measured apart from the objective's CPU, on every trial that reported.
+    assert all(t.user_attrs[COST_ATTR]["report_cpu"] > 0 for t in trials)
+    assert efficiency["report_cpu_seconds"] > 0

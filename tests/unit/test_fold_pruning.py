@@ -128,6 +128,9 @@ class TestFoldPruner:
         assert pruner.prune(study, running(study, worse)) is True
         mixed = {f: best[f] + (0.01 if f % 2 else -0.01) for f in range(6)}
         assert pruner.prune(study, running(study, mixed)) is False
+        # Optuna's Wilcoxon would prune on the last fold too, throwing a paid value away.
+        done = {f: best[f] + 0.01 for f in range(12)}
+        assert pruner.prune(study, running(study, done)) is False
 
 
 class Condemning:
