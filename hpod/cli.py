@@ -291,6 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_best(final)
         status = client.status(spec["name"])
         _print_strategy(status.get("strategy"))  # the demo leaves the strategy to the policy
+        _print_transfer(status.get("transfer"))  # a second demo learns from the first
         _print_efficiency(status.get("efficiency"))
         print(
             f"\nInspect it: hpod status {spec['name']}   |   "
@@ -409,17 +410,21 @@ def _print_strategy(strategy: dict[str, Any] | None) -> None:
 
 def _print_transfer(transfer: dict[str, Any] | None) -> None:
     """What the study took from past studies: each source, its similarity, the configurations
-    transferred, held and dropped, and whether it still agrees."""
+    transferred and dropped, and whether it still agrees; or, in one line, why nothing."""
     if not transfer:
         return
     setting = transfer["setting"]
     shown = setting if isinstance(setting, str) else ", ".join(setting)
-    print(
-        f"transfer ({shown}): {transfer['transferred']} configurations transferred, "
-        f"{transfer['held']} held, {transfer['dropped']} dropped"
-        + (f"; {transfer['reason']}" if transfer.get("reason") else "")
-    )
-    for s in transfer.get("sources") or []:
+    sources = transfer.get("sources") or []
+    if not sources:
+        if transfer.get("reason"):
+            print(f"transfer ({shown}): {transfer['reason']}")
+    else:
+        print(
+            f"transfer ({shown}): {transfer['transferred']} configurations transferred, "
+            f"{transfer['held']} held, {transfer['dropped']} dropped"
+        )
+    for s in sources:
         rho = "-" if s.get("correlation") is None else f"{s['correlation']:+.2f}"
         print(
             f"  from {s['study']:<30} similarity {s['similarity']:.2f}  "

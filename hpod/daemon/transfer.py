@@ -9,11 +9,12 @@ docs/transfer.md):
   and the first half enqueued as waiting trials, asked before anything the sampler proposes;
   the second half is held. The plan is stored first (``hpod:transfer``), so a restart never
   plans again: it only finishes enqueueing what was planned.
-- **After each tell**, each source still in use is judged against the study's own complete
-  trials (`hpod.transfer.agreement`). A source that disagrees stops being used: its waiting
-  trials are dropped (failed, marked ``hpod:transfer_dropped``) and its held ones never
-  enqueued. Once `MIN_PAIRS` trials are complete, the held configurations of the sources that
-  still agree are enqueued. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
+- **Before each ask** (once new trials were told), each source still in use is judged
+  against the study's own complete trials (`hpod.transfer.agreement`). A source that
+  disagrees stops being used: its waiting trials are dropped (failed, marked
+  ``hpod:transfer_dropped``) and its held ones never enqueued. Once `MIN_PAIRS` trials are
+  complete, the held configurations of the sources that still agree are enqueued, within the
+  budget left. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
 - **At the end** (completed; or stopped with at least `MIN_STOPPED_TRIALS` complete trials)
   the study's memory record is written on it (``hpod:memory``) for later studies.
 

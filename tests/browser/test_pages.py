@@ -522,6 +522,10 @@ def test_the_study_page_shows_what_was_transferred(
     assert row.locator("a").inner_text() == "web-past"
     assert row.locator("td").nth(2).inner_text() == "4"  # a quarter of 16
     assert "4 transferred" in page.locator("#transfer-now").inner_text()
+    marked = page.locator("#trials tbody .transferred")
+    assert marked.count() == 4 and marked.first.inner_text().strip() == "from web-past"
+    rows = daemon.get("/studies/web-warm/trials")["trials"]
+    assert sum(row["transferred"] == "web-past" for row in rows) == 4
     page = opened.open("/study/web-past")
     page.wait_for_selector("#study-state.state-completed")
     assert page.locator("#transfer").is_hidden()

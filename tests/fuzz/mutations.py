@@ -161,6 +161,7 @@ def _create(i: int, space: str) -> dict[str, Any]:
             max_concurrent=1,
             trial_timeout=30,
             strategy="mode",
+            transfer="off",
             sampler={"name": "random", "seed": i},
             pruner={"name": "median", "n_startup_trials": 5, "n_warmup_steps": 0},
             space={"x": {"type": "float", "low": -2.0, "high": 2.0}},

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpod.daemon.store import StudyStore
 from hpod.engine import COST_ATTR, ERROR_ATTR
 from hpod.schema import StudySpec
+from hpod.transfer.store import TRANSFERRED_ATTR
 
 #: Most trials one GET /studies/{name}/trials answers with; a client pages on with `from`.
 MAX_TRIALS_PER_PAGE = 5000
@@ -65,7 +66,15 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "error": trial.user_attrs.get(ERROR_ATTR),
         "cpu": _finite((trial.user_attrs.get(COST_ATTR) or {}).get("cpu")),
         "cache": (trial.user_attrs.get(COST_ATTR) or {}).get("cache"),
+        "transferred": _transferred_from(trial),
     }
+
+
+def _transferred_from(trial: FrozenTrial) -> str | None:
+    """The past study a transferred trial came from (`hpod.transfer.store`), else None."""
+    mark = trial.user_attrs.get(TRANSFERRED_ATTR)
+    source = mark.get("from") if isinstance(mark, dict) else None
+    return source if isinstance(source, str) else None
 
 
 def read_trials(

@@ -530,7 +530,10 @@
   }
 
   function stateCell(t) {
-    return el("span", { class: `badge state-${t.state}`, title: t.error || null }, t.state === "fail" ? "failed" : t.state);
+    const badge = el("span", { class: `badge state-${t.state}`, title: t.error || null }, t.state === "fail" ? "failed" : t.state);
+    if (!t.transferred) return badge;
+    // A configuration carried over from a past study (transfer): say from which.
+    return el("span", {}, badge, el("span", { class: "muted transferred", title: `transferred from study ${t.transferred}` }, ` from ${t.transferred}`));
   }
 
   function renderTrialsTable(rows) {
