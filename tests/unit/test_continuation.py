@@ -4,6 +4,7 @@ uninterrupted ones; and the plan that switches continuation on."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -288,3 +289,19 @@ def test_the_plan_continues_resumable_objectives_in_balanced_and_fast_only() -> 
     assert not continuation_applies(named, resumable=True)  # its own pruner, every step
     two = resolve_plan(spec(directions=["minimize", "minimize"]), "balanced", modes["balanced"])
     assert not continuation_applies(two, resumable=True)
+
+
+def test_the_daemon_learns_which_objectives_are_resumable_outside_its_process() -> None:
+    """The daemon's probe reads ``hpod_resumable`` too, with the attribute the workers read:
+    mlp_digits is resumable, gradient_boosting (its data ladder) and quadratic are not."""
+    from hpod.daemon import declared as probe
+    from hpod.policies.fidelity import RESUMABLE_ATTR
+
+    assert probe.RESUMABLE_ATTR == RESUMABLE_ATTR
+
+    async def ask() -> list[bool]:
+        known = probe.DeclaredFidelities({})
+        names = ("mlp_digits", "gradient_boosting", "quadratic", "no_such_objective")
+        return list(await asyncio.gather(*(known.resumable(n) for n in names)))
+
+    assert asyncio.run(ask()) == [True, False, False, False]
