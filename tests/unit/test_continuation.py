@@ -176,19 +176,6 @@ class TestPromotions:
         assert rungs.next_promotion(final=True) is None  # a trial finished: 0 stays paused
         assert rungs.paused_numbers() == [0]
 
-    def test_the_worst_third_of_a_rung_is_hopeless_the_middle_stays_paused(self) -> None:
-        """Paused trials ranked at or below twice the quota are stopped at once (the sampler
-        learns from them); those near the promotion line wait for more trials."""
-        rungs = Promotions(LADDER, eta=3)
-        rungs.paused(0, LADDER[0], 0.5, 1.0, 0.1)
-        rungs.paused(1, LADDER[0], 0.9, 1.0, 0.1)
-        assert rungs.hopeless() == []  # two trials: nothing is known yet
-        rungs.paused(2, LADDER[0], 0.1, 1.0, 0.1)
-        assert rungs.hopeless() == [1]
-        rungs.told(1, None)
-        assert rungs.next_promotion() == (2, LADDER[1])
-        assert rungs.is_paused(0) and rungs.paused_numbers() == [0, 2]
-
     def test_records_survive_a_restart_through_their_json(self) -> None:
         rungs = Promotions(LADDER, eta=3)
         record = rungs.paused(7, LADDER[0], 0.5, 2.0, 0.1, {"worker": "a", "resumed": 0})
