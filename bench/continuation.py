@@ -50,9 +50,6 @@ from hpod.workers.objectives.sgd import sgd_classifier
 LADDER = (0.111111, 0.333333, 1.0)
 KWARGS = {"n_samples": 4000, "seed": 0}
 ROUNDS = 150
-#: Whether the continued arm tells hopeless paused trials pruned at once, as the daemon does
-#: (`--keep-paused` keeps every paused trial RUNNING until the end, for comparison).
-PRUNE_HOPELESS = True
 
 
 def space(trial: optuna.Trial) -> dict[str, Any]:
@@ -226,9 +223,6 @@ def continued(seed: int, trials: int, root: Path) -> Curve:
             curve.complete(result.values[0])
         else:
             rungs.paused(number, to, result.values[0], result.cpu_seconds, result.data_evaluated)
-            for hopeless in rungs.hopeless() if PRUNE_HOPELESS else []:
-                study.tell(running.pop(hopeless), state=optuna.trial.TrialState.PRUNED)
-                rungs.told(hopeless, None)
 
     while True:
         promotion = rungs.next_promotion(final=asked >= trials)
@@ -259,12 +253,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=24, help="plain's trials; 2x for the others")
-    parser.add_argument("--keep-paused", action="store_true", help="no early pruning of paused")
     parser.add_argument("--arms", default="plain,ladder,pruned,continued")
     parser.add_argument("--task", choices=sorted(TASKS), default="boosting")
     args = parser.parse_args()
-    global PRUNE_HOPELESS, TASK
-    PRUNE_HOPELESS = not args.keep_paused
+    global TASK
     TASK = args.task
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = list(range(args.seeds))

@@ -7,10 +7,10 @@ state (`hpod.checkpoints`) and is free again. At each rung the trials among the 
 1/eta of all that reached it are promoted, best first: a task continues them from their
 checkpoint to the next rung. This is ASHA's rule (Li et al., 2020), applied whenever a slot
 frees up: promotions go before new trials, and a trial paused long ago is promoted as soon as
-enough trials have reached its rung for it to be among the best 1/eta (freeze-thaw). A paused
-trial that falls into the worst third of its rung is told pruned at once (`hopeless`: the
-sampler learns from finished trials only); at the study's end, every trial never promoted is
-told pruned.
+enough trials have reached its rung for it to be among the best 1/eta (freeze-thaw). At the
+study's end, every trial never promoted is told pruned. (Telling the worst third of a rung
+pruned at once, so that the sampler learns from them, was measured worse on both benchmark
+tasks: docs/policies.md.)
 
 This module only decides; the study loop (`hpod.daemon.studies`) dispatches, persists each
 trial's record (`CONTINUATION_ATTR`, so a restart recovers the paused trials) and tells.
@@ -195,23 +195,6 @@ class Promotions:
                 number = self._ranked({n: v for n, v in at_top.items() if v is not None})[0]
                 return number, self.next_rung(top)
         return None
-
-    def hopeless(self) -> list[int]:
-        """Paused trials to stop now rather than at the study's end: those ranked at or
-        below twice the rung's promotion quota, ``2 * max(1, reached // eta)`` (the worst
-        third with eta 3). They could still be promoted if many worse trials came, but
-        keeping them paused hides them from the sampler: Optuna's samplers learn from
-        finished trials only, and a told PRUNED trial with its reports is one (TPE stays
-        random until it has ten). Trials near the promotion line stay paused (freeze-thaw).
-        """
-        out = []
-        for rung in self._paused_rungs():
-            everyone = self.reached.get(rung, {})
-            keep = 2 * max(1, len(everyone) // self.eta)
-            for number in self._ranked(everyone)[keep:]:
-                if self.is_paused(number) and self.records[number].at == rung:
-                    out.append(number)
-        return sorted(out)
 
     def _paused_rungs(self) -> set[float]:
         return {self.records[n].at for n in self.paused_numbers()}  # type: ignore[misc]

@@ -737,15 +737,12 @@ class StudyRun:
             self.inflight.pop(result.number, None)
             if flight is not None:
                 self.paused_trials[result.number] = flight.trial
-        hopeless = [n for n in promotions.hopeless() if n in self.paused_trials]
-        if hopeless:
-            await self._prune_paused(hopeless)
         self.wake.set()
 
     async def _prune_paused(self, numbers: list[int] | None = None) -> None:
         """Tell paused trials pruned (their last value is their last intermediate value),
-        with what their tasks cost: `numbers` (hopeless ones, `Promotions.hopeless`), or at
-        the study's end every trial never promoted."""
+        with what their tasks cost: `numbers`, or at the study's end every trial never
+        promoted."""
         chosen = sorted(self.paused_trials) if numbers is None else sorted(numbers)
         if not chosen:
             return

@@ -4,6 +4,7 @@ uninterrupted ones; and the plan that switches continuation on."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -175,19 +176,6 @@ class TestPromotions:
         assert rungs.next_promotion(final=True) is None  # a trial finished: 0 stays paused
         assert rungs.paused_numbers() == [0]
 
-    def test_the_worst_third_of_a_rung_is_hopeless_the_middle_stays_paused(self) -> None:
-        """Paused trials ranked at or below twice the quota are stopped at once (the sampler
-        learns from them); those near the promotion line wait for more trials."""
-        rungs = Promotions(LADDER, eta=3)
-        rungs.paused(0, LADDER[0], 0.5, 1.0, 0.1)
-        rungs.paused(1, LADDER[0], 0.9, 1.0, 0.1)
-        assert rungs.hopeless() == []  # two trials: nothing is known yet
-        rungs.paused(2, LADDER[0], 0.1, 1.0, 0.1)
-        assert rungs.hopeless() == [1]
-        rungs.told(1, None)
-        assert rungs.next_promotion() == (2, LADDER[1])
-        assert rungs.is_paused(0) and rungs.paused_numbers() == [0, 2]
-
     def test_records_survive_a_restart_through_their_json(self) -> None:
         rungs = Promotions(LADDER, eta=3)
         record = rungs.paused(7, LADDER[0], 0.5, 2.0, 0.1, {"worker": "a", "resumed": 0})
@@ -288,3 +276,19 @@ def test_the_plan_continues_resumable_objectives_in_balanced_and_fast_only() -> 
     assert not continuation_applies(named, resumable=True)  # its own pruner, every step
     two = resolve_plan(spec(directions=["minimize", "minimize"]), "balanced", modes["balanced"])
     assert not continuation_applies(two, resumable=True)
+
+
+def test_the_daemon_learns_which_objectives_are_resumable_outside_its_process() -> None:
+    """The daemon's probe reads ``hpod_resumable`` too, with the attribute the workers read:
+    mlp_digits is resumable, gradient_boosting (its data ladder) and quadratic are not."""
+    from hpod.daemon import declared as probe
+    from hpod.policies.fidelity import RESUMABLE_ATTR
+
+    assert probe.RESUMABLE_ATTR == RESUMABLE_ATTR
+
+    async def ask() -> list[bool]:
+        known = probe.DeclaredFidelities({})
+        names = ("mlp_digits", "gradient_boosting", "quadratic", "no_such_objective")
+        return list(await asyncio.gather(*(known.resumable(n) for n in names)))
+
+    assert asyncio.run(ask()) == [True, False, False, False]
