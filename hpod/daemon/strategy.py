@@ -56,7 +56,7 @@ from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.rules import choose
 from hpod.policies.subsampling import SubsamplingPolicy
-from hpod.schema import StudySpec
+from hpod.schema import StudySpec, check_gp_grid
 
 if TYPE_CHECKING:
     from hpod.daemon.studies import StudyRun
@@ -112,6 +112,8 @@ def check_setting(setting: str, spec: StudySpec, known: Iterable[str], field: st
             field,
             f"unknown strategy {setting!r}; known: {AUTO}, {MODE}, {', '.join(names)}",
         )
+    if setting == "gp":
+        check_gp_grid(spec.space, "study.space")  # what a spec naming gp is held to
     override = spec_override(spec)
     if override is not None:
         raise RequestRejected(
