@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -251,3 +252,18 @@ def test_cmaes_starts_at_the_x0_it_is_given() -> None:
     study.optimize(sphere, n_trials=6)
     for t in study.trials[1:]:
         assert abs(t.params["x0"] - 4.0) < 0.5 and abs(t.params["x1"] + 4.0) < 0.5
+
+
+def test_building_and_checking_the_gp_sampler_imports_no_torch() -> None:
+    """The daemon builds the GP's sampler and checks torch is installed without importing it."""
+    code = (
+        "import sys\n"
+        "from hpod.engine import check_sampler_available, make_sampler\n"
+        "check_sampler_available('gp')\n"
+        "make_sampler('gp', {}, 0, parallel=True)\n"
+        "import hpod.daemon.manager\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
