@@ -5,6 +5,8 @@ daemon's, and the process ends with the daemon."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +45,16 @@ def test_a_gp_study_keeps_torch_in_the_sampler_process(start_daemon: DaemonFacto
     sampler = final["efficiency"]["sampler_process"]
     assert sampler["suggestions"] == len(by_gp)
     assert sampler["cpu_seconds"] > 0
+
+    shown_cli = subprocess.run(
+        [sys.executable, "-m", "hpod", "status", name],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown_cli.returncode == 0, shown_cli.stderr
+    assert f"for {len(by_gp)} GP suggestions (outside the daemon" in shown_cli.stdout
 
     process = daemon.get("/policy")["sampler_process"]
     assert process["fallbacks"] == 0 and process["starts"] == 1, process
