@@ -22,15 +22,23 @@ from hpod.engine import SAMPLER_CPU_ATTR, make_sampler
 from hpod.sampling import wire
 from hpod.sampling.cmaes import RESTART_ATTR, OpeningCmaEsSampler
 from hpod.sampling.opening import opening_size
-from hpod.sampling.process import ProcessGPSampler, SamplerProcess, SamplerUnavailable
+from hpod.sampling.process import (
+    START_TIMEOUT,
+    ProcessGPSampler,
+    SamplerProcess,
+    SamplerUnavailable,
+)
 
 QUICK = Backoff(initial=0.05, maximum=0.1, jitter=0.0)
 
 
 @pytest.fixture
 def process() -> Iterator[SamplerProcess]:
-    """A sampler process of the test's own, stopped after it."""
-    proc = SamplerProcess(backoff=Backoff(initial=0.05, maximum=0.1, jitter=0.0))
+    """A sampler process of the test's own, stopped after it; it waits for torch to load
+    (however loaded the machine), so which trials the GP answers is deterministic."""
+    proc = SamplerProcess(
+        backoff=Backoff(initial=0.05, maximum=0.1, jitter=0.0), ready_wait=START_TIMEOUT
+    )
     yield proc
     proc.close()
 
