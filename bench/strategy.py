@@ -67,6 +67,7 @@ def choosers(task: Task, weights: Path) -> dict[str, Chooser]:
         explore=False,
         learn=False,
         shipped=weights,
+        learned=True,  # this benchmark judges the learned policy (auto's default is the rule)
     )
 
     current: list[str] = []  # one study per chooser: the strategy it is on

@@ -167,13 +167,14 @@ class Metrics:
         )
         self.process_cpu = Gauge(
             "hpod_process_cpu_percent",
-            "CPU use of the daemon and of its local workers, in percent of one core.",
+            "CPU use of the daemon, of the GP's sampler process and of its local workers, in "
+            "percent of one core.",
             ["process"],
             registry=r,
         )
         self.process_rss = Gauge(
             "hpod_process_rss_bytes",
-            "Resident memory of the daemon and of its local workers.",
+            "Resident memory of the daemon, of the GP's sampler process and of its local workers.",
             ["process"],
             registry=r,
         )

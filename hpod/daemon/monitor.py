@@ -136,12 +136,18 @@ class Monitor:
         self._apply_backpressure(sum(s.rss_bytes for s in self.processes))
 
     def _groups(self) -> list[tuple[str, float, int]]:
-        """(process label, CPU %, RSS) of the daemon and of all its children together."""
+        """(process label, CPU %, RSS) of the daemon, of the GP's sampler process, and of all
+        its other children together."""
         daemon = [s for s in self.processes if s.role == "daemon"]
-        children = [s for s in self.processes if s.role != "daemon"]
+        sampler = [s for s in self.processes if s.role == "sampler"]
+        children = [s for s in self.processes if s.role not in ("daemon", "sampler")]
         return [
             (label, sum(s.cpu_percent for s in group), sum(s.rss_bytes for s in group))
-            for label, group in (("daemon", daemon), ("local_workers", children))
+            for label, group in (
+                ("daemon", daemon),
+                ("sampler_process", sampler),
+                ("local_workers", children),
+            )
         ]
 
     def high_water_bytes(self) -> int | None:

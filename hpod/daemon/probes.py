@@ -88,6 +88,10 @@ def _read(proc: Any) -> dict[str, Any] | None:
         return None
 
 
+#: How the GP's sampler process is started (`python -m hpod.sampling.child`).
+SAMPLER_MODULE = "hpod.sampling.child"
+
+
 def _is_worker(raw: dict[str, Any]) -> bool:
     cmdline = raw["cmdline"]
     return any("celery" in part for part in cmdline) and "worker" in cmdline
@@ -100,6 +104,8 @@ def _classify(raw: dict[str, Any], root: int, workers: set[int]) -> ProcessSampl
         role = "worker"
     elif raw["ppid"] in workers:
         role = "pool"
+    elif SAMPLER_MODULE in raw["cmdline"]:
+        role = "sampler"  # the GP's sampler process (hpod.sampling.process)
     else:
         role = "child"
     return ProcessSample(

@@ -57,7 +57,7 @@ from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.rules import choose
 from hpod.policies.subsampling import SubsamplingPolicy
-from hpod.schema import StudySpec
+from hpod.schema import StudySpec, check_gp_grid
 
 if TYPE_CHECKING:
     from hpod.daemon.studies import StudyRun
@@ -113,6 +113,8 @@ def check_setting(setting: str, spec: StudySpec, known: Iterable[str], field: st
             field,
             f"unknown strategy {setting!r}; known: {AUTO}, {MODE}, {', '.join(names)}",
         )
+    if setting == "gp":
+        check_gp_grid(spec.space, "study.space")  # what a spec naming gp is held to
     override = spec_override(spec)
     if override is not None:
         raise RequestRejected(
@@ -254,10 +256,7 @@ class StrategyDriver:
 
     async def switch(self, setting: str) -> None:
         """Follow a new strategy setting from now on (a live `study.strategy`), decided now."""
-        run = self.run
-        self.setting = setting
-        await run.store.call(run.store.set_attr, run.name, STRATEGY_SETTING_ATTR, setting)
-        await self._decide("switch", due_only=False)
+        await self._decide("switch", due_only=False, new_setting=setting)
 
     async def finish(self) -> None:
         """Score the last decision's window when the study ends, so it is experience too."""
@@ -330,9 +329,17 @@ class StrategyDriver:
                 return None if policy.cost_ratio is None else policy.pays
         return None
 
-    async def _decide(self, trigger: str, due_only: bool) -> None:
+    async def _decide(self, trigger: str, due_only: bool, new_setting: str | None = None) -> None:
+        """Decide now (`due_only`: only if a decision is still due). A `new_setting` is
+        stored and taken under the lock, so a window decision running meanwhile is still
+        made, and recorded, under the old one."""
         async with self._lock:
             run = self.run
+            if new_setting is not None:
+                await run.store.call(
+                    run.store.set_attr, run.name, STRATEGY_SETTING_ATTR, new_setting
+                )
+                self.setting = new_setting
             told, first_trial = len(run.told), run.n_created
             if due_only and (self.next_at is None or told < self.next_at):
                 return  # another caller decided while this one waited for the lock

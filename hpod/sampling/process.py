@@ -44,6 +44,8 @@ log = structlog.get_logger("hpod.sampler")
 
 #: Seconds to wait for a started process to have torch loaded.
 START_TIMEOUT = 120.0
+#: Seconds one request waits for a process still starting (its trial falls back after).
+READY_WAIT = 5.0
 #: Seconds to wait for one suggestion; a GP over a few hundred trials takes about one.
 SUGGEST_TIMEOUT = 30.0
 #: Seconds to wait for the process to leave after stdin closes, before it is killed.
@@ -82,9 +84,11 @@ class SamplerProcess:
         start_timeout: float = START_TIMEOUT,
         timeout: float = SUGGEST_TIMEOUT,
         backoff: Backoff | None = None,
+        ready_wait: float = READY_WAIT,
     ) -> None:
         self.command = list(command or [sys.executable, "-m", "hpod.sampling.child"])
         self.start_timeout = start_timeout
+        self.ready_wait = ready_wait
         self.timeout = timeout
         self.backoff = backoff or Backoff(initial=1.0, maximum=60.0)
         self.stats = ProcessStats()
@@ -93,6 +97,7 @@ class SamplerProcess:
         self._ready = False
         self._buffer = b""
         self._retry_at = 0.0
+        self._started_at = 0.0
         self._closed = False
 
     @property
@@ -115,10 +120,7 @@ class SamplerProcess:
             proc = self._running()
             try:
                 if not self._ready:
-                    hello = wire.decode(self._read_line(proc, self.start_timeout))
-                    if hello.get("v") != wire.PROTOCOL:
-                        raise wire.WireError(f"the process speaks protocol {hello.get('v')!r}")
-                    self._ready = True
+                    self._await_ready(proc)
                 assert proc.stdin is not None
                 proc.stdin.write(wire.encode(request))
                 proc.stdin.flush()
@@ -184,6 +186,22 @@ class SamplerProcess:
             proc = self._spawn()
         return proc
 
+    def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Read the process's hello. A process still loading torch is waited for at most
+        `ready_wait` seconds per request (the trial falls back meanwhile: the daemon's Optuna
+        thread serves every study), and given up on after `start_timeout` in all."""
+        left = self._started_at + self.start_timeout - time.monotonic()
+        try:
+            line = self._read_line(proc, max(0.0, min(self.ready_wait, left)))
+        except TimeoutError:
+            if left > self.ready_wait:
+                raise SamplerUnavailable("the sampler process is still starting") from None
+            raise TimeoutError(f"not ready within {self.start_timeout:g} s") from None
+        hello = wire.decode(line)
+        if hello.get("v") != wire.PROTOCOL:
+            raise wire.WireError(f"the process speaks protocol {hello.get('v')!r}")
+        self._ready = True
+
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._proc = subprocess.Popen(
@@ -195,6 +213,7 @@ class SamplerProcess:
         )
         self._ready = False
         self._buffer = b""
+        self._started_at = time.monotonic()
         self.stats.starts += 1
         log.info("sampler.process_started", pid=self._proc.pid, starts=self.stats.starts)
         return self._proc

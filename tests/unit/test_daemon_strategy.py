@@ -107,3 +107,13 @@ def test_each_mode_has_a_strategy_window_and_a_strategy_keeps_the_modes_other_kn
     assert (laid.sampler, laid.pruner, laid.ladder) == ("cmaes", "none", (1.0,))
     kept = ("threshold", "policies", "parallelism", "batch_seconds", "seed", "strategy_window")
     assert all(getattr(laid, k) == getattr(plan, k) for k in kept)
+
+
+def test_forcing_gp_on_a_grid_it_would_enumerate_is_refused() -> None:
+    """The limit a spec naming the gp sampler is held to holds for the forced strategy too."""
+    huge = spec(space={"n": {"type": "int", "low": 0, "high": 10**7}})
+    with pytest.raises(RequestRejected) as refused:
+        check_setting("gp", huge, NAMES, "study.strategy")
+    assert refused.value.field == "study.space.n"
+    check_setting("gp", spec(), NAMES, "study.strategy")
+    check_setting("tpe", huge, NAMES, "study.strategy")

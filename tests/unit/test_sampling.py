@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,15 +22,23 @@ from hpod.engine import SAMPLER_CPU_ATTR, make_sampler
 from hpod.sampling import wire
 from hpod.sampling.cmaes import RESTART_ATTR, OpeningCmaEsSampler
 from hpod.sampling.opening import opening_size
-from hpod.sampling.process import ProcessGPSampler, SamplerProcess
+from hpod.sampling.process import (
+    START_TIMEOUT,
+    ProcessGPSampler,
+    SamplerProcess,
+    SamplerUnavailable,
+)
 
 QUICK = Backoff(initial=0.05, maximum=0.1, jitter=0.0)
 
 
 @pytest.fixture
 def process() -> Iterator[SamplerProcess]:
-    """A sampler process of the test's own, stopped after it."""
-    proc = SamplerProcess(backoff=Backoff(initial=0.05, maximum=0.1, jitter=0.0))
+    """A sampler process of the test's own, stopped after it; it waits for torch to load
+    (however loaded the machine), so which trials the GP answers is deterministic."""
+    proc = SamplerProcess(
+        backoff=Backoff(initial=0.05, maximum=0.1, jitter=0.0), ready_wait=START_TIMEOUT
+    )
     yield proc
     proc.close()
 
@@ -104,6 +114,58 @@ def hanging(answer: str | None) -> list[str]:
         f"    {reply or 'time.sleep(3600)'}\n"
     )
     return [sys.executable, "-c", body]
+
+
+def slow_start(delay: float) -> list[str]:
+    """A fake sampler process that takes `delay` seconds to say ready, then answers."""
+    answer = '{"ok": true, "params": {"x": 0.5, "n": 2}, "cpu": 0.01}'
+    body = (
+        "import sys, time\n"
+        f"time.sleep({delay})\n"
+        'sys.stdout.write(\'{"ready": true, "v": 1}\\n\'); sys.stdout.flush()\n'
+        "for line in sys.stdin:\n"
+        f"    sys.stdout.write({answer!r} + '\\n'); sys.stdout.flush()\n"
+    )
+    return [sys.executable, "-c", body]
+
+
+def test_a_process_still_starting_is_not_waited_for() -> None:
+    """While torch loads, a trial falls back rather than holding the Optuna thread; the
+    process is not killed, and answers once ready."""
+    process = SamplerProcess(slow_start(1.5), start_timeout=60, ready_wait=0.1, backoff=QUICK)
+    try:
+        study = gp_study(process)
+        study.optimize(quadratic, n_trials=opening_size(2))  # prestarts the process
+        process._started_at = time.monotonic()  # as if it had only just been started
+        study.optimize(quadratic, n_trials=1)
+        assert process.stats.fallbacks == 1 and process.stats.deaths == 0
+        assert process.pid is not None
+
+        def answered() -> bool:
+            try:
+                return process.suggest("s", {"v": 1}) is not None
+            except SamplerUnavailable:
+                return False  # still starting
+
+        eventually(answered, timeout=30)
+        assert process.stats.starts == 1 and process.stats.deaths == 0
+    finally:
+        process.close()
+
+
+def test_a_process_that_never_starts_is_given_up_on() -> None:
+    process = SamplerProcess(slow_start(3600), start_timeout=0.3, ready_wait=0.1, backoff=QUICK)
+    try:
+        study = gp_study(process)
+        study.optimize(quadratic, n_trials=opening_size(2) + 1)
+        process._started_at = time.monotonic() - 1.0  # its start budget spent
+        study.optimize(quadratic, n_trials=1)
+        assert process.stats.deaths == 1 and "not ready within 0.3 s" in str(
+            process.stats.last_error
+        )
+        assert process.stats.fallbacks == 2
+    finally:
+        process.close()
 
 
 def test_a_hanging_process_times_out_into_a_fallback_and_is_killed() -> None:
@@ -198,3 +260,18 @@ def test_cmaes_starts_at_the_x0_it_is_given() -> None:
     study.optimize(sphere, n_trials=6)
     for t in study.trials[1:]:
         assert abs(t.params["x0"] - 4.0) < 0.5 and abs(t.params["x1"] + 4.0) < 0.5
+
+
+def test_building_and_checking_the_gp_sampler_imports_no_torch() -> None:
+    """The daemon builds the GP's sampler and checks torch is installed without importing it."""
+    code = (
+        "import sys\n"
+        "from hpod.engine import check_sampler_available, make_sampler\n"
+        "check_sampler_available('gp')\n"
+        "make_sampler('gp', {}, 0, parallel=True)\n"
+        "import hpod.daemon.manager\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

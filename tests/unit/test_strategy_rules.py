@@ -154,3 +154,13 @@ def test_features_describe_space_progress_and_fidelity_agreement() -> None:
     assert vector["rank_agreement"] == 1.0  # the ninth of the data ranks like the full data
     assert vector["improvement_rate"] == 1.0 and vector["mode_fast"] == 1.0
     assert all(-1.0 <= v <= 1.0 for v in vector.values())
+
+
+def test_a_discrete_grid_too_large_for_the_gp_keeps_it_out() -> None:
+    """The GP enumerates discrete grids: beyond MAX_GP_GRID_POINTS the rule takes TPE."""
+    huge = {"x": FLOAT, "n": {"type": "int", "low": 0, "high": 10**7}}
+    s = shape(huge, trials=30)
+    assert s.max_grid_points == 10**7 + 1
+    assert "gp" not in names(s)
+    assert choose(s).name == "tpe-multivariate"
+    assert choose(shape({"x": FLOAT, "n": {"type": "int", "low": 0, "high": 10**5}})).name == "gp"

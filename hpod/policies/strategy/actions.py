@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from hpod.schema import CategoricalParam, StudySpec
+from hpod.schema import (
+    MAX_GP_GRID_POINTS,
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    ParamSpec,
+    StudySpec,
+)
 
 Fidelity = Literal["data", "epochs", "none"]
 
@@ -29,6 +36,8 @@ class SpaceShape:
     fidelity: Fidelity
     #: The study's budget in trials (None: none given, e.g. a budget in seconds only).
     budget_trials: int | None = None
+    #: Points of the largest discrete grid (int, or float with a step; 0 if none).
+    max_grid_points: int = 0
 
     @classmethod
     def of(
@@ -45,6 +54,7 @@ class SpaceShape:
             n_directions=len(spec.directions),
             fidelity=fidelity,
             budget_trials=budget_trials if budget_trials is not None else spec.budget.trials,
+            max_grid_points=max((grid_points(p) for p in params), default=0),
         )
 
 
@@ -77,11 +87,22 @@ class Strategy:
                 return "CMA-ES needs a mostly continuous space of two or more dimensions"
         if self.sampler == "gp" and shape.n_conditional:
             return "the GP models one fixed space: it cannot follow conditional parameters"
+        if self.sampler == "gp" and shape.max_grid_points > MAX_GP_GRID_POINTS:
+            return f"the GP enumerates discrete grids: at most {MAX_GP_GRID_POINTS} points"
         if self.pruner != "none" and shape.fidelity == "none":
             return "pruning needs an objective that reports intermediate values"
         if len(self.ladder) > 1 and shape.fidelity != "data":
             return "a data ladder needs an objective that subsamples"
         return None
+
+
+def grid_points(param: ParamSpec) -> int:
+    """Points of a discrete parameter's grid (0 for a continuous float or a categorical)."""
+    if isinstance(param, IntParam):
+        return param.grid_points()
+    if isinstance(param, FloatParam) and param.step is not None:
+        return int((param.high - param.low) // param.step) + 1
+    return 0
 
 
 THIRDS = (1 / 9, 1 / 3, 1.0)
