@@ -140,13 +140,25 @@ def check_sampler_available(name: str) -> None:
     module = needs.get(name)
     if module is None:
         return
-    # Found, not imported: torch (for gp) must stay out of the daemon's memory.
-    if importlib.util.find_spec(module) is None:
+    if not _importable(module):
         raise RequestRejected(
             "unavailable",
             "study.sampler.name",
             f"sampler {name!r} needs the {module!r} package on the daemon",
         )
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be used: torch (for gp) is only found, never imported, since it
+    must stay out of the daemon's memory; the others are imported, so that a package that is
+    there but broken counts as missing."""
+    if module == "torch":
+        return importlib.util.find_spec(module) is not None
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:

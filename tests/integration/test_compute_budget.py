@@ -133,5 +133,5 @@ def test_a_compute_budget_is_changed_live_and_kept_across_a_restart(
     final = daemon.wait_study(name, timeout=120)
     assert final["state"] == "completed"
     assert all(t.state.is_finished() for t in trials(daemon, name))
-    assert final["spent"]["cpu_seconds"] >= before
+    assert final["spent"]["cpu_seconds"] >= round(before, 4) - 1e-4  # spent is rounded to 0.1 ms
     assert final["budget"]["cpu_seconds"] == before
