@@ -28,10 +28,11 @@ from typing import Any
 
 import structlog
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, CmaEsSampler, QMCSampler, TPESampler
+from optuna.samplers import CmaEsSampler, QMCSampler, TPESampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpod.sampling.delegate import DelegatingSampler
 from hpod.sampling.opening import opening_size
 
 log = structlog.get_logger("hpod.sampler")
@@ -44,7 +45,7 @@ RESTART_SIGMA = 0.25
 MAX_RESTARTS = 8
 
 
-class OpeningCmaEsSampler(BaseSampler):
+class OpeningCmaEsSampler(DelegatingSampler):
     """CMA-ES after a QMC opening, warm-started at the best point, with IPOP restarts."""
 
     def __init__(
@@ -72,7 +73,7 @@ class OpeningCmaEsSampler(BaseSampler):
             warn_independent_sampling=False,
             warn_asynchronous_seeding=False,
         )
-        self._independent = TPESampler(seed=seed, constant_liar=parallel)
+        self._inner = TPESampler(seed=seed, constant_liar=parallel)
         self._space = self._build(0, None, None, None)
         self._cma: CmaEsSampler | None = None
         self._run: int | None = None
@@ -91,7 +92,7 @@ class OpeningCmaEsSampler(BaseSampler):
                 x0=x0,
                 sigma0=sigma0,
                 popsize=popsize,
-                independent_sampler=self._independent,
+                independent_sampler=self._inner,
                 warn_independent_sampling=False,
                 **self._options,
             )
@@ -101,7 +102,7 @@ class OpeningCmaEsSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self._opening.reseed_rng()
-        self._independent.reseed_rng()
+        self._inner.reseed_rng()
         if self._cma is not None:
             self._cma.reseed_rng()
 
@@ -174,27 +175,6 @@ class OpeningCmaEsSampler(BaseSampler):
             self._check_failed = True
             log.warning("sampler.cmaes_restart_check_failed", error=repr(exc))
             return False
-
-    def sample_independent(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._independent.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._independent.before_trial(study, trial)
-
-    def after_trial(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._independent.after_trial(study, trial, state, values)
 
 
 def _best(

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, QMCSampler, TPESampler
+from optuna.samplers import QMCSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpod.backoff import Backoff
 from hpod.engine import SAMPLER_CPU_ATTR
 from hpod.sampling import wire
+from hpod.sampling.delegate import DelegatingSampler
 from hpod.sampling.opening import opening_size
 
 log = structlog.get_logger("hpod.sampler")
@@ -299,7 +300,7 @@ def stop_shared() -> None:
         process.close()
 
 
-class ProcessGPSampler(BaseSampler):
+class ProcessGPSampler(DelegatingSampler):
     """Optuna's GPSampler, answered by the sampler process, after a QMC opening."""
 
     def __init__(
@@ -322,7 +323,9 @@ class ProcessGPSampler(BaseSampler):
             warn_independent_sampling=False,
             warn_asynchronous_seeding=False,
         )
-        self._fallback = TPESampler(
+        # The inner sampler: parameters outside the joint space, and every trial the process
+        # cannot answer (its fallback).
+        self._inner = TPESampler(
             seed=seed,
             multivariate=True,
             constant_liar=parallel,
@@ -336,7 +339,7 @@ class ProcessGPSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self._opening.reseed_rng()
-        self._fallback.reseed_rng()
+        self._inner.reseed_rng()
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -374,30 +377,9 @@ class ProcessGPSampler(BaseSampler):
                 fallback="tpe",
             )
             self.process.note_fallback(study.study_name)
-            return self._fallback.sample_relative(study, trial, search_space)
+            return self._inner.sample_relative(study, trial, search_space)
         study._storage.set_trial_user_attr(trial._trial_id, SAMPLER_CPU_ATTR, round(cpu, 6))
         return params
-
-    def sample_independent(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._fallback.before_trial(study, trial)
-
-    def after_trial(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._fallback.after_trial(study, trial, state, values)
 
 
 __all__ = [
