@@ -36,8 +36,6 @@ ERROR_ATTR = "hpod:error"
 COST_ATTR = "hpod:cost"
 #: A budget changed live (the spec keeps the one the study was created with).
 BUDGET_ATTR = "hpod:budget"
-#: CPU seconds the sampler process spent choosing a trial's point (`hpod.sampling.process`).
-SAMPLER_CPU_ATTR = "hpod:sampler_cpu"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Multivariate TPE, its `group` option and a few pruners are flagged experimental; hpod pins

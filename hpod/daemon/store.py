@@ -37,7 +37,6 @@ from hpod.engine import (
     EXTERNAL_ATTR,
     MODE_ATTR,
     REQUEST_ATTR,
-    SAMPLER_CPU_ATTR,
     SPEC_ATTR,
     STATE_ATTR,
     check_sampler_available,
@@ -48,6 +47,7 @@ from hpod.engine import (
 from hpod.errors import RequestRejected
 from hpod.journal import GroupCommitJournalBackend, JournalGroupError, storage_group, write_mark
 from hpod.policies.plan import Plan
+from hpod.sampling import SAMPLER_CPU_ATTR
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.store")

@@ -36,8 +36,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.backoff import Backoff
-from hpod.engine import SAMPLER_CPU_ATTR
-from hpod.sampling import wire
+from hpod.sampling import SAMPLER_CPU_ATTR, wire
 from hpod.sampling.delegate import DelegatingSampler
 from hpod.sampling.opening import opening_size
 

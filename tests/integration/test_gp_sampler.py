@@ -15,7 +15,8 @@ import psutil
 from conftest import DaemonFactory, eventually, quadratic_spec
 from prometheus_client.parser import text_string_to_metric_families
 
-from hpod.engine import SAMPLER_CPU_ATTR, make_storage
+from hpod.engine import make_storage
+from hpod.sampling import SAMPLER_CPU_ATTR
 
 
 def maps_torch(pid: int) -> bool:

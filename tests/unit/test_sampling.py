@@ -18,8 +18,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hpod.backoff import Backoff
-from hpod.engine import SAMPLER_CPU_ATTR, make_sampler
-from hpod.sampling import wire
+from hpod.engine import make_sampler
+from hpod.sampling import SAMPLER_CPU_ATTR, wire
 from hpod.sampling.cmaes import RESTART_ATTR, OpeningCmaEsSampler
 from hpod.sampling.opening import opening_size
 from hpod.sampling.process import (
