@@ -9,7 +9,7 @@ fidelity is used differs:
 - ``ladder``: hpod's data ladder as the balanced mode runs it without continuation: each
   trial fits on 1/9, 1/3, then all of the data, re-training from scratch at each rung, and
   Optuna's successive halving pruner (reduction factor 3) stops losers
-  (`hpod.policies.fidelity.evaluate`; the objective declared ``"data"`` for this arm).
+  (`hpod.workers.evaluation.evaluate`; the objective declared ``"data"`` for this arm).
 - ``pruned``: one task per trial that reports every step (round, pass), stopped by Optuna's
   successive halving pruner on those steps (what balanced does for an epochs objective).
 - ``continued``: continuation as the balanced mode runs it now: a trial runs a ninth of its
@@ -42,8 +42,8 @@ import optuna
 
 from hpod.checkpoints import CheckpointStore
 from hpod.daemon.promotion import Promotions
-from hpod.policies.fidelity import Continuation, evaluate, evaluate_continued
-from hpod.policies.pruning import build_pruners, should_prune
+from hpod.pruners import build_pruners, should_prune
+from hpod.workers.evaluation import Continuation, evaluate, evaluate_continued
 from hpod.workers.objectives.gradient_boosting import gradient_boosting, gradient_boosting_rounds
 from hpod.workers.objectives.sgd import sgd_classifier
 

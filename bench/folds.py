@@ -1,7 +1,7 @@
 """Pruning across cross-validation folds: plain TPE against three ways of pruning on folds.
 
 The objective is the shipped `svc_cv` (an RBF SVC scored by 5-fold CV), run in-process
-through hpod's own evaluation (`hpod.policies.fidelity.evaluate`, so the CPU counted is the
+through hpod's own evaluation (`hpod.workers.evaluation.evaluate`, so the CPU counted is the
 objective's alone, as a worker counts it). Arms, all with Optuna's default TPE seeded alike:
 
 - ``plain``: no pruning (the yardstick);
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from hpod.policies.fidelity import evaluate
-from hpod.policies.pruning import FoldPruner, should_prune
+from hpod.pruners import FoldPruner, should_prune
+from hpod.workers.evaluation import evaluate
 from hpod.workers.objectives.cv import svc_cv
 
 #: The task the figures are reported on.

@@ -921,7 +921,7 @@ def _objective_traits(fn: Any) -> tuple[str, str, str]:
     """An objective's declared fidelity, version and keyword arguments, as shown."""
     from pydantic import BaseModel
 
-    from hpod.policies.fidelity import fidelity_of, version_of
+    from hpod.workers.evaluation import fidelity_of, version_of
 
     model = getattr(fn, "hpod_kwargs", None)
     if isinstance(model, type) and issubclass(model, BaseModel):

@@ -69,7 +69,7 @@ def connect(settings: Settings, heartbeat: float = 0) -> Connection:
     ``heartbeat_check`` often enough (the intake does); a publisher that sits idle for long
     keeps 0 and reconnects on its next send instead.
     """
-    import hpod.workers.fs_transport  # noqa: F401  (registers the embedded transport)
+    import hpod.fs_transport  # noqa: F401  (registers the embedded transport)
 
     return Connection(
         settings.broker,

@@ -49,7 +49,7 @@ class Mode(BaseModel):
     threshold_min_trials: int = Field(default=8, ge=1)
     #: For objectives over folds (``hpod_fidelity = "folds"``): prune a trial whose mean over
     #: the folds seen is worse than the best trial's by more than this many standard errors,
-    #: in place of the step pruners (0 switches it off; `hpod.policies.pruning.FoldPruner`).
+    #: in place of the step pruners (0 switches it off; `hpod.pruners.FoldPruner`).
     fold_margin: float = Field(default=0.0, ge=0.0, le=100.0)
     #: Data fractions a trial climbs, for objectives whose fidelity is the data size.
     ladder: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=10)
@@ -142,7 +142,7 @@ def check_options(
     Optuna classes) is refused with the file instead of failing every trial later;
     `ConfigError` names `where` and the key."""
     from hpod.engine import make_sampler
-    from hpod.policies.pruning import build_pruners
+    from hpod.pruners import build_pruners
 
     try:
         make_sampler(sampler, sampler_options, None, parallel=True)

@@ -33,10 +33,10 @@ log = structlog.get_logger("hpod.declared")
 PROBE_TIMEOUT_SECONDS = 60.0
 #: The probe's answer is a few bytes of JSON: anything longer is not its answer.
 MAX_ANSWER_BYTES = 4096
-#: `hpod.policies.fidelity.FIDELITY_ATTR`, spelt out: importing that module loads Optuna,
+#: `hpod.workers.evaluation.FIDELITY_ATTR`, spelt out: importing that module loads Optuna,
 #: a second of the probe's start-up (a unit test checks they agree).
 FIDELITY_ATTR = "hpod_fidelity"
-#: `hpod.policies.fidelity.RESUMABLE_ATTR`, spelt out for the same reason.
+#: `hpod.workers.evaluation.RESUMABLE_ATTR`, spelt out for the same reason.
 RESUMABLE_ATTR = "hpod_resumable"
 
 

@@ -35,13 +35,13 @@ from hpod.daemon.manager import StudyManager
 from hpod.daemon.metrics import CONTENT_TYPE_LATEST
 from hpod.daemon.requests import RequestHandler
 from hpod.daemon.web import add_web_routes
+from hpod.daemon.web.keys import MANAGER
 from hpod.errors import RequestRejected
 from hpod.schema import BODIES, StudySpec, json_schema, load_json
 
 log = structlog.get_logger("hpod.http")
 
 HANDLER = web.AppKey("handler", RequestHandler)
-MANAGER = web.AppKey("manager", StudyManager)
 TOKEN = web.AppKey("token", str)
 
 STATUS_BY_CODE = {

@@ -35,7 +35,7 @@ from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import CachePolicy
 from hpod.policies.compose import resolve_plan
 from hpod.policies.plan import Plan
-from hpod.policies.pruning_policy import PruningPolicy
+from hpod.policies.pruning import PruningPolicy
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.policies.strategy.catalog import load_strategies
 from hpod.policies.subsampling import SubsamplingPolicy

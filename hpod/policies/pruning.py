@@ -1,229 +1,28 @@
-"""Pruners built from a plan: Optuna's own, plus an aggressive relative threshold.
+"""The pruning policy: which pruners the worker asks after each intermediate report.
 
-Steps follow Optuna's semantics: an objective reports ``(value, step)`` and the pruners
-compare trials at the same step. On a data ladder the step is the percentage of the data a
-rung used (11, 33, 100 for thirds of thirds), so trials on different ladders — a study whose
-mode changed — still compare at the steps they share, and successive halving's rungs line up
-with the ladder's. An objective that averages over cross-validation folds or instances
-(``hpod_fidelity = "folds"``) reports one value per fold, at the fold's index as step, and is
-pruned by `FoldPruner` instead of the plan's step pruners.
+Optuna's pruners (median, percentile, patient, successive halving, Hyperband, Wilcoxon) plus
+hpod's aggressive threshold, as the study's plan names them, and the fold rule's margin for
+objectives over folds; the worker builds them from this JSON
+(`hpod.pruners.build_pruners`, `FoldPruner`). Without this policy nothing is pruned.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Any
-
-import optuna
-from optuna.pruners import BasePruner
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from hpod.policies._base import Policy, TrialEvent
 
 
-def fidelity_step(fraction: float) -> int:
-    """The step at which a rung on `fraction` of the data reports: its percentage."""
-    return max(1, round(fraction * 100))
+class PruningPolicy(Policy):
+    """Sends the plan's pruners with every trial."""
 
+    name = "pruning"
 
-class ThresholdPruner(BasePruner):
-    """Prune a trial clearly worse than the best trial at the same step.
-
-    Optuna's pruners compare with the median or a percentile; this one is the aggressive
-    complement: once `min_trials` other trials have reported at a step, a trial worse than
-    their best by more than `threshold` times |best| stops there.
-    """
-
-    def __init__(self, threshold: float, min_trials: int = 8) -> None:
-        if threshold <= 0:
-            raise ValueError(f"threshold must be positive, got {threshold}")
-        self.threshold = threshold
-        self.min_trials = min_trials
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        """Whether `trial`'s latest intermediate value is clearly worse than the best."""
-        step = trial.last_step
-        if step is None:
-            return False
-        value = trial.intermediate_values[step]
-        if math.isnan(value):
-            return True
-        others = [
-            t.intermediate_values[step]
-            for t in study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-            if step in t.intermediate_values and t.number != trial.number
-        ]
-        others = [v for v in others if not math.isnan(v)]
-        if len(others) < self.min_trials:
-            return False
-        minimize = study.direction == StudyDirection.MINIMIZE
-        best = min(others) if minimize else max(others)
-        margin = self.threshold * max(abs(best), 1e-12)
-        return value > best + margin if minimize else value < best - margin
-
-
-class FoldPruner(BasePruner):
-    """Prune a trial over folds (or instances) once it is clearly worse than the best trial.
-
-    The trial has reported one value per fold at the fold's index as step, in a per-trial
-    shuffled order; the best finished trial reported all ``N`` of them. After ``n`` folds the
-    trial's mean over those folds is compared, fold by fold (paired), with the best's mean
-    over the same folds. The trial stops when that difference exceeds ``k`` standard errors
-    of its final mean difference, ``s * sqrt((N - n) / (N * n))``: ``s`` is the spread of a
-    trial's per-fold differences from the best, pooled over the finished trials (each
-    around its own mean difference), and the factor is what is still unknown of the final
-    mean when ``N - n`` folds remain. It never prunes before ``min_folds`` folds, nor once
-    all folds are in (the evaluation is paid for), nor before ``min_trials`` finished trials
-    have measured the spread.
-
-    With few folds (five, ten) Optuna's `WilcoxonPruner` cannot reach significance before
-    the fourth or fifth fold; with more than `wilcoxon_above` folds this pruner hands the
-    decision to it (a rank test needs no spread estimate and is robust to outlying folds).
-    """
-
-    def __init__(
-        self,
-        k: float,
-        min_folds: int = 2,
-        min_trials: int = 4,
-        wilcoxon_above: int = 10,
-        p_threshold: float = 0.1,
-    ) -> None:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
-        if min_folds < 1:
-            raise ValueError(f"min_folds must be at least 1, got {min_folds}")
-        self.k = k
-        self.min_folds = min_folds
-        self.min_trials = max(2, min_trials)
-        self.wilcoxon_above = wilcoxon_above
-        self.p_threshold = p_threshold
-        self._wilcoxon: BasePruner | None = None
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        """Whether `trial`'s folds so far show it clearly worse than the best trial."""
-        seen = {s: v for s, v in trial.intermediate_values.items() if math.isfinite(v)}
-        if len(seen) < self.min_folds:
-            return False
-        finished = [
-            t
-            for t in study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-            if t.number != trial.number and len(t.intermediate_values) >= 2
-        ]
-        complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
-        if not complete:
-            return False
-        minimize = study.direction == StudyDirection.MINIMIZE
-        best = (min if minimize else max)(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
-        total = len(best.intermediate_values)
-        if len(seen) >= total:
-            return False  # every fold is in: pruning now would only throw the value away
-        if total > self.wilcoxon_above:
-            if self._wilcoxon is None:
-                with warnings.catch_warnings():  # "experimental": Optuna is pinned below 6
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    self._wilcoxon = optuna.pruners.WilcoxonPruner(
-                        p_threshold=self.p_threshold, n_startup_steps=self.min_folds
-                    )
-            return self._wilcoxon.prune(study, trial)
-        return fold_rule(
-            seen,
-            best.intermediate_values,
-            [t.intermediate_values for t in finished if t.number != best.number],
-            k=self.k,
-            min_folds=self.min_folds,
-            min_trials=self.min_trials - 1,
-            minimize=minimize,
-        )
-
-
-def fold_rule(
-    seen: dict[int, float],
-    best: dict[int, float],
-    others: list[dict[int, float]],
-    *,
-    k: float,
-    min_folds: int,
-    min_trials: int,
-    minimize: bool,
-) -> bool:
-    """`FoldPruner`'s decision from plain numbers: a trial's values by fold (`seen`), the
-    best trial's (`best`, every fold) and the other finished trials' (`others`, whose paired
-    differences from the best measure the spread; at least `min_trials` of them)."""
-    sign = 1.0 if minimize else -1.0
-    total = len(best)
-    folds = [f for f in seen if f in best]
-    n = len(folds)
-    if n < min_folds or n >= total:
-        return False
-    squares, dof, counted = 0.0, 0, 0
-    for values in others:
-        diffs = [values[f] - best[f] for f in values if f in best and math.isfinite(values[f])]
-        if len(diffs) < 2:
-            continue
-        mean = sum(diffs) / len(diffs)
-        squares += sum((d - mean) ** 2 for d in diffs)
-        dof += len(diffs) - 1
-        counted += 1
-    if counted < min_trials or dof == 0:
-        return False
-    spread = math.sqrt(squares / dof)
-    worse = sign * sum(seen[f] - best[f] for f in folds) / n
-    margin = k * spread * math.sqrt((total - n) / (total * n))
-    return worse > margin
-
-
-def build_pruners(
-    name: str,
-    options: dict[str, Any],
-    threshold: float = 0.0,
-    threshold_min_trials: int = 8,
-    ladder: list[float] | None = None,
-) -> list[BasePruner]:
-    """The pruners a plan names; a trial stops when any of them says so.
-
-    On a data ladder, successive halving and Hyperband start at the first rung's step, so each
-    rung of the ladder is one of their rungs.
-    """
-    options = dict(options)
-    pruners: list[BasePruner] = []
-    first_step = fidelity_step(ladder[0]) if ladder and len(ladder) > 1 else None
-    if name == "median":
-        pruners.append(optuna.pruners.MedianPruner(**options))
-    elif name == "percentile":
-        options.setdefault("percentile", 25.0)
-        pruners.append(optuna.pruners.PercentilePruner(**options))
-    elif name == "patient":
-        patience = int(options.pop("patience", 3))
-        min_delta = float(options.pop("min_delta", 0.0))
-        wrapped = optuna.pruners.MedianPruner(**options)
-        pruners.append(optuna.pruners.PatientPruner(wrapped, patience, min_delta))
-    elif name == "successive_halving":
-        if first_step is not None:
-            options.setdefault("min_resource", first_step)
-        pruners.append(optuna.pruners.SuccessiveHalvingPruner(**options))
-    elif name == "hyperband":
-        if first_step is not None:
-            options.setdefault("min_resource", first_step)
-            options.setdefault("max_resource", 100)
-        pruners.append(optuna.pruners.HyperbandPruner(**options))
-    elif name == "wilcoxon":
-        pruners.append(optuna.pruners.WilcoxonPruner(**options))
-    elif name != "none":
-        raise ValueError(f"unknown pruner {name!r}")
-    if threshold > 0:
-        pruners.append(ThresholdPruner(threshold, threshold_min_trials))
-    return pruners
-
-
-def should_prune(study: optuna.Study, trial: FrozenTrial, pruners: list[BasePruner]) -> bool:
-    """Ask each pruner in turn, as `study.pruner` (Hyperband reads its brackets from there)."""
-    for pruner in pruners:
-        study.pruner = pruner
-        if pruner.prune(study, trial):
-            return True
-    return False
+    def before_dispatch(self, trial: TrialEvent) -> None:
+        """Set the task's pruner and threshold from the study's plan."""
+        plan = trial.plan
+        if plan is None or not plan.single_objective:
+            return
+        trial.task["pruner"] = plan.pruner
+        trial.task["pruner_options"] = dict(plan.pruner_options)
+        trial.task["threshold"] = plan.threshold
+        trial.task["threshold_min_trials"] = plan.threshold_min_trials
+        trial.task["fold_margin"] = plan.fold_margin

@@ -1,7 +1,7 @@
 """The subsampling policy: the data fraction as the fidelity, where it pays.
 
 It puts the mode's ladder of data fractions (say 1/9, 1/3, 1) on each task; the worker climbs
-it for objectives that subsample (`hpod.policies.fidelity`) and ignores it for the others.
+it for objectives that subsample (`hpod.workers.evaluation`) and ignores it for the others.
 
 A ladder only saves compute when a small fraction costs much less than the full data: an
 objective with a large fixed cost per fit (small data sets, many boosting rounds) pays for

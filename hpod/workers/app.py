@@ -22,7 +22,7 @@ from hpod.messaging import TRIALS
 
 def make_celery(settings: Settings | None = None) -> Celery:
     """A Celery app wired to the broker in force, configured for at-least-once trials."""
-    import hpod.workers.fs_transport  # noqa: F401  (registers the embedded transport)
+    import hpod.fs_transport  # noqa: F401  (registers the embedded transport)
 
     settings = settings or load_settings()
     app = Celery("hpod", broker=settings.broker, set_as_current=False)

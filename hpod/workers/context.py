@@ -14,7 +14,7 @@ An objective with an iterative fidelity (epochs, boosting rounds, SGD passes) th
 `steps(total)` gives (all of them outside a continued study), starts from `resume()` when
 that returns a checkpoint, and hands its state to `checkpoint(step, arrays, meta)` at the
 end. The study pauses it at a rung of its steps and, if it is among the best there, a later
-task (on any worker) resumes it from that state (`hpod.policies.fidelity.evaluate_continued`).
+task (on any worker) resumes it from that state (`hpod.workers.evaluation.evaluate_continued`).
 """
 
 from __future__ import annotations

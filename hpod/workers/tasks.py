@@ -31,7 +31,8 @@ from hpod.checkpoints import CheckpointStore
 from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
-from hpod.policies.fidelity import (
+from hpod.pruners import FoldPruner, build_pruners, should_prune
+from hpod.workers.evaluation import (
     Continuation,
     Evaluation,
     deterministic,
@@ -41,7 +42,6 @@ from hpod.policies.fidelity import (
     resumable,
     version_of,
 )
-from hpod.policies.pruning import FoldPruner, build_pruners, should_prune
 from hpod.workers.messages import (
     MAX_PACK,
     Cost,

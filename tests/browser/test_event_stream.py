@@ -13,7 +13,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from hpod.daemon.http import MANAGER
+from hpod.daemon.web.keys import MANAGER
 from hpod.daemon.web import add_web_routes, events
 
 Listener = Callable[[dict[str, Any]], None]

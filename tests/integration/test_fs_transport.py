@@ -19,14 +19,14 @@ from conftest import eventually
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
 
-from hpod.workers import fs_transport
-from hpod.workers.fs_transport import CLAIM_SUFFIX, MSG_SUFFIX, TMP_SUFFIX, Transport
+from hpod import fs_transport
+from hpod.fs_transport import CLAIM_SUFFIX, MSG_SUFFIX, TMP_SUFFIX, Transport
 
 # The child side of the multi-process tests, run as `python worker.py <role> ...`.
 WORKER_SCRIPT = r"""
 import hashlib, os, socket, sys, time
 
-import hpod.workers.fs_transport  # noqa: F401  (registers hpodfs://)
+import hpod.fs_transport  # noqa: F401  (registers hpodfs://)
 from kombu import Connection, Consumer, Producer, Queue
 
 role, data, control = sys.argv[1:4]

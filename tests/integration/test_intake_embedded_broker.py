@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer, Queue
 
-import hpod.workers.fs_transport  # noqa: F401  (registers hpodfs://)
+import hpod.fs_transport  # noqa: F401  (registers hpodfs://)
 
 HOLD = r"""
 import sys, time
-import hpod.workers.fs_transport
+import hpod.fs_transport
 from kombu import Connection
 data, ready = sys.argv[1:3]
 options = {"data_folder_in": data, "data_folder_out": data, "control_folder": data + "-control"}

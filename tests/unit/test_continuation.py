@@ -18,9 +18,9 @@ from hpod.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from hpod.daemon.promotion import Promotions, Record
 from hpod.modes import load_modes
 from hpod.policies.compose import continuation_applies, resolve_plan
-from hpod.policies.fidelity import Continuation, evaluate_continued, resumable
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext
+from hpod.workers.evaluation import Continuation, evaluate_continued, resumable
 from hpod.workers.objectives.gradient_boosting import gradient_boosting, gradient_boosting_rounds
 from hpod.workers.objectives.mlp import mlp_digits
 from hpod.workers.objectives.sgd import sgd_classifier
@@ -282,7 +282,7 @@ def test_the_daemon_learns_which_objectives_are_resumable_outside_its_process() 
     """The daemon's probe reads ``hpod_resumable`` too, with the attribute the workers read:
     mlp_digits is resumable, gradient_boosting (its data ladder) and quadratic are not."""
     from hpod.daemon import declared as probe
-    from hpod.policies.fidelity import RESUMABLE_ATTR
+    from hpod.workers.evaluation import RESUMABLE_ATTR
 
     assert probe.RESUMABLE_ATTR == RESUMABLE_ATTR
 

@@ -16,12 +16,12 @@ from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE, CachePolicy
 from hpod.policies.compose import resolve_plan
-from hpod.policies.fidelity import evaluate
-from hpod.policies.pruning import ThresholdPruner, build_pruners, fidelity_step, should_prune
-from hpod.policies.pruning_policy import PruningPolicy
+from hpod.policies.pruning import PruningPolicy
 from hpod.policies.subsampling import SubsamplingPolicy
+from hpod.pruners import ThresholdPruner, build_pruners, fidelity_step, should_prune
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext
+from hpod.workers.evaluation import evaluate
 
 MODES = load_modes()
 

@@ -13,12 +13,12 @@ import pytest
 from hpod.modes import load_modes
 from hpod.policies import TrialEvent
 from hpod.policies.compose import compose, resolve_plan
-from hpod.policies.fidelity import evaluate, fidelity_of
-from hpod.policies.pruning import FoldPruner, fold_rule
-from hpod.policies.pruning_policy import PruningPolicy
+from hpod.policies.pruning import PruningPolicy
 from hpod.policies.strategy.actions import BUILTIN
+from hpod.pruners import FoldPruner, fold_rule
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
+from hpod.workers.evaluation import evaluate, fidelity_of
 from hpod.workers.messages import TaskPlan, validate
 from hpod.workers.objectives.cv import svc_cv
 from hpod.workers.registry import InvalidObjectiveKwargs, checked_kwargs

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import hpod
-from hpod.policies import fidelity
+from hpod.workers import evaluation as fidelity
 from hpod.workers import registry
 from hpod.workers.context import TrialContext
 

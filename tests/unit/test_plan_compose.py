@@ -16,10 +16,10 @@ from hpod.daemon import declared as probe
 from hpod.daemon.declared import DeclaredFidelities, as_fidelity
 from hpod.modes import load_modes
 from hpod.policies.compose import compose, compose_plan, resolve_plan
-from hpod.policies.fidelity import FIDELITY_ATTR
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import BUILTIN, Strategy
 from hpod.schema import StudySpec
+from hpod.workers.evaluation import FIDELITY_ATTR
 
 MODES = load_modes(None)
 BY_NAME = {s.name: s for s in BUILTIN}

@@ -115,7 +115,7 @@ def test_the_rule_reads_the_live_budget_over_the_spec() -> None:
 def test_every_builtin_strategy_builds_its_optuna_objects() -> None:
     """Each strategy's sampler and pruner exist with the options it names."""
     from hpod.engine import make_sampler
-    from hpod.policies.pruning import build_pruners
+    from hpod.pruners import build_pruners
 
     for strategy in BUILTIN:
         make_sampler(strategy.sampler, strategy.sampler_options, seed=0, parallel=True)

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from hpod.daemon.web.keys import MANAGER
 from hpod.errors import RequestRejected
 
 log = structlog.get_logger("hpod.web")
@@ -93,8 +94,6 @@ def encode(event: dict[str, Any]) -> bytes:
 
 async def event_stream(request: web.Request) -> web.StreamResponse:
     """GET /events[?study=NAME]: every event the daemon publishes, as it happens."""
-    from hpod.daemon.http import MANAGER  # http imports this package: import late
-
     bus = request.app[MANAGER].bus
     subscriptions = request.app[SUBSCRIPTIONS]
     limit = request.app[STREAM_LIMIT]

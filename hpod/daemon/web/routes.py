@@ -27,6 +27,7 @@ from aiohttp import web
 from hpod import __version__
 from hpod.daemon.manager import StudyManager
 from hpod.daemon.web.data import MAX_TRIALS_PER_PAGE, compute_importance, read_trials
+from hpod.daemon.web.keys import MANAGER
 from hpod.errors import RequestRejected
 from hpod.schema import BODIES
 
@@ -54,8 +55,6 @@ _plotly_gzip: dict[str, bytes] = {}
 
 
 def _manager(request: web.Request) -> StudyManager:
-    from hpod.daemon.http import MANAGER  # http imports this package: import late
-
     return request.app[MANAGER]
 
 

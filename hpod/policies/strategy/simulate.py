@@ -22,11 +22,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR, make_sampler, suggest
-from hpod.policies.pruning import build_pruners, fidelity_step, should_prune
 from hpod.policies.strategy.actions import SpaceShape, Strategy, warm_start
 from hpod.policies.strategy.features import features
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.suites import Task
+from hpod.pruners import build_pruners, fidelity_step, should_prune
 from hpod.schema import StudySpec
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

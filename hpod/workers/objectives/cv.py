@@ -3,7 +3,7 @@
 The most common ML objective averages a score over cross-validation folds. Declared with
 ``hpod_fidelity = "folds"``, it visits the folds in the trial's own shuffled order
 (`TrialContext.folds`) and reports each fold's error (`TrialContext.report_fold`), so the
-mode's fold rule (`hpod.policies.pruning.FoldPruner`) stops a clearly worse trial after two
+mode's fold rule (`hpod.pruners.FoldPruner`) stops a clearly worse trial after two
 or three of its folds instead of paying for all of them.
 
 The data set is generated (``make_classification``, a few thousand rows, label noise): a fit

@@ -619,4 +619,4 @@ class Transport(filesystem.Transport):
             self._arrivals = None
 
 
-TRANSPORT_ALIASES[ALIAS] = "hpod.workers.fs_transport:Transport"
+TRANSPORT_ALIASES[ALIAS] = "hpod.fs_transport:Transport"

@@ -25,7 +25,7 @@ import optuna
 
 from hpod.checkpoints import Checkpoint, CheckpointStore
 from hpod.errors import HpodError
-from hpod.policies.pruning import fidelity_step
+from hpod.pruners import fidelity_step
 from hpod.workers.context import NoPruning, Reporter, TrialContext, TrialPruned
 
 #: An objective's attribute naming its fidelity: "data" (subsamples), "epochs" (reports),
