@@ -41,6 +41,7 @@ import structlog
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.daemon.budget import budget_used
+from hpod.engine import COST_ATTR
 from hpod.errors import RequestRejected
 from hpod.policies.compose import compose
 from hpod.policies.plan import Plan
@@ -163,6 +164,20 @@ class Snapshot:
     best_params: dict[str, Any] | None = None
     #: The objective's fidelity: declared, else as the trials show it.
     fidelity: Fidelity = "none"
+
+
+def evaluation_cpu(trials: list[FrozenTrial]) -> float | None:
+    """The median CPU seconds of a full evaluation over the complete trials that ran one
+    (``hpod:cost``.full_cpu; cache hits and pruned trials did not), or None."""
+    measured = sorted(
+        float(cost["full_cpu"])
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and isinstance(cost := t.user_attrs.get(COST_ATTR), dict)
+        and isinstance(cost.get("full_cpu"), int | float)
+        and cost.get("cache") != "hit"
+    )
+    return measured[len(measured) // 2] if measured else None
 
 
 class StrategyDriver:
@@ -306,7 +321,7 @@ class StrategyDriver:
             mode = str(pending.get("mode") or run.mode_plan.mode)
             outcome = window_reward(run.spec, trials, int(pending["first_trial"]), mode)
         return Snapshot(
-            SpaceShape.of(run.spec, fidelity, run.budget.trials),
+            SpaceShape.of(run.spec, fidelity, run.budget.trials, evaluation_cpu(trials)),
             vector,
             outcome,
             best_params(run.spec, trials),

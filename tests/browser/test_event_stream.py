@@ -13,8 +13,8 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from hpod.daemon.web.keys import MANAGER
 from hpod.daemon.web import add_web_routes, events
+from hpod.daemon.web.keys import MANAGER
 
 Listener = Callable[[dict[str, Any]], None]
 

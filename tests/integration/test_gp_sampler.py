@@ -1,5 +1,6 @@
-"""A GP study in a real daemon with real workers: `auto` picks the GP for a small numeric
-budget, the GP runs in the sampler process, torch is mapped there and never in the daemon,
+"""A GP study in a real daemon with real workers (the strategy named: `auto` picks the GP only
+for evaluations that cost seconds, which `quadratic`'s do not; tests/unit/test_strategy_rules.py
+holds that rule), the GP runs in the sampler process, torch is mapped there and never in the daemon,
 its CPU shows in the efficiency report, its CPU and memory in /metrics apart from the
 daemon's, and the process ends with the daemon."""
 
@@ -28,14 +29,13 @@ def test_a_gp_study_keeps_torch_in_the_sampler_process(start_daemon: DaemonFacto
     daemon = start_daemon()
     assert daemon.proc is not None
     name = "gp-small-budget"
-    body = quadratic_spec(name, 14, sampler={"seed": 3}, max_concurrent=2)
+    body = quadratic_spec(name, 14, sampler={"seed": 3}, max_concurrent=2, strategy="gp")
     assert daemon.request("POST", "/studies", body)[0] == 201
     final = daemon.wait_study(name, timeout=300)
     assert final["n_trials"] == 14 and final["counts"] == {"complete": 14}
 
     shown = final["strategy"]
-    assert (shown["current"], shown["source"]) == ("gp", "rules"), shown
-    assert shown["reason"].startswith("rule: numeric space, small budget (14 trials")
+    assert shown["current"] == "gp", shown
     assert shown["plan"]["sampler"] == "gp"
 
     journal = f"journal://{daemon.env['HPOD_DATA_DIR']}/studies.journal"

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from optuna.trial import TrialState
 
 from hpod.daemon.doctor import Doctor
-from hpod.daemon.web.keys import MANAGER
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.web import add_web_routes, events
+from hpod.daemon.web.keys import MANAGER
 
 Listener = Callable[[dict[str, Any]], None]
 

@@ -144,7 +144,7 @@ def test_bad_local_and_shipped_weights_leave_the_rules_deciding(tmp_path: Path, 
     status = agent.status()
     assert status["fallback"] and str(policy / "weights.json") in status["fallback"]
     assert "rule-based selector" in status["fallback"]
-    shape = SpaceShape(4, 4, 0, 0, 1, "none", budget_trials=40)
+    shape = SpaceShape(4, 4, 0, 0, 1, "none", budget_trials=40, evaluation_cpu=5.0)
     decision = agent.decide(shape, [0.1] * len(FEATURE_NAMES), "balanced", 0, 0, None)
     assert (decision.strategy.name, decision.source) == ("gp", "rules")
 

@@ -117,3 +117,29 @@ def test_forcing_gp_on_a_grid_it_would_enumerate_is_refused() -> None:
     assert refused.value.field == "study.space.n"
     check_setting("gp", spec(), NAMES, "study.strategy")
     check_setting("tpe", huge, NAMES, "study.strategy")
+
+
+def test_the_rule_reads_the_median_cpu_of_full_evaluations() -> None:
+    """`evaluation_cpu`: the median full-evaluation CPU of the complete trials that ran one;
+    cache hits and pruned trials are left out, and nothing measured is None."""
+    import optuna
+
+    from hpod.daemon.strategy import evaluation_cpu
+    from hpod.engine import COST_ATTR
+
+    study = optuna.create_study()
+    assert evaluation_cpu(study.trials) is None
+    costs = [
+        ({"cpu": 1.0, "full_cpu": 1.0}, 1.0),
+        ({"cpu": 3.0, "full_cpu": 3.0}, 2.0),
+        ({"cpu": 0.0, "cache": "hit", "full_cpu": 9.0}, 3.0),
+        ({"cpu": 2.5, "full_cpu": 2.5}, 4.0),
+    ]
+    for cost, value in costs:
+        trial = study.ask()
+        trial.set_user_attr(COST_ATTR, cost)
+        study.tell(trial, value)
+    pruned = study.ask()
+    pruned.set_user_attr(COST_ATTR, {"cpu": 40.0, "full_cpu": 40.0})
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert evaluation_cpu(study.trials) == 2.5

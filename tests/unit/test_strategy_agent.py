@@ -59,7 +59,7 @@ def test_by_default_auto_is_the_rule_even_with_weights(tmp_path: Path, cmaes_wei
     so, and the weights are only loaded for the status."""
     agent = StrategyAgent(tmp_path / "p", shipped=cmaes_weights, explore=True)
     assert agent.ensemble is not None
-    small = SpaceShape(4, 4, 0, 0, 1, "none", budget_trials=30)
+    small = SpaceShape(4, 4, 0, 0, 1, "none", budget_trials=30, evaluation_cpu=5.0)
     for told in (0, 12, 24):
         decision = agent.decide(small, [0.1] * len(FEATURE_NAMES), "balanced", told, told, None)
         assert (decision.strategy.name, decision.source) == ("gp", "rules")

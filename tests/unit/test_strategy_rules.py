@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from hpod.policies.strategy.actions import BUILTIN, SpaceShape, available
-from hpod.policies.strategy.rules import SMALL_BUDGET, choose, rule
+from hpod.policies.strategy.rules import GP_MIN_EVALUATION_CPU, SMALL_BUDGET, choose, rule
 from hpod.schema import StudySpec
 
 FLOAT = {"type": "float", "low": 0.0, "high": 1.0}
@@ -16,9 +16,14 @@ CAT = {"type": "categorical", "choices": ["a", "b", "c"]}
 
 
 def shape(
-    space: dict[str, Any], fidelity: Any = "none", directions: int = 1, trials: int | None = 40
+    space: dict[str, Any],
+    fidelity: Any = "none",
+    directions: int = 1,
+    trials: int | None = 40,
+    cpu: float | None = 5.0,
 ) -> SpaceShape:
-    """The shape of a study with `space` and a budget of `trials` (None: seconds only)."""
+    """The shape of a study with `space` and a budget of `trials` (None: seconds only),
+    whose full evaluations were measured at `cpu` CPU seconds (None: none measured yet)."""
     budget = {"trials": trials} if trials is not None else {"seconds": 600}
     spec = StudySpec.model_validate(
         {
@@ -28,7 +33,7 @@ def shape(
             "directions": ["minimize"] * directions,
         }
     )
-    return SpaceShape.of(spec, fidelity)
+    return SpaceShape.of(spec, fidelity, evaluation_cpu=cpu)
 
 
 CONTINUOUS = shape({f"x{i}": FLOAT for i in range(5)})
@@ -70,6 +75,11 @@ def test_every_builtin_strategy_may_be_chosen_by_auto() -> None:
         (CONTINUOUS, None, "gp"),
         (shape({"x": FLOAT, "n": INT}, trials=16), None, "gp"),
         (shape({"x": FLOAT}, trials=SMALL_BUDGET), None, "gp"),
+        (shape({"x": FLOAT}, cpu=GP_MIN_EVALUATION_CPU), None, "gp"),
+        # ... but only for evaluations that cost more than its suggestions: TPE until one is
+        # measured, and for cheap ones (the `make run` demo's GP cost more than its trials)
+        (shape({"x": FLOAT, "y": FLOAT}, cpu=None), None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "y": FLOAT}, cpu=0.23), None, "tpe-multivariate"),
         # a few categoricals (at most a fifth) still count as numeric
         (shape({**{f"x{i}": FLOAT for i in range(4)}, "c": CAT}), None, "gp"),
         # numeric, longer run or no trial budget: CMA-ES (after its opening, with restarts)
@@ -108,7 +118,7 @@ def test_the_rule_reads_the_live_budget_over_the_spec() -> None:
     spec = StudySpec.model_validate(
         {"name": "s", "space": {"x": FLOAT, "y": FLOAT}, "budget": {"trials": 20}}
     )
-    assert choose(SpaceShape.of(spec, "none")).name == "gp"
+    assert choose(SpaceShape.of(spec, "none", evaluation_cpu=3.0)).name == "gp"
     assert choose(SpaceShape.of(spec, "none", budget_trials=400)).name == "cmaes"
 
 

@@ -38,10 +38,18 @@ class SpaceShape:
     budget_trials: int | None = None
     #: Points of the largest discrete grid (int, or float with a step; 0 if none).
     max_grid_points: int = 0
+    #: The objective's measured CPU seconds per full evaluation (median of the complete
+    #: trials'; None before one is told): the GP pays only where evaluations cost much more
+    #: than its own suggestions.
+    evaluation_cpu: float | None = None
 
     @classmethod
     def of(
-        cls, spec: StudySpec, fidelity: Fidelity, budget_trials: int | None = None
+        cls,
+        spec: StudySpec,
+        fidelity: Fidelity,
+        budget_trials: int | None = None,
+        evaluation_cpu: float | None = None,
     ) -> SpaceShape:
         """The shape of `spec`'s study for an objective of the given fidelity; the budget is
         the spec's unless a live one is given."""
@@ -55,6 +63,7 @@ class SpaceShape:
             fidelity=fidelity,
             budget_trials=budget_trials if budget_trials is not None else spec.budget.trials,
             max_grid_points=max((grid_points(p) for p in params), default=0),
+            evaluation_cpu=evaluation_cpu,
         )
 
 

@@ -10,9 +10,10 @@ and objective fidelity (all known at the start):
   multivariate TPE, and the mode's pruner and data ladder stay (`hpod.policies.compose`
   keeps them; GP and CMA-ES learn only from complete trials, TPE uses pruned ones);
 - a numeric space (float and int parameters, at least `NUMERIC_SHARE` of them, no
-  conditions) with a budget of at most `SMALL_BUDGET` trials: Optuna's GP (in the sampler
-  process), after a short Sobol opening — measured 1.13x plain TPE on HistGB with 16
-  evaluations, 1.19x on an MLP;
+  conditions) with a budget of at most `SMALL_BUDGET` trials, whose full evaluations are
+  measured to cost at least `GP_MIN_EVALUATION_CPU`: Optuna's GP (in the sampler process),
+  after a short Sobol opening — measured 1.13x plain TPE on HistGB with 16 evaluations,
+  1.19x on an MLP; cheaper evaluations (or none measured yet): multivariate TPE;
 - a numeric space with a larger (or no trial) budget, two dimensions or more: CMA-ES after a
   Sobol opening, warm-started at its best point, with IPOP restarts — plain CMA-ES measured
   2.4-11.8x plain TPE on 5-D BBOB functions;
@@ -30,6 +31,12 @@ from hpod.policies.strategy.actions import BUILTIN, SpaceShape, Strategy
 
 #: Budgets of at most this many trials are small: the GP's model is worth its CPU there.
 SMALL_BUDGET = 60
+#: The GP is chosen only for objectives whose full evaluation costs at least this many CPU
+#: seconds (measured on the study's complete trials). A GP suggestion costs the sampler
+#: process 0.07 s (40 trials, 5-D) to 0.5 s (60 trials of the `make run` demo, where it cost
+#: more than the 0.23 s evaluations it chose); at 2 s an evaluation, the model's CPU stays
+#: a fraction of the objective's. Until a full evaluation is measured, TPE decides.
+GP_MIN_EVALUATION_CPU = 2.0
 #: A space is numeric when at least this share of its parameters are float or int.
 NUMERIC_SHARE = 0.8
 
@@ -73,8 +80,17 @@ def rule(
             "pruned trials, under the mode's pruner and ladder"
         )
     if is_numeric(shape) and is_small_budget(shape):
-        return pick("gp", "tpe-multivariate"), (
-            f"numeric space, small budget ({budget} <= {SMALL_BUDGET}): GP after a Sobol opening"
+        cpu = shape.evaluation_cpu
+        if cpu is not None and cpu >= GP_MIN_EVALUATION_CPU:
+            return pick("gp", "tpe-multivariate"), (
+                f"numeric space, small budget ({budget} <= {SMALL_BUDGET}), evaluations of "
+                f"{cpu:.1f} CPU s: GP after a Sobol opening"
+            )
+        cost = "not measured yet" if cpu is None else f"{cpu:.2f} CPU s"
+        return pick("tpe-multivariate", "tpe"), (
+            f"numeric space, small budget ({budget} <= {SMALL_BUDGET}), evaluations {cost} "
+            f"(< {GP_MIN_EVALUATION_CPU:.0f} s: a GP would cost more than it saves): "
+            "multivariate TPE"
         )
     if is_numeric(shape) and shape.n_params >= 2:
         return pick("cmaes", "tpe-multivariate"), (
