@@ -20,9 +20,10 @@ and objective fidelity (all known at the start):
 - anything else (categorical, mixed or conditional spaces): multivariate TPE (grouped, so
   conditional parameters are modelled together).
 
-The rule gives the same answer at every window of a study unless its budget or fidelity
-changes, so a study is never thrown between samplers. The learned policy (opt-in,
-``policy_learned``) starts from the rule's pick and leaves it only where its networks agree.
+The rule gives the same answer at every window of a study unless its budget, fidelity or
+measured evaluation cost changes, so a study is never thrown between samplers. The learned
+policy (opt-in, ``policy_learned``) starts from the rule's pick and leaves it only where its
+networks agree.
 """
 
 from __future__ import annotations
