@@ -31,9 +31,9 @@ from aiohttp.web_protocol import RequestHandler as HttpProtocol
 from aiohttp.web_request import BaseRequest
 
 from hpod import __version__
+from hpod.daemon.handler import RequestHandler
 from hpod.daemon.manager import StudyManager
 from hpod.daemon.metrics import CONTENT_TYPE_LATEST
-from hpod.daemon.requests import RequestHandler
 from hpod.daemon.web import add_web_routes
 from hpod.daemon.web.keys import MANAGER
 from hpod.errors import RequestRejected

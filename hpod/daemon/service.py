@@ -29,11 +29,11 @@ from pydantic import ValidationError
 from hpod.config import RELOADABLE, Settings, load_settings, redact
 from hpod.daemon import notify
 from hpod.daemon.bus import Bus
+from hpod.daemon.handler import RequestHandler
 from hpod.daemon.http import INTAKE_HEALTH, make_app, make_runner
 from hpod.daemon.intake import BrokerInUse, QueueIntake, message_ids
 from hpod.daemon.local_workers import LocalWorkers
 from hpod.daemon.manager import StudyManager
-from hpod.daemon.requests import RequestHandler
 from hpod.daemon.store import StudyStore, is_storage_fault
 from hpod.errors import ConfigError, HpodError
 from hpod.journal import JournalCorrupt, JournalTruncated, check_journal, check_mark

@@ -15,9 +15,9 @@ from aiohttp import hdrs, web
 
 from hpod.config import load_settings
 from hpod.daemon.bus import Bus
+from hpod.daemon.handler import RequestHandler
 from hpod.daemon.http import make_app, openapi_document, route_of
 from hpod.daemon.manager import StudyManager
-from hpod.daemon.requests import RequestHandler
 from hpod.daemon.store import StudyStore
 from hpod.schema import BODIES
 from hpod.workers.app import make_celery
