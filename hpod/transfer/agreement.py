@@ -2,7 +2,7 @@
 
 Each complete trial of the new study is looked up in the past study's surface: the rank of
 the nearest past configuration (nearest-neighbour prediction) is what the past study
-predicts for it. The Spearman correlation (scipy) between those predicted ranks and the new
+predicts for it. The Spearman correlation (`hpod.ranks`) between those predicted ranks and the new
 trials' values (oriented so that lower is better, first objective) measures agreement: near
 1 the two studies order configurations alike; at or below 0 the past is no guide. Once at
 least `MIN_PAIRS` trials are compared, a correlation below `MIN_AGREEMENT` means the past
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
+from hpod.ranks import spearman
 from hpod.schema import CategoricalParam, ParamSpec
 
 #: Trials compared before a past study may be judged.
@@ -130,5 +130,5 @@ def _spearman(a: list[float], b: list[float]) -> float | None:
     """Spearman's rho, or None when it is undefined (a constant side)."""
     if len(set(a)) < 2 or len(set(b)) < 2:
         return None
-    rho = float(spearmanr(a, b).statistic)
+    rho = spearman(a, b)
     return None if math.isnan(rho) else round(rho, 4)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from scipy.stats import rankdata
 
+from hpod.ranks import rankdata
 from hpod.schema import Direction, ParamSpec
 
 #: The study user attribute holding a finished study's memory record.
