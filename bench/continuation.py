@@ -1,30 +1,41 @@
-"""Continuation against the re-training data ladder, step pruning and plain TPE.
+"""Continuation against plain TPE, TPE with Optuna's own pruners on the steps, and the
+re-training data ladder.
 
-Tasks: ``boosting`` (gradient_boosting, 150 rounds, four parameters) and ``sgd``
-(sgd_classifier, 30 passes). One process, one evaluation at a time (one worker), the objective
-code and the worker's own evaluation paths, Optuna's TPE (seeded) in every arm; only the way
-fidelity is used differs:
+Tasks: ``sgd`` (sgd_classifier, 30 passes, five parameters), ``boosting``
+(gradient_boosting_rounds, 150 rounds, four parameters) and ``mlp`` (mlp_digits, 27 epochs,
+six parameters). One process, one evaluation at a time (one worker), the objective code and
+the worker's own evaluation paths, Optuna's multivariate TPE (seeded) in every arm; only the
+way the fidelity is used differs:
 
-- ``plain``: every trial fits all its boosting rounds on all the data (plain Optuna).
-- ``ladder``: hpod's data ladder as the balanced mode runs it without continuation: each
-  trial fits on 1/9, 1/3, then all of the data, re-training from scratch at each rung, and
-  Optuna's successive halving pruner (reduction factor 3) stops losers
-  (`hpod.workers.evaluation.evaluate`; the objective declared ``"data"`` for this arm).
-- ``pruned``: one task per trial that reports every step (round, pass), stopped by Optuna's
-  successive halving pruner on those steps (what balanced does for an epochs objective).
-- ``continued``: continuation as the balanced mode runs it now: a trial runs a ninth of its
-  rounds and pauses with its trees saved (`hpod.checkpoints`); the best third at a rung are
-  continued from their checkpoints to 1/3, then all rounds (`hpod.daemon.promotion`, the
-  study loop's rule, driven here the way the loop drives it: promotions first, then new
-  trials; paused trials stay RUNNING in Optuna until the end, as in the daemon).
+- ``plain``: every trial runs all its steps (plain Optuna, no pruning).
+- ``median``, ``sha``, ``hyperband``: plain TPE with Optuna's own pruner on the steps the
+  objective reports (`MedianPruner()`, `SuccessiveHalvingPruner(reduction_factor=3)`,
+  `HyperbandPruner(1, steps, 3)`): one task per trial, a pruned trial simply stops (it never
+  re-trains either) and is told PRUNED with its intermediate values. For ``boosting`` the
+  objective is fitted by warm start in chunks of `CHUNK` rounds, reporting after each.
+- ``continued``: hpod's continuation as the daemon runs it: a trial runs to the first rung of
+  its steps and pauses with its state saved (`hpod.checkpoints`); the best 1/eta at a rung
+  continue from their checkpoints (`hpod.daemon.promotion`, driven the way the study loop
+  drives it: promotions first, then new trials). The sampler sees paused trials as pruned at
+  their rung values (`hpod.sampling.paused`), as the daemon's does.
+- ``blind``: continuation with paused trials invisible to TPE (RUNNING, no lie): the daemon's
+  behaviour before `hpod.sampling.paused`, with one worker.
+- ``liar``: continuation with TPE's ``constant_liar`` (what the daemon did with parallelism
+  above one: every paused trial counted as bad).
+- ``continued4``: ``continued`` with one more rung below the first (1/27 of the steps).
+- ``ladder``: hpod's data ladder without continuation (1/9, 1/3, all of the data,
+  re-training at each rung, successive halving); ``boosting`` and ``sgd`` only.
 
-The metric is bench/quality.py's: the target T is the median over seeds of plain's final best;
-compute to target is the cumulative objective CPU (process time, every rung and every task
-included) when the running best over COMPLETE trials first reaches T. The multi-fidelity arms
-get twice plain's trials. The ratio is plain's median compute to target over the arm's.
+The metric is bench/quality.py's: the target T is the median over seeds of plain's best
+after `--trials` trials; compute to T is the cumulative objective CPU (process time, every
+rung and every task included) when the running best over COMPLETE trials first reaches T,
+infinite if never. Every arm, plain included, runs twice `--trials` trials. The ratio is
+median(plain's compute to T) / median(the arm's), with a paired bootstrap 95 % interval over
+seeds (`savings.bootstrap_ratio`); ``vs best pruner`` divides the best pruner arm's median
+by continued's the same way (above 1: continuation reaches T sooner).
 
-    nice -n 10 .venv/bin/python bench/continuation.py --task sgd --seeds 3 --trials 24
-    nice -n 10 .venv/bin/python bench/continuation.py --task boosting --arms ladder,continued
+    nice -n 5 .venv/bin/python bench/continuation.py --task sgd --seeds 10
+    nice -n 5 .venv/bin/python bench/continuation.py --task boosting --seeds 8 --first-seed 100
 """
 
 from __future__ import annotations
@@ -32,33 +43,46 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+
+sys.path.insert(0, str(Path(__file__).parent))
+from savings import bootstrap_ratio
 
 from hpod.checkpoints import CheckpointStore
 from hpod.daemon.promotion import Promotions
 from hpod.pruners import build_pruners, should_prune
+from hpod.sampling.paused import PausedAsPruned
+from hpod.workers.context import NoPruning, TrialContext, TrialPruned
 from hpod.workers.evaluation import Continuation, evaluate, evaluate_continued
-from hpod.workers.objectives.gradient_boosting import gradient_boosting, gradient_boosting_rounds
+from hpod.workers.objectives import gradient_boosting as gb
+from hpod.workers.objectives.mlp import mlp_digits
 from hpod.workers.objectives.sgd import sgd_classifier
 
 LADDER = (0.111111, 0.333333, 1.0)
-KWARGS = {"n_samples": 4000, "seed": 0}
 ROUNDS = 150
+#: Boosting rounds between two reports in the pruner arms.
+CHUNK = 5
+PRUNERS = ("median", "sha", "hyperband")
+CONTINUED = ("continued", "continued4", "blind", "liar")
 
 
-def space(trial: optuna.Trial) -> dict[str, Any]:
-    """gradient_boosting's space (bench/quality.py's, without max_iter: the fidelity)."""
+def boosting_space(trial: optuna.Trial) -> dict[str, Any]:
+    """gradient_boosting's space (bench/quality.py's), its rounds fixed: the fidelity."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.5, log=True),
         "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 4, 128, log=True),
         "min_samples_leaf": trial.suggest_int("min_samples_leaf", 2, 100, log=True),
         "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True),
+        "max_iter": ROUNDS,
     }
 
 
@@ -75,6 +99,55 @@ def sgd_space(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
+def mlp_space(trial: optuna.Trial) -> dict[str, Any]:
+    """mlp_digits's recommended space."""
+    return {
+        "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
+        "hidden": trial.suggest_int("hidden", 16, 256, log=True),
+        "layers": trial.suggest_int("layers", 1, 3),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
+    }
+
+
+def boosting_by_chunks(ctx: TrialContext, **kwargs: Any) -> float:
+    """gradient_boosting_rounds as a user would prune it with Optuna: one warm-started model,
+    `CHUNK` more rounds at a time, the validation loss reported after each chunk."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import log_loss
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    seed = int(kwargs.get("seed", 0))
+    x_train, x_val, y_train, y_val = gb._data(
+        int(kwargs.get("n_samples", 4000)), 20, 8, 2, 0.25, seed
+    )
+    p = ctx.params
+    model = HistGradientBoostingClassifier(
+        learning_rate=float(p["learning_rate"]),
+        max_iter=CHUNK,
+        warm_start=True,
+        max_leaf_nodes=int(p["max_leaf_nodes"]),
+        min_samples_leaf=int(p["min_samples_leaf"]),
+        l2_regularization=float(p["l2_regularization"]),
+        early_stopping=False,
+        random_state=seed,
+    )
+    value = math.nan
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for rounds in range(CHUNK, int(p["max_iter"]) + 1, CHUNK):
+            model.set_params(max_iter=rounds)
+            model.fit(x_train, y_train)
+            value = float(log_loss(y_val, model.predict_proba(x_val), labels=np.unique(y_val)))
+            ctx.report(value, rounds)
+            if ctx.should_prune():
+                raise TrialPruned(f"pruned after {rounds} rounds")
+    return value
+
+
+boosting_by_chunks.hpod_fidelity = "epochs"  # type: ignore[attr-defined]
+
+
 def _sgd_by_data(ctx: Any, **kwargs: Any) -> float:
     """sgd_classifier declared as a data-fidelity objective: the re-training ladder's arm."""
     return float(sgd_classifier(ctx, **kwargs))
@@ -83,25 +156,38 @@ def _sgd_by_data(ctx: Any, **kwargs: Any) -> float:
 _sgd_by_data.hpod_fidelity = "data"  # type: ignore[attr-defined]
 
 
-#: task -> (objective, by-data objective, kwargs, params of a trial)
-TASKS: dict[str, tuple[Any, Any, dict[str, Any], Callable[[optuna.Trial], dict[str, Any]]]] = {
-    "boosting": (
-        gradient_boosting_rounds,
-        gradient_boosting,
-        KWARGS,
-        lambda t: {**space(t), "max_iter": ROUNDS},
-    ),
-    "sgd": (sgd_classifier, _sgd_by_data, {"passes": 30}, sgd_space),
-}
-TASK = "boosting"
+class Task:
+    """An objective in its three forms (continued, pruned by steps, by data) and its space."""
+
+    def __init__(
+        self,
+        resumable: Callable[..., float],
+        stepwise: Callable[..., float],
+        by_data: Callable[..., float] | None,
+        kwargs: dict[str, Any],
+        space: Callable[[optuna.Trial], dict[str, Any]],
+        steps: int,
+    ) -> None:
+        self.resumable, self.stepwise, self.by_data = resumable, stepwise, by_data
+        self.kwargs, self.space, self.steps = kwargs, space, steps
 
 
-def objective() -> Any:
-    return TASKS[TASK][0]
-
-
-def params_of(trial: optuna.Trial) -> dict[str, Any]:
-    return TASKS[TASK][3](trial)
+def make_task(name: str, data_seed: int) -> Task:
+    if name == "boosting":
+        kwargs = {"n_samples": 4000, "seed": data_seed}
+        return Task(
+            gb.gradient_boosting_rounds,
+            boosting_by_chunks,
+            gb.gradient_boosting,
+            kwargs,
+            boosting_space,
+            ROUNDS,
+        )
+    if name == "sgd":
+        kwargs = {"passes": 30, "seed": data_seed}
+        return Task(sgd_classifier, sgd_classifier, _sgd_by_data, kwargs, sgd_space, 30)
+    kwargs = {"epochs": 27, "seed": data_seed}
+    return Task(mlp_digits, mlp_digits, None, kwargs, mlp_space, 27)
 
 
 Trace = list[tuple[float, float]]  # (cumulative CPU, running best over complete trials)
@@ -114,6 +200,8 @@ class Curve:
         self.cpu = 0.0
         self.best = math.inf
         self.trace: Trace = []
+        self.bests: list[float] = []  # running best after each trial told
+        self.pruned = 0
 
     def spend(self, cpu: float) -> None:
         self.cpu += cpu
@@ -123,28 +211,61 @@ class Curve:
         self.best = min(self.best, value)
         self.trace.append((self.cpu, self.best))
 
+    def told(self) -> None:
+        self.bests.append(self.best)
 
-def sampler(seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    def to_target(self, target: float) -> float:
+        return next((cpu for cpu, best in self.trace if best <= target), math.inf)
 
 
-def plain(seed: int, trials: int) -> Curve:
-    study = optuna.create_study(sampler=sampler(seed))
+def tpe(seed: int, liar: bool = False) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=liar)
+
+
+def stepwise(task: Task, seed: int, trials: int, pruner: optuna.pruners.BasePruner) -> Curve:
+    """Plain TPE (`NopPruner`) or TPE with one of Optuna's pruners on the reported steps."""
+    study = optuna.create_study(sampler=tpe(seed), pruner=pruner, study_name=f"bench-{seed}")
     curve = Curve()
     for _ in range(trials):
         trial = study.ask()
+        ctx = TrialContext(task.space(trial), reporter=_TrialReporter(trial))
         started = time.process_time()
-        value = objective()(_ctx(params_of(trial)), **TASKS[TASK][2])
-        curve.spend(time.process_time() - started)
-        study.tell(trial, value)
-        curve.complete(value)
+        try:
+            value: float | None = float(task.stepwise(ctx, **task.kwargs))
+        except (TrialPruned, optuna.TrialPruned):
+            value = None
+        curve.spend(time.process_time() - started - ctx.reporter_cpu)
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            curve.pruned += 1
+        else:
+            study.tell(trial, value)
+            curve.complete(value)
+        curve.told()
     return curve
 
 
-def _ctx(params: dict[str, Any]) -> Any:
-    from hpod.workers.context import TrialContext
+class _TrialReporter:
+    """Reports and prune decisions straight to an Optuna trial (its pruner decides)."""
 
-    return TrialContext(params)
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return self.trial.should_prune()
+
+
+def pruner_of(arm: str, steps: int) -> optuna.pruners.BasePruner:
+    if arm == "median":
+        return optuna.pruners.MedianPruner()
+    if arm == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(reduction_factor=3)
+    if arm == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps)
+    return optuna.pruners.NopPruner()
 
 
 class OptunaReporter:
@@ -161,49 +282,38 @@ class OptunaReporter:
         return should_prune(self.study, frozen, self.pruners)
 
 
-def ladder(seed: int, trials: int) -> Curve:
-    study = optuna.create_study(sampler=sampler(seed))
+def ladder(task: Task, seed: int, trials: int) -> Curve:
+    """The re-training data ladder with successive halving (hpod without continuation)."""
+    assert task.by_data is not None, "this task has no data fidelity"
+    study = optuna.create_study(sampler=tpe(seed))
     pruners = build_pruners("successive_halving", {"reduction_factor": 3}, 0.0, 8, LADDER)
     curve = Curve()
     for _ in range(trials):
         trial = study.ask()
         reporter = OptunaReporter(study, trial, pruners)
-        by_data = TASKS[TASK][1]
-        result = evaluate(by_data, params_of(trial), TASKS[TASK][2], LADDER, reporter)
+        result = evaluate(task.by_data, task.space(trial), task.kwargs, LADDER, reporter)
         curve.spend(result.cpu_seconds)
         if result.pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            curve.pruned += 1
         else:
             assert result.values is not None
             study.tell(trial, result.values[0])
             curve.complete(result.values[0])
+        curve.told()
     return curve
 
 
-def pruned(seed: int, trials: int) -> Curve:
-    """hpod's behaviour for an objective that reports its steps and is not resumable: one
-    task per trial, Optuna's successive halving (reduction factor 3) on its reports."""
-    study = optuna.create_study(sampler=sampler(seed))
-    pruners = build_pruners("successive_halving", {"reduction_factor": 3}, 0.0, 8, [1.0])
-    curve = Curve()
-    for _ in range(trials):
-        trial = study.ask()
-        reporter = OptunaReporter(study, trial, pruners)
-        result = evaluate(objective(), params_of(trial), TASKS[TASK][2], [1.0], reporter)
-        curve.spend(result.cpu_seconds)
-        if result.pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            assert result.values is not None
-            study.tell(trial, result.values[0])
-            curve.complete(result.values[0])
-    return curve
-
-
-def continued(seed: int, trials: int, root: Path) -> Curve:
-    study = optuna.create_study(sampler=sampler(seed))
-    store = CheckpointStore(root / f"seed-{seed}")
-    rungs = Promotions(LADDER, eta=3)
+def continued(
+    task: Task, seed: int, trials: int, root: Path, arm: str, rungs: tuple[float, ...], eta: int
+) -> Curve:
+    """Continuation driven as the study loop drives it (one slot)."""
+    promotions = Promotions(rungs, eta=eta)
+    sampler: optuna.samplers.BaseSampler = tpe(seed, liar=arm == "liar")
+    if arm == "continued":
+        sampler = PausedAsPruned(sampler, promotions.sampler_view)
+    study = optuna.create_study(sampler=sampler)
+    store = CheckpointStore(root / f"{arm}-{seed}")
     curve = Curve()
     running: dict[int, optuna.Trial] = {}
     params: dict[int, dict[str, Any]] = {}
@@ -211,24 +321,27 @@ def continued(seed: int, trials: int, root: Path) -> Curve:
 
     def run(number: int, to: float) -> None:
         trial = running[number]
-        task = Continuation(store, "bench", trial._trial_id, to)
-        reporter = OptunaReporter(study, trial, [])
-        result = evaluate_continued(objective(), params[number], TASKS[TASK][2], reporter, task)
+        job = Continuation(store, "bench", trial._trial_id, to)
+        # No step pruner: the promotions are the pruning (and the sampler reads their values).
+        result = evaluate_continued(task.resumable, params[number], task.kwargs, NoPruning(), job)
         curve.spend(result.cpu_seconds)
         assert result.values is not None
         if to >= 1.0:
             study.tell(trial, result.values[0])
-            rungs.told(number, result.values[0])
+            promotions.told(number, result.values[0])
             del running[number]
             curve.complete(result.values[0])
+            curve.told()
         else:
-            rungs.paused(number, to, result.values[0], result.cpu_seconds, result.data_evaluated)
+            promotions.paused(
+                number, to, result.values[0], result.cpu_seconds, result.data_evaluated
+            )
 
     while True:
-        promotion = rungs.next_promotion(final=asked >= trials)
+        promotion = promotions.next_promotion(final=asked >= trials)
         if promotion is not None:
             number, to = promotion
-            rungs.dispatched(number, to)
+            promotions.dispatched(number, to)
             run(number, to)
             continue
         if asked >= trials:
@@ -236,64 +349,112 @@ def continued(seed: int, trials: int, root: Path) -> Curve:
         trial = study.ask()
         asked += 1
         running[trial.number] = trial
-        params[trial.number] = params_of(trial)
-        rungs.dispatched(trial.number, LADDER[0])
-        run(trial.number, LADDER[0])
+        params[trial.number] = task.space(trial)
+        promotions.dispatched(trial.number, rungs[0])
+        run(trial.number, rungs[0])
     for trial in list(running.values()):
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         store.delete("bench", trial._trial_id)
+        curve.pruned += 1
     return curve
 
 
-def to_target(curve: Curve, target: float) -> float | None:
-    return next((cpu for cpu, best in curve.trace if best <= target), None)
+def run_arm(
+    arm: str, task: Task, seed: int, trials: int, root: Path, rungs: tuple[float, ...], eta: int
+) -> Curve:
+    if arm == "ladder":
+        return ladder(task, seed, trials)
+    if arm == "continued4":  # one more rung below the first (1/27 with the default rungs)
+        return continued(task, seed, trials, root, "continued", (rungs[0] / eta, *rungs), eta)
+    if arm in CONTINUED:
+        return continued(task, seed, trials, root, arm, rungs, eta)
+    return stepwise(task, seed, trials, pruner_of(arm, task.steps))
+
+
+def _x(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return "inf" if math.isinf(value) else f"{value:.2f}x"
+
+
+def _cell(ratio: Any) -> str:
+    return f"{_x(ratio.value)} [{_x(ratio.low)}, {_x(ratio.high)}]"
+
+
+def _s(value: float) -> str:
+    return "-" if math.isinf(value) else f"{value:.1f}"
+
+
+def report(curves: dict[str, dict[int, Curve]], trials: int, rng: np.random.Generator) -> None:
+    """The table: per arm, compute to T per seed, reached, ratio to plain with its interval,
+    final best, total CPU; then continued against the best pruner arm."""
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # percentiles over inf draws
+    plain = curves["plain"]
+    target = statistics.median(c.bests[trials - 1] for c in plain.values())
+    to_t = {arm: {s: c.to_target(target) for s, c in runs.items()} for arm, runs in curves.items()}
+    print(f"target T = {target:.5f} (plain's median best after {trials} trials)")
+    print(
+        "| arm | CPU to T per seed (s) | reached | median to T | x plain [95 % CI] | "
+        "final best (median) | total CPU (median) | pruned (median) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for arm, runs in curves.items():
+        cpu = to_t[arm]
+        median = statistics.median(cpu.values())
+        ratio = bootstrap_ratio(to_t["plain"], cpu, rng)
+        print(
+            f"| {arm} | {', '.join(_s(v) for v in cpu.values())} | "
+            f"{sum(not math.isinf(v) for v in cpu.values())}/{len(cpu)} | {_s(median)} s | "
+            f"{_cell(ratio)} | {statistics.median(c.best for c in runs.values()):.5f} | "
+            f"{statistics.median(c.cpu for c in runs.values()):.1f} s | "
+            f"{statistics.median(c.pruned for c in runs.values()):.0f} |"
+        )
+    pruners = [a for a in PRUNERS if a in curves]
+    for arm in [a for a in CONTINUED if a in curves]:
+        for other in pruners:
+            ratio = bootstrap_ratio(to_t[other], to_t[arm], rng)
+            wins = sum(to_t[arm][s] < to_t[other][s] for s in to_t[arm])
+            print(
+                f"{arm} vs {other}: {other}'s median / {arm}'s = {_cell(ratio)}; "
+                f"{arm} sooner on {wins}/{len(to_t[arm])} seeds"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=24, help="plain's trials; 2x for the others")
-    parser.add_argument("--arms", default="plain,ladder,pruned,continued")
-    parser.add_argument("--task", choices=sorted(TASKS), default="boosting")
+    parser.add_argument("--task", choices=["boosting", "sgd", "mlp"], default="sgd")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="sampler seeds start here")
+    parser.add_argument("--data-seed", type=int, default=0, help="the objective's data seed")
+    parser.add_argument("--trials", type=int, default=24, help="T's budget; every arm runs 2x")
+    parser.add_argument("--arms", default="plain,median,sha,hyperband,continued")
+    parser.add_argument("--rungs", default=",".join(map(str, LADDER)))
+    parser.add_argument("--eta", type=int, default=3)
     args = parser.parse_args()
-    global TASK
-    TASK = args.task
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seeds = list(range(args.seeds))
-    arms: dict[str, Callable[[int], Curve]] = {}
+    task = make_task(args.task, args.data_seed)
+    rungs = tuple(float(r) for r in args.rungs.split(","))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    arms = ["plain", *[a for a in args.arms.split(",") if a != "plain"]]
+    print(
+        f"{task.resumable.__name__}, kwargs {task.kwargs}; sampler seeds {seeds}; "
+        f"{2 * args.trials} trials per arm; rungs {rungs}, eta {args.eta}"
+    )
+    curves: dict[str, dict[int, Curve]] = {arm: {} for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
-        arms = {
-            "plain": lambda s: plain(s, args.trials),
-            "ladder": lambda s: ladder(s, 2 * args.trials),
-            "pruned": lambda s: pruned(s, 2 * args.trials),
-            "continued": lambda s: continued(s, 2 * args.trials, Path(tmp)),
-        }
-        chosen = ["plain", *[a for a in args.arms.split(",") if a != "plain"]]
-        curves = {name: [arms[name](seed) for seed in seeds] for name in chosen}
-    target = statistics.median(c.best for c in curves["plain"])
-    plain_cpu = statistics.median(
-        x for x in (to_target(c, target) for c in curves["plain"]) if x is not None
-    )
-    print(
-        f"{objective().__name__}, kwargs {TASKS[TASK][2]}; seeds {seeds}; "
-        f"plain {args.trials} trials, others {2 * args.trials}; target T = {target:.5f}"
-    )
-    print(
-        "arm        per-seed CPU to T (s)            reached  median  ratio   final best "
-        "(median)  total CPU (median)"
-    )
-    for name, runs in curves.items():
-        reach = [to_target(c, target) for c in runs]
-        got = [x for x in reach if x is not None]
-        median = statistics.median(got) if len(got) * 2 > len(runs) else None
-        ratio = f"{plain_cpu / median:5.2f}x" if median else "  n/a"
-        cells = " ".join(f"{x:7.1f}" if x is not None else "      -" for x in reach)
-        print(
-            f"{name:10} {cells:32} {len(got)}/{len(runs)}      "
-            f"{(f'{median:6.1f}' if median else '   n/a')}  {ratio}  "
-            f"{statistics.median(c.best for c in runs):.5f}          "
-            f"{statistics.median(c.cpu for c in runs):7.1f}"
-        )
+        for seed in seeds:  # seed-major: a run cut short still has paired seeds
+            for arm in arms:
+                curves[arm][seed] = run_arm(
+                    arm, task, seed, 2 * args.trials, Path(tmp), rungs, args.eta
+                )
+            print(
+                f"seed {seed}: "
+                + ", ".join(
+                    f"{a} {curves[a][seed].best:.5f}/{curves[a][seed].cpu:.1f}s" for a in arms
+                ),
+                flush=True,
+            )
+    report(curves, args.trials, np.random.default_rng(0))
 
 
 if __name__ == "__main__":
