@@ -48,7 +48,6 @@ from hpod.errors import RequestRejected
 from hpod.journal import GroupCommitJournalBackend, JournalGroupError, storage_group, write_mark
 from hpod.policies.plan import Plan
 from hpod.sampling import SAMPLER_CPU_ATTR
-from hpod.sampling.paused import PausedAsPruned, PausedValues
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.store")
@@ -130,8 +129,6 @@ class StudyStore:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-optuna")
         self._studies: OrderedDict[str, optuna.Study] = OrderedDict()
         self._plans: dict[str, Plan] = {}
-        #: Each continued study's paused trials, as its sampler reads them (`set_plan`).
-        self._paused: dict[str, Callable[[], PausedValues]] = {}
         #: The last storage fault (`repr`), None once storage works again.
         self.fault: str | None = None
         self._marked = 0
@@ -329,7 +326,6 @@ class StudyStore:
         """Drop what is kept in memory for study `name` (its loop ended); re-opened on demand."""
         self._studies.pop(name, None)
         self._plans.pop(name, None)
-        self._paused.pop(name, None)
 
     def raw_summary(self, name: str) -> dict[str, Any]:
         """What `hpod status` shows of a study whose stored spec no longer validates: its
@@ -427,9 +423,6 @@ class StudyStore:
             sampler = make_sampler(
                 plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1
             )
-            paused = self._paused.get(spec.name)
-            if paused is not None:
-                sampler = PausedAsPruned(sampler, paused)
         else:
             sampler = self._reading_sampler(spec)
         study = optuna.load_study(study_name=spec.name, storage=self.storage, sampler=sampler)
@@ -449,24 +442,14 @@ class StudyStore:
         except (ValueError, TypeError, OverflowError, RequestRejected):
             return optuna.samplers.RandomSampler()
 
-    def set_plan(
-        self,
-        spec: StudySpec,
-        plan: Plan,
-        paused: Callable[[], PausedValues] | None = None,
-    ) -> None:
+    def set_plan(self, spec: StudySpec, plan: Plan) -> None:
         """Use `plan` for the study's next asks; a new sampler starts from the stored trials.
 
         Samplers keep no state Optuna needs besides the storage (CMA-ES keeps its own in
-        system attributes), so swapping one never loses or confuses trials. `paused` gives a
-        continued study's paused trials, which its sampler then reads as pruned at their
-        rung values (`hpod.sampling.paused`).
+        system attributes), so swapping one never loses or confuses trials.
         """
         old = self._plans.get(spec.name)
         self._plans[spec.name] = plan
-        if paused is not None and self._paused.get(spec.name) != paused:
-            self._paused[spec.name] = paused
-            self._studies.pop(spec.name, None)
         if old is None or (old.sampler, old.sampler_options, old.parallelism > 1) != (
             plan.sampler,
             plan.sampler_options,

@@ -46,7 +46,6 @@ from hpod.policies.caching import LOOKUP_NOTE
 from hpod.policies.compose import continuation_applies
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.agent import StrategyAgent
-from hpod.sampling.paused import PausedValues
 from hpod.schema import Budget, StudySpec
 from hpod.transfer.store import counts_in_budget
 
@@ -267,7 +266,7 @@ class StudyRun:
 
     async def start(self) -> None:
         """Recover the study's state from storage and start its loop."""
-        await self.store.call(self.store.set_plan, self.spec, self.plan, self._sampler_view)
+        await self.store.call(self.store.set_plan, self.spec, self.plan)
         await self.strategy.resume()
         await self._recover()
         await self.transfer.start()
@@ -421,7 +420,7 @@ class StudyRun:
         self.plan = plan
         if self.promotions is not None:
             self.promotions.set_ladder(plan.steps_ladder, plan.eta)
-        await self.store.call(self.store.set_plan, self.spec, plan, self._sampler_view)
+        await self.store.call(self.store.set_plan, self.spec, plan)
         self.wake.set()
 
     async def set_mode_plan(self, mode_plan: Plan) -> None:
@@ -664,13 +663,6 @@ class StudyRun:
             self.resumable = False
             return
         self.resumable = await self.declared.resumable(objective)
-
-    def _sampler_view(self) -> PausedValues:
-        """The continued trials not told yet, which the sampler reads as pruned at their rung
-        values (none before any trial is continued). Called on the Optuna thread: it only
-        reads `Promotions`' snapshot."""
-        promotions = self.promotions
-        return promotions.sampler_view() if promotions is not None else {}
 
     def _continuing(self) -> bool:
         """Whether new trials are continued (run to the first rung, then promoted)."""
