@@ -17,12 +17,12 @@ way the fidelity is used differs:
 - ``continued``: hpod's continuation as the daemon runs it: a trial runs to the first rung of
   its steps and pauses with its state saved (`hpod.checkpoints`); the best 1/eta at a rung
   continue from their checkpoints (`hpod.daemon.promotion`, driven the way the study loop
-  drives it: promotions first, then new trials). The sampler sees paused trials as pruned at
-  their rung values (`hpod.sampling.paused`), as the daemon's does.
-- ``blind``: continuation with paused trials invisible to TPE (RUNNING, no lie): the daemon's
-  behaviour before `hpod.sampling.paused`, with one worker.
-- ``liar``: continuation with TPE's ``constant_liar`` (what the daemon did with parallelism
-  above one: every paused trial counted as bad).
+  drives it: promotions first, then new trials). Paused trials stay RUNNING in Optuna, so
+  TPE (no lie with one worker) learns only from trials that finished the last rung.
+- ``view``: continuation whose sampler reads every paused trial as pruned at its rung values
+  (`PausedAsPruned`), the way TPE reads a trial stopped by a pruner.
+- ``liar``: continuation with TPE's ``constant_liar`` (what the daemon does with parallelism
+  above one: every paused trial counts as bad).
 - ``continued4``: ``continued`` with one more rung below the first (1/27 of the steps).
 - ``ladder``: hpod's data ladder without continuation (1/9, 1/3, all of the data,
   re-training at each rung, successive halving); ``boosting`` and ``sgd`` only.
@@ -61,7 +61,6 @@ from savings import bootstrap_ratio
 from hpod.checkpoints import CheckpointStore
 from hpod.daemon.promotion import Promotions
 from hpod.pruners import build_pruners, should_prune
-from hpod.sampling.paused import PausedAsPruned
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
 from hpod.workers.evaluation import Continuation, evaluate, evaluate_continued
 from hpod.workers.objectives import gradient_boosting as gb
@@ -100,7 +99,7 @@ WARM_UP: dict[str, dict[str, Any]] = {
     },
 }
 PRUNERS = ("median", "sha", "hyperband")
-CONTINUED = ("continued", "continued4", "blind", "liar")
+CONTINUED = ("continued", "continued4", "view", "liar")
 
 
 def boosting_space(trial: optuna.Trial) -> dict[str, Any]:
@@ -219,6 +218,66 @@ def make_task(name: str, data_seed: int) -> Task:
         return Task(sgd_classifier, sgd_classifier, _sgd_by_data, kwargs, sgd_space, 30)
     kwargs = {"epochs": 27, "seed": data_seed}
     return Task(mlp_digits, mlp_digits, None, kwargs, mlp_space, 27)
+
+
+class PausedAsPruned(optuna.samplers.BaseSampler):
+    """`inner`, reading each continued trial not told yet (paused, or running to its next
+    rung) as a PRUNED trial whose intermediate values are its rung values: TPE then ranks it
+    as it ranks pruned trials (after the complete ones, by the highest rung reached and its
+    value there). Nothing changes in the storage; the trial can still be promoted."""
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, promotions: Promotions) -> None:
+        self.inner, self.promotions = inner, promotions
+
+    def view(self, study: Any) -> Any:
+        paused = {n: dict(r.values) for n, r in self.promotions.records.items() if r.values}
+        return _StudyView(study, paused) if paused else study
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.inner.infer_relative_search_space(self.view(study), trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self.inner.sample_relative(self.view(study), trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+        return self.inner.sample_independent(self.view(study), trial, name, dist)
+
+
+class _StudyView:
+    """A study whose RUNNING trials named in `paused` read as PRUNED (Optuna's samplers read
+    trials through the private ``Study._get_trials``)."""
+
+    def __init__(self, study: optuna.Study, paused: dict[int, dict[float, float]]) -> None:
+        self._study, self._paused = study, paused
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
+    ) -> list[optuna.trial.FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)
+        shown = [self._shown(t) for t in trials]
+        return [t for t in shown if states is None or t.state in states]
+
+    def _shown(self, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+        values = self._paused.get(trial.number)
+        if trial.state != optuna.trial.TrialState.RUNNING or not values:
+            return trial
+        return optuna.trial.FrozenTrial(
+            number=trial.number,
+            state=optuna.trial.TrialState.PRUNED,
+            value=None,
+            values=None,
+            datetime_start=trial.datetime_start,
+            datetime_complete=None,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=trial.system_attrs,
+            intermediate_values={round(r * 1_000_000): v for r, v in values.items()},
+            trial_id=trial._trial_id,
+        )
 
 
 Trace = list[tuple[float, float]]  # (cumulative CPU, running best over complete trials)
@@ -343,8 +402,8 @@ def continued(
     """Continuation driven as the study loop drives it (one slot)."""
     promotions = Promotions(rungs, eta=eta)
     sampler: optuna.samplers.BaseSampler = tpe(seed, liar=arm == "liar")
-    if arm == "continued":
-        sampler = PausedAsPruned(sampler, promotions.sampler_view)
+    if arm == "view":
+        sampler = PausedAsPruned(sampler, promotions)
     study = optuna.create_study(sampler=sampler)
     store = CheckpointStore(root / f"{arm}-{seed}")
     curve = Curve()
@@ -398,7 +457,7 @@ def run_arm(
     if arm == "ladder":
         return ladder(task, seed, trials)
     if arm == "continued4":  # one more rung below the first (1/27 with the default rungs)
-        return continued(task, seed, trials, root, "continued", (rungs[0] / eta, *rungs), eta)
+        return continued(task, seed, trials, root, arm, (rungs[0] / eta, *rungs), eta)
     if arm in CONTINUED:
         return continued(task, seed, trials, root, arm, rungs, eta)
     return stepwise(task, seed, trials, pruner_of(arm, task))

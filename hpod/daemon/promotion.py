@@ -100,10 +100,6 @@ class Promotions:
         self.reached: dict[float, dict[int, float]] = {}
         #: Trials that finished the last rung.
         self.finished: set[int] = set()
-        #: Every continued trial not told yet with its values at the rungs it reached: what
-        #: the sampler reads as pruned trials (`sampler_view`). Replaced, never mutated, so
-        #: the Optuna thread can read it while the study loop moves on.
-        self._view: dict[int, dict[float, float]] = {}
 
     def set_ladder(self, ladder: tuple[float, ...], eta: int) -> None:
         """Follow a new plan's rungs (a mode switch): paused trials keep their values."""
@@ -131,7 +127,6 @@ class Promotions:
                 self.finished.add(number)
             return
         self.records[number] = record
-        self._refresh_view()
 
     def dispatched(self, number: int, to: float) -> None:
         """A task runs trial `number` to rung `to` now."""
@@ -157,7 +152,6 @@ class Promotions:
             -MAX_HISTORY:
         ]
         self.reached.setdefault(at, {})[number] = value
-        self._refresh_view()
         return record
 
     def told(self, number: int, value: float | None) -> Record | None:
@@ -167,22 +161,7 @@ class Promotions:
         if value is not None and record is not None and math.isfinite(value):
             self.reached.setdefault(1.0, {})[number] = value
             self.finished.add(number)
-        if record is not None:
-            self._refresh_view()
         return record
-
-    def sampler_view(self) -> dict[int, dict[float, float]]:
-        """The continued trials not told yet, each with its values by rung: the sampler
-        counts them as pruned at their highest rung (`hpod.sampling.paused`), so it learns
-        from them while they wait for promotion. A snapshot: never mutated afterwards."""
-        return self._view
-
-    def _refresh_view(self) -> None:
-        self._view = {
-            n: {rung: v for rung, v in r.values.items() if math.isfinite(v)}
-            for n, r in self.records.items()
-            if r.values
-        }
 
     def is_paused(self, number: int) -> bool:
         """Whether trial `number` waits at a rung (no task running it)."""
