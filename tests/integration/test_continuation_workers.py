@@ -21,7 +21,8 @@ RUNNING = optuna.trial.TrialState.RUNNING
 
 
 def mlp_spec(name: str, trials: int) -> dict[str, Any]:
-    """A small balanced study of the digits MLP over 9 epochs: rungs at 1, 3 and 9 epochs."""
+    """A small balanced study of the digits MLP over 9 epochs: rungs at 1, 3 and 9 epochs
+    (with `continued_modes`)."""
     return {
         "name": name,
         "objective": "mlp_digits",
@@ -33,6 +34,13 @@ def mlp_spec(name: str, trials: int) -> dict[str, Any]:
         "sampler": {"name": "random", "seed": 3},
         "max_concurrent": 2,
     }
+
+
+def continued_modes(tmp_path: Path) -> str:
+    """A modes file that turns continuation on in balanced (no packaged mode continues)."""
+    path = tmp_path / "continued-modes.toml"
+    path.write_text("[balanced]\ncontinuation = [0.111111, 0.333333, 1.0]\n")
+    return str(path)
 
 
 def trials(daemon: Daemon, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -62,13 +70,13 @@ def pause_when_some_paused(daemon: Daemon, name: str, at_least: int) -> None:
 
 
 def test_a_paused_trial_continues_on_another_worker_from_its_checkpoint(
-    rabbitmq: str, start_daemon: DaemonFactory, start_worker
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Worker A runs the first rungs; the study is paused, A stops, worker B takes over:
     the trials promoted then resume on B from A's checkpoints, and a completed trial's
     cost adds up its rungs' increments (one full evaluation's share of the epochs, not
     the 1/9 + 3/9 + 9/9 a re-training ladder would spend)."""
-    daemon = start_daemon("--no-workers", broker_url=rabbitmq)
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq, modes_file=continued_modes(tmp_path))
     first = start_worker(daemon.env, concurrency=1)
     name = "continued"
     assert daemon.request("POST", "/studies", mlp_spec(name, trials=6))[0] == 201
@@ -104,11 +112,11 @@ def test_a_paused_trial_continues_on_another_worker_from_its_checkpoint(
 
 
 def test_a_daemon_killed_with_paused_trials_recovers_and_continues_them(
-    rabbitmq: str, start_daemon: DaemonFactory, start_worker
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL of the daemon while trials wait at a rung: the restarted daemon reads their
     records from the study storage, promotes and prunes them; every trial is told once."""
-    daemon = start_daemon("--no-workers", broker_url=rabbitmq)
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq, modes_file=continued_modes(tmp_path))
     start_worker(daemon.env, concurrency=1)
     name = "continued-restart"
     assert daemon.request("POST", "/studies", mlp_spec(name, trials=5))[0] == 201
