@@ -42,6 +42,12 @@ class Mode(BaseModel):
     pruner: PrunerName = "median"
     #: Keyword arguments of the Optuna pruner (e.g. ``n_startup_trials = 5``).
     pruner_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    #: The pruner in place of `pruner` for objectives that declare step fidelities (epochs,
+    #: passes, rounds they report themselves; `hpod.policies.compose.step_pruner_applies`);
+    #: None: `pruner` prunes those too. A data ladder's objectives keep `pruner`.
+    step_pruner: PrunerName | None = None
+    #: Keyword arguments of the step pruner.
+    step_pruner_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
     #: Aggressive pruning: stop a trial whose intermediate value is worse than the best at
     #: the same step by more than this share of the best's magnitude (0 switches it off).
     threshold: float = Field(default=0.0, ge=0.0, le=10.0)
@@ -126,6 +132,15 @@ def _validate(name: str, table: dict[str, Any], source: str | None) -> Mode:
         mode.ladder,
         mode.threshold,
     )
+    if mode.step_pruner is not None:
+        from hpod.pruners import build_pruners
+
+        try:  # no ladder: a step pruner's steps are the objective's own
+            build_pruners(mode.step_pruner, mode.step_pruner_options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: [{name}].step_pruner_options: {exc}") from exc
+    elif mode.step_pruner_options:
+        raise ConfigError(f"{where}: [{name}].step_pruner_options: given without step_pruner")
     return mode
 
 

@@ -6,11 +6,13 @@ Every plan a study runs under comes from here (issue 13, item 1):
    ``max_concurrent``) winning over them. This is the plan under strategy ``mode``. Its
    continuation rungs apply to objectives that declare ``hpod_resumable``
    (`continuation_applies`); a strategy keeps them.
-2. `compose`: the strategy in force laid over that plan. Its sampler always replaces the
-   mode's. Its pruner and data ladder replace the mode's only where they apply: a strategy
-   chosen by ``auto`` that prunes nothing, or has no ladder, keeps the mode's pruner, or
-   ladder, when the objective's fidelity lets them work. A strategy never silently drops
-   pruning; a strategy the study forces gets exactly what it names.
+2. `compose`: the mode's step pruner in place of its pruner on an objective that reports
+   steps of its own (`step_pruner_applies`), then the strategy in force laid over that
+   plan. Its sampler always replaces the mode's. Its pruner and data ladder replace the
+   mode's only where they apply: a strategy chosen by ``auto`` that prunes nothing, or has
+   no ladder, keeps the mode's pruner (the step pruner on steps), or ladder, when the
+   objective's fidelity lets them work. A strategy never silently drops pruning; a
+   strategy the study forces gets exactly what it names.
 
 The fidelity is the one the objective declares (``hpod_fidelity``, known before the first
 trial), else the one its trials show (`features.infer_fidelity`), else unknown (None).
@@ -70,6 +72,9 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         # A spec that names its pruner gets that pruner on every step, not promotions.
         steps_ladder=tuple(mode.continuation) if spec.pruner is None else (),
         eta=mode.continuation_eta,
+        # Likewise the mode's step pruner: it replaces only the mode's own pruner.
+        step_pruner=mode.step_pruner if spec.pruner is None else None,
+        step_pruner_options=dict(mode.step_pruner_options) if spec.pruner is None else {},
     )
 
 
@@ -80,7 +85,8 @@ def compose(
     *,
     keep_mode_pruning: bool,
 ) -> Plan:
-    """`mode_plan` with `strategy` laid over it (unchanged when there is no strategy).
+    """`mode_plan`, with its step pruner on a step `fidelity` (`for_fidelity`), and
+    `strategy` laid over it (no other change when there is no strategy).
 
     The strategy's sampler, pruner and ladder replace the mode's, and the mode's other knobs,
     the spec's seed and parallelism stay. With `keep_mode_pruning` (a strategy chosen by
@@ -88,6 +94,7 @@ def compose(
     mode's, and one without a ladder keeps the mode's ladder on an objective that subsamples
     and is pruned (see `mode_pruner_applies` and `mode_ladder_applies`).
     """
+    mode_plan = for_fidelity(mode_plan, fidelity)
     if strategy is None:
         return mode_plan
     pruner, pruner_options = strategy.pruner, dict(strategy.pruner_options)
@@ -113,6 +120,25 @@ def compose(
         extra=extra,
         # A forced strategy gets exactly what it names; `auto` keeps the mode's fold rule.
         fold_margin=mode_plan.fold_margin if keep_mode_pruning else 0.0,
+    )
+
+
+def step_pruner_applies(mode_plan: Plan, fidelity: Fidelity | None) -> bool:
+    """Whether the mode's step pruner replaces its pruner: the mode has one and the objective
+    reports steps of its own (epochs, passes, rounds: fidelity "epochs"), not a data ladder's
+    rungs. On unknown fidelity (None) the mode's pruner stays."""
+    return mode_plan.step_pruner is not None and fidelity == "epochs"
+
+
+def for_fidelity(mode_plan: Plan, fidelity: Fidelity | None) -> Plan:
+    """`mode_plan` with its step pruner as the pruner where `step_pruner_applies`."""
+    if not step_pruner_applies(mode_plan, fidelity):
+        return mode_plan
+    return replace(
+        mode_plan,
+        pruner=str(mode_plan.step_pruner),
+        pruner_options=dict(mode_plan.step_pruner_options),
+        extra={**mode_plan.extra, "pruner_for": "steps"},
     )
 
 

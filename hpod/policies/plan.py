@@ -43,6 +43,10 @@ class Plan:
     steps_ladder: tuple[float, ...] = ()
     #: Continuation keeps the best 1/eta of the trials at each rung.
     eta: int = 3
+    #: The mode's pruner for objectives of step fidelity (None: `pruner` prunes them too);
+    #: `hpod.policies.compose` puts it in `pruner` once the fidelity is known.
+    step_pruner: str | None = None
+    step_pruner_options: dict[str, Any] = field(default_factory=dict)
 
     def uses(self, policy: str) -> bool:
         """Whether the efficiency policy named `policy` is in force."""

@@ -18,6 +18,21 @@ def test_the_standard_modes_trade_compute_for_quality() -> None:
     assert modes["thorough"].ladder == [1.0] and modes["thorough"].threshold == 0
 
 
+def test_fast_and_balanced_prune_steps_with_the_median_pruner(tmp_path: Path) -> None:
+    """The validation set's best pruner on steps (docs/benchmarks.md); the data ladder keeps
+    successive halving, and an operator's file may name another step pruner."""
+    modes = load_modes(None)
+    for name in ("fast", "balanced"):
+        assert (modes[name].step_pruner, modes[name].pruner) == ("median", "successive_halving")
+    assert modes["thorough"].step_pruner is None
+    path = tmp_path / "modes.toml"
+    path.write_text(
+        "[fast]\nstep_pruner = 'percentile'\nstep_pruner_options = { percentile = 40.0 }\n"
+    )
+    fast = load_modes(str(path))["fast"]
+    assert (fast.step_pruner, fast.step_pruner_options) == ("percentile", {"percentile": 40.0})
+
+
 def test_an_operator_adds_a_mode_and_changes_one(tmp_path: Path) -> None:
     """A new table is a new mode; a packaged mode's table changes only the keys it gives."""
     path = tmp_path / "modes.toml"
@@ -37,6 +52,9 @@ def test_an_operator_adds_a_mode_and_changes_one(tmp_path: Path) -> None:
         ("[fast]\npruner = 'oracle'\n", "[fast].pruner"),
         ("[fast]\npruner_options = { bogus = 1 }\n", "[fast].pruner_options"),
         ("[fast]\nsampler_options = { bogus = 1 }\n", "[fast].sampler_options"),
+        ("[fast]\nstep_pruner = 'oracle'\n", "[fast].step_pruner"),
+        ("[fast]\nstep_pruner_options = { bogus = 1 }\n", "[fast].step_pruner_options"),
+        ("[thorough]\nstep_pruner_options = { patience = 2 }\n", "without step_pruner"),
         ("[fast]\npolicies = ['cache', 'magic']\n", "[fast].policies"),
         ("[fast]\nunknown_knob = 1\n", "[fast].unknown_knob"),
         ("fast = 3\n", "[fast] must be a table"),

@@ -59,11 +59,51 @@ def test_auto_keeps_the_modes_pruner_and_ladder_when_its_strategy_prunes_nothing
     assert plan.extra == {"strategy": "qmc", "kept_from_mode": ["pruner", "ladder"]}
 
 
-def test_an_epoch_objective_keeps_the_modes_pruner_but_gets_no_data_ladder() -> None:
-    """Epochs are pruned by the mode's pruner; a data ladder does not apply to them."""
+def test_an_epoch_objective_keeps_the_modes_step_pruner_but_gets_no_data_ladder() -> None:
+    """Epochs are pruned by the mode's step pruner; a data ladder does not apply to them."""
     plan = compose(balanced(), BY_NAME["cmaes"], "epochs", keep_mode_pruning=True)
-    assert (plan.sampler, plan.pruner, plan.ladder) == ("cmaes", "successive_halving", (1.0,))
+    assert (plan.sampler, plan.pruner, plan.ladder) == ("cmaes", "median", (1.0,))
+    assert plan.pruner_options == {}
     assert plan.extra["kept_from_mode"] == ["pruner"]
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "pruner", "options"),
+    [
+        ("epochs", "median", {}),
+        ("data", "successive_halving", {"reduction_factor": 3}),
+        ("none", "successive_halving", {"reduction_factor": 3}),
+        (None, "successive_halving", {"reduction_factor": 3}),
+    ],
+)
+def test_the_step_pruner_replaces_the_modes_pruner_only_on_steps(
+    fidelity: Any, pruner: str, options: dict[str, Any]
+) -> None:
+    """Under strategy `mode` too: an objective reporting its own steps gets the step pruner;
+    the data ladder's objectives, and those of unknown fidelity, keep the mode's pruner."""
+    plan = compose(balanced(), None, fidelity, keep_mode_pruning=False)
+    assert (plan.pruner, plan.pruner_options) == (pruner, options)
+    assert plan.ladder == balanced().ladder  # the worker climbs it only for "data"
+    assert (plan.extra.get("pruner_for") == "steps") == (fidelity == "epochs")
+
+
+def test_a_mode_without_a_step_pruner_prunes_steps_with_its_pruner() -> None:
+    """thorough sets none: its patient pruner prunes epochs as before."""
+    plan = compose_plan(spec(), "thorough", MODES["thorough"], None, "epochs")
+    assert (plan.pruner, plan.pruner_options) == ("patient", {"patience": 3})
+
+
+def test_a_spec_naming_its_pruner_gets_it_on_steps_too() -> None:
+    """The step pruner replaces only the mode's own pruner, never the spec's."""
+    own = spec(pruner={"name": "hyperband"})
+    plan = compose_plan(own, "balanced", MODES["balanced"], None, "epochs")
+    assert plan.pruner == "hyperband" and plan.step_pruner is None
+
+
+def test_a_strategy_that_prunes_wins_over_the_step_pruner() -> None:
+    """tpe-hyperband names its pruner: it replaces the mode's, the step pruner included."""
+    plan = compose(balanced(), BY_NAME["tpe-hyperband"], "epochs", keep_mode_pruning=True)
+    assert plan.pruner == "hyperband"
 
 
 @pytest.mark.parametrize("fidelity", ["none", None])
