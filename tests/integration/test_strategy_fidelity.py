@@ -68,3 +68,33 @@ def test_a_small_budget_balanced_study_on_a_data_objective_prunes_from_its_first
     for t in pruned:
         assert t.user_attrs[COST_ATTR]["pruned_at"] < 1.0
     assert final["efficiency"]["pruned"] >= len(pruned)
+
+
+def test_a_balanced_study_on_a_step_objective_prunes_its_passes_with_the_step_pruner(
+    start_daemon: DaemonFactory,
+) -> None:
+    """sgd_classifier declares a step fidelity (its passes): from the first decision on, the
+    plan's pruner is balanced's step pruner (median), not the data ladder's successive
+    halving, and the worker runs every trial on full data."""
+    daemon = start_daemon()
+    name = "small-sgd"
+    spec = {
+        "name": name,
+        "objective": "sgd_classifier",
+        "objective_kwargs": {"passes": 4, "n_samples": 1000, "n_informative": 6},
+        "space": {"alpha": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}},
+        "budget": {"trials": 6},
+        "mode": "balanced",
+        "sampler": {"seed": 3},
+    }
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    final = daemon.wait_study(name, timeout=300)
+    assert final["n_trials"] == 6, final
+
+    study = load(daemon, name)
+    first = study.user_attrs["hpod:strategy"][0]
+    assert first["fidelity"] == "epochs", first
+    assert first["plan"]["pruner"] == "median", first
+    for t in study.get_trials(deepcopy=False):
+        assert t.user_attrs[COST_ATTR]["fidelity"] == "epochs"
+        assert max(t.intermediate_values, default=0) <= 4  # passes, not the ladder's percents
