@@ -14,6 +14,9 @@ way the fidelity is used differs:
   re-trains either) and is told PRUNED with its intermediate values. For ``boosting`` the
   objective is fitted by warm start up to 6, 17, 50 and 150 rounds, reporting after each
   (`CHECKPOINTS`), and Hyperband's smallest resource is 6 rounds.
+- ``fast``, ``balanced``: plain TPE with the pruners that mode's plan names for an objective
+  of step fidelity (`hpod.policies.compose`, `hpod.pruners.build_pruners`: the step pruner
+  and the mode's threshold), asked the way the worker asks them (`should_prune`).
 - ``continued``: hpod's continuation as the daemon runs it: a trial runs to the first rung of
   its steps and pauses with its state saved (`hpod.checkpoints`); the best 1/eta at a rung
   continue from their checkpoints (`hpod.daemon.promotion`, driven the way the study loop
@@ -60,7 +63,10 @@ from savings import bootstrap_ratio
 
 from hpod.checkpoints import CheckpointStore
 from hpod.daemon.promotion import Promotions
+from hpod.modes import load_modes
+from hpod.policies.compose import compose_plan
 from hpod.pruners import build_pruners, should_prune
+from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
 from hpod.workers.evaluation import Continuation, evaluate, evaluate_continued
 from hpod.workers.objectives import gradient_boosting as gb
@@ -99,6 +105,8 @@ WARM_UP: dict[str, dict[str, Any]] = {
     },
 }
 PRUNERS = ("median", "sha", "hyperband")
+#: Modes whose step pruners run as arms (what the daemon runs on a step-fidelity objective).
+MODE_ARMS = ("fast", "balanced")
 CONTINUED = ("continued", "continued4", "view", "liar")
 
 
@@ -350,7 +358,33 @@ class _TrialReporter:
         return self.trial.should_prune()
 
 
+class ModePruners(optuna.pruners.BasePruner):
+    """A mode's pruners for a step-fidelity objective, asked as the worker asks them."""
+
+    def __init__(self, mode: str) -> None:
+        spec = StudySpec.model_validate(
+            {
+                "name": "bench",
+                "objective": "sgd_classifier",
+                "space": {"x": {"type": "float", "low": 0, "high": 1}},
+                "budget": {"trials": 1},
+            }
+        )
+        plan = compose_plan(spec, mode, load_modes(None)[mode], None, "epochs")
+        self.pruners = build_pruners(
+            plan.pruner, plan.pruner_options, plan.threshold, plan.threshold_min_trials
+        )
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        try:
+            return should_prune(study, trial, self.pruners)
+        finally:
+            study.pruner = self  # should_prune sets each pruner in turn as the study's
+
+
 def pruner_of(arm: str, task: Task) -> optuna.pruners.BasePruner:
+    if arm in MODE_ARMS:
+        return ModePruners(arm)
     if arm == "median":
         return optuna.pruners.MedianPruner()
     if arm == "sha":
@@ -511,6 +545,14 @@ def report(curves: dict[str, dict[int, Curve]], trials: int, rng: np.random.Gene
                     "(paired over seeds; negative: continuation better)"
                 )
     pruners = [a for a in PRUNERS if a in curves]
+    for arm in [a for a in MODE_ARMS if a in curves]:
+        for other in [a for a in ("sha", "median") if a in curves]:
+            low, mid, high = paired_difference(finals[arm], finals[other], rng)
+            ratio = bootstrap_ratio(to_t[other], to_t[arm], rng)
+            print(
+                f"{arm} vs {other}: to T, {other}'s median / {arm}'s = {_cell(ratio)}; "
+                f"final best {arm} - {other}: mean {mid:+.5f} [{low:+.5f}, {high:+.5f}]"
+            )
     for arm in [a for a in CONTINUED if a in curves]:
         for other in pruners:
             ratio = bootstrap_ratio(to_t[other], to_t[arm], rng)
