@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from hpod.daemon.timeline import OVERHEAD_PARTS, mean_parts, valid_parts
+from hpod.daemon.waiting import load_study
 from hpod.engine import (
     BUDGET_ATTR,
     COST_ATTR,
@@ -425,7 +426,7 @@ class StudyStore:
             )
         else:
             sampler = self._reading_sampler(spec)
-        study = optuna.load_study(study_name=spec.name, storage=self.storage, sampler=sampler)
+        study = load_study(spec.name, self.storage, sampler)
         self._studies[spec.name] = study
         idle = [name for name in self._studies if name not in self._plans]
         for name in idle[: max(0, len(idle) - OPEN_STUDIES)]:

@@ -103,15 +103,27 @@ TRIAL_EVENTS = {
 
 async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial) -> None:
     """Publish the event of a trial just told (its state as Optuna recorded it)."""
-    await bus.event(
-        TRIAL_EVENTS[frozen.state],
-        study,
-        trial=result.number,
-        params=frozen.params,
-        values=frozen.values,
-        error=result.error or frozen.user_attrs.get(ERROR_ATTR),
-        duration=result.duration,
-        **result.extra,
+    await publish_told_many(bus, study, [(result, frozen)])
+
+
+async def publish_told_many(bus: Bus, study: str, told: list[tuple[Result, FrozenTrial]]) -> None:
+    """Publish the events of trials just told, in order, in one call to the bus."""
+    await bus.events(
+        [
+            (
+                TRIAL_EVENTS[frozen.state],
+                study,
+                {
+                    "trial": result.number,
+                    "params": frozen.params,
+                    "values": frozen.values,
+                    "error": result.error or frozen.user_attrs.get(ERROR_ATTR),
+                    "duration": result.duration,
+                    **result.extra,
+                },
+            )
+            for result, frozen in told
+        ]
     )
 
 
@@ -813,6 +825,7 @@ class StudyRun:
         told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
         answers: dict[int, bool] = {}
         finished_ids = []
+        to_publish: list[tuple[Result, FrozenTrial]] = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
             self.inflight.pop(result.number, None)
@@ -840,7 +853,8 @@ class StudyRun:
                         cost=outcome.cost,
                     )
                 )
-            await publish_told(self.bus, self.name, result, frozen)
+            to_publish.append((result, frozen))
+        await publish_told_many(self.bus, self.name, to_publish)
         if owed and results:
             numbers = [result.number for result in results]
             await self._timed("storage", self.store.settle_events, self.name, numbers)
