@@ -566,7 +566,7 @@ class StudyRun:
         """Send `trials` to the workers as one task (one trial, or a pack of them).
 
         `daemon`: the daemon's seconds already spent on each trial, by number (its share of
-        the ask, its policy hooks); the publish and the dispatch mark are shared on top."""
+        the ask, its policy hooks); the publish is shared on top."""
         messages = []
         for asked, plan in trials:
             self._forget_task_of(asked.number)
@@ -609,13 +609,8 @@ class StudyRun:
         self._published(flights, time.perf_counter() - publish_started, time.time())
         if asked_at is not None:
             self.metrics.dispatch_latency.observe(time.perf_counter() - asked_at)
-        trial_ids = [asked.trial_id for asked, _ in trials]
-        _, mark_seconds = await self.store.call_timed(
-            self.store.mark_dispatched_many, trial_ids, attempt
-        )
-        self.timings.add("storage", mark_seconds)
-        for flight in flights:
-            flight.daemon += mark_seconds / len(flights)
+        # Durable with the next storage write (`StudyStore.mark_dispatched_soon`).
+        self.store.mark_dispatched_soon([asked.trial_id for asked, _ in trials], attempt)
 
     @staticmethod
     def _published(flights: list[InFlight], seconds: float, at: float) -> None:
