@@ -68,8 +68,8 @@ class InFlight:
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
     plan: dict[str, Any] = field(default_factory=dict)
-    #: The daemon's own seconds on it so far: its share of the ask and of the task's publish
-    #: and dispatch mark, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
+    #: The daemon's own seconds on it so far: its share of the ask and of the task's
+    #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
 
 
