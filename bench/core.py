@@ -6,6 +6,9 @@ Optuna on the same kind of storage), because shared machines are noisy: read the
 
     python bench/core.py [--trials 300] [--amqp amqp://guest:guest@127.0.0.1:5672/%2F]
     python bench/core.py --only wallclock      # just the wall-clock table (~10 min)
+    python bench/core.py --only cpu --trials 1000 [--profile /tmp/daemon.json]
+                                               # the daemon's CPU per trial (~2 min)
+    python bench/core.py --only throughput     # trials/s batched and unbatched (~2 min)
 """
 
 from __future__ import annotations
