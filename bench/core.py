@@ -175,7 +175,12 @@ def bench_throughput(
     env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256")
     daemon = start(["run", "--no-workers"], env)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
-    wait_healthy(env)
+    try:
+        wait_healthy(env)
+    except BaseException:  # never leave a worker consuming the broker's tasks behind
+        worker.kill()
+        daemon.kill()
+        raise
     conn = pika.BlockingConnection(pika.URLParameters(amqp))
     ch = conn.channel()
     ch.exchange_declare("hpod.events", exchange_type="topic", durable=True)
