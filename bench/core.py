@@ -178,8 +178,9 @@ def bench_throughput(
     try:
         wait_healthy(env)
     except BaseException:  # never leave a worker consuming the broker's tasks behind
-        worker.kill()
-        daemon.kill()
+        for proc in (worker, daemon):
+            proc.terminate()
+            proc.wait(timeout=60)
         raise
     conn = pika.BlockingConnection(pika.URLParameters(amqp))
     ch = conn.channel()
