@@ -485,12 +485,7 @@ class StudyRun:
         if limit is not None:
             pack = min(pack, limit)
         if self.budget.trials is not None:
-            left = self.budget.trials - self.n_created
-            # A pack runs its trials one after the other on one worker: never more than an
-            # even share of what is left over the study's slots, so that packing does not
-            # serialise trials that idle workers could run (the end of a study, a budget
-            # of a few packs).
-            pack = min(pack, left, math.ceil(left / max(1, self.plan.parallelism)))
+            pack = min(pack, self.budget.trials - self.n_created)
         affordable = trials_affordable(self.budget, self.spend, len(self.inflight))
         if affordable is not None:
             pack = min(pack, affordable)

@@ -76,21 +76,3 @@ async def test_a_restart_waits_for_a_marked_trial_instead_of_dispatching_it_agai
         assert again == []
     finally:
         await second.close()
-
-
-async def test_a_pack_is_at_most_an_even_share_of_the_trials_left(
-    daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Cheap trials are packed, but never more than the trials left over the study's
-    slots: one worker must not run in a row what idle ones could run beside it."""
-    published = _record_dispatches(daemon, monkeypatch)
-    spec = StudySpec.model_validate(
-        quadratic("p", trials=40, max_concurrent=4, mode="fast", strategy="mode")
-    )
-    await daemon.manager.create(spec)
-    # One trial a task until a time is known; the daemon's max_inflight is 2.
-    await daemon.until(lambda: len(published) == 2)
-    run = daemon.manager.runs["p"]
-    assert run.plan.uses("batching")
-    run.batching.mean_seconds = 0.0001  # 5,000 would fit in the mode's batch_seconds
-    assert run.next_pack_size() == 10  # 38 left over 4 slots
