@@ -6,6 +6,9 @@ Optuna on the same kind of storage), because shared machines are noisy: read the
 
     python bench/core.py [--trials 300] [--amqp amqp://guest:guest@127.0.0.1:5672/%2F]
     python bench/core.py --only wallclock      # just the wall-clock table (~10 min)
+    python bench/core.py --only cpu --trials 1000 [--profile /tmp/daemon.json]
+                                               # the daemon's CPU per trial (~2 min)
+    python bench/core.py --only throughput     # trials/s batched and unbatched (~2 min)
 """
 
 from __future__ import annotations
@@ -163,13 +166,22 @@ def bench_throughput(
     concurrency: int,
     mode: str = "bench-unbatched",
     sampler: str = "random",
-) -> float:
+    profile: Path | None = None,
+) -> tuple[float, float]:
     """Trials/s of the trivial objective through RabbitMQ and Celery on the default durable
-    storage (journal file, group commit), from study request to `study.completed`."""
+    storage (journal file, group commit), from study request to `study.completed`, and the
+    daemon's CPU seconds per trial over that span (its process alone, workers not counted).
+    With `profile`, py-spy samples the daemon meanwhile (`start_profile`)."""
     env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256")
     daemon = start(["run", "--no-workers"], env)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
-    wait_healthy(env)
+    try:
+        wait_healthy(env)
+    except BaseException:  # never leave a worker consuming the broker's tasks behind
+        for proc in (worker, daemon):
+            proc.terminate()
+            proc.wait(timeout=60)
+        raise
     conn = pika.BlockingConnection(pika.URLParameters(amqp))
     ch = conn.channel()
     ch.exchange_declare("hpod.events", exchange_type="topic", durable=True)
@@ -177,7 +189,9 @@ def bench_throughput(
     ch.queue_bind(events, "hpod.events", routing_key="study.completed")
     time.sleep(3)  # let the worker connect, so its start-up is not counted
     name = f"throughput-{uuid.uuid4().hex[:8]}"
+    spy = start_profile(daemon.pid, profile) if profile else None
     try:
+        cpu0 = daemon_cpu(daemon.pid)
         t0 = time.perf_counter()
         message = create_message(name, trials, 32, "quadratic", mode, sampler)
         ch.basic_publish("", "hpod.requests", message)
@@ -186,8 +200,11 @@ def bench_throughput(
             if method is not None and json.loads(body)["study"] == name:
                 break
             conn.process_data_events(time_limit=0.05)
-        return trials / (time.perf_counter() - t0)
+        rate = trials / (time.perf_counter() - t0)
+        return rate, (daemon_cpu(daemon.pid) - cpu0) / trials
     finally:
+        if spy is not None:
+            stop_profile(spy)
         conn.close()
         stop(worker)
         stop(daemon)
@@ -195,8 +212,9 @@ def bench_throughput(
 
 def baseline_plain_optuna(
     tmp: Path, trials: int, kind: str = "wal", sampler: str = "random"
-) -> float:
-    """Plain Optuna ask + tell of the same objective, in one process, on a local storage."""
+) -> tuple[float, float]:
+    """Plain Optuna ask + tell of the same objective, in one process, on a local storage:
+    trials/s and the process's CPU seconds per trial."""
     import sqlite3
 
     from optuna.storages import JournalStorage
@@ -217,12 +235,113 @@ def baseline_plain_optuna(
         else optuna.samplers.TPESampler(seed=0)
     )
     study = optuna.create_study(storage=storage, sampler=chosen)
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     for _ in range(trials):
         trial = study.ask()
         x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
         study.tell(trial, (x - 0.5) ** 2 + (y - 0.5) ** 2)
-    return trials / (time.perf_counter() - t0)
+    return trials / (time.perf_counter() - t0), (time.process_time() - cpu0) / trials
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """Sample process `pid` with py-spy (the thread holding the GIL, 200 Hz) into `out` (a
+    flame graph SVG, or speedscope JSON when `out` ends in .json) until `stop_profile`."""
+    fmt = "speedscope" if out.suffix == ".json" else "flamegraph"
+    spy_bin = str(Path(sys.executable).with_name("py-spy"))
+    argv = [spy_bin, "record", "-p", str(pid), "-r", "200", "--gil", "-f", fmt, "-o", str(out)]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached before anything is timed
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    """Stop py-spy; it writes its file on SIGINT."""
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+
+
+def cpu_table(
+    amqp: str, tmp: Path, trials: int, concurrency: int, profile: Path | None = None
+) -> str:
+    """The daemon's CPU per trial, unbatched, beside plain Optuna's sampler + storage CPU.
+
+    One daemon on RabbitMQ with a Celery worker of `concurrency` processes; per sampler, a
+    warm-up study, then a study of `trials` trivial trials (no sleep), `concurrency` in
+    flight. Process CPU time of the daemon alone is robust to a shared machine, unlike
+    wall-clock. Plain Optuna: ask + tell in one process on a journal file, the same
+    sampler, one trial at a time (its lowest CPU per trial: no threads).
+    """
+    env = env_for(tmp / "cpu", broker_url=amqp, max_inflight="64")
+    daemon = start(["run", "--no-workers"], env)
+    worker = start(["worker", "-c", str(concurrency), "-n", f"cpu-{os.getpid()}@%h"], env)
+    lines = [
+        f"{trials} trials of `quadratic` (no sleep), unbatched, {concurrency} in flight, "
+        f"RabbitMQ + a Celery worker of {concurrency} processes; plain Optuna: ask + tell "
+        "in one process, journal file, one trial at a time.",
+        "",
+        "| sampler | daemon CPU ms/trial | plain Optuna CPU ms/trial | ratio | hpod trials/s "
+        "| plain trials/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    try:
+        wait_healthy(env)
+        time.sleep(3)
+        hpod_wallclock(env, daemon.pid, 0.0, 20, concurrency, "random")  # warm-up
+        for sampler in ("random", "tpe"):
+            out = (
+                profile.with_name(f"{profile.stem}-{sampler}{profile.suffix}") if profile else None
+            )
+            spy = start_profile(daemon.pid, out) if out else None
+            try:
+                h = hpod_wallclock(env, daemon.pid, 0.0, trials, concurrency, sampler, amqp)
+            finally:
+                if spy is not None:
+                    stop_profile(spy)
+            rate, cpu = baseline_plain_optuna(tmp, trials, "journal", sampler)
+            row = (
+                f"| {sampler} | {h['daemon_cpu'] / trials * 1000:.2f} | {cpu * 1000:.2f} "
+                f"| {h['daemon_cpu'] / trials / cpu:.2f}x | {trials / h['wall']:.0f} "
+                f"| {rate:.0f} |"
+            )
+            print(row, flush=True)
+            lines.append(row)
+    finally:
+        stop(worker)
+        stop(daemon)
+    return "\n".join(lines)
+
+
+def throughput_table(
+    amqp: str, tmp: Path, trials: int, concurrency: int, profile: Path | None = None
+) -> str:
+    """Trials/s and daemon CPU per trial, batched (random, QMC) and unbatched, beside plain
+    Optuna's in-process journal file measured in the same run."""
+    runs = [
+        ("hpod, batching off, random sampler", "bench-unbatched", "random"),
+        ("hpod, batching on, random sampler", "bench-batched", "random"),
+        ("hpod, batching on, QMC sampler", "bench-batched", "qmc"),
+    ]
+    measured: list[tuple[str, float, float]] = []
+    for label, mode, sampler in runs:
+        out = profile and profile.with_name(f"{profile.stem}-{mode}-{sampler}{profile.suffix}")
+        rate, cpu = bench_throughput(amqp, tmp, trials, concurrency, mode, sampler, out)
+        measured.append((label, rate, cpu))
+        print(measured[-1], flush=True)
+    base, base_cpu = baseline_plain_optuna(tmp, trials, "journal")
+    measured.append(("plain Optuna in-process, journal file, random sampler", base, base_cpu))
+    lines = [
+        f"{trials} trivial trials, RabbitMQ + a Celery worker of {concurrency} processes, "
+        "every result durable before its ack; CPU: the daemon process alone (hpod), the "
+        "whole process (plain).",
+        "",
+        "| path | trials/s | vs plain journal | CPU ms/trial |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {label} | {rate:.0f} | {rate / base:.2f}x | {cpu * 1000:.2f} |"
+        for label, rate, cpu in measured
+    ]
+    return "\n".join(lines)
 
 
 def bench_idle_memory(tmp: Path) -> tuple[float, bool]:
@@ -257,30 +376,35 @@ def overhead_table(amqp: str, tmp: Path, trials: int, concurrency: int) -> str:
         ("hpod, RabbitMQ + Celery, batching on, QMC sampler", "bench-batched", "qmc"),
         ("hpod, RabbitMQ + Celery, batching on, default TPE", "bench-batched", "tpe"),
     ]
-    measured = [
-        (label, bench_throughput(amqp, tmp, trials, concurrency, m, s)) for label, m, s in runs
+    measured: list[tuple[str, float, float | None]] = [
+        (label, *bench_throughput(amqp, tmp, trials, concurrency, m, s)) for label, m, s in runs
     ]
-    base = baseline_plain_optuna(tmp, trials, "journal")
+    base, base_cpu = baseline_plain_optuna(tmp, trials, "journal")
     measured += [
-        ("plain Optuna in-process, journal file, random sampler", base),
+        ("plain Optuna in-process, journal file, random sampler", base, base_cpu),
         (
             "plain Optuna in-process, SQLite, random sampler",
-            baseline_plain_optuna(tmp, trials, "sqlite"),
+            *baseline_plain_optuna(tmp, trials, "sqlite"),
         ),
         (
             "plain Optuna in-process, journal file, default TPE",
-            baseline_plain_optuna(tmp, trials, "journal", "tpe"),
+            *baseline_plain_optuna(tmp, trials, "journal", "tpe"),
         ),
     ]
     lines = [
         f"{trials} trials of the trivial `quadratic` objective; hpod: {concurrency} Celery "
         "worker processes, every result durably stored (journal file, group commit) before "
-        "its message is acknowledged; plain Optuna: one process, one durable write per call.",
+        "its message is acknowledged; plain Optuna: one process, one durable write per call. "
+        "CPU ms/trial: the daemon process alone for hpod (workers not counted), the whole "
+        "process for plain Optuna (sampler, storage and the objective).",
         "",
-        "| path | trials/s | vs plain Optuna, journal, random |",
-        "|---|---:|---:|",
+        "| path | trials/s | vs plain Optuna, journal, random | CPU ms/trial |",
+        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {label} | {rate:.0f} | {rate / base:.2f}x |" for label, rate in measured]
+    lines += [
+        f"| {label} | {rate:.0f} | {rate / base:.2f}x | {cpu * 1000:.2f} |"
+        for label, rate, cpu in measured
+    ]
     return "\n".join(lines)
 
 
@@ -306,11 +430,18 @@ def daemon_cpu(pid: int) -> float:
 
 
 def hpod_wallclock(
-    env: dict[str, str], daemon_pid: int, sleep: float, trials: int, workers: int, sampler: str
+    env: dict[str, str],
+    daemon_pid: int,
+    sleep: float,
+    trials: int,
+    workers: int,
+    sampler: str,
+    amqp: str | None = None,
 ) -> dict[str, float]:
     """One study of `quadratic` sleeping `sleep` s per trial, `workers` trials in flight:
     seconds from the request to the daemon's `completed`, daemon CPU seconds, and the
-    timeline's mean hpod share per trial (daemon + transport, `hpod.daemon.timeline`)."""
+    timeline's mean hpod share per trial (daemon + transport, `hpod.daemon.timeline`). With
+    `amqp`, the end is watched on the broker, else on the daemon's HTTP event stream."""
     name = f"wall-{uuid.uuid4().hex[:8]}"
     study = {
         "name": name,
@@ -322,21 +453,44 @@ def hpod_wallclock(
         "sampler": {"name": sampler, "seed": 0},
         "mode": "bench-unbatched",
     }
-    # The end is read from the daemon's event stream, not by polling: a poll costs the
-    # daemon CPU (a status document) and would be counted as its own.
-    url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}/events?study={name}"
-    with urllib.request.urlopen(url, timeout=600) as stream:
-        cpu0 = daemon_cpu(daemon_pid)
-        t0 = time.perf_counter()
-        http_call(env, "POST", "/studies", study)
-        for line in stream:
-            if (
-                line.startswith(b"data: ")
-                and json.loads(line[6:]).get("event") == "study.completed"
-            ):
-                break
-        wall = time.perf_counter() - t0
-        cpu = daemon_cpu(daemon_pid) - cpu0
+    if amqp is not None:
+        # The end is read from the broker's events exchange, which the daemon publishes to
+        # anyway: watching costs it nothing (an event stream over HTTP costs it a write per
+        # event, about 5 % of its CPU per trivial trial).
+        conn = pika.BlockingConnection(pika.URLParameters(amqp))
+        ch = conn.channel()
+        ch.exchange_declare("hpod.events", exchange_type="topic", durable=True)
+        events = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(events, "hpod.events", routing_key="study.completed")
+        try:
+            cpu0 = daemon_cpu(daemon_pid)
+            t0 = time.perf_counter()
+            http_call(env, "POST", "/studies", study)
+            while True:
+                method, _props, body = ch.basic_get(events, auto_ack=True)
+                if method is not None and json.loads(body)["study"] == name:
+                    break
+                conn.process_data_events(time_limit=0.01)
+            wall = time.perf_counter() - t0
+            cpu = daemon_cpu(daemon_pid) - cpu0
+        finally:
+            conn.close()
+    else:
+        # The end is read from the daemon's event stream, not by polling: a poll costs the
+        # daemon CPU (a status document) and would be counted as its own.
+        url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}/events?study={name}"
+        with urllib.request.urlopen(url, timeout=600) as stream:
+            cpu0 = daemon_cpu(daemon_pid)
+            t0 = time.perf_counter()
+            http_call(env, "POST", "/studies", study)
+            for line in stream:
+                if (
+                    line.startswith(b"data: ")
+                    and json.loads(line[6:]).get("event") == "study.completed"
+                ):
+                    break
+            wall = time.perf_counter() - t0
+            cpu = daemon_cpu(daemon_pid) - cpu0
     status = http_call(env, "GET", f"/studies/{name}")
     per_trial = (status.get("efficiency") or {}).get("time_per_trial") or {}
     return {
@@ -454,8 +608,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["wallclock"],
-        help="only this measurement (wallclock: hpod's wall-clock against plain Optuna's)",
+        choices=["wallclock", "cpu", "throughput"],
+        help="only this measurement (wallclock: hpod's wall-clock against plain Optuna's; "
+        "cpu: the daemon's CPU per trial; throughput: trials/s batched and unbatched)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="with --only cpu or throughput: py-spy profiles of the daemon, one per run, "
+        "named after this path",
     )
     parser.add_argument(
         "--workers", default="1,4", help="worker counts of the wall-clock table (default 1,4)"
@@ -466,6 +627,14 @@ def main() -> None:
         tmp = Path(d)
         if args.memory_only:
             print_idle_memory(tmp)
+            return
+        if args.only == "cpu":
+            table = cpu_table(args.amqp, tmp, args.trials, args.concurrency, args.profile)
+            write_section(Path(args.out), "cpu", table)
+            return
+        if args.only == "throughput":
+            table = throughput_table(args.amqp, tmp, args.trials, args.concurrency, args.profile)
+            write_section(Path(args.out), "throughput", table)
             return
         if args.only == "wallclock":
             write_section(Path(args.out), "wallclock", wallclock_table(args.amqp, tmp, counts))
@@ -479,7 +648,7 @@ def main() -> None:
         rows = overhead_table(args.amqp, tmp, args.trials, args.concurrency)
         print(rows)
         write_section(Path(args.out), "overhead", rows)
-        rates = {k: baseline_plain_optuna(tmp, 200, k) for k in ("sqlite", "wal", "journal")}
+        rates = {k: baseline_plain_optuna(tmp, 200, k)[0] for k in ("sqlite", "wal", "journal")}
         print(
             "default-storage choice, plain Optuna random ask+tell, 200 trials: "
             + ", ".join(f"{k} {v:.0f} trials/s" for k, v in rates.items())

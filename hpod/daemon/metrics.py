@@ -120,8 +120,8 @@ class Metrics:
         # cost; queue and pack waits are waiting for workers; evaluation is the objective.
         self.trial_time = Histogram(
             "hpod_trial_time_seconds",
-            "A dispatched trial's time by part: daemon (its share of ask, policies, publish "
-            "and dispatch mark), queue_wait, pack_wait, evaluation, transport.",
+            "A dispatched trial's time by part: daemon (its share of ask, policies and "
+            "publish), queue_wait, pack_wait, evaluation, transport.",
             ["part"],
             buckets=tuple(sorted({*LATENCY_BUCKETS, *DURATION_BUCKETS})),
             registry=r,

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import statistics
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from hpod.daemon.timeline import OVERHEAD_PARTS, mean_parts, valid_parts
+from hpod.daemon.waiting import load_study
 from hpod.engine import (
     BUDGET_ATTR,
     COST_ATTR,
@@ -64,6 +66,9 @@ EVENTS_OWED_ATTR = "hpod:events_owed"
 #: Optuna study objects kept open for studies without a running loop (status, direct tells);
 #: those of running loops are always kept (their samplers carry state).
 OPEN_STUDIES = 64
+#: Seconds a dispatch mark waits to share the durable write of the daemon's next storage call
+#: (an ask, a tell) before it is written on its own (`StudyStore.mark_dispatched_soon`).
+MARK_DELAY = 0.1
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -132,6 +137,11 @@ class StudyStore:
         #: The last storage fault (`repr`), None once storage works again.
         self.fault: str | None = None
         self._marked = 0
+        #: Dispatch marks not yet written, (trial id, attempt): added on the event loop,
+        #: written on the Optuna thread by the next call (`_guarded`).
+        self._marks: list[tuple[int, int]] = []
+        self._marks_lock = threading.Lock()
+        self._mark_timer: asyncio.TimerHandle | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the Optuna thread and await its result."""
@@ -140,11 +150,14 @@ class StudyStore:
         )
 
     def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """Call `fn` on the Optuna thread: heal a broken journal first, record faults."""
+        """Call `fn` on the Optuna thread: heal a broken journal first, record faults; the
+        dispatch marks waiting are written in the same durable write group as `fn`'s."""
         self._heal()
         commits = self._commits()
+        with self._marks_lock:
+            marks, self._marks = self._marks, []
         try:
-            result = fn(*args)
+            result = self._with_marks(marks, fn, args) if marks else fn(*args)
         except Exception as exc:
             if is_storage_fault(exc):
                 self.fault = f"{type(exc).__name__}: {exc}"
@@ -153,6 +166,53 @@ class StudyStore:
             log.info("storage.recovered", after=self.fault)
             self.fault = None
         return result
+
+    def _with_marks(
+        self, marks: list[tuple[int, int]], fn: Callable[..., T], args: tuple[Any, ...]
+    ) -> T:
+        """Write `marks`, then call `fn`, in one durable write group. Marks that did not
+        become durable (their write, or the group's commit, failed) wait for the next call."""
+        written = False
+        try:
+            with storage_group(self.storage):
+                for trial_id, attempt in marks:
+                    with contextlib.suppress(KeyError):  # a trial a failed write lost
+                        self.mark_dispatched(trial_id, attempt)
+                written = True
+                return fn(*args)
+        except BaseException:
+            journal = self._journal()
+            if not written or (journal is not None and journal.broken):
+                with self._marks_lock:
+                    self._marks[:0] = marks
+            raise
+
+    def mark_dispatched_soon(self, trial_ids: list[int], attempt: int) -> None:
+        """On the event loop: record that these trials' task reached the broker (so a restart
+        waits for their results rather than dispatching them again).
+
+        The mark rides on the durable write of the daemon's next storage call (the next ask
+        or tell, usually within milliseconds), or is written on its own after `MARK_DELAY`:
+        one write and one thread hop fewer per dispatch. A crash before it is written costs
+        at most a second evaluation of those trials after the restart (told once, as any
+        redelivered result): the mark's purpose, not evaluating a dispatched trial again, is
+        kept for every trial older than `MARK_DELAY`.
+        """
+        with self._marks_lock:
+            self._marks.extend((trial_id, attempt) for trial_id in trial_ids)
+        if self._mark_timer is None:
+            self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._flush_marks)
+
+    def _flush_marks(self) -> None:
+        """On the event loop, `MARK_DELAY` after a mark: write the marks still waiting."""
+        self._mark_timer = None
+        if not self._marks:
+            return
+        try:
+            future = self._thread.submit(self._guarded, _nothing, ())
+        except RuntimeError:  # shutting down: `close` writes them
+            return
+        future.add_done_callback(_log_failed_marks)
 
     def mark(self) -> None:
         """Record how much of the journal file is known written (see `hpod.journal.write_mark`),
@@ -234,7 +294,9 @@ class StudyStore:
         return await self.call(timed)
 
     def close(self) -> None:
-        """Finish pending calls and release the thread."""
+        """Write the dispatch marks still waiting, finish pending calls, release the thread."""
+        if self._marks:
+            self._thread.submit(self._guarded, _nothing, ()).add_done_callback(_log_failed_marks)
         self._thread.shutdown(wait=True)
 
     # --- studies -----------------------------------------------------------------------
@@ -425,7 +487,7 @@ class StudyStore:
             )
         else:
             sampler = self._reading_sampler(spec)
-        study = optuna.load_study(study_name=spec.name, storage=self.storage, sampler=sampler)
+        study = load_study(spec.name, self.storage, sampler)
         self._studies[spec.name] = study
         idle = [name for name in self._studies if name not in self._plans]
         for name in idle[: max(0, len(idle) - OPEN_STUDIES)]:
@@ -705,6 +767,17 @@ class StudyStore:
                 else None
             ),
         }
+
+
+def _nothing() -> None:
+    """A call that only carries the dispatch marks waiting (`StudyStore._guarded`)."""
+
+
+def _log_failed_marks(future: Any) -> None:
+    """Log a failed write of dispatch marks (they wait for the next call)."""
+    exc = future.exception()
+    if exc is not None:
+        log.warning("storage.marks_deferred", error=repr(exc))
 
 
 def _time_per_trial(times: list[dict[str, float]]) -> dict[str, Any] | None:

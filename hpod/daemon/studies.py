@@ -68,8 +68,8 @@ class InFlight:
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
     plan: dict[str, Any] = field(default_factory=dict)
-    #: The daemon's own seconds on it so far: its share of the ask and of the task's publish
-    #: and dispatch mark, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
+    #: The daemon's own seconds on it so far: its share of the ask and of the task's
+    #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
 
 
@@ -103,15 +103,27 @@ TRIAL_EVENTS = {
 
 async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial) -> None:
     """Publish the event of a trial just told (its state as Optuna recorded it)."""
-    await bus.event(
-        TRIAL_EVENTS[frozen.state],
-        study,
-        trial=result.number,
-        params=frozen.params,
-        values=frozen.values,
-        error=result.error or frozen.user_attrs.get(ERROR_ATTR),
-        duration=result.duration,
-        **result.extra,
+    await publish_told_many(bus, study, [(result, frozen)])
+
+
+async def publish_told_many(bus: Bus, study: str, told: list[tuple[Result, FrozenTrial]]) -> None:
+    """Publish the events of trials just told, in order, in one call to the bus."""
+    await bus.events(
+        [
+            (
+                TRIAL_EVENTS[frozen.state],
+                study,
+                {
+                    "trial": result.number,
+                    "params": frozen.params,
+                    "values": frozen.values,
+                    "error": result.error or frozen.user_attrs.get(ERROR_ATTR),
+                    "duration": result.duration,
+                    **result.extra,
+                },
+            )
+            for result, frozen in told
+        ]
     )
 
 
@@ -554,7 +566,7 @@ class StudyRun:
         """Send `trials` to the workers as one task (one trial, or a pack of them).
 
         `daemon`: the daemon's seconds already spent on each trial, by number (its share of
-        the ask, its policy hooks); the publish and the dispatch mark are shared on top."""
+        the ask, its policy hooks); the publish is shared on top."""
         messages = []
         for asked, plan in trials:
             self._forget_task_of(asked.number)
@@ -597,13 +609,8 @@ class StudyRun:
         self._published(flights, time.perf_counter() - publish_started, time.time())
         if asked_at is not None:
             self.metrics.dispatch_latency.observe(time.perf_counter() - asked_at)
-        trial_ids = [asked.trial_id for asked, _ in trials]
-        _, mark_seconds = await self.store.call_timed(
-            self.store.mark_dispatched_many, trial_ids, attempt
-        )
-        self.timings.add("storage", mark_seconds)
-        for flight in flights:
-            flight.daemon += mark_seconds / len(flights)
+        # Durable with the next storage write (`StudyStore.mark_dispatched_soon`).
+        self.store.mark_dispatched_soon([asked.trial_id for asked, _ in trials], attempt)
 
     @staticmethod
     def _published(flights: list[InFlight], seconds: float, at: float) -> None:
@@ -813,6 +820,7 @@ class StudyRun:
         told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
         answers: dict[int, bool] = {}
         finished_ids = []
+        to_publish: list[tuple[Result, FrozenTrial]] = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
             self.inflight.pop(result.number, None)
@@ -840,7 +848,8 @@ class StudyRun:
                         cost=outcome.cost,
                     )
                 )
-            await publish_told(self.bus, self.name, result, frozen)
+            to_publish.append((result, frozen))
+        await publish_told_many(self.bus, self.name, to_publish)
         if owed and results:
             numbers = [result.number for result in results]
             await self._timed("storage", self.store.settle_events, self.name, numbers)

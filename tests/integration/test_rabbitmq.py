@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
-from conftest import DaemonFactory, quadratic_spec
+from conftest import DaemonFactory, hpod_env, quadratic_spec
+
+from hpod.config import load_settings
+from hpod.daemon.bus import Bus
+from hpod.workers.app import make_celery
 
 pytestmark = pytest.mark.broker
 
@@ -185,3 +191,67 @@ def test_a_strategy_switch_over_the_queue_is_decided_and_published(
     assert switched["study"] == "amqp-strategy" and switched["strategy"] == "qmc"
     events.until(lambda e: e["event"] == "study.completed")
     events.close()
+
+
+def test_tasks_the_bus_publishes_are_celery_messages_a_stock_worker_runs(
+    rabbitmq: str, tmp_path: Path, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon publishes task messages with Celery's own message builder on a kept kombu
+    producer (`Bus._send_task`, not `Celery.send_task`): a real worker runs a single task
+    and a pack from them and answers each trial on hpod.results; the message carries
+    Celery's headers (task name, id, time limits)."""
+    env = hpod_env(tmp_path / "data", broker_url=rabbitmq)
+    for key, value in env.items():
+        if key.startswith("HPOD_"):
+            monkeypatch.setenv(key, value)
+    settings = load_settings()
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq))
+    channel = connection.channel()
+    for name in ("hpod.trials", "hpod.results"):
+        channel.queue_declare(name, durable=True)
+        channel.queue_purge(name)
+    study = f"bus-{uuid.uuid4().hex[:6]}"
+
+    def task(number: int) -> dict[str, Any]:
+        return {
+            "study": study,
+            "trial_id": 100 + number,
+            "number": number,
+            "params": {"x": 0.5, "y": float(number)},
+            "objective": "quadratic",
+            "objective_kwargs": {},
+            "attempt": 1,
+            "plan": {},
+        }
+
+    async def send() -> None:
+        bus = Bus(settings, make_celery(settings))
+        try:
+            await bus.dispatch(task(0), soft_limit=30, hard_limit=60)
+            await bus.dispatch_pack([task(1), task(2)], soft_limit=60, hard_limit=90)
+        finally:
+            bus.close()
+
+    asyncio.run(send())
+    method, props, body = channel.basic_get("hpod.trials", auto_ack=False)
+    assert method is not None
+    assert props.headers["task"] == "hpod.evaluate"
+    assert props.headers["timelimit"] == [60, 30]
+    assert props.correlation_id == props.headers["id"]
+    assert json.loads(body)[1]["number"] == 0
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    start_worker(env)
+    answered: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + 60
+    while len(answered) < 3 and time.monotonic() < deadline:
+        method, _props, body = channel.basic_get("hpod.results", auto_ack=True)
+        if method is None:
+            connection.process_data_events(time_limit=0.2)
+            continue
+        message = json.loads(body)
+        for result in message.get("results", [message]):
+            answered[result["number"]] = result
+    connection.close()
+    assert sorted(answered) == [0, 1, 2]
+    assert all(r["state"] == "complete" and r["study"] == study for r in answered.values())
+    assert answered[2]["values"] == [pytest.approx(2.25)]

@@ -268,19 +268,11 @@ async def test_a_create_whose_last_commit_landed_though_it_failed_starts_on_the_
 async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
     daemon: Daemonless, refused: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A task is published before its dispatch mark is written; PostgreSQL goes away in
-    between, so the mark is lost and the loop crashes. The worker's result, arriving while
-    no loop runs, was refused as "attempt 1 was never dispatched (latest 0)" and the trial
-    evaluated again by the restarted loop. The stored mark can lag one attempt behind what
-    was published: the result is told, and the restarted loop dispatches nothing again."""
-    restart_gate = asyncio.Event()
-    original_restart = StudyManager._restart
-
-    async def held_restart(self: StudyManager, spec: StudySpec, delay: float) -> None:
-        await restart_gate.wait()
-        await original_restart(self, spec, delay)
-
-    monkeypatch.setattr(StudyManager, "_restart", held_restart)
+    """A task is published before its dispatch mark is written, and the mark rides on a
+    later durable write (`StudyStore.mark_dispatched_soon`); PostgreSQL refuses that write.
+    The mark waits for the next write instead of being lost, the loop goes on (before, a
+    lost mark crashed it and the worker's result was refused as "attempt 1 was never
+    dispatched"), and the result is told once: the trial is not evaluated again."""
     published: list[dict[str, Any]] = []
     bus = daemon.bus
     real_dispatch, real_pack = bus.dispatch, bus.dispatch_pack
@@ -296,16 +288,24 @@ async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
     monkeypatch.setattr(bus, "dispatch", dispatch)
     monkeypatch.setattr(bus, "dispatch_pack", dispatch_pack)
     left = [commit_error()]
-    real_mark = daemon.store.mark_dispatched_many
+    real_mark = daemon.store.mark_dispatched
 
-    def mark_lost(trial_ids: list[int], attempt: int) -> None:
+    def mark_lost(trial_id: int, attempt: int) -> None:
         if left:
             raise left.pop()
-        real_mark(trial_ids, attempt)
+        real_mark(trial_id, attempt)
 
-    monkeypatch.setattr(daemon.store, "mark_dispatched_many", mark_lost)
+    monkeypatch.setattr(daemon.store, "mark_dispatched", mark_lost)
+    crashes: list[BaseException] = []
+    original_failure = StudyManager._on_failure
+
+    def on_failure(self: StudyManager, spec: StudySpec, exc: BaseException) -> None:
+        crashes.append(exc)
+        original_failure(self, spec, exc)
+
+    monkeypatch.setattr(StudyManager, "_on_failure", on_failure)
     await daemon.manager.create(StudySpec.model_validate(quadratic("pg", trials=1)))
-    await daemon.until(lambda: not left and "pg" not in daemon.manager.runs)
+    await daemon.until(lambda: not left and bool(published))
     assert [m["number"] for m in published] == [0]
     for message in published:
         await daemon.manager.on_worker_result(
@@ -316,9 +316,12 @@ async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
             }
         )
     assert refused == []
-    restart_gate.set()
     assert await completed(daemon, "pg") == [0]
     assert [m["number"] for m in published] == [0]  # not evaluated twice
+    assert crashes == []  # the loop never crashed
+    spec = StudySpec.model_validate(quadratic("pg", trials=1))
+    trial = await daemon.store.call(daemon.store.trial, spec, 0)
+    assert trial.user_attrs[DISPATCHED_ATTR] == 1  # written with a later write
 
 
 async def test_a_journal_write_that_stayed_though_it_failed_is_not_told_twice(
