@@ -1,0 +1,162 @@
+"""The README's and docs/' claims that the code alone can hold (issue 17, item 1).
+
+An outside review checked 13 claims of the documents against the code and found 12 wrong. The
+ones a running daemon must show are tested in tests/integration/test_protocol_doc.py (a paused
+study's `trial.ask`, `draining`, non-JSON HTTP bodies, events after a loop ended, SIGHUP and
+`objectives`, the spec's `mode` default, the OpenAPI route table); dead letters in
+tests/integration/test_intake_redelivery.py; a bad ``HPOD_STRATEGIES_FILE`` in
+tests/unit/test_config_files.py. Here: every file and module the documents name exists, one
+source for throughput figures, the modes' one file, what SIGHUP re-reads, how a crashed loop is
+restarted, and how many worker processes `make run` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from hpod.config import RELOADABLE, Settings
+from hpod.daemon import manager
+from hpod.modes import load_modes
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+DOCS = {
+    path.relative_to(ROOT).as_posix(): path.read_text()
+    for path in [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        ROOT / "examples" / "hpod-example-objective" / "README.md",
+    ]
+}
+OPERATIONS = DOCS["docs/operations.md"]
+ARCHITECTURE = DOCS["docs/architecture.md"]
+
+#: Where a file name in backticks may be found: the repository, the package and the folders
+#: whose sections name their files by their base names.
+BASES = [
+    ROOT,
+    *(ROOT / "hpod" / sub for sub in ("", "daemon", "workers", "policies", "policies/strategy")),
+    ROOT / "hpod" / "data" / "strategy",
+    ROOT / "systemd",
+    ROOT / "config",
+]
+#: Named files that are not in the repository: outside it, an example of the reader's own,
+#: or written by a benchmark run.
+ELSEWHERE = {"../shared/ARCHITECTURE.md", "spec.json", "bench/results/savings.json"}
+
+
+def test_every_file_the_documents_name_exists() -> None:
+    """A module or file named in backticks (``daemon/handler.py``, ``hpod/data/modes.toml``)
+    exists, so that a rename that forgets a document fails here (the review found modes said
+    to be read from a ``config/modes.toml`` that did not exist)."""
+    named = re.compile(r"`([A-Za-z_.][\w./-]*\.(?:py|toml|md|json|service))`")
+    missing = [
+        f"{doc}: {name}"
+        for doc, text in DOCS.items()
+        for name in set(named.findall(text))
+        if name not in ELSEWHERE and not any((base / name).exists() for base in BASES)
+    ]
+    assert missing == []
+
+
+def test_every_module_the_documents_name_imports() -> None:
+    """A dotted name in a package of hpod (``hpod.workers.registry``, ``python -m
+    hpod.sampling.child``) is a module, or an attribute of one."""
+    packages = {p.name for p in (ROOT / "hpod").iterdir() if (p / "__init__.py").exists()}
+    missing = []
+    for doc, text in DOCS.items():
+        for name in set(re.findall(r"\bhpod(?:\.\w+)+", text)):
+            parts = name.split(".")
+            if parts[1] not in packages:
+                continue  # a queue (hpod.trials), a file (hpod.toml), a client method
+            if not _resolves(parts):
+                missing.append(f"{doc}: {name}")
+    assert missing == []
+
+
+def _resolves(parts: list[str]) -> bool:
+    """Whether ``hpod.a.b[.attr…]`` is a module of the source tree, or a module and a name
+    its source defines (a class, function or constant)."""
+    for n in range(len(parts), 2, -1):
+        path = ROOT.joinpath(*parts[:n])
+        if n == len(parts) and path.is_dir():
+            return True
+        module = path.with_suffix(".py")
+        if module.exists():
+            return n == len(parts) or parts[n] in module.read_text()
+    return len(parts) == 2
+
+
+def test_throughput_figures_live_only_in_benchmarks_md() -> None:
+    """One source for throughput: the latest `make bench` table in docs/benchmarks.md. The
+    review found three different figures in the README, config.py and architecture.md."""
+    figure = re.compile(r"\d[\d,.]*\s*(?:trials?/s|trials? (?:a|per) second)", re.I)
+    places = {
+        **{doc: text for doc, text in DOCS.items() if doc != "docs/benchmarks.md"},
+        "hpod/config.py": (ROOT / "hpod" / "config.py").read_text(),
+        "config/hpod.toml": (ROOT / "config" / "hpod.toml").read_text(),
+    }
+    found = {doc: figure.findall(text) for doc, text in places.items() if figure.search(text)}
+    assert found == {}
+    assert "benchmarks.md#throughput-and-overhead" in README
+    assert "benchmarks.md#throughput-and-overhead" in ARCHITECTURE
+    assert "## Throughput and overhead" in DOCS["docs/benchmarks.md"]
+
+
+def test_modes_are_defined_in_the_packaged_file_the_docs_name() -> None:
+    """The standard modes come from ``hpod/data/modes.toml``, the file every document names
+    as their one place; no second copy of them sits in config/."""
+    packaged = ROOT / "hpod" / "data" / "modes.toml"
+    assert {"fast", "balanced", "thorough"} <= set(load_modes(None))
+    for name in ("fast", "balanced", "thorough"):
+        assert re.search(rf"^\[{name}\]$", packaged.read_text(), re.M), name
+    assert not list((ROOT / "config").glob("*modes*"))
+    for doc in ("README.md", "docs/operations.md", "docs/policies.md", "docs/protocol.md"):
+        assert "`hpod/data/modes.toml`" in DOCS[doc], doc
+
+
+def test_the_reload_section_lists_what_sighup_applies() -> None:
+    """docs/operations.md's reload section names exactly the settings SIGHUP applies
+    (`hpod.config.RELOADABLE`), `objectives` among them, and says the strategies file is read
+    at start only."""
+    section = OPERATIONS[OPERATIONS.index("## Reload settings and modes") :]
+    section = section[: section.index("\n## ", 1)]
+    applied = section[section.index("applies without a restart:") : section.index("The log line")]
+    listed = set(re.findall(r"`(\w+)`", applied))
+    assert listed == set(RELOADABLE)
+    assert "objectives" in RELOADABLE
+    strategies = OPERATIONS[OPERATIONS.index("`HPOD_STRATEGIES_FILE` (in `hpod.env`)") :]
+    assert "read at start only" in strategies[:200]
+    assert re.search(r"`HPOD_STRATEGIES_FILE` \| unset \|[^|]*read at start", README)
+    assert re.search(r"`HPOD_MODES_FILE` \| unset \|[^|]*reloaded on SIGHUP", README)
+
+
+def test_a_failed_loop_is_restarted_with_the_documented_back_off() -> None:
+    """architecture.md and operations.md give the restart back-off of a failed study loop
+    (0.5 s doubling up to 30 s), not the fixed 5 s the review found; these are the manager's."""
+    initial, maximum = manager.RESTART_INITIAL_SECONDS, manager.RESTART_MAX_SECONDS
+    assert (initial, maximum) == (0.5, 30.0)
+    assert f"{initial:g} s doubling up to {maximum:g} s" in ARCHITECTURE
+    assert f"({initial:g} s, doubling up to {maximum:g} s" in OPERATIONS
+    assert not re.search(r"restarted after 5 s", "".join(DOCS.values()))
+
+
+def test_make_run_starts_one_worker_with_a_process_per_core(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`make run` runs `hpod demo`, which starts `hpod run` with the settings' defaults: one
+    local Celery worker whose pool has `local_workers` processes, one per core (the review
+    found "two workers" in the README)."""
+    for name in [k for k in os.environ if k.startswith("HPOD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HPOD_CONFIG", str(tmp_path / "none.toml"))
+    assert Settings().local_workers == os.cpu_count()
+    make = (ROOT / "Makefile").read_text()
+    run = make[make.index("\nrun:") :].split("\n\n")[0]
+    assert "hpod demo" in run and "LOCAL_WORKERS" not in run
+    assert "one local Celery worker whose pool has one process per core" in " ".join(README.split())
+    assert re.search(r"`HPOD_LOCAL_WORKERS` \| number of cores \|", README)
