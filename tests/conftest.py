@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -251,6 +252,55 @@ class Daemon(Proc):
             timeout,
             what=lambda: self.log()[-3000:],
         )
+
+
+class EventStream(threading.Thread):
+    """A daemon's Server-Sent Events (``GET /events``, one study's or all), collected in a
+    thread until an event of type `until` arrives: the suite's one reader of the stream.
+
+    `connected` is set once the daemon's first line (``retry: …``) has arrived, which it
+    writes after subscribing the stream, so no event published afterwards is missed.
+    """
+
+    def __init__(
+        self, daemon: Daemon, study: str | None = None, until: str = "study.completed"
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{daemon.url}/events" + (f"?study={study}" if study else "")
+        self.until = until
+        self.events: list[dict[str, Any]] = []
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        """Read the stream into `events` until `until`."""
+        with urllib.request.urlopen(self.url, timeout=300) as stream:
+            for raw in stream:
+                line = raw.decode().strip()
+                if line.startswith("retry:"):
+                    self.connected.set()
+                elif line.startswith("data: "):
+                    event = json.loads(line.removeprefix("data: "))
+                    self.events.append(event)
+                    if event.get("event") == self.until:
+                        return
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The events of type `kind` so far, in order."""
+        return [e for e in self.events if e.get("event") == kind]
+
+    def first(self, kind: str, timeout: float = 60) -> dict[str, Any]:
+        """The first event of type `kind`, waiting for it."""
+        found: list[dict[str, Any]] = eventually(lambda: self.of(kind), timeout, what=kind)
+        return found[0]
+
+
+def watch(daemon: Daemon, study: str | None = None, until: str = "study.completed") -> EventStream:
+    """Start collecting the daemon's events (before the study is created, so none is missed);
+    returns once the stream is subscribed."""
+    stream = EventStream(daemon, study, until)
+    stream.start()
+    assert stream.connected.wait(10), "the event stream did not connect"
+    return stream
 
 
 def hpod_env(data_dir: Path, **settings: str) -> dict[str, str]:
