@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-from conftest import Daemon, DaemonFactory, quadratic_spec, watch
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec, watch
 
 from hpod.engine import COST_ATTR, make_storage
 
@@ -41,10 +40,11 @@ def svc_spec(name: str, trials: int, mode: str) -> dict[str, Any]:
 
 def wait_told(daemon: Daemon, name: str, n: int, timeout: float = 120) -> None:
     """Wait until at least `n` trials of the study are finished."""
-    deadline = time.monotonic() + timeout
-    while sum(t.state.is_finished() for t in trials(daemon, name)) < n:
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.1)
+    eventually(
+        lambda: sum(t.state.is_finished() for t in trials(daemon, name)) >= n,
+        timeout,
+        what=lambda: daemon.log()[-3000:],
+    )
 
 
 def test_a_live_mode_switch_changes_fidelity_and_pruning_of_the_next_trials(
@@ -173,10 +173,7 @@ def test_cheap_trials_are_packed_into_few_tasks_and_each_told_once(
 
 def wait_log(daemon: Daemon, event: str, timeout: float = 30) -> None:
     """Wait until the daemon has logged `event`."""
-    deadline = time.monotonic() + timeout
-    while event not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()[-2000:]
-        time.sleep(0.1)
+    eventually(lambda: event in daemon.log(), timeout, what=lambda: daemon.log()[-2000:])
 
 
 def log_events(daemon: Daemon) -> list[dict[str, Any]]:

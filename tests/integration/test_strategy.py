@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import optuna
-from conftest import Daemon, DaemonFactory, quadratic_spec, watch
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec, watch
 
 from hpod.engine import make_storage
 
@@ -54,11 +53,8 @@ def log_events(daemon: Daemon) -> list[dict[str, Any]]:
 
 
 def wait_until(check: Any, daemon: Daemon, timeout: float = 120) -> None:
-    """Poll `check()` until it holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.2)
+    """Poll `check()` until it holds; the daemon's log tail if it never does."""
+    eventually(check, timeout, 0.2, lambda: daemon.log()[-3000:])
 
 
 def test_an_auto_study_decides_at_the_start_and_every_window(start_daemon: DaemonFactory) -> None:
