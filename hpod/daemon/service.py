@@ -40,7 +40,7 @@ from hpod.journal import JournalCorrupt, JournalTruncated, check_journal, check_
 from hpod.logs import configure_logging
 from hpod.messaging import REQUESTS
 from hpod.modes import load_modes
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 log = structlog.get_logger("hpod.daemon")
 

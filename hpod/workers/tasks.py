@@ -286,7 +286,7 @@ def register(app: Celery) -> None:
     """Register `hpod.evaluate` and `hpod.evaluate_batch` on `app`.
 
     Poison tasks are bounded: a task whose worker process dies (``WorkerLostError``) is
-    retried by Celery (`task_retry_on_worker_lost`, see `hpod.workers.app`) at most
+    retried by Celery (`task_retry_on_worker_lost`, see `hpod.workers.celery_config`) at most
     ``max_attempts - 1`` times; then, and when it hits the hard time limit, the worker's main
     process publishes its trials as failed with the reason (`lost_answers`), and the message
     is acknowledged, never redelivered.

@@ -31,7 +31,7 @@ from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.journal import JournalGroupError
 from hpod.schema import FloatParam, StudySpec
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 #: The exact unsampleable space of issue 12, finding 1 (Optuna: "Range exceeds valid bounds").
 HUGE_SPACE = {
