@@ -155,7 +155,7 @@ class Daemon:
             if f not in RELOADABLE and getattr(new, f) != getattr(self.settings, f)
         ]
         if self._manager is not None:
-            self._manager.modes = modes
+            self._manager.modes_in_force.modes = modes
             # `objectives` is reloadable: a fresh registry over the new setting (issue 17).
             self._manager.registry = type(self._manager.registry)(self.settings.objectives)
             self._manager.limits.max_inflight = self.settings.max_inflight
