@@ -7,6 +7,8 @@ missing they skip with the reason on a developer's machine, and fail when
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import signal
@@ -107,8 +109,9 @@ def eventually(
 ) -> T:
     """Call `fn` every `interval` seconds until it returns a truthy value; return that value.
 
-    The suite's one polling helper, for state that changes in another process (a daemon, a
-    worker, a file) with nothing to wait on. An AssertionError from `fn` counts as "not yet":
+    The suite's one polling helper (`eventually_async` is the same for a test on its own event
+    loop), for state that changes in another process (a daemon, a worker, a file) with nothing
+    to wait on. An AssertionError from `fn` counts as "not yet":
     after `timeout` seconds the last one is raised again, so the failure says what was wrong;
     otherwise an AssertionError with `what` (a text, or a function giving one late, such as the
     tail of a daemon's log). Any other exception from `fn` ends the wait at once.
@@ -129,6 +132,35 @@ def eventually(
             detail = what() if callable(what) else what
             raise AssertionError(f"still not so after {timeout} s: {detail}")
         time.sleep(interval)
+
+
+async def eventually_async(
+    fn: Callable[[], Any],
+    within: float = 30,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "",
+) -> Any:
+    """`eventually` for tests that run the daemon's parts on their own event loop: `fn` may
+    return an awaitable (awaited each time), and the wait yields to the loop instead of
+    blocking it. Same rules: a truthy value ends the wait, an AssertionError is "not yet"."""
+    deadline = time.monotonic() + within
+    while True:
+        failure: AssertionError | None = None
+        try:
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+        except AssertionError as exc:
+            failure = exc
+        else:
+            if result:
+                return result
+        if time.monotonic() >= deadline:
+            if failure is not None:
+                raise failure
+            detail = what() if callable(what) else what
+            raise AssertionError(f"still not so after {within} s: {detail}")
+        await asyncio.sleep(interval)
 
 
 class Proc:

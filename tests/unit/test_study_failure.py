@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import quadratic_spec
+from conftest import eventually_async, quadratic_spec
 from optuna.trial import TrialState
 
 from hpod.config import Settings
@@ -69,10 +69,7 @@ class Daemonless:
 
     async def until(self, check: Callable[[], bool], within: float = 20) -> None:
         """Wait until `check()` holds."""
-        deadline = time.monotonic() + within
-        while not check():
-            assert time.monotonic() < deadline, f"timed out; events: {self.events}"
-            await asyncio.sleep(0.05)
+        await eventually_async(check, within, what=lambda: f"events: {self.events}")
 
     async def answer(self, name: str) -> int:
         """Play the worker: tell every trial in flight of study `name` complete. A result
