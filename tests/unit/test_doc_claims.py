@@ -12,9 +12,12 @@ restarted, and how many worker processes `make run` starts.
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,3 +163,37 @@ def test_make_run_starts_one_worker_with_a_process_per_core(
     assert "hpod demo" in run and "LOCAL_WORKERS" not in run
     assert "one local Celery worker whose pool has one process per core" in " ".join(README.split())
     assert re.search(r"`HPOD_LOCAL_WORKERS` \| number of cores \|", README)
+
+
+def test_the_readme_command_table_is_the_cli() -> None:
+    """Every `hpod` command the README's table names exists, and every command of the CLI is
+    in the table, with its subcommands (``hpod policy status``, ``hpod cache clear``)."""
+    from hpod.cli import _parser
+
+    table = README[README.index("| command | what it does |") :]
+    table = table[: table.index("\n\n")]
+    named: set[tuple[str, ...]] = set()
+    for cell in (row.split("|")[1] for row in table.splitlines()[2:]):
+        base: tuple[str, ...] = ()
+        for slash, item in re.findall(r"(/ )?`([^`]*)`", cell):
+            # the command's words: the lowercase ones before an argument or option
+            leading = tuple(itertools.takewhile(re.compile("[a-z]+").fullmatch, item.split()))
+            if leading[:1] == ("hpod",):
+                named.add(leading[1:])
+                base = leading[1:-1]
+            elif slash and leading:  # `hpod policy status` / `reset`: a sibling command
+                named.add((*base, leading[0]))
+    commands = _commands(_parser())
+    assert {c[0] for c in named} == {c[0] for c in commands}
+    assert {c for c in named if len(c) == 2} <= commands
+
+
+def _commands(parser: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The CLI's commands and subcommands, as tuples of words."""
+    found: set[tuple[str, ...]] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.add((*prefix, name))
+                found |= _commands(sub, (*prefix, name))
+    return found
