@@ -197,3 +197,28 @@ def _commands(parser: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]
                 found.add((*prefix, name))
                 found |= _commands(sub, (*prefix, name))
     return found
+
+
+#: Variables the README's table names that are read from the environment directly, not
+#: settings (`hpod.modes` and the strategy catalog read them; `HPOD_CONFIG` names the file).
+ENVIRONMENT_ONLY = {"HPOD_MODES_FILE", "HPOD_STRATEGIES_FILE", "HPOD_CONFIG"}
+
+
+def test_the_readme_settings_table_names_real_settings_and_their_defaults() -> None:
+    """Each ``HPOD_*`` of the README's settings table is a setting (or a variable read
+    directly), and a default given as a plain number is the setting's default."""
+    table = README[README.index("| setting | default | meaning |") :]
+    table = table[: table.index("\n\n")]
+    fields = Settings.model_fields
+    for row in table.splitlines()[2:]:
+        names_cell, default_cell = row.split("|")[1:3]
+        names = re.findall(r"`(HPOD_\w+)`", names_cell)
+        defaults = [d.strip().strip("`") for d in default_cell.split(" / ")]
+        for i, name in enumerate(names):
+            if name in ENVIRONMENT_ONLY:
+                continue
+            key = name.removeprefix("HPOD_").lower()
+            assert key in fields, name
+            default = defaults[i] if len(defaults) == len(names) else ""
+            if re.fullmatch(r"\d+", default):
+                assert fields[key].get_default(call_default_factory=True) == int(default), name
