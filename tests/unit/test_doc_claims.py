@@ -42,7 +42,10 @@ ARCHITECTURE = DOCS["docs/architecture.md"]
 #: whose sections name their files by their base names.
 BASES = [
     ROOT,
-    *(ROOT / "hpod" / sub for sub in ("", "daemon", "workers", "policies", "policies/strategy")),
+    *(
+        ROOT / "hpod" / sub
+        for sub in ("", "daemon", "daemon/web", "workers", "policies", "policies/strategy")
+    ),
     ROOT / "hpod" / "data" / "strategy",
     ROOT / "systemd",
     ROOT / "config",
@@ -222,3 +225,27 @@ def test_the_readme_settings_table_names_real_settings_and_their_defaults() -> N
             default = defaults[i] if len(defaults) == len(names) else ""
             if re.fullmatch(r"\d+", default):
                 assert fields[key].get_default(call_default_factory=True) == int(default), name
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    """docs/architecture.md's "Where to look" names every module of hpod/ (the shipped
+    objectives and packages' ``__init__`` aside), each one that exists."""
+    section = ARCHITECTURE[ARCHITECTURE.index("## Where to look") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = [line.split("|")[2] for line in section.splitlines() if line.startswith("| ")][1:]
+    named: set[str] = set()
+    for cell in rows:
+        folder = ""  # `policies/strategy/`: the names after it are its modules
+        for name in re.findall(r"`([\w/.]+)`", cell):
+            if name.endswith("/"):
+                folder = name
+            elif name.endswith(".py"):
+                named.add(name if "/" in name or not folder else folder + name)
+    package = ROOT / "hpod"
+    modules = {
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" and "objectives" not in path.parts
+    }
+    assert sorted(modules - named) == []
+    assert sorted(named - modules) == []
