@@ -5,9 +5,10 @@ ones a running daemon must show are tested in tests/integration/test_protocol_do
 study's `trial.ask`, `draining`, non-JSON HTTP bodies, events after a loop ended, SIGHUP and
 `objectives`, the spec's `mode` default, the OpenAPI route table); dead letters in
 tests/integration/test_intake_redelivery.py; a bad ``HPOD_STRATEGIES_FILE`` in
-tests/unit/test_config_files.py. Here: every file and module the documents name exists, one
-source for throughput figures, the modes' one file, what SIGHUP re-reads, how a crashed loop is
-restarted, and how many worker processes `make run` starts.
+tests/unit/test_config_files.py; one source for throughput figures and for the modes in
+tests/unit/test_docs_sources.py. Here: every file, module, command and setting the documents
+name exists, what SIGHUP re-reads, how a crashed loop is restarted, how many worker processes
+`make run` starts, and the architecture's map of the modules.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import pytest
 
 from hpod.config import RELOADABLE, Settings
 from hpod.daemon import manager
-from hpod.modes import load_modes
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -95,34 +95,6 @@ def _resolves(parts: list[str]) -> bool:
         if module.exists():
             return n == len(parts) or parts[n] in module.read_text()
     return len(parts) == 2
-
-
-def test_throughput_figures_live_only_in_benchmarks_md() -> None:
-    """One source for throughput: the latest `make bench` table in docs/benchmarks.md. The
-    review found three different figures in the README, config.py and architecture.md."""
-    figure = re.compile(r"\d[\d,.]*\s*(?:trials?/s|trials? (?:a|per) second)", re.I)
-    places = {
-        **{doc: text for doc, text in DOCS.items() if doc != "docs/benchmarks.md"},
-        "hpod/config.py": (ROOT / "hpod" / "config.py").read_text(),
-        "config/hpod.toml": (ROOT / "config" / "hpod.toml").read_text(),
-    }
-    found = {doc: figure.findall(text) for doc, text in places.items() if figure.search(text)}
-    assert found == {}
-    assert "benchmarks.md#throughput-and-overhead" in README
-    assert "benchmarks.md#throughput-and-overhead" in ARCHITECTURE
-    assert "## Throughput and overhead" in DOCS["docs/benchmarks.md"]
-
-
-def test_modes_are_defined_in_the_packaged_file_the_docs_name() -> None:
-    """The standard modes come from ``hpod/data/modes.toml``, the file every document names
-    as their one place; no second copy of them sits in config/."""
-    packaged = ROOT / "hpod" / "data" / "modes.toml"
-    assert {"fast", "balanced", "thorough"} <= set(load_modes(None))
-    for name in ("fast", "balanced", "thorough"):
-        assert re.search(rf"^\[{name}\]$", packaged.read_text(), re.M), name
-    assert not list((ROOT / "config").glob("*modes*"))
-    for doc in ("README.md", "docs/operations.md", "docs/policies.md", "docs/protocol.md"):
-        assert "`hpod/data/modes.toml`" in DOCS[doc], doc
 
 
 def test_the_reload_section_lists_what_sighup_applies() -> None:
