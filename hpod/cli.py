@@ -452,6 +452,8 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
+    if eff.get("ladder_off"):
+        print(f"  {eff['ladder_off']}")
     if eff.get("report_cpu_seconds"):
         print(f"  reporting         {eff['report_cpu_seconds']:.2f} CPU s (not in compute spent)")
     sampler = eff.get("sampler_process")

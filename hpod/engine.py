@@ -34,6 +34,9 @@ REQUEST_ATTR = "hpod:request_id"
 ERROR_ATTR = "hpod:error"
 #: What a trial's evaluation cost: CPU seconds, data evaluated, rungs, cache use, overhead.
 COST_ATTR = "hpod:cost"
+#: The verdict that turned a study's data ladder off (`hpod.policies.ladder_payoff`), stored
+#: by the strategy driver so a restart keeps it; shown in the efficiency report.
+LADDER_ATTR = "hpod:ladder"
 #: A budget changed live (the spec keeps the one the study was created with).
 BUDGET_ATTR = "hpod:budget"
 

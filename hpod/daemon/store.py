@@ -35,6 +35,7 @@ from hpod.engine import (
     DISPATCHED_ATTR,
     ERROR_ATTR,
     EXTERNAL_ATTR,
+    LADDER_ATTR,
     MODE_ATTR,
     REQUEST_ATTR,
     SPEC_ATTR,
@@ -634,7 +635,8 @@ class StudyStore:
         The CPU the sampler process spent on the study's points (GP) is given apart: it is
         neither the objective's nor the daemon's.
         """
-        every = self.open(spec).get_trials(deepcopy=False)
+        study = self.open(spec)
+        every = study.get_trials(deepcopy=False)
         costs = [
             (t, t.user_attrs[COST_ATTR])
             for t in every
@@ -697,6 +699,8 @@ class StudyStore:
             "saved_cpu_seconds": round(estimate - cpu, 4) if known else None,
             "compute_ratio": round(estimate / cpu, 3) if known and cpu > 0 else None,
             "report_cpu_seconds": round(report_cpu, 4),
+            # Why the data ladder was turned off, if it was (`hpod.policies.ladder_payoff`).
+            "ladder_off": (study.user_attrs.get(LADDER_ATTR) or {}).get("reason"),
             "time_per_trial": _time_per_trial(times),
             # The GP's CPU, spent in the sampler process (not in the daemon's own time).
             "sampler_process": (
