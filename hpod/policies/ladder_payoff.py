@@ -38,9 +38,12 @@ Never on too few trials:
   promotes the best max(1, n // eta) of n, so until eta^(K-1) trials have run the bottom rung
   the top rung cannot have seen the pruner hold anybody back at its rate — the measured reach
   would be all ones, the ladder's worst case;
-- at least `MIN_PAIRS` trials that ran both a rung and the full data, for each rung: the median
-  of three survives one outlier (the study's first fit pays the cold start: in the demo its
-  first rung on 1/9 of the data cost 7 times its full evaluation).
+- at least `MIN_PAIRS` trials that ran both a rung and the full data, for each rung, not
+  counting a pair whose rung cost more than `WARM_UP_RATIO` times the same trial's full fit:
+  that measured a worker's warm-up (imports, data generation, caches), not the rung — each
+  worker process pays one on its first fit, which is the first rung of its first trial (in
+  the demo 1/9 of the data cost 7 times the full fit; with two workers two of the first three
+  pairs were warm-ups, so a median of three alone does not do).
 
 The decision is one-way: once off, no trial climbs the ladder any more, so the measurement
 is frozen, and the daemon stores the verdict on the study so a restart keeps it.
@@ -62,6 +65,8 @@ PAYS_BELOW = 0.8
 MIN_LADDER_TRIALS = 8
 #: Trials that ran both a rung and the full data, per rung, before any verdict.
 MIN_PAIRS = 3
+#: A rung costing more than this many times its trial's full fit measured a warm-up.
+WARM_UP_RATIO = 1.5
 
 Verdict = Literal["measuring", "on", "off"]
 
@@ -159,7 +164,7 @@ def measure(
     """The verdict from the study's stored cost records (``hpod:cost`` of finished trials).
 
     A ladder trial is one whose rungs start below the full data; cache hits cost nothing
-    and are left out, as are rungs served from the cache."""
+    and are left out, as are rungs served from the cache and warm-ups (`WARM_UP_RATIO`)."""
     reached: dict[float, int] = {}
     ratios: dict[float, list[float]] = {}
     trials = 0
@@ -174,7 +179,7 @@ def measure(
         full = own.get(1.0)
         if full is not None and full > 0:
             for f, cpu in own.items():
-                if f < 1.0:
+                if f < 1.0 and cpu / full <= WARM_UP_RATIO:
                     ratios.setdefault(f, []).append(cpu / full)
     reach = {f: n / trials for f, n in reached.items()} if trials else {}
     rung_cost = {f: median(v) for f, v in ratios.items()}

@@ -6,19 +6,25 @@ it for objectives that subsample (`hpod.workers.evaluation`) and ignores it for 
 A ladder re-trains a trial at every rung, so it saves compute only where a small fraction
 costs much less than the full data: an objective with a large fixed cost per fit (small data
 sets, many boosting rounds) pays for every rung almost in full. So the policy measures, after
-every trial told, what a rung really costs against the same trial's full evaluation and how
-many trials reach each rung, and judges with `hpod.policies.ladder_payoff` (the arithmetic,
-the break-even and the minimum of trials are written down there). Once the verdict is "off"
+every trial told and over its latest `MAX_MEASURED` ladder trials, what a rung really costs
+against the same trial's full evaluation and how many trials reach each rung, and judges with
+`hpod.policies.ladder_payoff` (the arithmetic, the break-even and the minimum of trials are
+written down there). Once the verdict is "off"
 the study's next trials go straight to full data; the study's strategy driver stores the
 verdict on the study and lays it over the plan (`hpod.daemon.strategy`), so a restart keeps it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from hpod.policies._base import Policy, TrialEvent
 from hpod.policies.ladder_payoff import LadderPayoff, measure
+
+#: The latest ladder trials measured: a bounded measurement (each verdict reads them all), and
+#: the reach of a study's recent trials, not of its first ones.
+MAX_MEASURED = 500
 
 
 class SubsamplingPolicy(Policy):
@@ -27,8 +33,8 @@ class SubsamplingPolicy(Policy):
     name = "subsampling"
 
     def __init__(self) -> None:
-        #: The cost records of the trials that climbed the ladder.
-        self.costs: list[dict[str, Any]] = []
+        #: The cost records of the latest trials that climbed the ladder.
+        self.costs: deque[dict[str, Any]] = deque(maxlen=MAX_MEASURED)
         self.payoff: LadderPayoff | None = None
         #: A verdict stored on the study and restored after a restart (final).
         self.restored: dict[str, Any] | None = None

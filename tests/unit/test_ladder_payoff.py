@@ -103,18 +103,33 @@ DEMO = [
 
 
 def test_the_demo_study_measures_a_ladder_that_costs_more_than_it_saves() -> None:
-    """Paired medians: a 1/9 rung costs 0.54 of the same trial's full fit (the cold start's
-    7.0 is the outlier the median of three drops), 1/3 costs 0.88; 5 of 14 trials reached
-    1/3 and 3 the full data: E = 0.544 + 5/14 * 0.878 + 3/14 = 1.07."""
-    payoff = measure([record(*cpus) for cpus in DEMO], LADDER, 3)
-    assert payoff.rung_cost[0.111111] == pytest.approx(0.056 / 0.103, abs=1e-3)
-    assert payoff.rung_cost[0.333333] == pytest.approx(0.159 / 0.181, abs=1e-3)
-    assert payoff.reach == pytest.approx({0.111111: 1.0, 0.333333: 5 / 14, 1.0: 3 / 14})
-    assert payoff.expected == pytest.approx(1.072, abs=1e-3)
+    """The first trial's 1/9 rung (7.0 times its full fit) is a warm-up and not measured, so
+    after 14 trials 1/9 has two pairs: no verdict. One more trial that climbed (constructed:
+    0.050, 0.080, 0.100 s) gives it. Paired medians: 1/9 costs 0.53 of the same trial's full
+    fit, 1/3 costs 0.85 (median of four); 6 of 15 trials reached 1/3 and 4 the full data:
+    E = 0.529 + 6/15 * 0.848 + 4/15 = 1.135."""
+    assert measure([record(*cpus) for cpus in DEMO], LADDER, 3).verdict == "measuring"
+    payoff = measure([record(*cpus) for cpus in [*DEMO, (0.050, 0.080, 0.100)]], LADDER, 3)
+    assert payoff.rung_cost[0.111111] == pytest.approx(0.055 / 0.104, abs=1e-3)
+    assert payoff.rung_cost[0.333333] == pytest.approx((0.085 / 0.104 + 0.159 / 0.181) / 2)
+    assert payoff.reach == pytest.approx({0.111111: 1.0, 0.333333: 6 / 15, 1.0: 4 / 15})
+    assert payoff.expected == pytest.approx(1.135, abs=1e-3)
     assert payoff.verdict == "off"
-    assert payoff.reason().startswith("ladder off: a 1/9 rung costs 0.54, a 1/3 rung costs 0.88")
-    # Before the third full evaluation (trial 13) there is no verdict.
-    assert measure([record(*cpus) for cpus in DEMO[:13]], LADDER, 3).verdict == "measuring"
+    assert payoff.reason().startswith("ladder off: a 1/9 rung costs 0.53, a 1/3 rung costs 0.85")
+
+
+def test_a_warm_up_is_not_a_rung_measurement() -> None:
+    """Two workers, each paying a 1 s warm-up on its first fit (a 1/9 rung), as a live study
+    of svc_synthetic did: without the rule the median of the first three pairs is a warm-up
+    (2.4) and a ladder that pays (c_0 = 0.07) was turned off."""
+    costs = [record(1.018, 0.063, 0.339), record(1.056, 0.074, 0.44), record(0.013, 0.035, 0.218)]
+    costs += [record(0.015) for _ in range(6)]
+    assert measure(costs, LADDER, 3).verdict == "measuring"  # one pair of 1/9 left
+    costs += [record(0.012, 0.039, 0.157), record(0.014, 0.04, 0.2)]
+    payoff = measure(costs, LADDER, 3)
+    assert payoff.rung_cost[0.111111] == pytest.approx(0.07, abs=0.01)
+    # 5 of 11 reached 1/3 and the full data: E = 0.07 + 5/11 * 0.186 + 5/11 = 0.61.
+    assert payoff.verdict == "on" and payoff.expected == pytest.approx(0.609, abs=1e-3)
 
 
 def test_cache_hits_and_cached_rungs_are_not_measured() -> None:
