@@ -43,6 +43,7 @@ from hpod.engine import (
     check_sampler_available,
     make_sampler,
     make_storage,
+    sampler_seed,
     suggest,
 )
 from hpod.errors import RequestRejected
@@ -421,9 +422,10 @@ class StudyStore:
             return study
         plan = self._plans.get(spec.name)
         if plan is not None:
-            sampler = make_sampler(
-                plan.sampler, plan.sampler_options, plan.seed, plan.parallelism > 1
-            )
+            # A rebuilt sampler (plan change, restart) must not replay the study's start.
+            n_trials = self.storage.get_n_trials(self._study_id(spec.name))
+            seed = sampler_seed(plan.seed, n_trials)
+            sampler = make_sampler(plan.sampler, plan.sampler_options, seed, plan.parallelism > 1)
         else:
             sampler = self._reading_sampler(spec)
         study = optuna.load_study(study_name=spec.name, storage=self.storage, sampler=sampler)
