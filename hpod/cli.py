@@ -452,6 +452,12 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
+    warm = eff.get("warm_up") or {}
+    if warm.get("trials"):
+        print(
+            f"  warm-up           {warm['cpu_seconds']:.2f} CPU s in {warm['trials']} worker "
+            "processes' first trials (left out of both figures above)"
+        )
     if eff.get("ladder_off"):
         print(f"  {eff['ladder_off']}")
     if eff.get("report_cpu_seconds"):
