@@ -1,5 +1,6 @@
 """The data ladder's arithmetic and verdict (`hpod.policies.ladder_payoff`), on the measured
-cost exponents of issue 13 and on the rung costs of a real `hpod demo` study."""
+cost exponents of issue 13 and on the rung costs of a real `hpod demo` study (gradient
+boosting, the demo's objective then)."""
 
 from __future__ import annotations
 
