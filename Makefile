@@ -26,6 +26,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check hpod tests bench
+	$(VENV)/bin/ruff format --check hpod tests bench
 	$(VENV)/bin/mypy hpod
 
 # The benchmarks write their tables into docs/benchmarks.md: core and quality about 50

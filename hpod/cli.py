@@ -17,13 +17,11 @@ from hpod.config import redact
 from hpod.errors import ConfigError
 
 DEMO_SPEC: dict[str, Any] = {
-    "objective": "gradient_boosting",
+    "objective": "svc_cv",
+    "objective_kwargs": {"n_samples": 2000},
     "space": {
-        "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
-        "max_leaf_nodes": {"type": "int", "low": 4, "high": 64, "log": True},
-        "min_samples_leaf": {"type": "int", "low": 2, "high": 64, "log": True},
-        "l2_regularization": {"type": "float", "low": 1e-4, "high": 10.0, "log": True},
-        "max_iter": {"type": "int", "low": 20, "high": 150, "step": 10},
+        "C": {"type": "float", "low": 1e-2, "high": 1e3, "log": True},
+        "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
     },
     "directions": ["minimize"],
     "budget": {"trials": 60},
@@ -284,7 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         spec["budget"] = {"trials": args.trials}
         client.create_study(spec)
         print(
-            f"demo study {spec['name']!r}: {args.trials} trials of gradient boosting, "
+            f"demo study {spec['name']!r}: {args.trials} trials of an SVC scored by 5-fold CV, "
             f"data in {settings.data_dir}"
         )
         final = _follow(client, spec["name"])
@@ -452,6 +450,14 @@ def _print_efficiency(eff: dict[str, Any] | None) -> None:
             f"  full evaluation   {eff['full_evaluation_cpu_seconds']:.2f} CPU s (estimated)"
             + (f", {ratio:.2f}x what was spent" if ratio else "")
         )
+    warm = eff.get("warm_up") or {}
+    if warm.get("trials"):
+        print(
+            f"  warm-up           {warm['cpu_seconds']:.2f} CPU s in {warm['trials']} worker "
+            "processes' first trials (left out of both figures above)"
+        )
+    if eff.get("ladder_off"):
+        print(f"  {eff['ladder_off']}")
     if eff.get("report_cpu_seconds"):
         print(f"  reporting         {eff['report_cpu_seconds']:.2f} CPU s (not in compute spent)")
     sampler = eff.get("sampler_process")

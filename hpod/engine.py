@@ -8,6 +8,7 @@ optuna-dashboard read unchanged.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import math
 import os
@@ -34,6 +35,9 @@ REQUEST_ATTR = "hpod:request_id"
 ERROR_ATTR = "hpod:error"
 #: What a trial's evaluation cost: CPU seconds, data evaluated, rungs, cache use, overhead.
 COST_ATTR = "hpod:cost"
+#: The verdict that turned a study's data ladder off (`hpod.policies.ladder_payoff`), stored
+#: by the strategy driver so a restart keeps it; shown in the efficiency report.
+LADDER_ATTR = "hpod:ladder"
 #: A budget changed live (the spec keeps the one the study was created with).
 BUDGET_ATTR = "hpod:budget"
 
@@ -93,6 +97,22 @@ def _use_wal(url: str) -> None:
     if path and path != url and not path.startswith(":memory:"):
         with sqlite3.connect(path) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+
+
+def sampler_seed(seed: int | None, n_trials: int) -> int | None:
+    """The seed of a sampler built when the study already holds `n_trials` trials.
+
+    A study's sampler is rebuilt whenever its plan changes (a strategy switch) and after a
+    restart. Given the spec's seed again, a seeded sampler would restart its random sequence
+    and propose the study's first configurations again (answered by the result cache: wasted
+    budget, repeated exploration). So only the first sampler (no trials yet) takes the spec's
+    seed; a later one takes a stable hash of (seed, trials so far): a seeded study stays
+    reproducible, and never replays its own start. Unseeded stays unseeded.
+    """
+    if seed is None or n_trials == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{n_trials}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 def make_sampler(

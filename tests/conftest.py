@@ -7,12 +7,15 @@ missing they skip with the reason on a developer's machine, and fail when
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -106,8 +109,9 @@ def eventually(
 ) -> T:
     """Call `fn` every `interval` seconds until it returns a truthy value; return that value.
 
-    The suite's one polling helper, for state that changes in another process (a daemon, a
-    worker, a file) with nothing to wait on. An AssertionError from `fn` counts as "not yet":
+    The suite's one polling helper (`eventually_async` is the same for a test on its own event
+    loop), for state that changes in another process (a daemon, a worker, a file) with nothing
+    to wait on. An AssertionError from `fn` counts as "not yet":
     after `timeout` seconds the last one is raised again, so the failure says what was wrong;
     otherwise an AssertionError with `what` (a text, or a function giving one late, such as the
     tail of a daemon's log). Any other exception from `fn` ends the wait at once.
@@ -128,6 +132,35 @@ def eventually(
             detail = what() if callable(what) else what
             raise AssertionError(f"still not so after {timeout} s: {detail}")
         time.sleep(interval)
+
+
+async def eventually_async(
+    fn: Callable[[], Any],
+    within: float = 30,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "",
+) -> Any:
+    """`eventually` for tests that run the daemon's parts on their own event loop: `fn` may
+    return an awaitable (awaited each time), and the wait yields to the loop instead of
+    blocking it. Same rules: a truthy value ends the wait, an AssertionError is "not yet"."""
+    deadline = time.monotonic() + within
+    while True:
+        failure: AssertionError | None = None
+        try:
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+        except AssertionError as exc:
+            failure = exc
+        else:
+            if result:
+                return result
+        if time.monotonic() >= deadline:
+            if failure is not None:
+                raise failure
+            detail = what() if callable(what) else what
+            raise AssertionError(f"still not so after {within} s: {detail}")
+        await asyncio.sleep(interval)
 
 
 class Proc:
@@ -251,6 +284,55 @@ class Daemon(Proc):
             timeout,
             what=lambda: self.log()[-3000:],
         )
+
+
+class EventStream(threading.Thread):
+    """A daemon's Server-Sent Events (``GET /events``, one study's or all), collected in a
+    thread until an event of type `until` arrives: the suite's one reader of the stream.
+
+    `connected` is set once the daemon's first line (``retry: …``) has arrived, which it
+    writes after subscribing the stream, so no event published afterwards is missed.
+    """
+
+    def __init__(
+        self, daemon: Daemon, study: str | None = None, until: str = "study.completed"
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{daemon.url}/events" + (f"?study={study}" if study else "")
+        self.until = until
+        self.events: list[dict[str, Any]] = []
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        """Read the stream into `events` until `until`."""
+        with urllib.request.urlopen(self.url, timeout=300) as stream:
+            for raw in stream:
+                line = raw.decode().strip()
+                if line.startswith("retry:"):
+                    self.connected.set()
+                elif line.startswith("data: "):
+                    event = json.loads(line.removeprefix("data: "))
+                    self.events.append(event)
+                    if event.get("event") == self.until:
+                        return
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The events of type `kind` so far, in order."""
+        return [e for e in self.events if e.get("event") == kind]
+
+    def first(self, kind: str, timeout: float = 60) -> dict[str, Any]:
+        """The first event of type `kind`, waiting for it."""
+        found: list[dict[str, Any]] = eventually(lambda: self.of(kind), timeout, what=kind)
+        return found[0]
+
+
+def watch(daemon: Daemon, study: str | None = None, until: str = "study.completed") -> EventStream:
+    """Start collecting the daemon's events (before the study is created, so none is missed);
+    returns once the stream is subscribed."""
+    stream = EventStream(daemon, study, until)
+    stream.start()
+    assert stream.connected.wait(10), "the event stream did not connect"
+    return stream
 
 
 def hpod_env(data_dir: Path, **settings: str) -> dict[str, str]:

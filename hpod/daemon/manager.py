@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,6 +20,7 @@ from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
+from hpod.daemon.modes_in_force import ModesInForce
 from hpod.daemon.monitor import Monitor
 from hpod.daemon.store import FINISHED, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
@@ -29,7 +29,7 @@ from hpod.daemon.transfer import check_sources, transfer_status
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
 from hpod.messaging import RESULTS
-from hpod.modes import Mode, load_modes
+from hpod.modes import Mode
 from hpod.policies import PolicyChain
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import CachePolicy
@@ -105,8 +105,8 @@ class StudyManager:
         self.registry = ObjectiveRegistry(settings.objectives)
         #: The fidelity each objective declares, probed outside the daemon's process.
         self.declared = DeclaredFidelities(settings.objectives)
-        self.modes: dict[str, Mode] = load_modes()
-        self.default_mode = self._stored_default_mode()
+        #: The modes the daemon knows and its default mode (kept in <data_dir>).
+        self.modes_in_force = ModesInForce(settings.data_dir)
         self.cache = ResultCache(
             settings.result_cache_dir(), settings.cache_ttl_seconds, settings.cache_size_mb
         )
@@ -135,6 +135,16 @@ class StudyManager:
     def runs(self) -> dict[str, StudyRun]:
         """Running study loops by name."""
         return self.limits.runs
+
+    @property
+    def modes(self) -> dict[str, Mode]:
+        """The modes the daemon knows, by name."""
+        return self.modes_in_force.modes
+
+    @property
+    def default_mode(self) -> str:
+        """The mode of a study created without one."""
+        return self.modes_in_force.default
 
     async def start(self) -> None:
         """Start the resource monitor; resume every study that was running at the last stop.
@@ -182,11 +192,8 @@ class StudyManager:
     async def plan_of(self, spec: StudySpec) -> Plan:
         """The study's plan under its mode in force (a live switch is stored on the study)."""
         attrs = await self.store.call(self.store.study_attrs, spec.name)
-        mode = attrs.get(MODE_ATTR) or spec.mode or self.default_mode
-        if mode not in self.modes:  # a mode removed from the file since: the default applies
-            log.warning("study.mode_unknown", study=spec.name, mode=mode, using=self.default_mode)
-            mode = self.default_mode
-        return resolve_plan(spec, mode, self.modes[mode])
+        mode, knobs = self.modes_in_force.in_force(spec.name, attrs.get(MODE_ATTR) or spec.mode)
+        return resolve_plan(spec, mode, knobs)
 
     async def replan(self) -> None:
         """Re-resolve every running study's plan (after a mode switch or a modes reload); each
@@ -348,7 +355,7 @@ class StudyManager:
                 self.registry.check_kwargs, spec.objective, spec.objective_kwargs
             )
         mode = spec.mode or self.default_mode
-        self._check_mode(mode, "study.mode")
+        self.modes_in_force.check(mode, "study.mode")
         check_setting(spec.strategy, spec, self._strategy_names(), "study.strategy")
         spec = spec.model_copy(update={"mode": mode})
         await self._check_study_limit(spec.name)
@@ -467,11 +474,9 @@ class StudyManager:
 
     async def set_mode(self, request: ModeSet) -> dict[str, Any]:
         """Switch a study's mode, or the default mode, live."""
-        field = "mode"
-        self._check_mode(request.mode, field)
+        self.modes_in_force.check(request.mode, "mode")
         if request.study is None:
-            self.default_mode = request.mode
-            self._default_mode_file().write_text(request.mode + "\n")
+            self.modes_in_force.set_default(request.mode)
         else:
             await self.store.call(self.store.spec, request.study)
             await self.store.call(self.store.set_attr, request.study, MODE_ATTR, request.mode)
@@ -521,23 +526,6 @@ class StudyManager:
         log.info("policy.imported", format=bundle.get("format"))
         await self.bus.event("policy.imported", None)
         return status
-
-    def _default_mode_file(self) -> Path:
-        return self.settings.data_dir / "default-mode"
-
-    def _stored_default_mode(self) -> str:
-        """The default mode last set by `mode.set` without a study (kept across restarts)."""
-        try:
-            mode = self._default_mode_file().read_text().strip()
-        except OSError:
-            return "balanced"
-        return mode if mode in self.modes else "balanced"
-
-    def _check_mode(self, mode: str, field: str) -> None:
-        if mode not in self.modes:
-            raise RequestRejected(
-                "invalid", field, f"unknown mode {mode!r} (known: {', '.join(sorted(self.modes))})"
-            )
 
     async def _live(self, name: str) -> StudyRun:
         """The loop of a study that is running or paused, not one that is stopping."""

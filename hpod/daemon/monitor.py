@@ -187,7 +187,7 @@ class Monitor:
 
     def _celery_app(self) -> Celery:
         if self._celery is None:
-            from hpod.workers.app import make_celery
+            from hpod.workers.celery_config import make_celery
 
             self._celery = make_celery(self.settings)
         return self._celery

@@ -40,7 +40,7 @@ from hpod.journal import JournalCorrupt, JournalTruncated, check_journal, check_
 from hpod.logs import configure_logging
 from hpod.messaging import REQUESTS
 from hpod.modes import load_modes
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 log = structlog.get_logger("hpod.daemon")
 
@@ -155,7 +155,7 @@ class Daemon:
             if f not in RELOADABLE and getattr(new, f) != getattr(self.settings, f)
         ]
         if self._manager is not None:
-            self._manager.modes = modes
+            self._manager.modes_in_force.modes = modes
             # `objectives` is reloadable: a fresh registry over the new setting (issue 17).
             self._manager.registry = type(self._manager.registry)(self.settings.objectives)
             self._manager.limits.max_inflight = self.settings.max_inflight

@@ -24,6 +24,9 @@ Every decision is kept on the study (user attributes, so a restart resumes from 
 - ``hpod:strategy_current``: the latest decision in full (features, scores, masks), which the
   next window's experience needs after a restart.
 - ``hpod:strategy_setting``: a live switch, over the spec's setting.
+- ``hpod:ladder`` (`LADDER_ATTR`): the subsampling policy's verdict once it turned the data
+  ladder off (`hpod.policies.ladder_payoff`); every plan is then composed without the ladder.
+  Checked before every ask (a cheap look at the policy), under any setting, ``mode`` too.
 
 A window's reward is written on its record *before* the experience is appended to the replay
 buffer: a crash in between loses that one experience rather than counting it twice.
@@ -41,8 +44,9 @@ import structlog
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.daemon.budget import budget_used
-from hpod.engine import COST_ATTR
+from hpod.engine import COST_ATTR, LADDER_ATTR
 from hpod.errors import RequestRejected
+from hpod.policies import TrialEvent
 from hpod.policies.compose import compose
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import (
@@ -200,6 +204,8 @@ class StrategyDriver:
         self._declared_known = False
         #: The fidelity the plan is composed for: the last decision's.
         self.fidelity: Fidelity | None = None
+        #: The stored verdict that turned the data ladder off (None: the ladder is on).
+        self.ladder_off: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -215,6 +221,7 @@ class StrategyDriver:
             self.strategy,
             self.fidelity,
             keep_mode_pruning=self.effective_setting == AUTO,
+            ladder_off=self.ladder_off is not None,
         )
 
     def window(self) -> int:
@@ -243,6 +250,7 @@ class StrategyDriver:
         self.setting = str(attrs.get(STRATEGY_SETTING_ATTR) or run.spec.strategy)
         self.records = list(attrs.get(STRATEGY_ATTR) or [])
         self.current = attrs.get(STRATEGY_CURRENT_ATTR)
+        await self._resume_ladder(attrs.get(LADDER_ATTR))
         if not self.records:
             self.next_at = 0
             return
@@ -265,7 +273,9 @@ class StrategyDriver:
         )
 
     async def maybe_decide(self) -> None:
-        """Decide if a decision is due (the study's first, or its window is full)."""
+        """Decide if a decision is due (the study's first, or its window is full); first
+        drop the data ladder if it was just measured not to pay."""
+        await self._check_ladder()
         if self.next_at is not None and len(self.run.told) >= self.next_at:
             await self._decide("start" if not self.records else "window", due_only=True)
 
@@ -337,12 +347,52 @@ class StrategyDriver:
             self.declared = await run.declared.fidelity(run.spec.objective)
         self._declared_known = True
 
-    def _ladder_pays(self) -> bool | None:
-        """The subsampling policy's verdict on the data ladder (None while it measures)."""
+    def _subsampling(self) -> SubsamplingPolicy | None:
         for policy in self.run.policies.policies:
             if isinstance(policy, SubsamplingPolicy):
-                return None if policy.cost_ratio is None else policy.pays
+                return policy
         return None
+
+    def _ladder_pays(self) -> bool | None:
+        """The subsampling policy's verdict on the data ladder (None while it measures)."""
+        policy = self._subsampling()
+        return None if policy is None or policy.cost_ratio is None else policy.pays
+
+    async def _resume_ladder(self, stored: Any) -> None:
+        """Follow a stored "ladder off" verdict; without one, measure the trials told before
+        a restart, so the verdict does not start from nothing."""
+        run, policy = self.run, self._subsampling()
+        if isinstance(stored, dict) and stored.get("verdict") == "off":
+            self.ladder_off = stored
+            if policy is not None:
+                policy.restore(stored)
+            return
+        if policy is None or len(run.plan.ladder) < 2:
+            return
+        trials = await run.store.call(run.store.trials, run.spec, None)
+        costs = [
+            cost
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and isinstance(cost := t.user_attrs.get(COST_ATTR), dict)
+        ]
+        if costs:
+            policy.seed(costs, TrialEvent(run.spec, -1, {}, plan=run.plan))
+
+    async def _check_ladder(self) -> None:
+        """Store the subsampling policy's "off" verdict, once, and re-plan without the ladder."""
+        policy = self._subsampling()
+        if self.ladder_off is not None or policy is None or policy.payoff is None:
+            return
+        if policy.payoff.verdict != "off":
+            return
+        run = self.run
+        self.ladder_off = {**policy.payoff.to_json(), "told": len(run.told), "at": time.time()}
+        await run.store.call(run.store.set_attr, run.name, LADDER_ATTR, self.ladder_off)
+        log.info("ladder.off", study=run.name, reason=self.ladder_off["reason"])
+        plan = self.plan_for(run.mode_plan)
+        if plan != run.plan:
+            await run.set_plan(plan)
 
     async def _decide(self, trigger: str, due_only: bool, new_setting: str | None = None) -> None:
         """Decide now (`due_only`: only if a decision is still due). A `new_setting` is

@@ -13,6 +13,8 @@ Every plan a study runs under comes from here (issue 13, item 1):
    no ladder, keeps the mode's pruner (the step pruner on steps), or ladder, when the
    objective's fidelity lets them work. A strategy never silently drops pruning; a
    strategy the study forces gets exactly what it names.
+3. `ladder_off`: a data ladder measured not to pay (`hpod.policies.ladder_payoff`) is
+   dropped from whichever plan is in force: trials go to the full data, the pruner stays.
 
 The fidelity is the one the objective declares (``hpod_fidelity``, known before the first
 trial), else the one its trials show (`features.infer_fidelity`), else unknown (None).
@@ -84,9 +86,11 @@ def compose(
     fidelity: Fidelity | None,
     *,
     keep_mode_pruning: bool,
+    ladder_off: bool = False,
 ) -> Plan:
     """`mode_plan`, with its step pruner on a step `fidelity` (`for_fidelity`), and
-    `strategy` laid over it (no other change when there is no strategy).
+    `strategy` laid over it (no other change when there is no strategy), and with its data
+    ladder dropped when `ladder_off` (see `drop_ladder`).
 
     The strategy's sampler, pruner and ladder replace the mode's, and the mode's other knobs,
     the spec's seed and parallelism stay. With `keep_mode_pruning` (a strategy chosen by
@@ -96,7 +100,7 @@ def compose(
     """
     mode_plan = for_fidelity(mode_plan, fidelity)
     if strategy is None:
-        return mode_plan
+        return drop_ladder(mode_plan) if ladder_off else mode_plan
     pruner, pruner_options = strategy.pruner, dict(strategy.pruner_options)
     ladder = tuple(strategy.ladder)
     kept = []
@@ -110,7 +114,7 @@ def compose(
     extra: dict[str, Any] = {**mode_plan.extra, "strategy": strategy.name}
     if kept:
         extra["kept_from_mode"] = kept
-    return replace(
+    plan = replace(
         mode_plan,
         sampler=strategy.sampler,
         sampler_options=dict(strategy.sampler_options),
@@ -121,6 +125,15 @@ def compose(
         # A forced strategy gets exactly what it names; `auto` keeps the mode's fold rule.
         fold_margin=mode_plan.fold_margin if keep_mode_pruning else 0.0,
     )
+    return drop_ladder(plan) if ladder_off else plan
+
+
+def drop_ladder(plan: Plan) -> Plan:
+    """`plan` on the full data: its ladder measured not to pay. The pruner stays (it still
+    applies to objectives that report steps of their own)."""
+    if len(plan.ladder) < 2:
+        return plan
+    return replace(plan, ladder=(1.0,), extra={**plan.extra, "ladder_off": True})
 
 
 def step_pruner_applies(mode_plan: Plan, fidelity: Fidelity | None) -> bool:

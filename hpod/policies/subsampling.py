@@ -3,30 +3,28 @@
 It puts the mode's ladder of data fractions (say 1/9, 1/3, 1) on each task; the worker climbs
 it for objectives that subsample (`hpod.workers.evaluation`) and ignores it for the others.
 
-A ladder only saves compute when a small fraction costs much less than the full data: an
-objective with a large fixed cost per fit (small data sets, many boosting rounds) pays for
-every rung almost in full, and the ladder then costs more than evaluating on all the data
-at once. So the policy measures: from the rungs' CPU times and the share of trials that
-reach each rung, it estimates the ladder's cost per trial against a full evaluation's, and
-once the ladder is seen not to save at least a fifth, the study's next trials go straight to
-full data. Under successive halving or Hyperband the share reaching rung k is taken as the
-pruner's own 1/eta^k: early in a study almost every trial is promoted (there is nobody to
-lose against yet), and judging by that would switch off ladders that pay in the long run.
+A ladder re-trains a trial at every rung, so it saves compute only where a small fraction
+costs much less than the full data: an objective with a large fixed cost per fit (small data
+sets, many boosting rounds) pays for every rung almost in full. So the policy measures, after
+every trial told and over its latest `MAX_MEASURED` ladder trials, what a rung really costs
+against the same trial's full evaluation and how many trials reach each rung, and judges with
+`hpod.policies.ladder_payoff` (the arithmetic, the break-even and the minimum of trials are
+written down there). Once the verdict is "off"
+the study's next trials go straight to full data; the study's strategy driver stores the
+verdict on the study and lays it over the plan (`hpod.daemon.strategy`), so a restart keeps it.
 """
 
 from __future__ import annotations
 
-from statistics import median
+from collections import deque
 from typing import Any
 
 from hpod.policies._base import Policy, TrialEvent
+from hpod.policies.ladder_payoff import LadderPayoff, measure
 
-#: The ladder must cost at most this share of full evaluations, or it is switched off: the
-#: saving must be worth the ranking errors a low fidelity brings.
-PAYS_BELOW = 0.8
-#: Measurements (trials that climbed the ladder, full-data evaluations) before judging.
-MIN_LADDER_TRIALS = 8
-MIN_FULL_EVALUATIONS = 3
+#: The latest ladder trials measured: a bounded measurement (each verdict reads them all), and
+#: the reach of a study's recent trials, not of its first ones.
+MAX_MEASURED = 500
 
 
 class SubsamplingPolicy(Policy):
@@ -35,15 +33,35 @@ class SubsamplingPolicy(Policy):
     name = "subsampling"
 
     def __init__(self) -> None:
-        self.cpu: dict[float, list[float]] = {}
-        self.reached: dict[float, int] = {}
-        self.ladder_trials = 0
-        self.cost_ratio: float | None = None
+        #: The cost records of the latest trials that climbed the ladder.
+        self.costs: deque[dict[str, Any]] = deque(maxlen=MAX_MEASURED)
+        self.payoff: LadderPayoff | None = None
+        #: A verdict stored on the study and restored after a restart (final).
+        self.restored: dict[str, Any] | None = None
+
+    @property
+    def cost_ratio(self) -> float | None:
+        """A ladder trial's measured cost in full evaluations (None while measuring)."""
+        if self.restored is not None:
+            return self.restored.get("expected")
+        return None if self.payoff is None else self.payoff.expected
 
     @property
     def pays(self) -> bool:
-        """False once the measured ladder costs more than `PAYS_BELOW` of full evaluation."""
-        return self.cost_ratio is None or self.cost_ratio <= PAYS_BELOW
+        """False once the ladder was measured not to pay."""
+        if self.restored is not None:
+            return self.restored.get("verdict") != "off"
+        return self.payoff is None or self.payoff.verdict != "off"
+
+    def restore(self, stored: dict[str, Any]) -> None:
+        """Follow a verdict stored on the study (after a restart): it is final."""
+        self.restored = dict(stored)
+
+    def seed(self, costs: list[dict[str, Any]], trial: TrialEvent) -> None:
+        """Measure the trials told before a restart, as if told now."""
+        for cost in costs:
+            self._add(cost)
+        self._judge(trial)
 
     def before_dispatch(self, trial: TrialEvent) -> None:
         """Set the task's ladder from the study's plan, unless it was measured not to pay."""
@@ -52,36 +70,44 @@ class SubsamplingPolicy(Policy):
             trial.task["ladder"] = list(plan.ladder)
 
     def after_tell(self, trial: TrialEvent) -> None:
-        """Fold the rungs' measured CPU times into the verdict."""
-        rungs = (trial.cost or {}).get("rungs") or []
-        if not any(float(r[0]) < 1.0 for r in rungs):
-            return
-        self.ladder_trials += 1
-        for fraction, _value, from_cache, cpu in rungs:
-            self.reached[float(fraction)] = self.reached.get(float(fraction), 0) + 1
-            if not from_cache:
-                self.cpu.setdefault(float(fraction), []).append(float(cpu))
-        self._judge(_halving_rate(trial))
+        """Fold the trial's rungs into the measurement and judge again."""
+        if self._add(trial.cost or {}):
+            self._judge(trial)
 
-    def _judge(self, eta: float | None) -> None:
-        full = self.cpu.get(1.0, [])
-        if self.ladder_trials < MIN_LADDER_TRIALS or len(full) < MIN_FULL_EVALUATIONS:
+    def _add(self, cost: dict[str, Any]) -> bool:
+        rungs = cost.get("rungs") or []
+        if self.restored is not None or not any(float(r[0]) < 1.0 for r in rungs):
+            return False
+        self.costs.append(cost)
+        return True
+
+    def _judge(self, trial: TrialEvent) -> None:
+        if self.restored is not None or (self.payoff is not None and not self.pays):
+            return  # "off" is final: no trial climbs the ladder any more
+        plan = trial.plan
+        if plan is None or len(plan.ladder) < 2:
             return
-        expected = 0.0
-        for rung, fraction in enumerate(sorted(self.cpu)):
-            reach = self.reached[fraction] / self.ladder_trials if eta is None else eta**-rung
-            expected += median(self.cpu[fraction]) * reach
-        self.cost_ratio = expected / max(median(full), 1e-9)
+        self.payoff = measure(self.costs, plan.ladder, _halving_rate(trial))
 
     def describe(self) -> dict[str, Any]:
         """The verdict, for the study's status."""
-        verdict = "measuring" if self.cost_ratio is None else ("on" if self.pays else "off")
-        return {"ladder": verdict, "ladder_cost_ratio": self.cost_ratio}
+        if self.restored is not None:
+            return {
+                "ladder": self.restored.get("verdict"),
+                "ladder_cost_ratio": self.restored.get("expected"),
+                "ladder_reason": self.restored.get("reason"),
+            }
+        payoff = self.payoff
+        return {
+            "ladder": "measuring" if payoff is None else payoff.verdict,
+            "ladder_cost_ratio": self.cost_ratio,
+            "ladder_reason": None if payoff is None else payoff.reason(),
+        }
 
 
 def _halving_rate(trial: TrialEvent) -> float | None:
     """The reduction factor of a plan pruning with successive halving or Hyperband, else
-    None (then the measured share of trials reaching each rung is used)."""
+    None (it sets how many trials a verdict waits for: `ladder_payoff.min_ladder_trials`)."""
     plan = trial.plan
     if plan is None or not plan.uses("pruning"):
         return None  # nothing stops a trial: each one climbs every rung

@@ -1,11 +1,12 @@
-"""The module `celery -A hpod.workers.celery_app worker` loads: the app built from settings."""
+"""The module `celery -A hpod.workers.celery_app worker` loads: the app instance, built from
+the settings by `hpod.workers.celery_config.make_celery` when a worker starts."""
 
 import os
 import warnings
 
 from celery.exceptions import SecurityWarning
 
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 from hpod.workers.parent import die_with_parent
 
 if os.environ.get("HPOD_LOCAL_WORKER") == "1":

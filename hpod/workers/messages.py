@@ -223,6 +223,10 @@ class Cost(Strict):
     steps_to: Fraction | None = None
     step: Count | None = None
     resumed_step: Count | None = None
+    #: The worker process's first evaluation of this objective (and kwargs): its CPU holds
+    #: the process's warm-up (imports, data building), left out of the efficiency report's
+    #: comparison.
+    warm_up: bool = False
 
 
 #: "paused": a continued trial reached a rung below its last (values: its value there); it

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import eventually_async
 
 from hpod.daemon.web import add_web_routes, events
 from hpod.daemon.web.keys import MANAGER
@@ -69,11 +70,9 @@ async def _messages(response: Any, count: int) -> list[str]:
 
 
 async def _until(condition: Callable[[], bool]) -> None:
-    """Wait (at most 5 s) until `condition()` holds."""
-    async with asyncio.timeout(5):
-        # Polled: the listeners change inside aiohttp's handlers, with no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    """Wait (at most 5 s) until `condition()` holds: polled, as the listeners change inside
+    aiohttp's handlers, with no event to wait on."""
+    await eventually_async(condition, 5, 0.02)
 
 
 async def test_a_study_stream_carries_its_events_and_global_mode_changes(served: Any) -> None:

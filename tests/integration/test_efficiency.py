@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import optuna
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec, watch
 
 from hpod.engine import COST_ATTR, make_storage
 
@@ -43,10 +40,11 @@ def svc_spec(name: str, trials: int, mode: str) -> dict[str, Any]:
 
 def wait_told(daemon: Daemon, name: str, n: int, timeout: float = 120) -> None:
     """Wait until at least `n` trials of the study are finished."""
-    deadline = time.monotonic() + timeout
-    while sum(t.state.is_finished() for t in trials(daemon, name)) < n:
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.1)
+    eventually(
+        lambda: sum(t.state.is_finished() for t in trials(daemon, name)) >= n,
+        timeout,
+        what=lambda: daemon.log()[-3000:],
+    )
 
 
 def test_a_live_mode_switch_changes_fidelity_and_pruning_of_the_next_trials(
@@ -57,10 +55,7 @@ def test_a_live_mode_switch_changes_fidelity_and_pruning_of_the_next_trials(
     ends at exactly its budget, each trial told once; a mode.changed event is published."""
     daemon = start_daemon()
     name = "switch"
-    seen: list[dict[str, Any]] = []
-    events = EventWatcher(daemon, "mode.changed", seen)
-    events.start()
-    assert events.connected.wait(10)
+    events = watch(daemon, until="mode.changed")
     assert daemon.request("POST", "/studies", svc_spec(name, 36, "fast"))[0] == 201
     wait_told(daemon, name, 10)
     status, reply = daemon.request("POST", "/mode", {"study": name, "mode": "thorough"})
@@ -85,29 +80,8 @@ def test_a_live_mode_switch_changes_fidelity_and_pruning_of_the_next_trials(
     efficiency = final["efficiency"]
     assert efficiency["pruned"] >= 1 and efficiency["trials"] == 36
     assert "11% of the data" in efficiency["pruned_at"]
-    events.join(timeout=30)
-    assert {"event": "mode.changed", "study": name, "mode": "thorough"}.items() <= seen[0].items()
-
-
-class EventWatcher(threading.Thread):
-    """Reads the daemon's Server-Sent Events until one of type `wanted` arrives."""
-
-    def __init__(self, daemon: Daemon, wanted: str, found: list[dict[str, Any]]) -> None:
-        super().__init__(daemon=True)
-        self.url, self.wanted, self.found = daemon.url + "/events", wanted, found
-        self.connected = threading.Event()
-
-    def run(self) -> None:
-        """Collect the first event of the wanted type into `found`."""
-        with urllib.request.urlopen(self.url, timeout=120) as stream:
-            self.connected.set()
-            for raw in stream:
-                line = raw.decode().strip()
-                if line.startswith("data: "):
-                    event = json.loads(line.removeprefix("data: "))
-                    if event.get("event") == self.wanted:
-                        self.found.append(event)
-                        return
+    changed = events.first("mode.changed", timeout=30)
+    assert {"event": "mode.changed", "study": name, "mode": "thorough"}.items() <= changed.items()
 
 
 def test_sighup_reloads_the_modes_file_and_refuses_a_bad_one(
@@ -199,10 +173,7 @@ def test_cheap_trials_are_packed_into_few_tasks_and_each_told_once(
 
 def wait_log(daemon: Daemon, event: str, timeout: float = 30) -> None:
     """Wait until the daemon has logged `event`."""
-    deadline = time.monotonic() + timeout
-    while event not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()[-2000:]
-        time.sleep(0.1)
+    eventually(lambda: event in daemon.log(), timeout, what=lambda: daemon.log()[-2000:])
 
 
 def log_events(daemon: Daemon) -> list[dict[str, Any]]:

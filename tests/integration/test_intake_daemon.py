@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import pika
 import pytest
-from conftest import Daemon, DaemonFactory, free_port, hpod_env, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, free_port, hpod_env, quadratic_spec
 
 from hpod.messaging import ATTEMPTS_HEADER, DEAD_LETTERS, REQUESTS, RESULTS, retry_queue_name
 
@@ -81,10 +80,12 @@ class Replies:
 
     def wait(self, count: int, timeout: float = 90) -> None:
         """Until `count` replies have arrived."""
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
+
+        def arrived() -> bool:
             self.connection.process_data_events(time_limit=0.1)
-        assert len(self.received) >= count, f"{len(self.received)} replies of {count}"
+            return len(self.received) >= count
+
+        eventually(arrived, timeout, 0, lambda: f"{len(self.received)} replies of {count}")
 
     def close(self) -> None:
         """Close the connection."""
@@ -277,39 +278,45 @@ def test_a_study_created_while_the_broker_is_down_starts_and_is_announced_later(
 
 
 def _wait_health(daemon: Daemon, status: int, reason: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got, body = daemon.request("GET", "/health", token=None)
-        if got == status and reason in json.dumps(body):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"/health never answered {status} with {reason!r}: {got} {body}")
+    last: list[Any] = []
+
+    def answered() -> bool:
+        last[:] = daemon.request("GET", "/health", token=None)
+        return last[0] == status and reason in json.dumps(last[1])
+
+    eventually(answered, timeout, 0.3, lambda: f"/health never answered {status}: {last}")
 
 
 def _next_event(
     connection: pika.BlockingConnection, channel: Any, queue: str, timeout: float = 60
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def arrived() -> dict[str, Any] | None:
         method, _props, body = channel.basic_get(queue, auto_ack=True)
-        if method is not None:
-            event: dict[str, Any] = json.loads(body)
-            return event
-        connection.process_data_events(time_limit=0.2)
-    raise AssertionError("no study.created event")
+        if method is None:
+            connection.process_data_events(time_limit=0.2)
+            return None
+        event: dict[str, Any] = json.loads(body)
+        return event
+
+    return eventually(arrived, timeout, 0, "no event")
 
 
 def _dead_letters(url: str, count: int) -> list[tuple[Any, bytes]]:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     found: list[tuple[Any, bytes]] = []
-    deadline = time.monotonic() + 30
-    while len(found) < count and time.monotonic() < deadline:
+
+    def taken() -> bool:
         method, props, body = channel.basic_get(DEAD_LETTERS, auto_ack=True)
         if method is None:
             connection.process_data_events(time_limit=0.1)
-            continue
-        found.append((props, body))
-    connection.close()
-    assert len(found) == count
+        else:
+            found.append((props, body))
+        return len(found) == count
+
+    try:
+        eventually(taken, 30, 0, lambda: f"{len(found)} dead letters of {count}")
+    finally:
+        connection.close()
     return found

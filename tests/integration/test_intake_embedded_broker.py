@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually
 from kombu import Connection, Producer, Queue
 
 import hpod.fs_transport  # noqa: F401  (registers hpodfs://)
@@ -76,10 +77,12 @@ def test_a_message_recovered_from_a_killed_consumer_is_marked_redelivered(
     ready = tmp_path / "ready"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "messages"), str(ready)])
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert time.monotonic() < deadline and holder.poll() is None, "holder did not claim"
-            time.sleep(0.05)
+
+        def claimed() -> bool:
+            assert holder.poll() is None, "the holder exited before it claimed"
+            return ready.exists()
+
+        eventually(claimed, 30, 0.05, "the holder did not claim")
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)

@@ -134,27 +134,18 @@ def publish(
 
 
 def dead_letters(settings: Settings, expected: int, timeout: float = 60) -> list[Message]:
-    """Take `expected` dead letters off hpod.dead (waiting for them), then check none follow."""
+    """Take `expected` dead letters off hpod.dead (waiting for them)."""
     found: list[Message] = []
-    deadline = time.monotonic() + timeout
     with connect(settings) as conn:
         q = queue(DEAD_LETTERS)(conn.channel())
-        while len(found) < expected and time.monotonic() < deadline:
-            message = q.get(no_ack=True)
-            if message is None:
-                time.sleep(0.1)
-                continue
-            found.append(message)
-    assert len(found) == expected, f"{len(found)} dead letters, expected {expected}"
+
+        def taken() -> bool:
+            while len(found) < expected and (message := q.get(no_ack=True)) is not None:
+                found.append(message)
+            return len(found) == expected
+
+        eventually(taken, timeout, what=lambda: f"{len(found)} dead letters, expected {expected}")
     return found
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll `predicate` until true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_poison_requests_are_dead_lettered_after_bounded_tries_while_others_flow(
@@ -169,13 +160,13 @@ def test_poison_requests_are_dead_lettered_after_bounded_tries_while_others_flow
             publish(settings, REQUESTS, POISON)
         publish(settings, REQUESTS, b'{"valid": 1}')
         publish(settings, RESULTS, b'{"result": 1}')
-        wait_for(lambda: recorder.requests == [{"valid": 1}])
-        wait_for(lambda: recorder.results == [{"result": 1}])
+        eventually(lambda: recorder.requests == [{"valid": 1}])
+        eventually(lambda: recorder.results == [{"result": 1}])
         assert recorder.dead == []  # no poison message has used its 3 tries yet
         health = intake.health()["queues"][REQUESTS]
         assert health["retrying"] + health["waiting"] > 0 and health["retried"] >= 10
         letters = dead_letters(settings, 10)
-        wait_for(lambda: len(recorder.dead) == 10)
+        eventually(lambda: len(recorder.dead) == 10)
         assert intake.health()["stuck"] is False
     for letter in letters:
         assert letter.body == POISON
@@ -186,6 +177,36 @@ def test_poison_requests_are_dead_lettered_after_bounded_tries_while_others_flow
         assert "3 times" in headers["x-hpod-error"]
     assert {q for q, _ in recorder.dead} == {REQUESTS}
     assert recorder.requests == [{"valid": 1}]  # the poison never reached past its parse
+
+
+def test_a_dead_letter_is_the_whole_message_with_its_original_properties(
+    settings: Settings,
+) -> None:
+    """The dead letter carries the body as it came, not truncated (here 200 KB), and the
+    original reply_to, correlation_id and message_id as ``x-original-*`` headers, as
+    docs/protocol.md says (the review found the document claiming the opposite of both)."""
+    body = POISON + b" " * 200_000
+    recorder = Recorder()
+    with running_intake(settings, recorder), connect(settings) as conn:
+        Producer(conn.channel()).publish(
+            body,
+            exchange="",
+            routing_key=REQUESTS,
+            content_type="application/json",
+            content_encoding="binary",
+            delivery_mode=2,
+            reply_to="doc-claims-replies",
+            correlation_id="corr-17",
+            message_id="msg-17",
+            declare=[queue(REQUESTS)],
+        )
+        [letter] = dead_letters(settings, 1)
+    assert letter.body == body
+    headers = letter.headers
+    assert headers["x-original-reply_to"] == "doc-claims-replies"
+    assert headers["x-original-correlation_id"] == "corr-17"
+    assert headers["x-original-message_id"] == "msg-17"
+    assert headers["x-hpod-queue"] == REQUESTS and int(headers[ATTEMPTS_HEADER]) == 3
 
 
 def test_the_try_count_travels_with_the_message(settings: Settings) -> None:
@@ -210,7 +231,7 @@ def test_a_result_retried_is_marked_redelivered(settings: Settings) -> None:
 
     with running_intake(settings, recorder, on_result=flaky):
         publish(settings, RESULTS, b'{"result": 2}')
-        wait_for(lambda: recorder.results == [{"result": 2}])
+        eventually(lambda: recorder.results == [{"result": 2}])
     assert recorder.redelivered == [True]
 
 
@@ -224,7 +245,7 @@ def test_only_json_is_accepted(settings: Settings) -> None:
         publish(settings, REQUESTS, b'{"charset": 1}', "application/json; charset=utf-8")
         publish(settings, REQUESTS, b'{"plain": 1}', content_type="")
         [letter] = dead_letters(settings, 1, timeout=10)
-        wait_for(lambda: len(recorder.requests) == 2)
+        eventually(lambda: len(recorder.requests) == 2)
     assert "not accepted" in letter.headers["x-hpod-error"]
     assert int(letter.headers[ATTEMPTS_HEADER]) == 1
     assert recorder.requests == [{"charset": 1}, {"plain": 1}]
@@ -244,13 +265,13 @@ def test_health_reports_a_stuck_intake_and_recovers(settings: Settings) -> None:
         time.sleep(1.5)
         assert intake.health()["stuck"] is False  # idle past the threshold: healthy
         publish(settings, RESULTS, b'{"result": 3}')
-        wait_for(lambda: intake.health()["stuck"])
+        eventually(lambda: intake.health()["stuck"])
         health = intake.health()
         assert health["queues"][RESULTS]["lag_s"] > 1.0
         assert RESULTS in health["reasons"][0]
         release.set()
-        wait_for(lambda: recorder.results == [{"result": 3}])
-        wait_for(lambda: not intake.health()["stuck"])
+        eventually(lambda: recorder.results == [{"result": 3}])
+        eventually(lambda: not intake.health()["stuck"])
 
 
 def test_reconnect_backoff_resets_after_a_good_connection(settings: Settings) -> None:
@@ -302,7 +323,7 @@ def test_an_outage_is_not_counted_against_the_message(settings: Settings) -> Non
 
     with running_intake(settings, recorder, on_result=storage_down):
         publish(settings, RESULTS, b'{"result": 4}')
-        wait_for(lambda: recorder.results == [{"result": 4}])
+        eventually(lambda: recorder.results == [{"result": 4}])
     assert recorder.dead == []
     assert recorder.redelivered == [True]
 
@@ -383,4 +404,4 @@ def test_a_forged_retry_time_waits_no_longer_than_the_cap(settings: Settings) ->
         publish(
             settings, retry_queue_name(RESULTS), b'{"result": 5}', headers={"x-hpod-retry-at": 1e12}
         )
-        wait_for(lambda: recorder.results == [{"result": 5}], timeout=20)
+        eventually(lambda: recorder.results == [{"result": 5}], timeout=20)

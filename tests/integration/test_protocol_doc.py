@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, eventually, hpod_env, quadratic_spec
+from conftest import Daemon, eventually, hpod_env, quadratic_spec, watch
 from pydantic_core import to_jsonable_python
 
 from hpod.daemon.http import CODE_BY_STATUS, STATUS_BY_CODE
@@ -451,20 +451,11 @@ def test_events_after_the_loop_ended_are_published(daemon: Daemon) -> None:
     _, asked = _post(daemon, f"/studies/{name}/ask")
     assert _post(daemon, f"/studies/{name}/stop")[0] == 200
     eventually(lambda: not daemon.get(f"/studies/{name}")["running"])
-    conn, response = _stream(daemon, f"?study={name}")
-    try:
-        assert response.readline().startswith(b"retry:")
-        body = {"trial": asked["result"]["trial"], "values": [0.5]}
-        assert _post(daemon, f"/studies/{name}/tell", body)[0] == 200
-        event: dict[str, Any] = {}
-        while line := response.readline():
-            if line.startswith(b"data: "):
-                event = json.loads(line[6:])
-                if event["event"] == "trial.completed":
-                    break
-        assert event["trial"] == body["trial"] and event["values"] == [0.5]
-    finally:
-        conn.close()
+    events = watch(daemon, name, until="trial.completed")
+    body = {"trial": asked["result"]["trial"], "values": [0.5]}
+    assert _post(daemon, f"/studies/{name}/tell", body)[0] == 200
+    event = events.first("trial.completed")
+    assert event["trial"] == body["trial"] and event["values"] == [0.5]
 
 
 def test_sighup_reloads_objectives(daemon: Daemon) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pika
 import pytest
-from conftest import DaemonFactory, hpod_env, quadratic_spec
+from conftest import DaemonFactory, eventually, hpod_env, quadratic_spec
 
 from hpod.config import load_settings
 from hpod.daemon.bus import Bus
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 pytestmark = pytest.mark.broker
 
@@ -35,17 +35,18 @@ class Subscriber:
 
     def until(self, predicate: Any, timeout: float = 180) -> dict[str, Any]:
         """Collect events until one satisfies `predicate`; returns it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def matching() -> dict[str, Any] | None:
             method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
             if method is None:
                 self.connection.process_data_events(time_limit=0.1)
-                continue
-            event = json.loads(body)
+                return None
+            event: dict[str, Any] = json.loads(body)
             self.events.append(event)
-            if predicate(event):
-                return event
-        raise AssertionError(f"no matching event; got {[e['event'] for e in self.events]}")
+            return event if predicate(event) else None
+
+        got = lambda: f"no matching event; got {[e['event'] for e in self.events]}"  # noqa: E731
+        return eventually(matching, timeout, 0, got)
 
     def close(self) -> None:
         """Close the connection."""
@@ -69,9 +70,8 @@ def publish(url: str, message: dict[str, Any], reply: bool = True) -> dict[str, 
     )
     body = message if isinstance(message, bytes) else json.dumps(message).encode()
     channel.basic_publish("", "hpod.requests", body, props)
-    deadline = time.monotonic() + 30
-    while reply and not replies and time.monotonic() < deadline:
-        connection.process_data_events(time_limit=0.1)
+    if reply:
+        eventually(lambda: replies or connection.process_data_events(time_limit=0.1), 30, 0)
     connection.close()
     return json.loads(replies[0]) if replies else None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import Daemon, DaemonFactory, hpod_env, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, hpod_env, quadratic_spec
 
 from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR, make_storage
 
@@ -99,10 +99,12 @@ def test_a_stored_study_that_cannot_run_is_failed_and_the_daemon_serves(
     storage.set_study_user_attr(study_id, SPEC_ATTR, json.dumps(spec))
     optuna.load_study(study_name="huge", storage=storage).ask()
     daemon = start_daemon()
-    deadline = time.monotonic() + 30
-    while (status := daemon.get("/studies/huge"))["state"] != "failed":
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+
+    def failed() -> dict[str, Any] | None:
+        status: dict[str, Any] = daemon.get("/studies/huge")
+        return status if status["state"] == "failed" else None
+
+    status = eventually(failed, 30, 0.2)
     assert status["running"] is False and status["failure"]
     assert status["counts"] == {"fail": 1}
     code, reply = daemon.request("POST", "/studies", quadratic_spec("next", trials=4))
@@ -147,12 +149,15 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def healthy_again(daemon: Daemon, within: float = 15) -> dict[str, Any]:
     """/health once it answers 200 again (the daemon probes a failing storage every 5 s)."""
-    deadline = time.monotonic() + within
-    while (health := daemon.request("GET", "/health", token=None))[0] != 200:
-        assert time.monotonic() < deadline, health
-        time.sleep(0.2)
+    health = eventually(lambda: _health(daemon, 200), within, 0.2)
     body: dict[str, Any] = health[1]
     return body
+
+
+def _health(daemon: Daemon, status: int) -> tuple[int, Any] | None:
+    """GET /health if it answers `status`, else None (for `eventually`)."""
+    health = daemon.request("GET", "/health", token=None)
+    return health if health[0] == status else None
 
 
 def fill(where: Path) -> Path:
@@ -178,15 +183,9 @@ def test_a_full_disk_is_waited_out_and_nothing_is_lost(
     spec = quadratic_spec("full", trials=24, objective_kwargs={"sleep": 0.2})
     code, reply = daemon.request("POST", "/studies", spec)
     assert code in (200, 201), reply
-    deadline = time.monotonic() + 60
-    while daemon.get("/studies/full")["counts"].get("complete", 0) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    eventually(lambda: daemon.get("/studies/full")["counts"].get("complete", 0) >= 2, 60)
     filler = fill(tiny_fs)
-    deadline = time.monotonic() + 60
-    while (health := daemon.request("GET", "/health", token=None))[0] != 503:
-        assert time.monotonic() < deadline, health
-        time.sleep(0.2)
+    health = eventually(lambda: _health(daemon, 503), 60, 0.2)
     assert health[1]["status"] == "storage_failing" and "No space" in health[1]["storage_fault"]
     assert daemon.get("/studies/full")["state"] == "running"
     filler.unlink()
@@ -208,10 +207,7 @@ def test_results_waiting_after_a_stall_are_used_not_dispatched_again(
     spec = quadratic_spec("stall", trials=4, trial_timeout=2, objective_kwargs={"sleep": 1.0})
     code, reply = daemon.request("POST", "/studies", spec)
     assert code in (200, 201), reply
-    deadline = time.monotonic() + 60
-    while daemon.get("/studies/stall")["in_flight"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: daemon.get("/studies/stall")["in_flight"] >= 1, 60, 0.05)
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGSTOP)
     time.sleep(8)  # > trial_timeout 2 s + grace 1 s; the workers finish meanwhile
@@ -261,10 +257,11 @@ def test_postgresql_outages_are_waited_out_and_nothing_is_lost(
     code, reply = daemon.request("POST", "/studies", spec)
     assert code in (200, 201), reply
     for done in (3, 10, 18):
-        deadline = time.monotonic() + 120
-        while daemon.get("/studies/pg")["counts"].get("complete", 0) < done:
-            assert time.monotonic() < deadline, daemon.log()[-3000:]
-            time.sleep(0.1)
+        eventually(
+            lambda: daemon.get("/studies/pg")["counts"].get("complete", 0) >= done,  # noqa: B023
+            120,
+            what=lambda: daemon.log()[-3000:],
+        )
         _database_outage(postgres_url, 3.0)
     status = daemon.wait_study("pg", timeout=240)
     assert status["counts"] == {"complete": 30} and status["n_trials"] == 30

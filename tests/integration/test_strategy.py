@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import optuna
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec, watch
 
 from hpod.engine import make_storage
 
@@ -40,40 +37,6 @@ def trials(daemon: Daemon, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
-class Events(threading.Thread):
-    """Collects every Server-Sent Event of one study until `study.completed`."""
-
-    def __init__(self, daemon: Daemon, study: str) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{daemon.url}/events?study={study}"
-        self.events: list[dict[str, Any]] = []
-        self.connected = threading.Event()
-
-    def run(self) -> None:
-        """Read the stream into `events`."""
-        with urllib.request.urlopen(self.url, timeout=300) as stream:
-            self.connected.set()
-            for raw in stream:
-                line = raw.decode().strip()
-                if line.startswith("data: "):
-                    event = json.loads(line.removeprefix("data: "))
-                    self.events.append(event)
-                    if event.get("event") == "study.completed":
-                        return
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        """The events of type `kind`, in order."""
-        return [e for e in self.events if e.get("event") == kind]
-
-
-def watch(daemon: Daemon, study: str) -> Events:
-    """Start collecting the study's events (before it is created, so none is missed)."""
-    events = Events(daemon, study)
-    events.start()
-    assert events.connected.wait(10)
-    return events
-
-
 def check_windows(decisions: list[dict[str, Any]], window: int) -> None:
     """One decision at the start, then at most one per window of told trials, each once its
     window is full."""
@@ -90,11 +53,8 @@ def log_events(daemon: Daemon) -> list[dict[str, Any]]:
 
 
 def wait_until(check: Any, daemon: Daemon, timeout: float = 120) -> None:
-    """Poll `check()` until it holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.2)
+    """Poll `check()` until it holds; the daemon's log tail if it never does."""
+    eventually(check, timeout, 0.2, lambda: daemon.log()[-3000:])
 
 
 def test_an_auto_study_decides_at_the_start_and_every_window(start_daemon: DaemonFactory) -> None:

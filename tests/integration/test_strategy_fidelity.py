@@ -10,7 +10,7 @@ import optuna
 import pytest
 from conftest import Daemon, DaemonFactory
 
-from hpod.engine import COST_ATTR, make_storage
+from hpod.engine import COST_ATTR, LADDER_ATTR, make_storage
 
 PRUNED = optuna.trial.TrialState.PRUNED
 
@@ -57,9 +57,13 @@ def test_a_small_budget_balanced_study_on_a_data_objective_prunes_from_its_first
     assert first["fidelity"] == "data", first
     assert first["plan"]["pruner"] != "none", first
     assert first["plan"]["ladder"] == pytest.approx([1 / 9, 1 / 3, 1.0]), first
-    # No decision drops pruning: a strategy without a pruner or ladder keeps the mode's.
+    # No decision drops pruning: a strategy without a pruner or ladder keeps the mode's; the
+    # ladder goes only once the study measured it not to pay (`hpod:ladder`).
+    off = study.user_attrs.get(LADDER_ATTR)
     for decision in decisions:
-        assert decision["plan"]["pruner"] != "none" and len(decision["plan"]["ladder"]) > 1
+        assert decision["plan"]["pruner"] != "none"
+        dropped = off is not None and decision["told"] >= off["told"]
+        assert len(decision["plan"]["ladder"]) > 1 or dropped, (decision, off)
 
     end = decisions[1]["first_trial"] if len(decisions) > 1 else 16
     window = [t for t in study.get_trials(deepcopy=False) if t.number < end]

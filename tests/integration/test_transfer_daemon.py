@@ -5,16 +5,13 @@ used. Cheap analytic studies (`quadratic`, whose `offset` kwarg shifts the optim
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import optuna
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, quadratic_spec, watch
 
 from hpod.engine import make_storage
 from hpod.transfer.memory import MEMORY_ATTR
@@ -45,39 +42,6 @@ def study(daemon: Daemon, name: str) -> optuna.Study:
 def transferred(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The trials marked as transferred from a past study."""
     return [t for t in trials if TRANSFERRED_ATTR in t.user_attrs]
-
-
-class Events(threading.Thread):
-    """Collects a study's Server-Sent Events until `study.completed`."""
-
-    def __init__(self, daemon: Daemon, name: str) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{daemon.url}/events?study={name}"
-        self.events: list[dict[str, Any]] = []
-        self.connected = threading.Event()
-
-    def run(self) -> None:
-        """Read the stream."""
-        with urllib.request.urlopen(self.url, timeout=300) as stream:
-            self.connected.set()
-            for raw in stream:
-                line = raw.decode().strip()
-                if line.startswith("data: "):
-                    self.events.append(json.loads(line.removeprefix("data: ")))
-                    if self.events[-1].get("event") == "study.completed":
-                        return
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        """The events of type `kind`, in order."""
-        return [e for e in self.events if e.get("event") == kind]
-
-
-def watch(daemon: Daemon, name: str) -> Events:
-    """Start collecting the study's events before it is created."""
-    events = Events(daemon, name)
-    events.start()
-    assert events.connected.wait(10)
-    return events
 
 
 def run(daemon: Daemon, body: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pika
 import pytest
-from conftest import Daemon, DaemonFactory, quadratic_spec
+from conftest import Daemon, DaemonFactory, eventually, quadratic_spec
 
 from hpod.daemon.store import Outcome, StudyStore
 
@@ -61,10 +61,7 @@ def test_an_event_owed_when_the_daemon_died_after_the_tell_is_published_at_resta
     data = tmp_path / "data"
     daemon = start_daemon("--no-workers", broker_url=rabbitmq, data_dir=data)
     assert daemon.request("POST", "/studies", quadratic_spec("owed", trials=2))[0] == 201
-    deadline = time.monotonic() + 30
-    while daemon.get("/studies/owed")["in_flight"] < 2:
-        assert time.monotonic() < deadline, daemon.get("/studies/owed")
-        time.sleep(0.2)
+    eventually(lambda: daemon.get("/studies/owed")["in_flight"] >= 2, 30, 0.2)
     _kill(daemon)  # two trials in flight and no worker: a graceful stop would drain for a minute
     store = StudyStore(f"journal://{data}/studies.journal")
     spec = store.spec("owed")

@@ -27,7 +27,7 @@ def test_a_pickled_task_is_refused(
     """A task serialised with pickle reaches the worker and is refused, unexecuted."""
     from hpod.config import Settings
     from hpod.messaging import EVALUATE_TASK
-    from hpod.workers.app import make_celery
+    from hpod.workers.celery_config import make_celery
 
     daemon = start_daemon("--no-workers", broker_url=rabbitmq)
     worker = start_worker(daemon.env, concurrency=1)

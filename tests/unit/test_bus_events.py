@@ -11,7 +11,7 @@ import pytest
 
 from hpod.config import Settings
 from hpod.daemon.bus import Bus
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from hpod.daemon.http import make_app, openapi_document, route_of
 from hpod.daemon.manager import StudyManager
 from hpod.daemon.store import StudyStore
 from hpod.schema import BODIES
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 
 @pytest.fixture(scope="module")

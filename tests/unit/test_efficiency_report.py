@@ -12,6 +12,8 @@ from optuna.trial import TrialState
 from hpod.daemon.store import StudyStore
 from hpod.engine import COST_ATTR
 from hpod.schema import StudySpec
+from hpod.workers import tasks
+from hpod.workers.messages import Cost
 
 SPEC = StudySpec.model_validate(
     {
@@ -86,3 +88,49 @@ def test_without_complete_trials_a_step_pruned_trial_costs_what_it_spent(tmp_pat
     assert report["cpu_seconds"] == pytest.approx(2.0)
     assert report["full_evaluation_cpu_seconds"] is None and report["compute_ratio"] is None
     store.close()
+
+
+def test_a_worker_process_first_evaluation_is_left_out_of_both_sides(tmp_path: Path) -> None:
+    """Exact input: two worker processes' first trials on the ladder (warm-up ~1.3 s in their
+    first rung): one complete (1.3 + 0.1 + 0.3 + 1.0 = 2.7 s spent, full fit 1.0) and one
+    pruned on its first rung (1.4 s); then two complete ladder trials (0.1 + 0.3 + 1.0) and
+    two pruned on their first rung (0.1 s). Priced with the warm-ups, plain read
+    1.0 + 1.4 / 0.1 + 2 x 1.0 + 2 x 1.0 = 19.0 for 7.1 spent; left out of both sides (and of
+    the rung ratios), plain is 2 x 1.0 + 2 x (0.1 / 0.1) = 4.0 for 2 x 1.4 + 2 x 0.1 = 3.0."""
+    store = StudyStore(f"journal://{tmp_path / 'j.log'}")
+    store.create(SPEC)
+    study = store.open(SPEC)
+
+    def ladder(first: float) -> list[list[Any]]:
+        return [
+            [THIRDS[0], 0.2, False, first],
+            [THIRDS[1], 0.15, False, 0.3],
+            [1.0, 0.1, False, 1.0],
+        ]
+
+    def pruned(first: float, **extra: Any) -> dict[str, Any]:
+        return cost(first, [[THIRDS[0], 0.5, False, first]], pruned_at=THIRDS[0], **extra)
+
+    steps = {11: 0.2, 33: 0.15, 100: 0.1}
+    add(study, TrialState.COMPLETE, cost(2.7, ladder(1.4), warm_up=True), steps)
+    add(study, TrialState.PRUNED, pruned(1.4, warm_up=True), {11: 0.5})
+    for _ in range(2):
+        add(study, TrialState.COMPLETE, cost(1.4, ladder(0.1)), steps)
+        add(study, TrialState.PRUNED, pruned(0.1), {11: 0.5})
+    report = store.efficiency(SPEC)
+    assert report["trials"] == 6 and report["pruned"] == 3
+    assert report["warm_up"] == {"trials": 2, "cpu_seconds": pytest.approx(4.1)}
+    assert report["cpu_seconds"] == pytest.approx(3.0)
+    assert report["full_evaluation_cpu_seconds"] == pytest.approx(4.0)
+    assert report["compute_ratio"] == pytest.approx(round(4.0 / 3.0, 3))
+    store.close()
+
+
+def test_a_worker_marks_its_first_evaluation_of_each_objective_and_kwargs() -> None:
+    """The flag the report reads: first per (objective, kwargs) in this process, then not."""
+    tasks._WARM.clear()
+    assert tasks._first_here("svc_cv", {"n": 1})
+    assert not tasks._first_here("svc_cv", {"n": 1})
+    assert tasks._first_here("svc_cv", {"n": 2}) and tasks._first_here("other", {"n": 1})
+    assert Cost(warm_up=True).model_dump(mode="json")["warm_up"] is True
+    tasks._WARM.clear()

@@ -1,9 +1,9 @@
-"""The suite's one polling helper, `eventually`, does what the tests rely on."""
+"""The suite's one polling helper, `eventually` (and its async twin), does what tests need."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import eventually
+from conftest import eventually, eventually_async
 
 
 def test_returns_the_first_truthy_value_and_retries_assertions() -> None:
@@ -44,3 +44,23 @@ def test_another_exception_ends_the_wait_at_once() -> None:
     with pytest.raises(RuntimeError, match="daemon exited"):
         eventually(broken, timeout=30, interval=0.01)
     assert calls == [1]
+
+
+async def test_the_async_twin_awaits_and_follows_the_same_rules() -> None:
+    """`eventually_async` awaits what `fn` returns, retries falsy values and assertions, and
+    raises the last assertion after its time."""
+    answers: list[object] = [None, AssertionError("not yet"), "done"]
+
+    async def poll() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, AssertionError):
+            raise answer
+        return answer
+
+    assert await eventually_async(poll, 5, 0.001) == "done"
+
+    def wrong() -> None:
+        raise AssertionError("the loop has not restarted")
+
+    with pytest.raises(AssertionError, match="the loop has not restarted"):
+        await eventually_async(wrong, 0.05, 0.01)

@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
 import pytest
+from conftest import eventually
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -100,6 +100,17 @@ def start_child(path: Path) -> subprocess.Popen[str]:
     )
     assert expect(proc.stdout) == "ready"
     return proc
+
+
+def waits_for_lock(path: Path, pid: int) -> bool:
+    """Whether process `pid` is blocked waiting for the journal's flock (a ``->`` line of
+    /proc/locks on the lock file's inode): it has reached the lock, which it cannot take."""
+    inode = os.stat(f"{path}.flock").st_ino
+    with open("/proc/locks") as locks:
+        return any(
+            fields[1] == "->" and fields[5] == str(pid) and fields[6].endswith(f":{inode}")
+            for fields in (line.split() for line in locks)
+        )
 
 
 def expect(stream: IO[str] | None) -> str:
@@ -289,7 +300,7 @@ class TestOtherProcesses:
                 run_trials(study, 3)
                 send(child, f"block {marker}")
                 assert expect(child.stdout) == "writing"
-                time.sleep(0.5)  # time for the child to reach the lock; no timing asserted
+                eventually(lambda: waits_for_lock(path, child.pid), 30, 0.02)
                 assert not marker.exists()
                 run_trials(study, 2)
             assert expect(child.stdout) == "done"

@@ -59,6 +59,23 @@ def test_auto_keeps_the_modes_pruner_and_ladder_when_its_strategy_prunes_nothing
     assert plan.extra == {"strategy": "qmc", "kept_from_mode": ["pruner", "ladder"]}
 
 
+@pytest.mark.parametrize("strategy", [None, "qmc", "tpe-halving-ladder"])
+def test_a_ladder_measured_not_to_pay_is_dropped_whoever_chose_it_and_the_pruner_stays(
+    strategy: str | None,
+) -> None:
+    """The mode's ladder, one `auto` kept, one a strategy brings: all go to the full data."""
+    chosen = BY_NAME[strategy] if strategy else None
+    on = compose(balanced(), chosen, "data", keep_mode_pruning=True)
+    off = compose(balanced(), chosen, "data", keep_mode_pruning=True, ladder_off=True)
+    assert len(on.ladder) == 3 and off.ladder == (1.0,)
+    assert (off.sampler, off.pruner, off.pruner_options) == (
+        on.sampler,
+        on.pruner,
+        on.pruner_options,
+    )
+    assert off.pruner == "successive_halving" and off.extra["ladder_off"] is True
+
+
 def test_an_epoch_objective_keeps_the_modes_step_pruner_but_gets_no_data_ladder() -> None:
     """Epochs are pruned by the mode's step pruner; a data ladder does not apply to them."""
     plan = compose(balanced(), BY_NAME["cmaes"], "epochs", keep_mode_pruning=True)

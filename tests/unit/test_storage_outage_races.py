@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually_async
 from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
@@ -78,13 +79,12 @@ async def two_trials_dispatched(d: Daemonless, name: str) -> list[dict[str, Any]
     spec = StudySpec.model_validate(quadratic(name, trials=2))
     await d.manager.create(spec)
     await d.until(lambda: name in d.manager.runs and len(d.manager.runs[name].inflight) == 2)
-    for _ in range(200):
+
+    async def marked() -> bool:
         trials = await d.store.call(d.store.trials, spec, None)
-        if all(t.user_attrs.get(DISPATCHED_ATTR) for t in trials):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the trials were never marked dispatched")
+        return all(t.user_attrs.get(DISPATCHED_ATTR) for t in trials)
+
+    await eventually_async(marked, 10, what="the trials were never marked dispatched")
     run = d.manager.runs[name]
     return [result_of(name, flight, 0.5 + n) for n, flight in sorted(run.inflight.items())]
 
@@ -257,11 +257,14 @@ async def test_a_create_whose_last_commit_landed_though_it_failed_starts_on_the_
     assert again["created"] is False and again["running"] is True
     assert daemon.event_names("pg").count("study.created") == 1
     assert starts == ["pg"]  # one loop started
-    for _ in range(int(WITHIN / 0.05)):
+
+    async def completed() -> bool:
         if "study.completed" in daemon.event_names("pg"):
-            break
+            return True
         await daemon.answer("pg")
-        await asyncio.sleep(0.05)
+        return False
+
+    await eventually_async(completed, WITHIN)
     assert (await daemon.manager.status("pg"))["counts"] == {"complete": 2}
 
 

@@ -77,7 +77,7 @@ def test_every_builtin_strategy_may_be_chosen_by_auto() -> None:
         (shape({"x": FLOAT}, trials=SMALL_BUDGET), None, "gp"),
         (shape({"x": FLOAT}, cpu=GP_MIN_EVALUATION_CPU), None, "gp"),
         # ... but only for evaluations that cost more than its suggestions: TPE until one is
-        # measured, and for cheap ones (the `make run` demo's GP cost more than its trials)
+        # measured, and for cheap ones (the gradient-boosting demo's GP cost more than its trials)
         (shape({"x": FLOAT, "y": FLOAT}, cpu=None), None, "tpe-multivariate"),
         (shape({"x": FLOAT, "y": FLOAT}, cpu=0.23), None, "tpe-multivariate"),
         # a few categoricals (at most a fifth) still count as numeric

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import quadratic_spec
+from conftest import eventually_async, quadratic_spec
 from optuna.trial import TrialState
 
 from hpod.config import Settings
@@ -31,7 +31,7 @@ from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.journal import JournalGroupError
 from hpod.schema import FloatParam, StudySpec
-from hpod.workers.app import make_celery
+from hpod.workers.celery_config import make_celery
 
 #: The exact unsampleable space of issue 12, finding 1 (Optuna: "Range exceeds valid bounds").
 HUGE_SPACE = {
@@ -69,10 +69,7 @@ class Daemonless:
 
     async def until(self, check: Callable[[], bool], within: float = 20) -> None:
         """Wait until `check()` holds."""
-        deadline = time.monotonic() + within
-        while not check():
-            assert time.monotonic() < deadline, f"timed out; events: {self.events}"
-            await asyncio.sleep(0.05)
+        await eventually_async(check, within, what=lambda: f"events: {self.events}")
 
     async def answer(self, name: str) -> int:
         """Play the worker: tell every trial in flight of study `name` complete. A result

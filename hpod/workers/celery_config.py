@@ -1,5 +1,7 @@
-"""The Celery app of hpod's workers: JSON only, late acks, retried (a bounded number of
-times) when a worker dies.
+"""How the Celery app of hpod's workers is built and configured (`make_celery`): JSON only,
+late acks, retried (a bounded number of times) when a worker dies. The app instance that
+``celery -A`` loads in a worker is `hpod.workers.celery_app`; the daemon builds its own with
+`make_celery` to send tasks.
 
 `task_acks_late` with `task_retry_on_worker_lost` means a trial whose worker process dies is
 sent again (to any worker) rather than lost; the daemon tells Optuna only once, however many
