@@ -34,12 +34,18 @@ from hpod.policies.strategy.actions import BUILTIN, SpaceShape, Strategy
 SMALL_BUDGET = 60
 #: The GP is chosen only for objectives whose full evaluation costs at least this many CPU
 #: seconds (measured on the study's complete trials). A GP suggestion costs the sampler
-#: process 0.07 s (40 trials, 5-D) to 0.5 s (60 trials of the `make run` demo, where it cost
-#: more than the 0.23 s evaluations it chose); at 2 s an evaluation, the model's CPU stays
-#: a fraction of the objective's. Until a full evaluation is measured, TPE decides.
+#: process 0.07 s (40 trials, 5-D) to 0.5 s (60 trials of the former gradient-boosting
+#: demo, where it cost more than the 0.23 s evaluations it chose); at 2 s an evaluation,
+#: the model's CPU stays a fraction of the objective's. Until a full evaluation is
+#: measured, TPE decides.
 GP_MIN_EVALUATION_CPU = 2.0
 #: A space is numeric when at least this share of its parameters are float or int.
 NUMERIC_SHARE = 0.8
+
+
+#: How a decision's reason names a fidelity ("epochs" covers any steps an objective reports:
+#: epochs, passes, boosting rounds, CV folds).
+FIDELITY_WORDS = {"epochs": "steps it reports", "data": "a data ladder that pays"}
 
 
 def is_numeric(shape: SpaceShape) -> bool:
@@ -76,8 +82,9 @@ def rule(
         return pick("nsga2", "tpe"), "several objectives: NSGA-II"
     fidelity = shape.fidelity == "epochs" or (shape.fidelity == "data" and ladder_pays is not False)
     if fidelity:
+        words = FIDELITY_WORDS.get(str(shape.fidelity), "a fidelity")
         return pick("tpe-multivariate", "tpe"), (
-            f"objective with a {shape.fidelity} fidelity: multivariate TPE, which learns from "
+            f"objective with {words}: multivariate TPE, which learns from "
             "pruned trials, under the mode's pruner and ladder"
         )
     if is_numeric(shape) and is_small_budget(shape):
