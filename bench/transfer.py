@@ -394,8 +394,7 @@ def report(
         cwd=ROOT,
     ).stdout.strip()
     lines = [
-        f"Command `python bench/transfer.py --seeds {len(seeds)} --trials {trials}{flags} "
-        "--write`, "
+        f"Command `python bench/transfer.py --seeds {len(seeds)} --trials {trials}{flags}`, "
         f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, seeds "
         f"{seeds[0]}..{seeds[-1]} (the samplers' seeds), {trials} trials a study, mode "
         f"`{MODE}`; {seconds / 60:.0f} min wall, {cpu / 60:.0f} CPU min on {os.cpu_count()} "
@@ -536,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         args.trials,
         time.time() - started,
         cpu.ru_utime + cpu.ru_stime,
-        " --no-prior" if args.no_prior else "",
+        " --no-prior" * args.no_prior + f" --jobs {args.jobs}" + " --write" * args.write,
     )
     if args.write:
         write_section(ROOT / "docs" / "benchmarks.md", text)

@@ -8,13 +8,17 @@ docs/transfer.md):
   ones mapped into the new space (at most the mode's `transfer_share` of the trial budget),
   and the first half enqueued as waiting trials, asked before anything the sampler proposes;
   the second half is held. The plan is stored first (``hpod:transfer``), so a restart never
-  plans again: it only finishes enqueueing what was planned.
+  plans again: it only finishes enqueueing what was planned. At every start the surfaces of
+  the sources in use are given to the study's TPE sampler as a prior (`hpod.transfer.prior`,
+  through `StudyStore.wrap_sampler`): never stored, faded by the study's own trials.
 - **Before each ask** (once new trials were told), each source still in use is judged
-  against the study's own complete trials (`hpod.transfer.agreement`). A source that
-  disagrees stops being used: its waiting trials are dropped (failed, marked
+  against the study's own complete trials (`hpod.transfer.agreement`). A source whose
+  correlation is below 0 is paused (out of the prior, its held configurations kept back)
+  until it is back at 0 or above; one that disagrees (below a bound that depends on the
+  number of trials) stops being used: its waiting trials are dropped (failed, marked
   ``hpod:transfer_dropped``) and its held ones never enqueued. Once `MIN_PAIRS` trials are
-  complete, the held configurations of the sources that still agree are enqueued, within the
-  budget left. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
+  complete, the held configurations of the sources in use are enqueued, within the budget
+  left. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
 - **At the end** (completed; or stopped with at least `MIN_STOPPED_TRIALS` complete trials)
   the study's memory record is written on it (``hpod:memory``) for later studies.
 
