@@ -1,33 +1,44 @@
 """Transfer across studies: does a study of an objective seen before need less compute?
 
-Related sequence: the `gradient_boosting` objective on five shifted data sets (the generator's
-seed and the number of rows change: `DATASETS`), tuned one after the other. Each later study (2
-to 5) is warm-started from the memories of the earlier ones of its sequence, with the parts in
-`hpod/transfer/` (which the daemon drives the same way, `hpod/daemon/transfer.py`):
-`build_memory` when a study ends, `rank_sources` and `plan_transfer` at the start (at most
-0.25 of the trials), the configurations enqueued with Optuna's `enqueue_trial`, and before
-every ask the agreement check (`predict_ranks`, `judge`) that drops a disagreeing source's
-waiting trials (`drop_waiting`); half of the configurations are enqueued at the start, the
-rest once 8 results are in (`stages`). Cold is the same study without transfer: plain
-Optuna (its default TPE sampler, the same seed), which is also the reference: the target of
-data set d is the median over seeds of cold's final best on d.
+Related sequence (issue 15: "the same objective on shifted data"): gradient-boosted trees
+(scikit-learn's ``HistGradientBoostingClassifier``, the model of the `gradient_boosting`
+objective, validation log-loss) on five data sets drawn from **one** generated
+classification problem (`PROBLEM_SEED`), each with its own sample of rows (generator seed),
+class balance and size (`DATASETS`): next week's data, another customer's. Each later study
+(2 to 5) is warm-started from the memories of the earlier ones of its sequence by the
+daemon's own transfer code (`hpod.daemon.transfer.TransferDriver` on a journal-file
+`StudyStore`, the study loop stood in for by `Loop`): configurations enqueued first, the
+past surfaces given to TPE as a prior (`hpod.transfer.prior`), the agreement judge before
+every ask, the memory written at the end. (The `gradient_boosting` objective's own ``seed``
+kwarg makes a *different* problem per seed, not shifted data of one; docs/transfer.md shows
+what that sequence gives.)
 
-It runs in-process, one trial at a time, through the daemon's own transfer code
-(`hpod.daemon.transfer.TransferDriver` on a journal-file `StudyStore`, the loop stood in for by
-`Loop`): no broker, no workers, so transfer is the only difference between warm and cold and
-the benchmark is fast. Compute is the CPU time of the objective
-calls (`time.process_time`, one OpenMP thread), so the figures do not depend on the machine's
-other load. A run's compute to target is its cumulative CPU when its running best first
-reaches the target; a run that never does is censored at its total (shown as ">").
+Three runs per data set and seed, all in-process, one trial at a time:
+
+- **plain**: plain Optuna, its default sampler (TPE, the seed), nothing else: the reference.
+  The target of data set d is the median over seeds of plain's final best on d;
+- **hpod cold**: the study as the daemon runs it in the `balanced` mode (its sampler:
+  multivariate TPE), transfer off;
+- **hpod warm**: the same with transfer (`auto`; the mode's `transfer_share`, 0.25).
+
+Compute is the CPU time of the objective calls (`time.process_time`, one OpenMP thread), so
+the figures do not depend on the machine's other load. A run's compute to target is its
+cumulative CPU when its running best first reaches the target; a run that never does is
+censored at its total (shown as "reached"; censoring flatters the censored side).
+
+Ratios are paired by seed (the same seed's cold and warm runs, on the same data), summarised
+by their geometric mean over seeds (and data sets, for studies 2-5) with a bootstrap 95 %
+interval resampling seeds.
 
 Negative control: an unrelated objective that shares the parameter names (an analytic bowl
 whose optimum sits where gradient boosting does badly: a low learning rate, few rounds) is
-warm-started from the gradient-boosting memories by name (as naming the past studies
-would), and compared with itself cold. Its evaluations cost microseconds, so its compute is
-counted in evaluations.
+warm-started from the boosting memories by name (as naming the past studies would; the
+same objective name so that similarity lets it), compared with itself cold. Its evaluations
+cost microseconds, so its compute is counted in evaluations.
 
-    .venv/bin/python bench/transfer.py                    # 3 seeds, 30 trials a study
-    .venv/bin/python bench/transfer.py --seeds 5 --trials 40 --json out.json
+    python bench/transfer.py --seeds 10 --trials 30 --write   # `make bench`; the tables go
+                                                              # into docs/benchmarks.md
+    python bench/transfer.py --seeds 2 --trials 20            # a quick look
 
 Not part of the test suite.
 """
@@ -37,18 +48,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,12 +79,11 @@ from hpod.policies import PolicyChain  # noqa: E402
 from hpod.policies.compose import resolve_plan  # noqa: E402
 from hpod.policies.plan import Plan  # noqa: E402
 from hpod.schema import Budget, StudySpec  # noqa: E402
-from hpod.workers.context import TrialContext  # noqa: E402
-from hpod.workers.objectives.gradient_boosting import gradient_boosting  # noqa: E402
+from hpod.transfer import prior  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SHARE = 0.25  # at most this share of a study's trials is transferred
+MODE = "balanced"
 SPACE = {
     "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
     "max_iter": {"type": "int", "low": 20, "high": 300},
@@ -74,20 +91,77 @@ SPACE = {
     "min_samples_leaf": {"type": "int", "low": 2, "high": 100, "log": True},
     "l2_regularization": {"type": "float", "low": 0.0, "high": 10.0},
 }
-#: Five shifted data sets: other generator seeds and sizes.
+#: The generated problem every data set of the sequence is drawn from, and its pool of rows.
+PROBLEM_SEED = 7
+POOL_ROWS = 20_000
+#: Five shifted data sets: another sample of rows, class balance and size each.
 DATASETS: list[dict[str, Any]] = [
-    {"seed": 11, "n_samples": 1000},
-    {"seed": 12, "n_samples": 1200},
-    {"seed": 13, "n_samples": 800},
-    {"seed": 14, "n_samples": 1400},
-    {"seed": 15, "n_samples": 1000},
+    {"sample": 1, "n_samples": 1000, "positive_share": 0.5},
+    {"sample": 2, "n_samples": 1200, "positive_share": 0.4},
+    {"sample": 3, "n_samples": 800, "positive_share": 0.6},
+    {"sample": 4, "n_samples": 1400, "positive_share": 0.35},
+    {"sample": 5, "n_samples": 1000, "positive_share": 0.55},
 ]
+OBJECTIVE = "gradient_boosting_shifted"
+CONTROL = 9  # the control's key in the run tables
+SECTION = "transfer"
 
 Objective = Callable[[dict[str, Any], dict[str, Any]], float]
 
 
+@lru_cache(maxsize=1)
+def _pool() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=POOL_ROWS, n_features=20, n_informative=8, flip_y=0.01, random_state=PROBLEM_SEED
+    )
+    return x, y
+
+
+@lru_cache(maxsize=8)
+def _dataset(sample: int, n_samples: int, positive_share: float) -> tuple[np.ndarray, ...]:
+    """`n_samples` rows of the pool, `positive_share` of them of class 1, drawn with seed
+    `sample`, split 75/25 (stratified)."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = _pool()
+    rng = np.random.default_rng(sample)
+    positives = round(n_samples * positive_share)
+    rows = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(y == 1), positives, replace=False),
+            rng.choice(np.flatnonzero(y == 0), n_samples - positives, replace=False),
+        ]
+    )
+    parts = train_test_split(
+        x[rows], y[rows], test_size=0.25, random_state=sample, stratify=y[rows]
+    )
+    return tuple(parts)
+
+
 def boosting(params: dict[str, Any], kwargs: dict[str, Any]) -> float:
-    return gradient_boosting(TrialContext(params), **kwargs)
+    """Validation log-loss of the `gradient_boosting` objective's model on a shifted data set."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import log_loss
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    x_train, x_val, y_train, y_val = _dataset(
+        int(kwargs["sample"]), int(kwargs["n_samples"]), float(kwargs["positive_share"])
+    )
+    model = HistGradientBoostingClassifier(
+        learning_rate=float(params["learning_rate"]),
+        max_iter=int(params["max_iter"]),
+        max_leaf_nodes=int(params["max_leaf_nodes"]),
+        min_samples_leaf=int(params["min_samples_leaf"]),
+        l2_regularization=float(params["l2_regularization"]),
+        early_stopping=False,
+        random_state=int(kwargs["sample"]),
+    )
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model.fit(x_train, y_train)
+        proba = model.predict_proba(x_val)
+    return float(log_loss(y_val, proba, labels=[0, 1]))
 
 
 def bowl(params: dict[str, Any], kwargs: dict[str, Any]) -> float:
@@ -120,6 +194,7 @@ class Run:
     compute: list[float] = field(default_factory=list)
     transferred: int = 0
     dropped: int = 0
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -145,7 +220,30 @@ class NoEvents:
         """Drop it."""
 
 
-async def run_study(
+def run_plain(
+    objective: Objective, kwargs: dict[str, Any], seed: int, trials: int, count: bool, d: int
+) -> Run:
+    """Plain Optuna: its default sampler (TPE) with the seed, in memory."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    spec = StudySpec.model_validate(
+        {"name": "plain", "space": SPACE, "budget": {"trials": trials}}, strict=False
+    )
+    run = Run("plain", d, seed)
+    cpu, best = 0.0, math.inf
+    for _ in range(trials):
+        trial = study.ask()
+        params = suggest(trial, spec.space)
+        started = time.process_time()
+        value = objective(params, kwargs)
+        cpu += 1.0 if count else time.process_time() - started
+        study.tell(trial, value)
+        best = min(best, value)
+        run.best.append(best)
+        run.compute.append(cpu)
+    return run
+
+
+async def run_hpod(
     store: StudyStore,
     name: str,
     objective: Objective,
@@ -154,13 +252,14 @@ async def run_study(
     seed: int,
     trials: int,
     transfer: str | list[str],
-    count_evaluations: bool,
+    count: bool,
     kind: str,
-    dataset: int,
+    d: int,
 ) -> Run:
-    """One study, as the daemon runs it (one trial at a time): the daemon's `TransferDriver`
-    plans and enqueues the transfer at the start, judges before each ask, writes the memory
-    at the end; TPE with the study's seed asks (the daemon's sampler for a spec naming it)."""
+    """One study as the daemon runs it (one trial at a time), in the `MODE` mode's plan (its
+    sampler, its `transfer_share`): the daemon's `TransferDriver` plans and enqueues the
+    transfer at the start and gives the prior to the sampler, judges before each ask, writes
+    the memory at the end."""
     spec = StudySpec.model_validate(
         {
             "name": name,
@@ -168,29 +267,28 @@ async def run_study(
             "objective_kwargs": kwargs,
             "space": SPACE,
             "budget": {"trials": trials},
-            "sampler": {"name": "tpe", "seed": seed},
+            "sampler": {"seed": seed},
             "transfer": transfer,
         },
         strict=False,
     )
     assert store.create(spec)
-    modes = load_modes(None)
-    plan = replace(resolve_plan(spec, "balanced", modes["balanced"]), transfer_share=SHARE)
+    plan = replace(resolve_plan(spec, MODE, load_modes(None)[MODE]), parallelism=1)
+    store.set_plan(spec, plan)
     loop = Loop(name, spec, store, plan, spec.budget, NoEvents(), PolicyChain([]))
     driver = TransferDriver(loop)
     await driver.start()
-    study = store.open(spec)
-    run = Run(kind, dataset, seed)
-    cpu = 0.0
-    best = math.inf
+    run = Run(kind, d, seed)
+    cpu, best = 0.0, math.inf
     while loop.n_created < trials:
         await driver.observe()
+        study = store.open(spec)  # re-opened when the driver changes its sampler
         trial = study.ask()  # a waiting transferred trial first
         loop.n_created += 1
         params = suggest(trial, spec.space)
         started = time.process_time()
         value = objective(params, kwargs)
-        cpu += 1.0 if count_evaluations else time.process_time() - started
+        cpu += 1.0 if count else time.process_time() - started
         study.tell(trial, value)
         loop.told.add(trial.number)
         best = min(best, value)
@@ -199,7 +297,57 @@ async def run_study(
     await driver.finish("completed")
     shown = transfer_status(store.study_attrs(name), spec)
     run.transferred, run.dropped = shown["transferred"], shown["dropped"]
+    run.sources = [
+        {k: s.get(k) for k in ("study", "state", "paused", "correlation", "pairs", "prior")}
+        for s in driver.status().get("sources", [])
+    ]
+    store.forget(name)
     return run
+
+
+Runs = dict[tuple[str, int, int], Run]  # (kind, data set, seed)
+
+
+async def run_seed(tmp: Path, seed: int, trials: int, runs: Runs, started: float) -> None:
+    """One seed's sequence: warm studies in one storage (each later study learns, `auto`,
+    from the memories of the earlier ones there), hpod cold ones with transfer off in another
+    (so no warm study learns from a cold run on its own data set); plain Optuna in memory;
+    then the control."""
+    warm_store = StudyStore(f"journal://{tmp}/warm-{seed}.journal")
+    cold_store = StudyStore(f"journal://{tmp}/cold-{seed}.journal")
+    try:
+        for d, kwargs in enumerate(DATASETS):
+            runs["plain", d, seed] = run_plain(boosting, kwargs, seed, trials, False, d)
+            if d == 0:  # nothing to learn from yet: the first warm study is a cold one
+                runs["warm", d, seed] = runs["cold", d, seed] = await run_hpod(
+                    warm_store, f"warm-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
+                    "auto", False, "cold", d,
+                )  # fmt: skip
+            else:
+                runs["cold", d, seed] = await run_hpod(
+                    cold_store, f"cold-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
+                    "off", False, "cold", d,
+                )  # fmt: skip
+                runs["warm", d, seed] = await run_hpod(
+                    warm_store, f"warm-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
+                    "auto", False, "warm", d,
+                )  # fmt: skip
+            print(f"seed {seed} data set {d}: done ({time.time() - started:.0f} s)", flush=True)
+        runs["plain", CONTROL, seed] = run_plain(bowl, {}, seed, trials, True, CONTROL)
+        runs["cold", CONTROL, seed] = await run_hpod(
+            cold_store, "control", bowl, OBJECTIVE, {}, seed, trials, "off", True, "cold", CONTROL
+        )
+        names = [f"warm-{d}" for d in range(len(DATASETS))]
+        runs["warm", CONTROL, seed] = await run_hpod(
+            warm_store, "control", bowl, OBJECTIVE, DATASETS[0], seed, trials, names, True,
+            "warm", CONTROL,
+        )  # fmt: skip
+    finally:
+        warm_store.close()
+        cold_store.close()
+
+
+# --- figures ---------------------------------------------------------------------------------
 
 
 def to_target(run: Run, target: float) -> tuple[float, bool]:
@@ -214,121 +362,186 @@ def geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-async def run_seed(
-    tmp: Path,
-    seed: int,
-    datasets: list[dict[str, Any]],
-    trials: int,
-    cold: dict[tuple[int, int], Run],
-    warm: dict[tuple[int, int], Run],
-    started: float,
-) -> None:
-    """One seed's sequence: warm studies in one storage (each later study learns, `auto`,
-    from the memories of the earlier ones there), cold ones with transfer off in another (so
-    no warm study can learn from a cold run on its own data set); then the control."""
-    warm_store = StudyStore(f"journal://{tmp}/warm-{seed}.journal")
-    cold_store = StudyStore(f"journal://{tmp}/cold-{seed}.journal")
-    try:
-        for d, kwargs in enumerate(datasets):
-            if d == 0:  # the first study has nothing to learn from: it is its own cold run
-                warm[d, seed] = cold[d, seed] = await run_study(
-                    warm_store, f"warm-{d}", boosting, "gradient_boosting", kwargs, seed,
-                    trials, "off", False, "cold", d,
-                )  # fmt: skip
-            else:
-                cold[d, seed] = await run_study(
-                    cold_store, f"cold-{d}", boosting, "gradient_boosting", kwargs, seed,
-                    trials, "off", False, "cold", d,
-                )  # fmt: skip
-                warm[d, seed] = await run_study(
-                    warm_store, f"warm-{d}", boosting, "gradient_boosting", kwargs, seed,
-                    trials, "auto", False, "warm", d,
-                )  # fmt: skip
-            print(f"seed {seed} data set {d}: done ({time.time() - started:.0f} s)", flush=True)
-        cold[9, seed] = await run_study(
-            cold_store, "control", bowl, "bowl", {}, seed, trials, "off", True, "ctl", 9
-        )
-        # The control forces the boosting memories onto another objective, as `transfer:
-        # [names]` would; similarity needs the same objective, so it is told the same name.
-        names = [f"warm-{d}" for d in range(len(datasets))]
-        warm[9, seed] = await run_study(
-            warm_store, "control", bowl, "gradient_boosting", datasets[0], seed, trials, names,
-            True, "ctl-warm", 9,
-        )  # fmt: skip
-    finally:
-        warm_store.close()
-        cold_store.close()
+def bootstrap(per_seed: list[list[float]], resamples: int = 10_000) -> tuple[float, float, float]:
+    """Geometric mean of the ratios and its bootstrap 95 % interval, resampling seeds (each
+    seed's list of ratios, one per data set, stays together: paired)."""
+    logs = [np.log(np.asarray(r, dtype=float)) for r in per_seed]
+    point = math.exp(float(np.mean(np.concatenate(logs))))
+    rng = np.random.default_rng(0)
+    means = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(logs), len(logs))
+        means.append(float(np.mean(np.concatenate([logs[i] for i in pick]))))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return point, math.exp(float(low)), math.exp(float(high))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--studies", type=int, default=len(DATASETS))
-    parser.add_argument("--json", type=Path, default=None, help="write every run here")
-    args = parser.parse_args(argv)
-    seeds = list(range(args.seeds))
-    datasets = DATASETS[: args.studies]
-    started = time.time()
-    cold: dict[tuple[int, int], Run] = {}
-    warm: dict[tuple[int, int], Run] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            asyncio.run(run_seed(Path(tmp), seed, datasets, args.trials, cold, warm, started))
-    report(cold, warm, datasets, seeds, args, time.time() - started)
-    if args.json:
-        rows = [vars(r) for r in [*cold.values(), *warm.values()]]
-        args.json.write_text(json.dumps(rows))
-    return 0
+def target_of(runs: Runs, d: int, seeds: list[int]) -> float:
+    return statistics.median(runs["plain", d, s].best[-1] for s in seeds)
 
 
 def report(
-    cold: dict[tuple[int, int], Run],
-    warm: dict[tuple[int, int], Run],
-    datasets: list[dict[str, Any]],
-    seeds: list[int],
-    args: argparse.Namespace,
-    seconds: float,
-) -> None:
+    runs: Runs, seeds: list[int], trials: int, seconds: float, cpu: float, flags: str = ""
+) -> str:
+    """The Markdown tables (also printed)."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
-    print(f"\ncommand: python bench/transfer.py --seeds {args.seeds} --trials {args.trials}")
-    print(f"commit {commit}, seeds {seeds}, {seconds:.0f} s\n")
-    print("| study | data set | target (cold median) | cold CPU to target | warm CPU to target "
-          "| ratio | warm reached | transferred (dropped) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    ratios = []
-    for d in range(len(datasets)):
-        target = statistics.median(cold[d, s].best[-1] for s in seeds)
-        cold_cpu = statistics.median(to_target(cold[d, s], target)[0] for s in seeds)
-        warm_hits = [to_target(warm[d, s], target) for s in seeds]
-        warm_cpu = statistics.median(c for c, _ in warm_hits)
-        reached = sum(ok for _, ok in warm_hits)
-        ratio = cold_cpu / warm_cpu if warm_cpu > 0 else math.inf
-        if d > 0:
-            ratios.append(ratio)
-        moved = sum(warm[d, s].transferred for s in seeds)
-        dropped = sum(warm[d, s].dropped for s in seeds)
-        print(
-            f"| {d + 1} | {json.dumps(datasets[d])} | {target:.4f} | {cold_cpu:.2f} s "
-            f"| {warm_cpu:.2f} s | {ratio:.2f}x | {reached}/{len(seeds)} | {moved} ({dropped}) |"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    lines = [
+        f"Command `python bench/transfer.py --seeds {len(seeds)} --trials {trials}{flags}`, "
+        f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, seeds "
+        f"{seeds[0]}..{seeds[-1]} (the samplers' seeds), {trials} trials a study, mode "
+        f"`{MODE}`; {seconds / 60:.0f} min wall, {cpu / 60:.0f} CPU min on {os.cpu_count()} "
+        f"shared cores ({time.strftime('%Y-%m-%d')}).",
+        "",
+        "| study | data set | target (plain median final log-loss) | plain CPU to target "
+        "| hpod cold | hpod warm | reached: plain / cold / warm | warm vs plain (paired, 95 % CI) "
+        "| warm vs hpod cold | transferred (dropped) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    n = len(seeds)
+    vs_plain: dict[int, list[float]] = {s: [] for s in seeds}
+    vs_cold: dict[int, list[float]] = {s: [] for s in seeds}
+    first: tuple[list[list[float]], list[list[float]]] = ([], [])
+    for d, kwargs in enumerate(DATASETS):
+        target = target_of(runs, d, seeds)
+        hits = {
+            k: [to_target(runs[k, d, s], target) for s in seeds] for k in ("plain", "cold", "warm")
+        }
+        med = {k: statistics.median(c for c, _ in hits[k]) for k in hits}
+        reached = " / ".join(f"{sum(ok for _, ok in hits[k])}" for k in hits) + f" of {n}"
+        moved = sum(runs["warm", d, s].transferred for s in seeds)
+        dropped = sum(runs["warm", d, s].dropped for s in seeds)
+        shown = json.dumps(kwargs).replace('"', "")
+        if d == 0:
+            lines.append(
+                f"| 1 | {shown} | {target:.4f} | {med['plain']:.2f} s | {med['cold']:.2f} s "
+                f"| (is cold) | {reached} | - | - | - |"
+            )
+            continue
+        rp = [hits["plain"][i][0] / hits["warm"][i][0] for i in range(n)]
+        rc = [hits["cold"][i][0] / hits["warm"][i][0] for i in range(n)]
+        for i, s in enumerate(seeds):
+            vs_plain[s].append(rp[i])
+            vs_cold[s].append(rc[i])
+        p, lo, hi = bootstrap([[r] for r in rp])
+        c, clo, chi = bootstrap([[r] for r in rc])
+        if d == 1:
+            first = ([[r] for r in rp], [[r] for r in rc])
+        lines.append(
+            f"| {d + 1} | {shown} | {target:.4f} | {med['plain']:.2f} s | {med['cold']:.2f} s "
+            f"| {med['warm']:.2f} s | {reached} | {p:.2f}x ({lo:.2f}-{hi:.2f}) "
+            f"| {c:.2f}x ({clo:.2f}-{chi:.2f}) | {moved} ({dropped}) |"
         )
-    if ratios:
-        print(f"\nstudies 2-{len(datasets)}: geometric mean {geomean(ratios):.2f}x less CPU "
-              f"(first warm study {ratios[0]:.2f}x)")  # fmt: skip
-    target = statistics.median(cold[9, s].best[-1] for s in seeds)
-    cold_n = statistics.median(to_target(cold[9, s], target)[0] for s in seeds)
-    warm_n = statistics.median(to_target(warm[9, s], target)[0] for s in seeds)
-    final_cold = statistics.median(cold[9, s].best[-1] for s in seeds)
-    final_warm = statistics.median(warm[9, s].best[-1] for s in seeds)
-    dropped = sum(warm[9, s].dropped for s in seeds)
-    moved = sum(warm[9, s].transferred for s in seeds)
-    print(
-        f"\ncontrol (bowl, forced transfer from the boosting studies): evaluations to the cold "
-        f"median {cold_n:.0f} cold, {warm_n:.0f} warm ({warm_n / cold_n - 1:+.0%}); final best "
-        f"{final_cold:.4f} cold, {final_warm:.4f} warm; transferred {moved}, dropped {dropped}"
+    later_p = bootstrap(list(vs_plain.values()))
+    later_c = bootstrap(list(vs_cold.values()))
+    first_p, first_c = bootstrap(first[0]), bootstrap(first[1])
+    target = target_of(runs, CONTROL, seeds)
+    ctl = {
+        k: [to_target(runs[k, CONTROL, s], target) for s in seeds]
+        for k in ("plain", "cold", "warm")
+    }
+    # Evaluations to the target, warm over cold (> 1: warm needs more), paired by seed.
+    ctl_p = bootstrap([[ctl["warm"][i][0] / ctl["plain"][i][0]] for i in range(n)])
+    ctl_c = bootstrap([[ctl["warm"][i][0] / ctl["cold"][i][0]] for i in range(n)])
+    ctl_med = {k: statistics.median(c for c, _ in ctl[k]) for k in ctl}
+    ctl_reached = " / ".join(f"{sum(ok for _, ok in ctl[k])}" for k in ctl)
+    moved = sum(runs["warm", CONTROL, s].transferred for s in seeds)
+    dropped = sum(runs["warm", CONTROL, s].dropped for s in seeds)
+
+    def fmt(t: tuple[float, float, float]) -> str:
+        return f"{t[0]:.2f}x ({t[1]:.2f}-{t[2]:.2f})"
+
+    def pct(t: tuple[float, float, float]) -> str:
+        return f"{t[0] - 1:+.0%} ({t[1] - 1:+.0%} to {t[2] - 1:+.0%})"
+
+    lines += [
+        "",
+        "| target of issue 15 | against plain Optuna | against hpod cold | met |",
+        "|---|---|---|---|",
+        f"| studies 2-5: ≥ 10x less CPU to plain's median final quality (geometric mean, paired "
+        f"by seed, 95 % CI) | {fmt(later_p)} | {fmt(later_c)} "
+        f"| {'yes' if later_p[0] >= 10 else 'no'} |",
+        f"| first warm study (2): ≥ 3x | {fmt(first_p)} | {fmt(first_c)} "
+        f"| {'yes' if first_p[0] >= 3 else 'no'} |",
+        f"| unrelated control: evaluations to plain's median final best, warm over cold, at most "
+        f"+5 % | {pct(ctl_p)} | {pct(ctl_c)} | {'yes' if ctl_p[0] <= 1.05 else 'no'} |",
+        "",
+        f"Control (bowl, forced transfer from the five boosting studies): target {target:.4f}; "
+        f"median evaluations to it {ctl_med['plain']:.0f} plain, {ctl_med['cold']:.0f} hpod "
+        f"cold, {ctl_med['warm']:.0f} warm; reached (plain / cold / warm) {ctl_reached} of "
+        f"{n}; {moved} configurations transferred, {dropped} dropped before they ran.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the text between the transfer markers in `path`."""
+    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+    text = path.read_text()
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
+def one_seed(seed: int, trials: int, no_prior: bool) -> list[dict[str, Any]]:
+    """Every run of one seed, as JSON-ready rows (a worker process's job)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if no_prior:
+        prior.MAX_PRIOR = 0
+    runs: Runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run_seed(Path(tmp), seed, trials, runs, time.time()))
+    return [{"key": list(k), **vars(r)} for k, r in runs.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes")
+    parser.add_argument("--json", type=Path, default=None, help="write every run here")
+    parser.add_argument("--write", action="store_true", help="tables into docs/benchmarks.md")
+    parser.add_argument(
+        "--no-prior", action="store_true", help="ablation: enqueue only, no prior for the sampler"
     )
+    args = parser.parse_args(argv)
+    seeds = list(range(args.seeds))
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        jobs = [pool.submit(one_seed, s, args.trials, args.no_prior) for s in seeds]
+        for seed, job in zip(seeds, jobs, strict=True):
+            rows += job.result()
+            print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    runs: Runs = {}
+    for row in rows:
+        kind, d, seed = row["key"]
+        runs[kind, d, seed] = Run(**{k: v for k, v in row.items() if k != "key"})
+    text = report(
+        runs,
+        seeds,
+        args.trials,
+        time.time() - started,
+        cpu.ru_utime + cpu.ru_stime,
+        " --no-prior" * args.no_prior + f" --jobs {args.jobs}" + " --write" * args.write,
+    )
+    if args.write:
+        write_section(ROOT / "docs" / "benchmarks.md", text)
+    if args.json:
+        args.json.write_text(json.dumps(rows))
+    return 0
 
 
 if __name__ == "__main__":

@@ -424,10 +424,12 @@ def _print_transfer(transfer: dict[str, Any] | None) -> None:
         )
     for s in sources:
         rho = "-" if s.get("correlation") is None else f"{s['correlation']:+.2f}"
+        state = f"{s['state']}, paused" if s.get("paused") else s["state"]
         print(
             f"  from {s['study']:<30} similarity {s['similarity']:.2f}  "
-            f"{s['transferred']} transferred, {s.get('dropped', 0)} dropped  "
-            f"{s['state']} (rank correlation {rho} over {s.get('pairs', 0)} trials)"
+            f"{s['transferred']} transferred, {s.get('dropped', 0)} dropped, "
+            f"{s.get('prior', 0)} in the prior  "
+            f"{state} (rank correlation {rho} over {s.get('pairs', 0)} trials)"
         )
     for s in transfer.get("skipped") or []:
         print(f"  skipped {s['study']}: {s['reason']}")

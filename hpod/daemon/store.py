@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import optuna
 import structlog
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
@@ -136,6 +137,9 @@ class StudyStore:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpod-optuna")
         self._studies: OrderedDict[str, optuna.Study] = OrderedDict()
         self._plans: dict[str, Plan] = {}
+        #: Per study, what wraps the sampler its plan builds (transfer's prior,
+        #: `hpod.daemon.transfer`); applied in `open`.
+        self._wraps: dict[str, Callable[[BaseSampler], BaseSampler]] = {}
         #: The last storage fault (`repr`), None once storage works again.
         self.fault: str | None = None
         self._marked = 0
@@ -390,6 +394,16 @@ class StudyStore:
         """Drop what is kept in memory for study `name` (its loop ended); re-opened on demand."""
         self._studies.pop(name, None)
         self._plans.pop(name, None)
+        self._wraps.pop(name, None)
+
+    def wrap_sampler(self, name: str, wrap: Callable[[BaseSampler], BaseSampler] | None) -> None:
+        """Wrap the sampler of study `name` with `wrap` from its next `open` on (None: no
+        longer); the study is re-opened so the next ask uses it."""
+        if wrap is None:
+            self._wraps.pop(name, None)
+        else:
+            self._wraps[name] = wrap
+        self._studies.pop(name, None)
 
     def raw_summary(self, name: str) -> dict[str, Any]:
         """What `hpod status` shows of a study whose stored spec no longer validates: its
@@ -490,6 +504,9 @@ class StudyStore:
             sampler = make_sampler(plan.sampler, plan.sampler_options, seed, plan.parallelism > 1)
         else:
             sampler = self._reading_sampler(spec)
+        wrap = self._wraps.get(spec.name)
+        if wrap is not None:
+            sampler = wrap(sampler)
         study = load_study(spec.name, self.storage, sampler)
         self._studies[spec.name] = study
         idle = [name for name in self._studies if name not in self._plans]

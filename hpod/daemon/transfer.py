@@ -8,13 +8,17 @@ docs/transfer.md):
   ones mapped into the new space (at most the mode's `transfer_share` of the trial budget),
   and the first half enqueued as waiting trials, asked before anything the sampler proposes;
   the second half is held. The plan is stored first (``hpod:transfer``), so a restart never
-  plans again: it only finishes enqueueing what was planned.
+  plans again: it only finishes enqueueing what was planned. At every start the surfaces of
+  the sources in use are given to the study's TPE sampler as a prior (`hpod.transfer.prior`,
+  through `StudyStore.wrap_sampler`): never stored, faded by the study's own trials.
 - **Before each ask** (once new trials were told), each source still in use is judged
-  against the study's own complete trials (`hpod.transfer.agreement`). A source that
-  disagrees stops being used: its waiting trials are dropped (failed, marked
+  against the study's own complete trials (`hpod.transfer.agreement`). A source whose
+  correlation is below 0 is paused (out of the prior, its held configurations kept back)
+  until it is back at 0 or above; one that disagrees (below a bound that depends on the
+  number of trials) stops being used: its waiting trials are dropped (failed, marked
   ``hpod:transfer_dropped``) and its held ones never enqueued. Once `MIN_PAIRS` trials are
-  complete, the held configurations of the sources that still agree are enqueued, within the
-  budget left. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
+  complete, the held configurations of the sources in use are enqueued, within the budget
+  left. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
 - **At the end** (completed; or stopped with at least `MIN_STOPPED_TRIALS` complete trials)
   the study's memory record is written on it (``hpod:memory``) for later studies.
 
@@ -29,6 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
 from hpod.daemon.store import is_storage_fault
@@ -48,6 +53,7 @@ from hpod.transfer.mapping import (
     transfer_count,
 )
 from hpod.transfer.memory import StudyMemory, build_memory, default_fingerprint
+from hpod.transfer.prior import PriorSampler, own_complete, prior_points, prior_trials, wraps
 from hpod.transfer.similarity import Target, rank_sources
 from hpod.transfer.store import (
     TRANSFER_ATTR,
@@ -255,7 +261,41 @@ class TransferDriver:
         self.memories = load_memories_of(store.storage, active)
         self.predicted = {name: {} for name in self.memories}
         self.judging = bool(self.memories) and bool(record.get("judging", True))
+        self._give_prior()
         return planned
+
+    def _give_prior(self) -> None:
+        """On the Optuna thread: give the sources in use to the study's sampler as a prior
+        (`hpod.transfer.prior`; single objective only). It never enters the storage; it
+        fades with the study's own trials, and a paused or dropped source leaves it at once."""
+        assert self.record is not None
+        if not self.memories or len(self.spec.directions) != 1:
+            return
+        order = [s["study"] for s in self.record["sources"] if s["study"] in self.memories]
+        space = dict(self.spec.space)
+        points = prior_points([self.memories[n] for n in order], space)
+        if not points:
+            return
+        for source in self.record["sources"]:
+            source["prior"] = sum(p[2] == source["study"] for p in points)
+
+        def now(study: Any) -> list[Any]:
+            return prior_trials(points, own_complete(study), self.in_use(), study.direction, space)
+
+        def wrap(sampler: BaseSampler) -> BaseSampler:
+            return PriorSampler(sampler, now) if wraps(sampler) else sampler
+
+        self.store.wrap_sampler(self.spec.name, wrap)
+
+    def in_use(self) -> set[str]:
+        """The sources whose knowledge is used now: not dropped, not paused (doubtful)."""
+        if self.record is None:
+            return set()
+        return {
+            s["study"]
+            for s in self.record["sources"]
+            if s.get("state") == "active" and not s.get("paused") and s["study"] in self.memories
+        }
 
     def _plan(self, version: str | None) -> dict[str, Any]:
         """The transfer plan of a new study (pure of storage writes)."""
@@ -366,6 +406,9 @@ class TransferDriver:
                     known[t.number] = predict_ranks(memory.surface, [dict(t.params)], spec.space)[0]
             verdict = judge([known[t.number] for t in complete], values)
             source["correlation"], source["pairs"] = verdict.correlation, verdict.pairs
+            if verdict.doubtful != bool(source.get("paused")):
+                source["paused"] = verdict.doubtful
+                changes.append("paused" if verdict.doubtful else "resumed")
             if verdict.disagrees:
                 reason = f"disagrees (rank correlation {verdict.correlation} over {verdict.pairs})"
                 dropped = drop_waiting(study, name, reason)
@@ -388,7 +431,7 @@ class TransferDriver:
                     dropped=dropped,
                 )
                 changes.append("disagreed")
-        if record["held"] and len(complete) >= MIN_PAIRS:
+        if record["held"] and len(complete) >= MIN_PAIRS and self.in_use():
             changes += self._release(study, created)
         if not self.memories or len(complete) >= JUDGE_LIMIT:
             self.judging = False
@@ -398,13 +441,17 @@ class TransferDriver:
         return changes
 
     def _release(self, study: Any, created: int) -> list[str]:
-        """Enqueue the held configurations of the sources still in use, within the trials
-        left in the budget; the others are forgotten."""
+        """Enqueue the held configurations of the sources in use (not paused), within the
+        trials left in the budget; those of paused sources stay held, those of dropped ones
+        are forgotten."""
         assert self.record is not None
         record = self.record
         held = [c for c in map(config_from_json, record["held"]) if c]
-        record["held"] = []
-        keep = [c for c in held if c.source in self.memories]
+        use = self.in_use()
+        keep = [c for c in held if c.source in use]
+        record["held"] = [
+            config_json(c) for c in held if c.source in self.memories and c not in keep
+        ]
         budget = self.run.budget.trials
         if budget is not None:
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -412,7 +459,7 @@ class TransferDriver:
         enqueued = enqueue(study, keep)
         self._count(record, enqueued)
         for source in record["sources"]:
-            source["held"] = 0
+            source["held"] = sum(h.get("from") == source["study"] for h in record["held"])
         log.info("study.transfer", study=self.run.name, change="released", enqueued=len(enqueued))
         return ["released"] if enqueued else []
 

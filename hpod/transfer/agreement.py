@@ -2,11 +2,23 @@
 
 Each complete trial of the new study is looked up in the past study's surface: the rank of
 the nearest past configuration (nearest-neighbour prediction) is what the past study
-predicts for it. The Spearman correlation (`hpod.ranks`) between those predicted ranks and the new
+predicts for it (the mean rank of the `NEIGHBOURS` nearest: one neighbour alone is a noisy
+guess). The Spearman correlation (`hpod.ranks`) between those predicted ranks and the new
 trials' values (oriented so that lower is better, first objective) measures agreement: near
-1 the two studies order configurations alike; at or below 0 the past is no guide. Once at
-least `MIN_PAIRS` trials are compared, a correlation below `MIN_AGREEMENT` means the past
-study disagrees and stops being used.
+1 the two studies order configurations alike; at or below 0 the past is no guide.
+
+Once at least `MIN_PAIRS` trials are compared there are two verdicts, because a correlation
+measured over a dozen trials is noisy (its spread under no relation is about 1/sqrt(n - 1)):
+
+- **doubtful**: the correlation is below `MIN_AGREEMENT` (0). The source is paused, not
+  dropped: its held configurations wait and its prior leaves the sampler, until the
+  correlation is back at or above 0;
+- **disagrees**: the correlation is below -`critical(n)`, a one-sided bound at the 5 % level
+  that shrinks as n grows (-0.62 at 8 trials, -0.41 at 17, -0.24 at 48). The source stops
+  being used for good: its waiting trials are dropped.
+
+A related source whose correlation dips to -0.05 after 11 trials is paused, not lost; an
+unrelated one loses its influence at the first verdict and is dropped once that is clear.
 
 Distances are measured in the new space: each numeric parameter scaled to [0, 1] over its
 new range (on a log scale for a log parameter) and clipped there; a categorical parameter
@@ -30,6 +42,10 @@ from hpod.schema import CategoricalParam, ParamSpec
 MIN_PAIRS = 8
 #: A past study whose correlation falls below this (once MIN_PAIRS are compared) disagrees.
 MIN_AGREEMENT = 0.0
+#: The one-sided normal quantile of `critical` (5 %).
+DISAGREEMENT_Z = 1.645
+#: Nearest surface configurations whose mean past rank is the prediction.
+NEIGHBOURS = 3
 #: What a parameter only one side has adds to the squared distance.
 MISSING_DISTANCE = 0.25
 
@@ -37,19 +53,29 @@ MISSING_DISTANCE = 0.25
 @dataclass(frozen=True)
 class Agreement:
     """The verdict on one past study: its correlation (None while it cannot be computed),
-    the pairs compared, and whether it disagrees."""
+    the pairs compared, whether it disagrees (for good) and whether it is doubtful (for now:
+    a disagreeing source is doubtful too)."""
 
     correlation: float | None
     pairs: int
     disagrees: bool
+    doubtful: bool = False
+
+
+def critical(n: int) -> float:
+    """How far below 0 Spearman's rho over `n` pairs must fall to be a disagreement, not
+    noise: the one-sided 5 % bound of rho under no relation, z / sqrt(n - 1)."""
+    return DISAGREEMENT_Z / math.sqrt(max(1, n - 1))
 
 
 def predict_ranks(
     surface: Sequence[tuple[dict[str, Any], float]],
     points: Sequence[dict[str, Any]],
     space: dict[str, ParamSpec],
+    neighbours: int = NEIGHBOURS,
 ) -> list[float]:
-    """The past rank of the nearest surface configuration to each of `points`."""
+    """The mean past rank of the `neighbours` nearest surface configurations to each of
+    `points`."""
     if not surface:
         return [math.nan] * len(points)
     past = [_coords(params, space) for params, _ in surface]
@@ -58,7 +84,8 @@ def predict_ranks(
     for point in points:
         here = _coords(point, space)
         distances = np.array([_distance(here, there) for there in past])
-        out.append(float(past_ranks[int(np.argmin(distances))]))
+        nearest = np.argsort(distances, kind="stable")[:neighbours]
+        out.append(float(np.mean(past_ranks[nearest])))
     return out
 
 
@@ -121,9 +148,11 @@ def judge(
     """The verdict from past ranks predicted for the new trials and the new trials' values
     (lower is better), pair by pair."""
     correlation = _spearman(list(predicted), list(values))
-    judged = correlation is not None and len(values) >= min_pairs
-    disagrees = judged and correlation is not None and correlation < min_agreement
-    return Agreement(correlation, len(values), disagrees)
+    n = len(values)
+    if correlation is None or n < min_pairs:
+        return Agreement(correlation, n, False, False)
+    disagrees = correlation < min(min_agreement, -critical(n))
+    return Agreement(correlation, n, disagrees, disagrees or correlation < min_agreement)
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:

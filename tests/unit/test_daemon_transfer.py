@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
 from hpod.daemon.store import StudyStore
@@ -22,7 +23,9 @@ from hpod.policies import PolicyChain
 from hpod.policies.compose import resolve_plan
 from hpod.policies.plan import Plan
 from hpod.schema import Budget, StudySpec, parse_request
+from hpod.transfer.agreement import Agreement
 from hpod.transfer.memory import MEMORY_ATTR
+from hpod.transfer.prior import PriorSampler
 from hpod.transfer.store import DROPPED_ATTR, TRANSFER_ATTR, TRANSFERRED_ATTR
 
 
@@ -245,3 +248,52 @@ def test_a_stopped_study_leaves_a_memory_only_with_enough_trials(store: StudySto
     assert MEMORY_ATTR not in store.study_attrs("short")
     asyncio.run(driver(store, short).finish("completed"))
     assert store.study_attrs("short")[MEMORY_ATTR]["n_complete"] == 3
+
+
+def test_the_sources_are_the_samplers_prior_and_a_doubtful_one_is_paused_not_dropped(
+    store: StudyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The started study's sampler is wrapped with the prior of its sources (never stored
+    as trials). A correlation a little below 0 pauses the source: out of the prior, its held
+    half kept back, nothing dropped; back above 0 it resumes and the held half is enqueued."""
+    finished_study(store, spec("past"), 0.5)
+    new = spec("new", transfer=["past"])
+    store.create(new)
+    one = driver(store, new)
+    asyncio.run(one.start())
+    sampler = store.open(new).sampler
+    assert isinstance(sampler, PriorSampler) and isinstance(sampler.inner, TPESampler)
+    assert one.record is not None and one.record["sources"][0]["prior"] > 0
+    assert one.in_use() == {"past"}
+    study = store.open(new)
+    for _ in range(8):  # the five transferred trials first, then the sampler's
+        trial = study.ask()
+        x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+        study.tell(trial, (x - 0.5) ** 2 + (y - 0.5) ** 2)
+        one.run.n_created += 1
+        one.run.told.add(trial.number)
+    assert len(store.trials(new)) == 8  # the prior never became a trial
+
+    verdicts = iter([Agreement(-0.05, 8, False, True), Agreement(0.4, 9, False, False)])
+    monkeypatch.setattr("hpod.daemon.transfer.judge", lambda *_: next(verdicts))
+    asyncio.run(one.observe())
+    source = transfer_status(store.study_attrs("new"), new)["sources"][0]
+    assert source["state"] == "active" and source["paused"] and source["dropped"] == 0
+    assert one.in_use() == set() and waiting(store, new) == []
+    assert transfer_status(store.study_attrs("new"), new)["held"] == 5
+
+    one.run.told.add(99)  # a new result: judged again
+    asyncio.run(one.observe())
+    shown = transfer_status(store.study_attrs("new"), new)
+    assert not shown["sources"][0]["paused"] and one.in_use() == {"past"}
+    assert shown["held"] == 0 and len(waiting(store, new)) == 5
+    changes = [f["change"] for _, f in one.run.bus.events]
+    assert changes[-3:] == ["paused", "resumed", "released"]
+
+
+def test_off_gives_the_sampler_no_prior(store: StudyStore) -> None:
+    finished_study(store, spec("past"), 0.5)
+    cold = spec("cold", transfer="off")
+    store.create(cold)
+    asyncio.run(driver(store, cold).start())
+    assert not isinstance(store.open(cold).sampler, PriorSampler)

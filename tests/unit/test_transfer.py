@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpod.ranks import spearman
 from hpod.schema import StudySpec
-from hpod.transfer.agreement import agreement, predict_ranks
+from hpod.transfer.agreement import Agreement, agreement, critical, judge, predict_ranks
 from hpod.transfer.mapping import (
     MAX_TRANSFER_SHARE,
     Transferred,
@@ -228,8 +230,12 @@ def test_a_bad_record_in_storage_is_ignored(raw: Any) -> None:
 
 
 def test_nearest_neighbour_prediction() -> None:
-    surface = [({"x": -1.0}, 0.0), ({"x": 1.0}, 1.0)]
-    assert predict_ranks(surface, [{"x": -0.9}, {"x": 0.5}, {"x": 2.0}], SPACE) == [0.0, 1.0, 1.0]
+    surface = [({"x": -1.0}, 0.0), ({"x": 1.0}, 1.0), ({"x": 1.5}, 0.5)]
+    points = [{"x": -0.9}, {"x": 0.5}, {"x": 2.0}]
+    assert predict_ranks(surface, points, SPACE, neighbours=1) == [0.0, 1.0, 0.5]
+    # The default: the mean rank of the nearest few (here all three, then the nearest two).
+    assert predict_ranks(surface, points, SPACE) == [0.5, 0.5, 0.5]
+    assert predict_ranks(surface, points, SPACE, neighbours=2) == [0.5, 0.75, 0.75]
 
 
 def test_a_past_surface_that_agrees_is_kept_one_that_disagrees_is_dropped() -> None:
@@ -246,6 +252,37 @@ def test_a_past_surface_that_agrees_is_kept_one_that_disagrees_is_dropped() -> N
     assert not agreement(past.surface, opposite[:4], SPACE).disagrees
     # Maximising: the values are turned round before they are compared.
     assert not agreement(past.surface, opposite, SPACE, minimize=False).disagrees
+
+
+def test_the_disagreement_bound_shrinks_with_the_number_of_pairs() -> None:
+    assert critical(8) == pytest.approx(1.645 / 7**0.5)
+    assert critical(8) > critical(17) > critical(48) > 0
+    # What one-sided 5 % means: rho of independent orders falls below -critical(n) in about
+    # 5 % of draws (Spearman's rho under no relation, by simulation).
+    rng = np.random.default_rng(1)
+    for n in (10, 30):
+        draws = [spearman(list(rng.permutation(n)), list(range(n))) for _ in range(4000)]
+        share = float(np.mean(np.asarray(draws) < -critical(n)))
+        assert 0.02 < share < 0.08, (n, share)
+
+
+def test_near_zero_correlation_pauses_a_source_a_clear_one_drops_it() -> None:
+    n = 12
+    values = [float(i) for i in range(n)]
+    # Slightly negative (noise, a related source's dip): doubtful, paused, not dropped.
+    dip = values[:]
+    dip[0], dip[1] = dip[1], dip[0]
+    dip.reverse()
+    near_zero = [values[i] for i in (11, 8, 6, 1, 0, 7, 2, 3, 10, 5, 4, 9)]  # rho -0.056
+    verdict = judge(near_zero, values)
+    assert verdict.correlation is not None and -critical(n) < verdict.correlation < 0
+    assert verdict.doubtful and not verdict.disagrees
+    # Clearly reversed: disagrees (and is doubtful too).
+    verdict = judge(dip, values)
+    assert verdict.disagrees and verdict.doubtful
+    # Agreeing, or too few pairs: neither.
+    assert judge(values, values) == Agreement(1.0, n, False, False)
+    assert not judge(dip[:5], values[:5]).doubtful
 
 
 # --- storage -----------------------------------------------------------------------------

@@ -387,7 +387,7 @@
       el("td", { class: "num" }, num(s.similarity)),
       el("td", { class: "num" }, s.transferred),
       el("td", { class: "num" }, s.dropped || 0),
-      el("td", {}, s.state),
+      el("td", {}, s.paused ? `${s.state}, paused` : s.state),
       el("td", { class: "num" }, s.correlation === null || s.correlation === undefined ? "–" : `${num(s.correlation)} over ${s.pairs}`)));
     $("transfer-sources").tBodies[0].replaceChildren(...rows);
   }
