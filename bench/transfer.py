@@ -79,7 +79,6 @@ from hpod.policies import PolicyChain  # noqa: E402
 from hpod.policies.compose import resolve_plan  # noqa: E402
 from hpod.policies.plan import Plan  # noqa: E402
 from hpod.schema import Budget, StudySpec  # noqa: E402
-from hpod.transfer import prior  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -273,7 +272,9 @@ async def run_hpod(
         strict=False,
     )
     assert store.create(spec)
-    plan = replace(resolve_plan(spec, MODE, load_modes(None)[MODE]), parallelism=1)
+    plan = replace(
+        resolve_plan(spec, MODE, load_modes(None)[MODE]), parallelism=1, transfer_prior=PRIOR
+    )
     store.set_plan(spec, plan)
     loop = Loop(name, spec, store, plan, spec.budget, NoEvents(), PolicyChain([]))
     driver = TransferDriver(loop)
@@ -494,11 +495,16 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
 
 
-def one_seed(seed: int, trials: int, no_prior: bool) -> list[dict[str, Any]]:
+#: Whether warm studies give the past surfaces to TPE as a prior (the mode knob
+#: `transfer_prior`, off in the packaged modes; `--prior` measures it on).
+PRIOR = False
+
+
+def one_seed(seed: int, trials: int, with_prior: bool) -> list[dict[str, Any]]:
     """Every run of one seed, as JSON-ready rows (a worker process's job)."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    if no_prior:
-        prior.MAX_PRIOR = 0
+    global PRIOR
+    PRIOR = with_prior
     runs: Runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_seed(Path(tmp), seed, trials, runs, time.time()))
@@ -513,14 +519,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
     parser.add_argument("--write", action="store_true", help="tables into docs/benchmarks.md")
     parser.add_argument(
-        "--no-prior", action="store_true", help="ablation: enqueue only, no prior for the sampler"
+        "--prior",
+        action="store_true",
+        help="warm studies also give TPE the past surfaces as a prior",
     )
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))
     started = time.time()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        jobs = [pool.submit(one_seed, s, args.trials, args.no_prior) for s in seeds]
+        jobs = [pool.submit(one_seed, s, args.trials, args.prior) for s in seeds]
         for seed, job in zip(seeds, jobs, strict=True):
             rows += job.result()
             print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
@@ -535,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         args.trials,
         time.time() - started,
         cpu.ru_utime + cpu.ru_stime,
-        " --no-prior" * args.no_prior + f" --jobs {args.jobs}" + " --write" * args.write,
+        " --prior" * args.prior + f" --jobs {args.jobs}" + " --write" * args.write,
     )
     if args.write:
         write_section(ROOT / "docs" / "benchmarks.md", text)

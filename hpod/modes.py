@@ -70,6 +70,10 @@ class Mode(BaseModel):
     #: The largest share of a study's trial budget warm-started from past studies (transfer;
     #: at most `hpod.transfer.mapping.MAX_TRANSFER_SHARE`, 0 switches transfer off).
     transfer_share: float = Field(default=0.25, ge=0.0, le=0.5)
+    #: Transfer also gives the past studies' surfaces to the TPE sampler as a prior
+    #: (`hpod.transfer.prior`). Off by default: on bench/transfer.py it measured no better
+    #: for related studies and 1.39x the evaluations for the unrelated control.
+    transfer_prior: bool = False
     #: Continuation: rungs as shares of the steps of objectives that declare
     #: ``hpod_resumable`` (epochs, boosting rounds, passes); a trial pauses at each rung and
     #: the best 1/``continuation_eta`` there continue from their checkpoints. [1.0]: off.

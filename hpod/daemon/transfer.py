@@ -155,7 +155,7 @@ class StudyLoop(Protocol):
 
     @property
     def mode_plan(self) -> Plan:
-        """The plan of the study's mode: its `transfer_share`."""
+        """The plan of the study's mode: its `transfer_share` and `transfer_prior`."""
 
     @property
     def budget(self) -> Budget:
@@ -269,6 +269,8 @@ class TransferDriver:
         (`hpod.transfer.prior`; single objective only). It never enters the storage; it
         fades with the study's own trials, and a paused or dropped source leaves it at once."""
         assert self.record is not None
+        if not self.run.mode_plan.transfer_prior:
+            return
         if not self.memories or len(self.spec.directions) != 1:
             return
         order = [s["study"] for s in self.record["sources"] if s["study"] in self.memories]

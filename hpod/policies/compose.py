@@ -71,6 +71,7 @@ def resolve_plan(spec: StudySpec, mode_name: str, mode: Mode) -> Plan:
         # own pruner gets that pruner instead.
         fold_margin=mode.fold_margin if spec.pruner is None and len(spec.directions) == 1 else 0.0,
         transfer_share=mode.transfer_share,
+        transfer_prior=mode.transfer_prior,
         # A spec that names its pruner gets that pruner on every step, not promotions.
         steps_ladder=tuple(mode.continuation) if spec.pruner is None else (),
         eta=mode.continuation_eta,

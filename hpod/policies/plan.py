@@ -38,6 +38,8 @@ class Plan:
     fold_margin: float = 0.0
     #: The largest share of the trial budget transferred from past studies (`hpod.transfer`).
     transfer_share: float = 0.25
+    #: Whether transfer gives the past surfaces to the sampler as a prior (`hpod.transfer.prior`).
+    transfer_prior: bool = False
     #: Continuation rungs, as shares of a resumable objective's steps ((): off); see
     #: `hpod.policies.compose.continuation_applies` and `hpod.daemon.promotion`.
     steps_ladder: tuple[float, ...] = ()

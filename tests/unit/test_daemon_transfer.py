@@ -6,7 +6,7 @@ never enqueued, the memory at the end."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +101,10 @@ def plan(s: StudySpec) -> Plan:
     return resolve_plan(s, "balanced", load_modes(None)["balanced"])
 
 
-def driver(store: StudyStore, s: StudySpec) -> TransferDriver:
-    """A driver for `s` on `store` (its loop stands in as a `FakeRun`)."""
-    run = FakeRun(s, store, plan(s), s.budget)
+def driver(store: StudyStore, s: StudySpec, prior: bool = False) -> TransferDriver:
+    """A driver for `s` on `store` (its loop stands in as a `FakeRun`); `prior`: the mode
+    knob `transfer_prior` on."""
+    run = FakeRun(s, store, replace(plan(s), transfer_prior=prior), s.budget)
     return TransferDriver(run)
 
 
@@ -259,7 +260,7 @@ def test_the_sources_are_the_samplers_prior_and_a_doubtful_one_is_paused_not_dro
     finished_study(store, spec("past"), 0.5)
     new = spec("new", transfer=["past"])
     store.create(new)
-    one = driver(store, new)
+    one = driver(store, new, prior=True)
     asyncio.run(one.start())
     sampler = store.open(new).sampler
     assert isinstance(sampler, PriorSampler) and isinstance(sampler.inner, TPESampler)
@@ -289,6 +290,19 @@ def test_the_sources_are_the_samplers_prior_and_a_doubtful_one_is_paused_not_dro
     assert shown["held"] == 0 and len(waiting(store, new)) == 5
     changes = [f["change"] for _, f in one.run.bus.events]
     assert changes[-3:] == ["paused", "resumed", "released"]
+
+
+def test_the_packaged_modes_give_the_sampler_no_prior(store: StudyStore) -> None:
+    """The prior measured no better (bench/transfer.py): the modes leave it off, and a warm
+    study's sampler is the plan's own, while its configurations are still transferred."""
+    assert not any(mode.transfer_prior for mode in load_modes(None).values())
+    finished_study(store, spec("past"), 0.5)
+    warm = spec("warm", transfer=["past"])
+    store.create(warm)
+    one = driver(store, warm)
+    asyncio.run(one.start())
+    assert not isinstance(store.open(warm).sampler, PriorSampler)
+    assert one.record is not None and one.record["sources"][0]["transferred"] > 0
 
 
 def test_off_gives_the_sampler_no_prior(store: StudyStore) -> None:
