@@ -37,6 +37,7 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpod.sampling.delegate import DelegatingSampler
 from hpod.schema import CategoricalParam, FloatParam, ParamSpec
 from hpod.transfer.mapping import map_params
 from hpod.transfer.memory import StudyMemory
@@ -160,13 +161,19 @@ class _View:
         return self._get_trials(deepcopy=deepcopy, states=states)
 
 
-class PriorSampler(BaseSampler):
+class PriorSampler(DelegatingSampler):
     """`inner` (a TPE sampler) sampling over the study plus the prior `source()` returns:
-    ``source(study)`` gives the prior trials to show now (empty: `inner` as it is)."""
+    ``source(study)`` gives the prior trials to show now (empty: `inner` as it is). Optuna's
+    per-trial hooks go to `inner` as they are (`DelegatingSampler`)."""
 
     def __init__(self, inner: BaseSampler, source: Callable[[Study], list[FrozenTrial]]) -> None:
-        self.inner = inner
+        self._inner = inner
         self._source = source
+
+    @property
+    def inner(self) -> BaseSampler:
+        """The wrapped sampler."""
+        return self._inner
 
     def _view(self, study: Study) -> Any:
         prior = self._source(study)
@@ -197,18 +204,6 @@ class PriorSampler(BaseSampler):
         return self.inner.sample_independent(
             self._view(study), trial, param_name, param_distribution
         )
-
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(study, trial)
-
-    def after_trial(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self.inner.after_trial(study, trial, state, values)
 
 
 def own_complete(study: Study) -> list[FrozenTrial]:
