@@ -101,6 +101,19 @@ def free_port() -> int:
         return port
 
 
+def give_up_if_late(
+    deadline: float, failure: AssertionError | None, what: str | Callable[[], str], after: float
+) -> None:
+    """End a wait of `eventually`/`eventually_async` past its `deadline`: raise the last
+    AssertionError of the check, else one saying `what` was still not so."""
+    if time.monotonic() < deadline:
+        return
+    if failure is not None:
+        raise failure
+    detail = what() if callable(what) else what
+    raise AssertionError(f"still not so after {after} s: {detail}")
+
+
 def eventually(
     fn: Callable[[], T | None],
     timeout: float = 30,
@@ -126,11 +139,7 @@ def eventually(
         else:
             if result:
                 return result
-        if time.monotonic() >= deadline:
-            if failure is not None:
-                raise failure
-            detail = what() if callable(what) else what
-            raise AssertionError(f"still not so after {timeout} s: {detail}")
+        give_up_if_late(deadline, failure, what, timeout)
         time.sleep(interval)
 
 
@@ -155,11 +164,7 @@ async def eventually_async(
         else:
             if result:
                 return result
-        if time.monotonic() >= deadline:
-            if failure is not None:
-                raise failure
-            detail = what() if callable(what) else what
-            raise AssertionError(f"still not so after {within} s: {detail}")
+        give_up_if_late(deadline, failure, what, within)
         await asyncio.sleep(interval)
 
 
