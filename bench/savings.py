@@ -78,6 +78,8 @@ BOOTSTRAP_REPS = 2000
 #: A study may not run more than this many times its full evaluations in trials: a sampler
 #: that repeats cached configurations spends no compute, and must still end.
 TRIAL_CAP = 12
+#: Full evaluations (random configurations: TPE's start-up) whose mean CPU is a task's unit.
+UNIT_EVALUATIONS = 8
 
 # --- targets (issue 13) ---------------------------------------------------------------------
 LONG_FIDELITY_RATIO = 4.0
@@ -569,11 +571,16 @@ def full_evaluation_cpu(
     daemon: BenchDaemon, client: Client, storage: Any, task: Task, quick: bool, workers: int
 ) -> float:
     """An unmeasured warm-up study of the task in plain TPE: every worker process pays its
-    first-use costs (data, imports) there, and the median CPU seconds of its complete full
+    first-use costs (data, imports) there, and the mean CPU seconds of its complete full
     evaluations, leaving out the first `workers` to finish (those paid the first use), is
-    the task's unit of compute."""
+    the task's unit of compute.
+
+    The mean over `UNIT_EVALUATIONS` configurations of TPE's random start-up, not the median
+    of a couple: a full evaluation's CPU varies 2.7-26x across configurations (an SVC with a
+    large C), so N units must be what N such evaluations cost. (A unit from two cheap
+    configurations gave svc_cv a budget of 6 trials instead of 30.)"""
     name = f"warmup-{task.name}-w{workers}-{time.time_ns()}"
-    budget = {"trials": 3 * workers}
+    budget = {"trials": workers + UNIT_EVALUATIONS}
     spec = study_spec(task, CONFIGS[BASELINE], 10_000, name, budget, workers, quick)
     run_study(daemon, client, storage, spec)
     trials = optuna.load_study(study_name=spec["name"], storage=storage).get_trials()
@@ -588,7 +595,7 @@ def full_evaluation_cpu(
     ]
     if not full:
         raise RuntimeError(f"the warm-up of {task.name} completed no full evaluation")
-    return statistics.median(full)
+    return statistics.fmean(full)
 
 
 # --- analysis ------------------------------------------------------------------------------
