@@ -337,11 +337,17 @@ def throughput_table(
         "| path | trials/s | vs plain journal | CPU ms/trial |",
         "|---|---:|---:|---:|",
     ]
-    lines += [
-        f"| {label} | {rate:.0f} | {rate / base:.2f}x | {cpu * 1000:.2f} |"
+    return "\n".join(lines + rate_rows(measured, base))
+
+
+def rate_rows(measured: Sequence[tuple[str, float, float | None]], base: float) -> list[str]:
+    """Table rows: each path's trials/s, its ratio to plain Optuna's `base`, its CPU per trial."""
+    return [
+        f"| {label} | {rate:.0f} | {rate / base:.2f}x | "
+        + ("n/a" if cpu is None else f"{cpu * 1000:.2f}")
+        + " |"
         for label, rate, cpu in measured
     ]
-    return "\n".join(lines)
 
 
 def bench_idle_memory(tmp: Path) -> tuple[float, bool]:
@@ -401,11 +407,7 @@ def overhead_table(amqp: str, tmp: Path, trials: int, concurrency: int) -> str:
         "| path | trials/s | vs plain Optuna, journal, random | CPU ms/trial |",
         "|---|---:|---:|---:|",
     ]
-    lines += [
-        f"| {label} | {rate:.0f} | {rate / base:.2f}x | {cpu * 1000:.2f} |"
-        for label, rate, cpu in measured
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + rate_rows(measured, base))
 
 
 #: The wall-clock runs: (objective seconds, trials per study). A 1 s objective gets fewer.
