@@ -42,7 +42,7 @@ from hpod.policies.strategy.replay import (
     Experience,
     ReplayBuffer,
 )
-from hpod.policies.strategy.reward import WindowOutcome
+from hpod.policies.strategy.reward import WindowOutcome, target
 from hpod.sampling import process as sampler_process
 
 log = structlog.get_logger("hpod.strategy")
@@ -54,9 +54,40 @@ QUORUM = 4
 MIN_TRAINED_ON = 50
 #: Start the learner after this many new local experiences.
 LEARN_EVERY = 25
-#: Chance of trying the runner-up before the agent has experience of its own; it decays as
-#: EXPLORE / (1 + local experiences / 200).
+#: Chance of exploring before the agent has experience of its own; it decays as
+#: EXPLORE / (1 + local experiences / 200), and is lowered further so that the expected
+#: loss stays bounded (`MAX_EXPECTED_LOSS`).
 EXPLORE = 0.1
+#: Exploration's expected loss per decision, in predicted reward (the networks' target
+#: units): the chance of exploring times the predicted gap to the best never exceeds it.
+MAX_EXPECTED_LOSS = 0.01
+#: A strategy predicted this much below the best (target units) is never explored.
+MAX_EXPLORE_GAP = 0.5
+
+
+def behaviour(strategy: Strategy, shape: SpaceShape) -> str:
+    """What `strategy` does to a study of `shape`, as a key: two strategies with the same key
+    are the same algorithm there (exploring from one to the other tries nothing)."""
+    options = dict(strategy.sampler_options)
+    if strategy.sampler == "tpe":
+        if options.get("multivariate"):
+            options.setdefault("group", True)  # as `hpod.engine.make_sampler` builds it
+        # Optuna 5's TPE is multivariate by default: ``tpe`` and ``tpe-multivariate`` give
+        # identical trials for a seed (issue 14); ``group`` acts on conditional parameters only.
+        options.setdefault("multivariate", True)
+        if not shape.n_conditional:
+            options.pop("group", None)
+    return json.dumps(
+        [
+            strategy.sampler,
+            options,
+            strategy.pruner,
+            strategy.pruner_options if strategy.pruner != "none" else {},
+            list(strategy.ladder) if shape.fidelity == "data" else [1.0],
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def shipped_dir() -> Path:
@@ -80,6 +111,9 @@ class Decision:
     told: int
     #: Trials numbered from here on belong to this decision's window.
     first_trial: int
+    #: For an exploration, the strategy it stands in for and that one's predicted reward
+    #: (target units): the next decision goes back to it unless the exploration won.
+    instead_of: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The decision as recorded on the study and published as `strategy.chosen`."""
@@ -87,6 +121,7 @@ class Decision:
             "strategy": self.strategy.name,
             "source": self.source,
             "reason": self.reason,
+            **({"instead_of": self.instead_of} if self.instead_of else {}),
             "scores": {k: round(v, 4) for k, v in self.scores.items()},
             "masked": self.masked,
             "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, self.features, strict=True)},
@@ -223,13 +258,21 @@ class StrategyAgent:
         first_trial: int,
         ladder_pays: bool | None,
         current: str | None = None,
+        previous: dict[str, Any] | None = None,
     ) -> Decision:
         """The strategy for the next window of a study that looks like `features`.
 
         The incumbent is the study's `current` strategy, or the rules' pick at its start; the
         policy replaces it only where `QUORUM` networks agree its pick earns more, so a
         study is not thrown between strategies on a prediction the networks are unsure of
-        (each switch costs: a new sampler learns the study anew)."""
+        (each switch costs: a new sampler learns the study anew). A strategy that does the
+        same as the incumbent (`behaviour`) never replaces it.
+
+        `previous` is the study's last decision record, its window scored (``source``,
+        ``reward``, ``instead_of``): after an exploration the study goes back to the strategy
+        it stood in for, unless the explored window earned more than that one was predicted
+        to (then the explored strategy stays, as the incumbent)."""
+        self._learner_finished()
         self._reload_if_changed()
         masked = self.masks(shape)
         candidates = [s for s in self.strategies if s.name not in masked]
@@ -238,9 +281,15 @@ class StrategyAgent:
             ruled = candidates[0] if candidates else ruled
 
         def decision(
-            strategy: Strategy, source: str, reason: str, scores: dict[str, float]
+            strategy: Strategy,
+            source: str,
+            reason: str,
+            scores: dict[str, float],
+            instead_of: dict[str, Any] | None = None,
         ) -> Decision:
-            return Decision(strategy, source, features, scores, masked, reason, told, first_trial)
+            return Decision(
+                strategy, source, features, scores, masked, reason, told, first_trial, instead_of
+            )
 
         incumbent = next((s for s in candidates if s.name == current), ruled)
         if not self.learned:
@@ -253,12 +302,18 @@ class StrategyAgent:
         predicted = self.ensemble.predict(features, [action_features(s) for s in candidates])
         means = predicted.mean(axis=0)
         scores = {s.name: float(m) for s, m in zip(candidates, means, strict=True)}
+        version = f"policy v{self.ensemble.version}"
+        settled = self._after_exploration(previous, candidates, current, version, scores)
+        if settled is not None:
+            strategy, reason = settled
+            return decision(strategy, "policy", reason, scores)
         order = list(np.argsort(-means))
         best = candidates[int(order[0])]
-        version = f"policy v{self.ensemble.version}"
+        if best.name != incumbent.name and behaviour(best, shape) == behaviour(incumbent, shape):
+            best = incumbent  # the same algorithm under another name: nothing to switch to
         if best.name != incumbent.name:
             kept = candidates.index(incumbent)
-            votes = int((predicted[:, int(order[0])] > predicted[:, kept]).sum())
+            votes = int((predicted[:, candidates.index(best)] > predicted[:, kept]).sum())
             if votes < QUORUM:
                 whose = "keeps" if incumbent.name == current else "the rules'"
                 reason = (
@@ -267,10 +322,11 @@ class StrategyAgent:
                 )
                 source = "policy" if incumbent.name == current else "rules"
                 return decision(incumbent, source, reason, scores)
-        if self.explore and len(order) > 1 and self._random.random() < self._explore_rate():
-            runner_up = candidates[int(order[1])]
-            reason = f"{version} tries its runner-up {runner_up.name} (best: {best.name})"
-            return decision(runner_up, "explore", reason, scores)
+        explored = self._exploration(best, candidates, shape, scores, version)
+        if explored is not None:
+            strategy, reason = explored
+            instead = {"strategy": best.name, "predicted": round(scores[best.name], 5)}
+            return decision(strategy, "explore", reason, scores, instead)
         agree = (
             "keeps it"
             if best.name == current
@@ -279,6 +335,73 @@ class StrategyAgent:
             else f"beats {incumbent.name}"
         )
         return decision(best, "policy", f"{version}: {best.name} {agree}", scores)
+
+    def _exploration(
+        self,
+        best: Strategy,
+        candidates: list[Strategy],
+        shape: SpaceShape,
+        scores: dict[str, float],
+        version: str,
+    ) -> tuple[Strategy, str] | None:
+        """The strategy to explore instead of `best`, if any: the best-scored one that is a
+        different algorithm (`behaviour`) and predicted at most `MAX_EXPLORE_GAP` below,
+        with a chance lowered so that chance x gap stays within `MAX_EXPECTED_LOSS`."""
+        if not self.explore:
+            return None
+        same = behaviour(best, shape)
+        others = [s for s in candidates if behaviour(s, shape) != same]
+        if not others:
+            return None
+        other = max(others, key=lambda s: scores[s.name])
+        gap = max(0.0, scores[best.name] - scores[other.name])
+        if gap > MAX_EXPLORE_GAP:
+            return None
+        chance = min(self._explore_rate(), MAX_EXPECTED_LOSS / gap if gap > 0 else 1.0)
+        if self._random.random() >= chance:
+            return None
+        return other, (
+            f"{version} tries {other.name} for one window instead of {best.name} "
+            f"(predicted {gap:.3f} lower; chance {chance:.3f})"
+        )
+
+    @staticmethod
+    def _after_exploration(
+        previous: dict[str, Any] | None,
+        candidates: list[Strategy],
+        current: str | None,
+        version: str,
+        scores: dict[str, float],
+    ) -> tuple[Strategy, str] | None:
+        """After an exploration's window: back to the strategy it stood in for, unless the
+        window earned more than that one's prediction (then the explored one stays)."""
+        if not previous or previous.get("source") != "explore":
+            return None
+        instead = previous.get("instead_of")
+        if not isinstance(instead, dict):
+            return None
+        back = next((s for s in candidates if s.name == instead.get("strategy")), None)
+        explored = next((s for s in candidates if s.name == current), None)
+        if back is None:
+            return None
+        reward = previous.get("reward")
+        predicted = instead.get("predicted")
+        if (
+            explored is not None
+            and isinstance(reward, int | float)
+            and isinstance(predicted, int | float)
+            and target(float(reward)) > float(predicted)
+        ):
+            return explored, (
+                f"{version}: the exploration of {explored.name} won (reward {reward:.3f}, "
+                f"{target(float(reward)):.3f} > {float(predicted):.3f} predicted for "
+                f"{back.name}): keeps it"
+            )
+        earned = "no reward" if not isinstance(reward, int | float) else f"reward {reward:.3f}"
+        return back, (
+            f"{version}: back to {back.name} after one window of {current} ({earned}, not "
+            f"above {back.name}'s prediction)"
+        )
 
     def forced(
         self,
@@ -331,6 +454,7 @@ class StrategyAgent:
 
     def record(self, experience: Experience) -> None:
         """Keep a decision's outcome on disk; start learning when enough is new."""
+        self._learner_finished()
         self.buffer.append(experience)
         self._local_count += 1
         self._new_experiences += 1
@@ -343,6 +467,33 @@ class StrategyAgent:
             self._local_count = len(self.buffer)
         if self.learn and self._new_experiences >= self.learn_every:
             self.start_learning()
+
+    def _learner_finished(self) -> None:
+        """Once a learner process has ended, log what it did: weights installed, or refused
+        by the check suite (with the figures), or its error. `status` shows the same."""
+        if self._learner is None or self._learner.poll() is None:
+            return
+        code, self._learner = self._learner.returncode, None
+        try:
+            report = model.loads((self.policy_dir / "learner.json").read_bytes())
+        except (OSError, ValueError) as exc:
+            log.error("strategy.learning_failed", code=code, error=str(exc))
+            return
+        if not isinstance(report, dict) or report.get("error") or code:
+            log.error("strategy.learning_failed", code=code, error=str(report)[:500])
+        elif report.get("installed"):
+            log.info(
+                "strategy.weights_installed",
+                version=report.get("version"),
+                check=report.get("check"),
+            )
+        else:
+            log.warning(
+                "strategy.weights_refused",
+                version=report.get("version"),
+                in_force=report.get("in_force"),
+                check=report.get("check"),
+            )
 
     def start_learning(self) -> bool:
         """Start the learner process unless one is running; True if started."""
@@ -370,6 +521,7 @@ class StrategyAgent:
 
     def status(self) -> dict[str, Any]:
         """What the policy is and has done: version, experience, learning, recent decisions."""
+        self._learner_finished()
         self._reload_if_changed()
         learner: dict[str, Any] = {
             "running": self._learner is not None and self._learner.poll() is None,
