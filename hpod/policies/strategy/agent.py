@@ -8,12 +8,15 @@ strategy that can apply with the learned ensemble (`model.py`, NumPy) and takes 
 only where the networks agree it beats the rule's pick; otherwise, or without usable
 weights, the rule decides. That is
 the conservative part: a bad exploratory choice costs a user real compute, so exploration is
-rare (it decays with the agent's own experience) and only ever tries the runner-up.
+rare (it decays with the agent's own experience), tries only a strategy that is a different
+algorithm (`behaviour`: ``tpe`` and ``tpe-multivariate`` are one in Optuna 5), with a chance
+that bounds its expected loss, and lasts one window unless it won.
 
 Every decision's outcome goes to the replay buffer on disk; with learning on, after enough
 new experience the agent starts the learner as a separate process (`learner.py`, the only
-place torch is imported besides the GP's sampler process) and picks up the new weights when
-they appear.
+place torch is imported besides the GP's sampler process), logs what it did when it ends
+(weights installed, or refused by the check suite with the figures) and picks up new
+weights when they appear.
 """
 
 from __future__ import annotations
@@ -541,6 +544,7 @@ class StrategyAgent:
             "experiences": {"shipped": self._shipped_count, "local": self._local_count},
             "learning": learner,
             "exploration_rate": round(self._explore_rate(), 4) if self.explore else 0.0,
+            "exploration_max_expected_loss": MAX_EXPECTED_LOSS if self.explore else 0.0,
             "strategies": [s.name for s in self.strategies],
             "recent": list(self._recent)[-20:],
             "sampler_process": sampler_process.shared_status(),

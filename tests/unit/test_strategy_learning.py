@@ -1,0 +1,275 @@
+"""Learning that cannot make the policy worse (issue 14, item 3): the first window's reward,
+local experiences over the shipped horizon, a capped local share bootstrapped per network,
+the check suite that refuses regressing weights, and exploration between strategies that
+actually differ, reverted after one window unless it won."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from hpod.engine import COST_ATTR
+from hpod.policies.strategy import agent as agent_module
+from hpod.policies.strategy import check, learner, model, train
+from hpod.policies.strategy.actions import BUILTIN, SpaceShape, action_features
+from hpod.policies.strategy.agent import StrategyAgent, behaviour, shipped_dir
+from hpod.policies.strategy.features import FEATURE_NAMES
+from hpod.policies.strategy.replay import Experience, ReplayBuffer
+from hpod.policies.strategy.reward import target, window_reward
+from hpod.schema import StudySpec
+
+BY_NAME = {s.name: s for s in BUILTIN}
+CONTINUOUS = SpaceShape(4, 4, 0, 0, 1, "none")
+CONDITIONAL = SpaceShape(4, 3, 1, 2, 1, "none")
+
+
+def window(
+    study: str, strategy: str, reward: float, state: list[float] | None = None
+) -> Experience:
+    return Experience(
+        study,
+        "balanced",
+        strategy,
+        state or [0.1] * len(FEATURE_NAMES),
+        action_features(BY_NAME[strategy]),
+        reward,
+        reward,
+        1.0,
+        12,
+        0.0,
+    )
+
+
+# --- the reward ------------------------------------------------------------------------------
+
+
+def first_window(values: list[float]) -> float:
+    spec = StudySpec.model_validate(
+        {
+            "name": "r",
+            "space": {"x": {"type": "float", "low": 0, "high": 1}},
+            "budget": {"trials": 9},
+        }
+    )
+    study = optuna.create_study()
+    for value in values:
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr(COST_ATTR, {"cpu": 1.0, "full_cpu": 1.0})
+        study.tell(trial, value)
+    outcome = window_reward(spec, study.get_trials(), 0, "thorough")
+    assert outcome is not None
+    return outcome.improvement
+
+
+def test_the_first_window_is_judged_against_the_study_start_not_always_one() -> None:
+    """It used to be 1 whenever the window had two values (its own worst was the start)."""
+    assert first_window([5.0, 10.0, 8.0, 0.0]) == pytest.approx(0.5)  # 5 -> 0 on a range of 10
+    assert first_window([0.0, 10.0, 8.0, 6.0]) == 0.0  # the first value stayed the best
+    assert first_window([10.0, 8.0, 6.0, 0.0]) == pytest.approx(1.0)
+
+
+# --- local experiences ------------------------------------------------------------------------
+
+
+def test_local_windows_become_experiences_over_the_shipped_horizon() -> None:
+    assert learner.HORIZON == train.HORIZON
+    windows = [
+        window("a", "tpe", 1.0),
+        window("b", "qmc", 9.0),
+        window("a", "tpe", 2.0),
+        window("a", "tpe", 3.0),
+        window("a", "tpe", 5.0),
+        window("a", "cmaes", 4.0),
+    ]
+    out = learner.over_horizon(windows)
+    a = [(e.strategy, e.reward, e.trials) for e in out if e.study == "a"]
+    # tpe's first window with its next two; the fourth tpe window stops at the switch
+    assert a == [
+        ("tpe", 2.0, 36),
+        ("tpe", pytest.approx(10 / 3), 36),
+        ("tpe", 4.0, 24),
+        ("tpe", 5.0, 12),
+        ("cmaes", 4.0, 12),
+    ]
+    assert [(e.strategy, e.reward) for e in out if e.study == "b"] == [("qmc", 9.0)]
+
+
+def test_the_local_share_is_capped_and_each_network_draws_its_own_local_sample() -> None:
+    assert learner.local_share(0) == 0.0
+    assert learner.local_share(48) < learner.local_share(1000) < learner.LOCAL_CAP
+    rng = random.Random(0)
+    shipped = [
+        window("s", name, reward, [rng.random() for _ in FEATURE_NAMES])
+        for _ in range(60)
+        for name, reward in (("cmaes", 1.0), ("tpe", 0.5), ("random", 0.1))
+    ]
+    local = [window(f"l{i}", "random", 3.0 * (i % 2)) for i in range(6)]
+    weights = learner.train(shipped, seed=2, epochs=8, local=local)
+    assert weights["local_share"] == pytest.approx(round(learner.local_share(6), 4))
+    assert weights["trained_on"] == len(shipped) + len(local)
+    ensemble = model.parse(weights)
+    # Five bootstraps of six local windows: the networks disagree on them.
+    spread = ensemble.predict([0.1] * len(FEATURE_NAMES), [action_features(BY_NAME["random"])])
+    assert float(spread.std()) > 0.01
+    assert "local_share" not in learner.train(shipped, seed=2, epochs=2)  # shipped: as before
+
+
+# --- the check suite ------------------------------------------------------------------------
+
+
+def random_first_weights() -> dict[str, Any]:
+    """Weights that believe random search earns most in any study (a regressing policy)."""
+    rng = random.Random(1)
+    data = []
+    for _ in range(120):
+        state = [rng.random() for _ in FEATURE_NAMES]
+        data += [window("bad", s.name, 3.0 if s.name == "random" else 0.0, state) for s in BUILTIN]
+    return learner.train(data, seed=1, epochs=20)
+
+
+@pytest.fixture
+def small_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check suite cut to two tasks and one seed (the daemon runs all of it)."""
+    monkeypatch.setattr(check, "CHECK_TASKS", ("ellipsoid_4", "rosenbrock_3"))
+    monkeypatch.setattr(check, "CHECK_SEEDS", (101,))
+
+
+def run_learner(
+    policy: Path, monkeypatch: pytest.MonkeyPatch, candidate: dict[str, Any]
+) -> dict[str, Any]:
+    """`learner.learn` with the training replaced by `candidate` (the check is real)."""
+    ReplayBuffer(policy / "replay.jsonl").append(window("l", "random", 3.0))
+    monkeypatch.setattr(learner, "train", lambda *args, **kwargs: dict(candidate))
+    return learner.learn(policy, shipped_dir() / "replay.jsonl.gz")
+
+
+@pytest.mark.usefixtures("small_check")
+def test_weights_that_would_regress_the_check_suite_are_refused_logged_and_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy"
+    report = run_learner(policy, monkeypatch, random_first_weights())
+    assert report["installed"] is False and report["in_force"] is not None
+    figures = report["check"]
+    assert figures["passed"] is False and figures["studies"] == 2
+    assert figures["regret_candidate"] > figures["regret_in_force"]
+    assert figures["difference"] > 0 and figures["worse_on"] >= 1
+    assert not (policy / "weights.json").exists()  # the shipped weights stay in force
+    assert json.loads((policy / "learner.json").read_text()) == report
+
+    agent = StrategyAgent(policy, learn=False, learned=True)
+    agent._learner = subprocess.Popen([sys.executable, "-c", "pass"])  # a learner that ended
+    agent._learner.wait()
+    capsys.readouterr()
+    status = agent.status()
+    assert status["weights"] == "shipped"
+    assert status["learning"]["last"]["check"] == figures
+    logged = [line for line in capsys.readouterr().out.splitlines() if "weights_refused" in line]
+    assert len(logged) == 1 and f"'difference': {figures['difference']}" in logged[0]
+
+
+@pytest.mark.usefixtures("small_check")
+def test_weights_that_decide_as_the_ones_in_force_are_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    same = json.loads((shipped_dir() / "weights.json").read_text())
+    same["version"] = 7
+    report = run_learner(tmp_path / "policy", monkeypatch, same)
+    assert report["installed"] is True
+    assert report["check"]["difference"] == 0.0 and report["check"]["worse_on"] == 0
+    assert model.load(tmp_path / "policy" / "weights.json").version == 7
+
+
+# --- exploration ------------------------------------------------------------------------------
+
+
+def tpe_first_weights(tmp_path: Path) -> Path:
+    """Shipped weights where both TPEs earn most, CMA-ES next, everything else little."""
+    rewards = {"tpe": 1.0, "tpe-multivariate": 1.0, "cmaes": 0.8}
+    data = [window("t", s.name, rewards.get(s.name, 0.05)) for _ in range(40) for s in BUILTIN]
+    out = tmp_path / "shipped"
+    out.mkdir()
+    model.save(out / "weights.json", learner.train(data, seed=1, epochs=40))
+    return out
+
+
+def test_tpe_and_multivariate_tpe_are_one_algorithm_but_not_with_conditions() -> None:
+    tpe, multivariate = BY_NAME["tpe"], BY_NAME["tpe-multivariate"]
+    assert behaviour(tpe, CONTINUOUS) == behaviour(multivariate, CONTINUOUS)
+    assert behaviour(tpe, CONDITIONAL) != behaviour(multivariate, CONDITIONAL)  # group acts
+    assert behaviour(tpe, CONTINUOUS) != behaviour(BY_NAME["cmaes"], CONTINUOUS)
+    epochs = SpaceShape(4, 4, 0, 0, 1, "epochs")
+    assert behaviour(multivariate, epochs) != behaviour(BY_NAME["tpe-median"], epochs)
+
+
+def test_exploration_never_picks_an_equivalent_strategy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "EXPLORE", 1.0)
+    monkeypatch.setattr(agent_module, "MAX_EXPECTED_LOSS", 10.0)
+    shipped = tpe_first_weights(tmp_path)
+    agent = StrategyAgent(tmp_path / "p", shipped=shipped, learn=False, learned=True, seed=3)
+    state = [0.1] * len(FEATURE_NAMES)
+    explored = set()
+    for current in (None, "tpe", "tpe-multivariate"):
+        decision = agent.decide(CONTINUOUS, state, "balanced", 12, 12, None, current)
+        assert decision.source == "explore", decision.reason
+        assert decision.instead_of is not None
+        stood_in = BY_NAME[decision.instead_of["strategy"]]
+        assert behaviour(decision.strategy, CONTINUOUS) != behaviour(stood_in, CONTINUOUS)
+        explored.add(decision.strategy.name)
+    assert explored == {"cmaes"}  # the best different algorithm, never the other TPE
+
+
+def test_exploration_keeps_its_expected_loss_bounded(tmp_path: Path) -> None:
+    shipped = tpe_first_weights(tmp_path)
+    agent = StrategyAgent(tmp_path / "p", shipped=shipped, learn=False, learned=True, seed=0)
+    state = [0.1] * len(FEATURE_NAMES)
+    decisions = [
+        agent.decide(CONTINUOUS, state, "balanced", 12, 12, None, "tpe") for _ in range(400)
+    ]
+    scores = decisions[0].scores
+    explored = [d for d in decisions if d.source == "explore"]
+    assert explored and {d.strategy.name for d in explored} == {"cmaes"}
+    # The incumbent tpe stays the one compared with (multivariate TPE is the same algorithm).
+    assert {(d.instead_of or {}).get("strategy") for d in explored} == {"tpe"}
+    gap = scores["tpe"] - scores["cmaes"]
+    chance = min(agent._explore_rate(), agent_module.MAX_EXPECTED_LOSS / gap)
+    assert chance * gap <= agent_module.MAX_EXPECTED_LOSS + 1e-12
+    assert all(f"chance {chance:.3f}" in d.reason for d in explored)
+    assert len(explored) < 400 * chance + 4 * (400 * chance) ** 0.5 + 1
+    # A strategy predicted far below the best is never explored, whatever the chance.
+    far = {**scores, "cmaes": scores["tpe"] - 2 * agent_module.MAX_EXPLORE_GAP}
+    only_far = [BY_NAME["tpe"], BY_NAME["cmaes"]]
+    agent._random = random.Random(0)
+    assert agent._exploration(BY_NAME["tpe"], only_far, CONTINUOUS, far, "v") is None
+
+
+def test_an_exploration_is_reverted_after_one_window_unless_it_won(tmp_path: Path) -> None:
+    shipped = tpe_first_weights(tmp_path)
+    agent = StrategyAgent(tmp_path / "p", shipped=shipped, learn=False, learned=True, seed=0)
+    agent.explore = False
+    state = [0.1] * len(FEATURE_NAMES)
+    previous = {"source": "explore", "instead_of": {"strategy": "tpe", "predicted": 1.0}}
+    lost = agent.decide(
+        CONTINUOUS, state, "balanced", 24, 24, None, "cmaes", {**previous, "reward": 0.05}
+    )
+    assert (lost.strategy.name, lost.source) == ("tpe", "policy")
+    assert "back to tpe" in lost.reason
+    assert target(5.0) > 1.0
+    won = agent.decide(
+        CONTINUOUS, state, "balanced", 24, 24, None, "cmaes", {**previous, "reward": 5.0}
+    )
+    assert won.strategy.name == "cmaes" and "won" in won.reason
+    nothing = agent.decide(
+        CONTINUOUS, state, "balanced", 24, 24, None, "cmaes", {**previous, "reward": None}
+    )
+    assert nothing.strategy.name == "tpe"
