@@ -162,7 +162,7 @@ class StrategyAgent:
         self._recent: deque[dict[str, Any]] = deque(maxlen=50)
         self._learner: subprocess.Popen[bytes] | None = None
         self._new_experiences = 0
-        self._local_count = len(self.buffer)
+        self._local_count = _count(self.policy_dir / "replay.jsonl")
         self._shipped_count = _count(self.shipped / "replay.jsonl.gz")
         #: Time of the local weights file last loaded, and of the one last refused.
         self._weights_mtime: float | None = None
@@ -644,9 +644,16 @@ def _mtime(path: Path) -> float | None:
 
 
 def _count(path: Path) -> int:
-    """Lines of a buffer file, without parsing them: the daemon only shows the number, and
-    parsing the shipped buffer's thousands of experiences would slow every start."""
+    """Lines of a buffer file (plain or gzipped), without parsing them: the daemon only shows
+    the number, and parsing the shipped buffer's thousands of experiences would slow every
+    start. A file that cannot be read (damaged, unreadable) counts 0 and is logged: like the
+    weights, a buffer file never stops the daemon."""
     if not path.exists():
         return 0
-    with gzip.open(path, "rb") as lines:
-        return sum(1 for line in lines if line.strip())
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as lines:
+            return sum(1 for line in lines if line.strip())
+    except Exception as exc:  # BadGzipFile, EOFError, OSError...: a count is not worth a crash
+        log.error("strategy.replay_unreadable", path=str(path), reason=repr(exc))
+        return 0

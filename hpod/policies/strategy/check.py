@@ -112,10 +112,9 @@ def finals(ensemble: model.Ensemble | None, tasks: Sequence[Task]) -> list[float
             strategies(),
             explore=False,
             learn=False,
-            shipped=Path(tmp) / "none",
             learned=True,
         )
-        agent.ensemble, agent.fallback = ensemble, None
+        agent.ensemble, agent.fallback = ensemble, None  # whatever it loaded: `ensemble` decides
         out = []
         for task in tasks:
             for seed in CHECK_SEEDS:
