@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -135,11 +136,8 @@ def random_first_weights() -> dict[str, Any]:
     return learner.train(data, seed=1, epochs=20)
 
 
-@pytest.fixture
-def small_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check suite cut to two tasks and one seed (the daemon runs all of it)."""
-    monkeypatch.setattr(check, "CHECK_TASKS", ("ellipsoid_4", "rosenbrock_3"))
-    monkeypatch.setattr(check, "CHECK_SEEDS", (101,))
+#: The check suite cut to two tasks and one seed (the daemon runs all of it).
+SMALL = check.CheckSize(tasks=2, seeds=1)
 
 
 def run_learner(
@@ -148,10 +146,9 @@ def run_learner(
     """`learner.learn` with the training replaced by `candidate` (the check is real)."""
     ReplayBuffer(policy / "replay.jsonl").append(window("l", "random", 3.0))
     monkeypatch.setattr(learner, "train", lambda *args, **kwargs: dict(candidate))
-    return learner.learn(policy, shipped_dir() / "replay.jsonl.gz")
+    return learner.learn(policy, shipped_dir() / "replay.jsonl.gz", size=SMALL)
 
 
-@pytest.mark.usefixtures("small_check")
 def test_weights_that_would_regress_the_check_suite_are_refused_logged_and_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -176,7 +173,6 @@ def test_weights_that_would_regress_the_check_suite_are_refused_logged_and_shown
     assert len(logged) == 1 and f"'difference': {figures['difference']}" in logged[0]
 
 
-@pytest.mark.usefixtures("small_check")
 def test_weights_that_decide_as_the_ones_in_force_are_installed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,6 +182,42 @@ def test_weights_that_decide_as_the_ones_in_force_are_installed(
     assert report["installed"] is True
     assert report["check"]["difference"] == 0.0 and report["check"]["worse_on"] == 0
     assert model.load(tmp_path / "policy" / "weights.json").version == 7
+
+
+def test_the_learner_options_are_bounded_and_reach_the_learner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings allow exactly the suite's tasks and seeds; a smaller size runs the first
+    tasks and seeds of it; the agent hands the size and the epochs to the learner process on
+    its command line, and nothing when unset (the learner's defaults: the whole suite)."""
+    from pydantic import ValidationError
+
+    from hpod.config import Settings
+
+    whole = check.CheckSize()
+    assert (whole.tasks, whole.seeds) == (len(check.CHECK_TASKS), len(check.CHECK_SEEDS))
+    Settings(policy_check_tasks=whole.tasks, policy_check_seeds=whole.seeds)
+    for field, over in (("policy_check_tasks", whole.tasks), ("policy_check_seeds", whole.seeds)):
+        for bad in (0, over + 1):
+            with pytest.raises(ValidationError, match=field):
+                Settings(**{field: bad})
+    with pytest.raises(ValueError, match="check seeds: 5"):
+        check.CheckSize(seeds=5)
+    assert [t.name for t in check.check_tasks(SMALL)] == list(check.CHECK_TASKS[:2])
+    assert SMALL.seed_list == check.CHECK_SEEDS[:1]
+
+    started: list[list[str]] = []
+
+    def popen(args: list[str], **_: Any) -> Any:
+        started.append(args)
+        return SimpleNamespace(pid=0, poll=lambda: 0)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    small = StrategyAgent(tmp_path / "p", learn=False, check_tasks=2, check_seeds=1, learn_epochs=3)
+    small.start_learning()
+    StrategyAgent(tmp_path / "q", learn=False).start_learning()
+    assert started[0][-6:] == ["--check-tasks", "2", "--check-seeds", "1", "--epochs", "3"]
+    assert not {"--check-tasks", "--check-seeds", "--epochs"} & set(started[1])
 
 
 # --- exploration ------------------------------------------------------------------------------

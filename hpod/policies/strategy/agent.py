@@ -147,6 +147,9 @@ class StrategyAgent:
         shipped: Path | None = None,
         learn_every: int = LEARN_EVERY,
         learned: bool = False,
+        check_tasks: int | None = None,
+        check_seeds: int | None = None,
+        learn_epochs: int | None = None,
     ) -> None:
         self.policy_dir = policy_dir
         #: Whether ``auto`` is the learned policy (else the rule decides; weights are still
@@ -156,6 +159,13 @@ class StrategyAgent:
         self.explore = explore
         self.learn = learn
         self.learn_every = learn_every
+        #: The learner's options: its check suite's first tasks and seeds, its epochs (None:
+        #: the learner's defaults, the whole suite and the shipped training's epochs).
+        self.learner_options = {
+            "--check-tasks": check_tasks,
+            "--check-seeds": check_seeds,
+            "--epochs": learn_epochs,
+        }
         self.shipped = shipped or shipped_dir()
         self.buffer = ReplayBuffer(policy_dir / "replay.jsonl")
         self._random = random.Random(seed)
@@ -513,6 +523,7 @@ class StrategyAgent:
                 str(self.policy_dir),
                 "--shipped-replay",
                 str(self.shipped / "replay.jsonl.gz"),
+                *(a for flag, n in self.learner_options.items() if n for a in (flag, str(n))),
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.policy_dir / "learner.log", "ab"),  # noqa: SIM115 (the child owns it)

@@ -5,10 +5,12 @@ moved mean held-out regret from 0.149 to 0.161 and 0.163), and new weights went 
 check. Now the learner runs both ensembles, the candidate and the one in force (or none: the
 rules), as the agent would with the learned policy on (same quorum, no exploration), on a
 small fixed set of simulated studies: eleven cheap tasks of the training suite, four seeds
-each, the same budget and window as training. Everything is seeded and single-threaded, so
-the same two ensembles always give the same figures; equal decisions give a difference of
-exactly zero. The candidate passes when its mean normalised regret is not above the one in
-force (`TOLERANCE`); otherwise it is refused, and the learner reports the figures.
+each, the same budget and window as training (`CheckSize`: the daemon's default is the whole
+suite; a test of the wiring may run a smaller one, the first tasks and seeds of it).
+Everything is seeded and single-threaded, so the same two ensembles always give the same
+figures; equal decisions give a difference of exactly zero. The candidate passes when its
+mean normalised regret is not above the one in force (`TOLERANCE`); otherwise it is refused,
+and the learner reports the figures.
 
 Regret is normalised per task as the benchmark does (`bench/strategy.py`): 0 at the best value
 either ensemble reached (or the known optimum), 1 at the median of random configurations.
@@ -61,6 +63,25 @@ TOLERANCE = 0.0
 
 
 @dataclass(frozen=True)
+class CheckSize:
+    """How much of the check suite runs: its first `tasks` tasks, `seeds` seeds each (the
+    default: all of it, the suite whose figures docs/policies.md reports)."""
+
+    tasks: int = len(CHECK_TASKS)
+    seeds: int = len(CHECK_SEEDS)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.tasks <= len(CHECK_TASKS):
+            raise ValueError(f"check tasks: {self.tasks} is not in 1..{len(CHECK_TASKS)}")
+        if not 1 <= self.seeds <= len(CHECK_SEEDS):
+            raise ValueError(f"check seeds: {self.seeds} is not in 1..{len(CHECK_SEEDS)}")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return CHECK_SEEDS[: self.seeds]
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """The check's figures: mean normalised regret of each ensemble, and the verdict."""
 
@@ -93,9 +114,12 @@ class CheckResult:
         }
 
 
-def check_tasks() -> list[Task]:
-    """The check suite's tasks (those of `CHECK_TASKS` the training suite has)."""
-    return [t for t in training_suite() if t.name in CHECK_TASKS]
+def check_tasks(size: CheckSize | None = None) -> list[Task]:
+    """The check suite's tasks (the first `size.tasks` of `CHECK_TASKS` the training suite
+    has, in that order)."""
+    names = CHECK_TASKS[: (size or CheckSize()).tasks]
+    by_name = {t.name: t for t in training_suite() if t.name in names}
+    return [by_name[n] for n in names if n in by_name]
 
 
 def strategies() -> tuple[Strategy, ...]:
@@ -103,7 +127,9 @@ def strategies() -> tuple[Strategy, ...]:
     return tuple(s for s in BUILTIN if s.sampler != "gp")
 
 
-def finals(ensemble: model.Ensemble | None, tasks: Sequence[Task]) -> list[float]:
+def finals(
+    ensemble: model.Ensemble | None, tasks: Sequence[Task], seeds: Sequence[int] = CHECK_SEEDS
+) -> list[float]:
     """The best true value each study of the suite reached within the budget, deciding as
     the agent does with the learned policy on (`ensemble` None: the rules decide)."""
     with tempfile.TemporaryDirectory(prefix="hpod-check-") as tmp:
@@ -117,7 +143,7 @@ def finals(ensemble: model.Ensemble | None, tasks: Sequence[Task]) -> list[float
         agent.ensemble, agent.fallback = ensemble, None  # whatever it loaded: `ensemble` decides
         out = []
         for task in tasks:
-            for seed in CHECK_SEEDS:
+            for seed in seeds:
                 current: list[str] = []
 
                 def chooser(
@@ -158,9 +184,10 @@ def reference(task: Task, n: int = 64) -> float:
 def regrets(
     tasks: Sequence[Task], current: list[float], candidate: list[float]
 ) -> tuple[list[float], list[float]]:
-    """Both ensembles' finals as regrets normalised per task (0: the best either reached or
-    the optimum; 1: the median random configuration; capped to [0, 1])."""
-    per = len(CHECK_SEEDS)
+    """Both ensembles' finals (the same number per task) as regrets normalised per task (0:
+    the best either reached or the optimum; 1: the median random configuration; capped to
+    [0, 1])."""
+    per = len(current) // len(tasks)
     mine: list[float] = []
     theirs: list[float] = []
     for i, task in enumerate(tasks):
@@ -187,13 +214,18 @@ def interval(differences: Sequence[float], draws: int = 2000) -> tuple[float, fl
     return (means[int(0.025 * draws)], means[int(0.975 * draws) - 1])
 
 
-def check(candidate: model.Ensemble, current: model.Ensemble | None) -> CheckResult:
-    """Run the check suite with both ensembles; the candidate passes if it does not regress."""
+def check(
+    candidate: model.Ensemble, current: model.Ensemble | None, size: CheckSize | None = None
+) -> CheckResult:
+    """Run the check suite (all of it unless `size` says less) with both ensembles; the
+    candidate passes if it does not regress."""
     started = time.process_time()
-    tasks = check_tasks()
+    size = size or CheckSize()
+    tasks = check_tasks(size)
     if not tasks:
         raise ValueError(f"none of the check suite's tasks {CHECK_TASKS} is in the training suite")
-    mine, theirs = regrets(tasks, finals(current, tasks), finals(candidate, tasks))
+    seeds = size.seed_list
+    mine, theirs = regrets(tasks, finals(current, tasks, seeds), finals(candidate, tasks, seeds))
     differences = [b - a for a, b in zip(mine, theirs, strict=True)]
     return CheckResult(
         studies=len(differences),
