@@ -490,6 +490,13 @@ class StrategyDriver:
                 self._ladder_pays(),
                 self.strategy.name if self.strategy else None,
                 self.records[-1] if self.records else None,  # scored: an exploration's verdict
+                plan_of=lambda strategy: compose(
+                    self.run.mode_plan,
+                    strategy,
+                    snapshot.fidelity,
+                    keep_mode_pruning=True,  # the plan `auto` would run it under
+                    ladder_off=self.ladder_off is not None,
+                ),
             )
         except Exception as exc:
             log.exception("strategy.decide_failed", study=self.run.name, error=repr(exc))

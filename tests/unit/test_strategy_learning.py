@@ -9,6 +9,7 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,9 +18,18 @@ import optuna
 import pytest
 
 from hpod.engine import COST_ATTR
+from hpod.modes import load_modes
+from hpod.policies.compose import compose, resolve_plan
+from hpod.policies.plan import Plan
 from hpod.policies.strategy import agent as agent_module
 from hpod.policies.strategy import check, learner, model, train
-from hpod.policies.strategy.actions import BUILTIN, SpaceShape, action_features
+from hpod.policies.strategy.actions import (
+    BUILTIN,
+    Fidelity,
+    SpaceShape,
+    Strategy,
+    action_features,
+)
 from hpod.policies.strategy.agent import StrategyAgent, behaviour, shipped_dir
 from hpod.policies.strategy.features import FEATURE_NAMES
 from hpod.policies.strategy.replay import Experience, ReplayBuffer
@@ -261,6 +271,96 @@ def test_exploration_never_picks_an_equivalent_strategy(
     assert explored == {"cmaes"}  # the best different algorithm, never the other TPE
 
 
+EPOCHS = SpaceShape(4, 4, 0, 0, 1, "epochs")
+DATA = SpaceShape(4, 4, 0, 0, 1, "data")
+
+
+def balanced_plan_of(fidelity: Fidelity) -> Callable[[Strategy], Plan]:
+    """The plan a study under ``balanced`` runs with a strategy ``auto`` chose, as the daemon
+    composes it (`hpod.daemon.strategy`)."""
+    spec = StudySpec.model_validate(
+        {
+            "name": "s",
+            "space": {"x": {"type": "float", "low": 0, "high": 1}},
+            "budget": {"trials": 9},
+        }
+    )
+    mode_plan = resolve_plan(spec, "balanced", load_modes()["balanced"])
+    return lambda s: compose(mode_plan, s, fidelity, keep_mode_pruning=True)
+
+
+def test_strategies_are_one_where_the_mode_gives_them_the_same_plan() -> None:
+    """Under balanced, a strategy without a pruner gets the mode's: on epochs the median (so
+    tpe, tpe-multivariate and tpe-median are one plan), on a data ladder successive halving
+    on thirds (so both TPEs are tpe-halving-ladder)."""
+    names = (
+        "tpe",
+        "tpe-multivariate",
+        "tpe-median",
+        "tpe-hyperband",
+        "tpe-halving-ladder",
+        "cmaes",
+        "cmaes-median",
+    )
+    on_epochs = {
+        n: behaviour(BY_NAME[n], EPOCHS, balanced_plan_of("epochs")(BY_NAME[n])) for n in names
+    }
+    assert on_epochs["tpe"] == on_epochs["tpe-multivariate"] == on_epochs["tpe-median"]
+    assert on_epochs["tpe-median"] != on_epochs["tpe-hyperband"]
+    assert on_epochs["cmaes"] == on_epochs["cmaes-median"] != on_epochs["tpe-median"]
+    on_data = {n: behaviour(BY_NAME[n], DATA, balanced_plan_of("data")(BY_NAME[n])) for n in names}
+    assert on_data["tpe"] == on_data["tpe-multivariate"] == on_data["tpe-halving-ladder"]
+    assert on_data["tpe-multivariate"] != on_data["tpe-median"]  # median on thirds, not halving
+    # By their own fields they differ: the names alone would call them different algorithms.
+    assert behaviour(BY_NAME["tpe-multivariate"], EPOCHS) != behaviour(
+        BY_NAME["tpe-median"], EPOCHS
+    )
+
+
+def median_first_weights(tmp_path: Path) -> Path:
+    """Shipped weights where tpe-median earns most, tpe-multivariate next, the rest little."""
+    rewards = {"tpe-median": 1.0, "tpe-multivariate": 0.5, "cmaes": 0.4}
+    data = [window("m", s.name, rewards.get(s.name, 0.05)) for _ in range(40) for s in BUILTIN]
+    out = tmp_path / "shipped"
+    out.mkdir()
+    model.save(out / "weights.json", learner.train(data, seed=1, epochs=40))
+    return out
+
+
+def test_a_best_pick_with_the_current_composed_plan_never_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """balanced, an objective that reports epochs, tpe-multivariate in force and the policy
+    preferring tpe-median: by name it would switch, but both run TPE with the mode's median
+    pruner, so it keeps tpe-multivariate; exploring, it never tries tpe or tpe-median."""
+    shipped = median_first_weights(tmp_path)
+    state = [0.1] * len(FEATURE_NAMES)
+    plan_of = balanced_plan_of("epochs")
+    agent = StrategyAgent(tmp_path / "p", shipped=shipped, explore=False, learn=False, learned=True)
+    by_name = agent.decide(EPOCHS, state, "balanced", 12, 12, None, "tpe-multivariate")
+    assert by_name.strategy.name == "tpe-median", by_name.reason  # the contrast
+    kept = agent.decide(
+        EPOCHS, state, "balanced", 12, 12, None, "tpe-multivariate", plan_of=plan_of
+    )
+    assert (kept.strategy.name, kept.source) == ("tpe-multivariate", "policy"), kept.reason
+
+    monkeypatch.setattr(agent_module, "EXPLORE", 1.0)
+    monkeypatch.setattr(agent_module, "MAX_EXPECTED_LOSS", 10.0)
+    monkeypatch.setattr(agent_module, "MAX_EXPLORE_GAP", 10.0)
+    agent = StrategyAgent(tmp_path / "q", shipped=shipped, learn=False, learned=True, seed=3)
+    one_plan = {"tpe", "tpe-multivariate", "tpe-median"}
+    for current in (None, "tpe", "tpe-multivariate", "tpe-median"):
+        decision = agent.decide(EPOCHS, state, "balanced", 12, 12, None, current, plan_of=plan_of)
+        assert decision.source == "explore", decision.reason
+        assert decision.instead_of is not None
+        assert decision.instead_of["strategy"] in one_plan | {current}
+        assert decision.strategy.name not in one_plan, decision.reason
+        stood_in = BY_NAME[decision.instead_of["strategy"]]
+        assert behaviour(decision.strategy, EPOCHS, plan_of(decision.strategy)) != behaviour(
+            stood_in, EPOCHS, plan_of(stood_in)
+        )
+
+
 def test_exploration_keeps_its_expected_loss_bounded(tmp_path: Path) -> None:
     shipped = tpe_first_weights(tmp_path)
     agent = StrategyAgent(tmp_path / "p", shipped=shipped, learn=False, learned=True, seed=0)
@@ -282,7 +382,10 @@ def test_exploration_keeps_its_expected_loss_bounded(tmp_path: Path) -> None:
     far = {**scores, "cmaes": scores["tpe"] - 2 * agent_module.MAX_EXPLORE_GAP}
     only_far = [BY_NAME["tpe"], BY_NAME["cmaes"]]
     agent._random = random.Random(0)
-    assert agent._exploration(BY_NAME["tpe"], only_far, CONTINUOUS, far, "v") is None
+    assert (
+        agent._exploration(BY_NAME["tpe"], only_far, lambda s: behaviour(s, CONTINUOUS), far, "v")
+        is None
+    )
 
 
 def test_an_exploration_is_reverted_after_one_window_unless_it_won(tmp_path: Path) -> None:

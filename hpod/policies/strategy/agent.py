@@ -8,8 +8,9 @@ strategy that can apply with the learned ensemble (`model.py`, NumPy) and takes 
 only where the networks agree it beats the rule's pick; otherwise, or without usable
 weights, the rule decides. That is
 the conservative part: a bad exploratory choice costs a user real compute, so exploration is
-rare (it decays with the agent's own experience), tries only a strategy that is a different
-algorithm (`behaviour`: ``tpe`` and ``tpe-multivariate`` are one in Optuna 5), with a chance
+rare (it decays with the agent's own experience), tries only a strategy whose plan differs
+once composed with the mode's (`behaviour`: ``tpe`` and ``tpe-multivariate`` are one in Optuna
+5, and both are ``tpe-median`` where the mode's pruner is the median), with a chance
 that bounds its expected loss, and lasts one window unless it won.
 
 Every decision's outcome goes to the replay buffer on disk; with learning on, after enough
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -37,6 +39,7 @@ import numpy as np
 import structlog
 
 from hpod.errors import RequestRejected
+from hpod.policies.plan import Plan
 from hpod.policies.strategy import model, rules
 from hpod.policies.strategy.actions import BUILTIN, SpaceShape, Strategy, action_features
 from hpod.policies.strategy.features import FEATURE_NAMES
@@ -68,11 +71,21 @@ MAX_EXPECTED_LOSS = 0.01
 MAX_EXPLORE_GAP = 0.5
 
 
-def behaviour(strategy: Strategy, shape: SpaceShape) -> str:
+def behaviour(strategy: Strategy, shape: SpaceShape, plan: Plan | None = None) -> str:
     """What `strategy` does to a study of `shape`, as a key: two strategies with the same key
-    are the same algorithm there (exploring from one to the other tries nothing)."""
-    options = dict(strategy.sampler_options)
-    if strategy.sampler == "tpe":
+    are the same algorithm there (exploring from one to the other tries nothing).
+
+    `plan` is the plan the study would run under with `strategy` in force (the mode's plan
+    with it laid over, `hpod.policies.compose`): the key is then that plan's sampler, pruner
+    and ladder, not the strategy's own. It matters: a strategy chosen by ``auto`` without a
+    pruner keeps the mode's, so under ``balanced`` on an objective that reports epochs
+    ``tpe``, ``tpe-multivariate`` and ``tpe-median`` all run TPE with the median pruner.
+    Without a plan (the simulated studies of training and of the check suite, which run each
+    strategy as named) the strategy's own fields are the key."""
+    source: Plan | Strategy = plan if plan is not None else strategy
+    sampler, pruner = source.sampler, source.pruner
+    options = dict(source.sampler_options)
+    if sampler == "tpe":
         if options.get("multivariate"):
             options.setdefault("group", True)  # as `hpod.engine.make_sampler` builds it
         # Optuna 5's TPE is multivariate by default: ``tpe`` and ``tpe-multivariate`` give
@@ -82,11 +95,12 @@ def behaviour(strategy: Strategy, shape: SpaceShape) -> str:
             options.pop("group", None)
     return json.dumps(
         [
-            strategy.sampler,
+            sampler,
             options,
-            strategy.pruner,
-            strategy.pruner_options if strategy.pruner != "none" else {},
-            list(strategy.ladder) if shape.fidelity == "data" else [1.0],
+            pruner,
+            source.pruner_options if pruner != "none" else {},
+            # Rounded: the modes file writes 0.111111 where a strategy has 1/9.
+            [round(f, 4) for f in source.ladder] if shape.fidelity == "data" else [1.0],
         ],
         sort_keys=True,
         default=str,
@@ -272,6 +286,8 @@ class StrategyAgent:
         ladder_pays: bool | None,
         current: str | None = None,
         previous: dict[str, Any] | None = None,
+        *,
+        plan_of: Callable[[Strategy], Plan] | None = None,
     ) -> Decision:
         """The strategy for the next window of a study that looks like `features`.
 
@@ -279,7 +295,10 @@ class StrategyAgent:
         policy replaces it only where `QUORUM` networks agree its pick earns more, so a
         study is not thrown between strategies on a prediction the networks are unsure of
         (each switch costs: a new sampler learns the study anew). A strategy that does the
-        same as the incumbent (`behaviour`) never replaces it.
+        same as the incumbent (`behaviour`) never replaces it, and exploration never goes
+        from one to the other. `plan_of` gives the plan the study would run under with a
+        strategy (the daemon's composition with the mode's plan): two strategies are the same
+        when their composed plans are; without it, when their own fields are.
 
         `previous` is the study's last decision record, its window scored (``source``,
         ``reward``, ``instead_of``): after an exploration the study goes back to the strategy
@@ -320,10 +339,14 @@ class StrategyAgent:
         if settled is not None:
             strategy, reason = settled
             return decision(strategy, "policy", reason, scores)
+
+        def key(strategy: Strategy) -> str:
+            return behaviour(strategy, shape, plan_of(strategy) if plan_of else None)
+
         order = list(np.argsort(-means))
         best = candidates[int(order[0])]
-        if best.name != incumbent.name and behaviour(best, shape) == behaviour(incumbent, shape):
-            best = incumbent  # the same algorithm under another name: nothing to switch to
+        if best.name != incumbent.name and key(best) == key(incumbent):
+            best = incumbent  # the same plan under another name: nothing to switch to
         if best.name != incumbent.name:
             kept = candidates.index(incumbent)
             votes = int((predicted[:, candidates.index(best)] > predicted[:, kept]).sum())
@@ -335,7 +358,7 @@ class StrategyAgent:
                 )
                 source = "policy" if incumbent.name == current else "rules"
                 return decision(incumbent, source, reason, scores)
-        explored = self._exploration(best, candidates, shape, scores, version)
+        explored = self._exploration(best, candidates, key, scores, version)
         if explored is not None:
             strategy, reason = explored
             instead = {"strategy": best.name, "predicted": round(scores[best.name], 5)}
@@ -353,17 +376,17 @@ class StrategyAgent:
         self,
         best: Strategy,
         candidates: list[Strategy],
-        shape: SpaceShape,
+        key: Callable[[Strategy], str],
         scores: dict[str, float],
         version: str,
     ) -> tuple[Strategy, str] | None:
         """The strategy to explore instead of `best`, if any: the best-scored one that is a
-        different algorithm (`behaviour`) and predicted at most `MAX_EXPLORE_GAP` below,
-        with a chance lowered so that chance x gap stays within `MAX_EXPECTED_LOSS`."""
+        different algorithm (`key`, its `behaviour`) and predicted at most `MAX_EXPLORE_GAP`
+        below, with a chance lowered so that chance x gap stays within `MAX_EXPECTED_LOSS`."""
         if not self.explore:
             return None
-        same = behaviour(best, shape)
-        others = [s for s in candidates if behaviour(s, shape) != same]
+        same = key(best)
+        others = [s for s in candidates if key(s) != same]
         if not others:
             return None
         other = max(others, key=lambda s: scores[s.name])
