@@ -194,6 +194,25 @@ def test_weights_that_decide_as_the_ones_in_force_are_installed(
     assert model.load(tmp_path / "policy" / "weights.json").version == 7
 
 
+def test_the_gate_is_a_paired_decision_on_the_mean_and_the_upper_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A candidate passes when it is no worse on average, or when the 95 % interval of its
+    paired difference shows it regresses by less than the margin; otherwise it is refused."""
+
+    def result(difference: float, upper: float) -> check.CheckResult:
+        return check.CheckResult(44, 0.1, 0.1 + difference, difference, (-0.01, upper), 3, 3, 1)
+
+    monkeypatch.setattr(check, "MARGIN", 0.02)
+    assert result(-0.001, 0.03).passed  # better on average: in, however wide the interval
+    assert result(0.0, 0.03).passed  # equal decisions
+    assert result(0.005, 0.015).passed  # worse, but shown to be less than the margin worse
+    assert not result(0.005, 0.02).passed  # the bound must be below the margin
+    assert not result(0.012, 0.025).passed
+    assert result(0.012, 0.025).to_json()["margin"] == 0.02
+    assert not result(0.005, 0.015).passes(0.0) and result(0.005, 0.015).passes(0.02)
+
+
 def test_the_learner_options_are_bounded_and_reach_the_learner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
