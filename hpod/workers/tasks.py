@@ -32,6 +32,7 @@ from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
 from hpod.pruners import FoldPruner, build_pruners, should_prune
+from hpod.workers.allowance import CpuAllowance
 from hpod.workers.evaluation import (
     Continuation,
     Evaluation,
@@ -157,19 +158,30 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
         )
         folds: int | None = None
         warm_up = _first_here(task.objective, task.objective_kwargs)
+        allowance = CpuAllowance(plan.cpu_allowance)
+        guarded = allowance.objective(fn)
         if plan.steps_to is not None and resumable(fn):
             # Continued: the daemon's promotions are the pruning (no step pruner here).
             reporter = StorageReporter(settings, task.study, task.trial_id, [])
-            result = evaluate_continued(
-                fn,
-                task.params,
-                kwargs,
-                reporter,
-                _continuation(settings, task.study, task.trial_id, plan.steps_to),
-            )
+            with allowance.running():
+                result = evaluate_continued(
+                    guarded,
+                    task.params,
+                    kwargs,
+                    allowance.reporter(reporter),
+                    _continuation(settings, task.study, task.trial_id, plan.steps_to),
+                )
         else:
             reporter = StorageReporter(settings, task.study, task.trial_id, pruners)
-            result = evaluate(fn, task.params, kwargs, ladder, reporter, plan.cached_rungs())
+            with allowance.running():
+                result = evaluate(
+                    guarded,
+                    task.params,
+                    kwargs,
+                    ladder,
+                    allowance.reporter(reporter),
+                    plan.cached_rungs(),
+                )
             folds = len(reporter.steps) if over_folds else None
         outcome = {
             "state": _state(result),
@@ -192,6 +204,7 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
                 step=result.step,
                 resumed_step=result.resumed_step,
                 warm_up=warm_up,
+                stopped="budget" if result.pruned and allowance.spent else None,
             ).model_dump(mode="json"),
         }
     except SoftTimeLimitExceeded:
