@@ -400,8 +400,9 @@ class StudyRun:
             self.done.set()
 
     def _budget_left(self, reserve: bool = True) -> bool:
-        """Whether the budget allows another trial; with `reserve`, the compute of the
-        trials in flight is reserved first (see `hpod.daemon.budget.budget_left`)."""
+        """Whether the budget allows another trial; with `reserve`, the compute the trials
+        in flight may still spend (their allowances) is reserved first (see
+        `hpod.daemon.budget.budget_left`)."""
         elapsed = time.time() - self.created_at
         in_flight = len(self.inflight) if reserve else 0
         allocated = self._allocated() if reserve else 0.0
@@ -423,6 +424,11 @@ class StudyRun:
             allowance = flight.plan.get(ALLOWANCE_KEY)
             total += float(allowance) if allowance is not None else reserve
         return total
+
+    def _compute_spent(self) -> bool:
+        """Whether a compute limit leaves no allowance for another trial."""
+        allowance = cpu_allowance(self.budget, self.spend, self._allocated())
+        return allowance is not None and allowance <= 0
 
     def _with_allowances(
         self, trials: list[tuple[AskedTrial, dict[str, Any]]]
@@ -750,6 +756,14 @@ class StudyRun:
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:
                 return
+            plan_extra: dict[str, Any] = {}
+            if self._compute_spent():
+                # Past a compute limit only the promotion that gives the study its first
+                # full-fidelity result goes on, one at a time and without an allowance
+                # (docs/protocol.md, "Budgets in compute").
+                if self._promotions().finished or self.inflight:
+                    return
+                plan_extra[ALLOWANCE_KEY] = None
             number, to = promotion
             asked = self.paused_trials.pop(number)
             record = self._promotions().record(number)
@@ -762,7 +776,7 @@ class StudyRun:
                 {number: {CONTINUATION_ATTR: record.as_json()}},
             )
             log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
-            await self._dispatch([(asked, self._continued_plan(to))], attempt=1)
+            await self._dispatch([(asked, {**self._continued_plan(to), **plan_extra})], attempt=1)
 
     async def _pause(self, results: list[Result]) -> None:
         """Continued trials that reached a rung below the last: persist their records (one
