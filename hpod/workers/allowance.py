@@ -16,6 +16,12 @@ CPU of every thread, so BLAS threads count too). When it expires:
 Either way the trial is told pruned once, by the ordinary result, with the CPU it measured
 (``cost.stopped = "budget"``). The timer needs the main thread (Celery's prefork and solo
 pools run tasks there); elsewhere only the `should_prune` check applies.
+
+A call into C that runs on past the allowance by more than its grace (`grace_seconds`) can
+only be stopped with its process: given an `on_overrun` callback, a watchdog thread calls it
+with the CPU spent then, still inside the objective (the worker's task publishes the trial
+pruned, marks it stopped in storage so a retry of the task does not run it again, and ends
+the process: `hpod.workers.tasks`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import functools
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -35,11 +42,24 @@ class BudgetSpent(TrialPruned):
     """Raised in an objective that does not ask `should_prune` when its allowance is spent."""
 
 
+#: How often the watchdog reads the process's CPU, wall seconds.
+WATCH_INTERVAL = 0.05
+
+
+def grace_seconds(allowance: float) -> float:
+    """CPU seconds a trial may run past its allowance inside one call into C before its
+    process is ended: 1 s, or a tenth of the allowance if that is more."""
+    return max(1.0, 0.1 * allowance)
+
+
 class CpuAllowance:
     """The CPU seconds one trial may spend (None: no limit), and whether it spent them."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(
+        self, seconds: float | None, on_overrun: Callable[[float], None] | None = None
+    ) -> None:
         self.seconds = seconds
+        self._on_overrun = on_overrun
         #: The allowance is spent: the trial is being stopped.
         self.spent = False
         #: The objective itself asked `should_prune` (it stops at its next report).
@@ -73,12 +93,30 @@ class CpuAllowance:
             yield
             return
         previous = signal.signal(signal.SIGPROF, self._expired)
+        done = threading.Event()
+        if self._on_overrun is not None:
+            limit = self.seconds + grace_seconds(self.seconds)
+            watchdog = threading.Thread(
+                target=self._watch, args=(time.process_time(), limit, done), daemon=True
+            )
+            watchdog.start()
         signal.setitimer(signal.ITIMER_PROF, self.seconds)
         try:
             yield
         finally:
+            done.set()
             signal.setitimer(signal.ITIMER_PROF, 0)
             signal.signal(signal.SIGPROF, previous)
+
+    def _watch(self, started: float, limit: float, done: threading.Event) -> None:
+        """Call `on_overrun` once the process spent `limit` CPU seconds since `started`
+        while the objective still runs (not in the reporter)."""
+        while not done.wait(WATCH_INTERVAL):
+            used = time.process_time() - started
+            if used >= limit and self._inside and not self._reporting and self._on_overrun:
+                self.spent = True
+                self._on_overrun(used)
+                return
 
     def _expired(self, signum: int, frame: FrameType | None) -> None:
         self.spent = True

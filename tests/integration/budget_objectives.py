@@ -38,3 +38,15 @@ def burn_silent(ctx: Any) -> float:
     """The same 2 CPU seconds, never reporting."""
     _burn(STEP_CPU * STEPS)
     return (float(ctx.params["x"]) - 0.3) ** 2
+
+
+def burn_in_c(ctx: Any) -> float:
+    """About 4 CPU seconds in one call into C (PBKDF2 in OpenSSL), which no Python signal
+    handler interrupts: only ending its process stops it."""
+    import hashlib
+
+    started = time.process_time()
+    hashlib.pbkdf2_hmac("sha256", b"hpod", b"budget", 20_000)
+    per_round = max(time.process_time() - started, 1e-4) / 20_000
+    hashlib.pbkdf2_hmac("sha256", b"hpod", b"budget", int(4.0 / per_round))
+    return (float(ctx.params["x"]) - 0.3) ** 2

@@ -20,6 +20,7 @@ OBJECTIVES = json.dumps(
     {
         "burn_reporting": "budget_objectives:burn_reporting",
         "burn_silent": "budget_objectives:burn_silent",
+        "burn_in_c": "budget_objectives:burn_in_c",
     }
 )
 #: As in budget_objectives.py: CPU seconds of one step (a report interval), steps in all.
@@ -74,3 +75,47 @@ def test_a_study_stops_near_its_cpu_budget(
     assert abs(final["spent"]["cpu_seconds"] - spent) < 1e-3  # each trial counted once
     assert final["spent"]["trials"] == len(trials)
     assert spent <= BUDGET + SLOTS * 2 * STEP_CPU, costs
+
+
+def test_a_trial_stuck_in_one_call_into_c_is_ended_with_its_process(
+    start_daemon: DaemonFactory,
+    start_worker: Callable[..., object],
+    rabbitmq: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An objective that spends 4 CPU seconds in one call into C cannot be interrupted: past
+    its allowance and the grace (1 CPU second here) its worker process publishes it pruned
+    and ends. The task Celery sends again does not run it a second time (the study
+    completes, each trial told once with the CPU measured), and the worker goes on."""
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    daemon = start_daemon("--no-workers", broker_url=rabbitmq, objectives=OBJECTIVES)
+    start_worker(daemon.env, concurrency=SLOTS)
+    name = "budget-stop-in-c"
+    spec = {
+        "name": name,
+        "objective": "burn_in_c",
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "budget": {"cpu_seconds": BUDGET, "trials": 50},
+        "max_concurrent": SLOTS,
+        "mode": "thorough",
+        "pruner": {"name": "none"},
+        "sampler": {"name": "random", "seed": 1},
+    }
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    final = daemon.wait_study(name, timeout=120)
+    assert final["state"] == "completed"
+    storage = make_storage(f"journal://{daemon.env['HPOD_DATA_DIR']}/studies.journal")
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    assert trials and all(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    costs = [t.user_attrs[COST_ATTR] for t in trials]
+    assert all(c.get("stopped") == "budget" and 0 < c["cpu"] < 3.0 for c in costs), costs
+    spent = sum(c["cpu"] for c in costs)
+    assert abs(final["spent"]["cpu_seconds"] - spent) < 1e-3
+    grace = 1.0
+    assert spent <= BUDGET + SLOTS * (grace + 0.5), costs
+    # The worker still evaluates: a study of cheap trials completes.
+    cheap = {**spec, "name": "after-overrun", "objective": "burn_reporting"}
+    cheap["budget"] = {"trials": 2}
+    assert daemon.request("POST", "/studies", cheap)[0] == 201
+    assert daemon.wait_study("after-overrun", timeout=120)["counts"].get("complete") == 2

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from hpod.workers.allowance import CpuAllowance
+from hpod.workers.allowance import CpuAllowance, grace_seconds
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
 from hpod.workers.evaluation import evaluate
 
@@ -89,3 +89,25 @@ def test_the_timer_is_disarmed_after_the_evaluation() -> None:
     fn = Chunks(2, 0.01, reports=False)
     run(fn, 5.0)
     assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+
+
+def test_a_call_into_c_past_allowance_and_grace_calls_on_overrun_once() -> None:
+    """One PBKDF2 call of about 1.6 CPU seconds, allowance 0.1 s, grace 1 s: no Python
+    handler runs inside it, so the watchdog reports the overrun (once, with the CPU spent
+    then, past allowance and grace) while the objective still runs."""
+    import hashlib
+
+    started = time.process_time()
+    hashlib.pbkdf2_hmac("sha256", b"hpod", b"unit", 20_000)
+    per_round = max(time.process_time() - started, 1e-4) / 20_000
+    seen: list[float] = []
+
+    def in_c(ctx: TrialContext) -> float:
+        hashlib.pbkdf2_hmac("sha256", b"hpod", b"unit", int(1.6 / per_round))
+        return 0.0
+
+    allowance = CpuAllowance(0.1, seen.append)
+    with allowance.running():
+        evaluate(allowance.objective(in_c), {}, {}, [1.0], allowance.reporter(NoPruning()))
+    assert len(seen) == 1 and seen[0] >= 0.1 + grace_seconds(0.1)
+    assert allowance.spent
