@@ -605,6 +605,9 @@ def one_seed(seed: int, trials: int, variants: list[str], cold: bool) -> list[di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="sequences first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes")
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
@@ -626,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         "--report", type=Path, default=None, help="only the tables, from a --json file"
     )
     args = parser.parse_args(argv)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     variants = ["warm", "prior"] if args.both else ["prior"] if args.prior else ["warm"]
     started = time.time()
     rows: list[dict[str, Any]] = []
