@@ -36,7 +36,7 @@ bench: install
 	$(PY) bench/core.py
 	$(PY) bench/quality.py
 	$(PY) bench/savings.py
-	$(PY) bench/transfer.py --seeds 10 --trials 30 --write
+	$(PY) bench/transfer.py --seeds 10 --trials 30 --both --write
 
 # The strategy policy: train the shipped weights (seeded: the same weights every time), then
 # judge them on the held-out tasks; the tables go into docs/benchmarks.md (~10 minutes).

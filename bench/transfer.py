@@ -516,6 +516,12 @@ def report(runs: Runs, seeds: list[int], variant: str) -> str:
     ctl_c = bootstrap([[ctl["warm"][i][0] / ctl["cold"][i][0]] for i in range(n)])
     ctl_med = {k: statistics.median(c for c, _ in ctl[k]) for k in ctl}
     ctl_reached = " / ".join(f"{sum(ok for _, ok in ctl[k])}" for k in ctl)
+    # Half the runs never reach a median target (censored at the budget on both sides), so
+    # also the final best, warm over cold, paired (> 1: warm ends worse).
+    ctl_final = bootstrap(
+        [[runs["warm", CONTROL, s].best[-1] / runs["cold", CONTROL, s].best[-1]] for s in seeds]
+    )
+    released = sum(runs["warm", CONTROL, s].transferred > 1 for s in seeds)
     moved = sum(runs["warm", CONTROL, s].transferred for s in seeds)
     dropped = sum(runs["warm", CONTROL, s].dropped for s in seeds)
 
@@ -540,7 +546,9 @@ def report(runs: Runs, seeds: list[int], variant: str) -> str:
         f"Control (bowl, forced transfer from the five boosting studies): target {target:.4f}; "
         f"median evaluations to it {ctl_med['plain']:.0f} plain, {ctl_med['cold']:.0f} hpod "
         f"cold, {ctl_med['warm']:.0f} warm; reached (plain / cold / warm) {ctl_reached} of "
-        f"{n}; {moved} configurations transferred, {dropped} dropped before they ran.",
+        f"{n}; {moved} configurations transferred, {dropped} dropped before they ran; held "
+        f"configurations released (a source supported by chance) in {released} of {n} runs; "
+        f"final best, warm over cold: {pct(ctl_final)}.",
     ]
     return "\n".join(lines)
 
