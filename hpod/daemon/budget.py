@@ -13,7 +13,8 @@ pruned, partial and cached trials spend only what they cost. The definitions, on
   trial pruned part-way). Full evaluations spent = CPU seconds spent / that mean. Until the
   first such trial is told, each trial counts the data fraction it evaluated instead
   (``hpod:cost``.data: 1/9 for a trial pruned after a ninth, 0 for a cache hit, 1 for a
-  full evaluation) and a failed trial 1.
+  full evaluation) and a failed trial 1. A transferred trial dropped before it was asked
+  (``hpod:transfer_dropped``) never ran and spends nothing.
 
 Everything is computed from the trials told, so the figures are the same after a restart
 (the loop rebuilds them from storage) and a trial is counted once whoever tells it.
@@ -29,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR
 from hpod.schema import MAX_BUDGET_TRIALS, Budget
+from hpod.transfer.store import was_dropped
 
 _STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -76,7 +78,11 @@ class Spend:
     def add_trial(
         self, frozen: FrozenTrial, time_limit: float, cost: dict[str, Any] | None = None
     ) -> bool:
-        """Count a finished trial as stored (its cost `hpod:cost` unless `cost` is given)."""
+        """Count a finished trial as stored (its cost `hpod:cost` unless `cost` is given); a
+        transferred trial dropped before it was asked never ran and spends nothing (it is
+        stored as FAIL only because Optuna has no state for it: not 1 full evaluation)."""
+        if was_dropped(frozen):
+            return False
         wall = frozen.duration.total_seconds() if frozen.duration is not None else None
         if cost is None:
             cost = frozen.user_attrs.get(COST_ATTR)
