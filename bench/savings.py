@@ -2,7 +2,8 @@
 
 Every configuration runs as a study of one `hpod run` daemon (embedded broker, journal
 storage, `--workers` local worker processes, as many trials in flight), on the same tasks,
-seeds and parallelism, and every study gets the same budget in compute: ``budget.cpu_seconds``
+seeds and parallelism, transfer off (each study starts cold: no warm start from an earlier
+seed's study of the task), and every study gets the same budget in compute: ``budget.cpu_seconds``
 = the task's full evaluations N * the CPU seconds of one full evaluation (measured by an
 unmeasured warm-up study per task). So a configuration that prunes or caches runs more
 trials, one that does not runs about N, and none is favoured by a trial count.
@@ -66,6 +67,7 @@ from quality import (
 from hpod.client import Client
 from hpod.engine import COST_ATTR, make_storage
 from hpod.modes import ALL_POLICIES
+from hpod.transfer.store import was_dropped
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -498,7 +500,12 @@ def study_spec(
     workers: int,
     quick: bool,
 ) -> dict[str, Any]:
-    """The study: only its name, mode, strategy and sampler seed differ within a task."""
+    """The study: only its name, mode, strategy and sampler seed differ within a task.
+
+    Transfer is off: every study is of the same task, so with the default (``auto``) each
+    seed's study would warm-start from the earlier seeds' and the warm-up's (every
+    configuration, plain TPE included), and this benchmark measures cold compute against
+    plain Optuna; transfer is measured by bench/transfer.py."""
     return {
         "name": name,
         "objective": task.objective,
@@ -510,6 +517,7 @@ def study_spec(
         "strategy": config.strategy,
         "max_concurrent": workers,
         "sampler": {"seed": seed},
+        "transfer": "off",
     }
 
 
@@ -519,8 +527,13 @@ def task_kwargs(task: Task, quick: bool) -> dict[str, Any]:
 
 
 def curve(trials: Sequence[optuna.trial.FrozenTrial], created: float) -> list[dict[str, Any]]:
-    """Finished trials in completion order with cumulative CPU, time and running best."""
-    finished = [t for t in trials if t.state.is_finished() and t.datetime_complete is not None]
+    """Finished trials in completion order with cumulative CPU, time and running best (a
+    transferred trial dropped before it was asked never ran: not one of them)."""
+    finished = [
+        t
+        for t in trials
+        if t.state.is_finished() and t.datetime_complete is not None and not was_dropped(t)
+    ]
     finished.sort(key=lambda t: (t.datetime_complete, t.number))
     rows, cum, best = [], 0.0, math.inf
     for t in finished:

@@ -13,7 +13,8 @@ pruned, partial and cached trials spend only what they cost. The definitions, on
   trial pruned part-way). Full evaluations spent = CPU seconds spent / that mean. Until the
   first such trial is told, each trial counts the data fraction it evaluated instead
   (``hpod:cost``.data: 1/9 for a trial pruned after a ninth, 0 for a cache hit, 1 for a
-  full evaluation) and a failed trial 1.
+  full evaluation) and a failed trial 1. A transferred trial dropped before it was asked
+  (``hpod:transfer_dropped``) never ran and spends nothing.
 
 A budget in CPU is a limit: each trial dispatched gets an allowance of it (`cpu_allowance`),
 the allowances of the trials in flight never exceed what is left, a trial is dispatched only
@@ -34,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR
 from hpod.schema import MAX_BUDGET_TRIALS, Budget
+from hpod.transfer.store import was_dropped
 
 #: The key of a task plan's CPU allowance (`cpu_allowance`; the worker's `TaskPlan`).
 ALLOWANCE_KEY = "cpu_allowance"
@@ -84,7 +86,11 @@ class Spend:
     def add_trial(
         self, frozen: FrozenTrial, time_limit: float, cost: dict[str, Any] | None = None
     ) -> bool:
-        """Count a finished trial as stored (its cost `hpod:cost` unless `cost` is given)."""
+        """Count a finished trial as stored (its cost `hpod:cost` unless `cost` is given); a
+        transferred trial dropped before it was asked never ran and spends nothing (it is
+        stored as FAIL only because Optuna has no state for it: not 1 full evaluation)."""
+        if was_dropped(frozen):
+            return False
         wall = frozen.duration.total_seconds() if frozen.duration is not None else None
         if cost is None:
             cost = frozen.user_attrs.get(COST_ATTR)

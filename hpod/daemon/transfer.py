@@ -17,8 +17,8 @@ docs/transfer.md):
   transferred ones (a source's best configurations agree with it by construction). A
   source whose correlation is below 0 is paused (out of the prior, its held configurations
   kept back) until it is back at 0 or above; one that disagrees (below a bound that depends
-  on the number of trials) stops being used: its waiting trials are dropped (failed, marked
-  ``hpod:transfer_dropped``) and its held ones never enqueued. The held configurations of a
+  on the number of trials) stops being used: its waiting trials are dropped (never run:
+  `hpod.transfer.store.drop_waiting`) and its held ones never enqueued. The held configurations of a
   source are enqueued (within the budget left) only once it supports: `MIN_PAIRS` own
   trials or more, correlation above a positive bound. So an unrelated past study costs the
   study one trial, and a fifth of the time (when its correlation passes the bound by

@@ -15,6 +15,7 @@ import pytest
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
+from hpod.daemon.budget import Spend
 from hpod.daemon.store import StudyStore
 from hpod.daemon.transfer import TransferDriver, check_sources, transfer_status
 from hpod.errors import RequestRejected
@@ -26,7 +27,12 @@ from hpod.schema import Budget, StudySpec, parse_request
 from hpod.transfer.agreement import Agreement
 from hpod.transfer.memory import MEMORY_ATTR
 from hpod.transfer.prior import PriorSampler
-from hpod.transfer.store import DROPPED_ATTR, TRANSFER_ATTR, TRANSFERRED_ATTR
+from hpod.transfer.store import (
+    DROPPED_ATTR,
+    TRANSFER_ATTR,
+    TRANSFERRED_ATTR,
+    counts_in_budget,
+)
 
 
 def spec(name: str, trials: int = 40, **extra: Any) -> StudySpec:
@@ -357,3 +363,55 @@ def test_the_judge_counts_only_the_studys_own_trials(store: StudyStore) -> None:
     shown = transfer_status(store.study_attrs("new"), new)
     assert shown["sources"][0]["pairs"] == 8 and shown["sources"][0]["supports"]
     assert shown["held"] == 0 and len(waiting(store, new)) == 9
+
+
+def test_released_configurations_of_a_source_dropped_while_they_wait_never_ran(
+    store: StudyStore,
+) -> None:
+    """The staged case: the source supports after eight own results, its held configurations
+    are enqueued; results that reverse its order make it disagree before any is asked. They
+    leave the queue as never run: stored as FAIL (the finished state Optuna's samplers skip)
+    and marked dropped, outside the trial budget and the compute spent (after a restart
+    too), shown as dropped, not failed; the sampler asks the study's own trials next."""
+    finished_study(store, spec("past"), 0.5)
+    new = spec("new", transfer=["past"])
+    store.create(new)
+    one = driver(store, new)
+    asyncio.run(one.start())
+    study = store.open(new)
+    grid = optuna.distributions.FloatDistribution(-2, 2)
+
+    def own(x: float, y: float, value: float) -> None:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x, "y": y}, distributions={"x": grid, "y": grid}, value=value
+            )
+        )
+        one.run.told.add(study.get_trials(deepcopy=False)[-1].number)
+        one.run.n_created += 1
+        asyncio.run(one.observe())
+
+    for i in range(8):  # on the past study's surface: it supports, its held ones go
+        x = y = -1.5 + 0.4 * i
+        own(x, y, (x - 0.5) ** 2 + (y - 0.5) ** 2)
+    assert len(waiting(store, new)) == 10  # the first one and the nine released
+    i = 0
+    while one.judging:  # its order reversed: it disagrees while they all still wait
+        x, y = 1.9 - 0.1 * (i % 30), -1.9 + 0.13 * (i % 29)
+        own(x, y, -((x - 0.5) ** 2) - (y - 0.5) ** 2)
+        i += 1
+        assert i < 60, transfer_status(store.study_attrs("new"), new)
+    shown = transfer_status(store.study_attrs("new"), new)
+    assert shown["sources"][0]["state"] == "disagrees" and shown["dropped"] == 10
+    assert waiting(store, new) == []
+    trials = store.trials(new)
+    dropped = [t for t in trials if DROPPED_ATTR in t.user_attrs]
+    assert len(dropped) == 10 and {t.state for t in dropped} == {TrialState.FAIL}
+    assert sum(counts_in_budget(t) for t in trials) == one.run.n_created == 8 + i
+    spend = Spend.of_trials(trials, new.trial_timeout)  # as a restart rebuilds it
+    assert spend.counted == {t.number for t in trials if t not in dropped}
+    assert spend.fallback_units == 0.0 and spend.cpu_seconds == 0.0
+    counts = store.summary(new)["counts"]
+    assert counts == {"complete": 8 + i, "dropped": 10}, counts
+    asked = study.ask()  # the queue is empty: the sampler's own proposal
+    assert TRANSFERRED_ATTR not in store.trials(new)[asked.number].user_attrs
