@@ -1,7 +1,7 @@
 """How far studies ran past `budget.cpu_seconds`, from bench/savings.py's raw results.
 
 Reads one or more ``--json`` files of bench/savings.py (say, one measured before a change
-and one after) and prints a Markdown table per file: per configuration, CPU spent / budget
+and one after) and prints a Markdown table per file: per task and configuration, CPU spent / budget
 for each seed, their mean with a bootstrap 95 % interval over seeds, the largest overrun
 (CPU seconds past the budget) and the largest single trial's CPU; then, for
 two files, the paired difference (second - first) of spent / budget by seed, with its
@@ -28,12 +28,17 @@ def bootstrap(values: list[float], rng: random.Random) -> tuple[float, float]:
     return means[int(0.025 * RESAMPLES)], means[int(0.975 * RESAMPLES) - 1]
 
 
+def cell(run: dict[str, Any]) -> str:
+    """A run's row: its task and configuration (one file may hold several tasks)."""
+    return f"{run['task']} {run['config']}"
+
+
 def ratios(raw: dict[str, Any]) -> dict[str, dict[int, float]]:
-    """CPU spent / budget by configuration and seed."""
+    """CPU spent / budget by task and configuration, and seed."""
     out: dict[str, dict[int, float]] = {}
     for run in raw["runs"]:
         spent = sum(float(t["cpu"]) for t in run["trials"])
-        out.setdefault(run["config"], {})[int(run["seed"])] = spent / float(run["budget_cpu"])
+        out.setdefault(cell(run), {})[int(run["seed"])] = spent / float(run["budget_cpu"])
     return out
 
 
@@ -43,13 +48,13 @@ def table(raw: dict[str, Any], rng: random.Random) -> list[str]:
     lines = [
         f"hpod {meta['hpod_commit']}, {meta['seeds']} seeds, `{meta['command']}`",
         "",
-        "| configuration | spent / budget by seed | mean [95 % CI] | largest overrun (s) "
+        "| task configuration | spent / budget by seed | mean [95 % CI] | largest overrun (s) "
         "| largest trial CPU (s) |",
         "|---|---|---|---|---|",
     ]
     by_config = ratios(raw)
     for config, seeds in by_config.items():
-        runs = [r for r in raw["runs"] if r["config"] == config]
+        runs = [r for r in raw["runs"] if cell(r) == config]
         largest = max(float(t["cpu"]) for r in runs for t in r["trials"])
         overrun = max(sum(float(t["cpu"]) for t in r["trials"]) - r["budget_cpu"] for r in runs)
         values = [seeds[s] for s in sorted(seeds)]
@@ -73,7 +78,8 @@ def main() -> None:
         print("\n".join(table(raw, rng)), end="\n\n")
     if len(raws) == 2:
         first, second = (ratios(raw) for raw in raws)
-        print("| configuration | paired difference of spent / budget (second - first) [95 % CI] |")
+        what = "paired difference of spent / budget (second - first) [95 % CI]"
+        print(f"| task configuration | {what} |")
         print("|---|---|")
         for config in first:
             seeds = sorted(set(first[config]) & set(second.get(config, {})))
