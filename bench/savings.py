@@ -378,6 +378,8 @@ class BenchDaemon(Daemon):
     def __init__(self, modes_file_text: str, log_copy: Path, workers: int) -> None:
         super().__init__(modes_file_text, log_copy)
         self.workers = workers
+        #: The largest tree CPU seen so far (`tree_cpu` never goes back).
+        self._cpu_seen = 0.0
 
     def env(self) -> dict[str, str]:
         """The daemon's environment, as quality.py's, with the pool size and objectives."""
@@ -390,20 +392,28 @@ class BenchDaemon(Daemon):
         return env
 
     def tree_cpu(self) -> float:
-        """CPU seconds of the daemon and its live descendants (the local workers)."""
+        """CPU seconds of the daemon and every descendant it ever had (the local workers).
+
+        Each live process counts its own CPU plus that of the children it has reaped
+        (``children_user``/``children_system``, which the kernel adds up transitively), so a
+        worker process that exited (one ended at its CPU allowance, a recycled child) stays in
+        the sum. Only a child not yet reaped is missing for a moment: the result is kept
+        monotone so that moment cannot show as negative CPU.
+        """
         if self.proc is None:
             return 0.0
         try:
             root = psutil.Process(self.proc.pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
-            return 0.0
+            return self._cpu_seen
         total = 0.0
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+                total += times.user + times.system + times.children_user + times.children_system
+        self._cpu_seen = max(self._cpu_seen, total)
+        return self._cpu_seen
 
 
 @contextlib.contextmanager
