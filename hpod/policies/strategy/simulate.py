@@ -3,18 +3,27 @@
 A simulated study is an Optuna study (in-memory storage) driven the way the daemon drives one:
 the same strategies, samplers and pruners (built by the same functions), the same data-ladder
 and epoch reporting, the same `hpod:cost` record on every trial, the same features and reward.
-Only evaluation differs: a suite task computes its value and charges its modelled cost, so
-thousands of studies take minutes and every run is reproducible from its seed.
+Only evaluation differs: a suite task computes (or looks up) its value and charges its cost
+in CPU seconds (a cost model fitted on measured CPU, or the recorded CPU itself), so
+thousands of studies take minutes and every run is reproducible from its seed. The
+``hpod:cost`` record holds CPU seconds, as the daemon's workers write it, so the cost
+features mean the same in training and in the daemon.
 
-Studies run to a compute budget in full evaluations (a pruned trial on a ninth of the data
-costs a fraction of one), so strategies are compared at equal compute.
+Studies run to a compute budget in full evaluations of the task (its `unit` of CPU seconds:
+a pruned trial on a ninth of the data costs a fraction of one, an expensive configuration
+more than one), so strategies are compared at equal compute. The rule sees the shape the
+daemon would: the declared trial budget and the measured CPU of a full evaluation.
+
+Not modelled: the samplers' own CPU and parallel trials (one trial at a time, so halving
+promotes at its nominal rate).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -22,7 +31,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR, make_sampler, suggest
-from hpod.policies.strategy.actions import SpaceShape, Strategy, warm_start
+from hpod.modes import load_modes
+from hpod.policies.compose import compose, resolve_plan
+from hpod.policies.plan import Plan
+from hpod.policies.strategy.actions import BUILTIN, Fidelity, SpaceShape, Strategy, warm_start
 from hpod.policies.strategy.features import features
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.suites import Task
@@ -83,13 +95,13 @@ class Simulation:
         self.budget = budget
         self.window = window
         self.spec: StudySpec = task.spec()
-        self.shape = SpaceShape.of(self.spec, task.fidelity)
         # A fixed name: Optuna's Hyperband assigns brackets by a hash of the study's name,
         # and a generated (random) one would make runs irreproducible.
         self.study = optuna.create_study(
             study_name=f"{task.name}-{seed}", sampler=optuna.samplers.RandomSampler(seed)
         )
         self.spent = 0.0
+        self.full_cpu: list[float] = []
         self.best_observed = float("inf")
         self.record = StudyRecord(task.name, seed)
         self.strategy: Strategy | None = None
@@ -101,6 +113,7 @@ class Simulation:
         other = Simulation(self.task, self.seed, self.mode, self.budget, self.window)
         other.study.add_trials(self.study.get_trials(deepcopy=False))
         other.spent = self.spent
+        other.full_cpu = list(self.full_cpu)
         other.best_observed = self.best_observed
         other.record.curve = list(self.record.curve)
         other.record.trials = self.record.trials
@@ -108,6 +121,13 @@ class Simulation:
         if self.strategy is not None:
             other.use(self.strategy, ("clone", len(self.study.trials)))
         return other
+
+    @property
+    def shape(self) -> SpaceShape:
+        """What the masks and the rule see: space, declared budget, measured full CPU."""
+        measured = sorted(self.full_cpu)
+        cpu = measured[len(measured) // 2] if measured else None
+        return SpaceShape.of(self.spec, self.task.fidelity, evaluation_cpu=cpu)
 
     @property
     def done(self) -> bool:
@@ -154,9 +174,15 @@ class Simulation:
         ladder = list(strategy.ladder) if task.fidelity == "data" else [1.0]
         pruners = build_pruners(strategy.pruner, strategy.pruner_options, ladder=ladder)
         if task.fidelity == "epochs":
-            steps = [(e / task.epochs, e, 1.0 / task.epochs) for e in range(1, task.epochs + 1)]
+            cumulative = [0.0] + [
+                task.cost(params, e / task.epochs) for e in range(1, task.epochs + 1)
+            ]
+            steps = [
+                (e / task.epochs, e, max(0.0, cumulative[e] - cumulative[e - 1]))
+                for e in range(1, task.epochs + 1)
+            ]
         else:
-            steps = [(f, fidelity_step(f), task.cost(f)) for f in ladder]
+            steps = [(f, fidelity_step(f), task.cost(params, f)) for f in ladder]
         cpu, rungs, value, pruned = 0.0, [], float("nan"), False
         for fidelity, step, cost in steps:
             value = task.value(params, fidelity, rng)
@@ -172,12 +198,14 @@ class Simulation:
                     break
         cost_record = {
             "cpu": cpu,
-            "full_cpu": None if pruned else task.cost(1.0),
+            "full_cpu": None if pruned else task.cost(params, 1.0),
             "rungs": rungs if task.fidelity == "data" else [],
             "fidelity": task.fidelity,
         }
         trial.set_user_attr(COST_ATTR, cost_record)
-        self.spent += cpu
+        self.spent += cpu / task.unit
+        if not pruned:
+            self.full_cpu.append(task.cost(params, 1.0))
         if pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -213,6 +241,53 @@ def run_study(
         window_record.outcome = sim.run_window()
         sim.record.windows.append(window_record)
     return sim.record
+
+
+@cache
+def _balanced_plan() -> Plan:
+    """Balanced mode's plan for a study that names no sampler or pruner."""
+    spec = StudySpec.model_validate(
+        {
+            "name": "auto",
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "budget": {"trials": 1},
+        }
+    )
+    return resolve_plan(spec, "balanced", load_modes()["balanced"])
+
+
+def as_auto(strategy: Strategy, fidelity: Fidelity) -> Strategy:
+    """`strategy` as the daemon runs it when ``auto`` chose it in balanced mode: laid over
+    the mode's plan (`hpod.policies.compose`), so one that prunes nothing keeps the mode's
+    pruner (the step pruner on epochs) and ladder. Named as the built-in strategy it then
+    equals, if any (same parts, same seeds, same study)."""
+    plan = compose(_balanced_plan(), strategy, fidelity, keep_mode_pruning=True)
+    ladder = tuple(round(f, 4) for f in plan.ladder) if fidelity == "data" else (1.0,)
+    parts = (plan.sampler, plan.sampler_options, plan.pruner, plan.pruner_options, ladder)
+    for builtin in BUILTIN:
+        if parts == (
+            builtin.sampler,
+            builtin.sampler_options,
+            builtin.pruner,
+            builtin.pruner_options,
+            tuple(round(f, 4) for f in builtin.ladder),
+        ):
+            return builtin
+    if parts == (
+        strategy.sampler,
+        strategy.sampler_options,
+        strategy.pruner,
+        strategy.pruner_options,
+        strategy.ladder,
+    ):
+        return strategy
+    return replace(
+        strategy,
+        name=f"{strategy.name}+mode",
+        pruner=plan.pruner,
+        pruner_options=dict(plan.pruner_options),
+        ladder=tuple(plan.ladder),
+    )
 
 
 def fixed(strategy: Strategy) -> Chooser:
