@@ -421,6 +421,14 @@ def write_doc(section: str) -> None:
     DOC.write_text(text)
 
 
+def _saved(path: Path) -> dict[tuple[int, str, int], dict[str, Any]]:
+    """Studies already run (a previous, interrupted run of the same command)."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["index"], r["config"], r["seed"]): r for r in rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -430,21 +438,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=shipped_dir())
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=RESULTS / "strategy-runs.jsonl",
+        help="each study's result, appended as it finishes",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the studies already in --runs, run the rest"
+    )
     args = parser.parse_args(argv)
     started = time.time()
     tasks = SUITES[args.suite]()
+    RESULTS.mkdir(exist_ok=True)
+    if not args.resume:
+        args.runs.unlink(missing_ok=True)
     seeds = list(range(args.seeds))
     jobs = [
         (args.suite, i, config, seed_of("bench", task.name, s), str(args.weights))
+        for s in seeds  # seed-major: an interrupted run leaves whole seeds in --runs
         for i, task in enumerate(tasks)
         for config in [*(s.name for s in pool(task)), *RUN]
-        for s in seeds
     ]
-    print(f"{len(jobs)} studies on {len(tasks)} {args.suite} tasks", flush=True)
-    with get_context("spawn").Pool(args.processes) as pool_:
-        runs = pool_.map(_run, jobs, chunksize=4)
     # Seeds by position: the study seed differs per task, the pairing is by position.
     position = {seed_of("bench", t.name, s): s for t in tasks for s in seeds}
+    done = _saved(args.runs) if args.resume else {}
+    todo = [j for j in jobs if (j[1], j[2], j[3]) not in done]
+    print(f"{len(jobs)} studies on {len(tasks)} {args.suite} tasks, {len(todo)} to run", flush=True)
+    with get_context("spawn").Pool(args.processes) as pool_, args.runs.open("a") as out:
+        for job, run in zip(todo, pool_.imap(_run, todo, chunksize=2), strict=True):
+            run["index"] = job[1]
+            out.write(json.dumps(run) + "\n")
+            out.flush()
+            done[(job[1], job[2], job[3])] = run
+    runs = [dict(done[(j[1], j[2], j[3])]) for j in jobs]
     for r in runs:
         r["seed"] = position[r["seed"]]
     judged = judge(runs, tasks, seeds)
