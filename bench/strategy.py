@@ -35,7 +35,8 @@ found by then - best known) / (median of 256 random configurations - best known)
 else the best any run reached. Paired differences are per seed (the mean over tasks), with
 95 % percentile bootstrap intervals over seeds.
 
-    .venv/bin/python bench/strategy.py                    # 30 seeds, held-out, docs/benchmarks.md
+    .venv/bin/python bench/strategy.py                    # 30 seeds, held-out (11 min on 2
+                                                          # shared cores), docs/benchmarks.md
     .venv/bin/python bench/strategy.py --suite validation --no-write
     .venv/bin/python bench/strategy.py --seeds 4 --no-write  # smoke run
 """
