@@ -128,15 +128,15 @@ def chooser(task: Task, config: str, seed: int, weights: str) -> Chooser:
     if config == "random per window":
         draw = random.Random(seed_of(seed, task.name, "random-window"))
         strategies = pool(task)
-        return lambda shape, feats, told, first: (draw.choice(strategies), "random")
+        return lambda shape, feats, told, first, ladder_pays: (draw.choice(strategies), "random")
     agent = _agent(weights, config == "learned")
     current: list[str] = []
 
     def decide(
-        shape: SpaceShape, feats: list[float], told: int, first: int
+        shape: SpaceShape, feats: list[float], told: int, first: int, ladder_pays: bool | None
     ) -> tuple[Strategy, str]:
         d = agent.decide(
-            shape, feats, "balanced", told, first, None, current[-1] if current else None
+            shape, feats, "balanced", told, first, ladder_pays, current[-1] if current else None
         )
         current.append(d.strategy.name)
         return as_auto(d.strategy, task.fidelity), d.source

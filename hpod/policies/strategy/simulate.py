@@ -14,6 +14,12 @@ a pruned trial on a ninth of the data costs a fraction of one, an expensive conf
 more than one), so strategies are compared at equal compute. The rule sees the shape the
 daemon would: the declared trial budget and the measured CPU of a full evaluation.
 
+The data ladder's pay-off check runs as in the daemon: the subsampling policy itself
+(`hpod.policies.subsampling`, judging with `hpod.policies.ladder_payoff`) measures every
+trial told under the plan in force, a ladder measured not to pay is dropped from every later
+plan (trials go to the full data, the pruner stays), and the chooser gets its verdict as the
+daemon's agent does (`ladder_pays`).
+
 Not modelled: the samplers' own CPU and parallel trials (one trial at a time, so halving
 promotes at its nominal rate).
 """
@@ -32,20 +38,22 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR, make_sampler, suggest
 from hpod.modes import load_modes
+from hpod.policies._base import TrialEvent
 from hpod.policies.compose import compose, resolve_plan
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import BUILTIN, Fidelity, SpaceShape, Strategy, warm_start
 from hpod.policies.strategy.features import features
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.suites import Task
+from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.pruners import build_pruners, fidelity_step, should_prune
 from hpod.schema import StudySpec
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-#: Decides the strategy of the next window: (shape, features, told, first_trial) -> strategy
-#: and the decision's source.
-Chooser = Callable[[SpaceShape, list[float], int, int], tuple[Strategy, str]]
+#: Decides the strategy of the next window: (shape, features, told, first_trial, the
+#: subsampling policy's ladder verdict) -> strategy and the decision's source.
+Chooser = Callable[[SpaceShape, list[float], int, int, bool | None], tuple[Strategy, str]]
 
 
 @dataclass
@@ -107,6 +115,10 @@ class Simulation:
         self.strategy: Strategy | None = None
         #: Noiseless value of the configuration with the best observed value so far.
         self.true_best = float("inf")
+        #: The daemon's subsampling policy: it judges the data ladder after every trial told.
+        self.subsampling = SubsamplingPolicy()
+        #: The plan in force: the strategy laid over balanced mode's plan as forced.
+        self.plan: Plan | None = None
 
     def clone(self) -> Simulation:
         """A copy to try another strategy from the same point (a counterfactual branch)."""
@@ -118,6 +130,7 @@ class Simulation:
         other.record.curve = list(self.record.curve)
         other.record.trials = self.record.trials
         other.true_best = self.true_best
+        other.subsampling = self.subsampling.copy()
         if self.strategy is not None:
             other.use(self.strategy, ("clone", len(self.study.trials)))
         return other
@@ -132,6 +145,13 @@ class Simulation:
     @property
     def done(self) -> bool:
         return self.spent >= self.budget
+
+    @property
+    def ladder_pays(self) -> bool | None:
+        """The subsampling policy's verdict as the daemon hands it to the agent (None while
+        it measures)."""
+        policy = self.subsampling
+        return None if policy.cost_ratio is None else policy.pays
 
     def features(self) -> list[float]:
         """What the policy sees of the study now."""
@@ -148,6 +168,7 @@ class Simulation:
     def use(self, strategy: Strategy, salt: Any = 0) -> None:
         """Switch strategy: a new sampler over the same trials (as the daemon does)."""
         self.strategy = strategy
+        self.plan = compose(_balanced_plan(), strategy, self.task.fidelity, keep_mode_pruning=False)
         complete = [t for t in self.trials() if t.state == TrialState.COMPLETE]
         best = min(complete, key=lambda t: t.values[0]).params if complete else None
         sampled = warm_start(strategy, best, self.spec)
@@ -171,7 +192,10 @@ class Simulation:
         trial = self.study.ask()
         params = suggest(trial, self.spec.space)
         rng = np.random.default_rng(seed_of(self.seed, trial.number, "noise"))
-        ladder = list(strategy.ladder) if task.fidelity == "data" else [1.0]
+        # The daemon's dispatch: the plan's ladder while the subsampling policy says it pays.
+        event = TrialEvent(self.spec, trial.number, params, plan=self.plan)
+        self.subsampling.before_dispatch(event)
+        ladder = list(event.task.get("ladder", [1.0])) if task.fidelity == "data" else [1.0]
         pruners = build_pruners(strategy.pruner, strategy.pruner_options, ladder=ladder)
         if task.fidelity == "epochs":
             cumulative = [0.0] + [
@@ -213,6 +237,7 @@ class Simulation:
             if value < self.best_observed:
                 self.best_observed = value
                 self.true_best = task.value(params, 1.0, None)
+        self.subsampling.after_tell(replace(event, cost=cost_record))
         self.record.trials += 1
         self.record.curve.append((self.spent, self.true_best))
 
@@ -234,7 +259,7 @@ def run_study(
     while not sim.done:
         told = len(sim.trials())
         feats = sim.features()
-        strategy, source = chooser(sim.shape, feats, told, told)
+        strategy, source = chooser(sim.shape, feats, told, told, sim.ladder_pays)
         if sim.strategy is None or strategy.name != sim.strategy.name:
             sim.use(strategy, told)
         window_record = Window(told, strategy.name, source, feats)
@@ -292,4 +317,4 @@ def as_auto(strategy: Strategy, fidelity: Fidelity) -> Strategy:
 
 def fixed(strategy: Strategy) -> Chooser:
     """A chooser that always picks `strategy`."""
-    return lambda shape, feats, told, first: (strategy, "fixed")
+    return lambda shape, feats, told, first, ladder_pays: (strategy, "fixed")
