@@ -4,14 +4,18 @@ real runs, and a simulator that charges CPU seconds as the daemon's workers meas
 from __future__ import annotations
 
 import math
+from dataclasses import fields
+from typing import Any
 
 import pytest
 
 from hpod.engine import COST_ATTR
+from hpod.policies.ladder_payoff import measure
 from hpod.policies.strategy import costs, recorded
-from hpod.policies.strategy.actions import BUILTIN
+from hpod.policies.strategy.actions import BUILTIN, THIRDS, Strategy
 from hpod.policies.strategy.simulate import Simulation, as_auto
 from hpod.policies.strategy.suites import (
+    Task,
     held_out_suite,
     recorded_task,
     training_suite,
@@ -76,3 +80,54 @@ def test_auto_choices_are_laid_over_the_mode_plan_as_the_daemon_does() -> None:
     assert as_auto(BY_NAME["tpe-multivariate"], "none").name == "tpe-multivariate"
     cmaes = as_auto(BY_NAME["cmaes"], "data")
     assert (cmaes.sampler, cmaes.pruner, len(cmaes.ladder)) == ("cmaes", "successive_halving", 3)
+
+
+class _RungCost(Task):
+    """A data task whose fit on a fraction f of the data costs f ** exponent of a full one
+    (a full one costs the task's unit)."""
+
+    exponent: float = 0.0
+
+    def cost(self, params: dict[str, Any], fidelity: float) -> float:
+        return self.unit * float(fidelity) ** self.exponent
+
+
+def _ladder_study(exponent: float) -> tuple[Simulation, list[bool | None]]:
+    base = next(t for t in training_suite() if t.fidelity == "data")
+    task = _RungCost(**{f.name: getattr(base, f.name) for f in fields(Task)})
+    object.__setattr__(task, "exponent", exponent)
+    verdicts: list[bool | None] = []
+
+    def chooser(*args: Any) -> tuple[Strategy, str]:
+        verdicts.append(args[-1])
+        return BY_NAME["tpe-halving-ladder"], "forced"
+
+    sim = Simulation(task, 3, "balanced", 30.0, 6)
+    while not sim.done:
+        told = len(sim.trials())
+        strategy, _ = chooser(sim.shape, [], told, told, sim.ladder_pays)
+        if sim.strategy is None:
+            sim.use(strategy)
+        sim.run_window()
+    return sim, verdicts
+
+
+def test_a_simulated_ladder_that_does_not_pay_is_turned_off_as_the_daemon_does() -> None:
+    """Every rung costing a full fit: the subsampling policy's verdict (from its own
+    measurement) turns the ladder off, later trials go straight to the full data, and the
+    chooser is told the ladder does not pay."""
+    sim, verdicts = _ladder_study(exponent=0.0)
+    records = [t.user_attrs[COST_ATTR] for t in sim.trials()]
+    starts = [r["rungs"][0][0] for r in records]
+    first_full = starts.index(1.0)
+    assert all(f < 1.0 for f in starts[:first_full]) and set(starts[first_full:]) == {1.0}
+    assert measure(records[:first_full], THIRDS, 3).verdict == "off"
+    assert measure(records[: first_full - 1], THIRDS, 3).verdict != "off"
+    assert sim.ladder_pays is False and verdicts[-1] is False and verdicts[0] is None
+
+
+def test_a_simulated_ladder_that_pays_stays_on() -> None:
+    sim, verdicts = _ladder_study(exponent=2.0)
+    starts = [t.user_attrs[COST_ATTR]["rungs"][0][0] for t in sim.trials()]
+    assert all(f < 1.0 for f in starts)
+    assert sim.ladder_pays is True and verdicts[-1] is True
