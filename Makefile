@@ -41,10 +41,12 @@ bench: install
 # The strategy policy: train the shipped weights (seeded: the same weights every time), then
 # judge them on the frozen held-out suite, 30 seeds; the tables go into docs/benchmarks.md.
 # Both read the recorded real runs in hpod/data/strategy/recorded.json.gz (`make recordings`
-# measures them again: CPU figures then move with the machine).
+# measures them again: CPU figures then move with the machine). Last, bench/learning_curve.py:
+# 50 local studies with the learner and its gate, held-out regret before and after (~8 min).
 policy: install
 	$(VENV)/bin/hpod policy train
 	$(PY) bench/strategy.py
+	$(PY) bench/learning_curve.py
 
 recordings: install
 	$(PY) -m hpod.policies.strategy.recorded
