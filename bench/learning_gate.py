@@ -43,8 +43,10 @@ BY_NAME = {s.name: s for s in BUILTIN}
 POOLS = {"validation": (201, 202, 203, 204), "check": check.CHECK_SEEDS}
 
 
-def ruled(shape: SpaceShape, feats: list[float], told: int, first: int) -> tuple[Strategy, str]:
-    return rules.choose(shape, told, None), "rules"
+def ruled(
+    shape: SpaceShape, feats: list[float], told: int, first: int, ladder_pays: bool | None
+) -> tuple[Strategy, str]:
+    return rules.choose(shape, told, ladder_pays), "rules"
 
 
 def local_windows(studies: int) -> list[Experience]:

@@ -39,6 +39,15 @@ class SubsamplingPolicy(Policy):
         #: A verdict stored on the study and restored after a restart (final).
         self.restored: dict[str, Any] | None = None
 
+    def copy(self) -> SubsamplingPolicy:
+        """An independent copy at the same point (a simulated study's counterfactual branch);
+        the cost records are shared, as nothing changes them."""
+        other = SubsamplingPolicy()
+        other.costs = deque(self.costs, maxlen=MAX_MEASURED)
+        other.payoff = self.payoff
+        other.restored = None if self.restored is None else dict(self.restored)
+        return other
+
     @property
     def cost_ratio(self) -> float | None:
         """A ladder trial's measured cost in full evaluations (None while measuring)."""

@@ -177,11 +177,11 @@ def test_the_reward_is_improvement_per_compute_weighted_by_mode() -> None:
 
 
 def test_a_simulated_study_switching_strategies_keeps_every_trial() -> None:
-    task = next(t for t in training_suite() if t.name == "data_pays")
+    task = next(t for t in training_suite() if t.name == "data_rf")
     names = iter(["qmc", "tpe-halving-ladder", "cmaes", "tpe"] * 20)
     by_name = {s.name: s for s in BUILTIN}
     record = run_study(
-        task, lambda *_: (by_name[next(names)], "forced"), seed=5, budget=20.0, window=6
+        task, lambda *_: (by_name[next(names)], "forced"), seed=5, budget=20.0, window=3
     )
     assert [w.strategy for w in record.windows[:4]] == ["qmc", "tpe-halving-ladder", "cmaes", "tpe"]
     assert record.trials == sum(w.outcome.trials for w in record.windows if w.outcome)

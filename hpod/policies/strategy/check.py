@@ -167,6 +167,7 @@ def finals(
                     feats: list[float],
                     told: int,
                     first: int,
+                    ladder_pays: bool | None,
                     current: list[str] = current,
                 ) -> tuple[Strategy, str]:
                     decision = agent.decide(
@@ -175,7 +176,7 @@ def finals(
                         "balanced",
                         told,
                         first,
-                        None,
+                        ladder_pays,
                         current[-1] if current else None,
                     )
                     current.append(decision.strategy.name)

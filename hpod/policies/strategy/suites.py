@@ -1,16 +1,16 @@
-"""Task suites for training and judging the strategy policy, cheap enough to run thousands
-of studies.
+"""Task suites for training, validating and judging the strategy policy, cheap enough to run
+thousands of studies.
 
 Each task is a space, an objective that can be evaluated at a fidelity (a data fraction or a
-share of the epochs) and a cost model in full evaluations. Synthetic tasks stand for the
-kinds of problem the strategies differ on: smooth or multimodal continuous functions,
-mixed and conditional spaces, noise, data ladders that pay (cost grows faster than the rows)
-or do not (fixed costs dominate), epoch curves where early epochs mislead. Two small real
-ML tasks (scikit-learn) evaluate for real; their cost is the modelled one (rows, epochs), not
-the measured CPU, so a run is reproducible on a noisy machine.
+share of the epochs) and a cost in CPU seconds. Synthetic tasks stand for the kinds of
+problem the strategies differ on: smooth or multimodal continuous functions, mixed and
+conditional spaces, noise, data ladders, epoch curves where early epochs mislead; they
+charge the cost model fitted on a recorded real objective (`costs.fitted`: fixed overhead,
+exponent in the fraction, spread across configurations). Recorded tasks (`recorded_task`)
+are shipped objectives run for real on a grid: real values, measured CPU.
 
-The training suite and the held-out suite share no function family and no ML task; the
-`LEARNING` family is in neither, for the benchmark's learning curve.
+The three suites (training, validation, held-out) are disjoint: see the note above
+`training_suite`. `learning_family` is in none of them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hpod.policies.strategy import costs, recorded
 from hpod.policies.strategy.actions import Fidelity
 from hpod.schema import StudySpec
 
@@ -40,16 +41,36 @@ class Task:
     space: dict[str, Any]
     fidelity: Fidelity
     value: ValueFn
-    #: Cost of one evaluation at a fidelity, in full evaluations (1.0 at full fidelity).
-    cost: Callable[[float], float]
+    #: Where its costs come from: the recorded objective whose fitted cost model it charges
+    #: (`costs.fitted`), or, for a recorded task, its own recorded CPU.
+    profile: str
     #: Reports per evaluation, for epoch fidelity.
     epochs: int = 0
     optimum: float | None = None
+    #: The study's declared budget in trials (what the rule reads of it).
+    budget_trials: int = 40
+    #: Whether value and cost are looked up in recorded real runs (`recorded.lookup`).
+    recorded: bool = False
+
+    def cost(self, params: Params, fidelity: float) -> float:
+        """CPU seconds of one evaluation at `fidelity` (epochs: of the run up to it)."""
+        if self.recorded:
+            return recorded.lookup(self.name, params, fidelity)[1]
+        return costs.fitted(self.profile).cost(params, fidelity)
+
+    @property
+    def unit(self) -> float:
+        """CPU seconds of a typical full evaluation: the budget's unit."""
+        return costs.fitted(self.profile).unit
 
     def spec(self, name: str | None = None) -> StudySpec:
         """The task as a study spec (what the features of a study read)."""
         return StudySpec.model_validate(
-            {"name": name or self.name, "space": self.space, "budget": {"trials": 1000}}
+            {
+                "name": name or self.name,
+                "space": self.space,
+                "budget": {"trials": self.budget_trials},
+            }
         )
 
 
@@ -144,22 +165,25 @@ def continuous(
     box: tuple[float, float],
     sigma: float = 0.0,
     optimum: float | None = 0.0,
+    profile: str = "hgb_data",
 ) -> Task:
     return Task(
-        name,
-        family,
-        _floats(d, *box),
-        "none",
-        _noisy(f, d, sigma),
-        lambda _: 1.0,
-        optimum=optimum,
+        name, family, _floats(d, *box), "none", _noisy(f, d, sigma), profile, optimum=optimum
     )
 
 
 # --- mixed and conditional spaces -----------------------------------------------------------
 
 
-def mixed(name: str, family: str, d_float: int, d_int: int, n_cat: int, seed: int) -> Task:
+def mixed(
+    name: str,
+    family: str,
+    d_float: int,
+    d_int: int,
+    n_cat: int,
+    seed: int,
+    profile: str = "pipeline_data",
+) -> Task:
     """Floats, integers and categoricals: each categorical choice shifts the optimum and
     scales the value, so the categoricals matter as much as the numbers."""
     rng = np.random.default_rng(seed)
@@ -179,11 +203,11 @@ def mixed(name: str, family: str, d_float: int, d_int: int, n_cat: int, seed: in
         return base + float(cats)
 
     return Task(
-        name, family, space, "none", value, lambda _: 1.0, optimum=float(effects.min(axis=1).sum())
+        name, family, space, "none", value, profile, optimum=float(effects.min(axis=1).sum())
     )
 
 
-def conditional(name: str, family: str, seed: int) -> Task:
+def conditional(name: str, family: str, seed: int, profile: str = "pipeline_data") -> Task:
     """A choice of model kind, each with parameters of its own (conditional parameters)."""
     rng = np.random.default_rng(seed)
     offsets = {"linear": 0.6, "tree": 0.0, "kernel": 0.3}
@@ -203,16 +227,17 @@ def conditional(name: str, family: str, seed: int) -> Task:
         x = np.array([float(params[f"{kind}_{i}"]) for i in range(3)])
         return offsets[kind] + float(np.sum((x - centres[kind]) ** 2)) * 3
 
-    return Task(name, family, space, "none", value, lambda _: 1.0, optimum=0.0)
+    return Task(name, family, space, "none", value, profile, optimum=0.0)
 
 
 # --- fidelities ------------------------------------------------------------------------------
 
 
-def data_ladder(name: str, family: str, d: int, alpha: float, bias: float, seed: int) -> Task:
+def data_ladder(name: str, family: str, d: int, profile: str, bias: float, seed: int) -> Task:
     """A model fitted on a fraction of the data: the low-fraction value is the full value,
     worse by a bias that shrinks with the fraction, plus a configuration-dependent distortion
-    (low fidelities rank configurations only roughly). A fraction f costs f**alpha."""
+    (low fidelities rank configurations only roughly). It costs what the recorded objective
+    `profile` costs (`costs.fitted`: overhead, exponent, spread across configurations)."""
     rng = np.random.default_rng(seed)
     centre = rng.uniform(0.2, 0.8, d)
     tilt = rng.normal(0, 1, d)
@@ -228,10 +253,18 @@ def data_ladder(name: str, family: str, d: int, alpha: float, bias: float, seed:
         noise = 0.02 * float(rng.normal()) / math.sqrt(fidelity) if rng is not None else 0.0
         return float(full + gap * (bias + distortion) + noise)
 
-    return Task(name, family, space, "data", value, lambda f: f**alpha, optimum=0.0)
+    return Task(name, family, space, "data", value, profile, optimum=0.0)
 
 
-def epoch_curves(name: str, family: str, d: int, epochs: int, seed: int, deceptive: float) -> Task:
+def epoch_curves(
+    name: str,
+    family: str,
+    d: int,
+    epochs: int,
+    seed: int,
+    deceptive: float,
+    profile: str = "mlp_epochs",
+) -> Task:
     """Training curves: a configuration's loss falls towards its final value at a speed of
     its own; with `deceptive` > 0, configurations that converge slowly finish best (early
     epochs mislead an aggressive pruner)."""
@@ -247,7 +280,7 @@ def epoch_curves(name: str, family: str, d: int, epochs: int, seed: int, decepti
         noise = 0.01 * float(rng.normal()) if rng is not None else 0.0
         return final + curve + noise
 
-    return Task(name, family, space, "epochs", value, lambda f: f, epochs=epochs, optimum=None)
+    return Task(name, family, space, "epochs", value, profile, epochs=epochs, optimum=None)
 
 
 # --- small real ML tasks ----------------------------------------------------------------------
@@ -280,7 +313,7 @@ def sgd_digits() -> Task:
             float(params["alpha"]), float(params["eta0"]), params["schedule"], params["penalty"]
         )[max(0, round(fidelity * epochs) - 1)]
 
-    return Task("sgd_digits", "ml_sgd", space, "epochs", value, lambda f: f, epochs=epochs)
+    return Task("sgd_digits", "ml_sgd", space, "epochs", value, "mlp_epochs", epochs=epochs)
 
 
 @cache
@@ -308,8 +341,8 @@ def _sgd_curve(alpha: float, eta0: float, schedule: str, penalty: str) -> tuple[
 
 
 def svc_cancer() -> Task:
-    """An RBF SVC on the breast-cancer data, fitted on a nested fraction of the rows; a
-    fraction costs its square (kernel methods grow faster than their rows)."""
+    """An RBF SVC on the breast-cancer data, fitted on a nested fraction of the rows; it costs
+    what the recorded pipeline (SVC among its models) costs."""
     space = {
         "C": {"type": "float", "low": 1e-3, "high": 1e3, "log": True},
         "gamma": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
@@ -321,7 +354,7 @@ def svc_cancer() -> Task:
             float(params["C"]), float(params["gamma"]), params["scale"], round(fidelity, 4)
         )
 
-    return Task("svc_cancer", "ml_svc", space, "data", value, lambda f: f**2)
+    return Task("svc_cancer", "ml_svc", space, "data", value, "pipeline_data")
 
 
 @cache
@@ -343,31 +376,62 @@ def _svc_error(c: float, gamma: float, scale: str, fraction: float) -> float:
     return 1.0 - float(model.score(xte, yte))
 
 
+# --- recorded real objectives -----------------------------------------------------------------
+
+
+def recorded_task(name: str) -> Task:
+    """A shipped objective as recorded (`recorded.py`): its declared space, the value and the
+    measured CPU of the nearest grid point; its optimum the best recorded full value."""
+    rec = recorded.by_name(name)
+
+    def value(params: Params, fidelity: float, rng: np.random.Generator | None) -> float:
+        return recorded.lookup(name, params, fidelity)[0]
+
+    return Task(
+        name,
+        f"recorded_{rec.objective}",
+        recorded.space(rec),
+        rec.fidelity,
+        value,
+        name,
+        epochs=rec.epochs,
+        optimum=None,
+        recorded=True,
+    )
+
+
 # --- the suites --------------------------------------------------------------------------------
+#
+# Three disjoint suites. Training: what `hpod policy train` learns from. Validation: what
+# every design choice (features, horizon, quorum, the cost models) is judged on; new
+# instances of the training generators and families of its own. Held-out: frozen, judged
+# only at the end; no task comes from a training generator (mixed, conditional, data_ladder,
+# epoch_curves) or a training family, and its ML tasks are recorded real runs of the shipped
+# objectives with their measured CPU.
 
 
 def training_suite() -> list[Task]:
     """What `hpod policy train` learns from."""
     return [
         continuous("ellipsoid_4", "ellipsoid", ellipsoid, 4, (-1.0, 2.0)),
-        continuous("ellipsoid_8", "ellipsoid", ellipsoid, 8, (-1.0, 2.0)),
+        continuous("ellipsoid_8", "ellipsoid", ellipsoid, 8, (-1.0, 2.0), profile="rf_data"),
         continuous("rosenbrock_3", "rosenbrock", rosenbrock, 3, (-2.0, 2.0)),
-        continuous("rosenbrock_6", "rosenbrock", rosenbrock, 6, (-2.0, 2.0)),
+        continuous("rosenbrock_6", "rosenbrock", rosenbrock, 6, (-2.0, 2.0), profile="rf_data"),
         continuous("rastrigin_4", "rastrigin", rastrigin, 4, (-5.12, 5.12)),
-        continuous("ackley_5", "ackley", ackley, 5, (-5.0, 5.0)),
+        continuous("ackley_5", "ackley", ackley, 5, (-5.0, 5.0), profile="mlp_epochs"),
         continuous("ackley_5_noisy", "ackley", ackley, 5, (-5.0, 5.0), sigma=0.5),
         continuous("ellipsoid_2_noisy", "ellipsoid", ellipsoid, 2, (-1.0, 2.0), sigma=5.0),
         continuous("ellipsoid_6_noisy", "ellipsoid", ellipsoid, 6, (-1.0, 2.0), sigma=20.0),
         mixed("mixed_4f2i2c", "mixed", 4, 2, 2, seed=1),
-        mixed("mixed_1f1i4c", "mixed", 1, 1, 4, seed=2),
+        mixed("mixed_1f1i4c", "mixed", 1, 1, 4, seed=2, profile="rf_data"),
         mixed("mixed_3f0i3c", "mixed", 3, 0, 3, seed=21),
-        mixed("mixed_2f3i1c", "mixed", 2, 3, 1, seed=22),
+        mixed("mixed_2f3i1c", "mixed", 2, 3, 1, seed=22, profile="hgb_data"),
         mixed("mixed_6f2i1c", "mixed", 6, 2, 1, seed=23),
         conditional("conditional_a", "conditional", seed=3),
-        conditional("conditional_b", "conditional", seed=24),
-        data_ladder("data_pays", "data_ladder", 3, alpha=1.6, bias=0.4, seed=4),
-        data_ladder("data_flat", "data_ladder", 3, alpha=0.25, bias=0.4, seed=5),
-        data_ladder("data_mid", "data_ladder", 5, alpha=1.0, bias=0.2, seed=25),
+        conditional("conditional_b", "conditional", seed=24, profile="rf_data"),
+        data_ladder("data_rf", "data_ladder", 3, "rf_data", bias=0.4, seed=4),
+        data_ladder("data_hgb", "data_ladder", 3, "hgb_data", bias=0.4, seed=5),
+        data_ladder("data_pipeline", "data_ladder", 5, "pipeline_data", bias=0.2, seed=25),
         epoch_curves("epochs_honest", "epochs", 3, 12, seed=6, deceptive=0.0),
         epoch_curves("epochs_deceptive", "epochs", 3, 12, seed=7, deceptive=0.8),
         epoch_curves("epochs_long", "epochs", 2, 20, seed=26, deceptive=0.3),
@@ -375,23 +439,51 @@ def training_suite() -> list[Task]:
     ]
 
 
+def zakharov(x: np.ndarray) -> float:
+    s = float(np.sum(0.5 * np.arange(1, len(x) + 1) * x))
+    return float(np.sum(x**2) + s**2 + s**4)
+
+
+def dixon_price(x: np.ndarray) -> float:
+    i = np.arange(2, len(x) + 1)
+    return float((x[0] - 1) ** 2 + np.sum(i * (2 * x[1:] ** 2 - x[:-1]) ** 2))
+
+
+def validation_suite() -> list[Task]:
+    """What design choices are judged on: never the held-out suite."""
+    return [
+        continuous("zakharov_4", "zakharov", zakharov, 4, (-5.0, 10.0)),
+        continuous("dixon_price_5", "dixon_price", dixon_price, 5, (-10.0, 10.0), optimum=None),
+        continuous("rastrigin_6_noisy", "rastrigin", rastrigin, 6, (-5.12, 5.12), sigma=1.0),
+        mixed("mixed_3f1i2c_val", "mixed", 3, 1, 2, seed=31),
+        conditional("conditional_val", "conditional", seed=34),
+        data_ladder("data_val", "data_ladder", 4, "hgb_data", bias=0.6, seed=32),
+        epoch_curves("epochs_val", "epochs", 3, 16, seed=33, deceptive=0.5),
+        svc_cancer(),
+    ]
+
+
 def held_out_suite() -> list[Task]:
-    """What the benchmark judges on: no family or ML task of the training suite."""
+    """What the benchmark judges on, frozen: no family, generator or ML task of the other
+    suites; its ML tasks are recorded real runs (real values, measured CPU)."""
     return [
         continuous("levy_4", "levy", levy, 4, (-10.0, 10.0)),
         continuous("styblinski_tang_5", "styblinski_tang", styblinski_tang, 5, (-5.0, 5.0)),
         continuous("griewank_6_noisy", "griewank", griewank, 6, (-50.0, 50.0), sigma=0.05),
         continuous("hartmann_6", "hartmann", hartmann6, 6, (0.0, 1.0)),
-        mixed("mixed_2f2i3c", "mixed_held_out", 2, 2, 3, seed=11),
-        data_ladder("data_steep", "data_held_out", 4, alpha=2.0, bias=0.8, seed=12),
-        epoch_curves("epochs_slow", "epochs_held_out", 4, 16, seed=13, deceptive=0.5),
-        svc_cancer(),
+        recorded_task("rf_data"),
+        recorded_task("hgb_data"),
+        recorded_task("pipeline_data"),
+        recorded_task("mlp_epochs"),
     ]
 
 
+SUITES = {"training": training_suite, "validation": validation_suite, "held-out": held_out_suite}
+
+
 def learning_family(n: int) -> list[Task]:
-    """A family in neither suite (cumulative-sum quadratics of varied dimension), for the
-    learning curve: `n` tasks, different each."""
+    """A family in no suite (cumulative-sum quadratics of varied dimension), for judging
+    online learning: `n` tasks, different each."""
     return [
         continuous(
             f"schwefel_sum_{i}", "schwefel_sum", schwefel_sum, 3 + i % 4, (-3.0, 3.0 + 0.5 * i)

@@ -10,6 +10,7 @@ are varied). Everything is seeded: the same command gives the same buffer and we
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -18,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from hpod.policies.strategy import learner, model
+from hpod.policies.strategy import learner, model, recorded
 from hpod.policies.strategy.actions import BUILTIN, Strategy, action_features, available
 from hpod.policies.strategy.features import MODES
 from hpod.policies.strategy.replay import Experience, write_experiences
@@ -149,6 +150,9 @@ def train_default(
         "window": WINDOW,
         "tasks": [t.name for t in tasks],
         "experiences": len(experiences),
+        # The measured costs the simulated studies charged (`costs.fitted`): weights trained
+        # on other recordings are other weights.
+        "recorded_sha256": hashlib.sha256(recorded.PATH.read_bytes()).hexdigest(),
         "loss": weights["loss"],
         "weights_sha256": weights["sha256"],
     }
