@@ -611,10 +611,27 @@ def _print_policy(status: dict[str, Any]) -> None:
     )
     if status.get("learning"):
         print(f"  learning: {json.dumps(status['learning'], sort_keys=True)}")
+        last = status["learning"].get("last")
+        if isinstance(last, dict) and isinstance(last.get("check"), dict):
+            print(f"  last learning: {_learning_verdict(last)}")
     if status.get("strategies"):
         print(f"  strategies: {', '.join(status['strategies'])}")
     for d in (status.get("recent") or [])[-10:]:
         print(f"  {json.dumps(d, sort_keys=True)}")
+
+
+def _learning_verdict(last: dict[str, Any]) -> str:
+    """The last learner run in words: installed or refused, with the check suite's figures."""
+    check = last["check"]
+    low, high = (check.get("interval") or [None, None])[:2]
+    verdict = "installed" if last.get("installed") else "refused (it would regress)"
+    return (
+        f"weights v{last.get('version')} {verdict}: check-suite regret "
+        f"{check.get('regret_candidate')} against {check.get('regret_in_force')} in force, "
+        f"difference {check.get('difference')} (95 % interval [{low}, {high}]), worse on "
+        f"{check.get('worse_on')} and better on {check.get('better_on')} of "
+        f"{check.get('studies')} studies"
+    )
 
 
 def cmd_policy_train(args: argparse.Namespace) -> int:

@@ -95,6 +95,25 @@ class Settings(BaseSettings):
         description="The strategy policy retrains (in its own process) after this many new "
         "experiences.",
     )
+    policy_check_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        le=11,  # len(check.CHECK_TASKS): a unit test keeps them equal
+        description="The learner's check suite runs its first this many tasks (unset: all "
+        "eleven, the suite docs/policies.md measures). Smaller only to test the wiring.",
+    )
+    policy_check_seeds: int | None = Field(
+        default=None,
+        ge=1,
+        le=4,  # len(check.CHECK_SEEDS)
+        description="... and this many seeds of each (unset: all four).",
+    )
+    policy_learn_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Passes of the learner over its experiences (unset: 60, as the shipped "
+        "weights were trained). Fewer only to test the wiring.",
+    )
     policy_learned: bool = Field(
         default=False,
         description="Strategy auto is the learned policy (and it learns online) instead of "

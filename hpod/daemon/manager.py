@@ -123,6 +123,9 @@ class StudyManager:
             learn_every=settings.policy_learn_every,
             learn=settings.policy_learned,
             learned=settings.policy_learned,
+            check_tasks=settings.policy_check_tasks,
+            check_seeds=settings.policy_check_seeds,
+            learn_epochs=settings.policy_learn_epochs,
         )
         #: Failures of study loops by study name (see `_on_failure`).
         self._supervision: dict[str, Supervision] = {}

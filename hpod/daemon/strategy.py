@@ -19,7 +19,8 @@ keeps the strategy and changes the other knobs.
 Every decision is kept on the study (user attributes, so a restart resumes from them):
 
 - ``hpod:strategy``: the last `MAX_DECISIONS` decisions, compact (told, first trial, strategy,
-  source, reason, the plan it gave, and the window's reward once known). Compact because the
+  source, reason, the plan it gave, the window's reward once known, and for an exploration
+  the strategy it stood in for). Compact because the
   whole list is written again at every decision, and a journal keeps every write.
 - ``hpod:strategy_current``: the latest decision in full (features, scores, masks), which the
   next window's experience needs after a restart.
@@ -488,6 +489,14 @@ class StrategyDriver:
                 first_trial,
                 self._ladder_pays(),
                 self.strategy.name if self.strategy else None,
+                self.records[-1] if self.records else None,  # scored: an exploration's verdict
+                plan_of=lambda strategy: compose(
+                    self.run.mode_plan,
+                    strategy,
+                    snapshot.fidelity,
+                    keep_mode_pruning=True,  # the plan `auto` would run it under
+                    ladder_off=self.ladder_off is not None,
+                ),
             )
         except Exception as exc:
             log.exception("strategy.decide_failed", study=self.run.name, error=repr(exc))
@@ -533,6 +542,8 @@ class StrategyDriver:
             "at": time.time(),
             "reward": None,
             "settled": False,
+            # An exploration's stand-in: the next decision goes back to it unless it won.
+            **({"instead_of": decision.instead_of} if decision and decision.instead_of else {}),
         }
 
     @staticmethod

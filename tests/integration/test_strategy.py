@@ -294,21 +294,52 @@ def test_policy_reset_export_and_import(tmp_path: Path, start_daemon: DaemonFact
 def test_the_daemon_learns_in_its_own_process_and_keeps_the_weights_across_a_restart(
     tmp_path: Path, start_daemon: DaemonFactory
 ) -> None:
-    """After enough experience the learner process writes new weights (torch stays out of
-    the daemon); the daemon uses them, and after kill -9 and a restart still does."""
+    """After enough experience the learner process trains new weights (torch stays out of
+    the daemon) and judges them on the check suite: installed, the daemon uses them and after
+    kill -9 and a restart still does; refused (they would regress), the weights in force stay,
+    the refusal is logged with its figures and `hpod policy status` shows it. Which one
+    happens depends on the windows the real workers produced; both are checked in full.
+    The check suite is cut to two tasks and one seed and training to 3 epochs (`policy_check_*`,
+    `policy_learn_epochs`): the wiring is under test here; the check's verdicts are in the
+    unit tests, the full suite's figures in bench/learning_gate.py."""
     import psutil
 
     data = tmp_path / "data"
-    daemon = start_daemon(data_dir=data, policy_learn_every="3", policy_learned="true")
+    daemon = start_daemon(
+        data_dir=data,
+        policy_learn_every="3",
+        policy_learned="true",
+        policy_check_tasks="2",
+        policy_check_seeds="1",
+        policy_learn_epochs="3",
+    )
     shipped_version = daemon.get("/policy")["version"]
     assert daemon.request("POST", "/studies", spec("learner", 40))[0] == 201
     daemon.wait_study("learner")
-    wait_until(lambda: daemon.get("/policy")["weights"] == "local", daemon, timeout=240)
+
+    def judged() -> bool:
+        learning = daemon.get("/policy")["learning"]
+        return not learning["running"] and "installed" in (learning["last"] or {})
+
+    wait_until(judged, daemon, timeout=300)
     policy = daemon.get("/policy")
-    assert policy["version"] > shipped_version
-    assert policy["learning"]["last"]["experiences"]["local"] >= 3
+    last = policy["learning"]["last"]
+    assert last["experiences"]["windows"] >= 3 and last["version"] > shipped_version
+    assert last["check"]["studies"] == 2 * 1
+    assert last["check"]["passed"] is last["installed"]
+    event = "strategy.weights_installed" if last["installed"] else "strategy.weights_refused"
+    logged = [e for e in log_events(daemon) if e["event"] == event]
+    assert logged and logged[0]["check"] == last["check"], daemon.log()[-3000:]
+    out = hpod_cli(daemon, "policy", "status")
+    verdict = "installed" if last["installed"] else "refused (it would regress)"
+    assert out.returncode == 0 and f"v{last['version']} {verdict}" in out.stdout, out.stdout
     weights = data / "policy" / "weights.json"
-    assert json.loads(weights.read_text())["trained_on"] > policy["experiences"]["shipped"]
+    if last["installed"]:
+        assert (policy["weights"], policy["version"]) == ("local", last["version"])
+        assert json.loads(weights.read_text())["trained_on"] > policy["experiences"]["shipped"]
+    else:
+        assert (policy["weights"], policy["version"]) == ("shipped", shipped_version)
+        assert not weights.exists()
     assert daemon.proc is not None
     maps = psutil.Process(daemon.proc.pid).memory_maps()
     assert not any("libtorch" in m.path for m in maps), "torch was loaded into the daemon"
@@ -317,7 +348,7 @@ def test_the_daemon_learns_in_its_own_process_and_keeps_the_weights_across_a_res
     daemon.kill()
     daemon.start()
     after = daemon.get("/policy")
-    assert (after["weights"], after["version"]) == ("local", policy["version"])
+    assert (after["weights"], after["version"]) == (policy["weights"], policy["version"])
     assert after["experiences"]["local"] == local
     assert daemon.request("POST", "/studies", spec("after-restart", 16))[0] == 201
     daemon.wait_study("after-restart")

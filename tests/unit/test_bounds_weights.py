@@ -268,3 +268,20 @@ def test_a_deep_or_undecodable_replay_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "replay.jsonl"
     path.write_bytes(DEEP.encode() + b"\n" + b'{"study": "\xff\xfe"}\n')
     assert list(ReplayBuffer(path)) == []
+
+
+def test_a_damaged_replay_file_does_not_stop_the_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The buffers are counted at start: a damaged shipped gzip or an unreadable local buffer
+    counts 0 and is logged, the agent starts."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "weights.json").write_text(SHIPPED.read_text())
+    (shipped / "replay.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00not gzip at all")
+    policy = tmp_path / "policy"
+    (policy / "replay.jsonl").mkdir(parents=True)  # a directory where the buffer should be
+    agent = StrategyAgent(policy, shipped=shipped, learn=False)
+    assert agent.status()["experiences"] == {"shipped": 0, "local": 0}
+    assert agent.weights_source == "shipped"
+    assert capsys.readouterr().out.count("strategy.replay_unreadable") == 2

@@ -5,7 +5,10 @@ the window the decision governed, weighted by the mode. Both parts are made scal
 network can learn from studies of any objective:
 
 - improvement is measured on the study's own value range so far (0 = no progress, 1 = the
-  window went from the worst value seen to the best);
+  window went from the worst value seen to the best), from the best before the window; the
+  study's first window has no best before it and is judged against the study's start, its
+  first value (what one configuration gives before any search). Judged against its own
+  worst value instead, every first window scored 1 whatever the strategy did (issue 14);
 - compute is counted in full evaluations: CPU seconds of the window's trials (every rung,
   pruned trials included) over the median CPU seconds of one full evaluation.
 
@@ -15,6 +18,7 @@ The mode sets how much compute matters: `fast` divides by it, `thorough` ignores
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
@@ -26,6 +30,13 @@ from hpod.schema import StudySpec
 
 #: Exponent of the compute in the reward, by mode (unknown modes count as balanced).
 COMPUTE_WEIGHT = {"fast": 1.0, "balanced": 0.5, "thorough": 0.0}
+
+
+def target(reward: float) -> float:
+    """What the policy's networks predict of a reward: the reward compressed (a few lucky
+    windows with huge rewards must not dominate the fit); monotone, so the best action stays
+    the best. The agent compares an exploration's reward with predictions in these units."""
+    return math.copysign(math.log1p(10 * abs(reward)), reward)
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,8 @@ def window_reward(
     improvement = 0.0
     if inside and values:
         low, high = min(values.values()), max(values.values())
-        start = min(before) if before else max(inside)
+        # The best before the window; for the study's first window, its first value.
+        start = min(before) if before else values[min(n for n in values if n >= first_trial)]
         if high > low:
             improvement = max(0.0, (start - min(inside)) / (high - low))
     unit = full_evaluation_cost(trials) or 0.0
