@@ -25,6 +25,7 @@ import structlog
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage
+from optuna.study._tell import _tell_with_warning  # Study.tell minus its deep copy
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
@@ -625,7 +626,13 @@ class StudyStore:
             self.storage.set_trial_user_attr(frozen._trial_id, ERROR_ATTR, error)
             state, values = "failed", None
         tell_values = values if state == "complete" else None
-        return study.tell(number, tell_values, state=STATES[state], skip_if_finished=True)
+        # Optuna's own tell, without `Study.tell`'s deep copy of the trial it returns (a
+        # third of a trivial trial's tell, its `hpod:cost` attribute copied key by key): the
+        # storage's trial is returned as it is. The journal replaces a trial's object on
+        # every change rather than editing it, and a database storage builds a new one per
+        # read, so it stays as told; the daemon only reads it.
+        _tell_with_warning(study, number, tell_values, state=STATES[state], skip_if_finished=True)
+        return self.storage.get_trial(frozen._trial_id)
 
     def tell_many(
         self, spec: StudySpec, outcomes: list[Outcome], owe_events: bool = False
