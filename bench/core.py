@@ -76,10 +76,18 @@ def env_for(data_dir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start an hpod process quietly."""
+def start(
+    argv: list[str], env: dict[str, str], cprofile: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start an hpod process quietly; with `cprofile`, under cProfile on every thread
+    (`bench/cprofile_daemon.py`), its stats written there when the process exits."""
+    launcher = (
+        ["-m", "hpod"]
+        if cprofile is None
+        else [str(Path(__file__).with_name("cprofile_daemon.py")), str(cprofile)]
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "hpod", *argv],
+        [sys.executable, *launcher, *argv],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -171,9 +179,11 @@ def bench_throughput(
     """Trials/s of the trivial objective through RabbitMQ and Celery on the default durable
     storage (journal file, group commit), from study request to `study.completed`, and the
     daemon's CPU seconds per trial over that span (its process alone, workers not counted).
-    With `profile`, py-spy samples the daemon meanwhile (`start_profile`)."""
+    With `profile`, py-spy samples the daemon meanwhile (`start_profile`), or, for a path
+    ending in .pstats, the daemon runs under cProfile (its start-up included)."""
     env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256")
-    daemon = start(["run", "--no-workers"], env)
+    cprofile = profile if profile is not None and profile.suffix == ".pstats" else None
+    daemon = start(["run", "--no-workers"], env, cprofile)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
     try:
         wait_healthy(env)
@@ -189,7 +199,7 @@ def bench_throughput(
     ch.queue_bind(events, "hpod.events", routing_key="study.completed")
     time.sleep(3)  # let the worker connect, so its start-up is not counted
     name = f"throughput-{uuid.uuid4().hex[:8]}"
-    spy = start_profile(daemon.pid, profile) if profile else None
+    spy = start_profile(daemon.pid, profile) if profile and cprofile is None else None
     try:
         cpu0 = daemon_cpu(daemon.pid)
         t0 = time.perf_counter()
