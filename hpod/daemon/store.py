@@ -177,22 +177,41 @@ class StudyStore:
     def _with_marks(
         self, marks: list[tuple[int, int]], fn: Callable[..., T], args: tuple[Any, ...]
     ) -> T:
-        """Write `marks`, then call `fn`, in one durable write group. Marks that did not
-        become durable (their write, or the group's commit, failed) wait for the next call."""
+        """Call `fn`, then write `marks`, in one durable write group. Marks that did not
+        become durable (their write, or the group's commit, failed) wait for the next call.
+
+        A trial that `fn` told (its result came back before its mark was written: a fast
+        trial's tell) needs no mark: it is finished in the same durable write, and the mark
+        is left out of the journal (one storage operation fewer per such trial). On a
+        database the marks go first, each in its own transaction, as before."""
         written = False
         try:
             with storage_group(self.storage):
-                for trial_id, attempt in marks:
-                    with contextlib.suppress(KeyError):  # a trial a failed write lost
-                        self.mark_dispatched(trial_id, attempt)
-                written = True
-                return fn(*args)
+                if self._journal() is None:  # a database: each mark its own transaction
+                    self._write_marks(marks)
+                    written = True
+                    return fn(*args)
+                try:
+                    return fn(*args)
+                finally:
+                    self._write_marks(marks)
+                    written = True
         except BaseException:
             journal = self._journal()
             if not written or (journal is not None and journal.broken):
                 with self._marks_lock:
                     self._marks[:0] = marks
             raise
+
+    def _write_marks(self, marks: list[tuple[int, int]]) -> None:
+        """Write dispatch marks; on a journal, not those of trials already finished (its
+        in-memory view says so without a read)."""
+        journal = self._journal() is not None
+        for trial_id, attempt in marks:
+            with contextlib.suppress(KeyError):  # a trial a failed write lost
+                if journal and self.storage.get_trial(trial_id).state in FINISHED:
+                    continue
+                self.mark_dispatched(trial_id, attempt)
 
     def mark_dispatched_soon(self, trial_ids: list[int], attempt: int) -> None:
         """On the event loop: record that these trials' task reached the broker (so a restart
