@@ -215,17 +215,19 @@ class GroupCommitJournalBackend(JournalFileBackend):
             self._write_lock.release()
 
     def _begin(self, owner: int) -> None:
-        """Count the file's complete lines (log numbers) and open the group for `owner`."""
+        """Count the file's complete lines (log numbers) and open the group for `owner`
+        (without opening the file when it ends where this object last saw it end)."""
         number, offset = self._known_number, self._known_offset
-        with open(self._path, "rb") as f:
-            f.seek(offset)
-            pos = offset
-            while chunk := f.read(_CHUNK):
-                newlines = chunk.count(b"\n")
-                if newlines:
-                    number += newlines
-                    offset = pos + chunk.rindex(b"\n") + 1
-                pos += len(chunk)
+        pos = offset
+        if self._size() != offset:
+            with open(self._path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(_CHUNK):
+                    newlines = chunk.count(b"\n")
+                    if newlines:
+                        number += newlines
+                        offset = pos + chunk.rindex(b"\n") + 1
+                    pos += len(chunk)
         self._known_number, self._known_offset = number, offset
         self._base_number, self._base_offset, self._entry_size = number, offset, pos
         self._lines = []
