@@ -98,7 +98,7 @@ def start(
 def wait_healthy(env: dict[str, str]) -> None:
     """Block until the daemon's /health answers."""
     url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}/health"
-    for _ in range(300):
+    for _ in range(1200):  # 2 min: a start-up on a loaded shared machine can take over 30 s
         try:
             urllib.request.urlopen(url, timeout=1).read()
             return
