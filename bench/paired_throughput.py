@@ -67,6 +67,7 @@ def run(checkout: Path, amqp: str, mode: str, trials: int) -> dict[str, float] |
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, bench, amqp, mode, str(trials)],
         env=env,
+        cwd=checkout,  # `python -m hpod` puts its working directory first on sys.path
         capture_output=True,
         text=True,
     )
