@@ -92,11 +92,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    parser.add_argument("--only", choices=["batched", "unbatched"], help="only this kind")
     args = parser.parse_args()
     kinds = {
         "batched": ("bench-batched", args.trials),
         "unbatched": ("bench-unbatched", max(1, args.trials // 4)),
     }
+    if args.only:
+        kinds = {args.only: kinds[args.only]}
     runs: dict[tuple[str, str, int], dict[str, Any] | None] = {}
     for i in range(args.pairs):
         order = ("base", "new") if i % 2 == 0 else ("new", "base")
