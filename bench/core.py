@@ -9,6 +9,7 @@ Optuna on the same kind of storage), because shared machines are noisy: read the
     python bench/core.py --only cpu --trials 1000 [--profile /tmp/daemon.json]
                                                # the daemon's CPU per trial (~2 min)
     python bench/core.py --only throughput     # trials/s batched and unbatched (~2 min)
+    python bench/core.py --only latency        # result -> next dispatch p50/p99 (~2 min)
 """
 
 from __future__ import annotations
@@ -76,10 +77,18 @@ def env_for(data_dir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start an hpod process quietly."""
+def start(
+    argv: list[str], env: dict[str, str], cprofile: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start an hpod process quietly; with `cprofile`, under cProfile on every thread
+    (`bench/cprofile_daemon.py`), its stats written there when the process exits."""
+    launcher = (
+        ["-m", "hpod"]
+        if cprofile is None
+        else [str(Path(__file__).with_name("cprofile_daemon.py")), str(cprofile)]
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "hpod", *argv],
+        [sys.executable, *launcher, *argv],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -89,7 +98,7 @@ def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 def wait_healthy(env: dict[str, str]) -> None:
     """Block until the daemon's /health answers."""
     url = f"http://127.0.0.1:{env['HPOD_HTTP_PORT']}/health"
-    for _ in range(300):
+    for _ in range(1200):  # 2 min: a start-up on a loaded shared machine can take over 30 s
         try:
             urllib.request.urlopen(url, timeout=1).read()
             return
@@ -173,9 +182,11 @@ def bench_throughput(
     """Trials/s of the trivial objective through RabbitMQ and Celery on the default durable
     storage (journal file, group commit), from study request to `study.completed`, and the
     daemon's CPU seconds per trial over that span (its process alone, workers not counted).
-    With `profile`, py-spy samples the daemon meanwhile (`start_profile`)."""
+    With `profile`, py-spy samples the daemon meanwhile (`start_profile`), or, for a path
+    ending in .pstats, the daemon runs under cProfile (its start-up included)."""
     env = env_for(tmp / f"throughput-{uuid.uuid4().hex[:6]}", broker_url=amqp, max_inflight="256")
-    daemon = start(["run", "--no-workers"], env)
+    cprofile = profile if profile is not None and profile.suffix == ".pstats" else None
+    daemon = start(["run", "--no-workers"], env, cprofile)
     worker = start(["worker", "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h"], env)
     try:
         wait_healthy(env)
@@ -191,7 +202,7 @@ def bench_throughput(
     ch.queue_bind(events, "hpod.events", routing_key="study.completed")
     time.sleep(3)  # let the worker connect, so its start-up is not counted
     name = f"throughput-{uuid.uuid4().hex[:8]}"
-    spy = start_profile(daemon.pid, profile) if profile else None
+    spy = start_profile(daemon.pid, profile) if profile and cprofile is None else None
     try:
         cpu0 = daemon_cpu(daemon.pid)
         t0 = time.perf_counter()
@@ -498,10 +509,13 @@ def hpod_wallclock(
             cpu = daemon_cpu(daemon_pid) - cpu0
     status = http_call(env, "GET", f"/studies/{name}")
     per_trial = (status.get("efficiency") or {}).get("time_per_trial") or {}
+    latency = http_call(env, "GET", f"/studies/{name}/doctor").get("result_to_dispatch") or {}
     return {
         "wall": wall,
         "daemon_cpu": cpu,
         "overhead": float(per_trial.get("overhead") or float("nan")),
+        "result_to_dispatch_p50": float(latency.get("p50", float("nan"))),
+        "result_to_dispatch_p99": float(latency.get("p99", float("nan"))),
     }
 
 
@@ -586,6 +600,52 @@ def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -
     return "\n".join(lines)
 
 
+def latency_table(amqp: str | None, tmp: Path, trials: int) -> str:
+    """Result -> next dispatch, p50 and p99, of a sequential study (one worker, one trial in
+    flight, the trivial objective) on RabbitMQ + Celery and on the embedded default, as the
+    daemon measures it (`GET /studies/{name}/doctor`: a worker's result reaching the study
+    to the next task on the broker: the tell, the next ask, the publish). Beside it, plain
+    Optuna's tell + ask of the next trial in one process (journal file, same sampler), the
+    in-process equivalent, measured in the same run."""
+    lines = [
+        f"{trials} sequential trials of `quadratic` (no sleep), one worker, one trial in "
+        "flight, mode without policies; plain Optuna: ask + tell in one process, journal file.",
+        "",
+        "| transport | sampler | result -> next dispatch p50 ms | p99 ms "
+        "| plain Optuna tell + ask ms |",
+        "|---|---|---:|---:|---:|",
+    ]
+    transports = [("RabbitMQ", amqp)] if amqp else []
+    transports.append(("embedded", None))
+    for transport, url in transports:
+        settings = {"local_workers": "1"} if url is None else {"broker_url": url}
+        env = env_for(tmp / f"latency-{transport}", **settings, max_inflight="64")
+        daemon = start(["run"] if url is None else ["run", "--no-workers"], env)
+        worker = (
+            start(["worker", "-c", "1", "-n", f"latency-{os.getpid()}@%h"], env)
+            if url is not None
+            else None
+        )
+        try:
+            wait_healthy(env)
+            time.sleep(3)
+            hpod_wallclock(env, daemon.pid, 0.0, 8, 1, "random")  # warm-up
+            for sampler in ("random", "tpe"):
+                h = hpod_wallclock(env, daemon.pid, 0.0, trials, 1, sampler, url)
+                rate, _cpu = baseline_plain_optuna(tmp, trials, "journal", sampler)
+                row = (
+                    f"| {transport} | {sampler} | {h['result_to_dispatch_p50'] * 1000:.1f} "
+                    f"| {h['result_to_dispatch_p99'] * 1000:.1f} | {1000 / rate:.1f} |"
+                )
+                print(row, flush=True)
+                lines.append(row)
+        finally:
+            if worker is not None:
+                stop(worker)
+            stop(daemon)
+    return "\n".join(lines)
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `path`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -613,15 +673,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["wallclock", "cpu", "throughput"],
+        choices=["wallclock", "cpu", "throughput", "latency"],
         help="only this measurement (wallclock: hpod's wall-clock against plain Optuna's; "
-        "cpu: the daemon's CPU per trial; throughput: trials/s batched and unbatched)",
+        "cpu: the daemon's CPU per trial; throughput: trials/s batched and unbatched; "
+        "latency: result -> next dispatch p50/p99, RabbitMQ and embedded)",
     )
     parser.add_argument(
         "--profile",
         type=Path,
         help="with --only cpu or throughput: py-spy profiles of the daemon, one per run, "
-        "named after this path",
+        "named after this path; with --only throughput and a path ending in .pstats, the "
+        "daemon runs under cProfile instead (bench/cprofile_daemon.py)",
     )
     parser.add_argument(
         "--workers", default="1,4", help="worker counts of the wall-clock table (default 1,4)"
@@ -640,6 +702,10 @@ def main() -> None:
         if args.only == "throughput":
             table = throughput_table(args.amqp, tmp, args.trials, args.concurrency, args.profile)
             write_section(Path(args.out), "throughput", table)
+            return
+        if args.only == "latency":
+            table = latency_table(args.amqp, tmp, min(args.trials, 300))
+            write_section(Path(args.out), "latency", table)
             return
         if args.only == "wallclock":
             write_section(Path(args.out), "wallclock", wallclock_table(args.amqp, tmp, counts))
@@ -660,6 +726,7 @@ def main() -> None:
             + f" (WAL/plain SQLite = {rates['wal'] / rates['sqlite']:.1f})"
         )
         write_section(Path(args.out), "wallclock", wallclock_table(args.amqp, tmp, counts))
+        write_section(Path(args.out), "latency", latency_table(args.amqp, tmp, 200))
         print_idle_memory(tmp)
 
 

@@ -780,6 +780,12 @@ def _print_breakdown(report: dict[str, Any]) -> None:
     Console().print(table)
     print(f"{report['trials']} trials told, {report['total_seconds']:.3f} s accounted")
     _print_time_per_trial(report.get("per_trial"), report["trials"])
+    latency = report.get("result_to_dispatch")
+    if latency:
+        print(
+            f"result -> next dispatch: p50 {latency['p50'] * 1000:.1f} ms, "
+            f"p99 {latency['p99'] * 1000:.1f} ms ({latency['samples']} dispatches)"
+        )
     print(report["verdict"])
 
 

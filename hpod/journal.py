@@ -79,6 +79,8 @@ class GroupCommitJournalBackend(JournalFileBackend):
         self._base_offset = 0  # byte offset where it will be written
         self._entry_size = 0  # file size when the group began (> base: a torn last line)
         self._lines: list[bytes] = []
+        # Per buffered line, the log to replay as it is (`_replayable`), or None: parse it.
+        self._logs: list[dict[str, Any] | None] = []
         # The last line boundary this object knows (log number, byte offset), so opening a
         # group scans only what other processes appended since.
         self._known_number = 0
@@ -137,24 +139,41 @@ class GroupCommitJournalBackend(JournalFileBackend):
             finally:
                 self._owner = None
                 self._lines = []  # replaced, not cleared: a reader may hold the old list
+                self._logs = []
                 self._write_lock.release()
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
-        """Logs from ``log_number_from`` on: the file's, then those buffered by an open group."""
+        """Logs from ``log_number_from`` on: the file's, then those buffered by an open group.
+
+        The single-writer fast path: when the file ends where this object last saw it end
+        (one ``stat``), there is nothing new and the file is not opened; a buffered log
+        whose every field reads back from JSON as it is (`_replayable`: a parameter, a
+        state, an intermediate value, a bare new trial) is replayed without a parse. Other
+        logs are replayed from their JSON line, exactly as a reader of the file will.
+        """
         self._check_usable()
         if self._owner is None:
-            yield from super().read_logs(log_number_from)
+            if log_number_from == self._known_number and self._size() == self._known_offset:
+                return
+            read = 0
+            for log in super().read_logs(log_number_from):
+                read += 1
+                yield log
+            end = log_number_from + read
+            offset = self._log_number_offset.get(end)
+            if offset is not None and end >= self._known_number:
+                self._known_number, self._known_offset = end, offset
             return
-        base, lines = self._base_number, self._lines
+        base, lines, logs = self._base_number, self._lines, self._logs
         buffered = len(lines)
         if log_number_from < base:
             # The lock keeps the file at `base` lines; the slice only guards a generator
             # that is consumed after the group committed.
             yield from itertools.islice(super().read_logs(log_number_from), base - log_number_from)
-        for line in lines[max(log_number_from - base, 0) : buffered]:
-            # Replay what the file will hold (JSON turns tuples into lists, keys into str),
-            # exactly as a reader of the file will.
-            yield json.loads(line)
+        for i in range(max(log_number_from - base, 0), buffered):
+            plain = logs[i]
+            # Replay what the file will hold (JSON turns tuples into lists, keys into str).
+            yield plain if plain is not None else json.loads(lines[i])
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Buffer ``logs`` in the open group, or write them durably at once outside one."""
@@ -165,6 +184,7 @@ class GroupCommitJournalBackend(JournalFileBackend):
         owner = self._owner
         if owner == threading.get_ident():
             self._lines.extend(lines)
+            self._logs.extend(_replayable(log) for log in logs)
             return
         if owner is not None:
             raise RuntimeError("journal group open on another thread: write from that thread")
@@ -187,23 +207,27 @@ class GroupCommitJournalBackend(JournalFileBackend):
                         os.fsync(fd)
                     raise
                 self.commits += 1
+                if end == self._known_offset:  # nobody else wrote since: these follow ours
+                    self._advance(self._known_number, end, lines)
             finally:
                 os.close(fd)
         finally:
             self._write_lock.release()
 
     def _begin(self, owner: int) -> None:
-        """Count the file's complete lines (log numbers) and open the group for `owner`."""
+        """Count the file's complete lines (log numbers) and open the group for `owner`
+        (without opening the file when it ends where this object last saw it end)."""
         number, offset = self._known_number, self._known_offset
-        with open(self._path, "rb") as f:
-            f.seek(offset)
-            pos = offset
-            while chunk := f.read(_CHUNK):
-                newlines = chunk.count(b"\n")
-                if newlines:
-                    number += newlines
-                    offset = pos + chunk.rindex(b"\n") + 1
-                pos += len(chunk)
+        pos = offset
+        if self._size() != offset:
+            with open(self._path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(_CHUNK):
+                    newlines = chunk.count(b"\n")
+                    if newlines:
+                        number += newlines
+                        offset = pos + chunk.rindex(b"\n") + 1
+                    pos += len(chunk)
         self._known_number, self._known_offset = number, offset
         self._base_number, self._base_offset, self._entry_size = number, offset, pos
         self._lines = []
@@ -236,10 +260,13 @@ class GroupCommitJournalBackend(JournalFileBackend):
             self.commits += 1
         finally:
             os.close(fd)
-        # Record where each new line starts, so that Optuna's reader seeks straight to the
-        # next unread log instead of rereading the file from the top.
+        self._advance(self._base_number, self._base_offset, lines)
+
+    def _advance(self, number: int, offset: int, lines: list[bytes]) -> None:
+        """`lines` were written durably from log `number` at byte `offset`: record where each
+        starts, so that Optuna's reader seeks straight to the next unread log instead of
+        rereading the file from the top, and where the file now ends."""
         offsets = self._log_number_offset
-        number, offset = self._base_number, self._base_offset
         for line in lines:
             offsets[number] = offset
             number += 1
@@ -247,11 +274,55 @@ class GroupCommitJournalBackend(JournalFileBackend):
         offsets[number] = offset
         self._known_number, self._known_offset = number, offset
 
+    def _size(self) -> int:
+        try:
+            return os.stat(self._path).st_size
+        except FileNotFoundError:
+            return -1
+
     def _check_usable(self) -> None:
         if self._broken is not None:
             raise JournalGroupError(
                 f"a group commit to {self._path} failed; build a new storage"
             ) from self._broken
+
+
+#: The Optuna journal operations replayed without a JSON parse when every field is one of
+#: these (`_replayable`); the operation code and worker id come with every log.
+_PLAIN_FIELDS = {
+    4: frozenset({"study_id", "datetime_start"}),  # CREATE_TRIAL without a template trial
+    5: frozenset({"trial_id", "param_name", "param_value_internal", "distribution"}),
+    6: frozenset({"trial_id", "state", "values", "datetime_start", "datetime_complete"}),
+    7: frozenset({"trial_id", "step", "intermediate_value"}),
+}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _replayable(log: dict[str, Any]) -> dict[str, Any] | None:
+    """`log` as JSON gives it back (a new dict), when that needs no parse; else None.
+
+    Only the logs of `_PLAIN_FIELDS`, and only when every value is a plain scalar (exactly
+    `str`, `int`, `float`, `bool` or None: not a subclass such as numpy's float64, which
+    JSON turns into a float) or a list of them. An operation code or a state (`IntEnum`s) is
+    kept as its int, as JSON does; a float keeps its value through JSON (NaN and infinities too).
+    """
+    fields = _PLAIN_FIELDS.get(log.get("op_code"))  # type: ignore[arg-type]
+    if fields is None:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in log.items():
+        if key not in fields and key not in ("op_code", "worker_id"):
+            return None
+        kind = type(value)
+        if kind in _SCALARS:
+            out[key] = value
+        elif key in ("op_code", "state") and isinstance(value, int):
+            out[key] = int(value)
+        elif kind is list and all(type(item) in _SCALARS for item in value):
+            out[key] = list(value)
+        else:
+            return None
+    return out
 
 
 def _end_of_last_line(fd: int, size: int) -> int:

@@ -45,6 +45,9 @@ log = structlog.get_logger("hpod.bus")
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
 #: An event tries briefly, then waits in the outbox: it must not hold up its request.
 EVENT_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3}
+#: Seconds a pipelined batch of events waits for the broker's confirms before it is sent
+#: again one by one.
+PIPELINE_CONFIRM_SECONDS = 5.0
 
 
 class _Publisher:
@@ -55,6 +58,7 @@ class _Publisher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._conn: Connection | None = None
         self._producer: Producer | None = None
+        self._pipeline: _ConfirmPipeline | None = None
 
     async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run `fn` on this publisher's thread."""
@@ -71,9 +75,19 @@ class _Publisher:
             self._producer = conn.Producer()
         return self._producer
 
+    def pipeline(self) -> _ConfirmPipeline:
+        """A channel of this publisher's connection for pipelined confirmed publishes (on
+        the publishing thread only; RabbitMQ only)."""
+        if self._pipeline is None:
+            self.producer()
+            assert self._conn is not None
+            self._pipeline = _ConfirmPipeline(self._conn.connection.channel())
+        return self._pipeline
+
     def drop(self) -> None:
         """After a failed send (on the publishing thread): the next send connects afresh."""
         conn, self._conn, self._producer = self._conn, None, None
+        self._pipeline = None
         if conn is not None:
             try:
                 conn.release()
@@ -85,6 +99,72 @@ class _Publisher:
         self.executor.shutdown(wait=True)
         if self._conn is not None:
             self._conn.release()
+
+
+class _ConfirmPipeline:
+    """A py-amqp channel in confirm mode that publishes several messages, then waits once for
+    the broker's confirms of all of them.
+
+    A publish with confirms through kombu waits for each message's confirm before sending
+    the next: a round trip to RabbitMQ per message, a third of the wall time of a batched
+    study of trivial trials (one event per trial). Here the messages go out back to back and
+    the broker's acks, which come in order of its own, are counted against the channel's
+    delivery tags (1, 2, ... from `confirm_select`): the call returns when every message it
+    sent is confirmed, as many sequential confirmed publishes would.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        self._sent = 0  # delivery tag of the last message sent
+        self._confirmed = 0  # every tag up to this one is acked
+        self._acked: set[int] = set()  # acked tags above `_confirmed`
+        self._nacked = False
+        self._declared: set[str] = set()
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._confirmed = max(self._confirmed, tag)
+            self._acked = {t for t in self._acked if t > tag}
+        else:
+            self._acked.add(tag)
+        while self._confirmed + 1 in self._acked:
+            self._confirmed += 1
+            self._acked.discard(self._confirmed)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._nacked = True
+
+    def publish(self, exchange: str, messages: list[tuple[bytes, str]], timeout: float) -> None:
+        """Publish `messages` (body, routing key) to the topic `exchange`, persistent JSON,
+        and return once the broker confirmed all of them; raise if it refused one or did
+        not confirm within `timeout` seconds (then none of them counts as sent)."""
+        from amqp import Message  # type: ignore[import-untyped]
+
+        channel = self.channel
+        if exchange not in self._declared:
+            channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
+            self._declared.add(exchange)
+        for body, routing_key in messages:
+            message = Message(
+                body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+            )
+            channel._basic_publish(message, exchange=exchange, routing_key=routing_key)
+            self._sent += 1
+        deadline = time.monotonic() + timeout
+        connection = channel.connection
+        while self._confirmed < self._sent and not self._nacked:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the broker confirmed no publish for {timeout} s")
+            connection.drain_events(timeout=left)
+        if self._nacked:
+            raise RuntimeError("the broker refused (nacked) a published message")
 
 
 class Bus:
@@ -196,7 +276,21 @@ class Bus:
 
     def _send_events(self, bodies: list[tuple[bytes, str]], sent: list[int]) -> None:
         """Publish `bodies` in order (on the events thread), counting in `sent[0]` those the
-        broker has: on a fault the caller keeps the rest, from the one that failed."""
+        broker has: on a fault the caller keeps the rest, from the one that failed.
+
+        On RabbitMQ several events go out back to back, confirmed together
+        (`_ConfirmPipeline`); if that fails they are sent again one by one, with kombu's
+        retry (events are at least once: a consumer may see one twice after a fault)."""
+        if len(bodies) - sent[0] > 1 and not self._settings.embedded:
+            try:
+                self._events.pipeline().publish(
+                    events_exchange.name, bodies[sent[0] :], PIPELINE_CONFIRM_SECONDS
+                )
+                sent[0] = len(bodies)
+                return
+            except Exception as exc:
+                log.info("bus.pipeline_failed", error=repr(exc))
+                self._events.drop()
         for body, event_type in bodies[sent[0] :]:
             self._send_event(body, event_type)
             sent[0] += 1

@@ -17,8 +17,9 @@ studies and the most recently started finished ones (`max_finished_study_series`
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,6 +44,8 @@ ADVICE = {
 STAGES = tuple(ADVICE)
 #: The stages that are the daemon's own work on a trial (the `daemon` part of its time).
 DAEMON_STAGES = ("sampler", "dispatch", "storage", "policies")
+#: Result -> next dispatch latencies kept per study (the latest), for their quantiles.
+LATENCY_SAMPLES = 10_000
 
 
 class TimeBreakdown:
@@ -51,6 +54,9 @@ class TimeBreakdown:
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.trials = 0
+        #: Seconds from a worker's result reaching the study to the study's next task
+        #: reaching the broker (the tell, the next ask and its publish), latest last.
+        self.result_to_dispatch: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
     def add(self, stage: str, seconds: float) -> None:
         """Count `seconds` (negative values, from clock skew between hosts, count as 0)."""
@@ -85,9 +91,19 @@ class TimeBreakdown:
             "total_seconds": total,
             "trials": self.trials,
             "per_trial": self.per_trial(),
+            "result_to_dispatch": self.latency(),
             "bottleneck": stage,
             "verdict": verdict,
         }
+
+    def latency(self) -> dict[str, float] | None:
+        """Result -> next dispatch: median and 99th percentile in seconds over the latest
+        `LATENCY_SAMPLES` (None before one)."""
+        samples = sorted(self.result_to_dispatch)
+        if not samples:
+            return None
+        p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))]
+        return {"p50": statistics.median(samples), "p99": p99, "samples": len(samples)}
 
     def per_trial(self) -> dict[str, float] | None:
         """Mean seconds per told trial of each part of a trial's time (None before one).

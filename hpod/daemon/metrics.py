@@ -103,6 +103,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.result_to_dispatch = Histogram(
+            "hpod_result_to_dispatch_seconds",
+            "From a worker's result reaching its study to the study's next task reaching the "
+            "broker (tell, ask and publish).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.evaluation = Histogram(
             "hpod_evaluation_seconds",
             "Duration of an evaluation, as reported by the worker.",

@@ -25,6 +25,7 @@ import structlog
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage
+from optuna.study._tell import _tell_with_warning  # Study.tell minus its deep copy
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
@@ -177,22 +178,41 @@ class StudyStore:
     def _with_marks(
         self, marks: list[tuple[int, int]], fn: Callable[..., T], args: tuple[Any, ...]
     ) -> T:
-        """Write `marks`, then call `fn`, in one durable write group. Marks that did not
-        become durable (their write, or the group's commit, failed) wait for the next call."""
+        """Call `fn`, then write `marks`, in one durable write group. Marks that did not
+        become durable (their write, or the group's commit, failed) wait for the next call.
+
+        A trial that `fn` told (its result came back before its mark was written: a fast
+        trial's tell) needs no mark: it is finished in the same durable write, and the mark
+        is left out of the journal (one storage operation fewer per such trial). On a
+        database the marks go first, each in its own transaction, as before."""
         written = False
         try:
             with storage_group(self.storage):
-                for trial_id, attempt in marks:
-                    with contextlib.suppress(KeyError):  # a trial a failed write lost
-                        self.mark_dispatched(trial_id, attempt)
-                written = True
-                return fn(*args)
+                if self._journal() is None:  # a database: each mark its own transaction
+                    self._write_marks(marks)
+                    written = True
+                    return fn(*args)
+                try:
+                    return fn(*args)
+                finally:
+                    self._write_marks(marks)
+                    written = True
         except BaseException:
             journal = self._journal()
             if not written or (journal is not None and journal.broken):
                 with self._marks_lock:
                     self._marks[:0] = marks
             raise
+
+    def _write_marks(self, marks: list[tuple[int, int]]) -> None:
+        """Write dispatch marks; on a journal, not those of trials already finished (its
+        in-memory view says so without a read)."""
+        journal = self._journal() is not None
+        for trial_id, attempt in marks:
+            with contextlib.suppress(KeyError):  # a trial a failed write lost
+                if journal and self.storage.get_trial(trial_id).state in FINISHED:
+                    continue
+                self.mark_dispatched(trial_id, attempt)
 
     def mark_dispatched_soon(self, trial_ids: list[int], attempt: int) -> None:
         """On the event loop: record that these trials' task reached the broker (so a restart
@@ -624,7 +644,13 @@ class StudyStore:
             self.storage.set_trial_user_attr(frozen._trial_id, ERROR_ATTR, error)
             state, values = "failed", None
         tell_values = values if state == "complete" else None
-        return study.tell(number, tell_values, state=STATES[state], skip_if_finished=True)
+        # Optuna's own tell, without `Study.tell`'s deep copy of the trial it returns (a
+        # third of a trivial trial's tell, its `hpod:cost` attribute copied key by key): the
+        # storage's trial is returned as it is. The journal replaces a trial's object on
+        # every change rather than editing it, and a database storage builds a new one per
+        # read, so it stays as told; the daemon only reads it.
+        _tell_with_warning(study, number, tell_values, state=STATES[state], skip_if_finished=True)
+        return self.storage.get_trial(frozen._trial_id)
 
     def tell_many(
         self, spec: StudySpec, outcomes: list[Outcome], owe_events: bool = False

@@ -244,6 +244,8 @@ class StudyRun:
         self.policies = policies
         self.metrics = metrics
         self.timings = timings
+        #: When the first worker result since the last dispatch arrived (perf_counter).
+        self._result_at: float | None = None
         self.inflight: dict[int, InFlight] = {}
         #: Continued trials waiting at a rung (not in flight), by number.
         self.paused_trials: dict[int, AskedTrial] = {}
@@ -661,6 +663,11 @@ class StudyRun:
         self._published(flights, time.perf_counter() - publish_started, time.time())
         if asked_at is not None:
             self.metrics.dispatch_latency.observe(time.perf_counter() - asked_at)
+        if self._result_at is not None:
+            latency = time.perf_counter() - self._result_at
+            self._result_at = None
+            self.timings.result_to_dispatch.append(latency)
+            self.metrics.result_to_dispatch.observe(latency)
         # Durable with the next storage write (`StudyStore.mark_dispatched_soon`).
         self.store.mark_dispatched_soon([asked.trial_id for asked, _ in trials], attempt)
 
@@ -860,6 +867,8 @@ class StudyRun:
         Results from a message need no note: the message is acknowledged after the events,
         and a redelivered one republishes them (`StudyManager.on_worker_result`).
         """
+        if not owed and self._result_at is None:
+            self._result_at = time.perf_counter()  # until the next dispatch (`_dispatch`)
         given = [r.number for r in results]
         paused = [r for r in results if r.state == "paused"]
         if paused:

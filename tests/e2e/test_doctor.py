@@ -52,8 +52,13 @@ def check_doctor(daemon: Daemon, name: str) -> None:
     assert report["trials"] == 6
     assert report["bottleneck"] in STAGES
     assert report["verdict"].startswith(f"bottleneck: {report['bottleneck']} (")
+    # Each result but the last was followed by a dispatch (fewer: results that came together).
+    latency = report["result_to_dispatch"]
+    assert 1 <= latency["samples"] <= 5
+    assert 0 < latency["p50"] <= latency["p99"]
     out = hpod(daemon, "doctor", name)
     assert report["verdict"] in out
+    assert f"({latency['samples']} dispatches)" in out
     assert all(stage in out for stage in STAGES)
 
 

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 FAMILIES = {
     "hpod_trials",
     "hpod_dispatch_latency_seconds",
+    "hpod_result_to_dispatch_seconds",
     "hpod_evaluation_seconds",
     "hpod_queue_wait_seconds",
     "hpod_trial_time_seconds",

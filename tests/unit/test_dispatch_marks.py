@@ -76,3 +76,26 @@ async def test_a_restart_waits_for_a_marked_trial_instead_of_dispatching_it_agai
         assert again == []
     finally:
         await second.close()
+
+
+async def test_a_trial_told_in_the_write_its_mark_rides_on_gets_no_mark(
+    daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the journal, the mark of a trial told before it was written is left out (the trial
+    is finished in that same durable write); the mark of a trial still running is written."""
+    from hpod.daemon import store as store_module
+    from hpod.daemon.studies import Result
+
+    monkeypatch.setattr(store_module, "MARK_DELAY", 3600.0)  # marks wait for the next write
+    published = _record_dispatches(daemon, monkeypatch)
+    spec = StudySpec.model_validate(quadratic("t", trials=2, max_concurrent=2))
+    await daemon.manager.create(spec)
+    await daemon.until(lambda: len(published) == 2)
+    run = daemon.manager.runs["t"]
+    ids = {n: flight.trial.trial_id for n, flight in run.inflight.items()}
+    # Trial 0's mark rode on trial 1's ask; trial 1's waits for the next write (read here
+    # without a storage call, which would carry it).
+    assert daemon.store._marks == [(ids[1], 1)]
+    daemon.store.mark_dispatched_soon([ids[0]], 2)  # as a re-dispatch of trial 0 would
+    assert await run.on_results([Result(1, "complete", [1.0])]) == [True]
+    assert await _marks(daemon, spec) == {0: 2, 1: None}

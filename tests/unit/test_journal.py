@@ -331,3 +331,98 @@ class TestStorageGroup:
         storage = make_storage(f"journal://{tmp_path / 'j.log'}")
         assert isinstance(storage, JournalStorage)
         assert isinstance(storage._backend, GroupCommitJournalBackend)
+
+
+class TestSingleWriterFastPath:
+    """Logs replayed without a parse, reads skipped when the file has not grown: what the
+    writer holds in memory is what plain Optuna reads from the file."""
+
+    def trials_of_every_kind(self, study: optuna.Study) -> None:
+        """Trials through every replayed operation, and through the parsed ones."""
+        storage = study._storage
+        with storage_group(storage):
+            for i in range(6):
+                trial = study.ask()
+                trial.suggest_float("x", -1.0, 1.0)
+                trial.suggest_int("n", 1, 9)
+                trial.suggest_categorical("c", ["a", "b", None])
+                trial.report(0.5 * i, step=i)
+                trial.set_user_attr("cost", {"rungs": (0.25, 1.0), "time": {"eval": 0.1}})
+                if i % 3 == 0:
+                    study.tell(trial, float(i))
+                elif i % 3 == 1:
+                    study.tell(trial, state=TrialState.PRUNED)
+                else:
+                    study.tell(trial, state=TrialState.FAIL)
+        enqueued = optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions={"x": optuna.distributions.FloatDistribution(-1.0, 1.0)},
+            value=2.0,
+            intermediate_values={3: 1.0},
+        )
+        study.add_trial(enqueued)  # a template trial: a parsed log
+        with storage_group(storage):  # outside a group's first read: the stat path
+            trial = study.ask()
+            trial.suggest_float("x", -1.0, 1.0)
+        study.tell(trial, float("inf"))  # ungrouped: one durable append
+
+    def test_the_writers_view_is_the_files(self, tmp_path: Path) -> None:
+        path = tmp_path / "j.log"
+        study = new_study(grouping_storage(path))
+        self.trials_of_every_kind(study)
+        mine = study.get_trials(deepcopy=False)
+        assert len(mine) == 8
+        assert summary(mine) == summary(fresh_trials(path))
+        assert [t.intermediate_values for t in mine] == [
+            t.intermediate_values for t in fresh_trials(path)
+        ]
+        # As JSON gives them back: a tuple is a list, an int key a str.
+        assert mine[0].user_attrs["cost"] == {"rungs": [0.25, 1.0], "time": {"eval": 0.1}}
+
+    def test_a_restarted_writer_reads_the_same_and_goes_on(self, tmp_path: Path) -> None:
+        path = tmp_path / "j.log"
+        first = new_study(grouping_storage(path))
+        self.trials_of_every_kind(first)
+        before = summary(first.get_trials(deepcopy=False))
+        # A restart: a new storage (as the daemon builds) reads the file, then writes on.
+        again = optuna.load_study(
+            study_name="s",
+            storage=grouping_storage(path),
+            sampler=optuna.samplers.RandomSampler(seed=2),
+        )
+        assert summary(again.get_trials(deepcopy=False)) == before
+        with storage_group(again._storage):
+            run_trials(again, 3, who="restarted")
+        assert summary(again.get_trials(deepcopy=False)) == summary(fresh_trials(path))
+        assert len(fresh_trials(path)) == 11
+
+    def test_a_write_by_another_process_is_read(self, tmp_path: Path) -> None:
+        """The stat check sees the file grow: the fast path never hides another writer."""
+        path = tmp_path / "j.log"
+        study = new_study(grouping_storage(path))
+        run_trials(study, 2)
+        assert len(study.get_trials(deepcopy=False)) == 2
+        child = start_child(path)
+        try:
+            send(child, "3")
+            assert expect(child.stdout) == "done"
+        finally:
+            stop(child)
+        trials = study.get_trials(deepcopy=False)
+        assert [t.user_attrs["who"] for t in trials] == ["main"] * 2 + ["child"] * 3
+        assert summary(trials) == summary(fresh_trials(path))
+
+    def test_only_logs_json_gives_back_unchanged_skip_the_parse(self) -> None:
+        import numpy as np
+
+        from hpod.journal import _replayable
+
+        param = {"op_code": 5, "worker_id": "w", "trial_id": 1, "param_name": "x"}
+        param |= {"param_value_internal": 0.5, "distribution": "{}"}
+        assert _replayable(param) == param
+        state = {"op_code": 6, "worker_id": "w", "trial_id": 1, "values": [1.0]}
+        assert _replayable(state | {"state": TrialState.COMPLETE}) == state | {"state": 1}
+        assert _replayable(param | {"param_value_internal": np.float64(0.5)}) is None
+        assert _replayable(state | {"values": (1.0,)}) is None
+        attr = {"op_code": 8, "worker_id": "w", "trial_id": 1, "user_attr": {"a": 1}}
+        assert _replayable(attr) is None  # user attributes: any JSON, always parsed

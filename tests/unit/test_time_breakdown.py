@@ -23,6 +23,16 @@ class TestTimeBreakdown:
         assert report["verdict"].startswith("bottleneck: evaluation (75% of the time)")
         assert set(report["seconds"]) == set(STAGES)
 
+    def test_result_to_dispatch_quantiles_over_the_latest_samples(self) -> None:
+        """p50 and p99 of the result -> next dispatch latencies; none before the first."""
+        timings = TimeBreakdown()
+        assert timings.report()["result_to_dispatch"] is None
+        timings.result_to_dispatch.extend(i / 1000 for i in range(1, 201))  # 1..200 ms
+        latency = timings.report()["result_to_dispatch"]
+        assert latency["p50"] == pytest.approx(0.1005)
+        assert latency["p99"] == pytest.approx(0.199)
+        assert latency["samples"] == 200
+
     def test_nothing_measured_names_no_bottleneck(self) -> None:
         """An empty breakdown says so instead of naming a stage."""
         report = TimeBreakdown().report()
