@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -32,6 +33,21 @@ BUDGET = 0.6
 SLOTS = 2
 
 
+def budget_spec(name: str, objective: str) -> dict[str, Any]:
+    """A study of `objective` whose CPU budget is a fraction of one trial's cost, with no
+    pruner and a seeded random sampler: only the allowance can stop its trials."""
+    return {
+        "name": name,
+        "objective": objective,
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "budget": {"cpu_seconds": BUDGET, "trials": 50},
+        "max_concurrent": SLOTS,
+        "mode": "thorough",
+        "pruner": {"name": "none"},
+        "sampler": {"name": "random", "seed": 1},
+    }
+
+
 @pytest.mark.parametrize("objective", ["burn_reporting", "burn_silent"])
 def test_a_study_stops_near_its_cpu_budget(
     start_daemon: DaemonFactory,
@@ -49,16 +65,7 @@ def test_a_study_stops_near_its_cpu_budget(
     daemon = start_daemon("--no-workers", broker_url=rabbitmq, objectives=OBJECTIVES)
     start_worker(daemon.env, concurrency=SLOTS)
     name = f"budget-stop-{objective}"
-    spec = {
-        "name": name,
-        "objective": objective,
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "budget": {"cpu_seconds": BUDGET, "trials": 50},
-        "max_concurrent": SLOTS,
-        "mode": "thorough",
-        "pruner": {"name": "none"},
-        "sampler": {"name": "random", "seed": 1},
-    }
+    spec = budget_spec(name, objective)
     status, reply = daemon.request("POST", "/studies", spec)
     assert status == 201, reply
     final = daemon.wait_study(name, timeout=120)
@@ -92,16 +99,7 @@ def test_a_trial_stuck_in_one_call_into_c_is_ended_with_its_process(
     daemon = start_daemon("--no-workers", broker_url=rabbitmq, objectives=OBJECTIVES)
     start_worker(daemon.env, concurrency=SLOTS)
     name = "budget-stop-in-c"
-    spec = {
-        "name": name,
-        "objective": "burn_in_c",
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "budget": {"cpu_seconds": BUDGET, "trials": 50},
-        "max_concurrent": SLOTS,
-        "mode": "thorough",
-        "pruner": {"name": "none"},
-        "sampler": {"name": "random", "seed": 1},
-    }
+    spec = budget_spec(name, "burn_in_c")
     assert daemon.request("POST", "/studies", spec)[0] == 201
     final = daemon.wait_study(name, timeout=120)
     assert final["state"] == "completed"
