@@ -116,12 +116,19 @@ def was_dropped(trial: optuna.trial.FrozenTrial) -> bool:
     return DROPPED_ATTR in trial.user_attrs
 
 
+def state_name(trial: optuna.trial.FrozenTrial) -> str:
+    """A trial's state as hpod shows it (status counts, the trials route, the web page):
+    Optuna's state name in lower case, but ``dropped`` rather than ``fail`` for a transferred
+    trial dropped before it was asked."""
+    return "dropped" if was_dropped(trial) else trial.state.name.lower()
+
+
 def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    """A study's trials by state as its status shows them (Optuna's state names, lower
-    case), the dropped transferred ones apart as ``dropped``, not ``fail``."""
+    """A study's trials by state as its status shows them (`state_name`): the dropped
+    transferred ones apart as ``dropped``, not ``fail``."""
     counts: dict[str, int] = {}
     for trial in trials:
-        state = "dropped" if was_dropped(trial) else trial.state.name.lower()
+        state = state_name(trial)
         counts[state] = counts.get(state, 0) + 1
     return counts
 

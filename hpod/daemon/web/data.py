@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpod.daemon.store import StudyStore
 from hpod.engine import COST_ATTR, ERROR_ATTR
 from hpod.schema import StudySpec
-from hpod.transfer.store import TRANSFERRED_ATTR
+from hpod.transfer.store import TRANSFERRED_ATTR, state_name
 
 #: Most trials one GET /studies/{name}/trials answers with; a client pages on with `from`.
 MAX_TRIALS_PER_PAGE = 5000
@@ -50,11 +50,12 @@ def _when(moment: datetime | None) -> str | None:
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
-    """One trial as the page shows it."""
+    """One trial as the page shows it; a transferred trial dropped before it was asked (stored
+    as FAIL) shows as ``dropped``, as in the status counts (`state_name`)."""
     duration = trial.duration.total_seconds() if trial.duration is not None else None
     return {
         "number": trial.number,
-        "state": trial.state.name.lower(),
+        "state": state_name(trial),
         "values": None if trial.values is None else [_finite(v) for v in trial.values],
         "params": trial.params,
         "intermediate": [
@@ -101,7 +102,7 @@ def read_trials(
             trials.append(storage.get_trial(trial_id))
     else:
         trials = [t for t in store.trials(spec) if t.number >= first]
-    selected = [t for t in trials if state is None or t.state.name.lower() == state]
+    selected = [t for t in trials if state is None or state_name(t) == state]
     page = selected[:limit]
     unfinished = [t.number for t in page if not t.state.is_finished()]
     if unfinished:

@@ -35,7 +35,7 @@ STATIC = Path(__file__).parent / "static"
 #: Files of `STATIC` served under /static/ (the HTML shells are served only as pages).
 SERVED_SUFFIXES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 PLOTLY = "plotly.min.js"
-TRIAL_STATES = ("complete", "pruned", "fail", "running", "waiting")
+TRIAL_STATES = ("complete", "pruned", "fail", "running", "waiting", "dropped")
 
 #: No request leaves the daemon's origin. Plotly needs inline styles, and its WebGL plots
 #: (parallel coordinates) compile functions from strings ('unsafe-eval').

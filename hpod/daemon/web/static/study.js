@@ -20,7 +20,7 @@
   const IMPORTANCE_MS = 5000;
   const INFLIGHT_POLL_MS = 5000;
   const REREAD_WINDOW = 200;
-  const FINISHED = new Set(["complete", "pruned", "fail"]);
+  const FINISHED = new Set(["complete", "pruned", "fail", "dropped"]);
   const EVENT_STATES = { "trial.completed": "complete", "trial.pruned": "pruned", "trial.failed": "fail" };
   const COLORS = { complete: "#2f6fde", pruned: "#e8871e", fail: "#d64545", running: "#2a9d5c", waiting: "#8a94a6", best: "#10284f" };
   const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"] };
@@ -298,7 +298,7 @@
    *  pruned trials and cache hits at zero included), in the order trials finished. */
   function renderCompute(rows) {
     const k = objective;
-    const finished = rows.filter((t) => FINISHED.has(t.state) && t.datetime_complete)
+    const finished = rows.filter((t) => FINISHED.has(t.state) && t.state !== "dropped" && t.datetime_complete)
       .sort((a, b) => (a.datetime_complete < b.datetime_complete ? -1 : a.datetime_complete > b.datetime_complete ? 1 : a.number - b.number));
     const xs = [], ys = [], text = [];
     let spent = 0, best = null;
