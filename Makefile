@@ -31,12 +31,12 @@ lint: install
 
 # The benchmarks write their tables into docs/benchmarks.md: core and quality about 50
 # minutes; savings (10 seeds, one and four workers) several hours on 2 cores; transfer (10
-# seeds, about 25 CPU minutes) half an hour on 2 cores.
+# sequences, without and with the prior, about 20 CPU minutes) 20 to 45 minutes on 2 cores.
 bench: install
 	$(PY) bench/core.py
 	$(PY) bench/quality.py
 	$(PY) bench/savings.py
-	$(PY) bench/transfer.py --seeds 10 --trials 30 --write
+	$(PY) bench/transfer.py --seeds 10 --trials 30 --both --write
 
 # The strategy policy: train the shipped weights (seeded: the same weights every time), then
 # judge them on the frozen held-out suite, 30 seeds; the tables go into docs/benchmarks.md.

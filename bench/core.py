@@ -127,6 +127,8 @@ def create_message(
         "max_concurrent": concurrent,
         "sampler": {"name": sampler, "seed": 0},
         "mode": mode,
+        # Every study is of the same space: off, none takes enqueued trials from the last.
+        "transfer": "off",
     }
     if objective:
         study["objective"] = objective
@@ -454,6 +456,7 @@ def hpod_wallclock(
         "max_concurrent": workers,
         "sampler": {"name": sampler, "seed": 0},
         "mode": "bench-unbatched",
+        "transfer": "off",  # cold, as plain Optuna's runs (no trial from the last study)
     }
     if amqp is not None:
         # The end is read from the broker's events exchange, which the daemon publishes to

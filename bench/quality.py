@@ -61,6 +61,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpod.client import Client
 from hpod.engine import COST_ATTR, make_storage
 from hpod.modes import ALL_POLICIES, load_modes
+from hpod.transfer.store import was_dropped
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -450,7 +451,9 @@ class Run:
 
 
 def study_spec(task: Task, config: str, seed: int, name: str, budget: int) -> dict[str, Any]:
-    """The study: only its name, mode and sampler seed differ between runs of a task."""
+    """The study: only its name, mode and sampler seed differ between runs of a task.
+    Transfer is off: with the default (``auto``) each seed's study would warm-start from the
+    earlier seeds' studies of the same task, and this benchmark compares cold studies."""
     spec: dict[str, Any] = {
         "name": name,
         "objective": task.objective,
@@ -460,13 +463,18 @@ def study_spec(task: Task, config: str, seed: int, name: str, budget: int) -> di
         "budget": {"trials": budget},
         "mode": config,
         "sampler": {"seed": seed},
+        "transfer": "off",
     }
     return spec
 
 
 def curve(trials: Sequence[FrozenTrial]) -> tuple[list[dict[str, Any]], list[str]]:
     """The finished trials in completion order with running compute and best; anomalies."""
-    finished = [t for t in trials if t.state.is_finished() and t.datetime_complete is not None]
+    finished = [
+        t
+        for t in trials
+        if t.state.is_finished() and t.datetime_complete is not None and not was_dropped(t)
+    ]
     finished.sort(key=lambda t: (t.datetime_complete, t.number))
     rows: list[dict[str, Any]] = []
     anomalies: list[str] = []

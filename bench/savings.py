@@ -2,7 +2,8 @@
 
 Every configuration runs as a study of one `hpod run` daemon (embedded broker, journal
 storage, `--workers` local worker processes, as many trials in flight), on the same tasks,
-seeds and parallelism, and every study gets the same budget in compute: ``budget.cpu_seconds``
+seeds and parallelism, transfer off (each study starts cold: no warm start from an earlier
+seed's study of the task), and every study gets the same budget in compute: ``budget.cpu_seconds``
 = the task's full evaluations N * the CPU seconds of one full evaluation (measured by an
 unmeasured warm-up study per task). So a configuration that prunes or caches runs more
 trials, one that does not runs about N, and none is favoured by a trial count.
@@ -66,6 +67,7 @@ from quality import (
 from hpod.client import Client
 from hpod.engine import COST_ATTR, make_storage
 from hpod.modes import ALL_POLICIES
+from hpod.transfer.store import was_dropped
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -376,6 +378,8 @@ class BenchDaemon(Daemon):
     def __init__(self, modes_file_text: str, log_copy: Path, workers: int) -> None:
         super().__init__(modes_file_text, log_copy)
         self.workers = workers
+        #: The largest tree CPU seen so far (`tree_cpu` never goes back).
+        self._cpu_seen = 0.0
 
     def env(self) -> dict[str, str]:
         """The daemon's environment, as quality.py's, with the pool size and objectives."""
@@ -388,20 +392,28 @@ class BenchDaemon(Daemon):
         return env
 
     def tree_cpu(self) -> float:
-        """CPU seconds of the daemon and its live descendants (the local workers)."""
+        """CPU seconds of the daemon and every descendant it ever had (the local workers).
+
+        Each live process counts its own CPU plus that of the children it has reaped
+        (``children_user``/``children_system``, which the kernel adds up transitively), so a
+        worker process that exited (one ended at its CPU allowance, a recycled child) stays in
+        the sum. Only a child not yet reaped is missing for a moment: the result is kept
+        monotone so that moment cannot show as negative CPU.
+        """
         if self.proc is None:
             return 0.0
         try:
             root = psutil.Process(self.proc.pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
-            return 0.0
+            return self._cpu_seen
         total = 0.0
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+                total += times.user + times.system + times.children_user + times.children_system
+        self._cpu_seen = max(self._cpu_seen, total)
+        return self._cpu_seen
 
 
 @contextlib.contextmanager
@@ -498,7 +510,12 @@ def study_spec(
     workers: int,
     quick: bool,
 ) -> dict[str, Any]:
-    """The study: only its name, mode, strategy and sampler seed differ within a task."""
+    """The study: only its name, mode, strategy and sampler seed differ within a task.
+
+    Transfer is off: every study is of the same task, so with the default (``auto``) each
+    seed's study would warm-start from the earlier seeds' and the warm-up's (every
+    configuration, plain TPE included), and this benchmark measures cold compute against
+    plain Optuna; transfer is measured by bench/transfer.py."""
     return {
         "name": name,
         "objective": task.objective,
@@ -510,6 +527,7 @@ def study_spec(
         "strategy": config.strategy,
         "max_concurrent": workers,
         "sampler": {"seed": seed},
+        "transfer": "off",
     }
 
 
@@ -519,8 +537,13 @@ def task_kwargs(task: Task, quick: bool) -> dict[str, Any]:
 
 
 def curve(trials: Sequence[optuna.trial.FrozenTrial], created: float) -> list[dict[str, Any]]:
-    """Finished trials in completion order with cumulative CPU, time and running best."""
-    finished = [t for t in trials if t.state.is_finished() and t.datetime_complete is not None]
+    """Finished trials in completion order with cumulative CPU, time and running best (a
+    transferred trial dropped before it was asked never ran: not one of them)."""
+    finished = [
+        t
+        for t in trials
+        if t.state.is_finished() and t.datetime_complete is not None and not was_dropped(t)
+    ]
     finished.sort(key=lambda t: (t.datetime_complete, t.number))
     rows, cum, best = [], 0.0, math.inf
     for t in finished:

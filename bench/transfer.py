@@ -79,6 +79,7 @@ from hpod.policies import PolicyChain  # noqa: E402
 from hpod.policies.compose import resolve_plan  # noqa: E402
 from hpod.policies.plan import Plan  # noqa: E402
 from hpod.schema import Budget, StudySpec  # noqa: E402
+from hpod.transfer.memory import MEMORY_ATTR  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -101,11 +102,22 @@ DATASETS: list[dict[str, Any]] = [
     {"sample": 4, "n_samples": 1400, "positive_share": 0.35},
     {"sample": 5, "n_samples": 1000, "positive_share": 0.55},
 ]
+#: Rows each data set is validated on (other rows of the pool than its training rows). A
+#: quarter of the data set (200 to 350 rows, the design measured before) made each data set's
+#: measured optimum mostly the noise of its split (docs/benchmarks.md).
+VALIDATION_ROWS = 5000
 OBJECTIVE = "gradient_boosting_shifted"
 CONTROL = 9  # the control's key in the run tables
 SECTION = "transfer"
 
 Objective = Callable[[dict[str, Any], dict[str, Any]], float]
+
+
+def study_seed(seed: int, d: int) -> int:
+    """The samplers' seed of data set `d`'s studies (plain, hpod cold, hpod warm: the same,
+    so they pair) in sequence `seed`: another one per data set, so that a warm study's own
+    random trials are not the very configurations its sources tried."""
+    return 10 * seed + d
 
 
 @lru_cache(maxsize=1)
@@ -120,23 +132,24 @@ def _pool() -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=8)
 def _dataset(sample: int, n_samples: int, positive_share: float) -> tuple[np.ndarray, ...]:
-    """`n_samples` rows of the pool, `positive_share` of them of class 1, drawn with seed
-    `sample`, split 75/25 (stratified)."""
-    from sklearn.model_selection import train_test_split
-
+    """A data set of the sequence, drawn with seed `sample` from the pool, `positive_share`
+    of its rows of class 1: `n_samples` training rows and `VALIDATION_ROWS` other rows to
+    validate on (the same class balance), as (x_train, x_val, y_train, y_val)."""
     x, y = _pool()
     rng = np.random.default_rng(sample)
-    positives = round(n_samples * positive_share)
-    rows = np.concatenate(
+    ones = rng.permutation(np.flatnonzero(y == 1))
+    zeros = rng.permutation(np.flatnonzero(y == 0))
+    train_ones = round(n_samples * positive_share)
+    val_ones = round(VALIDATION_ROWS * positive_share)
+    train_zeros, val_zeros = n_samples - train_ones, VALIDATION_ROWS - val_ones
+    train = np.concatenate([ones[:train_ones], zeros[:train_zeros]])
+    val = np.concatenate(
         [
-            rng.choice(np.flatnonzero(y == 1), positives, replace=False),
-            rng.choice(np.flatnonzero(y == 0), n_samples - positives, replace=False),
+            ones[train_ones : train_ones + val_ones],
+            zeros[train_zeros : train_zeros + val_zeros],
         ]
     )
-    parts = train_test_split(
-        x[rows], y[rows], test_size=0.25, random_state=sample, stratify=y[rows]
-    )
-    return tuple(parts)
+    return x[train], x[val], y[train], y[val]
 
 
 def boosting(params: dict[str, Any], kwargs: dict[str, Any]) -> float:
@@ -223,7 +236,7 @@ def run_plain(
     objective: Objective, kwargs: dict[str, Any], seed: int, trials: int, count: bool, d: int
 ) -> Run:
     """Plain Optuna: its default sampler (TPE) with the seed, in memory."""
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=study_seed(seed, d)))
     spec = StudySpec.model_validate(
         {"name": "plain", "space": SPACE, "budget": {"trials": trials}}, strict=False
     )
@@ -242,6 +255,30 @@ def run_plain(
     return run
 
 
+def spec_of(
+    name: str,
+    objective_name: str,
+    kwargs: dict[str, Any],
+    seed: int,
+    trials: int,
+    transfer: str | list[str],
+    d: int,
+) -> StudySpec:
+    """The spec of one hpod study of the benchmark."""
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "objective": objective_name,
+            "objective_kwargs": kwargs,
+            "space": SPACE,
+            "budget": {"trials": trials},
+            "sampler": {"seed": study_seed(seed, d)},
+            "transfer": transfer,
+        },
+        strict=False,
+    )
+
+
 async def run_hpod(
     store: StudyStore,
     name: str,
@@ -254,26 +291,16 @@ async def run_hpod(
     count: bool,
     kind: str,
     d: int,
+    prior: bool = False,
 ) -> Run:
     """One study as the daemon runs it (one trial at a time), in the `MODE` mode's plan (its
-    sampler, its `transfer_share`): the daemon's `TransferDriver` plans and enqueues the
-    transfer at the start and gives the prior to the sampler, judges before each ask, writes
-    the memory at the end."""
-    spec = StudySpec.model_validate(
-        {
-            "name": name,
-            "objective": objective_name,
-            "objective_kwargs": kwargs,
-            "space": SPACE,
-            "budget": {"trials": trials},
-            "sampler": {"seed": seed},
-            "transfer": transfer,
-        },
-        strict=False,
-    )
+    sampler, its `transfer_share`; `prior`: its `transfer_prior` knob on): the daemon's
+    `TransferDriver` plans and enqueues the transfer at the start and gives the prior to the
+    sampler, judges before each ask, writes the memory at the end."""
+    spec = spec_of(name, objective_name, kwargs, seed, trials, transfer, d)
     assert store.create(spec)
     plan = replace(
-        resolve_plan(spec, MODE, load_modes(None)[MODE]), parallelism=1, transfer_prior=PRIOR
+        resolve_plan(spec, MODE, load_modes(None)[MODE]), parallelism=1, transfer_prior=prior
     )
     store.set_plan(spec, plan)
     loop = Loop(name, spec, store, plan, spec.budget, NoEvents(), PolicyChain([]))
@@ -309,43 +336,74 @@ async def run_hpod(
 Runs = dict[tuple[str, int, int], Run]  # (kind, data set, seed)
 
 
-async def run_seed(tmp: Path, seed: int, trials: int, runs: Runs, started: float) -> None:
-    """One seed's sequence: warm studies in one storage (each later study learns, `auto`,
-    from the memories of the earlier ones there), hpod cold ones with transfer off in another
-    (so no warm study learns from a cold run on its own data set); plain Optuna in memory;
-    then the control."""
-    warm_store = StudyStore(f"journal://{tmp}/warm-{seed}.journal")
+async def run_seed(
+    tmp: Path,
+    seed: int,
+    trials: int,
+    runs: Runs,
+    started: float,
+    variants: list[str],
+    cold: bool = False,
+) -> None:
+    """One seed's sequence: for each variant of warm studies ("warm": transfer as the
+    packaged modes have it; "prior": with the `transfer_prior` knob on) a storage where each
+    later study learns, `auto`, from the memories of the earlier ones; hpod cold studies with
+    transfer off in another (so no warm study learns from a cold run on its own data set);
+    plain Optuna in memory; then the control. The first study of the sequence is the same
+    for every variant: it is run once, and its memory copied into the other storages.
+
+    Without `cold`, hpod cold runs are not made again: with the same seed they are plain
+    Optuna's runs, trial for trial (Optuna's default TPE is multivariate, as the `balanced`
+    mode's; checked on every pair of 50 and of 12 in two earlier runs), so plain's runs stand
+    for them."""
     cold_store = StudyStore(f"journal://{tmp}/cold-{seed}.journal")
+    stores = {v: StudyStore(f"journal://{tmp}/{v}-{seed}.journal") for v in variants}
     try:
         for d, kwargs in enumerate(DATASETS):
             runs["plain", d, seed] = run_plain(boosting, kwargs, seed, trials, False, d)
             if d == 0:  # nothing to learn from yet: the first warm study is a cold one
-                runs["warm", d, seed] = runs["cold", d, seed] = await run_hpod(
-                    warm_store, f"warm-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
+                first, *others = variants
+                run = await run_hpod(
+                    stores[first], "warm-0", boosting, OBJECTIVE, kwargs, seed, trials,
                     "auto", False, "cold", d,
                 )  # fmt: skip
+                runs["cold", d, seed] = run
+                memory = stores[first].study_attrs("warm-0")[MEMORY_ATTR]
+                for v in variants:
+                    runs[v, d, seed] = run
+                for v in others:
+                    stores[v].create(spec_of("warm-0", OBJECTIVE, kwargs, seed, trials, "auto", d))
+                    stores[v].set_attr("warm-0", MEMORY_ATTR, memory)
             else:
-                runs["cold", d, seed] = await run_hpod(
-                    cold_store, f"cold-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
-                    "off", False, "cold", d,
-                )  # fmt: skip
-                runs["warm", d, seed] = await run_hpod(
-                    warm_store, f"warm-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
-                    "auto", False, "warm", d,
-                )  # fmt: skip
+                runs["cold", d, seed] = runs["plain", d, seed]
+                if cold:
+                    runs["cold", d, seed] = await run_hpod(
+                        cold_store, f"cold-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
+                        "off", False, "cold", d,
+                    )  # fmt: skip
+                for v in variants:
+                    runs[v, d, seed] = await run_hpod(
+                        stores[v], f"warm-{d}", boosting, OBJECTIVE, kwargs, seed, trials,
+                        "auto", False, v, d, prior=v == "prior",
+                    )  # fmt: skip
             print(f"seed {seed} data set {d}: done ({time.time() - started:.0f} s)", flush=True)
         runs["plain", CONTROL, seed] = run_plain(bowl, {}, seed, trials, True, CONTROL)
-        runs["cold", CONTROL, seed] = await run_hpod(
-            cold_store, "control", bowl, OBJECTIVE, {}, seed, trials, "off", True, "cold", CONTROL
-        )
+        runs["cold", CONTROL, seed] = runs["plain", CONTROL, seed]
+        if cold:
+            runs["cold", CONTROL, seed] = await run_hpod(
+                cold_store, "control", bowl, OBJECTIVE, {}, seed, trials, "off", True, "cold",
+                CONTROL,
+            )  # fmt: skip
         names = [f"warm-{d}" for d in range(len(DATASETS))]
-        runs["warm", CONTROL, seed] = await run_hpod(
-            warm_store, "control", bowl, OBJECTIVE, DATASETS[0], seed, trials, names, True,
-            "warm", CONTROL,
-        )  # fmt: skip
+        for v in variants:
+            runs[v, CONTROL, seed] = await run_hpod(
+                stores[v], "control", bowl, OBJECTIVE, DATASETS[0], seed, trials, names, True,
+                v, CONTROL, prior=v == "prior",
+            )  # fmt: skip
     finally:
-        warm_store.close()
         cold_store.close()
+        for store in stores.values():
+            store.close()
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -381,10 +439,8 @@ def target_of(runs: Runs, d: int, seeds: list[int]) -> float:
     return statistics.median(runs["plain", d, s].best[-1] for s in seeds)
 
 
-def report(
-    runs: Runs, seeds: list[int], trials: int, seconds: float, cpu: float, flags: str = ""
-) -> str:
-    """The Markdown tables (also printed)."""
+def command_line(seeds: list[int], trials: int, seconds: float, cpu: float, flags: str) -> str:
+    """The line that says how the tables were made."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
@@ -394,12 +450,19 @@ def report(
         text=True,
         cwd=ROOT,
     ).stdout.strip()
-    lines = [
+    return (
         f"Command `python bench/transfer.py --seeds {len(seeds)} --trials {trials}{flags}`, "
-        f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, seeds "
-        f"{seeds[0]}..{seeds[-1]} (the samplers' seeds), {trials} trials a study, mode "
-        f"`{MODE}`; {seconds / 60:.0f} min wall, {cpu / 60:.0f} CPU min on {os.cpu_count()} "
-        f"shared cores ({time.strftime('%Y-%m-%d')}).",
+        f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, sequences "
+        f"{seeds[0]}..{seeds[-1]} (study seeds 10 * sequence + data set), {trials} trials a "
+        f"study, mode `{MODE}`; {seconds / 60:.0f} min wall, {cpu / 60:.0f} CPU min on "
+        f"{os.cpu_count()} shared cores ({time.strftime('%Y-%m-%d')})."
+    )
+
+
+def report(runs: Runs, seeds: list[int], variant: str) -> str:
+    """The Markdown tables of one variant of warm studies (its runs are `runs["warm", ...]`)."""
+    lines = [
+        f"**{VARIANTS[variant]}**",
         "",
         "| study | data set | target (plain median final log-loss) | plain CPU to target "
         "| hpod cold | hpod warm | reached: plain / cold / warm | warm vs plain (paired, 95 % CI) "
@@ -453,6 +516,12 @@ def report(
     ctl_c = bootstrap([[ctl["warm"][i][0] / ctl["cold"][i][0]] for i in range(n)])
     ctl_med = {k: statistics.median(c for c, _ in ctl[k]) for k in ctl}
     ctl_reached = " / ".join(f"{sum(ok for _, ok in ctl[k])}" for k in ctl)
+    # Half the runs never reach a median target (censored at the budget on both sides), so
+    # also the final best, warm over cold, paired (> 1: warm ends worse).
+    ctl_final = bootstrap(
+        [[runs["warm", CONTROL, s].best[-1] / runs["cold", CONTROL, s].best[-1]] for s in seeds]
+    )
+    released = sum(runs["warm", CONTROL, s].transferred > 1 for s in seeds)
     moved = sum(runs["warm", CONTROL, s].transferred for s in seeds)
     dropped = sum(runs["warm", CONTROL, s].dropped for s in seeds)
 
@@ -477,11 +546,40 @@ def report(
         f"Control (bowl, forced transfer from the five boosting studies): target {target:.4f}; "
         f"median evaluations to it {ctl_med['plain']:.0f} plain, {ctl_med['cold']:.0f} hpod "
         f"cold, {ctl_med['warm']:.0f} warm; reached (plain / cold / warm) {ctl_reached} of "
-        f"{n}; {moved} configurations transferred, {dropped} dropped before they ran.",
+        f"{n}; {moved} configurations transferred, {dropped} dropped before they ran; held "
+        f"configurations released (a source supported by chance) in {released} of {n} runs; "
+        f"final best, warm over cold: {pct(ctl_final)}.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    return text
+    return "\n".join(lines)
+
+
+def paired(runs: Runs, seeds: list[int]) -> str:
+    """Without the prior over with it, paired by seed: CPU to target on studies 2-5, and
+    evaluations on the control (> 1: the prior needs less)."""
+    later: list[list[float]] = []
+    control: list[list[float]] = []
+    for s in seeds:
+        per = []
+        for d in range(1, len(DATASETS)):
+            target = target_of(runs, d, seeds)
+            per.append(
+                to_target(runs["warm", d, s], target)[0] / to_target(runs["prior", d, s], target)[0]
+            )
+        later.append(per)
+        target = target_of(runs, CONTROL, seeds)
+        control.append(
+            [
+                to_target(runs["warm", CONTROL, s], target)[0]
+                / to_target(runs["prior", CONTROL, s], target)[0]
+            ]
+        )
+    p, lo, hi = bootstrap(later)
+    c, clo, chi = bootstrap(control)
+    return (
+        f"The prior, paired by seed (compute to target without it over with it; above 1: the "
+        f"prior saves): studies 2-5 {p:.2f}x ({lo:.2f}-{hi:.2f}), control {c:.2f}x "
+        f"({clo:.2f}-{chi:.2f})."
+    )
 
 
 def write_section(path: Path, body: str) -> None:
@@ -495,25 +593,29 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
 
 
-#: Whether warm studies give the past surfaces to TPE as a prior (the mode knob
-#: `transfer_prior`, off in the packaged modes; `--prior` measures it on).
-PRIOR = False
+#: The variants of warm studies: the mode knob `transfer_prior` off (the packaged modes)
+#: and on.
+VARIANTS = {
+    "warm": "Warm studies as the packaged modes run them (transfer_prior off)",
+    "prior": "Warm studies with the prior (transfer_prior on)",
+}
 
 
-def one_seed(seed: int, trials: int, with_prior: bool) -> list[dict[str, Any]]:
+def one_seed(seed: int, trials: int, variants: list[str], cold: bool) -> list[dict[str, Any]]:
     """Every run of one seed, as JSON-ready rows (a worker process's job)."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    global PRIOR
-    PRIOR = with_prior
     runs: Runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run_seed(Path(tmp), seed, trials, runs, time.time()))
+        asyncio.run(run_seed(Path(tmp), seed, trials, runs, time.time(), variants, cold))
     return [{"key": list(k), **vars(r)} for k, r in runs.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="sequences first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes")
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
@@ -523,32 +625,54 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="warm studies also give TPE the past surfaces as a prior",
     )
+    parser.add_argument(
+        "--both",
+        action="store_true",
+        help="warm studies without and with the prior, paired (the same plain and cold runs)",
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="run hpod cold studies too (else plain's runs)"
+    )
+    parser.add_argument(
+        "--report", type=Path, default=None, help="only the tables, from a --json file"
+    )
     args = parser.parse_args(argv)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    variants = ["warm", "prior"] if args.both else ["prior"] if args.prior else ["warm"]
     started = time.time()
     rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        jobs = [pool.submit(one_seed, s, args.trials, args.prior) for s in seeds]
-        for seed, job in zip(seeds, jobs, strict=True):
-            rows += job.result()
-            print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
+    if args.report:  # seeds that finished, from an earlier run's --json
+        rows = json.loads(args.report.read_text())
+        seeds = sorted({row["key"][2] for row in rows})
+    else:
+        with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+            jobs = [pool.submit(one_seed, s, args.trials, variants, args.cold) for s in seeds]
+            for seed, job in zip(seeds, jobs, strict=True):
+                rows += job.result()
+                print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
+                if args.json:  # after every seed: a cut-short run still leaves its seeds
+                    args.json.write_text(json.dumps(rows))
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     runs: Runs = {}
     for row in rows:
         kind, d, seed = row["key"]
         runs[kind, d, seed] = Run(**{k: v for k, v in row.items() if k != "key"})
-    text = report(
-        runs,
-        seeds,
-        args.trials,
-        time.time() - started,
-        cpu.ru_utime + cpu.ru_stime,
-        " --prior" * args.prior + f" --jobs {args.jobs}" + " --write" * args.write,
-    )
+    flags = " --both" * args.both + " --prior" * (args.prior and not args.both)
+    flags += " --cold" * args.cold
+    flags += f" --jobs {args.jobs}" + " --write" * args.write
+    parts = [
+        command_line(seeds, args.trials, time.time() - started, cpu.ru_utime + cpu.ru_stime, flags)
+    ]
+    for v in variants:
+        view = {k: r for k, r in runs.items() if k[0] in ("plain", "cold")}
+        view.update({("warm", d, s): r for (kind, d, s), r in runs.items() if kind == v})
+        parts.append(report(view, seeds, v))
+    if len(variants) == 2:
+        parts.append(paired(runs, seeds))
+    text = "\n\n".join(parts)
+    print(text)
     if args.write:
         write_section(ROOT / "docs" / "benchmarks.md", text)
-    if args.json:
-        args.json.write_text(json.dumps(rows))
     return 0
 
 

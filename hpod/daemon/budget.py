@@ -13,7 +13,13 @@ pruned, partial and cached trials spend only what they cost. The definitions, on
   trial pruned part-way). Full evaluations spent = CPU seconds spent / that mean. Until the
   first such trial is told, each trial counts the data fraction it evaluated instead
   (``hpod:cost``.data: 1/9 for a trial pruned after a ninth, 0 for a cache hit, 1 for a
-  full evaluation) and a failed trial 1.
+  full evaluation) and a failed trial 1. A transferred trial dropped before it was asked
+  (``hpod:transfer_dropped``) never ran and spends nothing.
+
+A budget in CPU is a limit: each trial dispatched gets an allowance of it (`cpu_allowance`),
+the allowances of the trials in flight never exceed what is left, a trial is dispatched only
+if what is left covers one expected full evaluation, and the worker stops a trial at its
+allowance (`hpod.workers.allowance`).
 
 Everything is computed from the trials told, so the figures are the same after a restart
 (the loop rebuilds them from storage) and a trial is counted once whoever tells it.
@@ -29,6 +35,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR
 from hpod.schema import MAX_BUDGET_TRIALS, Budget
+from hpod.transfer.store import was_dropped
+
+#: The key of a task plan's CPU allowance (`cpu_allowance`; the worker's `TaskPlan`).
+ALLOWANCE_KEY = "cpu_allowance"
 
 _STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -76,7 +86,11 @@ class Spend:
     def add_trial(
         self, frozen: FrozenTrial, time_limit: float, cost: dict[str, Any] | None = None
     ) -> bool:
-        """Count a finished trial as stored (its cost `hpod:cost` unless `cost` is given)."""
+        """Count a finished trial as stored (its cost `hpod:cost` unless `cost` is given); a
+        transferred trial dropped before it was asked never ran and spends nothing (it is
+        stored as FAIL only because Optuna has no state for it: not 1 full evaluation)."""
+        if was_dropped(frozen):
+            return False
         wall = frozen.duration.total_seconds() if frozen.duration is not None else None
         if cost is None:
             cost = frozen.user_attrs.get(COST_ATTR)
@@ -116,16 +130,63 @@ class Spend:
         }
 
 
+def cpu_limit(budget: Budget, spend: Spend) -> float | None:
+    """The study's compute limit in CPU seconds: `budget.cpu_seconds`, and
+    `budget.full_evaluations` times the measured CPU of one full evaluation once one is
+    measured (the tighter of the two); None when neither applies."""
+    limits: list[float] = []
+    if budget.cpu_seconds is not None:
+        limits.append(budget.cpu_seconds)
+    unit = spend.full_evaluation_cpu
+    if budget.full_evaluations is not None and unit is not None:
+        limits.append(budget.full_evaluations * unit)
+    return min(limits) if limits else None
+
+
+def cpu_allowance(
+    budget: Budget, spend: Spend, allocated: float = 0.0, free_slots: int = 1
+) -> float | None:
+    """The CPU seconds the next trial dispatched may spend (its worker prunes it there),
+    0.0 when none may be dispatched, None when the budget has no compute limit in CPU.
+
+    The budget's CPU not yet spent by told trials nor `allocated` to trials in flight is
+    *unallocated*. A trial is dispatched only if the unallocated CPU covers the study's
+    expected cost of one full evaluation (the mean measured `full_cpu`; any positive
+    amount while none is measured): a trial that cannot finish inside the budget would only
+    be cut short. It gets an even share of the unallocated CPU among the `free_slots`, at
+    least two expected full evaluations, at most all of it. Allowances never add up to more
+    than the budget, so a study's spend exceeds it by at most what each trial runs past
+    its own allowance before its worker stops it (docs/protocol.md, "Budgets in compute").
+    """
+    limit = cpu_limit(budget, spend)
+    if limit is None:
+        return None
+    unallocated = limit - spend.cpu_seconds - allocated
+    expected = spend.full_evaluation_cpu
+    if unallocated <= 0 or (expected is not None and unallocated < expected):
+        return 0.0
+    share = unallocated / max(1, free_slots)
+    if expected is not None:
+        share = max(share, 2 * expected)
+    return min(unallocated, share)
+
+
 def budget_left(
-    budget: Budget, created: int, elapsed: float, spend: Spend, in_flight: int = 0
+    budget: Budget,
+    created: int,
+    elapsed: float,
+    spend: Spend,
+    in_flight: int = 0,
+    allocated: float = 0.0,
 ) -> bool:
     """Whether a study may ask another trial under `budget`: none of its limits is spent.
 
-    `created`: trials created; `elapsed`: wall seconds since the study was created. For the
-    compute limits, the `in_flight` trials are reserved at the mean spend of the trials
-    counted so far, so a study with several trials out does not start one its in-flight
-    trials will most likely pay for; with nothing in flight it asks while the limit is not
-    reached. A study ends when any limit is spent; trials in flight then are still told.
+    `created`: trials created; `elapsed`: wall seconds since the study was created. In CPU
+    (`cpu_limit`), `allocated` is the CPU the trials in flight may still spend (their
+    allowances): another trial is asked only if `cpu_allowance` leaves it some. In full
+    evaluations before one is measured (the fallback rule), the `in_flight` trials are
+    reserved at the mean spend of the trials counted so far. A study ends when any limit is
+    spent; trials in flight then are still told.
     """
     if created >= (budget.trials if budget.trials is not None else MAX_BUDGET_TRIALS):
         # Without a trial limit, the largest one still bounds a study: a budget in compute
@@ -133,12 +194,11 @@ def budget_left(
         return False
     if budget.seconds is not None and elapsed >= budget.seconds:
         return False
+    allowance = cpu_allowance(budget, spend, allocated)
+    if allowance is not None and allowance <= 0:
+        return False
     n = len(spend.counted)
-    if budget.cpu_seconds is not None:
-        reserved = in_flight * spend.cpu_seconds / n if n else 0.0
-        if spend.cpu_seconds + reserved >= budget.cpu_seconds:
-            return False
-    if budget.full_evaluations is not None:
+    if budget.full_evaluations is not None and spend.full_evaluation_cpu is None:
         spent = spend.full_evaluations
         reserved = in_flight * spent / n if n else 0.0
         if spent + reserved >= budget.full_evaluations:

@@ -54,6 +54,7 @@ from hpod.journal import GroupCommitJournalBackend, JournalGroupError, storage_g
 from hpod.policies.plan import Plan
 from hpod.sampling import SAMPLER_CPU_ATTR
 from hpod.schema import StudySpec
+from hpod.transfer.store import state_counts
 
 log = structlog.get_logger("hpod.store")
 
@@ -411,9 +412,7 @@ class StudyStore:
         study_id = self._study_id(name)
         attrs = self.storage.get_study_user_attrs(study_id)
         trials = self.storage.get_all_trials(study_id, deepcopy=False)
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        counts = state_counts(trials)
         return {
             "name": name,
             "state": attrs.get(STATE_ATTR),
@@ -673,9 +672,7 @@ class StudyStore:
         """Counts by state and the best trial(s): what `hpod status` shows."""
         study = self.open(spec)
         trials = study.get_trials(deepcopy=False)
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        counts = state_counts(trials)
         attrs = study.user_attrs
         out: dict[str, Any] = {
             "name": spec.name,

@@ -64,6 +64,7 @@ from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.rules import choose
 from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import StudySpec, check_gp_grid
+from hpod.transfer.store import was_dropped
 
 if TYPE_CHECKING:
     from hpod.daemon.studies import StudyRun
@@ -316,7 +317,9 @@ class StrategyDriver:
     def _snapshot(self, pending: dict[str, Any] | None) -> Snapshot:
         """Read the study's trials once (on the Optuna thread) and derive what a decision needs."""
         run = self.run
-        trials = run.store.trials(run.spec, None)
+        # A transferred trial dropped before it was asked never ran: not a told trial, not a
+        # zero-cost one in the features and the window's reward.
+        trials = [t for t in run.store.trials(run.spec, None) if not was_dropped(t)]
         fidelity = self.declared or infer_fidelity(trials)
         vector = features(
             run.spec,

@@ -21,7 +21,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.checkpoints import CheckpointStore
 from hpod.config import Settings
-from hpod.daemon.budget import Spend, budget_left, trials_affordable
+from hpod.daemon.budget import (
+    ALLOWANCE_KEY,
+    Spend,
+    budget_left,
+    cpu_allowance,
+    trials_affordable,
+)
 from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import TimeBreakdown
@@ -394,11 +400,56 @@ class StudyRun:
             self.done.set()
 
     def _budget_left(self, reserve: bool = True) -> bool:
-        """Whether the budget allows another trial; with `reserve`, the compute of the
-        trials in flight is reserved first (see `hpod.daemon.budget.budget_left`)."""
+        """Whether the budget allows another trial; with `reserve`, the compute the trials
+        in flight may still spend (their allowances) is reserved first (see
+        `hpod.daemon.budget.budget_left`)."""
         elapsed = time.time() - self.created_at
         in_flight = len(self.inflight) if reserve else 0
-        return budget_left(self.budget, self.n_created, elapsed, self.spend, in_flight)
+        allocated = self._allocated() if reserve else 0.0
+        return budget_left(self.budget, self.n_created, elapsed, self.spend, in_flight, allocated)
+
+    def _allocated(self, leave_out: set[int] | None = None) -> float:
+        """The CPU seconds the trials in flight may still spend: their allowances
+        (`hpod.daemon.budget.cpu_allowance`); a trial without one (recovered after a
+        restart, dispatched with no compute limit) at the expected cost of a full
+        evaluation, or the mean spend per trial while none is measured."""
+        reserve = self.spend.full_evaluation_cpu
+        if reserve is None:
+            n = len(self.spend.counted)
+            reserve = self.spend.cpu_seconds / n if n else 0.0
+        total = 0.0
+        for number, flight in self.inflight.items():
+            if leave_out and number in leave_out:
+                continue
+            allowance = flight.plan.get(ALLOWANCE_KEY)
+            total += float(allowance) if allowance is not None else reserve
+        return total
+
+    def _compute_spent(self) -> bool:
+        """Whether a compute limit leaves no allowance for another trial."""
+        allowance = cpu_allowance(self.budget, self.spend, self._allocated())
+        return allowance is not None and allowance <= 0
+
+    def _with_allowances(
+        self, trials: list[tuple[AskedTrial, dict[str, Any]]]
+    ) -> list[tuple[AskedTrial, dict[str, Any]]]:
+        """`trials` (one task) with their CPU allowances on their plans, under a compute
+        limit: the task's share of the budget not yet allocated, split evenly among its
+        trials. A trial sent again keeps the allowance it had."""
+        fresh = [asked.number for asked, plan in trials if ALLOWANCE_KEY not in plan]
+        if not fresh:
+            return trials
+        free = max(1, self.plan.parallelism - len(self.tasks))
+        allocated = self._allocated(leave_out={asked.number for asked, _ in trials})
+        allowance = cpu_allowance(self.budget, self.spend, allocated, free)
+        if allowance is None:
+            return trials
+        # Dispatched anyway (a recovered trial, the last of a pack): it stops at once.
+        each = round(max(allowance / len(fresh), 1e-3), 6)
+        return [
+            (asked, plan if ALLOWANCE_KEY in plan else {**plan, ALLOWANCE_KEY: each})
+            for asked, plan in trials
+        ]
 
     def spent(self) -> dict[str, Any]:
         """What the study has spent of each kind of budget (the status's `spent`)."""
@@ -567,6 +618,7 @@ class StudyRun:
 
         `daemon`: the daemon's seconds already spent on each trial, by number (its share of
         the ask, its policy hooks); the publish is shared on top."""
+        trials = self._with_allowances(trials)
         messages = []
         for asked, plan in trials:
             self._forget_task_of(asked.number)
@@ -704,6 +756,14 @@ class StudyRun:
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:
                 return
+            plan_extra: dict[str, Any] = {}
+            if self._compute_spent():
+                # Past a compute limit only the promotion that gives the study its first
+                # full-fidelity result goes on, one at a time and without an allowance
+                # (docs/protocol.md, "Budgets in compute").
+                if self._promotions().finished or self.inflight:
+                    return
+                plan_extra[ALLOWANCE_KEY] = None
             number, to = promotion
             asked = self.paused_trials.pop(number)
             record = self._promotions().record(number)
@@ -716,7 +776,7 @@ class StudyRun:
                 {number: {CONTINUATION_ATTR: record.as_json()}},
             )
             log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
-            await self._dispatch([(asked, self._continued_plan(to))], attempt=1)
+            await self._dispatch([(asked, {**self._continued_plan(to), **plan_extra})], attempt=1)
 
     async def _pause(self, results: list[Result]) -> None:
         """Continued trials that reached a rung below the last: persist their records (one

@@ -6,19 +6,23 @@ docs/transfer.md):
 - **At the first start** of a new study whose spec allows it (`StudySpec.transfer`), the
   memories of past studies are ranked by similarity, the best configurations of the chosen
   ones mapped into the new space (at most the mode's `transfer_share` of the trial budget),
-  and the first half enqueued as waiting trials, asked before anything the sampler proposes;
-  the second half is held. The plan is stored first (``hpod:transfer``), so a restart never
-  plans again: it only finishes enqueueing what was planned. At every start the surfaces of
+  and the first (`START_TRANSFERS`: the best of the most similar source) enqueued as a
+  waiting trial, asked before anything the sampler proposes; the rest is held. The plan is
+  stored first (``hpod:transfer``), so a restart never plans again: it only finishes
+  enqueueing what was planned. At every start the surfaces of
   the sources in use are given to the study's TPE sampler as a prior (`hpod.transfer.prior`,
   through `StudyStore.wrap_sampler`): never stored, faded by the study's own trials.
 - **Before each ask** (once new trials were told), each source still in use is judged
-  against the study's own complete trials (`hpod.transfer.agreement`). A source whose
-  correlation is below 0 is paused (out of the prior, its held configurations kept back)
-  until it is back at 0 or above; one that disagrees (below a bound that depends on the
-  number of trials) stops being used: its waiting trials are dropped (failed, marked
-  ``hpod:transfer_dropped``) and its held ones never enqueued. Once `MIN_PAIRS` trials are
-  complete, the held configurations of the sources in use are enqueued, within the budget
-  left. Verdicts are followed for the first `JUDGE_LIMIT` complete trials.
+  against the study's own complete trials (`hpod.transfer.agreement`), never the
+  transferred ones (a source's best configurations agree with it by construction). A
+  source whose correlation is below 0 is paused (out of the prior, its held configurations
+  kept back) until it is back at 0 or above; one that disagrees (below a bound that depends
+  on the number of trials) stops being used: its waiting trials are dropped (never run:
+  `hpod.transfer.store.drop_waiting`) and its held ones never enqueued. The held configurations of a
+  source are enqueued (within the budget left) only once it supports: `MIN_PAIRS` own
+  trials or more, correlation above a positive bound. So an unrelated past study costs the
+  study one trial, and a fifth of the time (when its correlation passes the bound by
+  chance) its share. Verdicts are followed for the first `JUDGE_LIMIT` own complete trials.
 - **At the end** (completed; or stopped with at least `MIN_STOPPED_TRIALS` complete trials)
   the study's memory record is written on it (``hpod:memory``) for later studies.
 
@@ -299,6 +303,16 @@ class TransferDriver:
             if s.get("state") == "active" and not s.get("paused") and s["study"] in self.memories
         }
 
+    def supporting(self) -> set[str]:
+        """The sources in use whose latest verdict supports them: their held configurations
+        may be enqueued."""
+        if self.record is None:
+            return set()
+        use = self.in_use()
+        return {
+            s["study"] for s in self.record["sources"] if s["study"] in use and s.get("supports")
+        }
+
     def _plan(self, version: str | None) -> dict[str, Any]:
         """The transfer plan of a new study (pure of storage writes)."""
         spec, run = self.spec, self.run
@@ -393,7 +407,8 @@ class TransferDriver:
         store, spec, record = self.store, self.spec, self.record
         study = store.open(spec)
         trials = store.trials(spec, (TrialState.COMPLETE,))
-        complete = sorted((t for t in trials if t.values), key=lambda t: t.number)[:JUDGE_LIMIT]
+        own = (t for t in trials if t.values and TRANSFERRED_ATTR not in t.user_attrs)
+        complete = sorted(own, key=lambda t: t.number)[:JUDGE_LIMIT]
         sign = 1.0 if spec.directions[0] == "minimize" else -1.0
         values = [sign * t.values[0] for t in complete]
         changes: list[str] = []
@@ -408,6 +423,7 @@ class TransferDriver:
                     known[t.number] = predict_ranks(memory.surface, [dict(t.params)], spec.space)[0]
             verdict = judge([known[t.number] for t in complete], values)
             source["correlation"], source["pairs"] = verdict.correlation, verdict.pairs
+            source["supports"] = verdict.supports
             if verdict.doubtful != bool(source.get("paused")):
                 source["paused"] = verdict.doubtful
                 changes.append("paused" if verdict.doubtful else "resumed")
@@ -433,7 +449,7 @@ class TransferDriver:
                     dropped=dropped,
                 )
                 changes.append("disagreed")
-        if record["held"] and len(complete) >= MIN_PAIRS and self.in_use():
+        if record["held"] and len(complete) >= MIN_PAIRS and self.supporting():
             changes += self._release(study, created)
         if not self.memories or len(complete) >= JUDGE_LIMIT:
             self.judging = False
@@ -443,13 +459,13 @@ class TransferDriver:
         return changes
 
     def _release(self, study: Any, created: int) -> list[str]:
-        """Enqueue the held configurations of the sources in use (not paused), within the
-        trials left in the budget; those of paused sources stay held, those of dropped ones
-        are forgotten."""
+        """Enqueue the held configurations of the sources that support (`supporting`),
+        within the trials left in the budget; those of the other sources in use or paused
+        stay held, those of dropped ones are forgotten."""
         assert self.record is not None
         record = self.record
         held = [c for c in map(config_from_json, record["held"]) if c]
-        use = self.in_use()
+        use = self.supporting()
         keep = [c for c in held if c.source in use]
         record["held"] = [
             config_json(c) for c in held if c.source in self.memories and c not in keep

@@ -17,6 +17,15 @@ measured over a dozen trials is noisy (its spread under no relation is about 1/s
   that shrinks as n grows (-0.62 at 8 trials, -0.41 at 17, -0.24 at 48). The source stops
   being used for good: its waiting trials are dropped.
 
+A third verdict, **supports**:, the correlation at or above `support(n)` (`SUPPORT_Z` /
+sqrt(n - 1): +0.32 at 8 trials), a one-sided bound of positive relation. Only a supporting
+source's held configurations are enqueued (`hpod.daemon.transfer`): under no relation a
+source passes it in about one study of five, where "rho >= 0" let one in every other one.
+
+The trials judged must be the study's own (not transferred): a source's transferred best
+configurations sit where its surface ranks best and, on related data, do well, so counting
+them makes a source agree by construction; the bound assumes trials the source did not pick.
+
 A related source whose correlation dips to -0.05 after 11 trials is paused, not lost; an
 unrelated one loses its influence at the first verdict and is dropped once that is clear.
 
@@ -44,6 +53,9 @@ MIN_PAIRS = 8
 MIN_AGREEMENT = 0.0
 #: The one-sided normal quantile of `critical` (5 %).
 DISAGREEMENT_Z = 1.645
+#: The one-sided normal quantile of `support` (20 %; chosen on validation sequences, see
+#: docs/benchmarks.md "Transfer").
+SUPPORT_Z = 0.84
 #: Nearest surface configurations whose mean past rank is the prediction.
 NEIGHBOURS = 3
 #: What a parameter only one side has adds to the squared distance.
@@ -53,19 +65,27 @@ MISSING_DISTANCE = 0.25
 @dataclass(frozen=True)
 class Agreement:
     """The verdict on one past study: its correlation (None while it cannot be computed),
-    the pairs compared, whether it disagrees (for good) and whether it is doubtful (for now:
-    a disagreeing source is doubtful too)."""
+    the pairs compared, whether it disagrees (for good), whether it is doubtful (for now: a
+    disagreeing source is doubtful too) and whether it supports (its held configurations
+    may be enqueued)."""
 
     correlation: float | None
     pairs: int
     disagrees: bool
     doubtful: bool = False
+    supports: bool = False
 
 
 def critical(n: int) -> float:
     """How far below 0 Spearman's rho over `n` pairs must fall to be a disagreement, not
     noise: the one-sided 5 % bound of rho under no relation, z / sqrt(n - 1)."""
     return DISAGREEMENT_Z / math.sqrt(max(1, n - 1))
+
+
+def support(n: int, z: float = SUPPORT_Z) -> float:
+    """How far above 0 Spearman's rho over `n` pairs must be to support a source: the
+    one-sided bound z / sqrt(n - 1) of rho under no relation."""
+    return z / math.sqrt(max(1, n - 1))
 
 
 def predict_ranks(
@@ -144,6 +164,7 @@ def judge(
     values: Sequence[float],
     min_pairs: int = MIN_PAIRS,
     min_agreement: float = MIN_AGREEMENT,
+    support_z: float = SUPPORT_Z,
 ) -> Agreement:
     """The verdict from past ranks predicted for the new trials and the new trials' values
     (lower is better), pair by pair."""
@@ -152,7 +173,9 @@ def judge(
     if correlation is None or n < min_pairs:
         return Agreement(correlation, n, False, False)
     disagrees = correlation < min(min_agreement, -critical(n))
-    return Agreement(correlation, n, disagrees, disagrees or correlation < min_agreement)
+    doubtful = disagrees or correlation < min_agreement
+    supports = not doubtful and correlation >= support(n, support_z)
+    return Agreement(correlation, n, disagrees, doubtful, supports)
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:

@@ -23,6 +23,10 @@ from hpod.transfer.memory import StudyMemory
 MAX_TRANSFER_SHARE = 0.5
 #: Transferred trials of a study with a time budget only (no trial count to take a share of).
 TIME_BUDGET_TRANSFERS = 8
+#: Configurations enqueued before the study has a result of its own: the best of the most
+#: similar source. Each costs an unrelated study a trial (bench/transfer.py's control: 4 of
+#: them cost it +23 % evaluations); the rest waits for the study's own results to support it.
+START_TRANSFERS = 1
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,13 @@ def plan_transfer(
     return out
 
 
-def stages(configs: list[Transferred]) -> tuple[list[Transferred], list[Transferred]]:
-    """Split the configurations to transfer in two: the first half (rounded up) is enqueued at
-    the start; the rest is held until the first results can judge their sources (see
-    `hpod.transfer.agreement`), so that a past study that misleads costs half as much."""
-    first = math.ceil(len(configs) / 2)
-    return configs[:first], configs[first:]
+def stages(
+    configs: list[Transferred], start: int = START_TRANSFERS
+) -> tuple[list[Transferred], list[Transferred]]:
+    """Split the configurations to transfer in two: the first `start` are enqueued at the
+    start; the rest is held until the study's own results support their sources (see
+    `hpod.transfer.agreement`), so that a past study that misleads costs `start` trials."""
+    return configs[:start], configs[start:]
 
 
 def config_json(config: Transferred) -> dict[str, Any]:

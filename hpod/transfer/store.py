@@ -91,8 +91,14 @@ def enqueue(study: optuna.Study, configs: list[Transferred]) -> list[Transferred
 
 
 def drop_waiting(study: optuna.Study, source: str | None, reason: str) -> list[int]:
-    """Fail the waiting (not yet asked) transferred trials of `source` (of any source when
-    None), marked dropped with `reason`; returns their numbers."""
+    """Take the waiting (not yet asked) transferred trials of `source` (of any source when
+    None) out of the queue, marked dropped with `reason`; returns their numbers.
+
+    Optuna cannot delete a trial, and a waiting one leaves the queue only by being asked or
+    finished. FAIL is the one finished state its samplers skip (TPE, CMA-ES and GP learn
+    from COMPLETE and PRUNED trials; a PRUNED one would be learnt as a bad result); hpod
+    reads the mark and treats a dropped trial as never run: not in the trial budget, not in
+    the compute spent (`hpod.daemon.budget`), not among the failed ones (`state_counts`)."""
     dropped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         mark = trial.user_attrs.get(TRANSFERRED_ATTR)
@@ -104,10 +110,26 @@ def drop_waiting(study: optuna.Study, source: str | None, reason: str) -> list[i
     return dropped
 
 
+def was_dropped(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a stored trial is a transferred trial dropped before it was asked (never run,
+    though Optuna holds it as FAIL: see `drop_waiting`)."""
+    return DROPPED_ATTR in trial.user_attrs
+
+
+def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """A study's trials by state as its status shows them (Optuna's state names, lower
+    case), the dropped transferred ones apart as ``dropped``, not ``fail``."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        state = "dropped" if was_dropped(trial) else trial.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
 def counts_in_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a stored trial counts in its study's trial budget: not while it waits in the
     queue (it counts when it is asked), never once dropped by transfer."""
-    return trial.state != TrialState.WAITING and DROPPED_ATTR not in trial.user_attrs
+    return trial.state != TrialState.WAITING and not was_dropped(trial)
 
 
 def complete_trials(study: optuna.Study) -> list[Observed]:

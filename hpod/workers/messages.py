@@ -136,6 +136,9 @@ class TaskPlan(Strict):
     #: Continuation (objectives declaring ``hpod_resumable``): run to this share of the
     #: objective's steps, resuming from the trial's checkpoint; None runs it all at once.
     steps_to: Fraction | None = None
+    #: Under a budget in compute: the CPU seconds this trial may spend; past them its
+    #: worker stops it, pruned (`hpod.workers.allowance`). None: no limit.
+    cpu_allowance: Annotated[float, Field(gt=0.0, le=1e9)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskPlan:
@@ -227,6 +230,8 @@ class Cost(Strict):
     #: the process's warm-up (imports, data building), left out of the efficiency report's
     #: comparison.
     warm_up: bool = False
+    #: "budget": the trial was stopped (pruned) on reaching its CPU allowance.
+    stopped: Literal["budget"] | None = None
 
 
 #: "paused": a continued trial reached a rung below its last (values: its value there); it

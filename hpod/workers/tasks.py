@@ -13,6 +13,7 @@ the batching policy and answers with one message, so dispatch cost is paid once 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import traceback
@@ -32,6 +33,7 @@ from hpod.config import Settings
 from hpod.engine import make_storage
 from hpod.messaging import EVALUATE_BATCH_TASK, EVALUATE_TASK, RESULTS, queue
 from hpod.pruners import FoldPruner, build_pruners, should_prune
+from hpod.workers.allowance import CpuAllowance
 from hpod.workers.evaluation import (
     Continuation,
     Evaluation,
@@ -55,6 +57,9 @@ from hpod.workers.messages import (
 from hpod.workers.registry import ObjectiveRegistry, checked_kwargs
 
 HOSTNAME = socket.gethostname()
+#: A trial's attribute set by a worker that ended its process to stop the trial at its CPU
+#: allowance (`answer`): a retry of its task does not run it again.
+STOPPED_ATTR = "hpod:stopped"
 #: The objectives (name, kwargs) this process has evaluated: the first evaluation of each
 #: pays the process's warm-up (imports, building the data), which the efficiency report
 #: leaves out of its comparison (plain Optuna pays it too, once per process). Bounded.
@@ -125,9 +130,16 @@ def _registry(configured: tuple[tuple[str, str], ...]) -> ObjectiveRegistry:
     return ObjectiveRegistry(dict(configured))
 
 
-def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dict[str, Any]:
+def run_trial(
+    settings: Settings,
+    task: EvaluateTask | Mapping[str, Any],
+    on_overrun: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate the trial a task describes; the outcome as a result body (no I/O). A task
-    given as a mapping is validated first (`ValidationError` if it is not a valid task)."""
+    given as a mapping is validated first (`ValidationError` if it is not a valid task).
+
+    `on_overrun`: called from a watchdog thread with the trial's pruned outcome if a call
+    into C keeps it running past its CPU allowance and grace (`hpod.workers.allowance`)."""
     if not isinstance(task, EvaluateTask):
         task = validate(EvaluateTask, task)
     started = time.perf_counter()
@@ -157,19 +169,49 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
         )
         folds: int | None = None
         warm_up = _first_here(task.objective, task.objective_kwargs)
+
+        def overrun(used: float) -> None:
+            if on_overrun is None:
+                return
+            cost = Cost(
+                cpu=used,
+                data=1.0,
+                objective_version=version_of(fn),
+                deterministic=deterministic(fn),
+                mode=plan.mode,
+                fidelity=_fidelity_name(fn),
+                warm_up=warm_up,
+                stopped="budget",
+            )
+            duration = time.perf_counter() - started
+            on_overrun(
+                {"state": "pruned", "cost": cost.model_dump(mode="json"), "duration": duration}
+            )
+
+        allowance = CpuAllowance(plan.cpu_allowance, overrun if on_overrun else None)
+        guarded = allowance.objective(fn)
         if plan.steps_to is not None and resumable(fn):
             # Continued: the daemon's promotions are the pruning (no step pruner here).
             reporter = StorageReporter(settings, task.study, task.trial_id, [])
-            result = evaluate_continued(
-                fn,
-                task.params,
-                kwargs,
-                reporter,
-                _continuation(settings, task.study, task.trial_id, plan.steps_to),
-            )
+            with allowance.running():
+                result = evaluate_continued(
+                    guarded,
+                    task.params,
+                    kwargs,
+                    allowance.reporter(reporter),
+                    _continuation(settings, task.study, task.trial_id, plan.steps_to),
+                )
         else:
             reporter = StorageReporter(settings, task.study, task.trial_id, pruners)
-            result = evaluate(fn, task.params, kwargs, ladder, reporter, plan.cached_rungs())
+            with allowance.running():
+                result = evaluate(
+                    guarded,
+                    task.params,
+                    kwargs,
+                    ladder,
+                    allowance.reporter(reporter),
+                    plan.cached_rungs(),
+                )
             folds = len(reporter.steps) if over_folds else None
         outcome = {
             "state": _state(result),
@@ -192,6 +234,7 @@ def run_trial(settings: Settings, task: EvaluateTask | Mapping[str, Any]) -> dic
                 step=result.step,
                 resumed_step=result.resumed_step,
                 warm_up=warm_up,
+                stopped="budget" if result.pruned and allowance.spent else None,
             ).model_dump(mode="json"),
         }
     except SoftTimeLimitExceeded:
@@ -263,9 +306,20 @@ def parse_task(message: dict[str, Any]) -> EvaluateTask | tuple[TaskIdentity, st
     return identity, error
 
 
-def answer(settings: Settings, message: dict[str, Any], worker: str) -> dict[str, Any] | None:
+def answer(
+    settings: Settings,
+    message: dict[str, Any],
+    worker: str,
+    retried: bool = False,
+    publish: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any] | None:
     """The result body for one task message: evaluated if valid, failed with the reason if
-    not (no code of an invalid task runs); None when it names no trial to answer for."""
+    not (no code of an invalid task runs); None when it names no trial to answer for.
+
+    With `publish` (a task of one trial), a trial that a call into C keeps running past its
+    CPU allowance is answered from the watchdog and its process ended (`_end_overrun`);
+    `retried` (the task is sent again after its worker process was lost): a trial that was
+    ended so, or is told already, is not run again (None)."""
     started_at = time.time()
     task = parse_task(message)
     if task is None:
@@ -275,7 +329,40 @@ def answer(settings: Settings, message: dict[str, Any], worker: str) -> dict[str
         return result_body(
             identity, worker, started_at, {"state": "failed", "error": f"invalid task: {error}"}
         )
-    return result_body(task, worker, started_at, run_trial(settings, task))
+    if retried and task.plan.cpu_allowance is not None and _stopped_before(settings, task):
+        log.info("trial.stopped_before", study=task.study, trial=task.number)
+        return None
+    on_overrun = None
+    if publish is not None:
+        evaluated = task
+
+        def on_overrun(outcome: dict[str, Any]) -> None:
+            _end_overrun(settings, evaluated)
+            publish(result_body(evaluated, worker, started_at, outcome))
+            log.warning("trial.overrun_ended", study=evaluated.study, trial=evaluated.number)
+            os._exit(0)  # the call into C cannot be stopped otherwise; the pool replaces us
+
+    return result_body(task, worker, started_at, run_trial(settings, task, on_overrun))
+
+
+def _end_overrun(settings: Settings, task: EvaluateTask) -> None:
+    """Mark the trial stopped in storage before its result goes out, so that the task Celery
+    sends again once this process is gone does not run it again (`_stopped_before`)."""
+    try:
+        _storage(settings.optuna_storage_url()).set_trial_user_attr(
+            task.trial_id, STOPPED_ATTR, "budget"
+        )
+    except Exception as exc:  # the result still goes out; a retry then runs it to its allowance
+        log.error("trial.stop_mark_failed", study=task.study, trial=task.number, error=repr(exc))
+
+
+def _stopped_before(settings: Settings, task: EvaluateTask) -> bool:
+    """Whether the trial was ended at its allowance by an earlier run, or is told already."""
+    try:
+        frozen = _storage(settings.optuna_storage_url()).get_trial(task.trial_id)
+    except Exception:  # unknown: run it (the daemon ignores a second result)
+        return False
+    return frozen.state.is_finished() or frozen.user_attrs.get(STOPPED_ATTR) == "budget"
 
 
 def lost_answers(
@@ -331,7 +418,9 @@ def register(app: Celery) -> None:
 
     @app.task(name=EVALUATE_TASK, bind=True, max_retries=retries, default_retry_delay=1)  # type: ignore[untyped-decorator]
     def evaluate_one(self: Task, **message: Any) -> None:
-        body = answer(settings, message, f"{HOSTNAME}:{self.request.hostname}")
+        worker = f"{HOSTNAME}:{self.request.hostname}"
+        retried = bool(self.request.retries)
+        body = answer(settings, message, worker, retried, publish)
         if body is not None:
             publish(body)
 

@@ -65,10 +65,10 @@ def test_a_pruning_study_runs_more_trials_than_its_full_evaluations(
     start_daemon: DaemonFactory,
 ) -> None:
     """Budget: 6 full evaluations. Pruned trials spend about a ninth of one, so the study
-    runs more than the 6 trials a trial budget of equal compute would; it ends once the 6
-    are spent, every trial told (none dropped), and its status shows what it spent, the
-    same figures the stored costs give by the documented definition, also after a
-    restart."""
+    runs more than the 6 trials a trial budget of equal compute would; it ends once what is
+    left of the 6 cannot pay one more, every trial told (none dropped), and its status shows
+    what it spent, the same figures the stored costs give by the documented definition, also
+    after a restart."""
     daemon = start_daemon()
     warm_up(daemon)
     name = "compute-budget"
@@ -89,7 +89,11 @@ def test_a_pruning_study_runs_more_trials_than_its_full_evaluations(
     assert spent["trials"] == len(done)
     assert abs(spent["cpu_seconds"] - cpu) < 1e-3
     assert abs(spent["full_evaluations"] - full_evaluations) < 1e-3
-    assert full_evaluations >= 6
+    # It ends once what is left cannot pay one more full evaluation, and never runs past the
+    # budget by more than a trial's report interval (docs/protocol.md, "Budgets in compute"):
+    # within a full evaluation of the 6 (half of one more for the unit's drift as the last
+    # trials are measured).
+    assert 6 - 1.5 < full_evaluations < 6 + 0.5
     # The last trial was asked while the trials told by then had spent less than the budget.
     last_ask = max(t.datetime_start for t in done if t.datetime_start is not None)
     told_before = [t for t in done if t.datetime_complete and t.datetime_complete < last_ask]

@@ -9,7 +9,14 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpod.daemon.budget import Spend, budget_left, budget_used, trials_affordable
+from hpod.daemon.budget import (
+    Spend,
+    budget_left,
+    budget_used,
+    cpu_allowance,
+    cpu_limit,
+    trials_affordable,
+)
 from hpod.engine import COST_ATTR
 from hpod.errors import RequestRejected
 from hpod.schema import MAX_BUDGET_TRIALS, Budget, StudySpec, parse_request
@@ -115,27 +122,38 @@ class TestBudgetLeft:
         assert not budget_left(Budget(trials=1, cpu_seconds=10), 1, 0.0, spend)
         assert not budget_left(Budget(trials=5, cpu_seconds=2.0), 1, 0.0, spend)
         assert not budget_left(Budget(full_evaluations=1), 1, 0.0, spend)
-        assert budget_left(Budget(full_evaluations=1.5), 1, 0.0, spend)
+        assert not budget_left(Budget(full_evaluations=1.5), 1, 0.0, spend)  # half a trial left
+        assert budget_left(Budget(full_evaluations=2), 1, 0.0, spend)
         assert not budget_left(Budget(seconds=5, full_evaluations=9), 1, 5.0, spend)
 
-    def test_trials_in_flight_are_reserved_at_the_mean_spend(self) -> None:
-        """Two trials told at 1 s each, budget 4 s: with one in flight a fourth may start
-        (2 + 1 < 4), with two in flight not (2 + 2 >= 4); with none, only the spend counts."""
+    def test_trials_in_flight_are_reserved_at_their_allowances(self) -> None:
+        """Two trials told at 1 s each (one full evaluation = 1 s), budget 4 s: with 1 s
+        allocated to a trial in flight one more fits (4 - 2 - 1 >= 1), with 1.5 s not."""
         spend = Spend()
         spend.add(0, "complete", _cost(1.0, 1.0, 1.0), None, 600)
         spend.add(1, "complete", _cost(1.0, 1.0, 1.0), None, 600)
         budget = Budget(cpu_seconds=4.0)
-        assert budget_left(budget, 3, 0.0, spend, in_flight=1)
-        assert not budget_left(budget, 4, 0.0, spend, in_flight=2)
-        assert budget_left(budget, 4, 0.0, spend, in_flight=0)
-        assert not budget_left(Budget(full_evaluations=3), 4, 0.0, spend, in_flight=1)
+        assert budget_left(budget, 3, 0.0, spend, in_flight=1, allocated=1.0)
+        assert not budget_left(budget, 4, 0.0, spend, in_flight=1, allocated=1.5)
+        assert budget_left(budget, 4, 0.0, spend)
+        assert not budget_left(Budget(full_evaluations=3), 4, 0.0, spend, 1, allocated=1.5)
+
+    def test_before_a_full_evaluation_is_measured_in_flight_trials_reserve_the_mean(self) -> None:
+        """Full evaluations before one is measured (the fallback rule): two trials pruned at a
+        third, budget 1: one in flight leaves room (2/3 + 1/3 = 1 is not below 1: no)."""
+        spend = Spend()
+        spend.add(0, "pruned", _cost(0.1, 1 / 3), None, 600)
+        spend.add(1, "pruned", _cost(0.1, 1 / 3), None, 600)
+        assert budget_left(Budget(full_evaluations=1), 2, 0.0, spend)
+        assert not budget_left(Budget(full_evaluations=1), 3, 0.0, spend, in_flight=1)
 
     def test_nothing_told_yet_reserves_nothing(self) -> None:
         assert budget_left(Budget(cpu_seconds=1.0), 4, 0.0, Spend(), in_flight=4)
 
     def test_a_pruning_study_asks_more_trials_than_its_full_evaluations(self) -> None:
         """Budget 3 full evaluations: complete trials of 1 s and trials pruned after a ninth
-        (0.1 s) leave room for more trials than 3."""
+        (0.1 s) leave room for more trials than 3; the study stops once what is left cannot
+        pay one more full evaluation."""
         spend = Spend()
         budget = Budget(full_evaluations=3)
         created = 0
@@ -144,8 +162,67 @@ class TestBudgetLeft:
             cost = _cost(0.1, 1 / 9) if pruned else _cost(1.0, 1.0, 1.0)
             spend.add(created, "pruned" if pruned else "complete", cost, None, 600)
             created += 1
-        assert created == 7  # 1 + .1 + .1 + 1 + .1 + .1 + 1 = 3.4 >= 3 at the 7th
-        assert spend.full_evaluations == pytest.approx(3.4)
+        assert created == 4  # 1 + .1 + .1 + 1 = 2.2: 0.8 left < one full evaluation (1.0)
+        assert spend.full_evaluations == pytest.approx(2.2)
+
+
+class TestAllowance:
+    """`cpu_allowance`: what the next trial may spend; its decisions in plain numbers."""
+
+    @staticmethod
+    def _measured(*full: float) -> Spend:
+        spend = Spend()
+        for number, cpu in enumerate(full):
+            spend.add(number, "complete", _cost(cpu, 1.0, cpu), None, 600)
+        return spend
+
+    def test_no_compute_limit_no_allowance(self) -> None:
+        assert cpu_allowance(Budget(trials=5), self._measured(1.0)) is None
+        assert cpu_allowance(Budget(full_evaluations=5), Spend()) is None
+
+    def test_a_trial_is_dispatched_only_if_the_rest_covers_a_full_evaluation(self) -> None:
+        """Full evaluations measured at 1 and 3 s (expected 2 s), 4 s spent, budget 10."""
+        spend = self._measured(1.0, 3.0)
+        assert cpu_allowance(Budget(cpu_seconds=10), spend) == pytest.approx(6.0)
+        assert cpu_allowance(Budget(cpu_seconds=10), spend, allocated=4.0) == pytest.approx(2.0)
+        assert cpu_allowance(Budget(cpu_seconds=10), spend, allocated=4.5) == 0.0
+        assert cpu_allowance(Budget(cpu_seconds=3), spend) == 0.0
+
+    def test_before_any_measurement_anything_left_is_shared(self) -> None:
+        spend = Spend()
+        spend.add(0, "pruned", _cost(0.5, 0.2), None, 600)
+        assert cpu_allowance(Budget(cpu_seconds=2.5), spend, free_slots=4) == pytest.approx(0.5)
+        assert cpu_allowance(Budget(cpu_seconds=0.5), spend) == 0.0
+
+    def test_free_slots_share_the_rest_but_each_gets_two_full_evaluations(self) -> None:
+        spend = self._measured(1.0)  # 1 s spent; budget 41: 40 left
+        assert cpu_allowance(Budget(cpu_seconds=41), spend, free_slots=4) == pytest.approx(10)
+        assert cpu_allowance(Budget(cpu_seconds=5), spend, free_slots=4) == pytest.approx(2.0)
+        assert cpu_allowance(Budget(cpu_seconds=2.5), spend, free_slots=4) == pytest.approx(1.5)
+
+    def test_a_budget_in_full_evaluations_is_a_cpu_limit_once_one_is_measured(self) -> None:
+        spend = self._measured(2.0)  # 1 full evaluation = 2 s; 4 of them = 8 s, 2 s spent
+        assert cpu_limit(Budget(full_evaluations=4), spend) == pytest.approx(8.0)
+        assert cpu_limit(Budget(full_evaluations=4, cpu_seconds=5), spend) == pytest.approx(5.0)
+        assert cpu_allowance(Budget(full_evaluations=4), spend) == pytest.approx(6.0)
+
+    def test_allowances_never_add_up_to_more_than_the_budget(self) -> None:
+        """Dispatching into every free slot in turn, each with what `cpu_allowance` gives,
+        allocates at most the budget left, and stops once a full evaluation does not fit."""
+        spend = self._measured(1.0, 2.0, 3.0)  # 6 s spent, expected 2 s
+        budget = Budget(cpu_seconds=20)
+        allocated, dispatched = 0.0, 0
+        for free in (4, 3, 2, 1, 1, 1):
+            allowance = cpu_allowance(budget, spend, allocated, free)
+            assert allowance is not None
+            if allowance <= 0:
+                break
+            assert allowance >= 2.0
+            allocated += allowance
+            dispatched += 1
+        assert allocated <= 14.0 + 1e-9
+        assert 14.0 - allocated < 2.0  # what is left cannot pay a full evaluation
+        assert dispatched >= 4
 
 
 def _spec(budget: dict[str, Any], objective: str | None = "quadratic") -> dict[str, Any]:

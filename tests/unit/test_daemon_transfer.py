@@ -15,6 +15,7 @@ import pytest
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
+from hpod.daemon.budget import Spend
 from hpod.daemon.store import StudyStore
 from hpod.daemon.transfer import TransferDriver, check_sources, transfer_status
 from hpod.errors import RequestRejected
@@ -26,7 +27,12 @@ from hpod.schema import Budget, StudySpec, parse_request
 from hpod.transfer.agreement import Agreement
 from hpod.transfer.memory import MEMORY_ATTR
 from hpod.transfer.prior import PriorSampler
-from hpod.transfer.store import DROPPED_ATTR, TRANSFER_ATTR, TRANSFERRED_ATTR
+from hpod.transfer.store import (
+    DROPPED_ATTR,
+    TRANSFER_ATTR,
+    TRANSFERRED_ATTR,
+    counts_in_budget,
+)
 
 
 def spec(name: str, trials: int = 40, **extra: Any) -> StudySpec:
@@ -133,8 +139,8 @@ def waiting(store: StudyStore, s: StudySpec) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_a_new_study_plans_once_and_a_restart_does_not_transfer_again(store: StudyStore) -> None:
-    """The first start stores the plan and enqueues its first half; a second start (a
-    restart) finds the plan and enqueues nothing more."""
+    """The first start stores the plan and enqueues its first configuration (the rest is
+    held); a second start (a restart) finds the plan and enqueues nothing more."""
     past = spec("past")
     finished_study(store, past, 0.5)
     assert isinstance(store.study_attrs("past")[MEMORY_ATTR], dict)
@@ -143,18 +149,18 @@ def test_a_new_study_plans_once_and_a_restart_does_not_transfer_again(store: Stu
     first = driver(store, new)
     asyncio.run(first.start())
     queued = waiting(store, new)
-    assert len(queued) == 5  # half of a quarter of 40
+    assert len(queued) == 1  # the first of a quarter of 40
     assert {t.user_attrs[TRANSFERRED_ATTR]["from"] for t in queued} == {"past"}
     record = store.study_attrs("new")[TRANSFER_ATTR]
-    assert len(record["held"]) == 5 and record["pending"] == []
+    assert len(record["held"]) == 9 and record["pending"] == []
     assert [name for name, _ in first.run.bus.events] == ["study.transfer"]
 
     again = driver(store, new)
     asyncio.run(again.start())
-    assert len(waiting(store, new)) == 5
+    assert len(waiting(store, new)) == 1
     assert again.run.bus.events == []
     shown = transfer_status(store.study_attrs("new"), new)
-    assert shown["transferred"] == 5 and shown["held"] == 5 and shown["setting"] == ["past"]
+    assert shown["transferred"] == 1 and shown["held"] == 9 and shown["setting"] == ["past"]
     assert shown["sources"][0]["state"] == "active"
 
 
@@ -184,7 +190,7 @@ def test_a_start_cut_short_after_the_plan_is_finished_once_on_restart(store: Stu
     assert transfer_status(store.study_attrs("new"), new)["transferred"] == 2
 
 
-def test_a_disagreeing_source_is_dropped_and_its_held_half_never_enqueued(
+def test_a_disagreeing_source_is_dropped_and_its_held_configurations_never_enqueued(
     store: StudyStore,
 ) -> None:
     """Eight results whose order is the past study's reversed: the source disagrees, its
@@ -196,8 +202,8 @@ def test_a_disagreeing_source_is_dropped_and_its_held_half_never_enqueued(
     one = driver(store, new)
     asyncio.run(one.start())
     study = store.open(new)
-    # The study's own first results, added beside the transferred trials, which all still
-    # wait (the worst case: none of them asked when the verdict comes).
+    # The study's own first results, added beside the transferred trial, which still waits
+    # (the worst case: not asked when the verdict comes).
     grid = optuna.distributions.FloatDistribution(-2, 2)
     for i in range(8):
         x, y = -1.5 + 0.4 * i, -1.5 + 0.35 * i
@@ -208,14 +214,14 @@ def test_a_disagreeing_source_is_dropped_and_its_held_half_never_enqueued(
                 value=(x + 1.5) ** 2 + (y + 1.5) ** 2,
             )
         )
-    one.run.told.update(range(5, 13))
+    one.run.told.update(range(1, 9))
     asyncio.run(one.observe())
     shown = transfer_status(store.study_attrs("opposite"), new)
     source = shown["sources"][0]
     assert source["state"] == "disagrees" and source["correlation"] < 0, shown
-    assert shown["held"] == 0 and shown["dropped"] == 5
+    assert shown["held"] == 0 and shown["dropped"] == 1 and source["pairs"] == 8
     dropped = [t for t in store.trials(new) if DROPPED_ATTR in t.user_attrs]
-    assert len(dropped) == 5 and all(t.state == TrialState.FAIL for t in dropped)
+    assert len(dropped) == 1 and all(t.state == TrialState.FAIL for t in dropped)
     assert waiting(store, new) == []
     assert [f["change"] for _, f in one.run.bus.events][-1] == "disagreed"
     assert not one.judging
@@ -256,7 +262,8 @@ def test_the_sources_are_the_samplers_prior_and_a_doubtful_one_is_paused_not_dro
 ) -> None:
     """The started study's sampler is wrapped with the prior of its sources (never stored
     as trials). A correlation a little below 0 pauses the source: out of the prior, its held
-    half kept back, nothing dropped; back above 0 it resumes and the held half is enqueued."""
+    configurations kept back, nothing dropped; back above 0 it resumes, and once it
+    supports, its held configurations are enqueued."""
     finished_study(store, spec("past"), 0.5)
     new = spec("new", transfer=["past"])
     store.create(new)
@@ -267,27 +274,39 @@ def test_the_sources_are_the_samplers_prior_and_a_doubtful_one_is_paused_not_dro
     assert one.record is not None and one.record["sources"][0]["prior"] > 0
     assert one.in_use() == {"past"}
     study = store.open(new)
-    for _ in range(8):  # the five transferred trials first, then the sampler's
+    for _ in range(9):  # the transferred trial first, then eight of the sampler's
         trial = study.ask()
         x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
         study.tell(trial, (x - 0.5) ** 2 + (y - 0.5) ** 2)
         one.run.n_created += 1
         one.run.told.add(trial.number)
-    assert len(store.trials(new)) == 8  # the prior never became a trial
+    assert len(store.trials(new)) == 9  # the prior never became a trial
 
-    verdicts = iter([Agreement(-0.05, 8, False, True), Agreement(0.4, 9, False, False)])
+    verdicts = iter(
+        [
+            Agreement(-0.05, 7, False, True),
+            Agreement(0.2, 8, False, False, False),
+            Agreement(0.4, 9, False, False, True),
+        ]
+    )
     monkeypatch.setattr("hpod.daemon.transfer.judge", lambda *_: next(verdicts))
     asyncio.run(one.observe())
     source = transfer_status(store.study_attrs("new"), new)["sources"][0]
     assert source["state"] == "active" and source["paused"] and source["dropped"] == 0
     assert one.in_use() == set() and waiting(store, new) == []
-    assert transfer_status(store.study_attrs("new"), new)["held"] == 5
+    assert transfer_status(store.study_attrs("new"), new)["held"] == 9
 
-    one.run.told.add(99)  # a new result: judged again
+    one.run.told.add(98)  # a new result: judged again; in use, but not supporting yet
     asyncio.run(one.observe())
     shown = transfer_status(store.study_attrs("new"), new)
     assert not shown["sources"][0]["paused"] and one.in_use() == {"past"}
-    assert shown["held"] == 0 and len(waiting(store, new)) == 5
+    assert one.supporting() == set() and shown["held"] == 9 and waiting(store, new) == []
+
+    one.run.told.add(99)  # supporting now: the held configurations are enqueued
+    asyncio.run(one.observe())
+    shown = transfer_status(store.study_attrs("new"), new)
+    assert one.supporting() == {"past"}
+    assert shown["held"] == 0 and len(waiting(store, new)) == 9
     changes = [f["change"] for _, f in one.run.bus.events]
     assert changes[-3:] == ["paused", "resumed", "released"]
 
@@ -311,3 +330,88 @@ def test_off_gives_the_sampler_no_prior(store: StudyStore) -> None:
     store.create(cold)
     asyncio.run(driver(store, cold).start())
     assert not isinstance(store.open(cold).sampler, PriorSampler)
+
+
+def test_the_judge_counts_only_the_studys_own_trials(store: StudyStore) -> None:
+    """The transferred trial (the past study's best, which does well here) is not judged:
+    the correlation is over the study's own trials only, and held configurations wait for
+    eight of them."""
+    finished_study(store, spec("past"), 0.5)
+    new = spec("new", transfer=["past"])
+    store.create(new)
+    one = driver(store, new)
+    asyncio.run(one.start())
+    study = store.open(new)
+    own = 0
+    for _ in range(8):  # the transferred trial, then seven of the study's own
+        trial = study.ask()
+        x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+        study.tell(trial, (x - 0.5) ** 2 + (y - 0.5) ** 2)
+        own += TRANSFERRED_ATTR not in store.trials(new)[trial.number].user_attrs
+        one.run.n_created += 1
+        one.run.told.add(trial.number)
+    asyncio.run(one.observe())
+    source = one.status()["sources"][0]  # the latest verdict (stored when one changes)
+    assert own == 7 and source["pairs"] == 7 and not source["supports"]
+    assert transfer_status(store.study_attrs("new"), new)["held"] == 9
+    trial = study.ask()  # the eighth of its own: the source agrees, the held ones go
+    x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+    study.tell(trial, (x - 0.5) ** 2 + (y - 0.5) ** 2)
+    one.run.n_created += 1
+    one.run.told.add(trial.number)
+    asyncio.run(one.observe())
+    shown = transfer_status(store.study_attrs("new"), new)
+    assert shown["sources"][0]["pairs"] == 8 and shown["sources"][0]["supports"]
+    assert shown["held"] == 0 and len(waiting(store, new)) == 9
+
+
+def test_released_configurations_of_a_source_dropped_while_they_wait_never_ran(
+    store: StudyStore,
+) -> None:
+    """The staged case: the source supports after eight own results, its held configurations
+    are enqueued; results that reverse its order make it disagree before any is asked. They
+    leave the queue as never run: stored as FAIL (the finished state Optuna's samplers skip)
+    and marked dropped, outside the trial budget and the compute spent (after a restart
+    too), shown as dropped, not failed; the sampler asks the study's own trials next."""
+    finished_study(store, spec("past"), 0.5)
+    new = spec("new", transfer=["past"])
+    store.create(new)
+    one = driver(store, new)
+    asyncio.run(one.start())
+    study = store.open(new)
+    grid = optuna.distributions.FloatDistribution(-2, 2)
+
+    def own(x: float, y: float, value: float) -> None:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x, "y": y}, distributions={"x": grid, "y": grid}, value=value
+            )
+        )
+        one.run.told.add(study.get_trials(deepcopy=False)[-1].number)
+        one.run.n_created += 1
+        asyncio.run(one.observe())
+
+    for i in range(8):  # on the past study's surface: it supports, its held ones go
+        x = y = -1.5 + 0.4 * i
+        own(x, y, (x - 0.5) ** 2 + (y - 0.5) ** 2)
+    assert len(waiting(store, new)) == 10  # the first one and the nine released
+    i = 0
+    while one.judging:  # its order reversed: it disagrees while they all still wait
+        x, y = 1.9 - 0.1 * (i % 30), -1.9 + 0.13 * (i % 29)
+        own(x, y, -((x - 0.5) ** 2) - (y - 0.5) ** 2)
+        i += 1
+        assert i < 60, transfer_status(store.study_attrs("new"), new)
+    shown = transfer_status(store.study_attrs("new"), new)
+    assert shown["sources"][0]["state"] == "disagrees" and shown["dropped"] == 10
+    assert waiting(store, new) == []
+    trials = store.trials(new)
+    dropped = [t for t in trials if DROPPED_ATTR in t.user_attrs]
+    assert len(dropped) == 10 and {t.state for t in dropped} == {TrialState.FAIL}
+    assert sum(counts_in_budget(t) for t in trials) == one.run.n_created == 8 + i
+    spend = Spend.of_trials(trials, new.trial_timeout)  # as a restart rebuilds it
+    assert spend.counted == {t.number for t in trials if t not in dropped}
+    assert spend.fallback_units == 0.0 and spend.cpu_seconds == 0.0
+    counts = store.summary(new)["counts"]
+    assert counts == {"complete": 8 + i, "dropped": 10}, counts
+    asked = study.ask()  # the queue is empty: the sampler's own proposal
+    assert TRANSFERRED_ATTR not in store.trials(new)[asked.number].user_attrs

@@ -94,3 +94,27 @@ def test_the_bench_modes_are_valid_modes(name: str, tmp_path: Path) -> None:
     path = tmp_path / "modes.toml"
     path.write_text(savings.modes_toml({name: savings.BENCH_MODES[name]}))
     assert load_modes(str(path))[name].sampler == savings.BENCH_MODES[name]["sampler"]
+
+
+def test_every_study_starts_cold_and_a_dropped_transferred_trial_is_not_in_the_curve() -> None:
+    """Each configuration's studies are of the same task: with transfer on, a seed's study
+    would start warm from the earlier seeds' (plain TPE's included). And a transferred trial
+    dropped before it ran (stored FAIL) is no finished trial of the curve."""
+    import optuna
+    import quality
+
+    from hpod.transfer.store import DROPPED_ATTR
+
+    task = savings.TASKS["gbm_large"]
+    for config in CONFIGS.values():
+        spec = savings.study_spec(task, config, 0, "s", {"trials": 5}, 1, True)
+        assert spec["transfer"] == "off", config.name
+    one = next(iter(quality.TASKS.values()))
+    assert quality.study_spec(one, "balanced", 0, "s", 5)["transfer"] == "off"
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={DROPPED_ATTR: "disagrees"})
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
+    study._storage.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.FAIL)
+    rows = savings.curve(study.get_trials(), created=0.0)
+    assert [row["number"] for row in rows] == [1], rows

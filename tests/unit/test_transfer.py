@@ -13,7 +13,14 @@ from optuna.trial import TrialState
 
 from hpod.ranks import spearman
 from hpod.schema import StudySpec
-from hpod.transfer.agreement import Agreement, agreement, critical, judge, predict_ranks
+from hpod.transfer.agreement import (
+    Agreement,
+    agreement,
+    critical,
+    judge,
+    predict_ranks,
+    support,
+)
 from hpod.transfer.mapping import (
     MAX_TRANSFER_SHARE,
     Transferred,
@@ -266,6 +273,20 @@ def test_the_disagreement_bound_shrinks_with_the_number_of_pairs() -> None:
         assert 0.02 < share < 0.08, (n, share)
 
 
+def test_the_support_bound_lets_in_about_one_unrelated_source_in_five() -> None:
+    assert support(9) == pytest.approx(0.84 / 8**0.5)
+    rng = np.random.default_rng(2)
+    for n in (8, 16):
+        draws = [spearman(list(rng.permutation(n)), list(range(n))) for _ in range(4000)]
+        share = float(np.mean(np.asarray(draws) >= support(n)))
+        assert 0.14 < share < 0.26, (n, share)
+    values = [float(i) for i in range(8)]
+    weak = [values[i] for i in (0, 5, 3, 4, 6, 1, 7, 2)]  # rho 0.24 < support(8) 0.32
+    verdict = judge(weak, values)
+    assert verdict.correlation is not None and 0 < verdict.correlation < support(8)
+    assert not verdict.doubtful and not verdict.supports
+
+
 def test_near_zero_correlation_pauses_a_source_a_clear_one_drops_it() -> None:
     n = 12
     values = [float(i) for i in range(n)]
@@ -281,7 +302,7 @@ def test_near_zero_correlation_pauses_a_source_a_clear_one_drops_it() -> None:
     verdict = judge(dip, values)
     assert verdict.disagrees and verdict.doubtful
     # Agreeing, or too few pairs: neither.
-    assert judge(values, values) == Agreement(1.0, n, False, False)
+    assert judge(values, values) == Agreement(1.0, n, False, False, True)
     assert not judge(dip[:5], values[:5]).doubtful
 
 

@@ -277,3 +277,23 @@ def test_a_worker_line_is_data_of_one_daemon_record_never_a_record_of_its_own(
     assert "daemon.compromised" in records[0]["line"]
     assert "hunter2" not in out.getvalue()
     assert records[1]["line"] == "worker: Warm shutdown (MainProcess)"
+
+
+def test_a_retried_task_does_not_run_a_trial_ended_at_its_allowance(settings: Settings) -> None:
+    """A worker ended its process to stop a trial at its CPU allowance and marked it so: the
+    task Celery sends again answers nothing; an unmarked running trial is evaluated, and a
+    first run (not a retry) never looks."""
+    import optuna
+
+    from hpod.engine import make_storage
+
+    storage = make_storage(settings.optuna_storage_url())
+    study = optuna.create_study(study_name="s", storage=storage)
+    marked, unmarked = study.ask(), study.ask()
+    storage.set_trial_user_attr(marked._trial_id, tasks.STOPPED_ATTR, "budget")
+    plan = {"ladder": [1.0], "cpu_allowance": 5.0}
+    again = task(trial_id=marked._trial_id, plan=plan)
+    assert tasks.answer(settings, again, "w1", retried=True) is None
+    assert tasks.answer(settings, again, "w1")["state"] == "complete"  # type: ignore[index]
+    other = task(trial_id=unmarked._trial_id, plan=plan)
+    assert tasks.answer(settings, other, "w1", retried=True)["state"] == "complete"  # type: ignore[index]
