@@ -15,6 +15,7 @@ Optuna on the same kind of storage), because shared machines are noisy: read the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -547,6 +548,33 @@ def plain_wallclock(
     return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
 
 
+@contextlib.contextmanager
+def warm_daemon(
+    data_dir: Path, url: str | None, workers: int
+) -> Iterator[tuple[dict[str, str], subprocess.Popen[bytes]]]:
+    """A daemon on RabbitMQ at `url` with a Celery worker of `workers` processes, or on the
+    embedded default (`url` None) with as many local workers; healthy, connected and warmed
+    up by a few trials before anything is timed; stopped on exit. Yields its environment and
+    process."""
+    settings = {"local_workers": str(workers)} if url is None else {"broker_url": url}
+    env = env_for(data_dir, **settings, max_inflight="64")
+    daemon = start(["run"] if url is None else ["run", "--no-workers"], env)
+    worker = (
+        start(["worker", "-c", str(workers), "-n", f"{data_dir.name}-{os.getpid()}@%h"], env)
+        if url is not None
+        else None
+    )
+    try:
+        wait_healthy(env)
+        time.sleep(3)  # workers connected and warm before anything is timed
+        hpod_wallclock(env, daemon.pid, 0.0, 8, workers, "random")  # warm-up
+        yield env, daemon
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(daemon)
+
+
 def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -> str:
     """hpod's wall-clock to run a study against plain Optuna's, in the same run.
 
@@ -566,18 +594,7 @@ def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -
     transports.append(("embedded", None))
     for transport, url in transports:
         for workers in worker_counts:
-            settings = {"local_workers": str(workers)} if url is None else {"broker_url": url}
-            env = env_for(tmp / f"wall-{transport}-{workers}", **settings, max_inflight="64")
-            daemon = start(["run"] if url is None else ["run", "--no-workers"], env)
-            worker = (
-                start(["worker", "-c", str(workers), "-n", f"wall-{os.getpid()}@%h"], env)
-                if url is not None
-                else None
-            )
-            try:
-                wait_healthy(env)
-                time.sleep(3)  # workers connected and warm before anything is timed
-                hpod_wallclock(env, daemon.pid, 0.0, 8, workers, "random")  # warm-up
+            with warm_daemon(tmp / f"wall-{transport}-{workers}", url, workers) as (env, daemon):
                 for sampler in ("random", "tpe"):
                     for sleep, trials in WALLCLOCK_COSTS:
                         h = hpod_wallclock(env, daemon.pid, sleep, trials, workers, sampler)
@@ -593,10 +610,6 @@ def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -
                         )
                         print(row, flush=True)
                         lines.append(row)
-            finally:
-                if worker is not None:
-                    stop(worker)
-                stop(daemon)
     return "\n".join(lines)
 
 
@@ -618,18 +631,7 @@ def latency_table(amqp: str | None, tmp: Path, trials: int) -> str:
     transports = [("RabbitMQ", amqp)] if amqp else []
     transports.append(("embedded", None))
     for transport, url in transports:
-        settings = {"local_workers": "1"} if url is None else {"broker_url": url}
-        env = env_for(tmp / f"latency-{transport}", **settings, max_inflight="64")
-        daemon = start(["run"] if url is None else ["run", "--no-workers"], env)
-        worker = (
-            start(["worker", "-c", "1", "-n", f"latency-{os.getpid()}@%h"], env)
-            if url is not None
-            else None
-        )
-        try:
-            wait_healthy(env)
-            time.sleep(3)
-            hpod_wallclock(env, daemon.pid, 0.0, 8, 1, "random")  # warm-up
+        with warm_daemon(tmp / f"latency-{transport}", url, 1) as (env, daemon):
             for sampler in ("random", "tpe"):
                 h = hpod_wallclock(env, daemon.pid, 0.0, trials, 1, sampler, url)
                 rate, _cpu = baseline_plain_optuna(tmp, trials, "journal", sampler)
@@ -639,10 +641,6 @@ def latency_table(amqp: str | None, tmp: Path, trials: int) -> str:
                 )
                 print(row, flush=True)
                 lines.append(row)
-        finally:
-            if worker is not None:
-                stop(worker)
-            stop(daemon)
     return "\n".join(lines)
 
 

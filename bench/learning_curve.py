@@ -33,7 +33,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -210,13 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(local if local.exists() else shipped_dir() / "weights.json", after)
         (after / "replay.jsonl.gz").symlink_to(shipped_dir() / "replay.jsonl.gz")
         judged = judge(shipped_dir(), after, args.seeds, args.processes)
-    passed = judged["difference"] <= 0.0 or judged["interval"][1] < check.MARGIN
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty", "--abbrev=7"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    passed = check.gate_passes(judged["difference"], judged["interval"][1])
+    commit = bench.code_commit()
     result = {
         "commit": commit,
         "studies": args.studies,

@@ -275,6 +275,16 @@ def gap_closed(table: dict[str, Any], config: str, seeds: list[int]) -> dict[str
     return {"share": share(rows), "low": float(low), "high": float(high)}
 
 
+def code_commit() -> str:
+    """The commit measured (`git describe`, marked ``-dirty`` when the tree has changes)."""
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+
+
 def judge(runs: list[dict[str, Any]], tasks: Sequence[Task], seeds: list[int]) -> dict[str, Any]:
     table = regrets(runs, tasks)
     picks = cross_fitted(table, seeds)
@@ -476,12 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         r["seed"] = position[r["seed"]]
     judged = judge(runs, tasks, seeds)
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty", "--abbrev=7"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    commit = code_commit()
     weights_sha = json.loads((args.weights / "weights.json").read_text()).get("sha256", "?")
     result: dict[str, Any] = {
         "date": dt.date.today().isoformat(),

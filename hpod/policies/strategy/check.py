@@ -91,6 +91,13 @@ class CheckSize:
         return self.pool[: self.seeds]
 
 
+def gate_passes(difference: float, upper: float, margin: float = MARGIN) -> bool:
+    """The paired decision: a candidate whose mean paired regret difference (candidate -
+    in force) is `difference`, with 95 % upper bound `upper`, passes when it is no worse on
+    average or shown to regress by less than `margin`."""
+    return difference <= 0.0 or upper < margin
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """The check's figures: mean normalised regret of each ensemble, and the verdict."""
@@ -111,9 +118,8 @@ class CheckResult:
         return self.passes(MARGIN)
 
     def passes(self, margin: float) -> bool:
-        """The paired decision: no worse on average, or shown (95 % upper bound) to regress
-        by less than `margin`."""
-        return self.difference <= 0.0 or self.interval[1] < margin
+        """The paired decision (`gate_passes`) with `margin`."""
+        return gate_passes(self.difference, self.interval[1], margin)
 
     def to_json(self) -> dict[str, Any]:
         return {
