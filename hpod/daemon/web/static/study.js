@@ -228,9 +228,17 @@
     }
   }
 
+  // The mode the select was last filled with: it is filled again only when the daemon's
+  // mode changes, so a refresh between a user's choice and their click on "Set" (trials are
+  // told several times a second) does not put the old mode back under the click.
+  let filledMode = null;
+
   function renderActions() {
     const select = $("mode-select");
-    if (!select.matches(":focus")) hpod.fillModes(select, status.mode);
+    if (status.mode !== filledMode && !select.matches(":focus")) {
+      hpod.fillModes(select, status.mode);
+      filledMode = status.mode;
+    }
     const live = status.running && (status.state === "running" || status.state === "paused");
     $("study-stop").disabled = !live;
     $("study-pause").disabled = !live || status.state === "paused";
