@@ -946,8 +946,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--render",
         type=Path,
+        nargs="+",
         metavar="JSON",
-        help="measure nothing: analyse the raw results of an earlier run again, rewrite --out",
+        help="measure nothing: analyse the raw results of earlier runs again (their JSON or "
+        "the progress files of runs split by task or stopped early, merged), rewrite --out",
     )
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 10)
@@ -974,7 +976,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, workers: int, tag: str) -> list[Run]:
+def progress_path(json_path: Path) -> Path:
+    """Where a run appends each finished study (one JSON line), so that a run stopped early
+    or split across processes by ``--tasks`` still leaves its studies to ``--render``."""
+    return json_path.with_suffix(".progress.jsonl")
+
+
+def load_runs(paths: Sequence[Path]) -> tuple[list[Run], dict[str, Any]]:
+    """The studies of earlier runs, from their JSON payloads or progress files, and one
+    meta describing them all (commands joined, wall times added)."""
+    runs: list[Run] = []
+    metas: list[dict[str, Any]] = []
+    for path in paths:
+        text = path.read_text()
+        if path.suffix == ".jsonl":
+            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+            done = [line["done"] for line in lines if "done" in line]
+            started = [
+                {**line["meta"], "command": line["meta"]["command"] + " (stopped early)"}
+                for line in lines
+                if "meta" in line
+            ]
+            metas += done or started
+            runs += [Run(**line["run"]) for line in lines if "run" in line]
+        else:
+            payload = json.loads(text)
+            metas.append(payload["meta"])
+            runs += [Run(**r) for r in payload["runs"]]
+    if not metas:
+        raise SystemExit(f"no run's meta in {[str(p) for p in paths]}")
+    seeds_of: dict[tuple[str, str, int], set[int]] = {}
+    for run in runs:
+        seeds_of.setdefault((run.task, run.config, run.workers), set()).add(run.seed)
+    meta = {
+        **metas[0],
+        "command": "; ".join(dict.fromkeys(m["command"] for m in metas)),
+        "seeds": max((len(s) for s in seeds_of.values()), default=0),
+        "workers": sorted({r.workers for r in runs}),
+        "wall_minutes": sum(float(m.get("wall_minutes") or 0.0) for m in metas),
+        "hpod_commit": ", ".join(dict.fromkeys(m["hpod_commit"] for m in metas)),
+    }
+    return runs, meta
+
+
+def measure(
+    args: argparse.Namespace, workers: int, tag: str, progress: Callable[[Run], None]
+) -> list[Run]:
     """Every study of one worker count: task by task, seed by seed, each configuration."""
     runs: list[Run] = []
     log_copy = RESULTS / f"savings-daemon{'-smoke' if args.quick else ''}-w{workers}.log"
@@ -1012,6 +1059,7 @@ def measure(args: argparse.Namespace, workers: int, tag: str) -> list[Run]:
                     if status.get("state") != "completed":
                         run.anomalies.append(f"ended in state {status.get('state')!r}")
                     runs.append(run)
+                    progress(run)
                     print(
                         f"{name:<16} {config_name:<22} s{seed} w{workers}: best "
                         f"{run.final_best:.5g}, {len(rows)} trials, CPU {run.total_cpu:.2f} / "
@@ -1025,9 +1073,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, then report it."""
     args = parse_args(argv)
     if args.render is not None:
-        payload = json.loads(args.render.read_text())
-        runs = [Run(**r) for r in payload["runs"]]
-        report(runs, payload["meta"], args.out, args.render)
+        runs, meta = load_runs(args.render)
+        report(runs, meta, args.out, args.json)
         return 0
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.perf_counter()
@@ -1035,21 +1082,36 @@ def main(argv: list[str] | None = None) -> int:
     commit, fingerprint = _git_commit(), _code_fingerprint()
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
+    progress_file = progress_path(args.json)
+    command = " ".join([".venv/bin/python", "bench/savings.py", *(argv or sys.argv[1:])])
+
+    def progress(run: Run) -> None:
+        line = {"run": asdict(run)}
+        with progress_file.open("a") as out:
+            out.write(json.dumps(_plain_json(line), allow_nan=False) + "\n")
+
+    def meta(wall_minutes: float, commit: str) -> dict[str, Any]:
+        return {
+            "date": dt.datetime.now().astimezone().isoformat(timespec="minutes"),
+            "machine": _machine(),
+            "command": command,
+            "seeds": args.seeds,
+            "workers": args.worker_list,
+            "quick": args.quick,
+            "wall_minutes": wall_minutes,
+            "hpod_commit": commit,
+            "optuna": optuna.__version__,
+        }
+
+    with progress_file.open("a") as out:
+        out.write(json.dumps({"meta": meta(0.0, commit)}) + "\n")
     for workers in args.worker_list:
-        runs += measure(args, workers, tag)
-    meta = {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="minutes"),
-        "machine": _machine(),
-        "command": " ".join([".venv/bin/python", "bench/savings.py", *(argv or sys.argv[1:])]),
-        "seeds": args.seeds,
-        "workers": args.worker_list,
-        "quick": args.quick,
-        "wall_minutes": (time.perf_counter() - started) / 60,
-        "hpod_commit": commit
-        + ("" if _code_fingerprint() == fingerprint else "; hpod/ changed during the run"),
-        "optuna": optuna.__version__,
-    }
-    report(runs, meta, args.out, args.json)
+        runs += measure(args, workers, tag, progress)
+    changed = "" if _code_fingerprint() == fingerprint else "; hpod/ changed during the run"
+    done = meta((time.perf_counter() - started) / 60, commit + changed)
+    with progress_file.open("a") as out:
+        out.write(json.dumps({"done": done}) + "\n")
+    report(runs, done, args.out, args.json)
     return 0
 
 
