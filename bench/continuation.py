@@ -8,6 +8,8 @@ the worker's own evaluation paths, Optuna's multivariate TPE (seeded) in every a
 way the fidelity is used differs:
 
 - ``plain``: every trial runs all its steps (plain Optuna, no pruning).
+- ``median-w<pct>``: ``median`` that prunes no trial before it has run <pct> % of the steps
+  (`hpod.pruners.ShareWarmup`).
 - ``median``, ``sha``, ``hyperband``: plain TPE with Optuna's own pruner on the steps the
   objective reports (`MedianPruner()`, `SuccessiveHalvingPruner(reduction_factor=3)`,
   `HyperbandPruner(1, steps)`): one task per trial, a pruned trial simply stops (it never
@@ -65,7 +67,7 @@ from hpod.checkpoints import CheckpointStore
 from hpod.daemon.promotion import Promotions
 from hpod.modes import load_modes
 from hpod.policies.compose import compose_plan
-from hpod.pruners import build_pruners, should_prune
+from hpod.pruners import ShareWarmup, build_pruners, should_prune
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
 from hpod.workers.evaluation import Continuation, evaluate, evaluate_continued
@@ -299,6 +301,7 @@ class Curve:
         self.best = math.inf
         self.trace: Trace = []
         self.bests: list[float] = []  # running best after each trial told
+        self.told_cpu: list[float] = []  # cumulative CPU after each trial told
         self.pruned = 0
 
     def spend(self, cpu: float) -> None:
@@ -311,6 +314,11 @@ class Curve:
 
     def told(self) -> None:
         self.bests.append(self.best)
+        self.told_cpu.append(self.cpu)
+
+    def at(self, budget: float) -> float:
+        """The running best once `budget` CPU seconds are spent (quality at equal compute)."""
+        return next((best for cpu, best in reversed(self.trace) if cpu <= budget), math.inf)
 
     def to_target(self, target: float) -> float:
         return next((cpu for cpu, best in self.trace if best <= target), math.inf)
@@ -387,6 +395,8 @@ def pruner_of(arm: str, task: Task) -> optuna.pruners.BasePruner:
         return ModePruners(arm)
     if arm == "median":
         return optuna.pruners.MedianPruner()
+    if arm.startswith("median-w"):  # median held back for a share of the steps, in percent
+        return ShareWarmup(optuna.pruners.MedianPruner(), int(arm[len("median-w") :]) / 100)
     if arm == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(reduction_factor=3)
     if arm == "hyperband":
@@ -544,6 +554,20 @@ def report(curves: dict[str, dict[int, Curve]], trials: int, rng: np.random.Gene
                     f"final best, {arm} - {other}: mean {mid:+.5f} [{low:+.5f}, {high:+.5f}] "
                     "(paired over seeds; negative: continuation better)"
                 )
+    # Quality at equal compute: every arm's running best once it has spent what plain spends
+    # on `trials` trials (median over seeds), paired against plain and the median pruner.
+    budget = statistics.median(
+        c.told_cpu[min(trials, len(c.told_cpu)) - 1] for c in curves["plain"].values()
+    )
+    at_budget = {arm: {s: c.at(budget) for s, c in runs.items()} for arm, runs in curves.items()}
+    print(f"quality at equal compute: the running best after {budget:.1f} CPU s")
+    for arm in curves:
+        for other in [o for o in ("plain", "median") if o in curves and o != arm]:
+            low, mid, high = paired_difference(at_budget[arm], at_budget[other], rng)
+            print(
+                f"at {budget:.1f} s, {arm} - {other}: mean {mid:+.5f} [{low:+.5f}, {high:+.5f}] "
+                f"(median {arm} {statistics.median(at_budget[arm].values()):.5f})"
+            )
     pruners = [a for a in PRUNERS if a in curves]
     for arm in [a for a in MODE_ARMS if a in curves]:
         for other in [a for a in ("sha", "median") if a in curves]:

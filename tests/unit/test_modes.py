@@ -54,6 +54,13 @@ def test_an_operator_adds_a_mode_and_changes_one(tmp_path: Path) -> None:
         ("[fast]\nsampler_options = { bogus = 1 }\n", "[fast].sampler_options"),
         ("[fast]\nstep_pruner = 'oracle'\n", "[fast].step_pruner"),
         ("[fast]\nstep_pruner_options = { bogus = 1 }\n", "[fast].step_pruner_options"),
+        ("[fast]\nstep_pruner_options = { warmup_share = 1.5 }\n", "warmup_share must be"),
+        ("[fast]\nstep_pruner_options = { warmup_share = 'a' }\n", "warmup_share must be"),
+        (
+            "[fast]\nstep_pruner = 'successive_halving'\n"
+            "step_pruner_options = { warmup_share = 0.2 }\n",
+            "warmup_share applies to median",
+        ),
         ("[thorough]\nstep_pruner_options = { patience = 2 }\n", "without step_pruner"),
         ("[fast]\npolicies = ['cache', 'magic']\n", "[fast].policies"),
         ("[fast]\nunknown_knob = 1\n", "[fast].unknown_knob"),
