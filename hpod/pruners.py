@@ -221,8 +221,8 @@ def build_pruners(
 
     On a data ladder, successive halving and Hyperband start at the first rung's step, so each
     rung of the ladder is one of their rungs. The option ``warmup_share`` (hpod's, of
-    `median`, `percentile` and `patient`) holds the pruner back until a trial has run that
-    share of the study's steps (`ShareWarmup`).
+    `median`, `percentile` and `patient`) holds the pruner and the threshold back until a
+    trial has run that share of the study's steps (`ShareWarmup`).
     """
     options = dict(options)
     raw = options.pop("warmup_share", 0.0)
@@ -233,12 +233,11 @@ def build_pruners(
         raise ValueError(f"warmup_share applies to median, percentile and patient, not {name!r}")
     first_step = fidelity_step(ladder[0]) if ladder and len(ladder) > 1 else None
     pruner = _optuna_pruner(name, options, first_step)
-    pruners: list[BasePruner] = []
-    if pruner is not None:
-        pruners.append(ShareWarmup(pruner, share) if share else pruner)
+    pruners: list[BasePruner] = [] if pruner is None else [pruner]
     if threshold > 0:
         pruners.append(ThresholdPruner(threshold, threshold_min_trials))
-    return pruners
+    # The threshold judges early steps as the median does: both wait out the warm-up.
+    return [ShareWarmup(p, share) for p in pruners] if share else pruners
 
 
 def _optuna_pruner(name: str, options: dict[str, Any], first_step: int | None) -> BasePruner | None:

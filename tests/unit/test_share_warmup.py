@@ -63,3 +63,12 @@ def test_share_zero_is_the_wrapped_pruner() -> None:
     bare = ShareWarmup(optuna.pruners.MedianPruner(), 0.0)
     assert bare.prune(study, _reported(study, [5.0]))
     assert not bare.prune(study, _reported(study, [0.01]))
+
+
+def test_the_threshold_waits_out_the_warm_up_too() -> None:
+    study = _study_with_complete_trials(steps=30, n=8)
+    pruners = build_pruners("median", {"warmup_share": 0.1}, threshold=0.05, threshold_min_trials=6)
+    assert len(pruners) == 2 and all(isinstance(p, ShareWarmup) for p in pruners)
+    threshold = pruners[1]
+    assert not threshold.prune(study, _reported(study, [0.5, 0.5]))
+    assert threshold.prune(study, _reported(study, [0.5, 0.5, 0.5]))
