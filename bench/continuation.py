@@ -9,7 +9,9 @@ way the fidelity is used differs:
 
 - ``plain``: every trial runs all its steps (plain Optuna, no pruning).
 - ``median-w<pct>``: ``median`` that prunes no trial before it has run <pct> % of the steps
-  (`hpod.pruners.ShareWarmup`).
+  (`hpod.pruners.ShareWarmup`); ``median-a<pct>``: ``median`` only at steps where the
+  complete trials' values rank them as their final values do, Spearman rho >= <pct> / 100
+  (`hpod.pruners.AgreementGate`).
 - ``median``, ``sha``, ``hyperband``: plain TPE with Optuna's own pruner on the steps the
   objective reports (`MedianPruner()`, `SuccessiveHalvingPruner(reduction_factor=3)`,
   `HyperbandPruner(1, steps)`): one task per trial, a pruned trial simply stops (it never
@@ -67,7 +69,7 @@ from hpod.checkpoints import CheckpointStore
 from hpod.daemon.promotion import Promotions
 from hpod.modes import load_modes
 from hpod.policies.compose import compose_plan
-from hpod.pruners import ShareWarmup, build_pruners, should_prune
+from hpod.pruners import AgreementGate, ShareWarmup, build_pruners, should_prune
 from hpod.schema import StudySpec
 from hpod.workers.context import NoPruning, TrialContext, TrialPruned
 from hpod.workers.evaluation import Continuation, evaluate, evaluate_continued
@@ -397,6 +399,8 @@ def pruner_of(arm: str, task: Task) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner()
     if arm.startswith("median-w"):  # median held back for a share of the steps, in percent
         return ShareWarmup(optuna.pruners.MedianPruner(), int(arm[len("median-w") :]) / 100)
+    if arm.startswith("median-a"):  # median where the early order agrees, rho in percent
+        return AgreementGate(optuna.pruners.MedianPruner(), int(arm[len("median-a") :]) / 100)
     if arm == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(reduction_factor=3)
     if arm == "hyperband":
