@@ -1030,7 +1030,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         metavar="JSON",
         help="measure nothing: analyse the raw results of earlier runs again (their JSON or "
-        "the progress files of runs split by task or stopped early, merged), rewrite --out",
+        "the progress files of runs split by task or stopped early, merged; a study in a "
+        "later file replaces the same task, configuration, seed and workers of an earlier "
+        "one), rewrite --out",
     )
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 10)
@@ -1086,6 +1088,10 @@ def load_runs(paths: Sequence[Path]) -> tuple[list[Run], dict[str, Any]]:
             runs += [Run(**r) for r in payload["runs"]]
     if not metas:
         raise SystemExit(f"no run's meta in {[str(p) for p in paths]}")
+    # A study measured again in a later file (a configuration re-run after a change) replaces
+    # the earlier one: the last of each task, configuration, seed and worker count is kept.
+    latest = {(r.task, r.config, r.seed, r.workers): r for r in runs}
+    runs = list(latest.values())
     seeds_of: dict[tuple[str, str, int], set[int]] = {}
     for run in runs:
         seeds_of.setdefault((run.task, run.config, run.workers), set()).add(run.seed)
