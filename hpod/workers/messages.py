@@ -63,13 +63,18 @@ class Strict(BaseModel):
 # --- tasks (daemon -> worker) --------------------------------------------------------------
 
 #: Which pruner options each pruner takes (keyword arguments of the Optuna pruner).
+#: hpod's own gates on a step pruner (`hpod.pruners.build_pruners`).
+GATE_FIELDS = frozenset({"warmup_share", "min_agreement"})
 PRUNER_FIELDS: dict[str, frozenset[str]] = {
     "none": frozenset(),
-    "median": frozenset({"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}),
+    "median": frozenset({"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"})
+    | GATE_FIELDS,
     "percentile": frozenset(
         {"percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}
-    ),
-    "patient": frozenset(
+    )
+    | GATE_FIELDS,
+    "patient": GATE_FIELDS
+    | frozenset(
         {
             "patience",
             "min_delta",
@@ -109,6 +114,8 @@ class PrunerOptions(Strict):
     bootstrap_count: SmallInt | None = None
     p_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     n_startup_steps: SmallInt | None = None
+    warmup_share: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    min_agreement: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """The options set, as keyword arguments (only this model's own fields)."""

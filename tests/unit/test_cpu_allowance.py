@@ -92,7 +92,7 @@ def test_the_timer_is_disarmed_after_the_evaluation() -> None:
 
 
 def test_a_call_into_c_past_allowance_and_grace_calls_on_overrun_once() -> None:
-    """One PBKDF2 call of about 1.6 CPU seconds, allowance 0.1 s, grace 1 s: no Python
+    """One PBKDF2 call of about 2.5 CPU seconds, allowance 0.1 s, grace 1 s: no Python
     handler runs inside it, so the watchdog reports the overrun (once, with the CPU spent
     then, past allowance and grace) while the objective still runs."""
     import hashlib
@@ -103,7 +103,8 @@ def test_a_call_into_c_past_allowance_and_grace_calls_on_overrun_once() -> None:
     seen: list[float] = []
 
     def in_c(ctx: TrialContext) -> float:
-        hashlib.pbkdf2_hmac("sha256", b"hpod", b"unit", int(1.6 / per_round))
+        # 2.5 s where 1.1 s would do: the calibration above varies under load.
+        hashlib.pbkdf2_hmac("sha256", b"hpod", b"unit", int(2.5 / per_round))
         return 0.0
 
     allowance = CpuAllowance(0.1, seen.append)
