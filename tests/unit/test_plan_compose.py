@@ -80,14 +80,14 @@ def test_an_epoch_objective_keeps_the_modes_step_pruner_but_gets_no_data_ladder(
     """Epochs are pruned by the mode's step pruner; a data ladder does not apply to them."""
     plan = compose(balanced(), BY_NAME["cmaes"], "epochs", keep_mode_pruning=True)
     assert (plan.sampler, plan.pruner, plan.ladder) == ("cmaes", "median", (1.0,))
-    assert plan.pruner_options == {}
+    assert plan.pruner_options == {"min_agreement": 0.5}  # the step pruner's gate
     assert plan.extra["kept_from_mode"] == ["pruner"]
 
 
 @pytest.mark.parametrize(
     ("fidelity", "pruner", "options"),
     [
-        ("epochs", "median", {}),
+        ("epochs", "median", {"min_agreement": 0.5}),
         ("data", "successive_halving", {"reduction_factor": 3}),
         ("none", "successive_halving", {"reduction_factor": 3}),
         (None, "successive_halving", {"reduction_factor": 3}),
