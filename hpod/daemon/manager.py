@@ -495,7 +495,7 @@ class StudyManager:
         name); the new setting decides at once, recorded as a decision of the study."""
         run = await self._live(name)
         check_setting(setting, run.spec, self._strategy_names(), "strategy")
-        await run.strategy.switch(setting)
+        await run.switch_strategy(setting)
         return await self.status(name)
 
     def _strategy_names(self) -> list[str]:
@@ -705,7 +705,7 @@ class StudyManager:
         attrs = await self.store.call(self.store.study_attrs, name)
         summary["strategy"] = strategy_status(attrs, spec)
         if run is not None:
-            summary["strategy"].update(run.strategy.status())
+            summary["strategy"].update(run.strategy_status())
         summary["transfer"] = transfer_status(attrs, spec)
         if run is not None:
             summary["transfer"].update(run.transfer.status())

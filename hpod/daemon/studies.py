@@ -25,16 +25,18 @@ from hpod.daemon.budget import (
     ALLOWANCE_KEY,
     Spend,
     budget_left,
+    budget_used,
     cpu_allowance,
     trials_affordable,
 )
 from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import TimeBreakdown
+from hpod.daemon.ladder import LadderWatch
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.promotion import CONTINUATION_ATTR, Promotions, Record
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
-from hpod.daemon.strategy import StrategyDriver
+from hpod.daemon.strategy import LoopView, StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
 from hpod.daemon.transfer import TransferDriver
 from hpod.engine import (
@@ -42,6 +44,7 @@ from hpod.engine import (
     DISPATCHED_ATTR,
     ERROR_ATTR,
     EXTERNAL_ATTR,
+    LADDER_ATTR,
     REQUEST_ATTR,
     STATE_ATTR,
 )
@@ -49,7 +52,7 @@ from hpod.errors import RequestRejected
 from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE
-from hpod.policies.compose import continuation_applies
+from hpod.policies.compose import StrategyLayer, continuation_applies
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
@@ -226,11 +229,16 @@ class StudyRun:
         declared: DeclaredFidelities | None = None,
     ) -> None:
         self.spec = spec
-        #: Where the strategy driver learns the fidelity the objective declares.
+        #: Where the loop learns what the objective declares (resumable; the driver: fidelity).
         self.declared = declared
-        #: The plan of the study's mode (and spec); `plan` is it with the strategy laid over.
+        #: The plan of the study's mode (and spec); `plan` is it with the strategy laid over
+        #: (`layer`) and the ladder's verdict, composed in one place (`_compose`).
         self.mode_plan = plan
         self.plan = plan
+        #: What the strategy decisions lay over the mode's plan (the last `Choice` applied).
+        self.layer = StrategyLayer()
+        #: The data ladder's "off" verdict, once measured (`hpod.daemon.ladder`).
+        self.ladder = LadderWatch(policies)
         self.batching = next(
             (p for p in policies.policies if isinstance(p, BatchingPolicy)), BatchingPolicy()
         )
@@ -267,8 +275,10 @@ class StudyRun:
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        #: Chooses the sampler, pruner and data ladder at the start and every window.
-        self.strategy = StrategyDriver(self, agent)
+        #: Chooses the sampler, pruner and data ladder at the start and every window; the
+        #: loop applies its choices, one at a time (`_deciding`).
+        self.strategy = StrategyDriver(spec, store, agent, declared)
+        self._deciding = asyncio.Lock()
         #: Warm start from past studies, their agreement, this study's memory at its end.
         self.transfer = TransferDriver(self)
         #: Whether the objective declares ``hpod_resumable`` (None: not asked yet).
@@ -287,7 +297,12 @@ class StudyRun:
     async def start(self) -> None:
         """Recover the study's state from storage and start its loop."""
         await self.store.call(self.store.set_plan, self.spec, self.plan)
-        await self.strategy.resume()
+        attrs = await self.store.call(self.store.study_attrs, self.name)
+        await self.ladder.resume(self.store, self.spec, self.plan, attrs.get(LADDER_ATTR))
+        layer = self.strategy.resume(attrs, self.mode_plan.strategy_window)
+        if layer is not None:
+            self.layer = layer
+            await self.set_plan(self._compose())
         await self._recover()
         await self.transfer.start()
         self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
@@ -492,7 +507,79 @@ class StudyRun:
         """The mode's plan was resolved again (a mode switch or a modes reload): follow it,
         with the current strategy still laid over it."""
         self.mode_plan = mode_plan
-        await self.set_plan(self.strategy.plan_for(mode_plan))
+        await self.set_plan(self._compose())
+
+    def _compose(self) -> Plan:
+        """The plan the study runs under: the mode's plan with the strategy layer laid over
+        it and the data ladder dropped once it does not pay (`hpod.policies.compose`). The
+        loop's one composition: every change of plan goes through here."""
+        return self.layer.over(self.mode_plan, ladder_off=self.ladder.off is not None)
+
+    # --- the strategy ------------------------------------------------------------------
+
+    def _view(self) -> LoopView:
+        """What the strategy driver may read of this loop, now."""
+        return LoopView(
+            told=len(self.told),
+            created=self.n_created,
+            mode_plan=self.mode_plan,
+            budget_trials=self.budget.trials,
+            budget_used=budget_used(
+                self.budget, self.n_created, time.time() - self.created_at, self.spend
+            ),
+            layer=self.layer,
+            ladder_off=self.ladder.off is not None,
+            ladder_pays=self.ladder.pays(),
+        )
+
+    async def _maybe_decide(self) -> None:
+        """Before an ask: drop the data ladder if it was just measured not to pay, then let
+        the driver decide if a decision is due (the study's first, or its window is full)."""
+        await self._check_ladder()
+        if self.strategy.due(len(self.told)) is not None:
+            await self._decide()
+
+    async def switch_strategy(self, setting: str) -> None:
+        """Follow a new strategy setting from now on (a live `study.strategy`), decided now."""
+        await self._decide(setting)
+
+    def strategy_status(self) -> dict[str, Any]:
+        """What only the running loop knows of its strategy: the window, the next decision."""
+        return self.strategy.status(self.mode_plan.strategy_window)
+
+    async def _decide(self, new_setting: str | None = None) -> None:
+        """Ask the driver for a decision and apply it: the new layer, the plan composed from
+        it, the metric and the ``strategy.chosen`` event. Without `new_setting`, only if one
+        is still due once the lock is held (another caller may have decided meanwhile); a
+        `new_setting` is stored and taken under the lock, so a window decision running
+        meanwhile is still made, and recorded, under the old one."""
+        async with self._deciding:
+            if new_setting is not None:
+                await self.strategy.set_setting(new_setting)
+            trigger = "switch" if new_setting is not None else self.strategy.due(len(self.told))
+            if trigger is None:
+                return
+            choice = await self.strategy.decide(self._view(), trigger)
+            self.layer = choice.layer
+            plan = self._compose()
+            if plan != self.plan:
+                await self.set_plan(plan)
+            event = choice.event
+            self.metrics.strategy_decisions.labels(
+                event["strategy"], event["source"], plan.sampler
+            ).inc()
+            await self.bus.event("strategy.chosen", self.name, **event)
+
+    async def _check_ladder(self) -> None:
+        """Store the subsampling policy's "off" verdict, once, and re-plan without the ladder."""
+        verdict = self.ladder.turned_off(len(self.told))
+        if verdict is None:
+            return
+        await self.store.call(self.store.set_attr, self.name, LADDER_ATTR, verdict)
+        log.info("ladder.off", study=self.name, reason=verdict["reason"])
+        plan = self._compose()
+        if plan != self.plan:
+            await self.set_plan(plan)
 
     async def _fill(self) -> None:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
@@ -504,7 +591,7 @@ class StudyRun:
             # A strategy decision due (start, or a full window) and the transfer's verdicts on
             # the trials told since (`hpod.daemon.transfer`) come before the next ask; they
             # await, so whether to ask is checked again after them.
-            await self.strategy.maybe_decide()
+            await self._maybe_decide()
             await self.transfer.observe()
             if not self._may_ask():
                 break
@@ -983,7 +1070,7 @@ class StudyRun:
         if request_id and request_id in self.external:
             return self.external[request_id]
         if not self.paused and not self.stopping and self._budget_left():
-            await self.strategy.maybe_decide()  # it awaits: the checks below come after it
+            await self._maybe_decide()  # it awaits: the checks below come after it
         if self.paused and not self.stopping:
             raise RequestRejected(
                 "paused", "study", f"study {self.name!r} is paused: resume it to ask trials"
@@ -1025,7 +1112,8 @@ class StudyRun:
 
     async def _complete(self) -> None:
         state = "stopped" if self.stopping else "completed"
-        await self.strategy.finish()
+        async with self._deciding:
+            await self.strategy.finish(self._view())
         await self.transfer.finish(state)
         if state == "completed":
             await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "completed")

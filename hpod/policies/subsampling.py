@@ -10,8 +10,8 @@ every trial told and over its latest `MAX_MEASURED` ladder trials, what a rung r
 against the same trial's full evaluation and how many trials reach each rung, and judges with
 `hpod.policies.ladder_payoff` (the arithmetic, the break-even and the minimum of trials are
 written down there). Once the verdict is "off"
-the study's next trials go straight to full data; the study's strategy driver stores the
-verdict on the study and lays it over the plan (`hpod.daemon.strategy`), so a restart keeps it.
+the study's next trials go straight to full data; the study's loop stores the verdict on
+the study and composes its plan without the ladder (`hpod.daemon.ladder`), so a restart keeps it.
 """
 
 from __future__ import annotations
