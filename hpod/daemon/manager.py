@@ -22,9 +22,9 @@ from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.modes_in_force import ModesInForce
 from hpod.daemon.monitor import Monitor
-from hpod.daemon.store import FINISHED, StudyStore, is_storage_fault
+from hpod.daemon.store import FINISHED, Outcome, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
-from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
+from hpod.daemon.studies import Limits, StudyRun, publish_told
 from hpod.daemon.transfer import check_sources, transfer_status
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
@@ -456,7 +456,7 @@ class StudyManager:
                 "trial",
                 f"trial {request.trial} is evaluated by hpod's workers, not told from outside",
             )
-        result = Result(request.trial, request.state, request.values)
+        result = Outcome(request.trial, request.state, request.values)
         run = self.runs.get(request.study)
         if run is not None:
             told = await run.on_result(result)
@@ -600,16 +600,16 @@ class StudyManager:
         except ValidationError as exc:  # a failed study whose stored spec no longer validates
             log.warning("result.invalid_study", study=study, error=str(exc)[:500])
             return
-        accepted: list[Result] = []
-        duplicates: list[Result] = []
+        accepted: list[Outcome] = []
+        duplicates: list[Outcome] = []
         for message in results:
             verdict = await self._match(spec, run, message)
             if isinstance(verdict, str):
                 await self._refuse_result(message.model_dump(mode="json"), verdict)
             elif verdict is None:
-                duplicates.append(_as_result(message, None))
+                duplicates.append(_as_outcome(message, None))
             else:
-                accepted.append(_as_result(message, trusted_cost(message, verdict)))
+                accepted.append(_as_outcome(message, trusted_cost(message, verdict)))
         if run is not None:
             told = await run.on_results(accepted) if accepted else []
         else:
@@ -671,7 +671,7 @@ class StudyManager:
         problem = check_result(result, expected)
         return expected if problem is None else problem
 
-    async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
+    async def _tell_directly(self, spec: StudySpec, result: Outcome) -> bool:
         """Tell a trial of a study whose loop is not running (stopped, or ended); a continued
         trial that paused then is told pruned (no loop will promote it)."""
         state = "pruned" if result.state == "paused" else result.state
@@ -766,9 +766,9 @@ def _with_ladder(expected: Expected, result: TrialResult, plan: dict[str, Any]) 
     return replace(expected, ladder=ladder, cached=cached)
 
 
-def _as_result(message: TrialResult, cost: dict[str, Any] | None) -> Result:
-    """A validated worker result as the study loop's `Result`."""
-    return Result(
+def _as_outcome(message: TrialResult, cost: dict[str, Any] | None) -> Outcome:
+    """A validated worker result as the `Outcome` the study loop tells."""
+    return Outcome(
         number=message.number,
         state=message.state,
         values=list(message.values) if message.values is not None else None,

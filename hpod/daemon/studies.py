@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -82,22 +82,6 @@ class InFlight:
     daemon: float = 0.0
 
 
-@dataclass
-class Result:
-    """A trial outcome, from a worker or an external evaluator."""
-
-    number: int
-    state: str
-    values: list[float] | None = None
-    error: str | None = None
-    duration: float | None = None
-    #: `time.time()` on the worker when it started the trial.
-    started_at: float | None = None
-    #: What the evaluation cost, as the worker measured it (see `hpod.workers.tasks`).
-    cost: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 STATE_NAMES = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "pruned",
@@ -110,12 +94,12 @@ TRIAL_EVENTS = {
 }
 
 
-async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial) -> None:
+async def publish_told(bus: Bus, study: str, result: Outcome, frozen: FrozenTrial) -> None:
     """Publish the event of a trial just told (its state as Optuna recorded it)."""
     await publish_told_many(bus, study, [(result, frozen)])
 
 
-async def publish_told_many(bus: Bus, study: str, told: list[tuple[Result, FrozenTrial]]) -> None:
+async def publish_told_many(bus: Bus, study: str, told: list[tuple[Outcome, FrozenTrial]]) -> None:
     """Publish the events of trials just told, in order, in one call to the bus."""
     await bus.events(
         [
@@ -384,7 +368,7 @@ class StudyRun:
             return
         finished = [trials[n] for n in owed if n in trials and trials[n].state in FINISHED]
         for frozen in finished:
-            result = Result(frozen.number, STATE_NAMES[frozen.state], frozen.values)
+            result = Outcome(frozen.number, STATE_NAMES[frozen.state], frozen.values)
             await publish_told(self.bus, self.name, result, frozen)
         # Owed but not finished: the tell never happened; it is told (and noted) again later.
         await self.store.call(self.store.settle_events, self.name, owed)
@@ -639,7 +623,7 @@ class StudyRun:
         asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
         self.timings.add("sampler", ask_seconds)
         to_dispatch: list[tuple[AskedTrial, dict[str, Any]]] = []
-        skipped: list[Result] = []
+        skipped: list[Outcome] = []
         daemon: dict[int, float] = {}
         for asked in asked_trials:
             event = self._event(asked)
@@ -651,7 +635,7 @@ class StudyRun:
                 self.metrics.skipped(skip.reason)
                 extra = {"skipped": skip.reason}
                 skipped.append(
-                    Result(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
+                    Outcome(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
                 )
                 continue
             self.metrics.looked_up(event.notes.get(LOOKUP_NOTE))
@@ -801,7 +785,7 @@ class StudyRun:
                 await self._dispatch([(flight.trial, flight.plan)], flight.attempt + 1)
             else:
                 error = f"no result after {flight.attempt} attempts (worker lost or stuck)"
-                result = Result(flight.trial.number, "failed", error=error)
+                result = Outcome(flight.trial.number, "failed", error=error)
                 await self.on_results([result], owed=True)
 
     # --- continuation ------------------------------------------------------------------
@@ -872,7 +856,7 @@ class StudyRun:
             log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
             await self._dispatch([(asked, {**self._continued_plan(to), **plan_extra})], attempt=1)
 
-    async def _pause(self, results: list[Result]) -> None:
+    async def _pause(self, results: list[Outcome]) -> None:
         """Continued trials that reached a rung below the last: persist their records (one
         durable write), free their slots, and let the promotion rule see them."""
         promotions = self._promotions()
@@ -911,11 +895,11 @@ class StudyRun:
         for number in chosen:
             record = self._promotions().records.get(number) or Record()
             # No task ran: the cost is the record's (`_merge_continued`).
-            results.append(Result(number, "pruned", extra={"paused_at": record.at}))
+            results.append(Outcome(number, "pruned", extra={"paused_at": record.at}))
             self.paused_trials.pop(number, None)
         await self.on_results(results, owed=True)
 
-    def _merge_continued(self, result: Result) -> dict[str, Any] | None:
+    def _merge_continued(self, result: Outcome) -> dict[str, Any] | None:
         """The cost to store for a trial now told: a continued trial's tasks summed (CPU,
         share of a full evaluation), and its whole CPU as its full-evaluation cost when it
         completed the last rung; any other trial's cost as its worker reported it."""
@@ -939,11 +923,11 @@ class StudyRun:
 
     # --- results -----------------------------------------------------------------------
 
-    async def on_result(self, result: Result) -> bool:
+    async def on_result(self, result: Outcome) -> bool:
         """Tell Optuna a trial's outcome and publish it; False if it was already told."""
         return (await self.on_results([result]))[0]
 
-    async def on_results(self, results: list[Result], owed: bool = False) -> list[bool]:
+    async def on_results(self, results: list[Outcome], owed: bool = False) -> list[bool]:
         """Tell several outcomes in one durable write, then publish them; for each, whether
         it was told now (False: it had been told before).
 
@@ -972,11 +956,11 @@ class StudyRun:
                 cost["time"] = {p: round(v, 6) for p, v in parts[result.number].items()}
             if cost is not None and flight is not None and flight.plan.get("cache"):
                 cost.setdefault("cache", flight.plan["cache"])
-            outcomes.append(Outcome(result.number, result.state, result.values, result.error, cost))
+            outcomes.append(replace(result, cost=cost))
         told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
         answers: dict[int, bool] = {}
         finished_ids = []
-        to_publish: list[tuple[Result, FrozenTrial]] = []
+        to_publish: list[tuple[Outcome, FrozenTrial]] = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
             self.inflight.pop(result.number, None)
@@ -1020,7 +1004,7 @@ class StudyRun:
         for trial_id in trial_ids:
             self.checkpoints.delete(self.name, trial_id)
 
-    def _split(self, results: list[Result], received_at: float) -> dict[int, dict[str, float]]:
+    def _split(self, results: list[Outcome], received_at: float) -> dict[int, dict[str, float]]:
         """The parts of each dispatched trial's time (`hpod.daemon.timeline`), by number.
 
         Results of one task (a pack's, answered in one message) are split together: a
@@ -1045,7 +1029,9 @@ class StudyRun:
             parts.update(split_task(members, received_at))
         return parts
 
-    def _account(self, result: Result, frozen: FrozenTrial, parts: dict[str, float] | None) -> None:
+    def _account(
+        self, result: Outcome, frozen: FrozenTrial, parts: dict[str, float] | None
+    ) -> None:
         """Count a told trial in the metrics and in the study's time breakdown."""
         self.metrics.told(self.name, frozen)
         self.timings.trials += 1

@@ -30,8 +30,8 @@ from test_study_failure import Daemonless, quadratic, result_of
 
 from hpod.daemon import manager as manager_module
 from hpod.daemon.manager import StudyManager
-from hpod.daemon.store import FINISHED, is_storage_fault
-from hpod.daemon.studies import Result, StudyRun
+from hpod.daemon.store import FINISHED, Outcome, is_storage_fault
+from hpod.daemon.studies import StudyRun
 from hpod.engine import DISPATCHED_ATTR
 from hpod.schema import StudySpec
 
@@ -167,7 +167,7 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
     tell_gate = asyncio.Event()
     original_tell = StudyManager._tell_directly
 
-    async def held_tell(self: StudyManager, spec: StudySpec, result: Result) -> bool:
+    async def held_tell(self: StudyManager, spec: StudySpec, result: Outcome) -> bool:
         telling.set()
         await tell_gate.wait()
         return await original_tell(self, spec, result)
