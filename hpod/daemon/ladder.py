@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from hpod.daemon.store import StudyStore
 from hpod.engine import COST_ATTR
-from hpod.policies import PolicyChain, TrialEvent
+from hpod.policies import HookContext, PolicyChain
 from hpod.policies.plan import Plan
 from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import StudySpec
@@ -56,7 +56,7 @@ class LadderWatch:
             and isinstance(cost := t.user_attrs.get(COST_ATTR), dict)
         ]
         if costs:
-            policy.seed(costs, TrialEvent(spec, -1, {}, plan=plan))
+            policy.seed(costs, HookContext(spec, -1, {}, plan=plan))
 
     def turned_off(self, told: int) -> dict[str, Any] | None:
         """The verdict to store when the policy has just judged the ladder not to pay (once;

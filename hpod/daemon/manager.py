@@ -34,7 +34,7 @@ from hpod.policies import PolicyChain
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import CachePolicy
 from hpod.policies.compose import resolve_plan
-from hpod.policies.plan import Plan
+from hpod.policies.plan import Plan, TaskPlan
 from hpod.policies.pruning import PruningPolicy
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.policies.strategy.catalog import load_strategies
@@ -646,7 +646,7 @@ class StudyManager:
                 if result.number in run.told or result.number in run.paused_trials:
                     return None  # told, or paused at a rung: a second result of a task
                 return f"trial {result.number} of study {spec.name!r} is not in flight"
-            steps_to = flight.plan.get("steps_to")
+            steps_to = flight.task_plan.get("steps_to")
             if (
                 steps_to is not None
                 and result.cost is not None
@@ -654,7 +654,7 @@ class StudyManager:
             ):
                 return None  # a continued trial's result of an earlier rung's task
             expected = _expected(spec, flight.trial.trial_id, flight.trial.params, flight.attempt)
-            expected = _with_ladder(expected, result, flight.plan)
+            expected = _with_ladder(expected, result, flight.task_plan)
         else:
             try:
                 frozen = await self.store.call(self.store.trial, spec, result.number)
@@ -754,7 +754,7 @@ def _expected(spec: StudySpec, trial_id: int, params: dict[str, Any], attempt: i
     return Expected(trial_id, params, attempt, len(spec.directions))
 
 
-def _with_ladder(expected: Expected, result: TrialResult, plan: dict[str, Any]) -> Expected:
+def _with_ladder(expected: Expected, result: TrialResult, plan: TaskPlan) -> Expected:
     """`expected` with the ladder the worker ran: the task's for an objective that
     subsamples, full data for the others; unknown (None) for a trial recovered after a
     restart, whose task plan is not kept."""

@@ -49,11 +49,11 @@ from hpod.engine import (
     STATE_ATTR,
 )
 from hpod.errors import RequestRejected
-from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
+from hpod.policies import HookContext, PolicyChain, SkipEvaluation
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE
 from hpod.policies.compose import StrategyLayer, continuation_applies
-from hpod.policies.plan import Plan
+from hpod.policies.plan import Plan, TaskPlan
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
 from hpod.transfer.store import counts_in_budget
@@ -76,7 +76,7 @@ class InFlight:
     #: The worker task it travels in (several trials share one when packed).
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
-    plan: dict[str, Any] = field(default_factory=dict)
+    task_plan: TaskPlan = field(default_factory=lambda: TaskPlan())
     #: The daemon's own seconds on it so far: its share of the ask and of the task's
     #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
@@ -353,9 +353,9 @@ class StudyRun:
             self.paused_trials[asked.number] = asked
             return
         task = self._new_task({asked.number})
-        plan = self._continued_plan(record.to)
+        task_plan = self._continued_plan(record.to)
         self.inflight[asked.number] = InFlight(
-            asked, max(1, attempt), self._deadline(), None, task, plan
+            asked, max(1, attempt), self._deadline(), None, task, task_plan
         )
 
     async def _publish_owed(self, trials: dict[int, FrozenTrial]) -> None:
@@ -422,7 +422,7 @@ class StudyRun:
         for number, flight in self.inflight.items():
             if leave_out and number in leave_out:
                 continue
-            allowance = flight.plan.get(ALLOWANCE_KEY)
+            allowance = flight.task_plan.get(ALLOWANCE_KEY)
             total += float(allowance) if allowance is not None else reserve
         return total
 
@@ -432,12 +432,12 @@ class StudyRun:
         return allowance is not None and allowance <= 0
 
     def _with_allowances(
-        self, trials: list[tuple[AskedTrial, dict[str, Any]]]
-    ) -> list[tuple[AskedTrial, dict[str, Any]]]:
+        self, trials: list[tuple[AskedTrial, TaskPlan]]
+    ) -> list[tuple[AskedTrial, TaskPlan]]:
         """`trials` (one task) with their CPU allowances on their plans, under a compute
         limit: the task's share of the budget not yet allocated, split evenly among its
         trials. A trial sent again keeps the allowance it had."""
-        fresh = [asked.number for asked, plan in trials if ALLOWANCE_KEY not in plan]
+        fresh = [asked.number for asked, task_plan in trials if ALLOWANCE_KEY not in task_plan]
         if not fresh:
             return trials
         free = max(1, self.plan.parallelism - len(self.tasks))
@@ -448,8 +448,8 @@ class StudyRun:
         # Dispatched anyway (a recovered trial, the last of a pack): it stops at once.
         each = round(max(allowance / len(fresh), 1e-3), 6)
         return [
-            (asked, plan if ALLOWANCE_KEY in plan else {**plan, ALLOWANCE_KEY: each})
-            for asked, plan in trials
+            (asked, task_plan if ALLOWANCE_KEY in task_plan else {**task_plan, ALLOWANCE_KEY: each})
+            for asked, task_plan in trials
         ]
 
     def spent(self) -> dict[str, Any]:
@@ -622,15 +622,15 @@ class StudyRun:
         self.n_created += n
         asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
         self.timings.add("sampler", ask_seconds)
-        to_dispatch: list[tuple[AskedTrial, dict[str, Any]]] = []
+        to_dispatch: list[tuple[AskedTrial, TaskPlan]] = []
         skipped: list[Outcome] = []
         daemon: dict[int, float] = {}
         for asked in asked_trials:
-            event = self._event(asked)
+            context = self._hook_context(asked)
             hook_started = time.perf_counter()
             try:
                 with self.timings.measure("policies"):
-                    self.policies.before_dispatch(event)
+                    self.policies.before_dispatch(context)
             except SkipEvaluation as skip:
                 self.metrics.skipped(skip.reason)
                 extra = {"skipped": skip.reason}
@@ -638,12 +638,12 @@ class StudyRun:
                     Outcome(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
                 )
                 continue
-            self.metrics.looked_up(event.notes.get(LOOKUP_NOTE))
-            if event.notes.get("cache"):
-                event.task["cache"] = event.notes["cache"]
+            self.metrics.looked_up(context.notes.get(LOOKUP_NOTE))
+            if context.notes.get("cache"):
+                context.task_plan["cache"] = context.notes["cache"]
             if self._continuing():
-                event.task = self._continued_plan(self._promotions().first_rung())
-            to_dispatch.append((asked, event.task))
+                context.task_plan = self._continued_plan(self._promotions().first_rung())
+            to_dispatch.append((asked, context.task_plan))
             hook = time.perf_counter() - hook_started
             daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
         if to_dispatch:
@@ -651,22 +651,22 @@ class StudyRun:
         if skipped:
             await self.on_results(skipped, owed=True)
 
-    def _event(self, asked: AskedTrial) -> TrialEvent:
+    def _hook_context(self, asked: AskedTrial) -> HookContext:
         """A just-asked trial as the policies see it, its task at the plan's base."""
-        return TrialEvent(
-            self.spec, asked.number, asked.params, plan=self.plan, task=self.plan.base_task()
+        return HookContext(
+            self.spec, asked.number, asked.params, plan=self.plan, task_plan=self.plan.base_task()
         )
 
-    def _task_plan(self, asked: AskedTrial) -> dict[str, Any]:
+    def _task_plan(self, asked: AskedTrial) -> TaskPlan:
         """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
-        event = self._event(asked)
+        context = self._hook_context(asked)
         # A recovered trial is evaluated whatever the cache says: it is already in storage.
         with contextlib.suppress(SkipEvaluation):
-            self.policies.before_dispatch(event)
-        event.task.pop("cached", None)
+            self.policies.before_dispatch(context)
+        context.task_plan.pop("cached", None)
         if self._continuing():
             return self._continued_plan(self._promotions().first_rung())
-        return event.task
+        return context.task_plan
 
     def _new_task(self, numbers: set[int]) -> int:
         task = next(self._task_ids)
@@ -682,7 +682,7 @@ class StudyRun:
 
     async def _dispatch(
         self,
-        trials: list[tuple[AskedTrial, dict[str, Any]]],
+        trials: list[tuple[AskedTrial, TaskPlan]],
         attempt: int,
         asked_at: float | None = None,
         daemon: dict[int, float] | None = None,
@@ -693,7 +693,7 @@ class StudyRun:
         the ask, its policy hooks); the publish is shared on top."""
         trials = self._with_allowances(trials)
         messages = []
-        for asked, plan in trials:
+        for asked, task_plan in trials:
             self._forget_task_of(asked.number)
             messages.append(
                 {
@@ -704,7 +704,7 @@ class StudyRun:
                     "objective": self.spec.objective,
                     "objective_kwargs": self.spec.objective_kwargs,
                     "attempt": attempt,
-                    "plan": plan,
+                    "plan": task_plan,
                 }
             )
         task = self._new_task({asked.number for asked, _ in trials})
@@ -716,10 +716,10 @@ class StudyRun:
                 self._deadline(len(trials)),
                 now,
                 task,
-                plan,
+                task_plan,
                 (daemon or {}).get(asked.number, 0.0),
             )
-            for asked, plan in trials
+            for asked, task_plan in trials
         ]
         for flight in flights:
             self.inflight[flight.trial.number] = flight
@@ -782,7 +782,7 @@ class StudyRun:
         for flight in [f for f in self.inflight.values() if f.deadline <= now]:
             if flight.attempt < self.settings.max_attempts:
                 log.warning("trial.redispatch", study=self.name, trial=flight.trial.number)
-                await self._dispatch([(flight.trial, flight.plan)], flight.attempt + 1)
+                await self._dispatch([(flight.trial, flight.task_plan)], flight.attempt + 1)
             else:
                 error = f"no result after {flight.attempt} attempts (worker lost or stuck)"
                 result = Outcome(flight.trial.number, "failed", error=error)
@@ -812,7 +812,7 @@ class StudyRun:
             self.promotions = Promotions(tuple(ladder), self.plan.eta, maximize)
         return self.promotions
 
-    def _continued_plan(self, steps_to: float) -> dict[str, Any]:
+    def _continued_plan(self, steps_to: float) -> TaskPlan:
         """The task plan of a continued trial: full data, no step pruner (promotions are the
         pruning), run to `steps_to` of the objective's steps from its checkpoint."""
         return {**self.plan.base_task(), "steps_to": steps_to}
@@ -834,7 +834,7 @@ class StudyRun:
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:
                 return
-            plan_extra: dict[str, Any] = {}
+            plan_extra: TaskPlan = {}
             if self._compute_spent():
                 # Past a compute limit only the promotion that gives the study its first
                 # full-fidelity result goes on, one at a time and without an allowance
@@ -954,8 +954,8 @@ class StudyRun:
                 cost.pop("time", None)  # the daemon's measure, never a worker's claim
             if cost is not None and result.number in parts:
                 cost["time"] = {p: round(v, 6) for p, v in parts[result.number].items()}
-            if cost is not None and flight is not None and flight.plan.get("cache"):
-                cost.setdefault("cache", flight.plan["cache"])
+            if cost is not None and flight is not None and flight.task_plan.get("cache"):
+                cost.setdefault("cache", flight.task_plan["cache"])
             outcomes.append(replace(result, cost=cost))
         told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
         answers: dict[int, bool] = {}
@@ -977,7 +977,7 @@ class StudyRun:
             self._account(result, frozen, parts.get(result.number))
             with self.timings.measure("policies"):
                 self.policies.after_tell(
-                    TrialEvent(
+                    HookContext(
                         self.spec,
                         result.number,
                         frozen.params,
