@@ -24,7 +24,7 @@ from hpod.daemon.modes_in_force import ModesInForce
 from hpod.daemon.monitor import Monitor
 from hpod.daemon.store import FINISHED, Outcome, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
-from hpod.daemon.studies import Limits, StudyRun, publish_told
+from hpod.daemon.studies import RunningStudies, StudyRun, TaskSlots, publish_told
 from hpod.daemon.transfer import check_sources, transfer_status
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
@@ -101,7 +101,10 @@ class StudyManager:
         self.settings = settings
         self.store = store
         self.bus = bus
-        self.limits = Limits(settings.max_inflight)
+        #: The global cap on worker tasks in flight, and memory back-pressure.
+        self.slots = TaskSlots(settings.max_inflight)
+        #: The running study loops.
+        self.running = RunningStudies(self.slots)
         self.registry = ObjectiveRegistry(settings.objectives)
         #: The fidelity each objective declares, probed outside the daemon's process.
         self.declared = DeclaredFidelities(settings.objectives)
@@ -112,10 +115,10 @@ class StudyManager:
         )
         self.metrics = Metrics(settings.max_finished_study_series)
         self.metrics.watch_inflight(
-            lambda: self.limits.inflight,
+            lambda: self.slots.inflight,
             lambda: {name: len(run.inflight) for name, run in self.runs.items()},
         )
-        self.monitor = Monitor(settings, self.limits, self.metrics)
+        self.monitor = Monitor(settings, self.slots, self.metrics)
         self.doctor = Doctor(settings.max_finished_study_series, lambda name: name in self.runs)
         self.agent = StrategyAgent(
             settings.data_dir / "policy",
@@ -137,7 +140,7 @@ class StudyManager:
     @property
     def runs(self) -> dict[str, StudyRun]:
         """Running study loops by name."""
-        return self.limits.runs
+        return self.running.runs
 
     @property
     def modes(self) -> dict[str, Mode]:
@@ -165,15 +168,15 @@ class StudyManager:
             await self._start_run(spec)
 
     async def _tick(self) -> None:
-        """Every second: watch for a stall of the daemon (`Limits.check_stall`); every five,
+        """Every second: watch for a stall of the daemon (`RunningStudies.check_stall`); every five,
         record how much of the journal is written (`StudyStore.mark`) and, while storage is
         failing, try it (`StudyStore.probe`), so /health turns ok again without a write."""
         n = 0
-        self.limits.last_tick = time.monotonic()
-        self.limits.ticking = True
+        self.running.last_tick = time.monotonic()
+        self.running.ticking = True
         try:
             while True:
-                self.limits.check_stall()
+                self.running.check_stall()
                 if n % 5 == 0:
                     try:
                         await self.store.call(self.store.mark)
@@ -183,7 +186,7 @@ class StudyManager:
                 n += 1
                 await asyncio.sleep(1.0)
         finally:
-            self.limits.ticking = False
+            self.running.ticking = False
 
     def policy_chain(self) -> PolicyChain:
         """A study's efficiency policies, in order: the cache first (a hit needs nothing
@@ -217,7 +220,7 @@ class StudyManager:
                 self.store,
                 self.bus,
                 self.settings,
-                self.limits,
+                self.running,
                 self.policy_chain(),
                 self.metrics,
                 self.doctor.breakdown(spec.name),
@@ -229,7 +232,7 @@ class StudyManager:
             await run.start()
         except Exception as exc:
             if run is not None:
-                self.limits.remove(spec.name, run)
+                self.running.remove(spec.name, run)
             self._on_failure(spec, exc)
             return
         assert run.task is not None
@@ -238,7 +241,7 @@ class StudyManager:
     def _on_run_done(self, spec: StudySpec, run: StudyRun, task: asyncio.Task[None]) -> None:
         """Forget a finished loop (its in-flight tasks stop counting); a loop that failed is
         restarted or its study marked failed (`_on_failure`)."""
-        self.limits.remove(spec.name, run)
+        self.running.remove(spec.name, run)
         if task.cancelled():
             return
         exc = task.exception()

@@ -120,23 +120,51 @@ async def publish_told_many(bus: Bus, study: str, told: list[tuple[Outcome, Froz
     )
 
 
-class Limits:
+class TaskSlots:
     """The global cap on worker tasks in flight, shared by every study, and memory
     back-pressure. A task carries one trial, or several cheap ones packed together.
 
-    `inflight` is derived from the real state (the tasks of the running loops), recounted
-    whenever a task starts or ends or a loop goes away: a loop that crashes cannot leak it.
+    `inflight` is derived from the real state (the tasks of the running loops), recounted by
+    `RunningStudies` whenever a task starts or ends or a loop goes away: a loop that crashes
+    cannot leak it.
     """
-
-    #: A gap this long between two ticks of the event loop is a stall (SIGSTOP, a blocked loop).
-    STALL_SECONDS = 5.0
 
     def __init__(self, max_inflight: int) -> None:
         self.max_inflight = max_inflight
         self.inflight = 0
-        self.runs: dict[str, StudyRun] = {}
         #: Set by the resource monitor while memory is above the high-water mark.
         self.backpressure = False
+        #: Called when the throttle is lifted (`RunningStudies` wakes every loop).
+        self.freed: Callable[[], None] = lambda: None
+
+    def available(self) -> bool:
+        """Whether one more trial may be dispatched.
+
+        Under back-pressure at most one task is in flight, all studies together: memory
+        stops growing with concurrency, yet no study stalls.
+        """
+        cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
+        return self.inflight < cap
+
+    def set_backpressure(self, on: bool) -> None:
+        """Throttle dispatch (`on`) or lift the throttle and let every study fill up again."""
+        lifted = self.backpressure and not on
+        self.backpressure = on
+        if lifted:
+            self.freed()
+
+
+class RunningStudies:
+    """The running study loops by name: their worker tasks are what fills the `TaskSlots`,
+    a freed slot wakes them all, and a stall of the daemon moves their deadlines."""
+
+    #: A gap this long between two ticks of the event loop is a stall (SIGSTOP, a blocked loop).
+    STALL_SECONDS = 5.0
+
+    def __init__(self, slots: TaskSlots) -> None:
+        self.slots = slots
+        slots.freed = self.wake_all
+        self.runs: dict[str, StudyRun] = {}
         #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
         self.last_tick = time.monotonic()
         #: True while the manager's 1 s ticker runs: without it a gap proves no stall.
@@ -144,7 +172,7 @@ class Limits:
 
     def recount(self) -> None:
         """Count the worker tasks in flight from the running loops' own task sets."""
-        self.inflight = sum(len(run.tasks) for run in self.runs.values())
+        self.slots.inflight = sum(len(run.tasks) for run in self.runs.values())
 
     def remove(self, name: str, run: StudyRun) -> None:
         """Forget the loop `run` of study `name` (ended or crashed): its tasks stop counting."""
@@ -173,22 +201,6 @@ class Limits:
                 flight.deadline += gap
         return gap
 
-    def available(self) -> bool:
-        """Whether one more trial may be dispatched.
-
-        Under back-pressure at most one task is in flight, all studies together: memory
-        stops growing with concurrency, yet no study stalls.
-        """
-        cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
-        return self.inflight < cap
-
-    def set_backpressure(self, on: bool) -> None:
-        """Throttle dispatch (`on`) or lift the throttle and let every study fill up again."""
-        lifted = self.backpressure and not on
-        self.backpressure = on
-        if lifted:
-            self.wake_all()
-
     def wake_all(self) -> None:
         """A slot freed up: let every study loop look again."""
         for run in self.runs.values():
@@ -204,7 +216,7 @@ class StudyRun:
         store: StudyStore,
         bus: Bus,
         settings: Settings,
-        limits: Limits,
+        running: RunningStudies,
         policies: PolicyChain,
         metrics: Metrics,
         timings: TimeBreakdown,
@@ -232,7 +244,8 @@ class StudyRun:
         self.store = store
         self.bus = bus
         self.settings = settings
-        self.limits = limits
+        #: Every running loop (this one among them) and the global cap on tasks in flight.
+        self.running = running
         self.policies = policies
         self.metrics = metrics
         self.timings = timings
@@ -588,7 +601,7 @@ class StudyRun:
             and not self.paused
             and self._budget_left()
             and len(self.tasks) < self.plan.parallelism
-            and self.limits.available()
+            and self.running.slots.available()
         )
 
     def next_pack_size(self) -> int:
@@ -671,7 +684,7 @@ class StudyRun:
     def _new_task(self, numbers: set[int]) -> int:
         task = next(self._task_ids)
         self.tasks[task] = numbers
-        self.limits.recount()
+        self.running.recount()
         return task
 
     async def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
@@ -760,8 +773,8 @@ class StudyRun:
         members.discard(number)
         if not members:
             del self.tasks[flight.task]
-            self.limits.recount()
-            self.limits.wake_all()
+            self.running.recount()
+            self.running.wake_all()
 
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
@@ -774,10 +787,10 @@ class StudyRun:
     async def _expire(self) -> None:
         """Trials whose worker never answered: dispatch again, or fail after max attempts.
 
-        After a stall of the daemon itself the deadlines move first (`Limits.check_stall`):
+        After a stall of the daemon itself the deadlines move first (`RunningStudies.check_stall`):
         results that arrived meanwhile are used, not dispatched again.
         """
-        self.limits.check_stall()
+        self.running.check_stall()
         now = time.monotonic()
         for flight in [f for f in self.inflight.values() if f.deadline <= now]:
             if flight.attempt < self.settings.max_attempts:
@@ -829,7 +842,7 @@ class StudyRun:
             not self.stopping
             and not self.paused
             and len(self.tasks) < self.plan.parallelism
-            and self.limits.available()
+            and self.running.slots.available()
         ):
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:

@@ -143,7 +143,7 @@ async def test_results_arriving_while_a_restarted_loop_recovers_are_told(
     assert refused == []
     status = await daemon.manager.status("pg")
     assert status["counts"] == {"complete": 2} and status["in_flight"] == 0
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
 
 
 async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
@@ -184,7 +184,7 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
     await daemon.manager.on_worker_result(results[1])
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
 
 
 async def test_a_tell_whose_commit_landed_though_it_failed_is_not_told_twice(
