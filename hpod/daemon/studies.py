@@ -261,7 +261,7 @@ class StudyRun:
         self.stopping = False
         #: True until `_recover` has rebuilt the trials in flight from storage. The loop is
         #: registered (results reach it) before that: meanwhile a result is checked against
-        #: the stored trial, not against `inflight` (`StudyManager._match`).
+        #: the stored trial, not against `inflight` (`hpod.daemon.results.WorkerResults._match`).
         self.recovering = True
         #: Paused: nothing new is dispatched until resumed (trials in flight are still told).
         self.paused = False
@@ -949,7 +949,7 @@ class StudyRun:
         tell and the events. Their events are then noted as owed in the same durable write and
         settled once published; recovery publishes those still owed (`_publish_owed`).
         Results from a message need no note: the message is acknowledged after the events,
-        and a redelivered one republishes them (`StudyManager.on_worker_result`).
+        and a redelivered one republishes them (`hpod.daemon.results`).
         """
         if not owed and self._result_at is None:
             self._result_at = time.perf_counter()  # until the next dispatch (`_dispatch`)
