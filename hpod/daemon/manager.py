@@ -21,9 +21,10 @@ from hpod.daemon.metrics import Metrics
 from hpod.daemon.modes_in_force import ModesInForce
 from hpod.daemon.monitor import Monitor
 from hpod.daemon.results import WorkerResults
+from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import Outcome, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
-from hpod.daemon.studies import RunningStudies, StudyRun, TaskSlots
+from hpod.daemon.studies import RunningStudies, StudyRun
 from hpod.daemon.transfer import check_sources, transfer_status
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected

@@ -34,7 +34,7 @@ from hpod.daemon.probes import (
     celery_workers,
     local_workers,
 )
-from hpod.daemon.studies import TaskSlots
+from hpod.daemon.slots import TaskSlots
 from hpod.messaging import REQUESTS, TRIALS
 
 log = structlog.get_logger("hpod.monitor")

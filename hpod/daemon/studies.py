@@ -35,6 +35,7 @@ from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.ladder import LadderWatch
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.promotion import CONTINUATION_ATTR, Promotions, Record
+from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.daemon.strategy import LoopView, StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
@@ -118,40 +119,6 @@ async def publish_told_many(bus: Bus, study: str, told: list[tuple[Outcome, Froz
             for result, frozen in told
         ]
     )
-
-
-class TaskSlots:
-    """The global cap on worker tasks in flight, shared by every study, and memory
-    back-pressure. A task carries one trial, or several cheap ones packed together.
-
-    `inflight` is derived from the real state (the tasks of the running loops), recounted by
-    `RunningStudies` whenever a task starts or ends or a loop goes away: a loop that crashes
-    cannot leak it.
-    """
-
-    def __init__(self, max_inflight: int) -> None:
-        self.max_inflight = max_inflight
-        self.inflight = 0
-        #: Set by the resource monitor while memory is above the high-water mark.
-        self.backpressure = False
-        #: Called when the throttle is lifted (`RunningStudies` wakes every loop).
-        self.freed: Callable[[], None] = lambda: None
-
-    def available(self) -> bool:
-        """Whether one more trial may be dispatched.
-
-        Under back-pressure at most one task is in flight, all studies together: memory
-        stops growing with concurrency, yet no study stalls.
-        """
-        cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
-        return self.inflight < cap
-
-    def set_backpressure(self, on: bool) -> None:
-        """Throttle dispatch (`on`) or lift the throttle and let every study fill up again."""
-        lifted = self.backpressure and not on
-        self.backpressure = on
-        if lifted:
-            self.freed()
 
 
 class RunningStudies:

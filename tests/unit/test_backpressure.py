@@ -8,7 +8,7 @@ from pathlib import Path
 from hpod.config import Settings
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.monitor import Monitor
-from hpod.daemon.studies import TaskSlots
+from hpod.daemon.slots import TaskSlots
 
 
 async def sampled(settings: Settings, slots: TaskSlots) -> tuple[Monitor, Metrics]:
