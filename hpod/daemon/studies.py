@@ -1,5 +1,12 @@
 """Study loops: one asyncio task per running study asks, dispatches and tells.
 
+`StudyRun` is the one owner of its loop's state: its counters, its trials in flight and its
+plan. The drivers it consults decide and hand back what to apply: the strategy driver a
+`Choice` from a read-only `LoopView` (`hpod.daemon.strategy`), the ladder watch the data
+ladder's verdict (`hpod.daemon.ladder`); the run composes its plan from them in one place
+(`StudyRun._compose`, through `hpod.policies.compose`). Worker results reach it through
+`hpod.daemon.results`; `RunningStudies` holds every running loop.
+
 A study's budget is exact across restarts: every trial Optuna created counts (whoever
 evaluates it), a trial is told once (a second result is ignored), and a trial that was asked
 but whose task never reached the broker is dispatched again when the daemon comes back.
