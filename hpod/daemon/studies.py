@@ -1,10 +1,11 @@
 """Study loops: one asyncio task per running study asks, dispatches and tells.
 
 `StudyRun` is the one owner of its loop's state: its counters, its trials in flight and its
-plan. The drivers it consults decide and hand back what to apply: the strategy driver a
-`Choice` from a read-only `LoopView` (`hpod.daemon.strategy`), the ladder watch the data
-ladder's verdict (`hpod.daemon.ladder`); the run composes its plan from them in one place
-(`StudyRun._compose`, through `hpod.policies.compose`). Worker results reach it through
+plan. The strategy driver decides from a read-only `LoopView` and hands back a `Choice`
+(`hpod.daemon.strategy`), the ladder watch the data ladder's verdict (`hpod.daemon.ladder`);
+the run applies them and composes its plan in one place (`StudyRun._compose`, through
+`hpod.policies.compose`). The transfer driver reads the run through a read-only protocol
+(`hpod.daemon.transfer.StudyLoop`) and only wakes it. Worker results reach the run through
 `hpod.daemon.results`; `RunningStudies` holds every running loop.
 
 A study's budget is exact across restarts: every trial Optuna created counts (whoever
