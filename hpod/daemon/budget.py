@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -38,7 +38,7 @@ from hpod.schema import MAX_BUDGET_TRIALS, Budget
 from hpod.transfer.store import was_dropped
 
 #: The key of a task plan's CPU allowance (`cpu_allowance`; the worker's `TaskPlan`).
-ALLOWANCE_KEY = "cpu_allowance"
+ALLOWANCE_KEY: Final = "cpu_allowance"
 
 _STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 

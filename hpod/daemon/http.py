@@ -397,7 +397,7 @@ async def health(request: web.Request) -> web.Response:
         "status": status,
         "version": __version__,
         "running_studies": len(manager.runs),
-        "in_flight": manager.limits.inflight,
+        "in_flight": manager.slots.inflight,
     }
     if fault is not None:
         body["storage_fault"] = fault

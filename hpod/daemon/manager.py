@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hpod.backoff import Backoff
@@ -22,13 +20,14 @@ from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.modes_in_force import ModesInForce
 from hpod.daemon.monitor import Monitor
-from hpod.daemon.store import FINISHED, StudyStore, is_storage_fault
+from hpod.daemon.results import WorkerResults
+from hpod.daemon.slots import TaskSlots
+from hpod.daemon.store import Outcome, StudyStore, is_storage_fault
 from hpod.daemon.strategy import check_setting, strategy_status
-from hpod.daemon.studies import Limits, Result, StudyRun, publish_told
+from hpod.daemon.studies import RunningStudies, StudyRun
 from hpod.daemon.transfer import check_sources, transfer_status
-from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR, MODE_ATTR, STATE_ATTR, check_params
+from hpod.engine import MODE_ATTR, STATE_ATTR, check_params
 from hpod.errors import RequestRejected
-from hpod.messaging import RESULTS
 from hpod.modes import Mode
 from hpod.policies import PolicyChain
 from hpod.policies.batching import BatchingPolicy
@@ -46,13 +45,6 @@ from hpod.schema import (
     TrialTell,
     check_compute_budget,
     check_finite,
-)
-from hpod.workers.messages import (
-    Expected,
-    TrialResult,
-    check_result,
-    parse_results,
-    trusted_cost,
 )
 from hpod.workers.registry import ObjectiveRegistry
 
@@ -101,7 +93,10 @@ class StudyManager:
         self.settings = settings
         self.store = store
         self.bus = bus
-        self.limits = Limits(settings.max_inflight)
+        #: The global cap on worker tasks in flight, and memory back-pressure.
+        self.slots = TaskSlots(settings.max_inflight)
+        #: The running study loops.
+        self.running = RunningStudies(self.slots)
         self.registry = ObjectiveRegistry(settings.objectives)
         #: The fidelity each objective declares, probed outside the daemon's process.
         self.declared = DeclaredFidelities(settings.objectives)
@@ -112,10 +107,12 @@ class StudyManager:
         )
         self.metrics = Metrics(settings.max_finished_study_series)
         self.metrics.watch_inflight(
-            lambda: self.limits.inflight,
+            lambda: self.slots.inflight,
             lambda: {name: len(run.inflight) for name, run in self.runs.items()},
         )
-        self.monitor = Monitor(settings, self.limits, self.metrics)
+        self.monitor = Monitor(settings, self.slots, self.metrics)
+        #: Worker results, matched against the trials in flight and told.
+        self.results = WorkerResults(store, bus, self.metrics, self.running)
         self.doctor = Doctor(settings.max_finished_study_series, lambda name: name in self.runs)
         self.agent = StrategyAgent(
             settings.data_dir / "policy",
@@ -137,7 +134,7 @@ class StudyManager:
     @property
     def runs(self) -> dict[str, StudyRun]:
         """Running study loops by name."""
-        return self.limits.runs
+        return self.running.runs
 
     @property
     def modes(self) -> dict[str, Mode]:
@@ -165,15 +162,15 @@ class StudyManager:
             await self._start_run(spec)
 
     async def _tick(self) -> None:
-        """Every second: watch for a stall of the daemon (`Limits.check_stall`); every five,
+        """Every second: watch for a stall of the daemon (`RunningStudies.check_stall`); every five,
         record how much of the journal is written (`StudyStore.mark`) and, while storage is
         failing, try it (`StudyStore.probe`), so /health turns ok again without a write."""
         n = 0
-        self.limits.last_tick = time.monotonic()
-        self.limits.ticking = True
+        self.running.last_tick = time.monotonic()
+        self.running.ticking = True
         try:
             while True:
-                self.limits.check_stall()
+                self.running.check_stall()
                 if n % 5 == 0:
                     try:
                         await self.store.call(self.store.mark)
@@ -183,7 +180,7 @@ class StudyManager:
                 n += 1
                 await asyncio.sleep(1.0)
         finally:
-            self.limits.ticking = False
+            self.running.ticking = False
 
     def policy_chain(self) -> PolicyChain:
         """A study's efficiency policies, in order: the cache first (a hit needs nothing
@@ -217,7 +214,7 @@ class StudyManager:
                 self.store,
                 self.bus,
                 self.settings,
-                self.limits,
+                self.running,
                 self.policy_chain(),
                 self.metrics,
                 self.doctor.breakdown(spec.name),
@@ -229,7 +226,7 @@ class StudyManager:
             await run.start()
         except Exception as exc:
             if run is not None:
-                self.limits.remove(spec.name, run)
+                self.running.remove(spec.name, run)
             self._on_failure(spec, exc)
             return
         assert run.task is not None
@@ -238,7 +235,7 @@ class StudyManager:
     def _on_run_done(self, spec: StudySpec, run: StudyRun, task: asyncio.Task[None]) -> None:
         """Forget a finished loop (its in-flight tasks stop counting); a loop that failed is
         restarted or its study marked failed (`_on_failure`)."""
-        self.limits.remove(spec.name, run)
+        self.running.remove(spec.name, run)
         if task.cancelled():
             return
         exc = task.exception()
@@ -456,13 +453,7 @@ class StudyManager:
                 "trial",
                 f"trial {request.trial} is evaluated by hpod's workers, not told from outside",
             )
-        result = Result(request.trial, request.state, request.values)
-        run = self.runs.get(request.study)
-        if run is not None:
-            told = await run.on_result(result)
-        else:
-            told = await self._tell_directly(spec, result)
-        self._note_told(request.study, run, [request.trial])
+        told = await self.results.tell(spec, Outcome(request.trial, request.state, request.values))
         return {"study": request.study, "trial": request.trial, "already_told": not told}
 
     async def enqueue(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -495,7 +486,7 @@ class StudyManager:
         name); the new setting decides at once, recorded as a decision of the study."""
         run = await self._live(name)
         check_setting(setting, run.spec, self._strategy_names(), "strategy")
-        await run.strategy.switch(setting)
+        await run.switch_strategy(setting)
         return await self.status(name)
 
     def _strategy_names(self) -> list[str]:
@@ -551,138 +542,8 @@ class StudyManager:
     async def on_worker_result(
         self, body: bytes | dict[str, Any], redelivered: bool = False
     ) -> None:
-        """A worker's result message (one trial, or a pack's ``results``): validate it, check
-        each result against the trial in flight, tell each through its study loop (or directly
-        if the loop ended).
-
-        Nothing on ``hpod.results`` is trusted (see `hpod.workers.messages`): a malformed
-        result, or one that does not match a trial in flight (unknown study or trial, a trial
-        not running, an attempt never dispatched, other params, a wrong number of values,
-        rungs off the trial's ladder) is dead-lettered with the reason and never told; it is
-        never retried either. A result of a trial already told (a second evaluation) is
-        ignored. A result the broker delivers again after a daemon crash may have been told
-        without its event going out; then the event is published again from the stored
-        trial, so events are at-least-once (a consumer may see a trial's event twice, never
-        zero times).
-        """
-        parsed = parse_results(body)
-        for rejected in parsed.rejected:
-            raw = body if rejected.body is None and isinstance(body, bytes) else rejected.body
-            await self._refuse_result(raw if raw is not None else body, rejected.reason)
-        by_study: dict[str, list[TrialResult]] = {}
-        for result in parsed.results:
-            by_study.setdefault(result.study, []).append(result)
-        for study, results in by_study.items():
-            await self._tell_results(study, results, redelivered)
-
-    async def _refuse_result(self, body: Any, reason: str) -> None:
-        """Dead-letter a worker result with the reason it was refused (part of
-        `on_worker_result`)."""
-        origin: dict[str, Any] = {"queue": RESULTS}
-        if isinstance(body, dict):
-            origin.update(study=body.get("study"), trial=body.get("number"))
-        log.warning("result.refused", reason=reason, study=origin.get("study"))
-        raw = body if isinstance(body, bytes) else dumps_lenient(body)
-        await self.bus.dead_letter(raw, reason, origin)
-
-    async def _tell_results(
-        self, study: str, results: list[TrialResult], redelivered: bool
-    ) -> None:
-        """Tell the results of one study that match a trial in flight (part of
-        `on_worker_result`)."""
-        run = self.runs.get(study)
-        try:
-            spec = run.spec if run else await self.store.call(self.store.spec, study)
-        except RequestRejected:
-            for result in results:
-                await self._refuse_result(result.model_dump(mode="json"), "unknown study")
-            return
-        except ValidationError as exc:  # a failed study whose stored spec no longer validates
-            log.warning("result.invalid_study", study=study, error=str(exc)[:500])
-            return
-        accepted: list[Result] = []
-        duplicates: list[Result] = []
-        for message in results:
-            verdict = await self._match(spec, run, message)
-            if isinstance(verdict, str):
-                await self._refuse_result(message.model_dump(mode="json"), verdict)
-            elif verdict is None:
-                duplicates.append(_as_result(message, None))
-            else:
-                accepted.append(_as_result(message, trusted_cost(message, verdict)))
-        if run is not None:
-            told = await run.on_results(accepted) if accepted else []
-        else:
-            told = [await self._tell_directly(spec, result) for result in accepted]
-        self._note_told(study, run, [r.number for r in [*accepted, *duplicates]])
-        stale = [r for r, was_told in zip(accepted, told, strict=True) if not was_told]
-        for again in [*stale, *duplicates] if redelivered else []:
-            frozen = await self.store.call(self.store.trial, spec, again.number)
-            await publish_told(self.bus, spec.name, again, frozen)
-
-    def _note_told(self, study: str, told_by: StudyRun | None, numbers: list[int]) -> None:
-        """Trials `numbers` of `study` are finished in storage, told by the loop `told_by`
-        (None: directly). A loop of the study that started while the tell was on its way
-        (a restart after a storage outage) may have read them RUNNING and taken them for
-        in flight: it learns they are told, instead of waiting for their trial timeout."""
-        current = self.runs.get(study)
-        if current is not None and current is not told_by and numbers:
-            current.note_told(numbers)
-
-    async def _match(
-        self, spec: StudySpec, run: StudyRun | None, result: TrialResult
-    ) -> Expected | str | None:
-        """The trial in flight `result` is for (what it is checked against), None if that
-        trial was told already (a second evaluation), or why the result is refused (part of
-        `on_worker_result`).
-
-        A loop still recovering (restarted after a storage outage, say) does not know its
-        trials in flight yet: its results are checked against the stored trial, as those of a
-        study without a loop are. Refused, they were dead-lettered, and the loop then waited
-        for them until their trial timeout."""
-        if run is not None and not run.recovering:
-            flight = run.inflight.get(result.number)
-            if flight is None:
-                if result.number in run.told or result.number in run.paused_trials:
-                    return None  # told, or paused at a rung: a second result of a task
-                return f"trial {result.number} of study {spec.name!r} is not in flight"
-            steps_to = flight.plan.get("steps_to")
-            if (
-                steps_to is not None
-                and result.cost is not None
-                and result.cost.steps_to != steps_to
-            ):
-                return None  # a continued trial's result of an earlier rung's task
-            expected = _expected(spec, flight.trial.trial_id, flight.trial.params, flight.attempt)
-            expected = _with_ladder(expected, result, flight.plan)
-        else:
-            try:
-                frozen = await self.store.call(self.store.trial, spec, result.number)
-            except RequestRejected as exc:
-                return exc.message
-            if frozen.state in FINISHED:
-                return None
-            if frozen.state != TrialState.RUNNING or frozen.user_attrs.get(EXTERNAL_ATTR):
-                return f"trial {result.number} is not running on hpod's workers"
-            # A task is published before its dispatch mark is written: a mark lost to a
-            # storage outage in between leaves the stored attempt one behind the task's.
-            attempt = int(frozen.user_attrs.get(DISPATCHED_ATTR, 0) or 0) + 1
-            expected = _expected(spec, frozen._trial_id, frozen.params, attempt)
-        problem = check_result(result, expected)
-        return expected if problem is None else problem
-
-    async def _tell_directly(self, spec: StudySpec, result: Result) -> bool:
-        """Tell a trial of a study whose loop is not running (stopped, or ended); a continued
-        trial that paused then is told pruned (no loop will promote it)."""
-        state = "pruned" if result.state == "paused" else result.state
-        values = None if state == "pruned" else result.values
-        frozen = await self.store.call(
-            self.store.tell, spec, result.number, state, values, result.error
-        )
-        if frozen is not None:
-            self.metrics.told(spec.name, frozen)
-            await publish_told(self.bus, spec.name, result, frozen)
-        return frozen is not None
+        """A worker's result message (one trial, or a pack's): see `hpod.daemon.results`."""
+        await self.results.on_message(body, redelivered)
 
     async def status(self, name: str) -> dict[str, Any]:
         """Counts, best and live state of study `name`."""
@@ -705,7 +566,7 @@ class StudyManager:
         attrs = await self.store.call(self.store.study_attrs, name)
         summary["strategy"] = strategy_status(attrs, spec)
         if run is not None:
-            summary["strategy"].update(run.strategy.status())
+            summary["strategy"].update(run.strategy_status())
         summary["transfer"] = transfer_status(attrs, spec)
         if run is not None:
             summary["transfer"].update(run.transfer.status())
@@ -747,39 +608,3 @@ class StudyManager:
     async def workers(self) -> dict[str, Any]:
         """The live workers, as the broker in force can tell."""
         return await self.monitor.workers()
-
-
-def _expected(spec: StudySpec, trial_id: int, params: dict[str, Any], attempt: int) -> Expected:
-    """What a result of this trial must match (ladder unknown until `_with_ladder`)."""
-    return Expected(trial_id, params, attempt, len(spec.directions))
-
-
-def _with_ladder(expected: Expected, result: TrialResult, plan: dict[str, Any]) -> Expected:
-    """`expected` with the ladder the worker ran: the task's for an objective that
-    subsamples, full data for the others; unknown (None) for a trial recovered after a
-    restart, whose task plan is not kept."""
-    if "ladder" not in plan:
-        return expected
-    subsamples = result.cost is not None and result.cost.fidelity == "data"
-    ladder = [float(f) for f in plan["ladder"]] if subsamples else [1.0]
-    cached = {float(k): list(v) for k, v in (plan.get("cached") or {}).items()}
-    return replace(expected, ladder=ladder, cached=cached)
-
-
-def _as_result(message: TrialResult, cost: dict[str, Any] | None) -> Result:
-    """A validated worker result as the study loop's `Result`."""
-    return Result(
-        number=message.number,
-        state=message.state,
-        values=list(message.values) if message.values is not None else None,
-        error=message.error,
-        duration=message.duration,
-        started_at=message.started_at,
-        cost=cost,
-        extra={"worker": message.worker, "attempt": message.attempt},
-    )
-
-
-def dumps_lenient(body: Any) -> bytes:
-    """A refused body as JSON for the dead letter (non-finite numbers kept as written)."""
-    return json.dumps(body, separators=(",", ":"), default=repr).encode()

@@ -4,7 +4,7 @@ Three background loops, each sampling off the event loop (the probes block):
 
 * **resources**, every `RESOURCES_INTERVAL` s: CPU and RSS of the daemon and of its child
   processes (the local workers). When the RSS of all of them exceeds the
-  ``memory_high_water_mb`` setting, `Limits` throttles dispatch (back-pressure) until it
+  ``memory_high_water_mb`` setting, `TaskSlots` throttles dispatch (back-pressure) until it
   falls below again. On the embedded broker this also counts the live local pool processes.
 * **queues**, every `QUEUES_INTERVAL` s: messages ready in ``hpod.trials`` and ``hpod.requests``.
 * **workers** (RabbitMQ only): how many Celery workers answer a ping, every
@@ -34,7 +34,7 @@ from hpod.daemon.probes import (
     celery_workers,
     local_workers,
 )
-from hpod.daemon.studies import Limits
+from hpod.daemon.slots import TaskSlots
 from hpod.messaging import REQUESTS, TRIALS
 
 log = structlog.get_logger("hpod.monitor")
@@ -56,9 +56,9 @@ MB = 1 << 20
 class Monitor:
     """Keeps the latest samples of resources, queues and workers, and the back-pressure flag."""
 
-    def __init__(self, settings: Settings, limits: Limits, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, slots: TaskSlots, metrics: Metrics) -> None:
         self.settings = settings
-        self.limits = limits
+        self.slots = slots
         self.metrics = metrics
         self.processes: list[ProcessSample] = []
         self.queue_depths: dict[str, int] = {}
@@ -158,7 +158,7 @@ class Monitor:
     def _apply_backpressure(self, rss: int) -> None:
         high = self.high_water_bytes()
         on = high is not None and rss > high
-        if on != self.limits.backpressure:
+        if on != self.slots.backpressure:
             fields = {
                 "rss_mb": round(rss / MB),
                 "high_water_mb": self.settings.memory_high_water_mb,
@@ -167,7 +167,7 @@ class Monitor:
                 log.warning("backpressure.on", **fields, max_inflight_now=1)
             else:
                 log.info("backpressure.off", **fields)
-            self.limits.set_backpressure(on)
+            self.slots.set_backpressure(on)
         self.metrics.backpressure.set(1 if on else 0)
 
     async def _queues_step(self) -> float:
@@ -211,9 +211,9 @@ class Monitor:
             "rss_bytes_total": sum(s.rss_bytes for s in self.processes),
             "processes": [s.as_dict() for s in self.processes],
             "memory_high_water_bytes": self.high_water_bytes(),
-            "backpressure": self.limits.backpressure,
+            "backpressure": self.slots.backpressure,
             "workers": self.n_workers,
             "queue_depth": dict(self.queue_depths),
-            "in_flight": self.limits.inflight,
-            "max_inflight": self.limits.max_inflight,
+            "in_flight": self.slots.inflight,
+            "max_inflight": self.slots.max_inflight,
         }

@@ -158,7 +158,7 @@ class Daemon:
             self._manager.modes_in_force.modes = modes
             # `objectives` is reloadable: a fresh registry over the new setting (issue 17).
             self._manager.registry = type(self._manager.registry)(self.settings.objectives)
-            self._manager.limits.max_inflight = self.settings.max_inflight
+            self._manager.slots.max_inflight = self.settings.max_inflight
             await self._manager.replan()
         configure_logging(self.settings.log_format, self.settings.log_level)
         log.info("daemon.reloaded", changed=changed, needs_restart=ignored, modes=sorted(modes))
@@ -254,12 +254,12 @@ class Daemon:
         notify.notify("STOPPING=1", "STATUS=draining")
         handler.draining = True
         intake.pause_requests()
-        manager.limits.max_inflight = 0  # no new dispatches; results still arrive
+        manager.slots.max_inflight = 0  # no new dispatches; results still arrive
         drained = await self._drain(manager)
         running = len(manager.runs)
         await runner.cleanup()
         await asyncio.to_thread(intake.stop)
-        left = manager.limits.inflight
+        left = manager.slots.inflight
         await manager.shutdown()
         if workers:
             await workers.stop()
@@ -279,14 +279,14 @@ class Daemon:
         deadline = time.monotonic() + self.settings.drain_timeout
         log.info(
             "daemon.draining",
-            in_flight=manager.limits.inflight,
+            in_flight=manager.slots.inflight,
             timeout_s=self.settings.drain_timeout,
         )
         # Polled at 10 Hz for at most drain_timeout: simpler than a condition shared with
         # every place that changes the in-flight count.
-        while manager.limits.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        while manager.slots.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        return manager.limits.inflight == 0
+        return manager.slots.inflight == 0
 
     async def _on_dead_letter(
         self, queue: str, body: bytes, props: dict[str, Any], reason: str

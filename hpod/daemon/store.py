@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
@@ -80,13 +80,23 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 @dataclass(frozen=True)
 class Outcome:
-    """A trial's outcome to tell, with what its evaluation cost (for the efficiency report)."""
+    """A trial's outcome: from a worker's result message, an external evaluator's tell, or
+    the daemon itself (a cache hit, a trial out of attempts). The study's loop tells it
+    (`StudyStore.tell_many`) and publishes its event; `cost` is what its evaluation cost,
+    for the budget and the efficiency report."""
 
     number: int
     state: str
     values: list[float] | None = None
     error: str | None = None
+    duration: float | None = None
+    #: `time.time()` on the worker when it started the trial.
+    started_at: float | None = None
+    #: What the evaluation cost, as the worker measured it (see `hpod.workers.tasks`); as
+    #: told, with the daemon's own measure of its time.
     cost: dict[str, Any] | None = None
+    #: More fields for the trial's event (the worker, the attempt, why it was skipped).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

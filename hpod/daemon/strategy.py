@@ -8,13 +8,16 @@ as ``mode``, and its one decision says why.
 
 `StrategyDriver` decides at the study's start and again each time the number of told trials
 reaches the next multiple of the mode's `strategy_window`, just before more trials are asked.
+It decides and the study's loop applies: the loop (`hpod.daemon.studies.StudyRun`) owns its
+counters and its plan, asks the driver with a read-only `LoopView` and gets back a `Choice`:
+the `StrategyLayer` to lay over the mode's plan (`hpod.policies.compose`, the one composer,
+which the loop calls) and the ``strategy.chosen`` event to publish. A mode switch makes the
+loop compose its plan again from the new mode's plan and the same layer, so it keeps the
+strategy and changes the other knobs.
 It knows the objective's fidelity from the start when the objective declares it
 (`hpod.daemon.declared`), else from the told trials (`infer_fidelity`).
 Before each decision the previous one's window is scored (`window_reward`) and, once, handed
-to the agent as an `Experience`, so the policy learns from every study the daemon runs. A
-chosen strategy is laid over the mode's plan by the one composer (`hpod.policies.compose`);
-a mode switch re-resolves the mode's plan and lays the current strategy over it again, so it
-keeps the strategy and changes the other knobs.
+to the agent as an `Experience`, so the policy learns from every study the daemon runs.
 
 Every decision is kept on the study (user attributes, so a restart resumes from them):
 
@@ -25,9 +28,8 @@ Every decision is kept on the study (user attributes, so a restart resumes from 
 - ``hpod:strategy_current``: the latest decision in full (features, scores, masks), which the
   next window's experience needs after a restart.
 - ``hpod:strategy_setting``: a live switch, over the spec's setting.
-- ``hpod:ladder`` (`LADDER_ATTR`): the subsampling policy's verdict once it turned the data
-  ladder off (`hpod.policies.ladder_payoff`); every plan is then composed without the ladder.
-  Checked before every ask (a cheap look at the policy), under any setting, ``mode`` too.
+
+The data ladder's "off" verdict (``hpod:ladder``) is the loop's too: `hpod.daemon.ladder`.
 
 A window's reward is written on its record *before* the experience is appended to the replay
 buffer: a crash in between loses that one experience rather than counting it twice.
@@ -38,17 +40,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 from optuna.trial import FrozenTrial, TrialState
 
-from hpod.daemon.budget import budget_used
-from hpod.engine import COST_ATTR, LADDER_ATTR
+from hpod.daemon.declared import DeclaredFidelities
+from hpod.daemon.store import StudyStore
+from hpod.engine import COST_ATTR
 from hpod.errors import RequestRejected
-from hpod.policies import TrialEvent
-from hpod.policies.compose import compose
+from hpod.policies.compose import StrategyLayer
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import (
     Fidelity,
@@ -62,12 +64,8 @@ from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidel
 from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.rules import choose
-from hpod.policies.subsampling import SubsamplingPolicy
 from hpod.schema import StudySpec, check_gp_grid
 from hpod.transfer.store import was_dropped
-
-if TYPE_CHECKING:
-    from hpod.daemon.studies import StudyRun
 
 log = structlog.get_logger("hpod.strategy")
 
@@ -186,15 +184,68 @@ def evaluation_cpu(trials: list[FrozenTrial]) -> float | None:
     return measured[len(measured) // 2] if measured else None
 
 
-class StrategyDriver:
-    """Chooses one study's strategy at its start and every window, and keeps the record."""
+@dataclass(frozen=True)
+class LoopView:
+    """What a decision reads of the study's loop, taken by the loop when it asks for one.
 
-    def __init__(self, run: StudyRun, agent: StrategyAgent) -> None:
-        self.run = run
+    The driver never sees the loop itself: the loop (`hpod.daemon.studies.StudyRun`) owns its
+    counters and its plan, hands the driver this view and applies the `Choice` it gets back.
+    """
+
+    #: Trials told so far.
+    told: int
+    #: Trials asked so far (the next one asked is the decision's first trial).
+    created: int
+    #: The plan of the study's mode (and spec), before any strategy.
+    mode_plan: Plan
+    #: The trial budget in force (None: none).
+    budget_trials: int | None
+    #: The share of the budget spent, by the tightest of its limits (compute included).
+    budget_used: float
+    #: What the last decision laid over the mode's plan.
+    layer: StrategyLayer
+    #: Whether the data ladder was measured not to pay (`hpod.daemon.ladder`).
+    ladder_off: bool
+    #: The subsampling policy's verdict on the ladder (None while it measures).
+    ladder_pays: bool | None
+
+    @property
+    def window(self) -> int:
+        """Trials told between two decisions, from the mode in force."""
+        return self.mode_plan.strategy_window
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A decision for the loop to apply: the new layer over the mode's plan, and what the
+    ``strategy.chosen`` event says (its record is already stored)."""
+
+    layer: StrategyLayer
+    event: dict[str, Any]
+
+
+class StrategyDriver:
+    """Chooses one study's strategy at its start and every window, and keeps the record.
+
+    It decides; the study's loop applies: every call takes a `LoopView` and what changes the
+    loop comes back as a `Choice`. The driver keeps, and stores on the study, only its own
+    state: the setting, the decisions, when the next one is due. The loop serialises the
+    calls (one decision at a time).
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        store: StudyStore,
+        agent: StrategyAgent,
+        declared: DeclaredFidelities | None = None,
+    ) -> None:
+        self.spec = spec
+        self.store = store
         self.agent = agent
-        self.setting: str = run.spec.strategy
-        #: The strategy in force; None while the mode's own plan applies.
-        self.strategy: Strategy | None = None
+        #: Where the fidelity the objective declares is learnt.
+        self._declared_source = declared
+        self.setting: str = spec.strategy
         self.records: list[dict[str, Any]] = []
         self.current: dict[str, Any] | None = None
         #: Told trials at which the next decision is due (None: no more decisions).
@@ -204,31 +255,28 @@ class StrategyDriver:
         #: The fidelity the objective declares (None: none declared, or not resolvable here).
         self.declared: Fidelity | None = None
         self._declared_known = False
-        #: The fidelity the plan is composed for: the last decision's.
-        self.fidelity: Fidelity | None = None
-        #: The stored verdict that turned the data ladder off (None: the ladder is on).
-        self.ladder_off: dict[str, Any] | None = None
-        self._lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        """The study's name."""
+        return self.spec.name
 
     @property
     def effective_setting(self) -> str:
         """The setting that drives decisions: ``mode`` when the spec names sampler or pruner."""
-        return MODE if spec_override(self.run.spec) is not None else self.setting
+        return MODE if spec_override(self.spec) is not None else self.setting
 
-    def plan_for(self, mode_plan: Plan) -> Plan:
-        """`mode_plan` with the current strategy laid over it (or unchanged under ``mode``);
-        a strategy chosen by ``auto`` keeps the mode's pruning where its own prunes nothing."""
-        return compose(
-            mode_plan,
-            self.strategy,
-            self.fidelity,
-            keep_mode_pruning=self.effective_setting == AUTO,
-            ladder_off=self.ladder_off is not None,
-        )
+    def layer(self, strategy: Strategy | None, fidelity: Fidelity | None) -> StrategyLayer:
+        """What `strategy` lays over the mode's plan under the current setting: a strategy
+        chosen by ``auto`` keeps the mode's pruning where its own prunes nothing."""
+        return StrategyLayer(strategy, fidelity, keep_mode_pruning=self.effective_setting == AUTO)
 
-    def window(self) -> int:
-        """Trials told between two decisions, from the mode in force."""
-        return self.run.mode_plan.strategy_window
+    def due(self, told: int) -> str | None:
+        """The trigger of the decision due with `told` trials told (``start``: the study's
+        first; ``window``: its window is full), or None when none is due."""
+        if self.next_at is None or told < self.next_at:
+            return None
+        return "start" if not self.records else "window"
 
     def pack_limit(self, created: int) -> int | None:
         """At most this many trials in the next task, so the trials asked under the current
@@ -238,69 +286,64 @@ class StrategyDriver:
             return None
         return max(1, self.next_at - created)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, window: int) -> dict[str, Any]:
         """What only the running loop knows: the window and when the next decision is due."""
-        return {"window": self.window(), "next_decision_at": self.next_at}
+        return {"window": window, "next_decision_at": self.next_at}
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def resume(self) -> None:
-        """Load the study's stored decisions and follow the last one (after a restart, or at a
-        study's first start, where there are none and the first decision is due at once)."""
-        run = self.run
-        attrs = await run.store.call(run.store.study_attrs, run.name)
-        self.setting = str(attrs.get(STRATEGY_SETTING_ATTR) or run.spec.strategy)
+    def resume(self, attrs: dict[str, Any], window: int) -> StrategyLayer | None:
+        """Load the study's stored decisions (its user attributes `attrs`) and the layer the
+        last one laid over the mode's plan (after a restart). None at a study's first start,
+        where there are none and the first decision is due at once."""
+        self.setting = str(attrs.get(STRATEGY_SETTING_ATTR) or self.spec.strategy)
         self.records = list(attrs.get(STRATEGY_ATTR) or [])
         self.current = attrs.get(STRATEGY_CURRENT_ATTR)
-        await self._resume_ladder(attrs.get(LADDER_ATTR))
         if not self.records:
             self.next_at = 0
-            return
+            return None
         last = self.records[-1]
-        self.fidelity = stored_fidelity(last.get("fidelity"))
-        self.next_at = None if self.effective_setting == MODE else self._boundary(last["told"])
+        fidelity = stored_fidelity(last.get("fidelity"))
+        mode = self.effective_setting == MODE
+        self.next_at = None if mode else self._boundary(last["told"], window)
+        strategy = None
         if last.get("source") != MODE:
             try:
-                self.strategy = self.agent.by_name(str(last["strategy"]))
+                strategy = self.agent.by_name(str(last["strategy"]))
             except KeyError:
-                log.warning("strategy.unknown_on_resume", study=run.name, strategy=last["strategy"])
-                self.next_at = 0 if self.effective_setting != MODE else None
-        await run.set_plan(self.plan_for(run.mode_plan))
+                log.warning(
+                    "strategy.unknown_on_resume", study=self.name, strategy=last["strategy"]
+                )
+                self.next_at = None if mode else 0
         log.info(
             "strategy.resumed",
-            study=run.name,
+            study=self.name,
             strategy=last.get("strategy"),
             decisions=len(self.records),
             next_decision_at=self.next_at,
         )
+        return self.layer(strategy, fidelity)
 
-    async def maybe_decide(self) -> None:
-        """Decide if a decision is due (the study's first, or its window is full); first
-        drop the data ladder if it was just measured not to pay."""
-        await self._check_ladder()
-        if self.next_at is not None and len(self.run.told) >= self.next_at:
-            await self._decide("start" if not self.records else "window", due_only=True)
+    async def set_setting(self, setting: str) -> None:
+        """Follow a new strategy setting from now on (a live `study.strategy`), stored; the
+        loop then asks for a decision (trigger ``switch``)."""
+        await self.store.call(self.store.set_attr, self.name, STRATEGY_SETTING_ATTR, setting)
+        self.setting = setting
 
-    async def switch(self, setting: str) -> None:
-        """Follow a new strategy setting from now on (a live `study.strategy`), decided now."""
-        await self._decide("switch", due_only=False, new_setting=setting)
-
-    async def finish(self) -> None:
+    async def finish(self, view: LoopView) -> None:
         """Score the last decision's window when the study ends, so it is experience too."""
-        async with self._lock:
-            pending = self._pending()
-            if pending is None:
-                return
-            snapshot = await self.run.store.call(self._snapshot, pending)
-            experience = self._settle(pending, snapshot.outcome)
-            await self._persist()
-            await self._learn(experience)
+        pending = self._pending()
+        if pending is None:
+            return
+        snapshot = await self.store.call(self._snapshot, view, pending)
+        experience = self._settle(pending, snapshot.outcome, view)
+        await self._persist()
+        await self._learn(experience)
 
     # --- deciding ----------------------------------------------------------------------
 
-    def _boundary(self, told: int) -> int:
-        """The first multiple of the window above `told`."""
-        window = self.window()
+    def _boundary(self, told: int, window: int) -> int:
+        """The first multiple of `window` above `told`."""
         return (told // window + 1) * window
 
     def _pending(self) -> dict[str, Any] | None:
@@ -309,201 +352,131 @@ class StrategyDriver:
             return self.records[-1]
         return None
 
-    def _budget_used(self) -> float:
-        """The share of the budget spent, by the tightest of its limits (compute included)."""
-        run = self.run
-        return budget_used(run.budget, run.n_created, time.time() - run.created_at, run.spend)
-
-    def _snapshot(self, pending: dict[str, Any] | None) -> Snapshot:
+    def _snapshot(self, view: LoopView, pending: dict[str, Any] | None) -> Snapshot:
         """Read the study's trials once (on the Optuna thread) and derive what a decision needs."""
-        run = self.run
+        spec = self.spec
         # A transferred trial dropped before it was asked never ran: not a told trial, not a
         # zero-cost one in the features and the window's reward.
-        trials = [t for t in run.store.trials(run.spec, None) if not was_dropped(t)]
+        trials = [t for t in self.store.trials(spec, None) if not was_dropped(t)]
         fidelity = self.declared or infer_fidelity(trials)
         vector = features(
-            run.spec,
+            spec,
             trials,
-            run.mode_plan.mode,
-            run.budget.trials,
-            self.window(),
-            budget_used=self._budget_used(),
+            view.mode_plan.mode,
+            view.budget_trials,
+            view.window,
+            budget_used=view.budget_used,
             fidelity=fidelity,
         )
         outcome = None
         if pending is not None:
-            mode = str(pending.get("mode") or run.mode_plan.mode)
-            outcome = window_reward(run.spec, trials, int(pending["first_trial"]), mode)
+            mode = str(pending.get("mode") or view.mode_plan.mode)
+            outcome = window_reward(spec, trials, int(pending["first_trial"]), mode)
         return Snapshot(
-            SpaceShape.of(run.spec, fidelity, run.budget.trials, evaluation_cpu(trials)),
+            SpaceShape.of(spec, fidelity, view.budget_trials, evaluation_cpu(trials)),
             vector,
             outcome,
-            best_params(run.spec, trials),
+            best_params(spec, trials),
             fidelity,
         )
 
     async def _resolve_declared(self) -> None:
         """Learn, once, the fidelity the study's objective declares (`hpod.daemon.declared`)."""
-        run = self.run
         if self._declared_known:
             return
-        if run.declared is not None and run.spec.objective is not None:
-            self.declared = await run.declared.fidelity(run.spec.objective)
+        if self._declared_source is not None and self.spec.objective is not None:
+            self.declared = await self._declared_source.fidelity(self.spec.objective)
         self._declared_known = True
 
-    def _subsampling(self) -> SubsamplingPolicy | None:
-        for policy in self.run.policies.policies:
-            if isinstance(policy, SubsamplingPolicy):
-                return policy
-        return None
+    async def decide(self, view: LoopView, trigger: str) -> Choice:
+        """Decide now, for the loop as `view` shows it: score the pending decision's window,
+        ask the agent (or follow ``mode``), store the new decision and learn from the old;
+        the `Choice` is for the loop to apply."""
+        told, first_trial = view.told, view.created
+        pending = self._pending()
+        await self._resolve_declared()
+        snapshot = await self.store.call(self._snapshot, view, pending)
+        experience = self._settle(pending, snapshot.outcome, view) if pending else None
+        previous = self.records[-1] if self.records else None
+        setting = self.effective_setting
+        decision = None
+        strategy = view.layer.strategy
+        if setting == MODE:
+            strategy = None
+        else:
+            decision = await self._ask_agent(setting, view, snapshot)
+            if strategy is None or decision.strategy.name != strategy.name:
+                # Only on a switch: a CMA-ES kept on must not be restarted every window.
+                strategy = warm_start(decision.strategy, snapshot.best_params, self.spec)
+        layer = self.layer(strategy, snapshot.fidelity)
+        plan = layer.over(view.mode_plan, ladder_off=view.ladder_off)
+        record = self._record(decision, plan, trigger, told, first_trial)
+        record["fidelity"] = snapshot.fidelity
+        self.current = (
+            {**decision.to_json(), "mode": plan.mode, "trigger": trigger}
+            if decision is not None
+            else self._mode_current(record, snapshot)
+        )
+        self._pending_features = snapshot.features if setting != MODE else None
+        self.records.append(record)
+        del self.records[:-MAX_DECISIONS]
+        self.next_at = None if setting == MODE else self._boundary(told, view.window)
+        await self._persist()
+        await self._learn(experience)
+        if decision is not None:
+            self._note(decision)
+        log.info(
+            "strategy.chosen",
+            study=self.name,
+            strategy=record["strategy"],
+            source=record["source"],
+            told=told,
+            reason=record["reason"],
+        )
+        event = {
+            "strategy": record["strategy"],
+            "source": record["source"],
+            "reason": record["reason"],
+            "trigger": trigger,
+            "scores": self.current.get("scores") or {},
+            "features": self.current.get("features") or {},
+            "told": told,
+            "first_trial": first_trial,
+            "plan": record["plan"],
+            "previous_strategy": previous.get("strategy") if previous else None,
+            "previous_reward": previous.get("reward") if previous else None,
+        }
+        return Choice(layer, event)
 
-    def _ladder_pays(self) -> bool | None:
-        """The subsampling policy's verdict on the data ladder (None while it measures)."""
-        policy = self._subsampling()
-        return None if policy is None or policy.cost_ratio is None else policy.pays
-
-    async def _resume_ladder(self, stored: Any) -> None:
-        """Follow a stored "ladder off" verdict; without one, measure the trials told before
-        a restart, so the verdict does not start from nothing."""
-        run, policy = self.run, self._subsampling()
-        if isinstance(stored, dict) and stored.get("verdict") == "off":
-            self.ladder_off = stored
-            if policy is not None:
-                policy.restore(stored)
-            return
-        if policy is None or len(run.plan.ladder) < 2:
-            return
-        trials = await run.store.call(run.store.trials, run.spec, None)
-        costs = [
-            cost
-            for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            and isinstance(cost := t.user_attrs.get(COST_ATTR), dict)
-        ]
-        if costs:
-            policy.seed(costs, TrialEvent(run.spec, -1, {}, plan=run.plan))
-
-    async def _check_ladder(self) -> None:
-        """Store the subsampling policy's "off" verdict, once, and re-plan without the ladder."""
-        policy = self._subsampling()
-        if self.ladder_off is not None or policy is None or policy.payoff is None:
-            return
-        if policy.payoff.verdict != "off":
-            return
-        run = self.run
-        self.ladder_off = {**policy.payoff.to_json(), "told": len(run.told), "at": time.time()}
-        await run.store.call(run.store.set_attr, run.name, LADDER_ATTR, self.ladder_off)
-        log.info("ladder.off", study=run.name, reason=self.ladder_off["reason"])
-        plan = self.plan_for(run.mode_plan)
-        if plan != run.plan:
-            await run.set_plan(plan)
-
-    async def _decide(self, trigger: str, due_only: bool, new_setting: str | None = None) -> None:
-        """Decide now (`due_only`: only if a decision is still due). A `new_setting` is
-        stored and taken under the lock, so a window decision running meanwhile is still
-        made, and recorded, under the old one."""
-        async with self._lock:
-            run = self.run
-            if new_setting is not None:
-                await run.store.call(
-                    run.store.set_attr, run.name, STRATEGY_SETTING_ATTR, new_setting
-                )
-                self.setting = new_setting
-            told, first_trial = len(run.told), run.n_created
-            if due_only and (self.next_at is None or told < self.next_at):
-                return  # another caller decided while this one waited for the lock
-            pending = self._pending()
-            await self._resolve_declared()
-            snapshot = await run.store.call(self._snapshot, pending)
-            self.fidelity = snapshot.fidelity
-            experience = self._settle(pending, snapshot.outcome) if pending else None
-            previous = self.records[-1] if self.records else None
-            setting = self.effective_setting
-            decision = None
-            if setting == MODE:
-                self.strategy = None
-            else:
-                decision = await self._ask_agent(setting, snapshot, told, first_trial)
-                if self.strategy is None or decision.strategy.name != self.strategy.name:
-                    # Only on a switch: a CMA-ES kept on must not be restarted every window.
-                    self.strategy = warm_start(decision.strategy, snapshot.best_params, run.spec)
-            plan = self.plan_for(run.mode_plan)
-            if plan != run.plan:
-                await run.set_plan(plan)
-            record = self._record(decision, plan, trigger, told, first_trial)
-            record["fidelity"] = snapshot.fidelity
-            self.current = (
-                {**decision.to_json(), "mode": plan.mode, "trigger": trigger}
-                if decision is not None
-                else self._mode_current(record, snapshot)
-            )
-            self._pending_features = snapshot.features if setting != MODE else None
-            self.records.append(record)
-            del self.records[:-MAX_DECISIONS]
-            self.next_at = None if setting == MODE else self._boundary(told)
-            await self._persist()
-            await self._learn(experience)
-            if decision is not None:
-                self._note(decision)
-            run.metrics.strategy_decisions.labels(
-                record["strategy"], record["source"], plan.sampler
-            ).inc()
-            log.info(
-                "strategy.chosen",
-                study=run.name,
-                strategy=record["strategy"],
-                source=record["source"],
-                told=told,
-                reason=record["reason"],
-            )
-            await run.bus.event(
-                "strategy.chosen",
-                run.name,
-                strategy=record["strategy"],
-                source=record["source"],
-                reason=record["reason"],
-                trigger=trigger,
-                scores=self.current.get("scores") or {},
-                features=self.current.get("features") or {},
-                told=told,
-                first_trial=first_trial,
-                plan=record["plan"],
-                previous_strategy=previous.get("strategy") if previous else None,
-                previous_reward=previous.get("reward") if previous else None,
-            )
-
-    async def _ask_agent(
-        self, setting: str, snapshot: Snapshot, told: int, first_trial: int
-    ) -> Decision:
+    async def _ask_agent(self, setting: str, view: LoopView, snapshot: Snapshot) -> Decision:
         """The agent's decision (forced for a named strategy); on an unexpected error, the
         rule-based selector's, so a study never stalls on its policy."""
         agent = self.agent
+        told, first_trial, current = view.told, view.created, view.layer.strategy
         try:
             if setting != AUTO:
                 return agent.forced(
                     agent.by_name(setting), snapshot.shape, snapshot.features, told, first_trial
                 )
+            # The plan `auto` would run a strategy under.
+            auto = StrategyLayer(None, snapshot.fidelity, keep_mode_pruning=True)
             return await asyncio.to_thread(
                 agent.decide,
                 snapshot.shape,
                 snapshot.features,
-                self.run.mode_plan.mode,
+                view.mode_plan.mode,
                 told,
                 first_trial,
-                self._ladder_pays(),
-                self.strategy.name if self.strategy else None,
+                view.ladder_pays,
+                current.name if current else None,
                 self.records[-1] if self.records else None,  # scored: an exploration's verdict
-                plan_of=lambda strategy: compose(
-                    self.run.mode_plan,
-                    strategy,
-                    snapshot.fidelity,
-                    keep_mode_pruning=True,  # the plan `auto` would run it under
-                    ladder_off=self.ladder_off is not None,
+                plan_of=lambda strategy: replace(auto, strategy=strategy).over(
+                    view.mode_plan, ladder_off=view.ladder_off
                 ),
             )
         except Exception as exc:
-            log.exception("strategy.decide_failed", study=self.run.name, error=repr(exc))
-            strategy = choose(snapshot.shape, told, self._ladder_pays(), agent.strategies)
+            log.exception("strategy.decide_failed", study=self.name, error=repr(exc))
+            strategy = choose(snapshot.shape, told, view.ladder_pays, agent.strategies)
             return Decision(
                 strategy=strategy,
                 source="rules",
@@ -520,7 +493,7 @@ class StrategyDriver:
     ) -> dict[str, Any]:
         """The compact record of a decision kept in `STRATEGY_ATTR`."""
         if decision is None:
-            override = spec_override(self.run.spec)
+            override = spec_override(self.spec)
             reason = (
                 f"the spec names its {override}: the mode's plan applies, the policy does not "
                 "override it"
@@ -561,7 +534,9 @@ class StrategyDriver:
             "trigger": record["trigger"],
         }
 
-    def _settle(self, pending: dict[str, Any], outcome: WindowOutcome | None) -> Experience | None:
+    def _settle(
+        self, pending: dict[str, Any], outcome: WindowOutcome | None, view: LoopView
+    ) -> Experience | None:
         """Write the window's outcome on its record; the experience to learn from, if any."""
         pending["settled"] = True
         if outcome is None:
@@ -582,8 +557,8 @@ class StrategyDriver:
         if vector is None:
             return None
         return Experience(
-            study=self.run.name,
-            mode=str(pending.get("mode") or self.run.mode_plan.mode),
+            study=self.name,
+            mode=str(pending.get("mode") or view.mode_plan.mode),
             strategy=strategy.name,
             features=vector,
             action=action_features(strategy),
@@ -606,15 +581,14 @@ class StrategyDriver:
         try:
             return [float(stored[name]) for name in FEATURE_NAMES]
         except (KeyError, TypeError, ValueError):
-            log.warning("strategy.features_changed", study=self.run.name)
+            log.warning("strategy.features_changed", study=self.name)
             return None
 
     async def _persist(self) -> None:
         """Write the decisions and the current one, in one durable write."""
-        run = self.run
-        await run.store.call(
-            run.store.set_attrs,
-            run.name,
+        await self.store.call(
+            self.store.set_attrs,
+            self.name,
             {STRATEGY_ATTR: self.records, STRATEGY_CURRENT_ATTR: self.current},
         )
 
@@ -625,10 +599,10 @@ class StrategyDriver:
         try:
             await asyncio.to_thread(self.agent.record, experience)
         except Exception as exc:  # the replay buffer is a file: a full disk must not stop a study
-            log.exception("strategy.record_failed", study=self.run.name, error=repr(exc))
+            log.exception("strategy.record_failed", study=self.name, error=repr(exc))
 
     def _note(self, decision: Decision) -> None:
         try:
-            self.agent.note_decision(self.run.name, decision)
+            self.agent.note_decision(self.name, decision)
         except Exception as exc:
-            log.exception("strategy.note_failed", study=self.run.name, error=repr(exc))
+            log.exception("strategy.note_failed", study=self.name, error=repr(exc))

@@ -1,5 +1,13 @@
 """Study loops: one asyncio task per running study asks, dispatches and tells.
 
+`StudyRun` is the one owner of its loop's state: its counters, its trials in flight and its
+plan. The strategy driver decides from a read-only `LoopView` and hands back a `Choice`
+(`hpod.daemon.strategy`), the ladder watch the data ladder's verdict (`hpod.daemon.ladder`);
+the run applies them and composes its plan in one place (`StudyRun._compose`, through
+`hpod.policies.compose`). The transfer driver reads the run through a read-only protocol
+(`hpod.daemon.transfer.StudyLoop`) and only wakes it. Worker results reach the run through
+`hpod.daemon.results`; `RunningStudies` holds every running loop.
+
 A study's budget is exact across restarts: every trial Optuna created counts (whoever
 evaluates it), a trial is told once (a second result is ignored), and a trial that was asked
 but whose task never reached the broker is dispatched again when the daemon comes back.
@@ -13,7 +21,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -25,16 +33,19 @@ from hpod.daemon.budget import (
     ALLOWANCE_KEY,
     Spend,
     budget_left,
+    budget_used,
     cpu_allowance,
     trials_affordable,
 )
 from hpod.daemon.bus import Bus
 from hpod.daemon.declared import DeclaredFidelities
 from hpod.daemon.doctor import TimeBreakdown
+from hpod.daemon.ladder import LadderWatch
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.promotion import CONTINUATION_ATTR, Promotions, Record
+from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
-from hpod.daemon.strategy import StrategyDriver
+from hpod.daemon.strategy import LoopView, StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
 from hpod.daemon.transfer import TransferDriver
 from hpod.engine import (
@@ -42,15 +53,16 @@ from hpod.engine import (
     DISPATCHED_ATTR,
     ERROR_ATTR,
     EXTERNAL_ATTR,
+    LADDER_ATTR,
     REQUEST_ATTR,
     STATE_ATTR,
 )
 from hpod.errors import RequestRejected
-from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
+from hpod.policies import HookContext, PolicyChain, SkipEvaluation
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE
-from hpod.policies.compose import continuation_applies
-from hpod.policies.plan import Plan
+from hpod.policies.compose import StrategyLayer, continuation_applies
+from hpod.policies.plan import Plan, TaskPlan
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
 from hpod.transfer.store import counts_in_budget
@@ -73,26 +85,10 @@ class InFlight:
     #: The worker task it travels in (several trials share one when packed).
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
-    plan: dict[str, Any] = field(default_factory=dict)
+    task_plan: TaskPlan = field(default_factory=lambda: TaskPlan())
     #: The daemon's own seconds on it so far: its share of the ask and of the task's
     #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
-
-
-@dataclass
-class Result:
-    """A trial outcome, from a worker or an external evaluator."""
-
-    number: int
-    state: str
-    values: list[float] | None = None
-    error: str | None = None
-    duration: float | None = None
-    #: `time.time()` on the worker when it started the trial.
-    started_at: float | None = None
-    #: What the evaluation cost, as the worker measured it (see `hpod.workers.tasks`).
-    cost: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 STATE_NAMES = {
@@ -107,12 +103,12 @@ TRIAL_EVENTS = {
 }
 
 
-async def publish_told(bus: Bus, study: str, result: Result, frozen: FrozenTrial) -> None:
+async def publish_told(bus: Bus, study: str, result: Outcome, frozen: FrozenTrial) -> None:
     """Publish the event of a trial just told (its state as Optuna recorded it)."""
     await publish_told_many(bus, study, [(result, frozen)])
 
 
-async def publish_told_many(bus: Bus, study: str, told: list[tuple[Result, FrozenTrial]]) -> None:
+async def publish_told_many(bus: Bus, study: str, told: list[tuple[Outcome, FrozenTrial]]) -> None:
     """Publish the events of trials just told, in order, in one call to the bus."""
     await bus.events(
         [
@@ -133,23 +129,17 @@ async def publish_told_many(bus: Bus, study: str, told: list[tuple[Result, Froze
     )
 
 
-class Limits:
-    """The global cap on worker tasks in flight, shared by every study, and memory
-    back-pressure. A task carries one trial, or several cheap ones packed together.
-
-    `inflight` is derived from the real state (the tasks of the running loops), recounted
-    whenever a task starts or ends or a loop goes away: a loop that crashes cannot leak it.
-    """
+class RunningStudies:
+    """The running study loops by name: their worker tasks are what fills the `TaskSlots`,
+    a freed slot wakes them all, and a stall of the daemon moves their deadlines."""
 
     #: A gap this long between two ticks of the event loop is a stall (SIGSTOP, a blocked loop).
     STALL_SECONDS = 5.0
 
-    def __init__(self, max_inflight: int) -> None:
-        self.max_inflight = max_inflight
-        self.inflight = 0
+    def __init__(self, slots: TaskSlots) -> None:
+        self.slots = slots
+        slots.freed = self.wake_all
         self.runs: dict[str, StudyRun] = {}
-        #: Set by the resource monitor while memory is above the high-water mark.
-        self.backpressure = False
         #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
         self.last_tick = time.monotonic()
         #: True while the manager's 1 s ticker runs: without it a gap proves no stall.
@@ -157,7 +147,7 @@ class Limits:
 
     def recount(self) -> None:
         """Count the worker tasks in flight from the running loops' own task sets."""
-        self.inflight = sum(len(run.tasks) for run in self.runs.values())
+        self.slots.inflight = sum(len(run.tasks) for run in self.runs.values())
 
     def remove(self, name: str, run: StudyRun) -> None:
         """Forget the loop `run` of study `name` (ended or crashed): its tasks stop counting."""
@@ -186,22 +176,6 @@ class Limits:
                 flight.deadline += gap
         return gap
 
-    def available(self) -> bool:
-        """Whether one more trial may be dispatched.
-
-        Under back-pressure at most one task is in flight, all studies together: memory
-        stops growing with concurrency, yet no study stalls.
-        """
-        cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
-        return self.inflight < cap
-
-    def set_backpressure(self, on: bool) -> None:
-        """Throttle dispatch (`on`) or lift the throttle and let every study fill up again."""
-        lifted = self.backpressure and not on
-        self.backpressure = on
-        if lifted:
-            self.wake_all()
-
     def wake_all(self) -> None:
         """A slot freed up: let every study loop look again."""
         for run in self.runs.values():
@@ -217,7 +191,7 @@ class StudyRun:
         store: StudyStore,
         bus: Bus,
         settings: Settings,
-        limits: Limits,
+        running: RunningStudies,
         policies: PolicyChain,
         metrics: Metrics,
         timings: TimeBreakdown,
@@ -226,11 +200,16 @@ class StudyRun:
         declared: DeclaredFidelities | None = None,
     ) -> None:
         self.spec = spec
-        #: Where the strategy driver learns the fidelity the objective declares.
+        #: Where the loop learns what the objective declares (resumable; the driver: fidelity).
         self.declared = declared
-        #: The plan of the study's mode (and spec); `plan` is it with the strategy laid over.
+        #: The plan of the study's mode (and spec); `plan` is it with the strategy laid over
+        #: (`layer`) and the ladder's verdict, composed in one place (`_compose`).
         self.mode_plan = plan
         self.plan = plan
+        #: What the strategy decisions lay over the mode's plan (the last `Choice` applied).
+        self.layer = StrategyLayer()
+        #: The data ladder's "off" verdict, once measured (`hpod.daemon.ladder`).
+        self.ladder = LadderWatch(policies)
         self.batching = next(
             (p for p in policies.policies if isinstance(p, BatchingPolicy)), BatchingPolicy()
         )
@@ -240,7 +219,8 @@ class StudyRun:
         self.store = store
         self.bus = bus
         self.settings = settings
-        self.limits = limits
+        #: Every running loop (this one among them) and the global cap on tasks in flight.
+        self.running = running
         self.policies = policies
         self.metrics = metrics
         self.timings = timings
@@ -256,7 +236,7 @@ class StudyRun:
         self.stopping = False
         #: True until `_recover` has rebuilt the trials in flight from storage. The loop is
         #: registered (results reach it) before that: meanwhile a result is checked against
-        #: the stored trial, not against `inflight` (`StudyManager._match`).
+        #: the stored trial, not against `inflight` (`hpod.daemon.results.WorkerResults._match`).
         self.recovering = True
         #: Paused: nothing new is dispatched until resumed (trials in flight are still told).
         self.paused = False
@@ -267,8 +247,10 @@ class StudyRun:
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        #: Chooses the sampler, pruner and data ladder at the start and every window.
-        self.strategy = StrategyDriver(self, agent)
+        #: Chooses the sampler, pruner and data ladder at the start and every window; the
+        #: loop applies its choices, one at a time (`_deciding`).
+        self.strategy = StrategyDriver(spec, store, agent, declared)
+        self._deciding = asyncio.Lock()
         #: Warm start from past studies, their agreement, this study's memory at its end.
         self.transfer = TransferDriver(self)
         #: Whether the objective declares ``hpod_resumable`` (None: not asked yet).
@@ -287,7 +269,12 @@ class StudyRun:
     async def start(self) -> None:
         """Recover the study's state from storage and start its loop."""
         await self.store.call(self.store.set_plan, self.spec, self.plan)
-        await self.strategy.resume()
+        attrs = await self.store.call(self.store.study_attrs, self.name)
+        await self.ladder.resume(self.store, self.spec, self.plan, attrs.get(LADDER_ATTR))
+        layer = self.strategy.resume(attrs, self.mode_plan.strategy_window)
+        if layer is not None:
+            self.layer = layer
+            await self.set_plan(self._compose())
         await self._recover()
         await self.transfer.start()
         self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
@@ -354,9 +341,9 @@ class StudyRun:
             self.paused_trials[asked.number] = asked
             return
         task = self._new_task({asked.number})
-        plan = self._continued_plan(record.to)
+        task_plan = self._continued_plan(record.to)
         self.inflight[asked.number] = InFlight(
-            asked, max(1, attempt), self._deadline(), None, task, plan
+            asked, max(1, attempt), self._deadline(), None, task, task_plan
         )
 
     async def _publish_owed(self, trials: dict[int, FrozenTrial]) -> None:
@@ -369,7 +356,7 @@ class StudyRun:
             return
         finished = [trials[n] for n in owed if n in trials and trials[n].state in FINISHED]
         for frozen in finished:
-            result = Result(frozen.number, STATE_NAMES[frozen.state], frozen.values)
+            result = Outcome(frozen.number, STATE_NAMES[frozen.state], frozen.values)
             await publish_told(self.bus, self.name, result, frozen)
         # Owed but not finished: the tell never happened; it is told (and noted) again later.
         await self.store.call(self.store.settle_events, self.name, owed)
@@ -423,7 +410,7 @@ class StudyRun:
         for number, flight in self.inflight.items():
             if leave_out and number in leave_out:
                 continue
-            allowance = flight.plan.get(ALLOWANCE_KEY)
+            allowance = flight.task_plan.get(ALLOWANCE_KEY)
             total += float(allowance) if allowance is not None else reserve
         return total
 
@@ -433,12 +420,12 @@ class StudyRun:
         return allowance is not None and allowance <= 0
 
     def _with_allowances(
-        self, trials: list[tuple[AskedTrial, dict[str, Any]]]
-    ) -> list[tuple[AskedTrial, dict[str, Any]]]:
+        self, trials: list[tuple[AskedTrial, TaskPlan]]
+    ) -> list[tuple[AskedTrial, TaskPlan]]:
         """`trials` (one task) with their CPU allowances on their plans, under a compute
         limit: the task's share of the budget not yet allocated, split evenly among its
         trials. A trial sent again keeps the allowance it had."""
-        fresh = [asked.number for asked, plan in trials if ALLOWANCE_KEY not in plan]
+        fresh = [asked.number for asked, task_plan in trials if ALLOWANCE_KEY not in task_plan]
         if not fresh:
             return trials
         free = max(1, self.plan.parallelism - len(self.tasks))
@@ -449,8 +436,8 @@ class StudyRun:
         # Dispatched anyway (a recovered trial, the last of a pack): it stops at once.
         each = round(max(allowance / len(fresh), 1e-3), 6)
         return [
-            (asked, plan if ALLOWANCE_KEY in plan else {**plan, ALLOWANCE_KEY: each})
-            for asked, plan in trials
+            (asked, task_plan if ALLOWANCE_KEY in task_plan else {**task_plan, ALLOWANCE_KEY: each})
+            for asked, task_plan in trials
         ]
 
     def spent(self) -> dict[str, Any]:
@@ -492,7 +479,79 @@ class StudyRun:
         """The mode's plan was resolved again (a mode switch or a modes reload): follow it,
         with the current strategy still laid over it."""
         self.mode_plan = mode_plan
-        await self.set_plan(self.strategy.plan_for(mode_plan))
+        await self.set_plan(self._compose())
+
+    def _compose(self) -> Plan:
+        """The plan the study runs under: the mode's plan with the strategy layer laid over
+        it and the data ladder dropped once it does not pay (`hpod.policies.compose`). The
+        loop's one composition: every change of plan goes through here."""
+        return self.layer.over(self.mode_plan, ladder_off=self.ladder.off is not None)
+
+    # --- the strategy ------------------------------------------------------------------
+
+    def _view(self) -> LoopView:
+        """What the strategy driver may read of this loop, now."""
+        return LoopView(
+            told=len(self.told),
+            created=self.n_created,
+            mode_plan=self.mode_plan,
+            budget_trials=self.budget.trials,
+            budget_used=budget_used(
+                self.budget, self.n_created, time.time() - self.created_at, self.spend
+            ),
+            layer=self.layer,
+            ladder_off=self.ladder.off is not None,
+            ladder_pays=self.ladder.pays(),
+        )
+
+    async def _maybe_decide(self) -> None:
+        """Before an ask: drop the data ladder if it was just measured not to pay, then let
+        the driver decide if a decision is due (the study's first, or its window is full)."""
+        await self._check_ladder()
+        if self.strategy.due(len(self.told)) is not None:
+            await self._decide()
+
+    async def switch_strategy(self, setting: str) -> None:
+        """Follow a new strategy setting from now on (a live `study.strategy`), decided now."""
+        await self._decide(setting)
+
+    def strategy_status(self) -> dict[str, Any]:
+        """What only the running loop knows of its strategy: the window, the next decision."""
+        return self.strategy.status(self.mode_plan.strategy_window)
+
+    async def _decide(self, new_setting: str | None = None) -> None:
+        """Ask the driver for a decision and apply it: the new layer, the plan composed from
+        it, the metric and the ``strategy.chosen`` event. Without `new_setting`, only if one
+        is still due once the lock is held (another caller may have decided meanwhile); a
+        `new_setting` is stored and taken under the lock, so a window decision running
+        meanwhile is still made, and recorded, under the old one."""
+        async with self._deciding:
+            if new_setting is not None:
+                await self.strategy.set_setting(new_setting)
+            trigger = "switch" if new_setting is not None else self.strategy.due(len(self.told))
+            if trigger is None:
+                return
+            choice = await self.strategy.decide(self._view(), trigger)
+            self.layer = choice.layer
+            plan = self._compose()
+            if plan != self.plan:
+                await self.set_plan(plan)
+            event = choice.event
+            self.metrics.strategy_decisions.labels(
+                event["strategy"], event["source"], plan.sampler
+            ).inc()
+            await self.bus.event("strategy.chosen", self.name, **event)
+
+    async def _check_ladder(self) -> None:
+        """Store the subsampling policy's "off" verdict, once, and re-plan without the ladder."""
+        verdict = self.ladder.turned_off(len(self.told))
+        if verdict is None:
+            return
+        await self.store.call(self.store.set_attr, self.name, LADDER_ATTR, verdict)
+        log.info("ladder.off", study=self.name, reason=verdict["reason"])
+        plan = self._compose()
+        if plan != self.plan:
+            await self.set_plan(plan)
 
     async def _fill(self) -> None:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
@@ -504,7 +563,7 @@ class StudyRun:
             # A strategy decision due (start, or a full window) and the transfer's verdicts on
             # the trials told since (`hpod.daemon.transfer`) come before the next ask; they
             # await, so whether to ask is checked again after them.
-            await self.strategy.maybe_decide()
+            await self._maybe_decide()
             await self.transfer.observe()
             if not self._may_ask():
                 break
@@ -517,7 +576,7 @@ class StudyRun:
             and not self.paused
             and self._budget_left()
             and len(self.tasks) < self.plan.parallelism
-            and self.limits.available()
+            and self.running.slots.available()
         )
 
     def next_pack_size(self) -> int:
@@ -551,28 +610,28 @@ class StudyRun:
         self.n_created += n
         asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
         self.timings.add("sampler", ask_seconds)
-        to_dispatch: list[tuple[AskedTrial, dict[str, Any]]] = []
-        skipped: list[Result] = []
+        to_dispatch: list[tuple[AskedTrial, TaskPlan]] = []
+        skipped: list[Outcome] = []
         daemon: dict[int, float] = {}
         for asked in asked_trials:
-            event = self._event(asked)
+            context = self._hook_context(asked)
             hook_started = time.perf_counter()
             try:
                 with self.timings.measure("policies"):
-                    self.policies.before_dispatch(event)
+                    self.policies.before_dispatch(context)
             except SkipEvaluation as skip:
                 self.metrics.skipped(skip.reason)
                 extra = {"skipped": skip.reason}
                 skipped.append(
-                    Result(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
+                    Outcome(asked.number, "complete", skip.values, cost=skip.cost, extra=extra)
                 )
                 continue
-            self.metrics.looked_up(event.notes.get(LOOKUP_NOTE))
-            if event.notes.get("cache"):
-                event.task["cache"] = event.notes["cache"]
+            self.metrics.looked_up(context.notes.get(LOOKUP_NOTE))
+            if context.notes.get("cache"):
+                context.task_plan["cache"] = context.notes["cache"]
             if self._continuing():
-                event.task = self._continued_plan(self._promotions().first_rung())
-            to_dispatch.append((asked, event.task))
+                context.task_plan = self._continued_plan(self._promotions().first_rung())
+            to_dispatch.append((asked, context.task_plan))
             hook = time.perf_counter() - hook_started
             daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
         if to_dispatch:
@@ -580,27 +639,27 @@ class StudyRun:
         if skipped:
             await self.on_results(skipped, owed=True)
 
-    def _event(self, asked: AskedTrial) -> TrialEvent:
+    def _hook_context(self, asked: AskedTrial) -> HookContext:
         """A just-asked trial as the policies see it, its task at the plan's base."""
-        return TrialEvent(
-            self.spec, asked.number, asked.params, plan=self.plan, task=self.plan.base_task()
+        return HookContext(
+            self.spec, asked.number, asked.params, plan=self.plan, task_plan=self.plan.base_task()
         )
 
-    def _task_plan(self, asked: AskedTrial) -> dict[str, Any]:
+    def _task_plan(self, asked: AskedTrial) -> TaskPlan:
         """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
-        event = self._event(asked)
+        context = self._hook_context(asked)
         # A recovered trial is evaluated whatever the cache says: it is already in storage.
         with contextlib.suppress(SkipEvaluation):
-            self.policies.before_dispatch(event)
-        event.task.pop("cached", None)
+            self.policies.before_dispatch(context)
+        context.task_plan.pop("cached", None)
         if self._continuing():
             return self._continued_plan(self._promotions().first_rung())
-        return event.task
+        return context.task_plan
 
     def _new_task(self, numbers: set[int]) -> int:
         task = next(self._task_ids)
         self.tasks[task] = numbers
-        self.limits.recount()
+        self.running.recount()
         return task
 
     async def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
@@ -611,7 +670,7 @@ class StudyRun:
 
     async def _dispatch(
         self,
-        trials: list[tuple[AskedTrial, dict[str, Any]]],
+        trials: list[tuple[AskedTrial, TaskPlan]],
         attempt: int,
         asked_at: float | None = None,
         daemon: dict[int, float] | None = None,
@@ -622,7 +681,7 @@ class StudyRun:
         the ask, its policy hooks); the publish is shared on top."""
         trials = self._with_allowances(trials)
         messages = []
-        for asked, plan in trials:
+        for asked, task_plan in trials:
             self._forget_task_of(asked.number)
             messages.append(
                 {
@@ -633,7 +692,7 @@ class StudyRun:
                     "objective": self.spec.objective,
                     "objective_kwargs": self.spec.objective_kwargs,
                     "attempt": attempt,
-                    "plan": plan,
+                    "plan": task_plan,
                 }
             )
         task = self._new_task({asked.number for asked, _ in trials})
@@ -645,10 +704,10 @@ class StudyRun:
                 self._deadline(len(trials)),
                 now,
                 task,
-                plan,
+                task_plan,
                 (daemon or {}).get(asked.number, 0.0),
             )
-            for asked, plan in trials
+            for asked, task_plan in trials
         ]
         for flight in flights:
             self.inflight[flight.trial.number] = flight
@@ -689,8 +748,8 @@ class StudyRun:
         members.discard(number)
         if not members:
             del self.tasks[flight.task]
-            self.limits.recount()
-            self.limits.wake_all()
+            self.running.recount()
+            self.running.wake_all()
 
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
@@ -703,18 +762,18 @@ class StudyRun:
     async def _expire(self) -> None:
         """Trials whose worker never answered: dispatch again, or fail after max attempts.
 
-        After a stall of the daemon itself the deadlines move first (`Limits.check_stall`):
+        After a stall of the daemon itself the deadlines move first (`RunningStudies.check_stall`):
         results that arrived meanwhile are used, not dispatched again.
         """
-        self.limits.check_stall()
+        self.running.check_stall()
         now = time.monotonic()
         for flight in [f for f in self.inflight.values() if f.deadline <= now]:
             if flight.attempt < self.settings.max_attempts:
                 log.warning("trial.redispatch", study=self.name, trial=flight.trial.number)
-                await self._dispatch([(flight.trial, flight.plan)], flight.attempt + 1)
+                await self._dispatch([(flight.trial, flight.task_plan)], flight.attempt + 1)
             else:
                 error = f"no result after {flight.attempt} attempts (worker lost or stuck)"
-                result = Result(flight.trial.number, "failed", error=error)
+                result = Outcome(flight.trial.number, "failed", error=error)
                 await self.on_results([result], owed=True)
 
     # --- continuation ------------------------------------------------------------------
@@ -741,7 +800,7 @@ class StudyRun:
             self.promotions = Promotions(tuple(ladder), self.plan.eta, maximize)
         return self.promotions
 
-    def _continued_plan(self, steps_to: float) -> dict[str, Any]:
+    def _continued_plan(self, steps_to: float) -> TaskPlan:
         """The task plan of a continued trial: full data, no step pruner (promotions are the
         pruning), run to `steps_to` of the objective's steps from its checkpoint."""
         return {**self.plan.base_task(), "steps_to": steps_to}
@@ -758,12 +817,12 @@ class StudyRun:
             not self.stopping
             and not self.paused
             and len(self.tasks) < self.plan.parallelism
-            and self.limits.available()
+            and self.running.slots.available()
         ):
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:
                 return
-            plan_extra: dict[str, Any] = {}
+            plan_extra: TaskPlan = {}
             if self._compute_spent():
                 # Past a compute limit only the promotion that gives the study its first
                 # full-fidelity result goes on, one at a time and without an allowance
@@ -785,7 +844,7 @@ class StudyRun:
             log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
             await self._dispatch([(asked, {**self._continued_plan(to), **plan_extra})], attempt=1)
 
-    async def _pause(self, results: list[Result]) -> None:
+    async def _pause(self, results: list[Outcome]) -> None:
         """Continued trials that reached a rung below the last: persist their records (one
         durable write), free their slots, and let the promotion rule see them."""
         promotions = self._promotions()
@@ -824,11 +883,11 @@ class StudyRun:
         for number in chosen:
             record = self._promotions().records.get(number) or Record()
             # No task ran: the cost is the record's (`_merge_continued`).
-            results.append(Result(number, "pruned", extra={"paused_at": record.at}))
+            results.append(Outcome(number, "pruned", extra={"paused_at": record.at}))
             self.paused_trials.pop(number, None)
         await self.on_results(results, owed=True)
 
-    def _merge_continued(self, result: Result) -> dict[str, Any] | None:
+    def _merge_continued(self, result: Outcome) -> dict[str, Any] | None:
         """The cost to store for a trial now told: a continued trial's tasks summed (CPU,
         share of a full evaluation), and its whole CPU as its full-evaluation cost when it
         completed the last rung; any other trial's cost as its worker reported it."""
@@ -852,11 +911,11 @@ class StudyRun:
 
     # --- results -----------------------------------------------------------------------
 
-    async def on_result(self, result: Result) -> bool:
+    async def on_result(self, result: Outcome) -> bool:
         """Tell Optuna a trial's outcome and publish it; False if it was already told."""
         return (await self.on_results([result]))[0]
 
-    async def on_results(self, results: list[Result], owed: bool = False) -> list[bool]:
+    async def on_results(self, results: list[Outcome], owed: bool = False) -> list[bool]:
         """Tell several outcomes in one durable write, then publish them; for each, whether
         it was told now (False: it had been told before).
 
@@ -865,7 +924,7 @@ class StudyRun:
         tell and the events. Their events are then noted as owed in the same durable write and
         settled once published; recovery publishes those still owed (`_publish_owed`).
         Results from a message need no note: the message is acknowledged after the events,
-        and a redelivered one republishes them (`StudyManager.on_worker_result`).
+        and a redelivered one republishes them (`hpod.daemon.results`).
         """
         if not owed and self._result_at is None:
             self._result_at = time.perf_counter()  # until the next dispatch (`_dispatch`)
@@ -883,13 +942,13 @@ class StudyRun:
                 cost.pop("time", None)  # the daemon's measure, never a worker's claim
             if cost is not None and result.number in parts:
                 cost["time"] = {p: round(v, 6) for p, v in parts[result.number].items()}
-            if cost is not None and flight is not None and flight.plan.get("cache"):
-                cost.setdefault("cache", flight.plan["cache"])
-            outcomes.append(Outcome(result.number, result.state, result.values, result.error, cost))
+            if cost is not None and flight is not None and flight.task_plan.get("cache"):
+                cost.setdefault("cache", flight.task_plan["cache"])
+            outcomes.append(replace(result, cost=cost))
         told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
         answers: dict[int, bool] = {}
         finished_ids = []
-        to_publish: list[tuple[Result, FrozenTrial]] = []
+        to_publish: list[tuple[Outcome, FrozenTrial]] = []
         for result, outcome, frozen in zip(results, outcomes, told, strict=True):
             self._forget_task_of(result.number)
             self.inflight.pop(result.number, None)
@@ -906,7 +965,7 @@ class StudyRun:
             self._account(result, frozen, parts.get(result.number))
             with self.timings.measure("policies"):
                 self.policies.after_tell(
-                    TrialEvent(
+                    HookContext(
                         self.spec,
                         result.number,
                         frozen.params,
@@ -933,7 +992,7 @@ class StudyRun:
         for trial_id in trial_ids:
             self.checkpoints.delete(self.name, trial_id)
 
-    def _split(self, results: list[Result], received_at: float) -> dict[int, dict[str, float]]:
+    def _split(self, results: list[Outcome], received_at: float) -> dict[int, dict[str, float]]:
         """The parts of each dispatched trial's time (`hpod.daemon.timeline`), by number.
 
         Results of one task (a pack's, answered in one message) are split together: a
@@ -958,7 +1017,9 @@ class StudyRun:
             parts.update(split_task(members, received_at))
         return parts
 
-    def _account(self, result: Result, frozen: FrozenTrial, parts: dict[str, float] | None) -> None:
+    def _account(
+        self, result: Outcome, frozen: FrozenTrial, parts: dict[str, float] | None
+    ) -> None:
         """Count a told trial in the metrics and in the study's time breakdown."""
         self.metrics.told(self.name, frozen)
         self.timings.trials += 1
@@ -983,7 +1044,7 @@ class StudyRun:
         if request_id and request_id in self.external:
             return self.external[request_id]
         if not self.paused and not self.stopping and self._budget_left():
-            await self.strategy.maybe_decide()  # it awaits: the checks below come after it
+            await self._maybe_decide()  # it awaits: the checks below come after it
         if self.paused and not self.stopping:
             raise RequestRejected(
                 "paused", "study", f"study {self.name!r} is paused: resume it to ask trials"
@@ -1025,7 +1086,8 @@ class StudyRun:
 
     async def _complete(self) -> None:
         state = "stopped" if self.stopping else "completed"
-        await self.strategy.finish()
+        async with self._deciding:
+            await self.strategy.finish(self._view())
         await self.transfer.finish(state)
         if state == "completed":
             await self.store.call(self.store.set_attr, self.name, STATE_ATTR, "completed")

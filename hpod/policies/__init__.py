@@ -1,5 +1,5 @@
 """Efficiency policies, chained around each trial's dispatch and tell."""
 
-from hpod.policies._base import Policy, PolicyChain, SkipEvaluation, TrialEvent
+from hpod.policies._base import HookContext, Policy, PolicyChain, SkipEvaluation
 
-__all__ = ["Policy", "PolicyChain", "SkipEvaluation", "TrialEvent"]
+__all__ = ["HookContext", "Policy", "PolicyChain", "SkipEvaluation"]

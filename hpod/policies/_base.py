@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import structlog
 
 from hpod.errors import HpodError
-from hpod.policies.plan import Plan
+from hpod.policies.plan import Plan, TaskPlan
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.policies")
@@ -33,19 +33,20 @@ class SkipEvaluation(HpodError):
 
 
 @dataclass
-class TrialEvent:
-    """What a hook sees of a trial: its study, number, params and, after tell, its outcome.
+class HookContext:
+    """What a policy's hook is handed about one trial: its study, number, params, the plan
+    in force and, after tell, its outcome.
 
-    Before dispatch, `task` is the worker's part of the plan (JSON) that the policies fill
-    in: the data ladder, the pruners, cached rungs. After tell, `cost` is what the worker
-    reported the evaluation cost (CPU seconds, data evaluated, rungs reached).
+    Before dispatch, `task_plan` is the worker's part of the plan (`TaskPlan`, JSON) that the
+    policies fill in: the data ladder, the pruners, cached rungs. After tell, `cost` is what
+    the worker reported the evaluation cost (CPU seconds, data evaluated, rungs reached).
     """
 
     spec: StudySpec
     number: int
     params: dict[str, Any]
     plan: Plan | None = None
-    task: dict[str, Any] = field(default_factory=dict)
+    task_plan: TaskPlan = field(default_factory=lambda: TaskPlan())
     state: str | None = None
     values: list[float] | None = None
     duration: float | None = None
@@ -59,10 +60,10 @@ class Policy:
     #: The name a mode's `policies` list switches it on by.
     name: ClassVar[str] = ""
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Called before a trial goes to a worker; may adjust it or raise `SkipEvaluation`."""
 
-    def after_tell(self, trial: TrialEvent) -> None:
+    def after_tell(self, trial: HookContext) -> None:
         """Called after a trial's outcome is persisted in Optuna."""
 
     def describe(self) -> dict[str, Any]:
@@ -86,7 +87,7 @@ class PolicyChain:
         )
         self.policies.insert(index, policy)
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Run `before_dispatch` hooks in order; `SkipEvaluation` propagates on purpose."""
         for policy in self.policies:
             if not _in_force(policy, trial):
@@ -102,7 +103,7 @@ class PolicyChain:
         """Each named policy's own report, by name."""
         return {p.name: p.describe() for p in self.policies if p.name and p.describe()}
 
-    def after_tell(self, trial: TrialEvent) -> None:
+    def after_tell(self, trial: HookContext) -> None:
         """Run `after_tell` hooks in reverse order."""
         for policy in reversed(self.policies):
             if not _in_force(policy, trial):
@@ -113,6 +114,6 @@ class PolicyChain:
                 log.exception("policy.failed", policy=type(policy).__name__, hook="after_tell")
 
 
-def _in_force(policy: Policy, trial: TrialEvent) -> bool:
+def _in_force(policy: Policy, trial: HookContext) -> bool:
     """A named policy runs only when the trial's plan lists it (no plan: all run)."""
     return trial.plan is None or not policy.name or trial.plan.uses(policy.name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hpod.policies._base import Policy, TrialEvent
+from hpod.policies._base import HookContext, Policy
 
 
 class BatchingPolicy(Policy):
@@ -24,7 +24,7 @@ class BatchingPolicy(Policy):
         self.smoothing = smoothing
         self.mean_seconds: float | None = None
 
-    def after_tell(self, trial: TrialEvent) -> None:
+    def after_tell(self, trial: HookContext) -> None:
         """Fold a measured evaluation time into the average (cache hits are not evaluations)."""
         if trial.duration is None or (trial.cost or {}).get("cache") == "hit":
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpod.cache import CACHE, ResultCache, cache_key
-from hpod.policies._base import Policy, SkipEvaluation, TrialEvent
+from hpod.policies._base import HookContext, Policy, SkipEvaluation
 
 #: The note a trial gets when the cache was looked up for it: "hit", "partial" or "miss".
 LOOKUP_NOTE = "cache_lookup"
@@ -25,13 +25,13 @@ class CachePolicy(Policy):
     def __init__(self, cache: ResultCache) -> None:
         self.cache = cache
 
-    def _key(self, trial: TrialEvent, version: str, fidelity: float) -> str:
+    def _key(self, trial: HookContext, version: str, fidelity: float) -> str:
         assert trial.spec.objective is not None
         return cache_key(
             trial.spec.objective, version, trial.spec.objective_kwargs, trial.params, fidelity
         )
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Tell a full-data hit now; attach cached lower rungs to the task.
 
         A trial whose full-data result was looked up and not found is noted a miss (the
@@ -49,15 +49,15 @@ class CachePolicy(Policy):
             cost = {"cpu": 0.0, "data": 0.0, CACHE: "hit", "cached_cpu": full.get("cpu")}
             raise SkipEvaluation(list(full["values"]), CACHE, cost)
         cached: dict[str, Any] = {}
-        for fraction in trial.task.get("ladder", [1.0])[:-1]:
+        for fraction in trial.task_plan.get("ladder", [1.0])[:-1]:
             entry = self.cache.get(self._key(trial, version, fraction))
             if entry is not None:
                 cached[str(fraction)] = list(entry["values"])
         if cached:
-            trial.task["cached"] = cached
+            trial.task_plan["cached"] = cached
             trial.notes[CACHE] = "partial"
 
-    def after_tell(self, trial: TrialEvent) -> None:
+    def after_tell(self, trial: HookContext) -> None:
         """Store what the worker computed: every rung, and the full result when complete."""
         cost = trial.cost
         if trial.spec.objective is None or not cost or "objective_version" not in cost:

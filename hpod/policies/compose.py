@@ -16,13 +16,16 @@ Every plan a study runs under comes from here (issue 13, item 1):
 3. `ladder_off`: a data ladder measured not to pay (`hpod.policies.ladder_payoff`) is
    dropped from whichever plan is in force: trials go to the full data, the pruner stays.
 
+A study's loop (`hpod.daemon.studies.StudyRun`) keeps what its strategy decisions lay over
+the mode's plan as a `StrategyLayer` and composes its plan in one place, `StrategyLayer.over`.
+
 The fidelity is the one the objective declares (``hpod_fidelity``, known before the first
 trial), else the one its trials show (`features.infer_fidelity`), else unknown (None).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hpod.modes import Mode
@@ -127,6 +130,28 @@ def compose(
         fold_margin=mode_plan.fold_margin if keep_mode_pruning else 0.0,
     )
     return drop_ladder(plan) if ladder_off else plan
+
+
+@dataclass(frozen=True)
+class StrategyLayer:
+    """What a study's strategy decisions lay over its mode's plan: the strategy in force
+    (None: the mode's own sampler, pruner and ladder), the objective's fidelity the plan is
+    composed for, and whether the mode's pruning is kept where the strategy has none (a
+    strategy chosen by ``auto``)."""
+
+    strategy: Strategy | None = None
+    fidelity: Fidelity | None = None
+    keep_mode_pruning: bool = False
+
+    def over(self, mode_plan: Plan, *, ladder_off: bool = False) -> Plan:
+        """The plan `mode_plan` becomes under this layer (`compose`)."""
+        return compose(
+            mode_plan,
+            self.strategy,
+            self.fidelity,
+            keep_mode_pruning=self.keep_mode_pruning,
+            ladder_off=ladder_off,
+        )
 
 
 def drop_ladder(plan: Plan) -> Plan:

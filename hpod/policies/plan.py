@@ -10,7 +10,27 @@ and data ladder from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
+
+
+class TaskPlan(TypedDict, total=False):
+    """The worker's part of the plan for one task's trial, as the daemon builds it: plain
+    JSON in the task message, which the worker validates as `hpod.workers.messages.TaskPlan`
+    (the field meanings are written there). `Plan.base_task` starts it; the policies fill it
+    in before dispatch (`hpod.policies._base.HookContext`); the loop adds a continued trial's
+    rung and a trial's CPU allowance."""
+
+    mode: str
+    ladder: list[float]
+    pruner: str
+    pruner_options: dict[str, Any]
+    threshold: float
+    threshold_min_trials: int
+    fold_margin: float
+    cached: dict[str, list[float]]
+    cache: str
+    steps_to: float
+    cpu_allowance: float | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +74,7 @@ class Plan:
         """Whether the efficiency policy named `policy` is in force."""
         return policy in self.policies
 
-    def base_task(self) -> dict[str, Any]:
+    def base_task(self) -> TaskPlan:
         """The worker's part of the plan before the policies add theirs: full data, no
         pruning (JSON, sent with the task)."""
         return {"mode": self.mode, "ladder": [1.0], "pruner": "none", "threshold": 0.0}

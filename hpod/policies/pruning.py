@@ -8,7 +8,7 @@ objectives over folds; the worker builds them from this JSON
 
 from __future__ import annotations
 
-from hpod.policies._base import Policy, TrialEvent
+from hpod.policies._base import HookContext, Policy
 
 
 class PruningPolicy(Policy):
@@ -16,13 +16,13 @@ class PruningPolicy(Policy):
 
     name = "pruning"
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Set the task's pruner and threshold from the study's plan."""
         plan = trial.plan
         if plan is None or not plan.single_objective:
             return
-        trial.task["pruner"] = plan.pruner
-        trial.task["pruner_options"] = dict(plan.pruner_options)
-        trial.task["threshold"] = plan.threshold
-        trial.task["threshold_min_trials"] = plan.threshold_min_trials
-        trial.task["fold_margin"] = plan.fold_margin
+        trial.task_plan["pruner"] = plan.pruner
+        trial.task_plan["pruner_options"] = dict(plan.pruner_options)
+        trial.task_plan["threshold"] = plan.threshold
+        trial.task_plan["threshold_min_trials"] = plan.threshold_min_trials
+        trial.task_plan["fold_margin"] = plan.fold_margin

@@ -10,8 +10,8 @@ every trial told and over its latest `MAX_MEASURED` ladder trials, what a rung r
 against the same trial's full evaluation and how many trials reach each rung, and judges with
 `hpod.policies.ladder_payoff` (the arithmetic, the break-even and the minimum of trials are
 written down there). Once the verdict is "off"
-the study's next trials go straight to full data; the study's strategy driver stores the
-verdict on the study and lays it over the plan (`hpod.daemon.strategy`), so a restart keeps it.
+the study's next trials go straight to full data; the study's loop stores the verdict on
+the study and composes its plan without the ladder (`hpod.daemon.ladder`), so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from hpod.policies._base import Policy, TrialEvent
+from hpod.policies._base import HookContext, Policy
 from hpod.policies.ladder_payoff import LadderPayoff, measure
 
 #: The latest ladder trials measured: a bounded measurement (each verdict reads them all), and
@@ -66,19 +66,19 @@ class SubsamplingPolicy(Policy):
         """Follow a verdict stored on the study (after a restart): it is final."""
         self.restored = dict(stored)
 
-    def seed(self, costs: list[dict[str, Any]], trial: TrialEvent) -> None:
+    def seed(self, costs: list[dict[str, Any]], trial: HookContext) -> None:
         """Measure the trials told before a restart, as if told now."""
         for cost in costs:
             self._add(cost)
         self._judge(trial)
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Set the task's ladder from the study's plan, unless it was measured not to pay."""
         plan = trial.plan
         if plan is not None and plan.single_objective and self.pays:
-            trial.task["ladder"] = list(plan.ladder)
+            trial.task_plan["ladder"] = list(plan.ladder)
 
-    def after_tell(self, trial: TrialEvent) -> None:
+    def after_tell(self, trial: HookContext) -> None:
         """Fold the trial's rungs into the measurement and judge again."""
         if self._add(trial.cost or {}):
             self._judge(trial)
@@ -90,7 +90,7 @@ class SubsamplingPolicy(Policy):
         self.costs.append(cost)
         return True
 
-    def _judge(self, trial: TrialEvent) -> None:
+    def _judge(self, trial: HookContext) -> None:
         if self.restored is not None or (self.payoff is not None and not self.pays):
             return  # "off" is final: no trial climbs the ladder any more
         plan = trial.plan
@@ -114,7 +114,7 @@ class SubsamplingPolicy(Policy):
         }
 
 
-def _halving_rate(trial: TrialEvent) -> float | None:
+def _halving_rate(trial: HookContext) -> float | None:
     """The reduction factor of a plan pruning with successive halving or Hyperband, else
     None (it sets how many trials a verdict waits for: `ladder_payoff.min_ladder_trials`)."""
     plan = trial.plan

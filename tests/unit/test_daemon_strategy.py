@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +144,78 @@ def test_the_rule_reads_the_median_cpu_of_full_evaluations() -> None:
     pruned.set_user_attr(COST_ATTR, {"cpu": 40.0, "full_cpu": 40.0})
     study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
     assert evaluation_cpu(study.trials) == 2.5
+
+
+def test_the_strategy_module_never_imports_the_study_loop() -> None:
+    """The loop has one owner: `hpod.daemon.strategy` does not import `hpod.daemon.studies`,
+    not even for type checking (the driver sees a `LoopView`, never the run)."""
+    import ast
+    from pathlib import Path
+
+    import hpod.daemon.strategy as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert "hpod.daemon.studies" not in imported
+
+
+async def test_the_driver_decides_from_a_view_and_leaves_applying_to_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A forced strategy: from a `LoopView` the driver returns a `Choice` (the layer to lay
+    over the mode's plan and the event), stores its own record and nothing else; the view is
+    left as it was. A second driver resumes the same layer from the stored record, and the
+    next decision is due at the window's end."""
+    from dataclasses import replace
+
+    from hpod.daemon.store import StudyStore
+    from hpod.daemon.strategy import LoopView, StrategyDriver
+    from hpod.policies.compose import StrategyLayer
+    from hpod.policies.strategy.agent import StrategyAgent
+
+    s = spec(strategy="qmc")
+    store = StudyStore(f"journal://{tmp_path / 'j.log'}")
+    agent = StrategyAgent(tmp_path / "policy", explore=False)
+    try:
+        await store.call(store.create, s)
+        mode_plan = resolve_plan(s, "balanced", load_modes(None)["balanced"])
+        view = LoopView(
+            told=0,
+            created=0,
+            mode_plan=mode_plan,
+            budget_trials=20,
+            budget_used=0.0,
+            layer=StrategyLayer(),
+            ladder_off=False,
+            ladder_pays=None,
+        )
+        driver = StrategyDriver(s, store, agent)
+        assert driver.due(0) == "start"
+        choice = await driver.decide(view, "start")
+        assert view.layer == StrategyLayer()  # a frozen view: the loop applies, not the driver
+        assert choice.layer.strategy is not None and choice.layer.strategy.name == "qmc"
+        assert not choice.layer.keep_mode_pruning  # forced: exactly what it names
+        plan = choice.layer.over(mode_plan)
+        assert plan.sampler == "qmc" and plan.policies == mode_plan.policies
+        assert choice.event["strategy"] == "qmc" and choice.event["source"] == "forced"
+        assert choice.event["plan"]["sampler"] == "qmc" and choice.event["trigger"] == "start"
+        assert driver.due(0) is None and driver.next_at == mode_plan.strategy_window
+        attrs = await store.call(store.study_attrs, s.name)
+        assert [r["strategy"] for r in attrs[STRATEGY_ATTR]] == ["qmc"]
+
+        again = StrategyDriver(s, store, agent)
+        layer = again.resume(attrs, mode_plan.strategy_window)
+        assert layer is not None and layer.strategy is not None
+        assert replace(layer, strategy=None) == replace(choice.layer, strategy=None)
+        assert layer.strategy.name == "qmc" and again.next_at == mode_plan.strategy_window
+        assert again.due(mode_plan.strategy_window) == "window"
+    finally:
+        agent.close()
+        store.close()

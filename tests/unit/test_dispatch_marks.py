@@ -84,7 +84,7 @@ async def test_a_trial_told_in_the_write_its_mark_rides_on_gets_no_mark(
     """On the journal, the mark of a trial told before it was written is left out (the trial
     is finished in that same durable write); the mark of a trial still running is written."""
     from hpod.daemon import store as store_module
-    from hpod.daemon.studies import Result
+    from hpod.daemon.store import Outcome
 
     monkeypatch.setattr(store_module, "MARK_DELAY", 3600.0)  # marks wait for the next write
     published = _record_dispatches(daemon, monkeypatch)
@@ -97,5 +97,5 @@ async def test_a_trial_told_in_the_write_its_mark_rides_on_gets_no_mark(
     # without a storage call, which would carry it).
     assert daemon.store._marks == [(ids[1], 1)]
     daemon.store.mark_dispatched_soon([ids[0]], 2)  # as a re-dispatch of trial 0 would
-    assert await run.on_results([Result(1, "complete", [1.0])]) == [True]
+    assert await run.on_results([Outcome(1, "complete", [1.0])]) == [True]
     assert await _marks(daemon, spec) == {0: 2, 1: None}

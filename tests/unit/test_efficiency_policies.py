@@ -12,7 +12,7 @@ import pytest
 
 from hpod.cache import ResultCache
 from hpod.modes import load_modes
-from hpod.policies import PolicyChain, SkipEvaluation, TrialEvent
+from hpod.policies import HookContext, PolicyChain, SkipEvaluation
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE, CachePolicy
 from hpod.policies.compose import resolve_plan
@@ -39,10 +39,10 @@ def spec(**changes: Any) -> StudySpec:
     return StudySpec.model_validate(data)
 
 
-def event(mode: str = "balanced", params: dict[str, Any] | None = None, **kw: Any) -> TrialEvent:
+def event(mode: str = "balanced", params: dict[str, Any] | None = None, **kw: Any) -> HookContext:
     """A trial event under `mode`'s plan, its task at the plan's base."""
     plan = resolve_plan(spec(), mode, MODES[mode])
-    return TrialEvent(spec(), 0, params or {"C": 1.0}, plan=plan, task=plan.base_task(), **kw)
+    return HookContext(spec(), 0, params or {"C": 1.0}, plan=plan, task_plan=plan.base_task(), **kw)
 
 
 # --- plan --------------------------------------------------------------------------------
@@ -68,17 +68,17 @@ def test_several_directions_get_no_ladder_and_no_pruning() -> None:
     multi = spec(directions=["minimize", "maximize"])
     chain = PolicyChain([SubsamplingPolicy(), PruningPolicy()])
     plan = resolve_plan(multi, "fast", MODES["fast"])
-    trial = TrialEvent(multi, 0, {"C": 1.0}, plan=plan, task=plan.base_task())
+    trial = HookContext(multi, 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task())
     chain.before_dispatch(trial)
-    assert trial.task["ladder"] == [1.0] and trial.task["pruner"] == "none"
+    assert trial.task_plan["ladder"] == [1.0] and trial.task_plan["pruner"] == "none"
 
 
 def test_a_policy_left_out_of_the_mode_does_not_run() -> None:
     """`policies` in a mode switches a policy off (ablations, or an operator's choice)."""
     plan = resolve_plan(spec(), "balanced", MODES["balanced"].model_copy(update={"policies": []}))
-    trial = TrialEvent(spec(), 0, {"C": 1.0}, plan=plan, task=plan.base_task())
+    trial = HookContext(spec(), 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task())
     PolicyChain([SubsamplingPolicy(), PruningPolicy()]).before_dispatch(trial)
-    assert trial.task == plan.base_task()
+    assert trial.task_plan == plan.base_task()
 
 
 # --- subsampling -------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_subsampling_sends_the_ladder_until_it_is_measured_not_to_pay() -> None:
     policy = SubsamplingPolicy()
     trial = event()
     policy.before_dispatch(trial)
-    assert trial.task["ladder"] == list(MODES["balanced"].ladder)
+    assert trial.task_plan["ladder"] == list(MODES["balanced"].ladder)
     # A fixed-cost objective: every rung costs about what the full data costs.
     for _ in range(10):
         rungs = [[0.111111, 0.5, False, 0.9], [0.333333, 0.4, False, 0.95], [1.0, 0.3, False, 1.0]]
@@ -97,7 +97,7 @@ def test_subsampling_sends_the_ladder_until_it_is_measured_not_to_pay() -> None:
     assert policy.cost_ratio is not None and policy.cost_ratio > 1
     trial = event()
     policy.before_dispatch(trial)
-    assert trial.task["ladder"] == [1.0]
+    assert trial.task_plan["ladder"] == [1.0]
     assert policy.describe()["ladder"] == "off"
 
 
@@ -263,9 +263,9 @@ def test_the_cache_serves_full_results_and_lower_rungs(tmp_path: Path) -> None:
     pruned = {"objective_version": "1", "rungs": [[0.111111, 0.8, False, 0.1]]}
     policy.after_tell(event(params={"C": 2.0}, state="pruned", cost=pruned))
     again = event(params={"C": 2.0})
-    again.task["ladder"] = [0.111111, 0.333333, 1.0]
+    again.task_plan["ladder"] = [0.111111, 0.333333, 1.0]
     policy.before_dispatch(again)
-    assert again.task["cached"] == {"0.111111": [0.8]}
+    assert again.task_plan["cached"] == {"0.111111": [0.8]}
     assert again.notes[LOOKUP_NOTE] == "miss"  # a lower rung is no full result
 
 
@@ -275,7 +275,7 @@ def test_the_cache_key_covers_data_version_and_params(tmp_path: Path) -> None:
     policy = CachePolicy(cache)
     cost = {"objective_version": "1", "rungs": [], "full_cpu": 1.0}
     policy.after_tell(event(state="complete", values=[0.3], cost=cost))
-    other_data = TrialEvent(spec(objective_kwargs={"n_samples": 700}), 0, {"C": 1.0})
+    other_data = HookContext(spec(objective_kwargs={"n_samples": 700}), 0, {"C": 1.0})
     policy.before_dispatch(other_data)
     policy.before_dispatch(event(params={"C": 1.5}))
     cache.set_objective_version("svc_synthetic", "2")
@@ -354,6 +354,6 @@ def test_without_the_pruning_policy_a_ladder_is_judged_by_what_trials_climb() ->
     policy = SubsamplingPolicy()
     for _ in range(10):
         rungs = [[0.111111, 0.5, False, 0.4], [0.333333, 0.4, False, 0.5], [1.0, 0.3, False, 1.0]]
-        policy.after_tell(TrialEvent(spec(), 0, {"C": 1.0}, plan=plan, cost={"rungs": rungs}))
+        policy.after_tell(HookContext(spec(), 0, {"C": 1.0}, plan=plan, cost={"rungs": rungs}))
     assert policy.cost_ratio == pytest.approx(1.9)
     assert policy.describe()["ladder"] == "off"

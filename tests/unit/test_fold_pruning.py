@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from hpod.modes import load_modes
-from hpod.policies import TrialEvent
+from hpod.policies import HookContext
 from hpod.policies.compose import compose, resolve_plan
 from hpod.policies.pruning import PruningPolicy
 from hpod.policies.strategy.actions import BUILTIN
@@ -290,7 +290,7 @@ class TestPlans:
     def test_the_pruning_policy_sends_the_margin_on_a_valid_task(self) -> None:
         """The worker's part of the plan carries `fold_margin`, as `TaskPlan` accepts it."""
         plan = resolve_plan(cv_spec(), "balanced", MODES["balanced"])
-        trial = TrialEvent(cv_spec(), 0, {"C": 1.0}, plan=plan, task=plan.base_task())
+        trial = HookContext(cv_spec(), 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task())
         PruningPolicy().before_dispatch(trial)
-        assert trial.task["fold_margin"] == MODES["balanced"].fold_margin
-        assert validate(TaskPlan, trial.task).fold_margin == MODES["balanced"].fold_margin
+        assert trial.task_plan["fold_margin"] == MODES["balanced"].fold_margin
+        assert validate(TaskPlan, trial.task_plan).fold_margin == MODES["balanced"].fold_margin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpod.cache import CACHE
-from hpod.policies import Policy, PolicyChain, SkipEvaluation, TrialEvent
+from hpod.policies import HookContext, Policy, PolicyChain, SkipEvaluation
 from hpod.schema import StudySpec
 
 SPEC = StudySpec.model_validate(
@@ -19,11 +19,11 @@ class Recorder(Policy):
     def __init__(self, label: str, calls: list[str]) -> None:
         self.label, self.calls = label, calls
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Record the call."""
         self.calls.append(f"before:{self.label}")
 
-    def after_tell(self, trial: TrialEvent) -> None:
+    def after_tell(self, trial: HookContext) -> None:
         """Record the call."""
         self.calls.append(f"after:{self.label}")
 
@@ -31,7 +31,7 @@ class Recorder(Policy):
 class Broken(Policy):
     """A policy whose hooks always fail."""
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Fail."""
         raise RuntimeError("boom")
 
@@ -39,14 +39,14 @@ class Broken(Policy):
 class Hit(Policy):
     """A policy that answers every trial itself, like a cache hit."""
 
-    def before_dispatch(self, trial: TrialEvent) -> None:
+    def before_dispatch(self, trial: HookContext) -> None:
         """Skip evaluation with a known value."""
         raise SkipEvaluation([0.25], CACHE)
 
 
-def event() -> TrialEvent:
+def event() -> HookContext:
     """A trial event for the hooks."""
-    return TrialEvent(SPEC, 0, {"x": 0.5})
+    return HookContext(SPEC, 0, {"x": 0.5})
 
 
 def test_before_hooks_in_order_after_hooks_reversed() -> None:

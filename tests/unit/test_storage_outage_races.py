@@ -30,8 +30,9 @@ from test_study_failure import Daemonless, quadratic, result_of
 
 from hpod.daemon import manager as manager_module
 from hpod.daemon.manager import StudyManager
-from hpod.daemon.store import FINISHED, is_storage_fault
-from hpod.daemon.studies import Result, StudyRun
+from hpod.daemon.results import WorkerResults
+from hpod.daemon.store import FINISHED, Outcome, is_storage_fault
+from hpod.daemon.studies import StudyRun
 from hpod.engine import DISPATCHED_ATTR
 from hpod.schema import StudySpec
 
@@ -69,7 +70,7 @@ def refused(daemon: Daemonless, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     async def refuse(body: Any, reason: str) -> None:
         reasons.append(reason)
 
-    monkeypatch.setattr(daemon.manager, "_refuse_result", refuse)
+    monkeypatch.setattr(daemon.manager.results, "_refuse", refuse)
     return reasons
 
 
@@ -143,7 +144,7 @@ async def test_results_arriving_while_a_restarted_loop_recovers_are_told(
     assert refused == []
     status = await daemon.manager.status("pg")
     assert status["counts"] == {"complete": 2} and status["in_flight"] == 0
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
 
 
 async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
@@ -165,14 +166,14 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
     assert "pg" not in daemon.manager.runs
     telling = asyncio.Event()
     tell_gate = asyncio.Event()
-    original_tell = StudyManager._tell_directly
+    original_tell = WorkerResults._tell_directly
 
-    async def held_tell(self: StudyManager, spec: StudySpec, result: Result) -> bool:
+    async def held_tell(self: WorkerResults, spec: StudySpec, result: Outcome) -> bool:
         telling.set()
         await tell_gate.wait()
         return await original_tell(self, spec, result)
 
-    monkeypatch.setattr(StudyManager, "_tell_directly", held_tell)
+    monkeypatch.setattr(WorkerResults, "_tell_directly", held_tell)
     first = asyncio.create_task(daemon.manager.on_worker_result(results[0]))
     await asyncio.wait_for(telling.wait(), WITHIN)  # matched against storage, not yet told
     restart_gate.set()
@@ -184,7 +185,7 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
     await daemon.manager.on_worker_result(results[1])
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
 
 
 async def test_a_tell_whose_commit_landed_though_it_failed_is_not_told_twice(

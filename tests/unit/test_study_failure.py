@@ -25,8 +25,9 @@ from hpod.config import Settings
 from hpod.daemon import manager as manager_module
 from hpod.daemon.bus import Bus
 from hpod.daemon.manager import StudyManager
+from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import FAILURE_ATTR, StudyStore
-from hpod.daemon.studies import InFlight, Limits, StudyRun
+from hpod.daemon.studies import InFlight, RunningStudies, StudyRun
 from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.journal import JournalGroupError
@@ -177,7 +178,7 @@ async def test_every_unstartable_spec_of_the_issue_is_failed_at_start(
     status = await daemon.manager.status("bad")
     assert status["state"] == "failed" and status["failure"] and status["running"] is False
     assert status["counts"] == {"fail": 1}
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
 
 
 async def test_a_study_whose_loop_fails_every_time_is_failed_not_restarted_forever(
@@ -196,7 +197,7 @@ async def test_a_study_whose_loop_fails_every_time_is_failed_not_restarted_forev
     status = await daemon.manager.status("broken")
     assert status["state"] == "failed" and "overflow" in status["failure"].lower()
     assert status["counts"] == {"fail": 1}  # the asked trial: failed, not stuck RUNNING
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
     assert "study.completed" not in daemon.event_names("broken")
 
 
@@ -208,7 +209,7 @@ async def test_a_crashed_loop_gives_back_its_slots_and_other_studies_dispatch(
     both slots, and the failed study's dispatched trials are still told once when their
     results come (nothing lost, nothing told twice)."""
     await daemon.manager.create(StudySpec.model_validate(quadratic("a", trials=6)))
-    await daemon.until(lambda: daemon.manager.limits.inflight == 2)
+    await daemon.until(lambda: daemon.manager.slots.inflight == 2)
     in_flight = sorted(daemon.manager.runs["a"].inflight)
     results = [result_of("a", f, 0.5) for f in daemon.manager.runs["a"].inflight.values()]
     original_fill = StudyRun._fill
@@ -221,12 +222,12 @@ async def test_a_crashed_loop_gives_back_its_slots_and_other_studies_dispatch(
     monkeypatch.setattr(StudyRun, "_fill", failing_fill)
     daemon.manager.runs["a"].wake.set()
     await daemon.until(lambda: "study.failed" in daemon.event_names("a"))
-    assert daemon.manager.limits.inflight == 0
+    assert daemon.manager.slots.inflight == 0
     await daemon.manager.create(StudySpec.model_validate(quadratic("b", trials=2)))
     await daemon.until(
         lambda: "b" in daemon.manager.runs and len(daemon.manager.runs["b"].tasks) == 2
     )
-    assert daemon.manager.limits.inflight == 2
+    assert daemon.manager.slots.inflight == 2
     # The results of a's dispatched trials arrive later: told once, not lost.
     for result in results:
         await daemon.manager.on_worker_result(result)
@@ -292,14 +293,14 @@ async def test_the_number_of_studies_is_limited(tmp_path: Path) -> None:
 def test_a_stall_of_the_daemon_moves_the_deadlines_instead_of_expiring() -> None:
     """A gap between two ticks longer than STALL_SECONDS (SIGSTOP) pushes every deadline in
     flight back by the gap: results waiting in the broker get their chance first."""
-    limits = Limits(max_inflight=4)
-    limits.last_tick -= 152
-    assert limits.check_stall() == 0.0  # no ticker running: a gap proves nothing
-    limits.ticking = True
-    assert limits.check_stall() == 0.0
-    limits.last_tick -= 152
-    assert limits.check_stall() >= 152
-    assert limits.check_stall() == 0.0
+    running = RunningStudies(TaskSlots(max_inflight=4))
+    running.last_tick -= 152
+    assert running.check_stall() == 0.0  # no ticker running: a gap proves nothing
+    running.ticking = True
+    assert running.check_stall() == 0.0
+    running.last_tick -= 152
+    assert running.check_stall() >= 152
+    assert running.check_stall() == 0.0
 
 
 async def test_the_store_keeps_a_bounded_number_of_studies_open(daemon: Daemonless) -> None:

@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpod.engine import COST_ATTR, make_sampler, suggest
 from hpod.modes import load_modes
-from hpod.policies._base import TrialEvent
+from hpod.policies._base import HookContext
 from hpod.policies.compose import compose, resolve_plan
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import BUILTIN, Fidelity, SpaceShape, Strategy, warm_start
@@ -193,9 +193,9 @@ class Simulation:
         params = suggest(trial, self.spec.space)
         rng = np.random.default_rng(seed_of(self.seed, trial.number, "noise"))
         # The daemon's dispatch: the plan's ladder while the subsampling policy says it pays.
-        event = TrialEvent(self.spec, trial.number, params, plan=self.plan)
+        event = HookContext(self.spec, trial.number, params, plan=self.plan)
         self.subsampling.before_dispatch(event)
-        ladder = list(event.task.get("ladder", [1.0])) if task.fidelity == "data" else [1.0]
+        ladder = list(event.task_plan.get("ladder", [1.0])) if task.fidelity == "data" else [1.0]
         pruners = build_pruners(strategy.pruner, strategy.pruner_options, ladder=ladder)
         if task.fidelity == "epochs":
             cumulative = [0.0] + [
