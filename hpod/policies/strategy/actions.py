@@ -117,6 +117,9 @@ def grid_points(param: ParamSpec) -> int:
 THIRDS = (1 / 9, 1 / 3, 1.0)
 
 #: The built-in strategies; an operator adds more in the modes file (issue 6, item 1).
+#: The median pruner's options in the built-in strategies: the modes' step-pruner gate.
+GATED_MEDIAN: dict[str, Any] = {"min_agreement": 0.5}
+
 BUILTIN: tuple[Strategy, ...] = (
     Strategy("random", "random"),
     Strategy("qmc", "qmc"),
@@ -130,7 +133,15 @@ BUILTIN: tuple[Strategy, ...] = (
     # budgets.
     Strategy("gp", "gp"),
     Strategy("nsga2", "nsga2"),
-    Strategy("tpe-median", "tpe", "median", sampler_options={"multivariate": True}),
+    # hpod's median on steps is gated by rank agreement, as the modes' step pruner is
+    # (hpod.pruners.AgreementGate; docs/policies.md, "Pruning only where early values ...").
+    Strategy(
+        "tpe-median",
+        "tpe",
+        "median",
+        sampler_options={"multivariate": True},
+        pruner_options=dict(GATED_MEDIAN),
+    ),
     Strategy("tpe-hyperband", "tpe", "hyperband", sampler_options={"multivariate": True}),
     Strategy(
         "tpe-halving-ladder",
@@ -140,7 +151,7 @@ BUILTIN: tuple[Strategy, ...] = (
         {"multivariate": True},
         {"reduction_factor": 3},
     ),
-    Strategy("cmaes-median", "cmaes", "median"),
+    Strategy("cmaes-median", "cmaes", "median", pruner_options=dict(GATED_MEDIAN)),
 )
 
 
