@@ -896,6 +896,20 @@ def _ge(value: float, bound: float, strict: bool = False) -> bool | None:
 # --- report --------------------------------------------------------------------------------
 
 
+def _config_rows(
+    analysis: dict[str, dict[str, Any]],
+    keys: list[str],
+    configs: list[str],
+    show: Callable[[Cell], str],
+) -> list[list[str]]:
+    """One row per configuration, one `show`n cell per task of `keys` ("-": not run)."""
+    return [
+        [config]
+        + ["-" if (cell := analysis[k]["cells"].get(config)) is None else show(cell) for k in keys]
+        for config in configs
+    ]
+
+
 def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """The Markdown section: set-up, ratio tables per worker count, ablations, targets."""
     lines = [
@@ -921,13 +935,9 @@ def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             continue
         configs = list(dict.fromkeys(c for k in keys for c in analysis[k]["cells"]))
         lines += [f"### {workers} worker{'s' if workers != 1 else ''}: CPU to quality", ""]
-        rows = []
-        for config in configs:
-            row = [config]
-            for k in keys:
-                cell = analysis[k]["cells"].get(config)
-                row.append("-" if cell is None else f"{cell.cpu.text()} ({_q(cell.quality)})")
-            rows.append(row)
+        rows = _config_rows(
+            analysis, keys, configs, lambda cell: f"{cell.cpu.text()} ({_q(cell.quality)})"
+        )
         lines += table(["configuration", *[k.split("@")[0] for k in keys]], rows)
         lines += [
             "",
@@ -939,13 +949,7 @@ def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             "task (named; chosen on these same runs, so it flatters the simple side).",
             "",
         ]
-        rows = []
-        for config in configs:
-            row = [config]
-            for k in keys:
-                cell = analysis[k]["cells"].get(config)
-                row.append("-" if cell is None else cell.vs_plain.text())
-            rows.append(row)
+        rows = _config_rows(analysis, keys, configs, lambda cell: cell.vs_plain.text())
         row = ["balanced - best simple"]
         for k in keys:
             cell = analysis[k]["cells"].get("balanced")
@@ -959,13 +963,9 @@ def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             "total CPU (daemon + workers) to quality",
             "",
         ]
-        rows = []
-        for config in configs:
-            row = [config]
-            for k in keys:
-                cell = analysis[k]["cells"].get(config)
-                row.append("-" if cell is None else f"{cell.wall.text()} / {cell.tree.text()}")
-            rows.append(row)
+        rows = _config_rows(
+            analysis, keys, configs, lambda cell: f"{cell.wall.text()} / {cell.tree.text()}"
+        )
         lines += table(["configuration (wall / total CPU)", *[k.split("@")[0] for k in keys]], rows)
         lines += [
             "",
