@@ -15,7 +15,8 @@ added to `hpod.modes.ALL_POLICIES` gets its ``balanced-no-<policy>`` ablation by
 new strategy is ``Config("balanced-<name>", "balanced", "<name>", ABLATION, ...)``.
 
 - ``tpe`` is plain Optuna: default TPE, full data, no pruning, no cache, no batching. It is
-  the yardstick: T = median over seeds of its best within the budget; a ratio = its median
+  the yardstick: T = median over seeds of its best within the budget (the worse middle value
+  for an even number of seeds); a ratio = its median
   CPU seconds to reach T ÷ the configuration's (a seed never reaching T counts as infinite).
 - ``cmaes``, ``gp``, ``tpe-median``, ``tpe-hyperband`` are the other simple set-ups (the
   pruners on the task's own steps: the data ladder's rungs, or the epochs it reports).
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gzip
 import json
 import math
 import signal
@@ -755,7 +757,9 @@ def best_simple(runs: list[Run]) -> str:
 def analyse(runs: list[Run], rng: np.random.Generator) -> dict[str, Any]:
     """Target, and each configuration's ratios, for the runs of one task and worker count."""
     base = [r for r in runs if r.config == BASELINE]
-    target = statistics.median(r.best_at_budget for r in base)
+    # The higher (worse) middle value for an even number of seeds: with the mean of the two,
+    # exactly half of plain TPE's seeds reach T and its median CPU to T is infinite.
+    target = statistics.median_high(r.best_at_budget for r in base)
 
     def by_seed(rs: list[Run], fn: Callable[[Run], float]) -> dict[int, float]:
         return {r.seed: fn(r) for r in rs}
@@ -922,7 +926,9 @@ def render(analysis: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "measured CPU of one (warm-up study), so every configuration spends the same "
         "compute. Quality at the budget = the running best of the trials finished within "
         "it (trials still in flight when it was spent finish past it and are not counted). "
-        "T = median over seeds of plain TPE's quality at the budget. Each cell: plain TPE's "
+        "T = median over seeds of plain TPE's quality at the budget (the worse middle value "
+        "for an even number of seeds, so that at least half of them reach it). Each cell: "
+        "plain TPE's "
         "median CPU in the objective to reach T ÷ the configuration's (a seed that never "
         "reaches T counts as infinite), with a paired bootstrap 95 % interval over seeds; "
         "in brackets the quality ratio (median quality at the budget / T, <= 1 is at least "
@@ -1071,17 +1077,27 @@ def load_runs(paths: Sequence[Path]) -> tuple[list[Run], dict[str, Any]]:
     runs: list[Run] = []
     metas: list[dict[str, Any]] = []
     for path in paths:
-        text = path.read_text()
-        if path.suffix == ".jsonl":
+        text = (
+            gzip.decompress(path.read_bytes()).decode()
+            if path.suffix == ".gz"
+            else path.read_text()
+        )
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
             lines = [json.loads(line) for line in text.splitlines() if line.strip()]
             done = [line["done"] for line in lines if "done" in line]
+            mine = [Run(**line["run"]) for line in lines if "run" in line]
             started = [
-                {**line["meta"], "command": line["meta"]["command"] + " (stopped early)"}
+                {
+                    **line["meta"],
+                    "command": line["meta"]["command"] + " (stopped early)",
+                    # The warm-up studies are not in the file: the studies' own wall time.
+                    "wall_minutes": sum(r.wall_seconds for r in mine) / 60,
+                }
                 for line in lines
                 if "meta" in line
             ]
             metas += done or started
-            runs += [Run(**line["run"]) for line in lines if "run" in line]
+            runs += mine
         else:
             payload = json.loads(text)
             metas.append(payload["meta"])
