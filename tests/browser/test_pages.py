@@ -211,8 +211,11 @@ def test_the_strategy_timeline_grows_with_each_decision(
     the start, then gains a row at each `strategy.chosen`, newest first, with the rewards of
     the windows that ended."""
     daemon = start_daemon()
+    # 0.25 s a trial: the study runs ~5 s, so the page's event stream, opened after the
+    # study is created, is live before most of its decisions (at 0.1 s a loaded CI machine
+    # once saw one strategy.chosen live of five).
     spec = quadratic_spec(
-        "web-strategy", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=2
+        "web-strategy", trials=40, objective_kwargs={"sleep": 0.25}, max_concurrent=2
     )
     del spec["sampler"]  # leave the sampler to the policy
     spec["mode"] = "fast"  # a decision every 8 trials
