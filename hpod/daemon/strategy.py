@@ -64,7 +64,7 @@ from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidel
 from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
 from hpod.policies.strategy.rules import choose
-from hpod.schema import StudySpec, check_gp_grid
+from hpod.schema import Budget, StudySpec, check_gp_grid
 from hpod.transfer.store import was_dropped
 
 log = structlog.get_logger("hpod.strategy")
@@ -208,6 +208,9 @@ class LoopView:
     ladder_off: bool
     #: The subsampling policy's verdict on the ladder (None while it measures).
     ladder_pays: bool | None
+    #: The budget in force, whole (a budget in CPU seconds is sized in evaluations by the
+    #: rule); None: the spec's.
+    budget: Budget | None = None
 
     @property
     def window(self) -> int:
@@ -373,7 +376,7 @@ class StrategyDriver:
             mode = str(pending.get("mode") or view.mode_plan.mode)
             outcome = window_reward(spec, trials, int(pending["first_trial"]), mode)
         return Snapshot(
-            SpaceShape.of(spec, fidelity, view.budget_trials, evaluation_cpu(trials)),
+            SpaceShape.of(spec, fidelity, view.budget_trials, evaluation_cpu(trials), view.budget),
             vector,
             outcome,
             best_params(spec, trials),

@@ -502,6 +502,7 @@ class StudyRun:
             layer=self.layer,
             ladder_off=self.ladder.off is not None,
             ladder_pays=self.ladder.pays(),
+            budget=self.budget,
         )
 
     async def _maybe_decide(self) -> None:

@@ -122,6 +122,66 @@ def test_the_rule_reads_the_live_budget_over_the_spec() -> None:
     assert choose(SpaceShape.of(spec, "none", budget_trials=400)).name == "cmaes"
 
 
+def compute_shape(budget: dict[str, float], cpu: float | None) -> SpaceShape:
+    """A 5-D numeric study with a budget in compute, whose full evaluations were measured
+    at `cpu` CPU seconds (None: none yet)."""
+    spec = StudySpec.model_validate(
+        {
+            "name": "s",
+            "objective": "branin",
+            "space": {f"x{i}": FLOAT for i in range(5)},
+            "budget": budget,
+        }
+    )
+    return SpaceShape.of(spec, "none", evaluation_cpu=cpu)
+
+
+@pytest.mark.parametrize(
+    ("budget", "cpu", "expected", "evaluations"),
+    [
+        # The savings benchmark's 5-D Rosenbrock: 1.5821 CPU s of ~0.035 s evaluations is a
+        # small budget (~45 evaluations), not "no trial budget" (which sent it to CMA-ES,
+        # worse than plain TPE there): TPE, the evaluations being too cheap for the GP.
+        ({"cpu_seconds": 1.5821}, 0.035, "tpe-multivariate", 1.5821 / 0.035),
+        # ... and before any evaluation is measured, TPE until the size is known
+        ({"cpu_seconds": 1.5821}, None, "tpe-multivariate", None),
+        # a CPU budget of many evaluations is a long run
+        ({"cpu_seconds": 100.0}, 0.04, "cmaes", 2500.0),
+        # costly evaluations, few of them: the GP
+        ({"cpu_seconds": 100.0}, 5.0, "gp", 20.0),
+        ({"full_evaluations": 40}, None, "tpe-multivariate", 40.0),
+        ({"full_evaluations": 40}, 3.0, "gp", 40.0),
+        # the tightest limit decides
+        ({"trials": 500, "cpu_seconds": 30.0}, 1.0, "tpe-multivariate", 30.0),
+        ({"trials": 30, "cpu_seconds": 3000.0}, 0.5, "tpe-multivariate", 30.0),
+    ],
+)
+def test_a_budget_in_compute_is_sized_in_measured_evaluations(
+    budget: dict[str, float], cpu: float | None, expected: str, evaluations: float | None
+) -> None:
+    s = compute_shape(budget, cpu)
+    assert s.budget_evaluations == pytest.approx(evaluations)
+    assert s.budget_pending == (evaluations is None)
+    chosen, reason = rule(s)
+    assert chosen.name == expected, reason
+
+
+def test_the_rule_reads_a_live_compute_budget_over_the_spec() -> None:
+    from hpod.schema import Budget
+
+    spec = StudySpec.model_validate(
+        {
+            "name": "s",
+            "objective": "branin",
+            "space": {"x": FLOAT, "y": FLOAT},
+            "budget": {"cpu_seconds": 2.0},
+        }
+    )
+    assert choose(SpaceShape.of(spec, "none", evaluation_cpu=0.05)).name == "tpe-multivariate"
+    raised = Budget(cpu_seconds=500.0)
+    assert choose(SpaceShape.of(spec, "none", evaluation_cpu=0.05, budget=raised)).name == "cmaes"
+
+
 def test_every_builtin_strategy_builds_its_optuna_objects() -> None:
     """Each strategy's sampler and pruner exist with the options it names."""
     from hpod.engine import make_sampler

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from hpod.schema import (
     MAX_GP_GRID_POINTS,
+    Budget,
     CategoricalParam,
     FloatParam,
     IntParam,
@@ -42,6 +43,19 @@ class SpaceShape:
     #: trials'; None before one is told): the GP pays only where evaluations cost much more
     #: than its own suggestions.
     evaluation_cpu: float | None = None
+    #: The budget in full evaluations: the tightest of its trial limit, its
+    #: `full_evaluations` and its `cpu_seconds` over `evaluation_cpu` (None: no such limit,
+    #: or only a CPU limit while no evaluation is measured). A budget of 1.6 CPU seconds on
+    #: a 0.04 s objective is 40 evaluations: as small as a budget of 40 trials.
+    budget_evaluations: float | None = None
+    #: Whether the budget is a CPU limit whose size in evaluations is not known yet (no full
+    #: evaluation measured): small or long is decided once one is.
+    budget_pending: bool = False
+
+    def __post_init__(self) -> None:
+        # A shape built with a trial budget alone is sized by it.
+        if self.budget_evaluations is None and self.budget_trials is not None:
+            object.__setattr__(self, "budget_evaluations", float(self.budget_trials))
 
     @classmethod
     def of(
@@ -50,10 +64,17 @@ class SpaceShape:
         fidelity: Fidelity,
         budget_trials: int | None = None,
         evaluation_cpu: float | None = None,
+        budget: Budget | None = None,
     ) -> SpaceShape:
         """The shape of `spec`'s study for an objective of the given fidelity; the budget is
-        the spec's unless a live one is given."""
+        the spec's unless a live one is given (`budget`, or only its `budget_trials`)."""
         params = list(spec.space.values())
+        live = budget if budget is not None else spec.budget
+        trials = budget_trials if budget_trials is not None else live.trials
+        sizes = [float(n) for n in (trials, live.full_evaluations) if n is not None]
+        if live.cpu_seconds is not None and evaluation_cpu:
+            sizes.append(live.cpu_seconds / evaluation_cpu)
+        evaluations = min(sizes) if sizes else None
         return cls(
             n_params=len(params),
             n_continuous=sum(not isinstance(p, CategoricalParam) for p in params),
@@ -61,9 +82,11 @@ class SpaceShape:
             n_conditional=sum(p.condition is not None for p in params),
             n_directions=len(spec.directions),
             fidelity=fidelity,
-            budget_trials=budget_trials if budget_trials is not None else spec.budget.trials,
+            budget_trials=trials,
             max_grid_points=max((grid_points(p) for p in params), default=0),
             evaluation_cpu=evaluation_cpu,
+            budget_evaluations=evaluations,
+            budget_pending=evaluations is None and live.cpu_seconds is not None,
         )
 
 

@@ -10,13 +10,19 @@ and objective fidelity (all known at the start):
   multivariate TPE, and the mode's pruner and data ladder stay (`hpod.policies.compose`
   keeps them; GP and CMA-ES learn only from complete trials, TPE uses pruned ones);
 - a numeric space (float and int parameters, at least `NUMERIC_SHARE` of them, no
-  conditions) with a budget of at most `SMALL_BUDGET` trials, whose full evaluations are
+  conditions) with a budget of at most `SMALL_BUDGET` evaluations (a trial limit, or a
+  compute limit over the measured CPU of one evaluation), whose full evaluations are
   measured to cost at least `GP_MIN_EVALUATION_CPU`: Optuna's GP (in the sampler process),
   after a short Sobol opening — measured 1.13x plain TPE on HistGB with 16 evaluations,
   1.19x on an MLP; cheaper evaluations (or none measured yet): multivariate TPE;
-- a numeric space with a larger (or no trial) budget, two dimensions or more: CMA-ES after a
+- a numeric space whose budget is a CPU limit while no evaluation is measured yet:
+  multivariate TPE, until its size in evaluations is known;
+- a numeric space with a larger (or no) budget, two dimensions or more: CMA-ES after a
   Sobol opening, warm-started at its best point, with IPOP restarts — plain CMA-ES measured
-  2.4-11.8x plain TPE on 5-D BBOB functions;
+  2.4-11.8x plain TPE on 5-D BBOB functions in long runs, and no better than TPE at 40
+  evaluations (docs/benchmarks.md: a budget of 1.6 CPU seconds counted as "no trial
+  budget" sent 5-D Rosenbrock and Rastrigin studies of ~40 evaluations to CMA-ES, worse
+  than plain TPE);
 - anything else (categorical, mixed or conditional spaces): multivariate TPE (grouped, so
   conditional parameters are modelled together).
 
@@ -54,8 +60,20 @@ def is_numeric(shape: SpaceShape) -> bool:
 
 
 def is_small_budget(shape: SpaceShape) -> bool:
-    """A trial budget of at most `SMALL_BUDGET` (no trial budget is not small)."""
-    return shape.budget_trials is not None and shape.budget_trials <= SMALL_BUDGET
+    """A budget of at most `SMALL_BUDGET` evaluations (its trial limit, or its compute limit
+    in measured evaluations); no such limit is not small."""
+    return shape.budget_evaluations is not None and shape.budget_evaluations <= SMALL_BUDGET
+
+
+def budget_words(shape: SpaceShape) -> str:
+    """The budget as a decision's reason names it."""
+    if shape.budget_evaluations is None:
+        if shape.budget_pending:
+            return "a CPU budget, no evaluation measured yet"
+        return "no trial or compute budget"
+    if shape.budget_trials is not None and shape.budget_evaluations == shape.budget_trials:
+        return f"{shape.budget_trials} trials"
+    return f"~{shape.budget_evaluations:.0f} evaluations"
 
 
 def rule(
@@ -77,7 +95,7 @@ def rule(
                 return strategy
         return by_name.get("tpe") or by_name["random"]
 
-    budget = "no trial budget" if shape.budget_trials is None else f"{shape.budget_trials} trials"
+    budget = budget_words(shape)
     if shape.n_directions > 1:
         return pick("nsga2", "tpe"), "several objectives: NSGA-II"
     fidelity = shape.fidelity == "epochs" or (shape.fidelity == "data" and ladder_pays is not False)
@@ -91,14 +109,19 @@ def rule(
         cpu = shape.evaluation_cpu
         if cpu is not None and cpu >= GP_MIN_EVALUATION_CPU:
             return pick("gp", "tpe-multivariate"), (
-                f"numeric space, small budget ({budget} <= {SMALL_BUDGET}), evaluations of "
+                f"numeric space, small budget ({budget}, <= {SMALL_BUDGET}), evaluations of "
                 f"{cpu:.1f} CPU s: GP after a Sobol opening"
             )
         cost = "not measured yet" if cpu is None else f"{cpu:.2f} CPU s"
         return pick("tpe-multivariate", "tpe"), (
-            f"numeric space, small budget ({budget} <= {SMALL_BUDGET}), evaluations {cost} "
+            f"numeric space, small budget ({budget}, <= {SMALL_BUDGET}), evaluations {cost} "
             f"(< {GP_MIN_EVALUATION_CPU:.0f} s: a GP would cost more than it saves): "
             "multivariate TPE"
+        )
+    if is_numeric(shape) and shape.budget_pending:
+        return pick("tpe-multivariate", "tpe"), (
+            f"numeric space, {budget}: multivariate TPE until the budget's size in "
+            "evaluations is known"
         )
     if is_numeric(shape) and shape.n_params >= 2:
         return pick("cmaes", "tpe-multivariate"), (
