@@ -1071,6 +1071,31 @@ def progress_path(json_path: Path) -> Path:
     return json_path.with_suffix(".progress.jsonl")
 
 
+def same_budget(kept: list[Run], loaded: list[Run]) -> list[Run]:
+    """`kept` without the studies measured at another budget than their task's last run.
+
+    Each run measures its task's unit (one full evaluation) again, so two runs of a task
+    give it different CPU budgets; configurations from both would not be compared at equal
+    compute. The budget of the task's last study loaded (of each worker count) wins; the
+    others are dropped, and said so, to be measured again at that budget.
+    """
+    budget = {(r.task, r.workers): r.budget_cpu for r in loaded}
+    dropped: dict[tuple[str, int], set[str]] = {}
+    out = []
+    for run in kept:
+        if math.isclose(run.budget_cpu, budget[(run.task, run.workers)], rel_tol=1e-9):
+            out.append(run)
+        else:
+            dropped.setdefault((run.task, run.workers), set()).add(run.config)
+    for (task, workers), configs in sorted(dropped.items()):
+        print(
+            f"{task}@{workers}: dropped {', '.join(sorted(configs))}: measured at another "
+            f"budget than the task's last run ({budget[(task, workers)]} CPU s)",
+            flush=True,
+        )
+    return out
+
+
 def load_runs(paths: Sequence[Path]) -> tuple[list[Run], dict[str, Any]]:
     """The studies of earlier runs, from their JSON payloads or progress files, and one
     meta describing them all (commands joined, wall times added)."""
@@ -1107,7 +1132,7 @@ def load_runs(paths: Sequence[Path]) -> tuple[list[Run], dict[str, Any]]:
     # A study measured again in a later file (a configuration re-run after a change) replaces
     # the earlier one: the last of each task, configuration, seed and worker count is kept.
     latest = {(r.task, r.config, r.seed, r.workers): r for r in runs}
-    runs = list(latest.values())
+    runs = same_budget(list(latest.values()), runs)
     seeds_of: dict[tuple[str, str, int], set[int]] = {}
     for run in runs:
         seeds_of.setdefault((run.task, run.config, run.workers), set()).add(run.seed)

@@ -118,3 +118,25 @@ def test_every_study_starts_cold_and_a_dropped_transferred_trial_is_not_in_the_c
     study._storage.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.FAIL)
     rows = savings.curve(study.get_trials(), created=0.0)
     assert [row["number"] for row in rows] == [1], rows
+
+
+def test_runs_merged_from_two_files_keep_only_the_last_runs_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mlp_epochs was measured at 16.2 CPU s in the headline and at 28.06 CPU s in the gate's
+    re-run of four configurations: merged, the other three stay out (not compared at
+    another compute), and the merge says so."""
+    import json
+
+    first = [_run(c, 0, [(1.0, 0.5)], budget=16.2083) for c in ("tpe", "cmaes", "balanced")]
+    second = [_run(c, 0, [(1.0, 0.4)], budget=28.06) for c in ("tpe", "balanced")]
+    paths = []
+    for index, runs in enumerate((first, second)):
+        path = tmp_path / f"part{index}.progress.jsonl"
+        meta = {"command": f"part {index}", "hpod_commit": "x", "wall_minutes": 0.0}
+        lines = [{"meta": meta}, *({"run": vars(r)} for r in runs)]
+        path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        paths.append(path)
+    runs, _ = savings.load_runs(paths)
+    assert sorted((r.config, r.budget_cpu) for r in runs) == [("balanced", 28.06), ("tpe", 28.06)]
+    assert "dropped cmaes" in capsys.readouterr().out
