@@ -13,6 +13,7 @@ the batching policy and answers with one message, so dispatch cost is paid once 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -442,11 +443,43 @@ def answer_pack(
         log.error("task.invalid", error=f"a pack needs only 'trials', 1 to {MAX_PACK} of them")
         return None
     results = []
+    # What the pack's earlier trials left of their CPU allowances goes to the next one: the
+    # daemon splits a pack's share of the budget evenly, and a trial costing more than the
+    # mean would otherwise be stopped (its CPU wasted) while the pack's total still covers
+    # it. The pack never spends more than the sum of its allowances.
+    carry = 0.0
     for item in trials:
-        body = answer(settings, item if isinstance(item, dict) else {}, worker)
+        message_item = item if isinstance(item, dict) else {}
+        given = _allowance_of(message_item)
+        if given is not None and carry > 0:
+            message_item = {
+                **message_item,
+                "plan": {**message_item["plan"], "cpu_allowance": min(given + carry, 1e9)},
+            }
+        body = answer(settings, message_item, worker)
         if body is not None:
             results.append(body)
+        if given is not None and body is not None:
+            used = _cpu_of(body)
+            carry = 0.0 if used is None else max(0.0, given + carry - used)
     return {"v": 1, "results": results} if results else None
+
+
+def _allowance_of(item: Mapping[str, Any]) -> float | None:
+    """The CPU allowance a pack's trial message gives, if it gives a valid one (the task is
+    validated again when it runs)."""
+    plan = item.get("plan")
+    value = plan.get("cpu_allowance") if isinstance(plan, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0.0 < value < 1e9 and math.isfinite(value) else None
+
+
+def _cpu_of(body: Mapping[str, Any]) -> float | None:
+    """The CPU seconds a trial's result says it spent (None: unknown, e.g. a failed trial)."""
+    cost = body.get("cost")
+    cpu = cost.get("cpu") if isinstance(cost, dict) else None
+    return float(cpu) if isinstance(cpu, int | float) and not isinstance(cpu, bool) else None
 
 
 def _give_up_handler(app: Celery, publish: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
