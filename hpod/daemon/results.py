@@ -1,7 +1,7 @@
 """Worker results: validated, matched against the trial in flight, handed to its study's loop.
 
 A worker publishes each outcome on ``hpod.results``; the intake hands every message here
-(`WorkerResults.on_message`, through `StudyManager.on_worker_result`). Nothing on that queue
+(`WorkerResults.on_message`, the manager's `results`). Nothing on that queue
 is trusted (`hpod.workers.messages`): a result is told only if it matches a trial in flight
 (or, for a study whose loop is recovering or not running, the stored trial), through the
 study's loop (`hpod.daemon.studies.StudyRun.on_results`) or directly when no loop runs;

@@ -142,7 +142,7 @@ class RunningStudies:
         self.runs: dict[str, StudyRun] = {}
         #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
         self.last_tick = time.monotonic()
-        #: True while the manager's 1 s ticker runs: without it a gap proves no stall.
+        #: True while the 1 s ticker (`hpod.daemon.ticker`) runs: without it a gap proves no stall.
         self.ticking = False
 
     def recount(self) -> None:
