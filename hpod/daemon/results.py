@@ -26,7 +26,7 @@ from hpod.daemon.studies import RunningStudies, StudyRun, publish_told
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR
 from hpod.errors import RequestRejected
 from hpod.messaging import RESULTS
-from hpod.policies.plan import TaskPlan
+from hpod.policies.plan import TaskPlanJSON
 from hpod.schema import StudySpec
 from hpod.workers.messages import (
     Expected,
@@ -201,15 +201,15 @@ def _expected(spec: StudySpec, trial_id: int, params: dict[str, Any], attempt: i
     return Expected(trial_id, params, attempt, len(spec.directions))
 
 
-def _with_ladder(expected: Expected, result: TrialResult, plan: TaskPlan) -> Expected:
+def _with_ladder(expected: Expected, result: TrialResult, task_plan: TaskPlanJSON) -> Expected:
     """`expected` with the ladder the worker ran: the task's for an objective that
     subsamples, full data for the others; unknown (None) for a trial recovered after a
     restart, whose task plan is not kept."""
-    if "ladder" not in plan:
+    if "ladder" not in task_plan:
         return expected
     subsamples = result.cost is not None and result.cost.fidelity == "data"
-    ladder = [float(f) for f in plan["ladder"]] if subsamples else [1.0]
-    cached = {float(k): list(v) for k, v in (plan.get("cached") or {}).items()}
+    ladder = [float(f) for f in task_plan["ladder"]] if subsamples else [1.0]
+    cached = {float(k): list(v) for k, v in (task_plan.get("cached") or {}).items()}
     return replace(expected, ladder=ladder, cached=cached)
 
 

@@ -62,7 +62,7 @@ from hpod.policies import HookContext, PolicyChain, SkipEvaluation
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE
 from hpod.policies.compose import StrategyLayer, continuation_applies
-from hpod.policies.plan import Plan, TaskPlan
+from hpod.policies.plan import Plan, TaskPlanJSON
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
 from hpod.transfer.store import counts_in_budget
@@ -85,7 +85,7 @@ class InFlight:
     #: The worker task it travels in (several trials share one when packed).
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
-    task_plan: TaskPlan = field(default_factory=lambda: TaskPlan())
+    task_plan: TaskPlanJSON = field(default_factory=lambda: TaskPlanJSON())
     #: The daemon's own seconds on it so far: its share of the ask and of the task's
     #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
@@ -246,7 +246,8 @@ class StudyRun:
         self.spend = Spend()
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        #: The asyncio task running `_loop` (its worker tasks are `tasks`).
+        self.loop_task: asyncio.Task[None] | None = None
         #: Chooses the sampler, pruner and data ladder at the start and every window; the
         #: loop applies its choices, one at a time (`_deciding`).
         self.strategy = StrategyDriver(spec, store, agent, declared)
@@ -277,7 +278,7 @@ class StudyRun:
             await self.set_plan(self._compose())
         await self._recover()
         await self.transfer.start()
-        self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
+        self.loop_task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
 
     async def _recover(self) -> None:
         attrs = await self.store.call(self.store.study_attrs, self.name)
@@ -341,7 +342,7 @@ class StudyRun:
             self.paused_trials[asked.number] = asked
             return
         task = self._new_task({asked.number})
-        task_plan = self._continued_plan(record.to)
+        task_plan = self._continued_task_plan(record.to)
         self.inflight[asked.number] = InFlight(
             asked, max(1, attempt), self._deadline(), None, task, task_plan
         )
@@ -420,8 +421,8 @@ class StudyRun:
         return allowance is not None and allowance <= 0
 
     def _with_allowances(
-        self, trials: list[tuple[AskedTrial, TaskPlan]]
-    ) -> list[tuple[AskedTrial, TaskPlan]]:
+        self, trials: list[tuple[AskedTrial, TaskPlanJSON]]
+    ) -> list[tuple[AskedTrial, TaskPlanJSON]]:
         """`trials` (one task) with their CPU allowances on their plans, under a compute
         limit: the task's share of the budget not yet allocated, split evenly among its
         trials. A trial sent again keeps the allowance it had."""
@@ -610,7 +611,7 @@ class StudyRun:
         self.n_created += n
         asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
         self.timings.add("sampler", ask_seconds)
-        to_dispatch: list[tuple[AskedTrial, TaskPlan]] = []
+        to_dispatch: list[tuple[AskedTrial, TaskPlanJSON]] = []
         skipped: list[Outcome] = []
         daemon: dict[int, float] = {}
         for asked in asked_trials:
@@ -630,7 +631,7 @@ class StudyRun:
             if context.notes.get("cache"):
                 context.task_plan["cache"] = context.notes["cache"]
             if self._continuing():
-                context.task_plan = self._continued_plan(self._promotions().first_rung())
+                context.task_plan = self._continued_task_plan(self._promotions().first_rung())
             to_dispatch.append((asked, context.task_plan))
             hook = time.perf_counter() - hook_started
             daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
@@ -642,10 +643,14 @@ class StudyRun:
     def _hook_context(self, asked: AskedTrial) -> HookContext:
         """A just-asked trial as the policies see it, its task at the plan's base."""
         return HookContext(
-            self.spec, asked.number, asked.params, plan=self.plan, task_plan=self.plan.base_task()
+            self.spec,
+            asked.number,
+            asked.params,
+            plan=self.plan,
+            task_plan=self.plan.base_task_plan(),
         )
 
-    def _task_plan(self, asked: AskedTrial) -> TaskPlan:
+    def _task_plan(self, asked: AskedTrial) -> TaskPlanJSON:
         """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
         context = self._hook_context(asked)
         # A recovered trial is evaluated whatever the cache says: it is already in storage.
@@ -653,7 +658,7 @@ class StudyRun:
             self.policies.before_dispatch(context)
         context.task_plan.pop("cached", None)
         if self._continuing():
-            return self._continued_plan(self._promotions().first_rung())
+            return self._continued_task_plan(self._promotions().first_rung())
         return context.task_plan
 
     def _new_task(self, numbers: set[int]) -> int:
@@ -670,7 +675,7 @@ class StudyRun:
 
     async def _dispatch(
         self,
-        trials: list[tuple[AskedTrial, TaskPlan]],
+        trials: list[tuple[AskedTrial, TaskPlanJSON]],
         attempt: int,
         asked_at: float | None = None,
         daemon: dict[int, float] | None = None,
@@ -800,10 +805,10 @@ class StudyRun:
             self.promotions = Promotions(tuple(ladder), self.plan.eta, maximize)
         return self.promotions
 
-    def _continued_plan(self, steps_to: float) -> TaskPlan:
+    def _continued_task_plan(self, steps_to: float) -> TaskPlanJSON:
         """The task plan of a continued trial: full data, no step pruner (promotions are the
         pruning), run to `steps_to` of the objective's steps from its checkpoint."""
-        return {**self.plan.base_task(), "steps_to": steps_to}
+        return {**self.plan.base_task_plan(), "steps_to": steps_to}
 
     def _promotion(self, final: bool) -> tuple[int, float] | None:
         """The paused trial to continue now, if any (never after the time budget)."""
@@ -822,14 +827,14 @@ class StudyRun:
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:
                 return
-            plan_extra: TaskPlan = {}
+            task_plan_extra: TaskPlanJSON = {}
             if self._compute_spent():
                 # Past a compute limit only the promotion that gives the study its first
                 # full-fidelity result goes on, one at a time and without an allowance
                 # (docs/protocol.md, "Budgets in compute").
                 if self._promotions().finished or self.inflight:
                     return
-                plan_extra[ALLOWANCE_KEY] = None
+                task_plan_extra[ALLOWANCE_KEY] = None
             number, to = promotion
             asked = self.paused_trials.pop(number)
             record = self._promotions().record(number)
@@ -842,7 +847,9 @@ class StudyRun:
                 {number: {CONTINUATION_ATTR: record.as_json()}},
             )
             log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
-            await self._dispatch([(asked, {**self._continued_plan(to), **plan_extra})], attempt=1)
+            await self._dispatch(
+                [(asked, {**self._continued_task_plan(to), **task_plan_extra})], attempt=1
+            )
 
     async def _pause(self, results: list[Outcome]) -> None:
         """Continued trials that reached a rung below the last: persist their records (one

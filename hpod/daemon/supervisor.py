@@ -120,8 +120,8 @@ class LoopSupervisor:
                 self.running.remove(spec.name, run)
             self._on_failure(spec, exc)
             return
-        assert run.task is not None
-        run.task.add_done_callback(lambda task: self._on_run_done(spec, run, task))
+        assert run.loop_task is not None
+        run.loop_task.add_done_callback(lambda task: self._on_run_done(spec, run, task))
 
     def _on_run_done(self, spec: StudySpec, run: StudyRun, task: asyncio.Task[None]) -> None:
         """Forget a finished loop (its in-flight tasks stop counting); a loop that failed is
@@ -213,7 +213,7 @@ class LoopSupervisor:
         """Cancel the study loops (their state is in storage and resumes on the next start)
         and the pending restarts and markings; schedule nothing more."""
         self._closing = True
-        tasks = [r.task for r in self.running.runs.values() if r.task is not None]
+        tasks = [r.loop_task for r in self.running.runs.values() if r.loop_task is not None]
         tasks += [*self._pending]
         for task in tasks:
             task.cancel()
