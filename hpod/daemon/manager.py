@@ -3,7 +3,7 @@
 It builds each part once and hands each only what it needs; the work is theirs:
 
 - `slots`, `running`: the cap on worker tasks in flight (`daemon/slots.py`); the running
-  loops (`daemon/studies.py`).
+  loops (`daemon/running.py`).
 - `declared`: the fidelity each objective declares (`daemon/declared.py`); the objective
   registry is the requests' (`workers/registry.py`).
 - `modes_in_force`, `plans`: the modes and the default mode (`daemon/modes_in_force.py`); a
@@ -34,9 +34,10 @@ from hpod.daemon.plans import StudyPlans, policy_chain
 from hpod.daemon.policy_requests import PolicyRequests
 from hpod.daemon.reports import StudyReports
 from hpod.daemon.results import WorkerResults
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import StudyStore
-from hpod.daemon.studies import RunningStudies, StudyRun
+from hpod.daemon.studies import StudyRun
 from hpod.daemon.study_requests import StudyRequests
 from hpod.daemon.supervisor import LoopSupervisor
 from hpod.daemon.ticker import Ticker

@@ -27,15 +27,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from hpod.cache import CACHE
+from hpod.daemon.told import STATE_NAMES
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
-#: Optuna's final states as hpod names them on the wire and in ``hpod_trials_total``.
-STATE_NAMES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-}
 
 #: From a few milliseconds (a publish) to a minute (a broker in trouble).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

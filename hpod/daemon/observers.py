@@ -14,9 +14,9 @@ from hpod.config import Settings
 from hpod.daemon.doctor import Doctor
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.monitor import Monitor
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import StudyStore
-from hpod.daemon.studies import RunningStudies
 
 
 class Observers:

@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from hpod.daemon.budget import Spend
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import StudyStore
 from hpod.daemon.strategy import strategy_status
-from hpod.daemon.studies import RunningStudies
 from hpod.daemon.transfer import transfer_status
 from hpod.schema import StudySpec
 

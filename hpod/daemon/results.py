@@ -21,8 +21,10 @@ from pydantic import ValidationError
 
 from hpod.daemon.bus import Bus
 from hpod.daemon.metrics import Metrics
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import FINISHED, Outcome, StudyStore
-from hpod.daemon.studies import RunningStudies, StudyRun, publish_told
+from hpod.daemon.studies import StudyRun
+from hpod.daemon.told import publish_told
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR
 from hpod.errors import RequestRejected
 from hpod.messaging import RESULTS

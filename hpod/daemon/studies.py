@@ -6,7 +6,7 @@ plan. The strategy driver decides from a read-only `LoopView` and hands back a `
 the run applies them and composes its plan in one place (`StudyRun._compose`, through
 `hpod.policies.compose`). The transfer driver reads the run through a read-only protocol
 (`hpod.daemon.transfer.StudyLoop`) and only wakes it. Worker results reach the run through
-`hpod.daemon.results`; `RunningStudies` holds every running loop.
+`hpod.daemon.results`; `hpod.daemon.running.RunningStudies` holds every running loop.
 
 A study's budget is exact across restarts: every trial Optuna created counts (whoever
 evaluates it), a trial is told once (a second result is ignored), and a trial that was asked
@@ -43,15 +43,15 @@ from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.ladder import LadderWatch
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.promotion import CONTINUATION_ATTR, Promotions, Record
-from hpod.daemon.slots import TaskSlots
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.daemon.strategy import LoopView, StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
+from hpod.daemon.told import STATE_NAMES, publish_told, publish_told_many
 from hpod.daemon.transfer import TransferDriver
 from hpod.engine import (
     BUDGET_ATTR,
     DISPATCHED_ATTR,
-    ERROR_ATTR,
     EXTERNAL_ATTR,
     LADDER_ATTR,
     REQUEST_ATTR,
@@ -89,97 +89,6 @@ class InFlight:
     #: The daemon's own seconds on it so far: its share of the ask and of the task's
     #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
-
-
-STATE_NAMES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-}
-TRIAL_EVENTS = {
-    TrialState.COMPLETE: "trial.completed",
-    TrialState.PRUNED: "trial.pruned",
-    TrialState.FAIL: "trial.failed",
-}
-
-
-async def publish_told(bus: Bus, study: str, result: Outcome, frozen: FrozenTrial) -> None:
-    """Publish the event of a trial just told (its state as Optuna recorded it)."""
-    await publish_told_many(bus, study, [(result, frozen)])
-
-
-async def publish_told_many(bus: Bus, study: str, told: list[tuple[Outcome, FrozenTrial]]) -> None:
-    """Publish the events of trials just told, in order, in one call to the bus."""
-    await bus.events(
-        [
-            (
-                TRIAL_EVENTS[frozen.state],
-                study,
-                {
-                    "trial": result.number,
-                    "params": frozen.params,
-                    "values": frozen.values,
-                    "error": result.error or frozen.user_attrs.get(ERROR_ATTR),
-                    "duration": result.duration,
-                    **result.extra,
-                },
-            )
-            for result, frozen in told
-        ]
-    )
-
-
-class RunningStudies:
-    """The running study loops by name: their worker tasks are what fills the `TaskSlots`,
-    a freed slot wakes them all, and a stall of the daemon moves their deadlines."""
-
-    #: A gap this long between two ticks of the event loop is a stall (SIGSTOP, a blocked loop).
-    STALL_SECONDS = 5.0
-
-    def __init__(self, slots: TaskSlots) -> None:
-        self.slots = slots
-        slots.freed = self.wake_all
-        self.runs: dict[str, StudyRun] = {}
-        #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
-        self.last_tick = time.monotonic()
-        #: True while the 1 s ticker (`hpod.daemon.ticker`) runs: without it a gap proves no stall.
-        self.ticking = False
-
-    def recount(self) -> None:
-        """Count the worker tasks in flight from the running loops' own task sets."""
-        self.slots.inflight = sum(len(run.tasks) for run in self.runs.values())
-
-    def remove(self, name: str, run: StudyRun) -> None:
-        """Forget the loop `run` of study `name` (ended or crashed): its tasks stop counting."""
-        if self.runs.get(name) is run:
-            del self.runs[name]
-        self.recount()
-        self.wake_all()
-
-    def check_stall(self) -> float:
-        """Tick; after a stall of the whole loop, push every deadline in flight back by it.
-
-        While the daemon was stopped (SIGSTOP, a frozen VM, a loop blocked) workers went on,
-        and their results wait in the broker for the intake. The trial timeouts must not run
-        on the daemon's own downtime: otherwise results already received would be ignored
-        and the trials dispatched again. Called by a 1 s ticker and before any expiry, so
-        whichever runs first after the stall shifts the deadlines; returns the gap shifted.
-        """
-        now = time.monotonic()
-        gap = now - self.last_tick
-        self.last_tick = now
-        if not self.ticking or gap < self.STALL_SECONDS:
-            return 0.0
-        log.warning("daemon.stalled", seconds=round(gap, 1))
-        for run in self.runs.values():
-            for flight in run.inflight.values():
-                flight.deadline += gap
-        return gap
-
-    def wake_all(self) -> None:
-        """A slot freed up: let every study loop look again."""
-        for run in self.runs.values():
-            run.wake.set()
 
 
 class StudyRun:

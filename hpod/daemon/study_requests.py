@@ -20,9 +20,10 @@ from hpod.daemon.plans import StudyPlans
 from hpod.daemon.policy_requests import PolicyRequests
 from hpod.daemon.reports import StudyReports
 from hpod.daemon.results import WorkerResults
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import Outcome, StudyStore
 from hpod.daemon.strategy import check_setting
-from hpod.daemon.studies import RunningStudies, StudyRun
+from hpod.daemon.studies import StudyRun
 from hpod.daemon.supervisor import LoopSupervisor
 from hpod.daemon.transfer import check_sources
 from hpod.engine import MODE_ATTR, STATE_ATTR, check_params

@@ -23,8 +23,9 @@ import structlog
 
 from hpod.backoff import Backoff
 from hpod.daemon.bus import Bus
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import StudyStore, is_storage_fault
-from hpod.daemon.studies import RunningStudies, StudyRun
+from hpod.daemon.studies import StudyRun
 from hpod.engine import STATE_ATTR
 from hpod.schema import StudySpec
 

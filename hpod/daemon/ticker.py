@@ -13,8 +13,8 @@ import time
 
 import structlog
 
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import StudyStore
-from hpod.daemon.studies import RunningStudies
 
 log = structlog.get_logger("hpod.manager")
 

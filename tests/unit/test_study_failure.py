@@ -25,9 +25,10 @@ from hpod.config import Settings
 from hpod.daemon import supervisor as supervisor_module
 from hpod.daemon.bus import Bus
 from hpod.daemon.manager import StudyManager
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import FAILURE_ATTR, StudyStore
-from hpod.daemon.studies import InFlight, RunningStudies, StudyRun
+from hpod.daemon.studies import InFlight, StudyRun
 from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.journal import JournalGroupError
