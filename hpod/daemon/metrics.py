@@ -3,8 +3,9 @@
 All series live in one `CollectorRegistry` owned by a `Metrics` object, not in
 prometheus-client's global registry, so several daemons (or tests) in one process never
 share or clash on a series. Counters and histograms are updated where things happen (the
-study loops, the manager); gauges of sampled state (queue depths, workers, process
-resources) are set by the resource monitor; the in-flight gauges are read at scrape time.
+study loops, the worker results, the requests); gauges of sampled state (queue depths,
+workers, process resources) are set by the resource monitor; the in-flight gauges are read
+at scrape time. `hpod.daemon.observers` builds the registry.
 """
 
 from __future__ import annotations
