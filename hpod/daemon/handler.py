@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from hpod.daemon.bus import Bus
-from hpod.daemon.manager import StudyManager
+from hpod.daemon.study_requests import StudyRequests
 from hpod.errors import RequestRejected
 from hpod.schema import (
     ModeSet,
@@ -33,10 +33,10 @@ log = structlog.get_logger("hpod.requests")
 
 
 class RequestHandler:
-    """Validates requests and carries them out through the study manager."""
+    """Validates requests and carries them out (`hpod.daemon.study_requests`)."""
 
-    def __init__(self, manager: StudyManager, bus: Bus, max_bytes: int) -> None:
-        self.manager = manager
+    def __init__(self, requests: StudyRequests, bus: Bus, max_bytes: int) -> None:
+        self.requests = requests
         self.bus = bus
         self.max_bytes = max_bytes
         #: Set when the daemon drains: requests are refused, to be sent again after a restart.
@@ -66,25 +66,25 @@ class RequestHandler:
     async def _execute(self, request: Request) -> Any:
         body = request.body
         if isinstance(body, StudyCreate):
-            return await self.manager.create(body.study)
+            return await self.requests.create(body.study)
         if isinstance(body, StudyStop):
-            return await self.manager.stop(body.name)
+            return await self.requests.stop(body.name)
         if isinstance(body, StudyPause):
-            return await self.manager.pause(body.name)
+            return await self.requests.pause(body.name)
         if isinstance(body, StudyResume):
-            return await self.manager.resume(body.name)
+            return await self.requests.resume(body.name)
         if isinstance(body, StudyBudget):
-            return await self.manager.set_budget(body.name, body.budget)
+            return await self.requests.set_budget(body.name, body.budget)
         if isinstance(body, StudyStrategy):
-            return await self.manager.set_strategy(body.name, body.strategy)
+            return await self.requests.set_strategy(body.name, body.strategy)
         if isinstance(body, TrialAsk):
-            return await self.manager.ask(body.study, request.id)
+            return await self.requests.ask(body.study, request.id)
         if isinstance(body, TrialTell):
-            return await self.manager.tell(body)
+            return await self.requests.tell(body)
         if isinstance(body, TrialEnqueue):
-            return await self.manager.enqueue(body.study, dict(body.params))
+            return await self.requests.enqueue(body.study, dict(body.params))
         if isinstance(body, ModeSet):
-            return await self.manager.set_mode(body)
+            return await self.requests.set_mode(body)
         raise RequestRejected("unknown_type", "type", f"unhandled type {request.type!r}")
 
     async def _rejected(

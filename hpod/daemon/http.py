@@ -320,26 +320,26 @@ async def set_strategy(request: web.Request) -> web.Response:
 
 async def policy_status(request: web.Request) -> web.Response:
     """GET /policy: the strategy agent's weights, fallback, experiences and recent decisions."""
-    return web.json_response(await request.app[MANAGER].policy_status())
+    return web.json_response(await request.app[MANAGER].policy.status())
 
 
 async def policy_reset(request: web.Request) -> web.Response:
     """POST /policy/reset: back to the shipped policy, local experience forgotten (token)."""
     if await _body(request) not in ({}, None):  # as the routes above: never ignore a body
         raise RequestRejected("invalid", "", "this route takes no body (or {})")
-    return web.json_response(await request.app[MANAGER].policy_reset())
+    return web.json_response(await request.app[MANAGER].policy.reset())
 
 
 async def policy_export(request: web.Request) -> web.Response:
     """GET /policy/export: weights and replay buffer as one JSON bundle (token)."""
-    return web.json_response(await request.app[MANAGER].policy_export())
+    return web.json_response(await request.app[MANAGER].policy.export())
 
 
 @_accepts("object")
 async def policy_import(request: web.Request) -> web.Response:
     """POST /policy/import: load a bundle from /policy/export (token); a bad bundle is a 400
     naming the field."""
-    return web.json_response(await request.app[MANAGER].policy_import(await _body(request)))
+    return web.json_response(await request.app[MANAGER].policy.import_bundle(await _body(request)))
 
 
 async def ask(request: web.Request) -> web.Response:
@@ -410,25 +410,25 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_studies(request: web.Request) -> web.Response:
     """GET /studies: every study's name, state, mode and best value."""
-    return web.json_response({"studies": await request.app[MANAGER].list()})
+    return web.json_response({"studies": await request.app[MANAGER].reports.list()})
 
 
 async def get_study(request: web.Request) -> web.Response:
     """GET /studies/{name}: counts, best and live state."""
-    return web.json_response(await request.app[MANAGER].status(request.match_info["name"]))
+    return web.json_response(await request.app[MANAGER].reports.status(request.match_info["name"]))
 
 
 async def study_doctor(request: web.Request) -> web.Response:
     """GET /studies/{name}/doctor: seconds per stage of the study's trials, and its bottleneck."""
-    report = await request.app[MANAGER].doctor_study(request.match_info["name"])
+    report = await request.app[MANAGER].observers.doctor_study(request.match_info["name"])
     return web.json_response(report)
 
 
 async def list_modes(request: web.Request) -> web.Response:
     """GET /modes: every mode's knobs and the default mode."""
-    manager = request.app[MANAGER]
-    modes = {name: mode.model_dump() for name, mode in manager.modes.items()}
-    return web.json_response({"default": manager.default_mode, "modes": modes})
+    modes_in_force = request.app[MANAGER].modes_in_force
+    modes = {name: mode.model_dump() for name, mode in modes_in_force.modes.items()}
+    return web.json_response({"default": modes_in_force.default, "modes": modes})
 
 
 async def cache_stats(request: web.Request) -> web.Response:
@@ -443,17 +443,17 @@ async def cache_clear(request: web.Request) -> web.Response:
 
 async def doctor(request: web.Request) -> web.Response:
     """GET /doctor: every study's breakdown, process resources and back-pressure."""
-    return web.json_response(request.app[MANAGER].doctor_all())
+    return web.json_response(request.app[MANAGER].observers.doctor_all())
 
 
 async def workers(request: web.Request) -> web.Response:
     """GET /workers: the live workers (Celery inspect on RabbitMQ, local processes otherwise)."""
-    return web.json_response(await request.app[MANAGER].workers())
+    return web.json_response(await request.app[MANAGER].observers.workers())
 
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: every series in Prometheus' text format."""
-    body = request.app[MANAGER].metrics.exposition()
+    body = request.app[MANAGER].observers.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

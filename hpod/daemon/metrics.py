@@ -3,8 +3,9 @@
 All series live in one `CollectorRegistry` owned by a `Metrics` object, not in
 prometheus-client's global registry, so several daemons (or tests) in one process never
 share or clash on a series. Counters and histograms are updated where things happen (the
-study loops, the manager); gauges of sampled state (queue depths, workers, process
-resources) are set by the resource monitor; the in-flight gauges are read at scrape time.
+study loops, the worker results, the requests); gauges of sampled state (queue depths,
+workers, process resources) are set by the resource monitor; the in-flight gauges are read
+at scrape time. `hpod.daemon.observers` builds the registry.
 """
 
 from __future__ import annotations
@@ -27,15 +28,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from hpod.cache import CACHE
+from hpod.daemon.told import STATE_NAMES
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
-#: Optuna's final states as hpod names them on the wire and in ``hpod_trials_total``.
-STATE_NAMES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-}
 
 #: From a few milliseconds (a publish) to a minute (a broker in trouble).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -1,7 +1,7 @@
 """Worker results: validated, matched against the trial in flight, handed to its study's loop.
 
 A worker publishes each outcome on ``hpod.results``; the intake hands every message here
-(`WorkerResults.on_message`, through `StudyManager.on_worker_result`). Nothing on that queue
+(`WorkerResults.on_message`, the manager's `results`). Nothing on that queue
 is trusted (`hpod.workers.messages`): a result is told only if it matches a trial in flight
 (or, for a study whose loop is recovering or not running, the stored trial), through the
 study's loop (`hpod.daemon.studies.StudyRun.on_results`) or directly when no loop runs;
@@ -21,12 +21,14 @@ from pydantic import ValidationError
 
 from hpod.daemon.bus import Bus
 from hpod.daemon.metrics import Metrics
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import FINISHED, Outcome, StudyStore
-from hpod.daemon.studies import RunningStudies, StudyRun, publish_told
+from hpod.daemon.studies import StudyRun
+from hpod.daemon.told import publish_told
 from hpod.engine import DISPATCHED_ATTR, EXTERNAL_ATTR
 from hpod.errors import RequestRejected
 from hpod.messaging import RESULTS
-from hpod.policies.plan import TaskPlan
+from hpod.policies.plan import TaskPlanJSON
 from hpod.schema import StudySpec
 from hpod.workers.messages import (
     Expected,
@@ -201,15 +203,15 @@ def _expected(spec: StudySpec, trial_id: int, params: dict[str, Any], attempt: i
     return Expected(trial_id, params, attempt, len(spec.directions))
 
 
-def _with_ladder(expected: Expected, result: TrialResult, plan: TaskPlan) -> Expected:
+def _with_ladder(expected: Expected, result: TrialResult, task_plan: TaskPlanJSON) -> Expected:
     """`expected` with the ladder the worker ran: the task's for an objective that
     subsamples, full data for the others; unknown (None) for a trial recovered after a
     restart, whose task plan is not kept."""
-    if "ladder" not in plan:
+    if "ladder" not in task_plan:
         return expected
     subsamples = result.cost is not None and result.cost.fidelity == "data"
-    ladder = [float(f) for f in plan["ladder"]] if subsamples else [1.0]
-    cached = {float(k): list(v) for k, v in (plan.get("cached") or {}).items()}
+    ladder = [float(f) for f in task_plan["ladder"]] if subsamples else [1.0]
+    cached = {float(k): list(v) for k, v in (task_plan.get("cached") or {}).items()}
     return replace(expected, ladder=ladder, cached=cached)
 
 

@@ -155,11 +155,7 @@ class Daemon:
             if f not in RELOADABLE and getattr(new, f) != getattr(self.settings, f)
         ]
         if self._manager is not None:
-            self._manager.modes_in_force.modes = modes
-            # `objectives` is reloadable: a fresh registry over the new setting (issue 17).
-            self._manager.registry = type(self._manager.registry)(self.settings.objectives)
-            self._manager.slots.max_inflight = self.settings.max_inflight
-            await self._manager.replan()
+            await self._manager.reload(modes)
         configure_logging(self.settings.log_format, self.settings.log_level)
         log.info("daemon.reloaded", changed=changed, needs_restart=ignored, modes=sorted(modes))
         notify.notify("READY=1", "STATUS=serving")
@@ -205,7 +201,7 @@ class Daemon:
         store = await self._open_storage()
         bus = self._bus = Bus(s, make_celery(s))
         manager = self._manager = StudyManager(s, store, bus)
-        handler = RequestHandler(manager, bus, s.max_message_bytes)
+        handler = RequestHandler(manager.requests, bus, s.max_message_bytes)
         workers = (
             LocalWorkers(s, s.local_workers) if self.start_workers and s.local_workers else None
         )
@@ -303,6 +299,6 @@ class Daemon:
             await self._bus.reply(props["reply_to"], props.get("correlation_id"), reply)
 
     async def _on_result(self, body: bytes, props: dict[str, Any]) -> None:
-        # The manager validates the raw message itself and dead-letters what it refuses.
+        # `WorkerResults` validates the raw message itself and dead-letters what it refuses.
         assert self._manager is not None
-        await self._manager.on_worker_result(body, bool(props.get("redelivered")))
+        await self._manager.results.on_message(body, bool(props.get("redelivered")))

@@ -1,6 +1,6 @@
 """The global cap on worker tasks in flight, shared by every study, and memory back-pressure.
 
-The study loops (`hpod.daemon.studies.RunningStudies`) fill the slots with their worker
+The study loops (`hpod.daemon.running.RunningStudies`) fill the slots with their worker
 tasks and recount them whenever a task starts or ends; the resource monitor
 (`hpod.daemon.monitor`) throttles them while memory is above its high-water mark; a drain
 (`hpod.daemon.service`) sets the cap to 0 and waits for the count to reach it.

@@ -6,7 +6,7 @@ plan. The strategy driver decides from a read-only `LoopView` and hands back a `
 the run applies them and composes its plan in one place (`StudyRun._compose`, through
 `hpod.policies.compose`). The transfer driver reads the run through a read-only protocol
 (`hpod.daemon.transfer.StudyLoop`) and only wakes it. Worker results reach the run through
-`hpod.daemon.results`; `RunningStudies` holds every running loop.
+`hpod.daemon.results`; `hpod.daemon.running.RunningStudies` holds every running loop.
 
 A study's budget is exact across restarts: every trial Optuna created counts (whoever
 evaluates it), a trial is told once (a second result is ignored), and a trial that was asked
@@ -43,15 +43,15 @@ from hpod.daemon.doctor import TimeBreakdown
 from hpod.daemon.ladder import LadderWatch
 from hpod.daemon.metrics import Metrics
 from hpod.daemon.promotion import CONTINUATION_ATTR, Promotions, Record
-from hpod.daemon.slots import TaskSlots
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.store import FINISHED, AskedTrial, Outcome, StudyStore
 from hpod.daemon.strategy import LoopView, StrategyDriver
 from hpod.daemon.timeline import TrialTimes, split_task
+from hpod.daemon.told import STATE_NAMES, publish_told, publish_told_many
 from hpod.daemon.transfer import TransferDriver
 from hpod.engine import (
     BUDGET_ATTR,
     DISPATCHED_ATTR,
-    ERROR_ATTR,
     EXTERNAL_ATTR,
     LADDER_ATTR,
     REQUEST_ATTR,
@@ -62,7 +62,7 @@ from hpod.policies import HookContext, PolicyChain, SkipEvaluation
 from hpod.policies.batching import BatchingPolicy
 from hpod.policies.caching import LOOKUP_NOTE
 from hpod.policies.compose import StrategyLayer, continuation_applies
-from hpod.policies.plan import Plan, TaskPlan
+from hpod.policies.plan import Plan, TaskPlanJSON
 from hpod.policies.strategy.agent import StrategyAgent
 from hpod.schema import Budget, StudySpec
 from hpod.transfer.store import counts_in_budget
@@ -85,101 +85,10 @@ class InFlight:
     #: The worker task it travels in (several trials share one when packed).
     task: int = 0
     #: What the policies put on its task (ladder, pruners, cached rungs), for a re-dispatch.
-    task_plan: TaskPlan = field(default_factory=lambda: TaskPlan())
+    task_plan: TaskPlanJSON = field(default_factory=lambda: TaskPlanJSON())
     #: The daemon's own seconds on it so far: its share of the ask and of the task's
     #: publish, its policy hooks (the `daemon` part of `hpod.daemon.timeline`).
     daemon: float = 0.0
-
-
-STATE_NAMES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-}
-TRIAL_EVENTS = {
-    TrialState.COMPLETE: "trial.completed",
-    TrialState.PRUNED: "trial.pruned",
-    TrialState.FAIL: "trial.failed",
-}
-
-
-async def publish_told(bus: Bus, study: str, result: Outcome, frozen: FrozenTrial) -> None:
-    """Publish the event of a trial just told (its state as Optuna recorded it)."""
-    await publish_told_many(bus, study, [(result, frozen)])
-
-
-async def publish_told_many(bus: Bus, study: str, told: list[tuple[Outcome, FrozenTrial]]) -> None:
-    """Publish the events of trials just told, in order, in one call to the bus."""
-    await bus.events(
-        [
-            (
-                TRIAL_EVENTS[frozen.state],
-                study,
-                {
-                    "trial": result.number,
-                    "params": frozen.params,
-                    "values": frozen.values,
-                    "error": result.error or frozen.user_attrs.get(ERROR_ATTR),
-                    "duration": result.duration,
-                    **result.extra,
-                },
-            )
-            for result, frozen in told
-        ]
-    )
-
-
-class RunningStudies:
-    """The running study loops by name: their worker tasks are what fills the `TaskSlots`,
-    a freed slot wakes them all, and a stall of the daemon moves their deadlines."""
-
-    #: A gap this long between two ticks of the event loop is a stall (SIGSTOP, a blocked loop).
-    STALL_SECONDS = 5.0
-
-    def __init__(self, slots: TaskSlots) -> None:
-        self.slots = slots
-        slots.freed = self.wake_all
-        self.runs: dict[str, StudyRun] = {}
-        #: `time.monotonic()` of the last tick of the event loop (see `check_stall`).
-        self.last_tick = time.monotonic()
-        #: True while the manager's 1 s ticker runs: without it a gap proves no stall.
-        self.ticking = False
-
-    def recount(self) -> None:
-        """Count the worker tasks in flight from the running loops' own task sets."""
-        self.slots.inflight = sum(len(run.tasks) for run in self.runs.values())
-
-    def remove(self, name: str, run: StudyRun) -> None:
-        """Forget the loop `run` of study `name` (ended or crashed): its tasks stop counting."""
-        if self.runs.get(name) is run:
-            del self.runs[name]
-        self.recount()
-        self.wake_all()
-
-    def check_stall(self) -> float:
-        """Tick; after a stall of the whole loop, push every deadline in flight back by it.
-
-        While the daemon was stopped (SIGSTOP, a frozen VM, a loop blocked) workers went on,
-        and their results wait in the broker for the intake. The trial timeouts must not run
-        on the daemon's own downtime: otherwise results already received would be ignored
-        and the trials dispatched again. Called by a 1 s ticker and before any expiry, so
-        whichever runs first after the stall shifts the deadlines; returns the gap shifted.
-        """
-        now = time.monotonic()
-        gap = now - self.last_tick
-        self.last_tick = now
-        if not self.ticking or gap < self.STALL_SECONDS:
-            return 0.0
-        log.warning("daemon.stalled", seconds=round(gap, 1))
-        for run in self.runs.values():
-            for flight in run.inflight.values():
-                flight.deadline += gap
-        return gap
-
-    def wake_all(self) -> None:
-        """A slot freed up: let every study loop look again."""
-        for run in self.runs.values():
-            run.wake.set()
 
 
 class StudyRun:
@@ -246,7 +155,8 @@ class StudyRun:
         self.spend = Spend()
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        #: The asyncio task running `_loop` (its worker tasks are `tasks`).
+        self.loop_task: asyncio.Task[None] | None = None
         #: Chooses the sampler, pruner and data ladder at the start and every window; the
         #: loop applies its choices, one at a time (`_deciding`).
         self.strategy = StrategyDriver(spec, store, agent, declared)
@@ -277,7 +187,7 @@ class StudyRun:
             await self.set_plan(self._compose())
         await self._recover()
         await self.transfer.start()
-        self.task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
+        self.loop_task = asyncio.create_task(self._loop(), name=f"study:{self.name}")
 
     async def _recover(self) -> None:
         attrs = await self.store.call(self.store.study_attrs, self.name)
@@ -341,7 +251,7 @@ class StudyRun:
             self.paused_trials[asked.number] = asked
             return
         task = self._new_task({asked.number})
-        task_plan = self._continued_plan(record.to)
+        task_plan = self._continued_task_plan(record.to)
         self.inflight[asked.number] = InFlight(
             asked, max(1, attempt), self._deadline(), None, task, task_plan
         )
@@ -420,8 +330,8 @@ class StudyRun:
         return allowance is not None and allowance <= 0
 
     def _with_allowances(
-        self, trials: list[tuple[AskedTrial, TaskPlan]]
-    ) -> list[tuple[AskedTrial, TaskPlan]]:
+        self, trials: list[tuple[AskedTrial, TaskPlanJSON]]
+    ) -> list[tuple[AskedTrial, TaskPlanJSON]]:
         """`trials` (one task) with their CPU allowances on their plans, under a compute
         limit: the task's share of the budget not yet allocated, split evenly among its
         trials. A trial sent again keeps the allowance it had."""
@@ -611,7 +521,7 @@ class StudyRun:
         self.n_created += n
         asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
         self.timings.add("sampler", ask_seconds)
-        to_dispatch: list[tuple[AskedTrial, TaskPlan]] = []
+        to_dispatch: list[tuple[AskedTrial, TaskPlanJSON]] = []
         skipped: list[Outcome] = []
         daemon: dict[int, float] = {}
         for asked in asked_trials:
@@ -631,7 +541,7 @@ class StudyRun:
             if context.notes.get("cache"):
                 context.task_plan["cache"] = context.notes["cache"]
             if self._continuing():
-                context.task_plan = self._continued_plan(self._promotions().first_rung())
+                context.task_plan = self._continued_task_plan(self._promotions().first_rung())
             to_dispatch.append((asked, context.task_plan))
             hook = time.perf_counter() - hook_started
             daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
@@ -643,10 +553,14 @@ class StudyRun:
     def _hook_context(self, asked: AskedTrial) -> HookContext:
         """A just-asked trial as the policies see it, its task at the plan's base."""
         return HookContext(
-            self.spec, asked.number, asked.params, plan=self.plan, task_plan=self.plan.base_task()
+            self.spec,
+            asked.number,
+            asked.params,
+            plan=self.plan,
+            task_plan=self.plan.base_task_plan(),
         )
 
-    def _task_plan(self, asked: AskedTrial) -> TaskPlan:
+    def _task_plan(self, asked: AskedTrial) -> TaskPlanJSON:
         """The policies' task plan for a trial dispatched outside `_ask_and_dispatch`."""
         context = self._hook_context(asked)
         # A recovered trial is evaluated whatever the cache says: it is already in storage.
@@ -654,7 +568,7 @@ class StudyRun:
             self.policies.before_dispatch(context)
         context.task_plan.pop("cached", None)
         if self._continuing():
-            return self._continued_plan(self._promotions().first_rung())
+            return self._continued_task_plan(self._promotions().first_rung())
         return context.task_plan
 
     def _new_task(self, numbers: set[int]) -> int:
@@ -671,7 +585,7 @@ class StudyRun:
 
     async def _dispatch(
         self,
-        trials: list[tuple[AskedTrial, TaskPlan]],
+        trials: list[tuple[AskedTrial, TaskPlanJSON]],
         attempt: int,
         asked_at: float | None = None,
         daemon: dict[int, float] | None = None,
@@ -801,10 +715,10 @@ class StudyRun:
             self.promotions = Promotions(tuple(ladder), self.plan.eta, maximize)
         return self.promotions
 
-    def _continued_plan(self, steps_to: float) -> TaskPlan:
+    def _continued_task_plan(self, steps_to: float) -> TaskPlanJSON:
         """The task plan of a continued trial: full data, no step pruner (promotions are the
         pruning), run to `steps_to` of the objective's steps from its checkpoint."""
-        return {**self.plan.base_task(), "steps_to": steps_to}
+        return {**self.plan.base_task_plan(), "steps_to": steps_to}
 
     def _promotion(self, final: bool) -> tuple[int, float] | None:
         """The paused trial to continue now, if any (never after the time budget)."""
@@ -823,14 +737,14 @@ class StudyRun:
             promotion = self._promotion(final=not self._budget_left())
             if promotion is None:
                 return
-            plan_extra: TaskPlan = {}
+            task_plan_extra: TaskPlanJSON = {}
             if self._compute_spent():
                 # Past a compute limit only the promotion that gives the study its first
                 # full-fidelity result goes on, one at a time and without an allowance
                 # (docs/protocol.md, "Budgets in compute").
                 if self._promotions().finished or self.inflight:
                     return
-                plan_extra[ALLOWANCE_KEY] = None
+                task_plan_extra[ALLOWANCE_KEY] = None
             number, to = promotion
             asked = self.paused_trials.pop(number)
             record = self._promotions().record(number)
@@ -843,7 +757,9 @@ class StudyRun:
                 {number: {CONTINUATION_ATTR: record.as_json()}},
             )
             log.info("trial.promoted", study=self.name, trial=number, at=record.at, to=to)
-            await self._dispatch([(asked, {**self._continued_plan(to), **plan_extra})], attempt=1)
+            await self._dispatch(
+                [(asked, {**self._continued_task_plan(to), **task_plan_extra})], attempt=1
+            )
 
     async def _pause(self, results: list[Outcome]) -> None:
         """Continued trials that reached a rung below the last: persist their records (one

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import structlog
 
 from hpod.errors import HpodError
-from hpod.policies.plan import Plan, TaskPlan
+from hpod.policies.plan import Plan, TaskPlanJSON
 from hpod.schema import StudySpec
 
 log = structlog.get_logger("hpod.policies")
@@ -37,16 +37,17 @@ class HookContext:
     """What a policy's hook is handed about one trial: its study, number, params, the plan
     in force and, after tell, its outcome.
 
-    Before dispatch, `task_plan` is the worker's part of the plan (`TaskPlan`, JSON) that the
-    policies fill in: the data ladder, the pruners, cached rungs. After tell, `cost` is what
-    the worker reported the evaluation cost (CPU seconds, data evaluated, rungs reached).
+    Before dispatch, `task_plan` is the worker's part of the plan (the task plan,
+    `TaskPlanJSON`) that the policies fill in: the data ladder, the pruners, cached rungs.
+    After tell, `cost` is what the worker reported the evaluation cost (CPU seconds, data
+    evaluated, rungs reached).
     """
 
     spec: StudySpec
     number: int
     params: dict[str, Any]
     plan: Plan | None = None
-    task_plan: TaskPlan = field(default_factory=lambda: TaskPlan())
+    task_plan: TaskPlanJSON = field(default_factory=lambda: TaskPlanJSON())
     state: str | None = None
     values: list[float] | None = None
     duration: float | None = None

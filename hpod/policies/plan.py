@@ -2,9 +2,10 @@
 
 The plan is composed in one place, `hpod.policies.compose` (mode + spec + strategy + the
 objective's fidelity), and composed again whenever the study's mode or strategy changes, so
-trials dispatched after a switch follow the new plan. Its worker-side part
-(`Plan.for_worker`) travels in the task message as plain JSON: the worker builds its pruner
-and data ladder from it.
+trials dispatched after a switch follow the new plan. Its worker-side part, the *task plan*
+(`TaskPlanJSON`, started by `Plan.base_task_plan`), travels in the task message as plain JSON:
+the worker validates it (`hpod.workers.messages.TaskPlan`) and builds its pruner and data
+ladder from it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 
-class TaskPlan(TypedDict, total=False):
-    """The worker's part of the plan for one task's trial, as the daemon builds it: plain
-    JSON in the task message, which the worker validates as `hpod.workers.messages.TaskPlan`
-    (the field meanings are written there). `Plan.base_task` starts it; the policies fill it
-    in before dispatch (`hpod.policies._base.HookContext`); the loop adds a continued trial's
-    rung and a trial's CPU allowance."""
+class TaskPlanJSON(TypedDict, total=False):
+    """The task plan (the worker's part of the plan for one task's trial) as the daemon
+    builds it: plain JSON in the task message, which the worker validates as
+    `hpod.workers.messages.TaskPlan`, one class per side of the wire (the field meanings
+    are written there). `Plan.base_task_plan` starts it; the policies fill it in before dispatch
+    (`hpod.policies._base.HookContext`); the loop adds a continued trial's rung and a
+    trial's CPU allowance."""
 
     mode: str
     ladder: list[float]
@@ -74,7 +76,7 @@ class Plan:
         """Whether the efficiency policy named `policy` is in force."""
         return policy in self.policies
 
-    def base_task(self) -> TaskPlan:
+    def base_task_plan(self) -> TaskPlanJSON:
         """The worker's part of the plan before the policies add theirs: full data, no
         pruning (JSON, sent with the task)."""
         return {"mode": self.mode, "ladder": [1.0], "pruner": "none", "threshold": 0.0}

@@ -123,7 +123,8 @@ class PrunerOptions(Strict):
 
 
 class TaskPlan(Strict):
-    """What the policies put on a task: the data ladder, the pruners, cached rungs."""
+    """What the policies put on a task: the data ladder, the pruners, cached rungs. The
+    daemon builds it as plain JSON (`hpod.policies.plan.TaskPlanJSON`); this validates it."""
 
     mode: Name | None = None
     ladder: list[Fraction] = Field(default_factory=lambda: [1.0], min_length=1, max_length=16)

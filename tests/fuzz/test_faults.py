@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import Daemon, DaemonFactory, Proc, hpod_env, quadratic_spec
+from conftest import Daemon, DaemonFactory, Proc, eventually, hpod_env, quadratic_spec
 from fault_audit import Events, audit, kill_tree, tear_journal
 
 from hpod.engine import make_storage
@@ -35,10 +35,15 @@ def _told(events: Events) -> int:
 
 
 def _wait_told(events: Events, at_least: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while _told(events) < at_least:
-        assert time.monotonic() < deadline, f"only {_told(events)} trials told"
+    """Collect events until at least `at_least` trials were told."""
+
+    def told() -> bool:
+        if _told(events) >= at_least:
+            return True
         events.poll(0.2)
+        return _told(events) >= at_least
+
+    eventually(told, timeout, 0, lambda: f"only {_told(events)} trials told")
 
 
 def _wait_finished(daemon: Daemon, events: Events, timeout: float = 180) -> None:

@@ -32,7 +32,7 @@ from conftest import Daemon, eventually, hpod_env, quadratic_spec, watch
 from pydantic_core import to_jsonable_python
 
 from hpod.daemon.http import CODE_BY_STATUS, STATUS_BY_CODE
-from hpod.daemon.studies import TRIAL_EVENTS
+from hpod.daemon.told import TRIAL_EVENTS
 from hpod.errors import RequestRejected
 from hpod.schema import BODIES, StudySpec, json_schema, parse_request
 

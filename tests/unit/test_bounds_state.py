@@ -11,6 +11,7 @@ import optuna
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import eventually_async
 from optuna.trial import TrialState
 
 from hpod.daemon.doctor import Doctor
@@ -109,9 +110,9 @@ async def served() -> AsyncIterator[tuple[TestClient[web.Request, web.Applicatio
 
 
 async def _until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110 (polled: listeners change inside handlers)
-            await asyncio.sleep(0.02)
+    """Wait (at most 5 s) until `condition()` holds: polled, as the listeners change inside
+    aiohttp's handlers, with no event to wait on."""
+    await eventually_async(condition, 5, 0.02)
 
 
 async def test_one_stream_over_the_limit_is_answered_503_json(served: Any) -> None:

@@ -49,7 +49,7 @@ async def test_a_mark_is_written_on_its_own_when_nothing_else_is(
 ) -> None:
     published = _record_dispatches(daemon, monkeypatch)
     spec = StudySpec.model_validate(quadratic("m", trials=2, max_concurrent=2))
-    await daemon.manager.create(spec)
+    await daemon.manager.requests.create(spec)
     await daemon.until(lambda: len(published) == 2)
     await asyncio.sleep(MARK_DELAY * 3)
     assert await _marks(daemon, spec) == {0: 1, 1: 1}
@@ -61,7 +61,7 @@ async def test_a_restart_waits_for_a_marked_trial_instead_of_dispatching_it_agai
     first = Daemonless(tmp_path, max_inflight=2)
     published = _record_dispatches(first, monkeypatch)
     spec = StudySpec.model_validate(quadratic("r", trials=1))
-    await first.manager.create(spec)
+    await first.manager.requests.create(spec)
     await first.until(lambda: published == [0])
     await first.close()  # writes the marks still waiting
     second = Daemonless(tmp_path, max_inflight=2)
@@ -89,7 +89,7 @@ async def test_a_trial_told_in_the_write_its_mark_rides_on_gets_no_mark(
     monkeypatch.setattr(store_module, "MARK_DELAY", 3600.0)  # marks wait for the next write
     published = _record_dispatches(daemon, monkeypatch)
     spec = StudySpec.model_validate(quadratic("t", trials=2, max_concurrent=2))
-    await daemon.manager.create(spec)
+    await daemon.manager.requests.create(spec)
     await daemon.until(lambda: len(published) == 2)
     run = daemon.manager.runs["t"]
     ids = {n: flight.trial.trial_id for n, flight in run.inflight.items()}

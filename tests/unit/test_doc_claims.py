@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from hpod.config import RELOADABLE, Settings
-from hpod.daemon import manager
+from hpod.daemon import supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -115,8 +115,8 @@ def test_the_reload_section_lists_what_sighup_applies() -> None:
 
 def test_a_failed_loop_is_restarted_with_the_documented_back_off() -> None:
     """architecture.md and operations.md give the restart back-off of a failed study loop
-    (0.5 s doubling up to 30 s), not the fixed 5 s the review found; these are the manager's."""
-    initial, maximum = manager.RESTART_INITIAL_SECONDS, manager.RESTART_MAX_SECONDS
+    (0.5 s doubling up to 30 s), not the fixed 5 s the review found; these are the supervisor's."""
+    initial, maximum = supervisor.RESTART_INITIAL_SECONDS, supervisor.RESTART_MAX_SECONDS
     assert (initial, maximum) == (0.5, 30.0)
     assert f"{initial:g} s doubling up to {maximum:g} s" in ARCHITECTURE
     assert f"({initial:g} s, doubling up to {maximum:g} s" in OPERATIONS

@@ -30,7 +30,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[web.Application]:
     store = StudyStore(settings.optuna_storage_url())
     bus = Bus(settings, make_celery(settings))
     manager = StudyManager(settings, store, bus)
-    handler = RequestHandler(manager, bus, settings.max_message_bytes)
+    handler = RequestHandler(manager.requests, bus, settings.max_message_bytes)
     yield make_app(handler, manager, "t" * 16, settings.max_message_bytes)
     bus.close()
     store.close()

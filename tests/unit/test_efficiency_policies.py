@@ -42,7 +42,9 @@ def spec(**changes: Any) -> StudySpec:
 def event(mode: str = "balanced", params: dict[str, Any] | None = None, **kw: Any) -> HookContext:
     """A trial event under `mode`'s plan, its task at the plan's base."""
     plan = resolve_plan(spec(), mode, MODES[mode])
-    return HookContext(spec(), 0, params or {"C": 1.0}, plan=plan, task_plan=plan.base_task(), **kw)
+    return HookContext(
+        spec(), 0, params or {"C": 1.0}, plan=plan, task_plan=plan.base_task_plan(), **kw
+    )
 
 
 # --- plan --------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def test_several_directions_get_no_ladder_and_no_pruning() -> None:
     multi = spec(directions=["minimize", "maximize"])
     chain = PolicyChain([SubsamplingPolicy(), PruningPolicy()])
     plan = resolve_plan(multi, "fast", MODES["fast"])
-    trial = HookContext(multi, 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task())
+    trial = HookContext(multi, 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task_plan())
     chain.before_dispatch(trial)
     assert trial.task_plan["ladder"] == [1.0] and trial.task_plan["pruner"] == "none"
 
@@ -76,9 +78,9 @@ def test_several_directions_get_no_ladder_and_no_pruning() -> None:
 def test_a_policy_left_out_of_the_mode_does_not_run() -> None:
     """`policies` in a mode switches a policy off (ablations, or an operator's choice)."""
     plan = resolve_plan(spec(), "balanced", MODES["balanced"].model_copy(update={"policies": []}))
-    trial = HookContext(spec(), 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task())
+    trial = HookContext(spec(), 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task_plan())
     PolicyChain([SubsamplingPolicy(), PruningPolicy()]).before_dispatch(trial)
-    assert trial.task_plan == plan.base_task()
+    assert trial.task_plan == plan.base_task_plan()
 
 
 # --- subsampling -------------------------------------------------------------------------

@@ -290,7 +290,7 @@ class TestPlans:
     def test_the_pruning_policy_sends_the_margin_on_a_valid_task(self) -> None:
         """The worker's part of the plan carries `fold_margin`, as `TaskPlan` accepts it."""
         plan = resolve_plan(cv_spec(), "balanced", MODES["balanced"])
-        trial = HookContext(cv_spec(), 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task())
+        trial = HookContext(cv_spec(), 0, {"C": 1.0}, plan=plan, task_plan=plan.base_task_plan())
         PruningPolicy().before_dispatch(trial)
         assert trial.task_plan["fold_margin"] == MODES["balanced"].fold_margin
         assert validate(TaskPlan, trial.task_plan).fold_margin == MODES["balanced"].fold_margin

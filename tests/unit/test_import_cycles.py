@@ -78,3 +78,49 @@ def test_the_walk_sees_lazy_imports_and_skips_type_checking_ones() -> None:
     )
     found = set(_imports(tree))
     assert "hpod.engine" in found and "hpod.daemon.studies" not in found
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others (at run time)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in graph.get(todo.pop(), set()) - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+#: The modules that may import the manager: those that start it or serve it over HTTP.
+MANAGER_USERS = {
+    "hpod.daemon.service",
+    "hpod.daemon.http",
+    "hpod.daemon.web",
+    "hpod.daemon.web.keys",
+    "hpod.daemon.web.routes",
+    "hpod.daemon.web.events",
+    "hpod.cli",
+    "hpod.__main__",
+}
+#: Parts of the daemon that need nothing of a study's loop (issue 17: narrow interfaces).
+LOOP_FREE = (
+    "hpod.daemon.running",
+    "hpod.daemon.slots",
+    "hpod.daemon.ticker",
+    "hpod.daemon.observers",
+    "hpod.daemon.reports",
+    "hpod.daemon.policy_requests",
+    "hpod.daemon.told",
+    "hpod.daemon.strategy",
+)
+
+
+def test_the_manager_s_parts_never_reach_back_to_the_manager_or_the_loop() -> None:
+    """`StudyManager` wires its parts; none of them imports it (they are handed what they
+    need), and the parts that need no loop do not import `hpod.daemon.studies`."""
+    graph = _graph(None)
+    for name in MODULES:
+        if name not in MANAGER_USERS and name != "hpod.daemon.manager":
+            assert "hpod.daemon.manager" not in _reachable(graph, name), name
+    for name in LOOP_FREE:
+        assert "hpod.daemon.studies" not in _reachable(graph, name), name

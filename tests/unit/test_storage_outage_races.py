@@ -28,11 +28,11 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 from test_study_failure import Daemonless, quadratic, result_of
 
-from hpod.daemon import manager as manager_module
-from hpod.daemon.manager import StudyManager
+from hpod.daemon import supervisor as supervisor_module
 from hpod.daemon.results import WorkerResults
 from hpod.daemon.store import FINISHED, Outcome, is_storage_fault
 from hpod.daemon.studies import StudyRun
+from hpod.daemon.supervisor import LoopSupervisor
 from hpod.engine import DISPATCHED_ATTR
 from hpod.schema import StudySpec
 
@@ -55,8 +55,8 @@ def commit_error() -> StorageInternalError:
 @pytest.fixture
 async def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Daemonless]:
     """A manager that restarts a crashed loop after 50 ms; two trials in flight at most."""
-    monkeypatch.setattr(manager_module, "RESTART_INITIAL_SECONDS", 0.05)
-    monkeypatch.setattr(manager_module, "RESTART_MAX_SECONDS", 0.2)
+    monkeypatch.setattr(supervisor_module, "RESTART_INITIAL_SECONDS", 0.05)
+    monkeypatch.setattr(supervisor_module, "RESTART_MAX_SECONDS", 0.2)
     d = Daemonless(tmp_path, max_inflight=2)
     yield d
     await d.close()
@@ -78,7 +78,7 @@ async def two_trials_dispatched(d: Daemonless, name: str) -> list[dict[str, Any]
     """Start a 2-trial study; once both trials are dispatched and marked so in storage,
     the results a worker would publish for them."""
     spec = StudySpec.model_validate(quadratic(name, trials=2))
-    await d.manager.create(spec)
+    await d.manager.requests.create(spec)
     await d.until(lambda: name in d.manager.runs and len(d.manager.runs[name].inflight) == 2)
 
     async def marked() -> bool:
@@ -138,11 +138,11 @@ async def test_results_arriving_while_a_restarted_loop_recovers_are_told(
     await asyncio.wait_for(recovering.wait(), WITHIN)
     assert "pg" in daemon.manager.runs  # registered before recovering: results reach it
     for result in results:
-        await daemon.manager.on_worker_result(result)
+        await daemon.manager.results.on_message(result)
     gate.set()
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
-    status = await daemon.manager.status("pg")
+    status = await daemon.manager.reports.status("pg")
     assert status["counts"] == {"complete": 2} and status["in_flight"] == 0
     assert daemon.manager.slots.inflight == 0
 
@@ -155,13 +155,13 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
     flight. The tell lets the new loop know: it does not wait for a result that was told."""
     results = await two_trials_dispatched(daemon, "pg")
     restart_gate = asyncio.Event()
-    original_restart = StudyManager._restart
+    original_restart = LoopSupervisor._restart
 
-    async def held_restart(self: StudyManager, spec: StudySpec, delay: float) -> None:
+    async def held_restart(self: LoopSupervisor, spec: StudySpec, delay: float) -> None:
         await restart_gate.wait()
         await original_restart(self, spec, delay)
 
-    monkeypatch.setattr(StudyManager, "_restart", held_restart)
+    monkeypatch.setattr(LoopSupervisor, "_restart", held_restart)
     await crash_on_a_commit_error(daemon, "pg", monkeypatch)
     assert "pg" not in daemon.manager.runs
     telling = asyncio.Event()
@@ -174,7 +174,7 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
         return await original_tell(self, spec, result)
 
     monkeypatch.setattr(WorkerResults, "_tell_directly", held_tell)
-    first = asyncio.create_task(daemon.manager.on_worker_result(results[0]))
+    first = asyncio.create_task(daemon.manager.results.on_message(results[0]))
     await asyncio.wait_for(telling.wait(), WITHIN)  # matched against storage, not yet told
     restart_gate.set()
     await daemon.until(
@@ -182,7 +182,7 @@ async def test_a_direct_tell_racing_the_loops_restart_reaches_the_new_loop(
     )
     tell_gate.set()
     await first
-    await daemon.manager.on_worker_result(results[1])
+    await daemon.manager.results.on_message(results[1])
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
     assert daemon.manager.slots.inflight == 0
@@ -208,12 +208,12 @@ async def test_a_tell_whose_commit_landed_though_it_failed_is_not_told_twice(
 
     monkeypatch.setattr(store, "tell_many", landed_then_failed)
     with pytest.raises(StorageInternalError):
-        await daemon.manager.on_worker_result(results[0])
+        await daemon.manager.results.on_message(results[0])
     spec = StudySpec.model_validate(quadratic("pg", trials=2))
     trials = await store.call(store.trials, spec, None)
     assert trials[0].state == TrialState.COMPLETE  # stored, though the caller saw an error
-    await daemon.manager.on_worker_result(results[0], redelivered=True)
-    await daemon.manager.on_worker_result(results[1])
+    await daemon.manager.results.on_message(results[0], redelivered=True)
+    await daemon.manager.results.on_message(results[1])
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
 
@@ -238,23 +238,25 @@ async def test_a_create_whose_last_commit_landed_though_it_failed_starts_on_the_
 
     monkeypatch.setattr(store, "create", landed_then_failed)
     starts: list[str] = []
-    original_start = StudyManager._start_run
+    original_start = LoopSupervisor.start_run
 
-    async def counted_start(self: StudyManager, spec: StudySpec) -> None:
+    async def counted_start(self: LoopSupervisor, spec: StudySpec) -> None:
         starts.append(spec.name)
         await original_start(self, spec)
 
-    monkeypatch.setattr(StudyManager, "_start_run", counted_start)
+    monkeypatch.setattr(LoopSupervisor, "start_run", counted_start)
     spec = StudySpec.model_validate(quadratic("pg", trials=2))
     with pytest.raises(StorageInternalError):
-        await daemon.manager.create(spec)
+        await daemon.manager.requests.create(spec)
     assert "pg" not in daemon.manager.runs and daemon.event_names("pg") == []
     # The intake retries it, and a client sends it again over HTTP at the same moment:
     # the study is started once.
-    replies = await asyncio.gather(daemon.manager.create(spec), daemon.manager.create(spec))
+    replies = await asyncio.gather(
+        daemon.manager.requests.create(spec), daemon.manager.requests.create(spec)
+    )
     assert sorted(r["created"] for r in replies) == [False, True]
     assert all(r["running"] for r in replies if r["created"])
-    again = await daemon.manager.create(spec)  # once more: nothing more happens
+    again = await daemon.manager.requests.create(spec)  # once more: nothing more happens
     assert again["created"] is False and again["running"] is True
     assert daemon.event_names("pg").count("study.created") == 1
     assert starts == ["pg"]  # one loop started
@@ -266,7 +268,7 @@ async def test_a_create_whose_last_commit_landed_though_it_failed_starts_on_the_
         return False
 
     await eventually_async(completed, WITHIN)
-    assert (await daemon.manager.status("pg"))["counts"] == {"complete": 2}
+    assert (await daemon.manager.reports.status("pg"))["counts"] == {"complete": 2}
 
 
 async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
@@ -301,18 +303,18 @@ async def test_a_result_whose_dispatch_mark_was_lost_is_told_not_refused(
 
     monkeypatch.setattr(daemon.store, "mark_dispatched", mark_lost)
     crashes: list[BaseException] = []
-    original_failure = StudyManager._on_failure
+    original_failure = LoopSupervisor._on_failure
 
-    def on_failure(self: StudyManager, spec: StudySpec, exc: BaseException) -> None:
+    def on_failure(self: LoopSupervisor, spec: StudySpec, exc: BaseException) -> None:
         crashes.append(exc)
         original_failure(self, spec, exc)
 
-    monkeypatch.setattr(StudyManager, "_on_failure", on_failure)
-    await daemon.manager.create(StudySpec.model_validate(quadratic("pg", trials=1)))
+    monkeypatch.setattr(LoopSupervisor, "_on_failure", on_failure)
+    await daemon.manager.requests.create(StudySpec.model_validate(quadratic("pg", trials=1)))
     await daemon.until(lambda: not left and bool(published))
     assert [m["number"] for m in published] == [0]
     for message in published:
-        await daemon.manager.on_worker_result(
+        await daemon.manager.results.on_message(
             {
                 **{k: message[k] for k in ("study", "number", "trial_id", "attempt", "params")},
                 "state": "complete",
@@ -358,12 +360,12 @@ async def test_a_journal_write_that_stayed_though_it_failed_is_not_told_twice(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "ftruncate", ftruncate)
     with pytest.raises(OSError):
-        await daemon.manager.on_worker_result(results[0])
+        await daemon.manager.results.on_message(results[0])
     assert not armed[0] and daemon.store.fault is not None
     journal = daemon.settings.data_dir / "studies.journal"
     assert finished_in(journal) == [results[0]["trial_id"]]  # stayed, though it raised
-    await daemon.manager.on_worker_result(results[0], redelivered=True)
-    await daemon.manager.on_worker_result(results[1])
+    await daemon.manager.results.on_message(results[0], redelivered=True)
+    await daemon.manager.results.on_message(results[1])
     assert await completed(daemon, "pg") == [0, 1]
     assert refused == []
     assert sorted(finished_in(journal)) == sorted(r["trial_id"] for r in results)

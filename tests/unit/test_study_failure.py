@@ -2,7 +2,7 @@
 
 These run a real `StudyManager` in the test's process, on a journal file and the embedded
 broker in a temporary data directory; the test plays the worker by handing results to
-`on_worker_result`, as the intake does.
+`manager.results.on_message`, as the intake does.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from conftest import eventually_async, quadratic_spec
 from optuna.trial import TrialState
 
 from hpod.config import Settings
-from hpod.daemon import manager as manager_module
+from hpod.daemon import supervisor as supervisor_module
 from hpod.daemon.bus import Bus
 from hpod.daemon.manager import StudyManager
+from hpod.daemon.running import RunningStudies
 from hpod.daemon.slots import TaskSlots
 from hpod.daemon.store import FAILURE_ATTR, StudyStore
-from hpod.daemon.studies import InFlight, RunningStudies, StudyRun
+from hpod.daemon.studies import InFlight, StudyRun
 from hpod.engine import CREATED_ATTR, SPEC_ATTR, STATE_ATTR
 from hpod.errors import RequestRejected
 from hpod.journal import JournalGroupError
@@ -79,7 +80,7 @@ class Daemonless:
         results = [result_of(name, flight, 1.0) for flight in run.inflight.values()] if run else []
         for result in results:
             with contextlib.suppress(OSError, JournalGroupError):
-                await self.manager.on_worker_result(result)
+                await self.manager.results.on_message(result)
         return len(results)
 
 
@@ -100,8 +101,8 @@ def result_of(study: str, flight: InFlight, value: float) -> dict[str, Any]:
 @pytest.fixture
 async def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Daemonless]:
     """A manager that restarts failed loops after 50 ms, failing a study after 2 failures."""
-    monkeypatch.setattr(manager_module, "RESTART_INITIAL_SECONDS", 0.05)
-    monkeypatch.setattr(manager_module, "RESTART_MAX_SECONDS", 0.2)
+    monkeypatch.setattr(supervisor_module, "RESTART_INITIAL_SECONDS", 0.05)
+    monkeypatch.setattr(supervisor_module, "RESTART_MAX_SECONDS", 0.2)
     d = Daemonless(tmp_path, study_max_failures=2, max_inflight=2)
     yield d
     await d.close()
@@ -140,7 +141,7 @@ async def test_a_stored_unsampleable_study_is_marked_failed_and_the_start_goes_o
     store_as_an_older_daemon(daemon.store, "fine", quadratic("fine")["space"])
     await daemon.manager.start()
     await daemon.until(lambda: "study.failed" in daemon.event_names("huge"))
-    status = await daemon.manager.status("huge")
+    status = await daemon.manager.reports.status("huge")
     assert status["state"] == "failed" and status["running"] is False
     assert status["failure"]  # the reason: the stored spec is refused, or Optuna's overflow
     assert "overflow" in status["failure"].lower() or "invalid" in status["failure"]
@@ -175,7 +176,7 @@ async def test_every_unstartable_spec_of_the_issue_is_failed_at_start(
     store_as_an_older_daemon(daemon.store, "bad", space, seed)
     await daemon.manager.start()
     await daemon.until(lambda: "study.failed" in daemon.event_names("bad"))
-    status = await daemon.manager.status("bad")
+    status = await daemon.manager.reports.status("bad")
     assert status["state"] == "failed" and status["failure"] and status["running"] is False
     assert status["counts"] == {"fail": 1}
     assert daemon.manager.slots.inflight == 0
@@ -191,10 +192,10 @@ async def test_a_study_whose_loop_fails_every_time_is_failed_not_restarted_forev
     valid = StudySpec.model_validate(quadratic("broken"))
     huge = FloatParam.model_construct(**{**HUGE_SPACE["x"], "log": False, "step": None})
     parsed = valid.model_copy(update={"space": {"x": huge}})
-    reply = await daemon.manager.create(parsed)
+    reply = await daemon.manager.requests.create(parsed)
     assert reply["created"] is True
     await daemon.until(lambda: "study.failed" in daemon.event_names("broken"))
-    status = await daemon.manager.status("broken")
+    status = await daemon.manager.reports.status("broken")
     assert status["state"] == "failed" and "overflow" in status["failure"].lower()
     assert status["counts"] == {"fail": 1}  # the asked trial: failed, not stuck RUNNING
     assert daemon.manager.slots.inflight == 0
@@ -208,7 +209,7 @@ async def test_a_crashed_loop_gives_back_its_slots_and_other_studies_dispatch(
     the global count returns to 0 (it is derived from the running loops), a new study gets
     both slots, and the failed study's dispatched trials are still told once when their
     results come (nothing lost, nothing told twice)."""
-    await daemon.manager.create(StudySpec.model_validate(quadratic("a", trials=6)))
+    await daemon.manager.requests.create(StudySpec.model_validate(quadratic("a", trials=6)))
     await daemon.until(lambda: daemon.manager.slots.inflight == 2)
     in_flight = sorted(daemon.manager.runs["a"].inflight)
     results = [result_of("a", f, 0.5) for f in daemon.manager.runs["a"].inflight.values()]
@@ -223,18 +224,18 @@ async def test_a_crashed_loop_gives_back_its_slots_and_other_studies_dispatch(
     daemon.manager.runs["a"].wake.set()
     await daemon.until(lambda: "study.failed" in daemon.event_names("a"))
     assert daemon.manager.slots.inflight == 0
-    await daemon.manager.create(StudySpec.model_validate(quadratic("b", trials=2)))
+    await daemon.manager.requests.create(StudySpec.model_validate(quadratic("b", trials=2)))
     await daemon.until(
         lambda: "b" in daemon.manager.runs and len(daemon.manager.runs["b"].tasks) == 2
     )
     assert daemon.manager.slots.inflight == 2
     # The results of a's dispatched trials arrive later: told once, not lost.
     for result in results:
-        await daemon.manager.on_worker_result(result)
-        await daemon.manager.on_worker_result(result)
+        await daemon.manager.results.on_message(result)
+        await daemon.manager.results.on_message(result)
     told = [e["trial"] for e in daemon.events if e["event"] == "trial.completed"]
     assert sorted(told) == in_flight
-    assert (await daemon.manager.status("a"))["counts"] == {"complete": 2}
+    assert (await daemon.manager.reports.status("a"))["counts"] == {"complete": 2}
 
 
 async def test_a_storage_outage_is_retried_until_storage_is_back(
@@ -256,7 +257,7 @@ async def test_a_storage_outage_is_retried_until_storage_is_back(
         real_write(fd, data)
 
     monkeypatch.setattr(journal, "_write_all", disk_full)
-    await daemon.manager.create(StudySpec.model_validate(quadratic("outage", trials=5)))
+    await daemon.manager.requests.create(StudySpec.model_validate(quadratic("outage", trials=5)))
     failures["left"] = 5  # the disk fills up while the study runs
     before = daemon.store.storage
     await daemon.answer("outage")
@@ -267,7 +268,7 @@ async def test_a_storage_outage_is_retried_until_storage_is_back(
         assert "study.failed" not in daemon.event_names("outage")
     # The outage happened, and the storage was read again from the file.
     assert failures["left"] == 0 and daemon.store.storage is not before
-    status = await daemon.manager.status("outage")
+    status = await daemon.manager.reports.status("outage")
     assert status["state"] == "completed" and status["counts"] == {"complete": 5}
     told = [e["trial"] for e in daemon.events if e["event"] == "trial.completed"]
     assert sorted(told) == list(range(5))
@@ -281,10 +282,12 @@ async def test_the_number_of_studies_is_limited(tmp_path: Path) -> None:
     try:
         for name in ("one", "two"):
             spec = StudySpec.model_validate(quadratic(name, objective=None))
-            assert (await d.manager.create(spec))["created"] is True
-        assert (await d.manager.create(spec))["created"] is False
+            assert (await d.manager.requests.create(spec))["created"] is True
+        assert (await d.manager.requests.create(spec))["created"] is False
         with pytest.raises(RequestRejected) as refused:
-            await d.manager.create(StudySpec.model_validate(quadratic("three", objective=None)))
+            await d.manager.requests.create(
+                StudySpec.model_validate(quadratic("three", objective=None))
+            )
         assert refused.value.code == "too_many_studies" and refused.value.field == "study.name"
     finally:
         await d.close()
@@ -309,11 +312,11 @@ async def test_the_store_keeps_a_bounded_number_of_studies_open(daemon: Daemonle
     its study and plan dropped (re-opened on demand)."""
     from hpod.daemon.store import OPEN_STUDIES
 
-    await daemon.manager.create(StudySpec.model_validate(quadratic("live", trials=2)))
+    await daemon.manager.requests.create(StudySpec.model_validate(quadratic("live", trials=2)))
     for i in range(OPEN_STUDIES + 20):
         spec = StudySpec.model_validate(quadratic(f"idle-{i}", objective=None))
         await daemon.store.call(daemon.store.create, spec)
-        await daemon.manager.status(spec.name)
+        await daemon.manager.reports.status(spec.name)
     assert len(daemon.store._studies) <= OPEN_STUDIES + 1
     assert "live" in daemon.store._studies and "live" in daemon.store._plans
     while "study.completed" not in daemon.event_names("live"):
@@ -321,4 +324,4 @@ async def test_the_store_keeps_a_bounded_number_of_studies_open(daemon: Daemonle
         await asyncio.sleep(0.05)
     await daemon.until(lambda: "live" not in daemon.store._plans)
     assert "live" not in daemon.store._studies
-    assert (await daemon.manager.status("live"))["counts"] == {"complete": 2}
+    assert (await daemon.manager.reports.status("live"))["counts"] == {"complete": 2}

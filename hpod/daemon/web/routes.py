@@ -86,8 +86,8 @@ def page_config(manager: StudyManager, study: str | None) -> dict[str, Any]:
     return {
         "version": __version__,
         "study": study,
-        "modes": sorted(manager.modes),
-        "default_mode": manager.default_mode,
+        "modes": sorted(manager.modes_in_force.modes),
+        "default_mode": manager.modes_in_force.default,
         "requests": request_types(),
     }
 
