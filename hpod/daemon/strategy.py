@@ -208,9 +208,11 @@ class LoopView:
     ladder_off: bool
     #: The subsampling policy's verdict on the ladder (None while it measures).
     ladder_pays: bool | None
-    #: The budget in force, whole (a budget in CPU seconds is sized in evaluations by the
-    #: rule); None: the spec's.
+    #: The budget in force, whole (a budget in CPU or wall seconds is sized in evaluations
+    #: by the rule); None: the spec's.
     budget: Budget | None = None
+    #: Wall seconds since the study was created (sizes a budget in `seconds`).
+    elapsed: float = 0.0
 
     @property
     def window(self) -> int:
@@ -376,7 +378,14 @@ class StrategyDriver:
             mode = str(pending.get("mode") or view.mode_plan.mode)
             outcome = window_reward(spec, trials, int(pending["first_trial"]), mode)
         return Snapshot(
-            SpaceShape.of(spec, fidelity, view.budget_trials, evaluation_cpu(trials), view.budget),
+            SpaceShape.of(
+                spec,
+                fidelity,
+                view.budget_trials,
+                evaluation_cpu(trials),
+                view.budget,
+                view.told / view.elapsed if view.told and view.elapsed > 0 else None,
+            ),
             vector,
             outcome,
             best_params(spec, trials),

@@ -413,6 +413,7 @@ class StudyRun:
             ladder_off=self.ladder.off is not None,
             ladder_pays=self.ladder.pays(),
             budget=self.budget,
+            elapsed=time.time() - self.created_at,
         )
 
     async def _maybe_decide(self) -> None:

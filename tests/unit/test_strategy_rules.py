@@ -82,9 +82,10 @@ def test_every_builtin_strategy_may_be_chosen_by_auto() -> None:
         (shape({"x": FLOAT, "y": FLOAT}, cpu=0.23), None, "tpe-multivariate"),
         # a few categoricals (at most a fifth) still count as numeric
         (shape({**{f"x{i}": FLOAT for i in range(4)}, "c": CAT}), None, "gp"),
-        # numeric, longer run or no trial budget: CMA-ES (after its opening, with restarts)
+        # numeric, longer run: CMA-ES (after its opening, with restarts)
         (shape({f"x{i}": FLOAT for i in range(5)}, trials=SMALL_BUDGET + 1), None, "cmaes"),
-        (shape({"x": FLOAT, "y": INT}, trials=None), None, "cmaes"),
+        # a budget in seconds only, not yet sized in evaluations: TPE until it is
+        (shape({"x": FLOAT, "y": INT}, trials=None), None, "tpe-multivariate"),
         # one numeric parameter, long run: CMA-ES cannot apply, TPE
         (shape({"x": FLOAT}, trials=500), None, "tpe-multivariate"),
         # mixed or conditional: multivariate TPE (grouped), whatever the budget
@@ -164,6 +165,28 @@ def test_a_budget_in_compute_is_sized_in_measured_evaluations(
     assert s.budget_pending == (evaluations is None)
     chosen, reason = rule(s)
     assert chosen.name == expected, reason
+
+
+def test_a_budget_in_wall_seconds_is_sized_at_the_studys_measured_rate() -> None:
+    """60 s at 2 trials told a second is 120 evaluations: a long run (CMA-ES); 60 s of
+    1 s evaluations, one at a time, is 60: small (TPE for cheap evaluations, the GP for
+    costly ones); before any trial is told, TPE until the size is known."""
+    spec = StudySpec.model_validate(
+        {
+            "name": "s",
+            "space": {f"x{i}": FLOAT for i in range(5)},
+            "budget": {"seconds": 60},
+        }
+    )
+    long_run = SpaceShape.of(spec, "none", evaluation_cpu=0.4, told_per_second=2.0)
+    assert long_run.budget_evaluations == pytest.approx(120.0)
+    assert choose(long_run).name == "cmaes"
+    small = SpaceShape.of(spec, "none", evaluation_cpu=0.9, told_per_second=1.0)
+    assert choose(small).name == "tpe-multivariate"
+    costly = SpaceShape.of(spec, "none", evaluation_cpu=3.0, told_per_second=0.3)
+    assert costly.budget_evaluations == pytest.approx(18.0) and choose(costly).name == "gp"
+    pending = SpaceShape.of(spec, "none")
+    assert pending.budget_pending and choose(pending).name == "tpe-multivariate"
 
 
 def test_the_rule_reads_a_live_compute_budget_over_the_spec() -> None:

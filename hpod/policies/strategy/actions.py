@@ -44,12 +44,13 @@ class SpaceShape:
     #: than its own suggestions.
     evaluation_cpu: float | None = None
     #: The budget in full evaluations: the tightest of its trial limit, its
-    #: `full_evaluations` and its `cpu_seconds` over `evaluation_cpu` (None: no such limit,
-    #: or only a CPU limit while no evaluation is measured). A budget of 1.6 CPU seconds on
-    #: a 0.04 s objective is 40 evaluations: as small as a budget of 40 trials.
+    #: `full_evaluations`, its `cpu_seconds` over `evaluation_cpu` and its `seconds` at the
+    #: study's measured rate of trials told (None: no such limit, or only a limit in seconds
+    #: not yet measured against the objective). A budget of 1.6 CPU seconds on a 0.04 s
+    #: objective is 40 evaluations: as small as a budget of 40 trials.
     budget_evaluations: float | None = None
-    #: Whether the budget is a CPU limit whose size in evaluations is not known yet (no full
-    #: evaluation measured): small or long is decided once one is.
+    #: Whether the budget is a limit in (CPU or wall) seconds whose size in evaluations is
+    #: not known yet (no evaluation measured): small or long is decided once one is.
     budget_pending: bool = False
 
     def __post_init__(self) -> None:
@@ -65,16 +66,22 @@ class SpaceShape:
         budget_trials: int | None = None,
         evaluation_cpu: float | None = None,
         budget: Budget | None = None,
+        told_per_second: float | None = None,
     ) -> SpaceShape:
         """The shape of `spec`'s study for an objective of the given fidelity; the budget is
-        the spec's unless a live one is given (`budget`, or only its `budget_trials`)."""
+        the spec's unless a live one is given (`budget`, or only its `budget_trials`).
+        `told_per_second`: the study's trials told per wall second since it was created
+        (None: none told yet), which sizes a budget in `seconds`."""
         params = list(spec.space.values())
         live = budget if budget is not None else spec.budget
         trials = budget_trials if budget_trials is not None else live.trials
         sizes = [float(n) for n in (trials, live.full_evaluations) if n is not None]
         if live.cpu_seconds is not None and evaluation_cpu:
             sizes.append(live.cpu_seconds / evaluation_cpu)
+        if live.seconds is not None and told_per_second:
+            sizes.append(live.seconds * told_per_second)
         evaluations = min(sizes) if sizes else None
+        in_seconds = live.cpu_seconds is not None or live.seconds is not None
         return cls(
             n_params=len(params),
             n_continuous=sum(not isinstance(p, CategoricalParam) for p in params),
@@ -86,7 +93,7 @@ class SpaceShape:
             max_grid_points=max((grid_points(p) for p in params), default=0),
             evaluation_cpu=evaluation_cpu,
             budget_evaluations=evaluations,
-            budget_pending=evaluations is None and live.cpu_seconds is not None,
+            budget_pending=evaluations is None and in_seconds,
         )
 
 

@@ -15,8 +15,9 @@ and objective fidelity (all known at the start):
   measured to cost at least `GP_MIN_EVALUATION_CPU`: Optuna's GP (in the sampler process),
   after a short Sobol opening — measured 1.13x plain TPE on HistGB with 16 evaluations,
   1.19x on an MLP; cheaper evaluations (or none measured yet): multivariate TPE;
-- a numeric space whose budget is a CPU limit while no evaluation is measured yet:
-  multivariate TPE, until its size in evaluations is known;
+- a numeric space whose budget is a limit in CPU or wall seconds while no evaluation is
+  measured yet: multivariate TPE, until its size in evaluations is known (a limit in
+  seconds is sized at the study's measured rate of trials told);
 - a numeric space with a larger (or no) budget, two dimensions or more: CMA-ES after a
   Sobol opening, warm-started at its best point, with IPOP restarts — plain CMA-ES measured
   2.4-11.8x plain TPE on 5-D BBOB functions in long runs, and no better than TPE at 40
@@ -69,7 +70,7 @@ def budget_words(shape: SpaceShape) -> str:
     """The budget as a decision's reason names it."""
     if shape.budget_evaluations is None:
         if shape.budget_pending:
-            return "a CPU budget, no evaluation measured yet"
+            return "a budget in seconds, no evaluation measured yet"
         return "no trial or compute budget"
     if shape.budget_trials is not None and shape.budget_evaluations == shape.budget_trials:
         return f"{shape.budget_trials} trials"
