@@ -198,8 +198,6 @@ class LoopView:
     created: int
     #: The plan of the study's mode (and spec), before any strategy.
     mode_plan: Plan
-    #: The trial budget in force (None: none).
-    budget_trials: int | None
     #: The share of the budget spent, by the tightest of its limits (compute included).
     budget_used: float
     #: What the last decision laid over the mode's plan.
@@ -208,11 +206,16 @@ class LoopView:
     ladder_off: bool
     #: The subsampling policy's verdict on the ladder (None while it measures).
     ladder_pays: bool | None
-    #: The budget in force, whole (a budget in CPU or wall seconds is sized in evaluations
-    #: by the rule); None: the spec's.
-    budget: Budget | None = None
+    #: The budget in force (a live change included; a budget in CPU or wall seconds is
+    #: sized in evaluations by the rule).
+    budget: Budget
     #: Wall seconds since the study was created (sizes a budget in `seconds`).
     elapsed: float = 0.0
+
+    @property
+    def budget_trials(self) -> int | None:
+        """The trial limit of the budget in force (None: none)."""
+        return self.budget.trials
 
     @property
     def window(self) -> int:
@@ -377,14 +380,14 @@ class StrategyDriver:
         if pending is not None:
             mode = str(pending.get("mode") or view.mode_plan.mode)
             outcome = window_reward(spec, trials, int(pending["first_trial"]), mode)
+        rate = view.told / view.elapsed if view.told and view.elapsed > 0 else None
         return Snapshot(
             SpaceShape.of(
                 spec,
                 fidelity,
-                view.budget_trials,
-                evaluation_cpu(trials),
-                view.budget,
-                view.told / view.elapsed if view.told and view.elapsed > 0 else None,
+                evaluation_cpu=evaluation_cpu(trials),
+                budget=view.budget,
+                told_per_second=rate,
             ),
             vector,
             outcome,

@@ -405,7 +405,6 @@ class StudyRun:
             told=len(self.told),
             created=self.n_created,
             mode_plan=self.mode_plan,
-            budget_trials=self.budget.trials,
             budget_used=budget_used(
                 self.budget, self.n_created, time.time() - self.created_at, self.spend
             ),

@@ -20,7 +20,7 @@ from hpod.errors import RequestRejected
 from hpod.modes import load_modes
 from hpod.policies.compose import compose, resolve_plan
 from hpod.policies.strategy.actions import BUILTIN
-from hpod.schema import StudySpec
+from hpod.schema import Budget, StudySpec
 
 NAMES = [s.name for s in BUILTIN]
 
@@ -190,7 +190,7 @@ async def test_the_driver_decides_from_a_view_and_leaves_applying_to_the_loop(
             told=0,
             created=0,
             mode_plan=mode_plan,
-            budget_trials=20,
+            budget=Budget(trials=20),
             budget_used=0.0,
             layer=StrategyLayer(),
             ladder_off=False,

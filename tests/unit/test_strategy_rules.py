@@ -8,7 +8,7 @@ import pytest
 
 from hpod.policies.strategy.actions import BUILTIN, SpaceShape, available
 from hpod.policies.strategy.rules import GP_MIN_EVALUATION_CPU, SMALL_BUDGET, choose, rule
-from hpod.schema import StudySpec
+from hpod.schema import Budget, StudySpec
 
 FLOAT = {"type": "float", "low": 0.0, "high": 1.0}
 INT = {"type": "int", "low": 1, "high": 9}
@@ -120,7 +120,7 @@ def test_the_rule_reads_the_live_budget_over_the_spec() -> None:
         {"name": "s", "space": {"x": FLOAT, "y": FLOAT}, "budget": {"trials": 20}}
     )
     assert choose(SpaceShape.of(spec, "none", evaluation_cpu=3.0)).name == "gp"
-    assert choose(SpaceShape.of(spec, "none", budget_trials=400)).name == "cmaes"
+    assert choose(SpaceShape.of(spec, "none", budget=Budget(trials=400))).name == "cmaes"
 
 
 def compute_shape(budget: dict[str, float], cpu: float | None) -> SpaceShape:
@@ -190,8 +190,6 @@ def test_a_budget_in_wall_seconds_is_sized_at_the_studys_measured_rate() -> None
 
 
 def test_the_rule_reads_a_live_compute_budget_over_the_spec() -> None:
-    from hpod.schema import Budget
-
     spec = StudySpec.model_validate(
         {
             "name": "s",

@@ -63,19 +63,17 @@ class SpaceShape:
         cls,
         spec: StudySpec,
         fidelity: Fidelity,
-        budget_trials: int | None = None,
         evaluation_cpu: float | None = None,
         budget: Budget | None = None,
         told_per_second: float | None = None,
     ) -> SpaceShape:
         """The shape of `spec`'s study for an objective of the given fidelity; the budget is
-        the spec's unless a live one is given (`budget`, or only its `budget_trials`).
+        the spec's unless the live one is given (`budget`).
         `told_per_second`: the study's trials told per wall second since it was created
         (None: none told yet), which sizes a budget in `seconds`."""
         params = list(spec.space.values())
         live = budget if budget is not None else spec.budget
-        trials = budget_trials if budget_trials is not None else live.trials
-        sizes = [float(n) for n in (trials, live.full_evaluations) if n is not None]
+        sizes = [float(n) for n in (live.trials, live.full_evaluations) if n is not None]
         if live.cpu_seconds is not None and evaluation_cpu:
             sizes.append(live.cpu_seconds / evaluation_cpu)
         if live.seconds is not None and told_per_second:
@@ -89,7 +87,7 @@ class SpaceShape:
             n_conditional=sum(p.condition is not None for p in params),
             n_directions=len(spec.directions),
             fidelity=fidelity,
-            budget_trials=trials,
+            budget_trials=live.trials,
             max_grid_points=max((grid_points(p) for p in params), default=0),
             evaluation_cpu=evaluation_cpu,
             budget_evaluations=evaluations,
