@@ -63,7 +63,7 @@ from hpod.policies.strategy.agent import Decision, StrategyAgent
 from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidelity
 from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
-from hpod.policies.strategy.rules import choose
+from hpod.policies.strategy.rules import choose, ladder_has_room
 from hpod.schema import Budget, StudySpec, check_gp_grid
 from hpod.transfer.store import was_dropped
 
@@ -274,10 +274,17 @@ class StrategyDriver:
         """The setting that drives decisions: ``mode`` when the spec names sampler or pruner."""
         return MODE if spec_override(self.spec) is not None else self.setting
 
-    def layer(self, strategy: Strategy | None, fidelity: Fidelity | None) -> StrategyLayer:
+    def layer(
+        self, strategy: Strategy | None, fidelity: Fidelity | None, ladder_room: bool = True
+    ) -> StrategyLayer:
         """What `strategy` lays over the mode's plan under the current setting: a strategy
-        chosen by ``auto`` keeps the mode's pruning where its own prunes nothing."""
-        return StrategyLayer(strategy, fidelity, keep_mode_pruning=self.effective_setting == AUTO)
+        chosen by ``auto`` keeps the mode's pruning where its own prunes nothing, and its
+        data ladder only where the budget leaves it room (`ladder_room`, from the rule's
+        `ladder_has_room`; other settings keep what they name)."""
+        auto = self.effective_setting == AUTO
+        return StrategyLayer(
+            strategy, fidelity, keep_mode_pruning=auto, ladder_room=ladder_room or not auto
+        )
 
     def due(self, told: int) -> str | None:
         """The trigger of the decision due with `told` trials told (``start``: the study's
@@ -330,7 +337,7 @@ class StrategyDriver:
             decisions=len(self.records),
             next_decision_at=self.next_at,
         )
-        return self.layer(strategy, fidelity)
+        return self.layer(strategy, fidelity, last.get("ladder_room") is not False)
 
     async def set_setting(self, setting: str) -> None:
         """Follow a new strategy setting from now on (a live `study.strategy`), stored; the
@@ -353,6 +360,15 @@ class StrategyDriver:
     def _boundary(self, told: int, window: int) -> int:
         """The first multiple of `window` above `told`."""
         return (told // window + 1) * window
+
+    def _next_at(self, told: int, window: int, snapshot: Snapshot) -> int:
+        """Told trials at which the next decision is due: the next window's start; the next
+        trial told while the budget, in seconds, is not sized yet (until one evaluation is
+        measured the rule holds TPE on the full data, and a study of 20 evaluations must
+        not run its first window before the rule can size it), within the first window."""
+        if snapshot.shape.budget_pending and told < window:
+            return told + 1
+        return self._boundary(told, window)
 
     def _pending(self) -> dict[str, Any] | None:
         """The latest decision if its window has not been scored yet."""
@@ -423,10 +439,12 @@ class StrategyDriver:
             if strategy is None or decision.strategy.name != strategy.name:
                 # Only on a switch: a CMA-ES kept on must not be restarted every window.
                 strategy = warm_start(decision.strategy, snapshot.best_params, self.spec)
-        layer = self.layer(strategy, snapshot.fidelity)
+        room = ladder_has_room(snapshot.shape)
+        layer = self.layer(strategy, snapshot.fidelity, room)
         plan = layer.over(view.mode_plan, ladder_off=view.ladder_off)
         record = self._record(decision, plan, trigger, told, first_trial)
         record["fidelity"] = snapshot.fidelity
+        record["ladder_room"] = layer.ladder_room
         self.current = (
             {**decision.to_json(), "mode": plan.mode, "trigger": trigger}
             if decision is not None
@@ -435,7 +453,7 @@ class StrategyDriver:
         self._pending_features = snapshot.features if setting != MODE else None
         self.records.append(record)
         del self.records[:-MAX_DECISIONS]
-        self.next_at = None if setting == MODE else self._boundary(told, view.window)
+        self.next_at = None if setting == MODE else self._next_at(told, view.window, snapshot)
         await self._persist()
         await self._learn(experience)
         if decision is not None:
@@ -474,7 +492,12 @@ class StrategyDriver:
                     agent.by_name(setting), snapshot.shape, snapshot.features, told, first_trial
                 )
             # The plan `auto` would run a strategy under.
-            auto = StrategyLayer(None, snapshot.fidelity, keep_mode_pruning=True)
+            auto = StrategyLayer(
+                None,
+                snapshot.fidelity,
+                keep_mode_pruning=True,
+                ladder_room=ladder_has_room(snapshot.shape),
+            )
             return await asyncio.to_thread(
                 agent.decide,
                 snapshot.shape,

@@ -15,6 +15,8 @@ Every plan a study runs under comes from here (issue 13, item 1):
    strategy the study forces gets exactly what it names.
 3. `ladder_off`: a data ladder measured not to pay (`hpod.policies.ladder_payoff`) is
    dropped from whichever plan is in force: trials go to the full data, the pruner stays.
+   So is one that ``auto``'s rule finds no room for in the study's budget
+   (`StrategyLayer.ladder_room`, `hpod.policies.strategy.rules.ladder_has_room`).
 
 A study's loop (`hpod.daemon.studies.StudyRun`) keeps what its strategy decisions lay over
 the mode's plan as a `StrategyLayer` and composes its plan in one place, `StrategyLayer.over`.
@@ -142,16 +144,26 @@ class StrategyLayer:
     strategy: Strategy | None = None
     fidelity: Fidelity | None = None
     keep_mode_pruning: bool = False
+    #: Whether the study's budget leaves a data ladder room to pay (`auto`'s rule,
+    #: `rules.ladder_has_room`): without it the plan runs on the full data.
+    ladder_room: bool = True
 
     def over(self, mode_plan: Plan, *, ladder_off: bool = False) -> Plan:
         """The plan `mode_plan` becomes under this layer (`compose`)."""
-        return compose(
+        plan = compose(
             mode_plan,
             self.strategy,
             self.fidelity,
             keep_mode_pruning=self.keep_mode_pruning,
             ladder_off=ladder_off,
         )
+        if self.ladder_room or len(plan.ladder) < 2:
+            return plan
+        extra = {**plan.extra, "ladder_room": False}
+        kept = [k for k in extra.pop("kept_from_mode", []) if k != "ladder"]
+        if kept:
+            extra["kept_from_mode"] = kept
+        return replace(plan, ladder=(1.0,), extra=extra)
 
 
 def drop_ladder(plan: Plan) -> Plan:

@@ -219,3 +219,73 @@ async def test_the_driver_decides_from_a_view_and_leaves_applying_to_the_loop(
     finally:
         agent.close()
         store.close()
+
+
+async def test_auto_runs_a_small_budget_on_the_full_data_and_sizes_a_budget_in_seconds_at_once(
+    tmp_path: Path,
+) -> None:
+    """A subsampling objective (declared "data") with a budget of 40 CPU seconds under
+    balanced: before any evaluation is measured the budget is not sized, so the rule holds
+    TPE on the full data (no ladder) and decides again at the next trial told, not at the
+    window's end; once one full evaluation of 2 CPU s is told, the budget is 20 evaluations,
+    small: the GP, still on the full data, next decision at the window's end. A restarted
+    driver keeps the ladder off (the stored record)."""
+    import optuna
+
+    from hpod.daemon.store import StudyStore
+    from hpod.daemon.strategy import LoopView, StrategyDriver
+    from hpod.engine import COST_ATTR
+    from hpod.policies.compose import StrategyLayer
+    from hpod.policies.strategy.agent import StrategyAgent
+
+    s = spec(budget={"cpu_seconds": 40})
+    store = StudyStore(f"journal://{tmp_path / 'j.log'}")
+    agent = StrategyAgent(tmp_path / "policy", explore=False)
+    try:
+        await store.call(store.create, s)
+        mode_plan = resolve_plan(s, "balanced", load_modes(None)["balanced"])
+        assert len(mode_plan.ladder) == 3
+        view = LoopView(
+            told=0,
+            created=0,
+            mode_plan=mode_plan,
+            budget=Budget(cpu_seconds=40),
+            budget_used=0.0,
+            layer=StrategyLayer(),
+            ladder_off=False,
+            ladder_pays=None,
+        )
+        driver = StrategyDriver(s, store, agent)
+        driver.declared, driver._declared_known = "data", True
+        first = await driver.decide(view, "start")
+        assert first.layer.strategy is not None
+        assert first.layer.strategy.name == "tpe-multivariate"
+        assert not first.layer.ladder_room and first.layer.over(mode_plan).ladder == (1.0,)
+        assert "no room for a data ladder" in first.event["reason"]
+        assert "keeps the mode's pruner (the strategy has none)" in first.event["reason"]
+        assert driver.next_at == 1 and driver.due(1) == "window"
+
+        study = optuna.load_study(study_name=s.name, storage=store.storage)
+        unit = optuna.distributions.FloatDistribution(-1, 1)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.1, "y": 0.2},
+                distributions={"x": unit, "y": unit},
+                value=1.0,
+                user_attrs={COST_ATTR: {"cpu": 2.0, "full_cpu": 2.0, "fidelity": "data"}},
+            )
+        )
+        told = LoopView(**{**view.__dict__, "told": 1, "created": 1, "layer": first.layer})
+        second = await driver.decide(told, "window")
+        assert second.layer.strategy is not None and second.layer.strategy.name == "gp"
+        assert second.layer.over(mode_plan).ladder == (1.0,)
+        assert "20 evaluations" in second.event["reason"]
+        assert driver.next_at == mode_plan.strategy_window
+
+        attrs = await store.call(store.study_attrs, s.name)
+        again = StrategyDriver(s, store, agent).resume(attrs, mode_plan.strategy_window)
+        assert again is not None and not again.ladder_room
+        assert again.over(mode_plan).ladder == (1.0,)
+    finally:
+        agent.close()
+        store.close()

@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from hpod.policies.strategy.actions import BUILTIN, SpaceShape, available
-from hpod.policies.strategy.rules import GP_MIN_EVALUATION_CPU, SMALL_BUDGET, choose, rule
+from hpod.policies.strategy.rules import (
+    GP_MIN_EVALUATION_CPU,
+    SMALL_BUDGET,
+    choose,
+    ladder_has_room,
+    rule,
+)
 from hpod.schema import Budget, StudySpec
 
 FLOAT = {"type": "float", "low": 0.0, "high": 1.0}
@@ -94,8 +100,19 @@ def test_every_builtin_strategy_may_be_chosen_by_auto() -> None:
         (shape({"x": FLOAT, "c": CAT, "d": CAT}, trials=500), None, "tpe-multivariate"),
         # a fidelity: TPE, under the mode's pruner and ladder (compose keeps them)
         (shape({"x": FLOAT, "y": FLOAT}, "epochs", trials=16), None, "tpe-multivariate"),
-        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=16), None, "tpe-multivariate"),
+        (
+            shape({"x": FLOAT, "y": FLOAT}, "data", trials=SMALL_BUDGET + 1),
+            None,
+            "tpe-multivariate",
+        ),
         (shape({"x": FLOAT, "y": FLOAT}, "data", trials=500), True, "tpe-multivariate"),
+        # ... but a data ladder has no room in a small budget: as without a fidelity, on the
+        # full data (gbm_large: 20 evaluations of 1.7 CPU s; the GP from 1 s an evaluation)
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=16), None, "gp"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=20, cpu=1.7), None, "gp"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=20, cpu=0.5), None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=16, cpu=None), None, "tpe-multivariate"),
+        (shape({"x": FLOAT, "y": FLOAT}, "data", trials=None, cpu=None), None, "tpe-multivariate"),
         # a data ladder measured not to pay: as without a fidelity
         (shape({"x": FLOAT, "y": FLOAT}, "data", trials=16), False, "gp"),
         (shape({"x": FLOAT, "y": FLOAT}, "data", trials=500), False, "cmaes"),
@@ -113,6 +130,20 @@ def test_the_rule_chooses_by_space_budget_and_fidelity(
     assert chosen.mask_reason(s) is None
     assert reason
     assert all(choose(s, told, ladder_pays).name == expected for told in (0, 7, 100))
+
+
+def test_a_data_ladder_has_room_only_in_a_budget_larger_than_small() -> None:
+    """`ladder_has_room`: no budget or more than `SMALL_BUDGET` evaluations; not a small one,
+    nor one in seconds before an evaluation sizes it; the rule says so in its reason (and
+    not for an objective without a data fidelity, or once the ladder was measured off)."""
+    two = {"x": FLOAT, "y": FLOAT}
+    assert ladder_has_room(shape(two, "data", trials=SMALL_BUDGET + 1))
+    assert not ladder_has_room(shape(two, "data", trials=SMALL_BUDGET))
+    assert not ladder_has_room(shape(two, "data", trials=None, cpu=None))
+    small = shape(two, "data", trials=20)
+    assert rule(small)[1].startswith("no room for a data ladder in 20 trials, full data; ")
+    assert "no room" not in rule(shape(two, "none", trials=20))[1]
+    assert "no room" not in rule(small, ladder_pays=False)[1]
 
 
 def test_the_rule_reads_the_live_budget_over_the_spec() -> None:
@@ -153,7 +184,8 @@ def compute_shape(budget: dict[str, float], cpu: float | None) -> SpaceShape:
         ({"full_evaluations": 40}, None, "tpe-multivariate", 40.0),
         ({"full_evaluations": 40}, 3.0, "gp", 40.0),
         # the tightest limit decides
-        ({"trials": 500, "cpu_seconds": 30.0}, 1.0, "tpe-multivariate", 30.0),
+        ({"trials": 500, "cpu_seconds": 30.0}, 1.0, "gp", 30.0),
+        ({"trials": 500, "cpu_seconds": 15.0}, 0.5, "tpe-multivariate", 30.0),
         ({"trials": 30, "cpu_seconds": 3000.0}, 0.5, "tpe-multivariate", 30.0),
     ],
 )

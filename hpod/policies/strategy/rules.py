@@ -6,9 +6,19 @@ docs/policies.md and decided at the study's first decision from its declared spa
 and objective fidelity (all known at the start):
 
 - several objectives: NSGA-II;
-- an objective with a fidelity (it reports epochs, or subsamples and the ladder pays):
-  multivariate TPE, and the mode's pruner and data ladder stay (`hpod.policies.compose`
-  keeps them; GP and CMA-ES learn only from complete trials, TPE uses pruned ones);
+- an objective with a fidelity (it reports epochs, or subsamples and the ladder has room
+  and pays): multivariate TPE, and the mode's pruner and data ladder stay
+  (`hpod.policies.compose` keeps them; GP and CMA-ES learn only from complete trials, TPE
+  uses pruned ones);
+- a data ladder has room only in a budget larger than `SMALL_BUDGET` evaluations (or none):
+  its pay-off check needs nine ladder trials and three paired full evaluations per rung,
+  and halving judges on a ninth of the data, where configurations rank only roughly. On
+  the validation suite's data tasks (`bench/ladder_budget.py`) TPE on the ladder was never
+  better than TPE on the full data at 10-80 evaluations, and the GP on the full data was
+  better at 40; on the held-out gbm_large (20 evaluations) it pruned 8 of 21 trials and
+  ended worse than plain TPE. So a subsampling objective with a small budget (or one in
+  seconds not yet sized) is planned on the full data and chosen for as one without a
+  fidelity (`ladder_has_room`; the study's loop drops the ladder from its plan);
 - a numeric space (float and int parameters, at least `NUMERIC_SHARE` of them, no
   conditions) with a budget of at most `SMALL_BUDGET` evaluations (a trial limit, or a
   compute limit over the measured CPU of one evaluation), whose full evaluations are
@@ -40,12 +50,15 @@ from hpod.policies.strategy.actions import BUILTIN, SpaceShape, Strategy
 #: Budgets of at most this many trials are small: the GP's model is worth its CPU there.
 SMALL_BUDGET = 60
 #: The GP is chosen only for objectives whose full evaluation costs at least this many CPU
-#: seconds (measured on the study's complete trials). A GP suggestion costs the sampler
-#: process 0.07 s (40 trials, 5-D) to 0.5 s (60 trials of the former gradient-boosting
-#: demo, where it cost more than the 0.23 s evaluations it chose); at 2 s an evaluation,
-#: the model's CPU stays a fraction of the objective's. Until a full evaluation is
-#: measured, TPE decides.
-GP_MIN_EVALUATION_CPU = 2.0
+#: seconds (measured on the study's complete trials). A GP suggestion cost hpod's sampler
+#: process 0.06-0.10 CPU s at 5-8 dimensions and 20-60 trials (`bench/ladder_budget.py
+#: --gp-cpu`, this 2-core machine under load), 0.5 s once, on 60 trials of the former
+#: gradient-boosting demo, where it cost more than the 0.23 s evaluations it chose: at 1 s
+#: an evaluation the model adds a tenth, at worst a half, to the objective's CPU. It was 2 s;
+#: on the held-out gbm_large (1.7 CPU s a fit, 20 evaluations) plain GP was the best simple
+#: set-up, at 1.43x plain TPE's total CPU with its sampler process. Until a full evaluation
+#: is measured, TPE decides.
+GP_MIN_EVALUATION_CPU = 1.0
 #: A space is numeric when at least this share of its parameters are float or int.
 NUMERIC_SHARE = 0.8
 
@@ -64,6 +77,13 @@ def is_small_budget(shape: SpaceShape) -> bool:
     """A budget of at most `SMALL_BUDGET` evaluations (its trial limit, or its compute limit
     in measured evaluations); no such limit is not small."""
     return shape.budget_evaluations is not None and shape.budget_evaluations <= SMALL_BUDGET
+
+
+def ladder_has_room(shape: SpaceShape) -> bool:
+    """Whether a data ladder may run in the study's budget: one of more than `SMALL_BUDGET`
+    evaluations, or none; not a small one, nor one in seconds not yet sized (its first
+    trials then go to the full data, which measures the evaluation that sizes it)."""
+    return not shape.budget_pending and not is_small_budget(shape)
 
 
 def budget_words(shape: SpaceShape) -> str:
@@ -85,8 +105,24 @@ def rule(
     """The rule's strategy for a study of `shape`, and why.
 
     `ladder_pays` is the subsampling policy's verdict (None while it is still measuring): an
-    objective that subsamples where the ladder does not pay counts as one without fidelity.
+    objective that subsamples where the ladder does not pay, or has no room
+    (`ladder_has_room`), counts as one without fidelity.
     """
+    strategy, why = _rule(shape, ladder_pays, strategies)
+    if (
+        shape.fidelity == "data"
+        and shape.n_directions == 1
+        and ladder_pays is not False
+        and not ladder_has_room(shape)
+    ):
+        why = f"no room for a data ladder in {budget_words(shape)}, full data; {why}"
+    return strategy, why
+
+
+def _rule(
+    shape: SpaceShape, ladder_pays: bool | None, strategies: tuple[Strategy, ...]
+) -> tuple[Strategy, str]:
+    """`rule` without the word on the ladder."""
     by_name = {s.name: s for s in strategies}
 
     def pick(*names: str) -> Strategy:
@@ -99,7 +135,9 @@ def rule(
     budget = budget_words(shape)
     if shape.n_directions > 1:
         return pick("nsga2", "tpe"), "several objectives: NSGA-II"
-    fidelity = shape.fidelity == "epochs" or (shape.fidelity == "data" and ladder_pays is not False)
+    fidelity = shape.fidelity == "epochs" or (
+        shape.fidelity == "data" and ladder_pays is not False and ladder_has_room(shape)
+    )
     if fidelity:
         words = FIDELITY_WORDS.get(str(shape.fidelity), "a fidelity")
         return pick("tpe-multivariate", "tpe"), (
