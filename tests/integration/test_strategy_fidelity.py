@@ -1,6 +1,7 @@
 """The objective's declared fidelity is known before the first trial (issue 13, item 1): a
-small-budget balanced study on a data-fidelity objective prunes from its first window, through
-a real daemon and real Celery workers."""
+balanced study on a data-fidelity objective prunes on the ladder from its first window, and
+one whose budget leaves the ladder no room runs on the full data from its first, through a
+real daemon and real Celery workers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import Daemon, DaemonFactory
+from conftest import Daemon, DaemonFactory, eventually
 
 from hpod.engine import COST_ATTR, LADDER_ATTR, make_storage
+from hpod.policies.strategy.rules import SMALL_BUDGET
 
 PRUNED = optuna.trial.TrialState.PRUNED
 
@@ -21,8 +23,8 @@ def load(daemon: Daemon, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def boosting_spec(name: str) -> dict[str, Any]:
-    """Sixteen trials of gradient boosting on a small data set, left to the strategy policy."""
+def boosting_spec(name: str, trials: int) -> dict[str, Any]:
+    """Gradient boosting on a small data set, left to the strategy policy."""
     return {
         "name": name,
         "objective": "gradient_boosting",
@@ -32,23 +34,30 @@ def boosting_spec(name: str) -> dict[str, Any]:
             "max_iter": {"type": "int", "low": 20, "high": 100},
             "max_leaf_nodes": {"type": "int", "low": 4, "high": 64, "log": True},
         },
-        "budget": {"trials": 16},
+        "budget": {"trials": trials},
         "mode": "balanced",
         "sampler": {"seed": 7},
     }
 
 
-def test_a_small_budget_balanced_study_on_a_data_objective_prunes_from_its_first_window(
+def test_a_balanced_study_on_a_data_objective_prunes_on_the_ladder_from_its_first_window(
     start_daemon: DaemonFactory,
 ) -> None:
-    """strategy auto decides before any trial, yet knows the objective subsamples: the first
-    decision's plan carries a data ladder and a pruner (every later one too), and trials of
-    that first window stop on a lower rung of the data."""
+    """strategy auto decides before any trial, yet knows the objective subsamples: with a
+    budget that leaves the ladder room (more than `SMALL_BUDGET` trials) the first decision's
+    plan carries a data ladder and a pruner (every later one too), and trials of that first
+    window stop on a lower rung of the data. The study is stopped after its first window."""
     daemon = start_daemon()
-    name = "small-boosting"
-    assert daemon.request("POST", "/studies", boosting_spec(name))[0] == 201
+    name = "ladder-boosting"
+    assert daemon.request("POST", "/studies", boosting_spec(name, SMALL_BUDGET + 40))[0] == 201
+
+    def second_decision() -> bool:
+        study = load(daemon, name)
+        return len(study.user_attrs.get("hpod:strategy") or []) >= 2
+
+    eventually(second_decision, timeout=300, what="the first window's end")
+    assert daemon.request("POST", f"/studies/{name}/stop")[0] == 200
     final = daemon.wait_study(name, timeout=300)
-    assert final["n_trials"] == 16, final
 
     study = load(daemon, name)
     decisions = study.user_attrs["hpod:strategy"]
@@ -65,13 +74,36 @@ def test_a_small_budget_balanced_study_on_a_data_objective_prunes_from_its_first
         dropped = off is not None and decision["told"] >= off["told"]
         assert len(decision["plan"]["ladder"]) > 1 or dropped, (decision, off)
 
-    end = decisions[1]["first_trial"] if len(decisions) > 1 else 16
+    end = decisions[1]["first_trial"]
     window = [t for t in study.get_trials(deepcopy=False) if t.number < end]
     pruned = [t for t in window if t.state == PRUNED]
     assert pruned, [(t.number, t.state, t.user_attrs.get(COST_ATTR)) for t in window]
     for t in pruned:
         assert t.user_attrs[COST_ATTR]["pruned_at"] < 1.0
     assert final["efficiency"]["pruned"] >= len(pruned)
+
+
+def test_a_small_budget_balanced_study_on_a_data_objective_runs_on_the_full_data(
+    start_daemon: DaemonFactory,
+) -> None:
+    """Sixteen trials leave a data ladder no room (`rules.ladder_has_room`): the first
+    decision knows the objective subsamples and says why it plans the full data; every
+    trial then runs on the full data, none is pruned on a rung."""
+    daemon = start_daemon()
+    name = "small-boosting"
+    assert daemon.request("POST", "/studies", boosting_spec(name, 16))[0] == 201
+    final = daemon.wait_study(name, timeout=300)
+    assert final["n_trials"] == 16, final
+
+    study = load(daemon, name)
+    decisions = study.user_attrs["hpod:strategy"]
+    first = decisions[0]
+    assert first["fidelity"] == "data" and first["trigger"] == "start", first
+    assert first["reason"].startswith("rule: no room for a data ladder in 16 trials"), first
+    assert all(d["plan"]["ladder"] == [1.0] for d in decisions), decisions
+    for t in study.get_trials(deepcopy=False):
+        assert t.state != PRUNED, t
+        assert [r[0] for r in t.user_attrs[COST_ATTR]["rungs"]] in ([], [1.0]), t.user_attrs
 
 
 def test_a_balanced_study_on_a_step_objective_prunes_its_passes_with_the_step_pruner(
