@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -130,6 +131,29 @@ def test_the_rule_chooses_by_space_budget_and_fidelity(
     assert chosen.mask_reason(s) is None
     assert reason
     assert all(choose(s, told, ladder_pays).name == expected for told in (0, 7, 100))
+
+
+def test_a_limit_in_seconds_not_sized_yet_holds_the_rule_whatever_the_trial_limit() -> None:
+    """The savings benchmark's budget, exactly: 1.5821 CPU seconds and a cap of 480 trials
+    (12 x 40). Before an evaluation is measured the 480 trials are only an upper bound: not
+    a long run for CMA-ES (which then opened balanced's BBOB studies with its Sobol design),
+    nor room for a data ladder; TPE until the CPU limit is sized (~45 evaluations)."""
+    pending = compute_shape({"cpu_seconds": 1.5821, "trials": 480}, None)
+    assert pending.budget_pending and pending.budget_evaluations == 480
+    chosen, reason = rule(pending)
+    assert chosen.name == "tpe-multivariate", reason
+    assert "at most 480 evaluations and a budget in seconds, no evaluation measured yet" in reason
+    data = replace(pending, fidelity="data")
+    assert not ladder_has_room(data) and rule(data)[0].name == "tpe-multivariate"
+    sized = compute_shape({"cpu_seconds": 1.5821, "trials": 480}, 0.035)
+    assert not sized.budget_pending and sized.budget_evaluations == pytest.approx(45.2, abs=0.1)
+    # a wall-clock limit likewise, until the study's rate of trials told is measured
+    spec = StudySpec.model_validate(
+        {"name": "s", "space": {"x": FLOAT, "y": FLOAT}, "budget": {"seconds": 60, "trials": 500}}
+    )
+    assert SpaceShape.of(spec, "none").budget_pending
+    assert not SpaceShape.of(spec, "none", told_per_second=1.0).budget_pending
+    assert choose(SpaceShape.of(spec, "none", told_per_second=1.0)).name == "tpe-multivariate"
 
 
 def test_a_data_ladder_has_room_only_in_a_budget_larger_than_small() -> None:

@@ -49,8 +49,9 @@ class SpaceShape:
     #: not yet measured against the objective). A budget of 1.6 CPU seconds on a 0.04 s
     #: objective is 40 evaluations: as small as a budget of 40 trials.
     budget_evaluations: float | None = None
-    #: Whether the budget is a limit in (CPU or wall) seconds whose size in evaluations is
-    #: not known yet (no evaluation measured): small or long is decided once one is.
+    #: Whether the budget has a limit in (CPU or wall) seconds whose size in evaluations is
+    #: not known yet (no evaluation measured): small or long is decided once one is, and
+    #: `budget_evaluations` (from its other limits, if any) is only an upper bound till then.
     budget_pending: bool = False
 
     def __post_init__(self) -> None:
@@ -79,7 +80,11 @@ class SpaceShape:
         if live.seconds is not None and told_per_second:
             sizes.append(live.seconds * told_per_second)
         evaluations = min(sizes) if sizes else None
-        in_seconds = live.cpu_seconds is not None or live.seconds is not None
+        # A limit in seconds not sized yet may be the tightest, whatever the trial limit (the
+        # savings benchmark caps its CPU budgets at 12 times their evaluations in trials).
+        unsized = (live.cpu_seconds is not None and not evaluation_cpu) or (
+            live.seconds is not None and not told_per_second
+        )
         return cls(
             n_params=len(params),
             n_continuous=sum(not isinstance(p, CategoricalParam) for p in params),
@@ -91,7 +96,7 @@ class SpaceShape:
             max_grid_points=max((grid_points(p) for p in params), default=0),
             evaluation_cpu=evaluation_cpu,
             budget_evaluations=evaluations,
-            budget_pending=evaluations is None and in_seconds,
+            budget_pending=unsized,
         )
 
 

@@ -88,9 +88,14 @@ def ladder_has_room(shape: SpaceShape) -> bool:
 
 def budget_words(shape: SpaceShape) -> str:
     """The budget as a decision's reason names it."""
-    if shape.budget_evaluations is None:
-        if shape.budget_pending:
+    if shape.budget_pending:
+        if shape.budget_evaluations is None:
             return "a budget in seconds, no evaluation measured yet"
+        return (
+            f"at most {shape.budget_evaluations:.0f} evaluations and a budget in seconds, "
+            "no evaluation measured yet"
+        )
+    if shape.budget_evaluations is None:
         return "no trial or compute budget"
     if shape.budget_trials is not None and shape.budget_evaluations == shape.budget_trials:
         return f"{shape.budget_trials} trials"
