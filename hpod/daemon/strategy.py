@@ -63,7 +63,7 @@ from hpod.policies.strategy.agent import Decision, StrategyAgent
 from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidelity
 from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
-from hpod.policies.strategy.rules import choose, ladder_has_room
+from hpod.policies.strategy.rules import choose, is_small_budget, ladder_has_room
 from hpod.schema import Budget, StudySpec, check_gp_grid
 from hpod.transfer.store import was_dropped
 
@@ -263,6 +263,10 @@ class StrategyDriver:
         #: The fidelity the objective declares (None: none declared, or not resolvable here).
         self.declared: Fidelity | None = None
         self._declared_known = False
+        #: Whether the latest decision found the budget small (`rules.is_small_budget`) or
+        #: not sized yet: then a learning sampler gets no packs (`BatchingPolicy.pack_size`).
+        #: True until a decision says otherwise (after a restart, till the next window).
+        self.small_budget = True
 
     @property
     def name(self) -> str:
@@ -440,6 +444,7 @@ class StrategyDriver:
                 # Only on a switch: a CMA-ES kept on must not be restarted every window.
                 strategy = warm_start(decision.strategy, snapshot.best_params, self.spec)
         room = ladder_has_room(snapshot.shape)
+        self.small_budget = is_small_budget(snapshot.shape) or snapshot.shape.budget_pending
         layer = self.layer(strategy, snapshot.fidelity, room)
         plan = layer.over(view.mode_plan, ladder_off=view.ladder_off)
         record = self._record(decision, plan, trigger, told, first_trial)

@@ -500,6 +500,7 @@ class StudyRun:
                 learning_sampler=self.plan.sampler not in ("random", "qmc"),
                 told=len(self.told),
                 parallelism=self.plan.parallelism,
+                small_budget=self.strategy.small_budget,
             )
             if self.plan.uses("batching")
             else 1

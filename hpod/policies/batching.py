@@ -46,16 +46,27 @@ class BatchingPolicy(Policy):
         learning_sampler: bool = False,
         told: int = 0,
         parallelism: int = 1,
+        small_budget: bool = False,
     ) -> int:
         """Trials per task: one until a duration is known or when batching is off.
 
         A sampler that learns from results (TPE, CMA-ES, GP) must not be starved of them:
         trials asked before any of them is told are, to it, blind guesses. So for such a
         sampler all packs in flight together hold at most a quarter as many trials as it has
-        seen told; a pack grows with the study. Random and QMC samplers learn nothing, so
-        their packs are bounded by time alone.
+        seen told; a pack grows with the study. In a study with a small budget
+        (`small_budget`: at most `rules.SMALL_BUDGET` evaluations, or one in seconds not
+        sized yet) it gets no packs at all: the loop asks the next pack while the last is
+        evaluated, so a pack of k is 2k trials asked blind, too many of 45. Measured at 45
+        evaluations: TPE with these packs, the next asked while the last is in flight,
+        against TPE one at a time (in-process, 60 seeds, validation functions): log10 best
+        +0.34 [+0.17, +0.51] on Dixon-Price 5-D, +0.05 [-0.07, +0.17] on Zakharov 4-D; in
+        the daemon (held-out 5-D Rastrigin, 20 seeds) balanced +5.9 [+1.5, +10.1] against
+        plain TPE, balanced without batching -0.6 [-1.8, 0.0]. Random and QMC samplers learn
+        nothing, so their packs are bounded by time alone.
         """
         if batch_seconds <= 0 or max_pack <= 1 or self.mean_seconds is None:
+            return 1
+        if learning_sampler and small_budget:
             return 1
         pack = min(max_pack, math.floor(batch_seconds / self.mean_seconds))
         if learning_sampler:

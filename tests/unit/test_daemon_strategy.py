@@ -262,6 +262,7 @@ async def test_auto_runs_a_small_budget_on_the_full_data_and_sizes_a_budget_in_s
         assert first.layer.strategy.name == "tpe-multivariate"
         assert not first.layer.ladder_room and first.layer.over(mode_plan).ladder == (1.0,)
         assert "no room for a data ladder" in first.event["reason"]
+        assert driver.small_budget  # not sized yet: no packs for the sampler
         assert "keeps the mode's pruner (the strategy has none)" in first.event["reason"]
         assert driver.next_at == 1 and driver.due(1) == "window"
 

@@ -336,6 +336,19 @@ def test_a_learning_sampler_is_not_starved_by_big_packs() -> None:
     assert policy.pack_size(0.5, 500, learning_sampler=True, told=90_000, parallelism=4) == 500
 
 
+def test_a_learning_sampler_in_a_small_budget_gets_no_packs() -> None:
+    """The savings benchmark's 5-D Rastrigin: ~45 evaluations of ~14 ms. Packs of told // 4
+    (ten at 40 told), the next asked while the last is evaluated, left TPE blind on a fifth of
+    its budget: in a small budget a learning sampler runs one trial a task; random keeps its
+    packs, and a study whose budget is large keeps the quarter rule."""
+    policy = BatchingPolicy()
+    for _ in range(3):
+        policy.after_tell(event(duration=0.014))
+    assert policy.pack_size(0.5, 500, learning_sampler=True, told=40) == 10
+    assert policy.pack_size(0.5, 500, learning_sampler=True, told=40, small_budget=True) == 1
+    assert policy.pack_size(0.5, 500, small_budget=True) == 35
+
+
 def test_results_of_a_non_deterministic_objective_are_never_cached(tmp_path: Path) -> None:
     """An objective declaring hpod_deterministic = False could give another result next
     time: nothing it returns is stored."""
