@@ -71,8 +71,9 @@ EVENTS_OWED_ATTR = "hpod:events_owed"
 #: Optuna study objects kept open for studies without a running loop (status, direct tells);
 #: those of running loops are always kept (their samplers carry state).
 OPEN_STUDIES = 64
-#: Seconds a dispatch mark waits to share the durable write of the daemon's next storage call
-#: (an ask, a tell) before it is written on its own (`StudyStore.mark_dispatched_soon`).
+#: Seconds after its dispatch that a trial's dispatch mark is due: it is then written with the
+#: durable write of the daemon's next storage call (an ask, a tell) or on its own; a trial told
+#: before then needs none (`StudyStore.mark_dispatched_soon`).
 MARK_DELAY = 0.1
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -155,11 +156,14 @@ class StudyStore:
         #: The last storage fault (`repr`), None once storage works again.
         self.fault: str | None = None
         self._marked = 0
-        #: Dispatch marks not yet written, (trial id, attempt): added on the event loop,
-        #: written on the Optuna thread by the next call (`_guarded`).
-        self._marks: list[tuple[int, int]] = []
+        #: Dispatch marks not yet written, (trial id, attempt, when due: `time.monotonic`),
+        #: oldest first: added on the event loop, written on the Optuna thread by the first
+        #: call once due (`_guarded`), dropped when their trial is told first.
+        self._marks: list[tuple[int, int, float]] = []
         self._marks_lock = threading.Lock()
         self._mark_timer: asyncio.TimerHandle | None = None
+        #: Trial ids the current call told (`tell`): their marks are dropped once it returns.
+        self._told: list[int] = []
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the Optuna thread and await its result."""
@@ -167,26 +171,42 @@ class StudyStore:
             self._thread, self._guarded, fn, args
         )
 
-    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...], every_mark: bool = False) -> T:
         """Call `fn` on the Optuna thread: heal a broken journal first, record faults; the
-        dispatch marks waiting are written in the same durable write group as `fn`'s."""
+        dispatch marks due (all of them with `every_mark`) are written in the same durable
+        write group as `fn`'s, and those of trials `fn` told are dropped once it returned
+        (its write is durable then)."""
         self._heal()
         commits = self._commits()
+        self._told = []
         with self._marks_lock:
-            marks, self._marks = self._marks, []
+            if every_mark:
+                due = len(self._marks)
+            else:
+                now = time.monotonic()
+                due = 0
+                while due < len(self._marks) and self._marks[due][2] <= now:
+                    due += 1
+            marks, self._marks = self._marks[:due], self._marks[due:]
         try:
             result = self._with_marks(marks, fn, args) if marks else fn(*args)
         except Exception as exc:
             if is_storage_fault(exc):
                 self.fault = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            told, self._told = self._told, []
+        if told:
+            done = set(told)
+            with self._marks_lock:
+                self._marks = [m for m in self._marks if m[0] not in done]
         if self.fault is not None and commits is not None and self._commits() != commits:
             log.info("storage.recovered", after=self.fault)
             self.fault = None
         return result
 
     def _with_marks(
-        self, marks: list[tuple[int, int]], fn: Callable[..., T], args: tuple[Any, ...]
+        self, marks: list[tuple[int, int, float]], fn: Callable[..., T], args: tuple[Any, ...]
     ) -> T:
         """Call `fn`, then write `marks`, in one durable write group. Marks that did not
         become durable (their write, or the group's commit, failed) wait for the next call.
@@ -214,11 +234,11 @@ class StudyStore:
                     self._marks[:0] = marks
             raise
 
-    def _write_marks(self, marks: list[tuple[int, int]]) -> None:
+    def _write_marks(self, marks: list[tuple[int, int, float]]) -> None:
         """Write dispatch marks; on a journal, not those of trials already finished (its
         in-memory view says so without a read)."""
         journal = self._journal() is not None
-        for trial_id, attempt in marks:
+        for trial_id, attempt, _due in marks:
             with contextlib.suppress(KeyError):  # a trial a failed write lost
                 if journal and self.storage.get_trial(trial_id).state in FINISHED:
                     continue
@@ -228,20 +248,24 @@ class StudyStore:
         """On the event loop: record that these trials' task reached the broker (so a restart
         waits for their results rather than dispatching them again).
 
-        The mark rides on the durable write of the daemon's next storage call (the next ask
-        or tell, usually within milliseconds), or is written on its own after `MARK_DELAY`:
-        one write and one thread hop fewer per dispatch. A crash before it is written costs
-        at most a second evaluation of those trials after the restart (told once, as any
-        redelivered result): the mark's purpose, not evaluating a dispatched trial again, is
-        kept for every trial older than `MARK_DELAY`.
+        The mark is due `MARK_DELAY` after the dispatch: it then rides on the durable write
+        of the daemon's next storage call (an ask, a tell), or is written on its own (a
+        timer): one write and one thread hop fewer per dispatch. A trial told before its
+        mark is due needs none and gets none (the tell finishes it durably; one journal
+        operation fewer per fast trial). A crash before the mark is written costs at most a
+        second evaluation of those trials after the restart (told once, as any redelivered
+        result): the mark's purpose, not evaluating a dispatched trial again, is kept for
+        every trial older than `MARK_DELAY`.
         """
+        due = time.monotonic() + MARK_DELAY
         with self._marks_lock:
-            self._marks.extend((trial_id, attempt) for trial_id in trial_ids)
+            self._marks.extend((trial_id, attempt, due) for trial_id in trial_ids)
         if self._mark_timer is None:
             self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._flush_marks)
 
     def _flush_marks(self) -> None:
-        """On the event loop, `MARK_DELAY` after a mark: write the marks still waiting."""
+        """On the event loop, when the oldest mark is due: write the marks due (on the
+        Optuna thread), and wait for the next mark to fall due."""
         self._mark_timer = None
         if not self._marks:
             return
@@ -250,6 +274,14 @@ class StudyStore:
         except RuntimeError:  # shutting down: `close` writes them
             return
         future.add_done_callback(_log_failed_marks)
+        now = time.monotonic()
+        with self._marks_lock:
+            later = [due for _, _, due in self._marks if due > now]
+        if later:
+            # A little past the due time, so that the mark is due when the call takes it.
+            self._mark_timer = asyncio.get_running_loop().call_later(
+                min(later) - now + 0.001, self._flush_marks
+            )
 
     def mark(self) -> None:
         """Record how much of the journal file is known written (see `hpod.journal.write_mark`),
@@ -331,9 +363,15 @@ class StudyStore:
         return await self.call(timed)
 
     def close(self) -> None:
-        """Write the dispatch marks still waiting, finish pending calls, release the thread."""
+        """Write the dispatch marks still waiting (due or not: their trials are still
+        running), finish pending calls, release the thread."""
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
         if self._marks:
-            self._thread.submit(self._guarded, _nothing, ()).add_done_callback(_log_failed_marks)
+            self._thread.submit(self._guarded, _nothing, (), True).add_done_callback(
+                _log_failed_marks
+            )
         self._thread.shutdown(wait=True)
 
     # --- studies -----------------------------------------------------------------------
@@ -660,6 +698,7 @@ class StudyStore:
         # every change rather than editing it, and a database storage builds a new one per
         # read, so it stays as told; the daemon only reads it.
         _tell_with_warning(study, number, tell_values, state=STATES[state], skip_if_finished=True)
+        self._told.append(frozen._trial_id)  # its dispatch mark, if still waiting, is moot
         return self.storage.get_trial(frozen._trial_id)
 
     def tell_many(
