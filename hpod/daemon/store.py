@@ -71,9 +71,9 @@ EVENTS_OWED_ATTR = "hpod:events_owed"
 #: Optuna study objects kept open for studies without a running loop (status, direct tells);
 #: those of running loops are always kept (their samplers carry state).
 OPEN_STUDIES = 64
-#: Seconds after its dispatch that a trial's dispatch mark is due: it is then written with the
-#: durable write of the daemon's next storage call (an ask, a tell) or on its own; a trial told
-#: before then needs none (`StudyStore.mark_dispatched_soon`).
+#: Seconds after its dispatch by which a trial's dispatch mark is written (due at half of it,
+#: then written with the durable write of the daemon's next storage call, an ask or a tell, or
+#: on its own); a trial told before it is due needs none (`StudyStore.mark_dispatched_soon`).
 MARK_DELAY = 0.1
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -248,40 +248,42 @@ class StudyStore:
         """On the event loop: record that these trials' task reached the broker (so a restart
         waits for their results rather than dispatching them again).
 
-        The mark is due `MARK_DELAY` after the dispatch: it then rides on the durable write
-        of the daemon's next storage call (an ask, a tell), or is written on its own (a
-        timer): one write and one thread hop fewer per dispatch. A trial told before its
-        mark is due needs none and gets none (the tell finishes it durably; one journal
-        operation fewer per fast trial). A crash before the mark is written costs at most a
-        second evaluation of those trials after the restart (told once, as any redelivered
-        result): the mark's purpose, not evaluating a dispatched trial again, is kept for
-        every trial older than `MARK_DELAY`.
+        The mark is due half `MARK_DELAY` after the dispatch: it then rides on the durable
+        write of the daemon's next storage call (an ask, a tell), or is written on its own
+        by a timer that looks every half `MARK_DELAY` while marks wait: one write and one
+        thread hop fewer per dispatch, and at most one timer call per half `MARK_DELAY`
+        however many trials are dispatched. A trial told before its mark is due needs none
+        and gets none (the tell finishes it durably: one journal operation fewer per fast
+        trial). A crash before the mark is written costs at most a second evaluation of
+        those trials after the restart (told once, as any redelivered result): the mark's
+        purpose, not evaluating a dispatched trial again, is kept for every trial older than
+        `MARK_DELAY`.
         """
-        due = time.monotonic() + MARK_DELAY
+        due = time.monotonic() + MARK_DELAY / 2
         with self._marks_lock:
             self._marks.extend((trial_id, attempt, due) for trial_id in trial_ids)
         if self._mark_timer is None:
-            self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._flush_marks)
+            self._mark_timer = asyncio.get_running_loop().call_later(
+                MARK_DELAY / 2, self._flush_marks
+            )
 
     def _flush_marks(self) -> None:
-        """On the event loop, when the oldest mark is due: write the marks due (on the
-        Optuna thread), and wait for the next mark to fall due."""
+        """On the event loop, every half `MARK_DELAY` while marks wait: write those due (on
+        the Optuna thread; none of them when every trial was told first)."""
         self._mark_timer = None
-        if not self._marks:
-            return
-        try:
-            future = self._thread.submit(self._guarded, _nothing, ())
-        except RuntimeError:  # shutting down: `close` writes them
-            return
-        future.add_done_callback(_log_failed_marks)
         now = time.monotonic()
         with self._marks_lock:
-            later = [due for _, _, due in self._marks if due > now]
-        if later:
-            # A little past the due time, so that the mark is due when the call takes it.
-            self._mark_timer = asyncio.get_running_loop().call_later(
-                min(later) - now + 0.001, self._flush_marks
-            )
+            if not self._marks:
+                return
+            due = self._marks[0][2] <= now  # oldest first
+        # During a storage fault the marks wait for the next call: no write retried from here.
+        if due and self.fault is None:
+            try:
+                future = self._thread.submit(self._guarded, _nothing, ())
+            except RuntimeError:  # shutting down: `close` writes them
+                return
+            future.add_done_callback(_log_failed_marks)
+        self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY / 2, self._flush_marks)
 
     def mark(self) -> None:
         """Record how much of the journal file is known written (see `hpod.journal.write_mark`),

@@ -1,5 +1,5 @@
-"""Dispatch marks ride on the daemon's next durable write once due, `MARK_DELAY` after the
-dispatch (`StudyStore.mark_dispatched_soon`): written on their own when nothing else is
+"""Dispatch marks ride on the daemon's next durable write once due, half `MARK_DELAY` after
+the dispatch (`StudyStore.mark_dispatched_soon`): written on their own when nothing else is
 written, never for a trial told before then, and a restarted daemon waits for the result of
 a trial whose mark was written instead of dispatching it again."""
 
@@ -81,13 +81,13 @@ async def test_a_restart_waits_for_a_marked_trial_instead_of_dispatching_it_agai
 async def test_a_trial_told_before_its_mark_is_due_gets_no_mark(
     daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A mark is due `MARK_DELAY` after its dispatch: the next storage calls before then (an
+    """A mark is due half `MARK_DELAY` after its dispatch: the next storage calls before then (an
     ask, a tell) do not carry it, a trial told before then never gets one (its tell dropped
     it), and the mark of a trial still running is written once due, the latest attempt's."""
     from hpod.daemon import store as store_module
     from hpod.daemon.store import Outcome
 
-    monkeypatch.setattr(store_module, "MARK_DELAY", 0.5)
+    monkeypatch.setattr(store_module, "MARK_DELAY", 2.0)  # due after 1 s
     published = _record_dispatches(daemon, monkeypatch)
     spec = StudySpec.model_validate(quadratic("t", trials=2, max_concurrent=2))
     await daemon.manager.requests.create(spec)
@@ -102,7 +102,7 @@ async def test_a_trial_told_before_its_mark_is_due_gets_no_mark(
         (ids[0], 2),
     ]
     assert await _marks(daemon, spec) == {0: None, 1: None}
-    await asyncio.sleep(0.5 * 3)
+    await asyncio.sleep(2.0 * 1.5)
     assert await _marks(daemon, spec) == {0: 2, 1: None}
     assert daemon.store._marks == []
 
@@ -130,3 +130,31 @@ async def test_a_due_mark_of_a_trial_told_in_the_same_write_is_left_out(
     assert await run.on_results([Outcome(1, "complete", [1.0])]) == [True]
     assert await _marks(daemon, spec) == {0: 1, 1: None}
     assert daemon.store._marks == []
+
+
+async def test_the_mark_timer_writes_at_most_once_per_half_delay(
+    daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many trials are dispatched, the timer hands the Optuna thread at most one
+    write of marks per half `MARK_DELAY` (one per mark would be a thread hop per dispatch),
+    and none while no mark is due."""
+    from hpod.daemon import store as store_module
+
+    monkeypatch.setattr(store_module, "MARK_DELAY", 0.4)
+    store = daemon.store
+    submitted: list[float] = []
+    real_submit = store._thread.submit
+
+    def submit(fn: Any, *args: Any) -> Any:
+        submitted.append(asyncio.get_running_loop().time())
+        return real_submit(fn, *args)
+
+    monkeypatch.setattr(store._thread, "submit", submit)
+    started = asyncio.get_running_loop().time()
+    for i in range(40):  # a dispatch every 10 ms for 0.4 s (ids of no trial: nothing written)
+        store.mark_dispatched_soon([10_000 + i], 1)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.4)
+    assert not store._marks  # every mark was due and taken
+    assert submitted and min(submitted) - started >= 0.2 - 0.01  # none before one was due
+    assert len(submitted) <= 6  # ~0.8 s / 0.2 s, not 40
