@@ -162,6 +162,8 @@ class StudyStore:
         self._marks: list[tuple[int, int, float]] = []
         self._marks_lock = threading.Lock()
         self._mark_timer: asyncio.TimerHandle | None = None
+        #: The due time of the newest mark the timer has had written (`_flush_marks`).
+        self._mark_tried = 0.0
         #: Trial ids the current call told (`tell`): their marks are dropped once it returns.
         self._told: list[int] = []
 
@@ -275,9 +277,12 @@ class StudyStore:
         with self._marks_lock:
             if not self._marks:
                 return
-            due = self._marks[0][2] <= now  # oldest first
-        # During a storage fault the marks wait for the next call: no write retried from here.
-        if due and self.fault is None:
+            newest_due = max((due for _, _, due in self._marks if due <= now), default=None)
+        # During a storage fault, marks that already failed to be written wait for the next
+        # call (no retry every half `MARK_DELAY`: each failed write re-reads the journal);
+        # marks newly due are tried once, as any write.
+        if newest_due is not None and (self.fault is None or newest_due > self._mark_tried):
+            self._mark_tried = newest_due
             try:
                 future = self._thread.submit(self._guarded, _nothing, ())
             except RuntimeError:  # shutting down: `close` writes them

@@ -158,3 +158,36 @@ async def test_the_mark_timer_writes_at_most_once_per_half_delay(
     assert not store._marks  # every mark was due and taken
     assert submitted and min(submitted) - started >= 0.2 - 0.01  # none before one was due
     assert len(submitted) <= 6  # ~0.8 s / 0.2 s, not 40
+
+
+async def test_during_a_storage_fault_the_timer_tries_each_due_mark_once(
+    daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While storage fails, a mark whose write failed waits for the next storage call: the
+    timer does not retry it every half `MARK_DELAY` (each failed journal write makes the next
+    call re-read the file); a mark newly due is tried once."""
+    from hpod.daemon import store as store_module
+
+    monkeypatch.setattr(store_module, "MARK_DELAY", 0.2)
+    store = daemon.store
+    submitted: list[float] = []
+    real_submit = store._thread.submit
+
+    def submit(fn: Any, *args: Any) -> Any:
+        submitted.append(asyncio.get_running_loop().time())
+        return real_submit(fn, *args)
+
+    def refused(marks: list[Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store._thread, "submit", submit)
+    monkeypatch.setattr(store, "_write_marks", refused)
+    monkeypatch.setattr(store, "probe", lambda: None)  # the fault lasts
+    store.mark_dispatched_soon([1], 1)
+    await asyncio.sleep(0.6)  # due after 0.1 s; three more looks since
+    assert len(submitted) == 1 and store.fault is not None
+    assert [m[:2] for m in store._marks] == [(1, 1)]  # kept for the next call
+    store.mark_dispatched_soon([2], 1)
+    await asyncio.sleep(0.4)
+    assert len(submitted) == 2
+    assert [m[:2] for m in store._marks] == [(1, 1), (2, 1)]
