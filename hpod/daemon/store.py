@@ -71,8 +71,9 @@ EVENTS_OWED_ATTR = "hpod:events_owed"
 #: Optuna study objects kept open for studies without a running loop (status, direct tells);
 #: those of running loops are always kept (their samplers carry state).
 OPEN_STUDIES = 64
-#: Seconds a dispatch mark waits to share the durable write of the daemon's next storage call
-#: (an ask, a tell) before it is written on its own (`StudyStore.mark_dispatched_soon`).
+#: Seconds after its dispatch by which a trial's dispatch mark is written (due at half of it,
+#: then written with the durable write of the daemon's next storage call, an ask or a tell, or
+#: on its own); a trial told before it is due needs none (`StudyStore.mark_dispatched_soon`).
 MARK_DELAY = 0.1
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -155,11 +156,16 @@ class StudyStore:
         #: The last storage fault (`repr`), None once storage works again.
         self.fault: str | None = None
         self._marked = 0
-        #: Dispatch marks not yet written, (trial id, attempt): added on the event loop,
-        #: written on the Optuna thread by the next call (`_guarded`).
-        self._marks: list[tuple[int, int]] = []
+        #: Dispatch marks not yet written, (trial id, attempt, when due: `time.monotonic`),
+        #: oldest first: added on the event loop, written on the Optuna thread by the first
+        #: call once due (`_guarded`), dropped when their trial is told first.
+        self._marks: list[tuple[int, int, float]] = []
         self._marks_lock = threading.Lock()
         self._mark_timer: asyncio.TimerHandle | None = None
+        #: The due time of the newest mark the timer has had written (`_flush_marks`).
+        self._mark_tried = 0.0
+        #: Trial ids the current call told (`tell`): their marks are dropped once it returns.
+        self._told: list[int] = []
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the Optuna thread and await its result."""
@@ -167,26 +173,42 @@ class StudyStore:
             self._thread, self._guarded, fn, args
         )
 
-    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...], every_mark: bool = False) -> T:
         """Call `fn` on the Optuna thread: heal a broken journal first, record faults; the
-        dispatch marks waiting are written in the same durable write group as `fn`'s."""
+        dispatch marks due (all of them with `every_mark`) are written in the same durable
+        write group as `fn`'s, and those of trials `fn` told are dropped once it returned
+        (its write is durable then)."""
         self._heal()
         commits = self._commits()
+        self._told = []
         with self._marks_lock:
-            marks, self._marks = self._marks, []
+            if every_mark:
+                due = len(self._marks)
+            else:
+                now = time.monotonic()
+                due = 0
+                while due < len(self._marks) and self._marks[due][2] <= now:
+                    due += 1
+            marks, self._marks = self._marks[:due], self._marks[due:]
         try:
             result = self._with_marks(marks, fn, args) if marks else fn(*args)
         except Exception as exc:
             if is_storage_fault(exc):
                 self.fault = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            told, self._told = self._told, []
+        if told:
+            done = set(told)
+            with self._marks_lock:
+                self._marks = [m for m in self._marks if m[0] not in done]
         if self.fault is not None and commits is not None and self._commits() != commits:
             log.info("storage.recovered", after=self.fault)
             self.fault = None
         return result
 
     def _with_marks(
-        self, marks: list[tuple[int, int]], fn: Callable[..., T], args: tuple[Any, ...]
+        self, marks: list[tuple[int, int, float]], fn: Callable[..., T], args: tuple[Any, ...]
     ) -> T:
         """Call `fn`, then write `marks`, in one durable write group. Marks that did not
         become durable (their write, or the group's commit, failed) wait for the next call.
@@ -214,11 +236,11 @@ class StudyStore:
                     self._marks[:0] = marks
             raise
 
-    def _write_marks(self, marks: list[tuple[int, int]]) -> None:
+    def _write_marks(self, marks: list[tuple[int, int, float]]) -> None:
         """Write dispatch marks; on a journal, not those of trials already finished (its
         in-memory view says so without a read)."""
         journal = self._journal() is not None
-        for trial_id, attempt in marks:
+        for trial_id, attempt, _due in marks:
             with contextlib.suppress(KeyError):  # a trial a failed write lost
                 if journal and self.storage.get_trial(trial_id).state in FINISHED:
                     continue
@@ -228,28 +250,45 @@ class StudyStore:
         """On the event loop: record that these trials' task reached the broker (so a restart
         waits for their results rather than dispatching them again).
 
-        The mark rides on the durable write of the daemon's next storage call (the next ask
-        or tell, usually within milliseconds), or is written on its own after `MARK_DELAY`:
-        one write and one thread hop fewer per dispatch. A crash before it is written costs
-        at most a second evaluation of those trials after the restart (told once, as any
-        redelivered result): the mark's purpose, not evaluating a dispatched trial again, is
-        kept for every trial older than `MARK_DELAY`.
+        The mark is due half `MARK_DELAY` after the dispatch: it then rides on the durable
+        write of the daemon's next storage call (an ask, a tell), or is written on its own
+        by a timer that looks every half `MARK_DELAY` while marks wait: one write and one
+        thread hop fewer per dispatch, and at most one timer call per half `MARK_DELAY`
+        however many trials are dispatched. A trial told before its mark is due needs none
+        and gets none (the tell finishes it durably: one journal operation fewer per fast
+        trial). A crash before the mark is written costs at most a second evaluation of
+        those trials after the restart (told once, as any redelivered result): the mark's
+        purpose, not evaluating a dispatched trial again, is kept for every trial older than
+        `MARK_DELAY`.
         """
+        due = time.monotonic() + MARK_DELAY / 2
         with self._marks_lock:
-            self._marks.extend((trial_id, attempt) for trial_id in trial_ids)
+            self._marks.extend((trial_id, attempt, due) for trial_id in trial_ids)
         if self._mark_timer is None:
-            self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._flush_marks)
+            self._mark_timer = asyncio.get_running_loop().call_later(
+                MARK_DELAY / 2, self._flush_marks
+            )
 
     def _flush_marks(self) -> None:
-        """On the event loop, `MARK_DELAY` after a mark: write the marks still waiting."""
+        """On the event loop, every half `MARK_DELAY` while marks wait: write those due (on
+        the Optuna thread; none of them when every trial was told first)."""
         self._mark_timer = None
-        if not self._marks:
-            return
-        try:
-            future = self._thread.submit(self._guarded, _nothing, ())
-        except RuntimeError:  # shutting down: `close` writes them
-            return
-        future.add_done_callback(_log_failed_marks)
+        now = time.monotonic()
+        with self._marks_lock:
+            if not self._marks:
+                return
+            newest_due = max((due for _, _, due in self._marks if due <= now), default=None)
+        # During a storage fault, marks that already failed to be written wait for the next
+        # call (no retry every half `MARK_DELAY`: each failed write re-reads the journal);
+        # marks newly due are tried once, as any write.
+        if newest_due is not None and (self.fault is None or newest_due > self._mark_tried):
+            self._mark_tried = newest_due
+            try:
+                future = self._thread.submit(self._guarded, _nothing, ())
+            except RuntimeError:  # shutting down: `close` writes them
+                return
+            future.add_done_callback(_log_failed_marks)
+        self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY / 2, self._flush_marks)
 
     def mark(self) -> None:
         """Record how much of the journal file is known written (see `hpod.journal.write_mark`),
@@ -331,9 +370,15 @@ class StudyStore:
         return await self.call(timed)
 
     def close(self) -> None:
-        """Write the dispatch marks still waiting, finish pending calls, release the thread."""
+        """Write the dispatch marks still waiting (due or not: their trials are still
+        running), finish pending calls, release the thread."""
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
         if self._marks:
-            self._thread.submit(self._guarded, _nothing, ()).add_done_callback(_log_failed_marks)
+            self._thread.submit(self._guarded, _nothing, (), True).add_done_callback(
+                _log_failed_marks
+            )
         self._thread.shutdown(wait=True)
 
     # --- studies -----------------------------------------------------------------------
@@ -660,6 +705,7 @@ class StudyStore:
         # every change rather than editing it, and a database storage builds a new one per
         # read, so it stays as told; the daemon only reads it.
         _tell_with_warning(study, number, tell_values, state=STATES[state], skip_if_finished=True)
+        self._told.append(frozen._trial_id)  # its dispatch mark, if still waiting, is moot
         return self.storage.get_trial(frozen._trial_id)
 
     def tell_many(

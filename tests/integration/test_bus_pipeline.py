@@ -68,6 +68,20 @@ async def test_a_packs_events_are_confirmed_together_and_arrive_in_order(
     assert bus.outbox == 0
 
 
+async def test_a_single_event_goes_through_the_pipeline_too(
+    bus: Bus, watched: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unbatched trial's one event: the pipeline's direct publish, not kombu's."""
+    one_by_one: list[str] = []
+    real = bus._send_event
+    monkeypatch.setattr(bus, "_send_event", lambda b, t: (one_by_one.append(t), real(b, t)))
+    for i in range(3):
+        await bus.events([("trial.completed", "s", {"trial": i})])
+    assert received(*watched, 3) == [0, 1, 2]
+    assert one_by_one == []
+    assert bus.outbox == 0
+
+
 async def test_a_failed_pipeline_sends_the_events_one_by_one(
     bus: Bus, watched: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,5 +90,30 @@ async def test_a_failed_pipeline_sends_the_events_one_by_one(
 
     monkeypatch.setattr(bus_module._ConfirmPipeline, "publish", refuse)
     await bus.events(_events(4))
-    assert received(*watched, 4) == [0, 1, 2, 3]
+    await bus.events(_events(1))  # a single event falls back too
+    assert received(*watched, 5) == [0, 1, 2, 3, 0]
     assert bus.outbox == 0
+
+
+async def test_the_trials_queue_is_bound_once_per_connection_and_declared_on_a_new_one(
+    bus: Bus, rabbitmq: str
+) -> None:
+    """A dispatch passes the trials queue bound to the publisher's channel (kombu would bind
+    a copy per publish); after a reconnect it is bound, and declared, on the new channel:
+    a deleted queue is there again and gets the task."""
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq))
+    channel = conn.channel()
+    channel.queue_declare("hpod.trials", durable=True)
+    channel.queue_purge("hpod.trials")
+    task = {"study": "s", "trial_id": 1, "number": 0, "params": {}, "attempt": 1}
+    await bus.dispatch(task, soft_limit=30, hard_limit=60)
+    first = bus._main._bound["hpod.trials"]
+    await bus.dispatch(task, soft_limit=30, hard_limit=60)
+    assert bus._main._bound["hpod.trials"] is first
+    await bus._main.run(bus._main.drop)
+    channel.queue_delete("hpod.trials")
+    await bus.dispatch(task, soft_limit=30, hard_limit=60)
+    assert bus._main._bound["hpod.trials"] is not first
+    assert channel.queue_declare("hpod.trials", passive=True).method.message_count == 1
+    channel.queue_purge("hpod.trials")
+    conn.close()

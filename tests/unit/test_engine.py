@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpod.engine import check_params, suggest
+from hpod.engine import check_params, make_sampler, suggest
 from hpod.errors import RequestRejected
 from hpod.schema import StudySpec
 
@@ -68,3 +68,26 @@ class TestCheckParams:
     def test_accepts_a_valid_configuration(self) -> None:
         """A configuration inside the space passes."""
         check_params({"kind": "tree", "depth": 3, "alpha": 0.1}, SPACE)
+
+
+def test_the_random_sampler_draws_what_optunas_draws_for_the_same_seed() -> None:
+    """hpod's random sampler keeps each parameter's transform (issue 16) and draws the very
+    parameters Optuna's own draws with the same seed, over every kind of parameter."""
+    from hpod.engine import RandomSampler
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -5, 5)
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        trial.suggest_float("q", 0, 1, step=0.1)
+        trial.suggest_int("n", 1, 100)
+        trial.suggest_int("m", 2, 1024, log=True)
+        trial.suggest_categorical("c", ["a", "b", None, 3])
+        return 0.0
+
+    ours = optuna.create_study(sampler=RandomSampler(seed=7))
+    ours.optimize(objective, n_trials=40)
+    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    plain.optimize(objective, n_trials=40)
+    assert [t.params for t in ours.trials] == [t.params for t in plain.trials]
+    assert len(ours.sampler._transforms) == 6  # type: ignore[attr-defined]
+    assert isinstance(make_sampler("random", {}, 7), RandomSampler)
