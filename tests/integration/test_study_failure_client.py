@@ -12,13 +12,14 @@ from conftest import Daemon, hpod_env, quadratic_spec
 
 from hpod.client import Client, StudyFailed
 
-#: Imported at start by the daemon (a `sitecustomize` on its path): sampling the parameter
-#: `boom` raises what an unsampleable range raised before the edge refused such ranges, so a
-#: study with a valid spec fails in its loop for real.
+#: Imported at start by the daemon (a `sitecustomize` on its path): hpod's random sampler
+#: (`hpod.engine.RandomSampler`, the spec's `random`) sampling the parameter `boom` raises
+#: what an unsampleable range raised before the edge refused such ranges, so a study with a
+#: valid spec fails in its loop for real.
 HOOK = """
-import optuna.samplers
+import hpod.engine
 
-_real = optuna.samplers.RandomSampler.sample_independent
+_real = hpod.engine.RandomSampler.sample_independent
 
 
 def _sample(self, study, trial, name, distribution):
@@ -27,7 +28,7 @@ def _sample(self, study, trial, name, distribution):
     return _real(self, study, trial, name, distribution)
 
 
-optuna.samplers.RandomSampler.sample_independent = _sample
+hpod.engine.RandomSampler.sample_independent = _sample
 """
 
 pytestmark = pytest.mark.broker
