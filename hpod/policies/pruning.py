@@ -23,7 +23,9 @@ class PruningPolicy(Policy):
         if plan is None or not plan.single_objective:
             return
         trial.task_plan["pruner"] = plan.pruner
-        trial.task_plan["pruner_options"] = dict(plan.pruner_options)
+        # A step pruner's threshold option travels once, as the task's threshold.
+        options = {k: v for k, v in plan.pruner_options.items() if k != "threshold"}
+        trial.task_plan["pruner_options"] = options
         trial.task_plan["threshold"] = threshold_of(plan)
         trial.task_plan["threshold_min_trials"] = plan.threshold_min_trials
         trial.task_plan["fold_margin"] = plan.fold_margin

@@ -21,6 +21,7 @@ from hpod.policies.pruning import PruningPolicy, threshold_of
 from hpod.policies.strategy.actions import BUILTIN
 from hpod.pruners import AgreementGate, ThresholdPruner, build_pruners, should_prune
 from hpod.schema import StudySpec
+from hpod.workers.messages import TaskPlan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -82,6 +83,19 @@ def test_fast_has_no_threshold_of_the_best_on_steps_but_keeps_it_on_its_data_lad
     assert threshold_of(data) == fast.threshold == 0.05
     pruners = build_pruners(data.pruner, data.pruner_options, threshold_of(data), 6, [0.1, 1.0])
     assert any(isinstance(p, ThresholdPruner) for p in pruners)
+
+
+def test_the_task_carries_the_step_threshold_once_in_a_message_the_worker_accepts() -> None:
+    """The worker's message schema knows Optuna's options, not hpod's threshold: the policy
+    sends it as the task's threshold (a fast study's trials were refused as invalid when it
+    travelled in the pruner's options)."""
+    plan = compose_plan(SPEC, "fast", load_modes(None)["fast"], None, "epochs")
+    assert plan.pruner_options["threshold"] == 0.0
+    event = HookContext(SPEC, 0, {"x": 0.5}, plan=plan)
+    PruningPolicy().before_dispatch(event)
+    assert event.task_plan["pruner_options"] == {"percentile": 33.0, "min_agreement": 0.5}
+    assert event.task_plan["threshold"] == 0.0
+    TaskPlan.model_validate(event.task_plan)
 
 
 def test_the_step_threshold_holds_when_a_strategy_replaces_the_step_pruner() -> None:
