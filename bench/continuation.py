@@ -18,6 +18,9 @@ way the fidelity is used differs:
   re-trains either) and is told PRUNED with its intermediate values. For ``boosting`` the
   objective is fitted by warm start up to 6, 17, 50 and 150 rounds, reporting after each
   (`CHECKPOINTS`), and Hyperband's smallest resource is 6 rounds.
+- ``spread<k>``: balanced's step pruner (median behind the 0.5 agreement gate) and a spread
+  margin of k (`step_rules.SpreadPruner`); ``p<pct>``: the percentile pruner at <pct>
+  behind the same gate.
 - ``fast``, ``balanced``: plain TPE with the pruners that mode's plan names for an objective
   of step fidelity (`hpod.policies.compose`, `hpod.pruners.build_pruners`: the step pruner
   and the mode's threshold), asked the way the worker asks them (`should_prune`).
@@ -63,6 +66,7 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).parent))
+import step_rules
 from savings import bootstrap_ratio
 
 from hpod.checkpoints import CheckpointStore
@@ -392,9 +396,27 @@ class ModePruners(optuna.pruners.BasePruner):
             study.pruner = self  # should_prune sets each pruner in turn as the study's
 
 
+class PrunerList(optuna.pruners.BasePruner):
+    """Several pruners asked as the worker asks them: a trial stops when any says so."""
+
+    def __init__(self, pruners: list[optuna.pruners.BasePruner]) -> None:
+        self.pruners = pruners
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        try:
+            return should_prune(study, trial, self.pruners)
+        finally:
+            study.pruner = self
+
+
 def pruner_of(arm: str, task: Task) -> optuna.pruners.BasePruner:
     if arm in MODE_ARMS:
         return ModePruners(arm)
+    if arm.startswith("spread"):  # balanced's median + gate, and a spread margin of <k>
+        return PrunerList(step_rules.pruners_of(arm))
+    if arm.startswith("p") and arm[1:].isdigit():  # percentile <p> behind the 0.5 gate
+        options = {"percentile": float(arm[1:]), "min_agreement": 0.5}
+        return PrunerList(build_pruners("percentile", options))
     if arm == "median":
         return optuna.pruners.MedianPruner()
     if arm.startswith("median-w"):  # median held back for a share of the steps, in percent
@@ -566,7 +588,7 @@ def report(curves: dict[str, dict[int, Curve]], trials: int, rng: np.random.Gene
     at_budget = {arm: {s: c.at(budget) for s, c in runs.items()} for arm, runs in curves.items()}
     print(f"quality at equal compute: the running best after {budget:.1f} CPU s")
     for arm in curves:
-        for other in [o for o in ("plain", "median") if o in curves and o != arm]:
+        for other in [o for o in ("plain", "median", "balanced") if o in curves and o != arm]:
             low, mid, high = paired_difference(at_budget[arm], at_budget[other], rng)
             print(
                 f"at {budget:.1f} s, {arm} - {other}: mean {mid:+.5f} [{low:+.5f}, {high:+.5f}] "

@@ -46,7 +46,9 @@ class Mode(BaseModel):
     #: passes, rounds they report themselves; `hpod.policies.compose.step_pruner_applies`);
     #: None: `pruner` prunes those too. A data ladder's objectives keep `pruner`.
     step_pruner: PrunerName | None = None
-    #: Keyword arguments of the step pruner.
+    #: Keyword arguments of the step pruner, and hpod's own: ``warmup_share``,
+    #: ``min_agreement`` and ``threshold`` (the threshold on those steps in place of the
+    #: mode's `threshold`, 0 for none; `hpod.pruners.build_pruners`, checked when loaded).
     step_pruner_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
     #: Aggressive pruning: stop a trial whose intermediate value is worse than the best at
     #: the same step by more than this share of the best's magnitude (0 switches it off).

@@ -267,11 +267,20 @@ def build_pruners(
     `percentile` and `patient`, hold the pruner and the threshold back: ``warmup_share``
     until a trial has run that share of the study's steps (`ShareWarmup`), and
     ``min_agreement`` at steps whose values rank the study's complete trials as their final
-    values do with a Spearman rho below it (`AgreementGate`).
+    values do with a Spearman rho below it (`AgreementGate`). A third, ``threshold``, of any
+    pruner, replaces the `threshold` argument (the mode's): a step pruner's options carry it
+    so that an objective's own steps get a threshold of their own, 0 for none (fast keeps 5 %
+    of |best| on its data ladder, none on epochs: on a loss near 0.1, 5 % of the best is a
+    hair and pruned 141 of 150 trials on mlp_epochs).
     """
     options = dict(options)
     share = _number(options.pop("warmup_share", 0.0), "warmup_share")
     agreement = _number(options.pop("min_agreement", None), "min_agreement")
+    step_threshold = _number(options.pop("threshold", None), "threshold")
+    if step_threshold is not None:
+        if not 0.0 <= step_threshold <= 10.0:
+            raise ValueError(f"threshold must be in [0, 10] (0 = off), got {step_threshold:g}")
+        threshold = step_threshold
     for key, given in (("warmup_share", share), ("min_agreement", agreement)):
         if given is not None and given != 0.0 and name not in ("median", "percentile", "patient"):
             raise ValueError(f"{key} applies to median, percentile and patient, not {name!r}")

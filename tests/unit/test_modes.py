@@ -18,12 +18,18 @@ def test_the_standard_modes_trade_compute_for_quality() -> None:
     assert modes["thorough"].ladder == [1.0] and modes["thorough"].threshold == 0
 
 
-def test_fast_and_balanced_prune_steps_with_the_median_pruner(tmp_path: Path) -> None:
-    """The validation set's best pruner on steps (docs/benchmarks.md); the data ladder keeps
-    successive halving, and an operator's file may name another step pruner."""
+def test_fast_and_balanced_prune_steps_with_their_step_pruners(tmp_path: Path) -> None:
+    """The validation set's choices on steps (docs/benchmarks.md): balanced the median
+    pruner, fast the 33rd percentile without a threshold; the data ladder keeps successive
+    halving, and an operator's file may name another step pruner."""
     modes = load_modes(None)
-    for name in ("fast", "balanced"):
-        assert (modes[name].step_pruner, modes[name].pruner) == ("median", "successive_halving")
+    for name, step in (("fast", "percentile"), ("balanced", "median")):
+        assert (modes[name].step_pruner, modes[name].pruner) == (step, "successive_halving")
+    assert modes["fast"].step_pruner_options == {
+        "percentile": 33.0,
+        "min_agreement": 0.5,
+        "threshold": 0.0,
+    }
     assert modes["thorough"].step_pruner is None
     path = tmp_path / "modes.toml"
     path.write_text(
