@@ -134,3 +134,33 @@ def test_a_balanced_study_on_a_step_objective_prunes_its_passes_with_the_step_pr
     for t in study.get_trials(deepcopy=False):
         assert t.user_attrs[COST_ATTR]["fidelity"] == "epochs"
         assert max(t.intermediate_values, default=0) <= 4  # passes, not the ladder's percents
+
+
+def test_a_fast_study_on_a_step_objective_runs_its_percentile_pruner_through_real_workers(
+    start_daemon: DaemonFactory,
+) -> None:
+    """fast's step pruner (33rd percentile, its own `threshold` option) reaches the workers:
+    the task's plan passes the worker's schema (the first held-out run of this rule had
+    every trial refused as invalid), every trial completes or is pruned on its passes, and
+    none fails."""
+    daemon = start_daemon()
+    name = "fast-sgd"
+    spec = {
+        "name": name,
+        "objective": "sgd_classifier",
+        "objective_kwargs": {"passes": 6, "n_samples": 1000, "n_informative": 6},
+        "space": {"alpha": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}},
+        "budget": {"trials": 12},
+        "mode": "fast",
+        "sampler": {"seed": 5},
+    }
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    final = daemon.wait_study(name, timeout=300)
+    assert final["n_trials"] == 12, final
+
+    study = load(daemon, name)
+    first = study.user_attrs["hpod:strategy"][0]
+    assert first["fidelity"] == "epochs", first
+    assert first["plan"]["pruner"] == "percentile", first
+    states = {t.state for t in study.get_trials(deepcopy=False)}
+    assert states <= {optuna.trial.TrialState.COMPLETE, PRUNED}, states
