@@ -261,7 +261,9 @@ async def test_a_storage_outage_is_retried_until_storage_is_back(
     failures["left"] = 5  # the disk fills up while the study runs
     before = daemon.store.storage
     await daemon.answer("outage")
-    await daemon.until(lambda: failures["left"] == 0 and "outage" in daemon.manager.runs)
+    # Five restarts back off 0.5 + 1 + 2 + 4 + 8 s (with jitter): up to ~16 s before load,
+    # so the default 20 s wait was too close (it ran out once under load).
+    await daemon.until(lambda: failures["left"] == 0 and "outage" in daemon.manager.runs, within=60)
     while "study.completed" not in daemon.event_names("outage"):
         await daemon.answer("outage")
         await asyncio.sleep(0.05)
