@@ -63,7 +63,7 @@ from hpod.policies.strategy.agent import Decision, StrategyAgent
 from hpod.policies.strategy.features import FEATURE_NAMES, features, infer_fidelity
 from hpod.policies.strategy.replay import Experience
 from hpod.policies.strategy.reward import WindowOutcome, window_reward
-from hpod.policies.strategy.rules import choose, is_small_budget, ladder_has_room
+from hpod.policies.strategy.rules import choose, ladder_has_room
 from hpod.schema import Budget, StudySpec, check_gp_grid
 from hpod.transfer.store import was_dropped
 
@@ -444,7 +444,8 @@ class StrategyDriver:
                 # Only on a switch: a CMA-ES kept on must not be restarted every window.
                 strategy = warm_start(decision.strategy, snapshot.best_params, self.spec)
         room = ladder_has_room(snapshot.shape)
-        self.small_budget = is_small_budget(snapshot.shape) or snapshot.shape.budget_pending
+        # A ladder has room exactly where the budget is sized and not small.
+        self.small_budget = not room
         layer = self.layer(strategy, snapshot.fidelity, room)
         plan = layer.over(view.mode_plan, ladder_off=view.ladder_off)
         record = self._record(decision, plan, trigger, told, first_trial)
