@@ -248,7 +248,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="forest",
             objective="random_forest",
-            kwargs={"n_samples": 20_000, "seed": 0},
+            kwargs={"n_samples": 6_000, "seed": 0},
             quick_kwargs={"n_samples": 1_000, "seed": 0},
             space={
                 "n_estimators": _int(10, 200),
@@ -261,7 +261,7 @@ TASKS: dict[str, Task] = {
             long_fidelity=False,
             quick=True,
             about=(
-                "Random forest on 20,000 generated rows (quick: 1,000), validation "
+                "Random forest on 6,000 generated rows (quick: 1,000), validation "
                 "log-loss; data fidelity."
             ),
         ),
