@@ -157,21 +157,27 @@ class StrategyLayer:
             keep_mode_pruning=self.keep_mode_pruning,
             ladder_off=ladder_off,
         )
-        if self.ladder_room or len(plan.ladder) < 2:
+        if self.ladder_room:
             return plan
-        extra = {**plan.extra, "ladder_room": False}
-        kept = [k for k in extra.pop("kept_from_mode", []) if k != "ladder"]
-        if kept:
-            extra["kept_from_mode"] = kept
-        return replace(plan, ladder=(1.0,), extra=extra)
+        return _on_full_data(plan, "ladder_room", False)
 
 
 def drop_ladder(plan: Plan) -> Plan:
     """`plan` on the full data: its ladder measured not to pay. The pruner stays (it still
     applies to objectives that report steps of their own)."""
+    return _on_full_data(plan, "ladder_off", True)
+
+
+def _on_full_data(plan: Plan, why: str, value: bool) -> Plan:
+    """`plan` without its data ladder (none to drop: unchanged), `extra[why] = value` saying
+    why, and "ladder" no longer among what it kept from the mode."""
     if len(plan.ladder) < 2:
         return plan
-    return replace(plan, ladder=(1.0,), extra={**plan.extra, "ladder_off": True})
+    extra = {**plan.extra, why: value}
+    kept = [k for k in extra.pop("kept_from_mode", []) if k != "ladder"]
+    if kept:
+        extra["kept_from_mode"] = kept
+    return replace(plan, ladder=(1.0,), extra=extra)
 
 
 def step_pruner_applies(mode_plan: Plan, fidelity: Fidelity | None) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from hpod.daemon import declared as probe
 from hpod.daemon.declared import DeclaredFidelities, as_fidelity
 from hpod.modes import load_modes
-from hpod.policies.compose import compose, compose_plan, resolve_plan
+from hpod.policies.compose import compose, compose_plan, drop_ladder, resolve_plan
 from hpod.policies.plan import Plan
 from hpod.policies.strategy.actions import BUILTIN, Strategy
 from hpod.schema import StudySpec
@@ -251,3 +251,12 @@ def test_a_hanging_import_is_abandoned_and_closing_kills_a_running_probe(
         return declared._probes["mine"].cancelled() and not probes
 
     assert asyncio.run(close_early())
+
+
+def test_a_dropped_ladder_is_no_longer_named_among_what_the_plan_kept_from_the_mode() -> None:
+    """A study whose ladder measured not to pay runs on the full data: the decision's reason
+    (`keeps the mode's ...`) must not still name the ladder it kept from the mode."""
+    plan = drop_ladder(compose(balanced(), BY_NAME["qmc"], "data", keep_mode_pruning=True))
+    assert plan.ladder == (1.0,)
+    assert plan.extra == {"strategy": "qmc", "kept_from_mode": ["pruner"], "ladder_off": True}
+    assert drop_ladder(plan) == plan
