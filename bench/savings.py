@@ -852,7 +852,10 @@ def verdicts(analysis: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool |
                     f"{key}: fast >= {FAST_OVER_BALANCED:g}x balanced's ratio, quality <= "
                     f"{FAST_QUALITY}",
                     f"{_x(fast.cpu.value)} vs {_x(balanced.cpu.value)}; quality {_q(fast.quality)}",
+                    # A fast that never reaches T doubles nothing, even a balanced that
+                    # never does either (0 >= 2 x 0 passed mlp_epochs at 6cfe47c).
                     _ge(fast.cpu.value, FAST_OVER_BALANCED * balanced.cpu.value)
+                    and fast.cpu.value > 0
                     and fast.quality <= FAST_QUALITY,
                 )
             )

@@ -140,3 +140,19 @@ def test_runs_merged_from_two_files_keep_only_the_last_runs_budget(
     runs, _ = savings.load_runs(paths)
     assert sorted((r.config, r.budget_cpu) for r in runs) == [("balanced", 28.06), ("tpe", 28.06)]
     assert "dropped cmaes" in capsys.readouterr().out
+
+
+def test_fast_that_never_reaches_the_target_does_not_pass_as_twice_balanced() -> None:
+    """mlp_epochs at 6cfe47c: neither fast nor balanced reached T in the median (both ratios
+    0), fast's quality 0.996: "fast >= 2x balanced" printed PASS on 0 >= 2 x 0."""
+    runs = [
+        _run("tpe", 0, [(1.0, 0.5), (1.0, 0.4)], 2.0),
+        _run("balanced", 0, [(1.0, 0.5), (1.0, 0.45)], 2.0),
+        _run("fast", 0, [(1.0, 0.42), (1.0, 0.401)], 2.0),
+    ]
+    a = analyse(runs, np.random.default_rng(0))
+    cells = a["cells"]
+    assert cells["fast"].cpu.value == cells["balanced"].cpu.value == 0.0
+    assert cells["fast"].quality <= savings.FAST_QUALITY  # within 0.5 %: only T decides
+    found = {what.split(": ", 1)[1]: ok for what, _, ok in verdicts({"mlp_epochs@1": a})}
+    assert found["fast >= 2x balanced's ratio, quality <= 1.005"] is False
