@@ -170,10 +170,10 @@ class Snapshot:
     fidelity: Fidelity = "none"
 
 
-def evaluation_cpu(trials: list[FrozenTrial]) -> float | None:
-    """The median CPU seconds of a full evaluation over the complete trials that ran one
-    (``hpod:cost``.full_cpu; cache hits and pruned trials did not), or None."""
-    measured = sorted(
+def full_cpu_measured(trials: list[FrozenTrial]) -> list[float]:
+    """The CPU seconds of every full evaluation measured, sorted: the complete trials that
+    ran one (``hpod:cost``.full_cpu; cache hits and pruned trials did not)."""
+    return sorted(
         float(cost["full_cpu"])
         for t in trials
         if t.state == TrialState.COMPLETE
@@ -181,6 +181,11 @@ def evaluation_cpu(trials: list[FrozenTrial]) -> float | None:
         and isinstance(cost.get("full_cpu"), int | float)
         and cost.get("cache") != "hit"
     )
+
+
+def median_cpu(measured: list[float]) -> float | None:
+    """The median of `full_cpu_measured`'s list (the upper one of an even count), or None:
+    what the rule reads as an evaluation's CPU."""
     return measured[len(measured) // 2] if measured else None
 
 
@@ -401,13 +406,16 @@ class StrategyDriver:
             mode = str(pending.get("mode") or view.mode_plan.mode)
             outcome = window_reward(spec, trials, int(pending["first_trial"]), mode)
         rate = view.told / view.elapsed if view.told and view.elapsed > 0 else None
+        measured = full_cpu_measured(trials)
         return Snapshot(
             SpaceShape.of(
                 spec,
                 fidelity,
-                evaluation_cpu=evaluation_cpu(trials),
+                evaluation_cpu=median_cpu(measured),
                 budget=view.budget,
                 told_per_second=rate,
+                measured=len(measured),
+                told=view.told,
             ),
             vector,
             outcome,

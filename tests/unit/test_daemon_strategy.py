@@ -121,15 +121,15 @@ def test_forcing_gp_on_a_grid_it_would_enumerate_is_refused() -> None:
 
 
 def test_the_rule_reads_the_median_cpu_of_full_evaluations() -> None:
-    """`evaluation_cpu`: the median full-evaluation CPU of the complete trials that ran one;
-    cache hits and pruned trials are left out, and nothing measured is None."""
+    """`full_cpu_measured`: the full-evaluation CPU of the complete trials that ran one;
+    cache hits and pruned trials are left out; `median_cpu` of nothing measured is None."""
     import optuna
 
-    from hpod.daemon.strategy import evaluation_cpu
+    from hpod.daemon.strategy import full_cpu_measured, median_cpu
     from hpod.engine import COST_ATTR
 
     study = optuna.create_study()
-    assert evaluation_cpu(study.trials) is None
+    assert full_cpu_measured(study.trials) == [] and median_cpu([]) is None
     costs = [
         ({"cpu": 1.0, "full_cpu": 1.0}, 1.0),
         ({"cpu": 3.0, "full_cpu": 3.0}, 2.0),
@@ -143,7 +143,8 @@ def test_the_rule_reads_the_median_cpu_of_full_evaluations() -> None:
     pruned = study.ask()
     pruned.set_user_attr(COST_ATTR, {"cpu": 40.0, "full_cpu": 40.0})
     study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
-    assert evaluation_cpu(study.trials) == 2.5
+    assert full_cpu_measured(study.trials) == [1.0, 2.5, 3.0]
+    assert median_cpu(full_cpu_measured(study.trials)) == 2.5
 
 
 def test_the_strategy_module_never_imports_the_study_loop() -> None:
@@ -281,6 +282,24 @@ async def test_auto_runs_a_small_budget_on_the_full_data_and_sizes_a_budget_in_s
         assert second.layer.strategy is not None and second.layer.strategy.name == "gp"
         assert second.layer.over(mode_plan).ladder == (1.0,)
         assert "20 evaluations" in second.event["reason"]
+        assert "sized on 1 of the 5 measurements" in second.event["reason"]
+        assert driver.next_at == 2  # sized on one evaluation: decided again at the next
+
+        for n in range(4):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"x": 0.1 * n, "y": 0.2},
+                    distributions={"x": unit, "y": unit},
+                    value=1.0,
+                    user_attrs={COST_ATTR: {"cpu": 2.0, "full_cpu": 2.0, "fidelity": "data"}},
+                )
+            )
+        sized = LoopView(**{**view.__dict__, "told": 5, "created": 5, "layer": second.layer})
+        third = await driver.decide(sized, "window")
+        assert third.layer.strategy is not None and third.layer.strategy.name == "gp"
+        assert (
+            "~20 evaluations" in third.event["reason"] and "sized on" not in third.event["reason"]
+        )
         assert driver.next_at == mode_plan.strategy_window
 
         attrs = await store.call(store.study_attrs, s.name)

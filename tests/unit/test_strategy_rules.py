@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hpod.policies.strategy.actions import BUILTIN, SpaceShape, available
+from hpod.policies.strategy.actions import BUILTIN, SIZING_MEASUREMENTS, SpaceShape, available
 from hpod.policies.strategy.rules import (
     GP_MIN_EVALUATION_CPU,
     SMALL_BUDGET,
@@ -168,6 +168,40 @@ def test_a_data_ladder_has_room_only_in_a_budget_larger_than_small() -> None:
     assert rule(small)[1].startswith("no room for a data ladder in 20 trials, full data; ")
     assert "no room" not in rule(shape(two, "none", trials=20))[1]
     assert "no room" not in rule(small, ladder_pays=False)[1]
+
+
+def test_a_budget_in_seconds_sized_on_one_cheap_trial_makes_no_room_for_a_ladder() -> None:
+    """forest at four workers (`bench/savings.py --tasks forest --workers 4`, f66fedc, seed
+    6), exactly: 39.042 CPU seconds, a cap of 240 trials, its first full evaluation 0.535 s
+    (a small forest) against a median of 1.95 s: 73 evaluations, and the ladder pruned 45
+    of 55 trials of a ~20-evaluation study. Sized on one evaluation the budget is pending;
+    on the five the rule waits for (median 0.726 s) it is small; five cheap ones make room."""
+    spec = StudySpec.model_validate(
+        {
+            "name": "s",
+            "objective": "random_forest",
+            "space": {"x": FLOAT, "y": FLOAT},
+            "budget": {"cpu_seconds": 39.042, "trials": 240},
+        }
+    )
+    one = SpaceShape.of(spec, "data", evaluation_cpu=0.535, measured=1)
+    assert one.budget_evaluations == pytest.approx(73.0, abs=0.1)
+    assert one.budget_pending and one.budget_sized_on == 1
+    assert not ladder_has_room(one)
+    assert "sized on 1 of the 5 measurements it waits for" in rule(one)[1]
+    five = SpaceShape.of(spec, "data", evaluation_cpu=0.726, measured=SIZING_MEASUREMENTS)
+    assert not five.budget_pending and five.budget_evaluations == pytest.approx(53.8, abs=0.1)
+    assert not ladder_has_room(five)
+    cheap = SpaceShape.of(spec, "data", evaluation_cpu=0.5, measured=SIZING_MEASUREMENTS)
+    assert ladder_has_room(cheap)
+    # not counted (a caller that does not track it): sized on its median alone, as before
+    assert not SpaceShape.of(spec, "data", evaluation_cpu=0.535).budget_pending
+    # a wall-clock limit counts the trials told
+    wall = StudySpec.model_validate(
+        {"name": "w", "space": {"x": FLOAT, "y": FLOAT}, "budget": {"seconds": 600}}
+    )
+    assert SpaceShape.of(wall, "data", told_per_second=0.1, told=4).budget_pending
+    assert not SpaceShape.of(wall, "data", told_per_second=0.1, told=5).budget_pending
 
 
 def test_the_rule_reads_the_live_budget_over_the_spec() -> None:

@@ -25,6 +25,17 @@ from hpod.schema import (
 Fidelity = Literal["data", "epochs", "none"]
 
 
+#: A budget in seconds is sized once this many measurements stand behind it (full evaluations
+#: for CPU seconds, trials told for wall seconds); until then it is pending. Sized on its
+#: first trial, a forest study of ~20 evaluations (`bench/savings.py --tasks forest
+#: --workers 4`, f66fedc) read 73 (a 0.5 s fit of a configuration drawn small, against a
+#: median of 1.95 s) and planned the data ladder: 45 of 55 trials pruned at its low rungs.
+#: Evaluation costs vary tenfold over such spaces (trees, boosting rounds, models), so one
+#: or two draws say little. Five cost nothing in sampling: TPE and the GP's and CMA-ES's
+#: openings all draw their first trials without a model (`hpod.sampling.opening`).
+SIZING_MEASUREMENTS = 5
+
+
 @dataclass(frozen=True)
 class SpaceShape:
     """What the masks need to know about a study: its space, directions and fidelity."""
@@ -50,9 +61,14 @@ class SpaceShape:
     #: objective is 40 evaluations: as small as a budget of 40 trials.
     budget_evaluations: float | None = None
     #: Whether the budget has a limit in (CPU or wall) seconds whose size in evaluations is
-    #: not known yet (no evaluation measured): small or long is decided once one is, and
+    #: not known yet (measured on fewer than `SIZING_MEASUREMENTS` evaluations, where
+    #: counted): small or long is decided once it is, and
     #: `budget_evaluations` (from its other limits, if any) is only an upper bound till then.
     budget_pending: bool = False
+    #: How many measurements size a budget with a limit in seconds: full evaluations measured
+    #: for `cpu_seconds`, trials told for `seconds` (the fewer of the two); None: no such
+    #: limit, or not counted. Below `SIZING_MEASUREMENTS` the budget is still pending.
+    budget_sized_on: int | None = None
 
     def __post_init__(self) -> None:
         # A shape built with a trial budget alone is sized by it.
@@ -67,11 +83,15 @@ class SpaceShape:
         evaluation_cpu: float | None = None,
         budget: Budget | None = None,
         told_per_second: float | None = None,
+        measured: int | None = None,
+        told: int | None = None,
     ) -> SpaceShape:
         """The shape of `spec`'s study for an objective of the given fidelity; the budget is
         the spec's unless the live one is given (`budget`).
         `told_per_second`: the study's trials told per wall second since it was created
-        (None: none told yet), which sizes a budget in `seconds`."""
+        (None: none told yet), which sizes a budget in `seconds`; `measured`: the full
+        evaluations `evaluation_cpu` is the median of, `told`: the trials told (None: not
+        counted), which say how firmly a limit in seconds is sized (`budget_sized_on`)."""
         params = list(spec.space.values())
         live = budget if budget is not None else spec.budget
         sizes = [float(n) for n in (live.trials, live.full_evaluations) if n is not None]
@@ -80,10 +100,18 @@ class SpaceShape:
         if live.seconds is not None and told_per_second:
             sizes.append(live.seconds * told_per_second)
         evaluations = min(sizes) if sizes else None
+        counts = []
+        if live.cpu_seconds is not None and measured is not None:
+            counts.append(measured)
+        if live.seconds is not None and told is not None:
+            counts.append(told)
         # A limit in seconds not sized yet may be the tightest, whatever the trial limit (the
-        # savings benchmark caps its CPU budgets at 12 times their evaluations in trials).
-        unsized = (live.cpu_seconds is not None and not evaluation_cpu) or (
-            live.seconds is not None and not told_per_second
+        # savings benchmark caps its CPU budgets at 12 times their evaluations in trials);
+        # sized on fewer than `SIZING_MEASUREMENTS`, it is not sized yet either.
+        unsized = (
+            (live.cpu_seconds is not None and not evaluation_cpu)
+            or (live.seconds is not None and not told_per_second)
+            or (bool(counts) and min(counts) < SIZING_MEASUREMENTS)
         )
         return cls(
             n_params=len(params),
@@ -97,6 +125,7 @@ class SpaceShape:
             evaluation_cpu=evaluation_cpu,
             budget_evaluations=evaluations,
             budget_pending=unsized,
+            budget_sized_on=min(counts) if counts else None,
         )
 
 

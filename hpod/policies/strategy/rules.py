@@ -17,17 +17,19 @@ and objective fidelity (all known at the start):
   better than TPE on the full data at 10-80 evaluations, and the GP on the full data was
   better at 40; on the held-out gbm_large (20 evaluations) it pruned 8 of 21 trials and
   ended worse than plain TPE. So a subsampling objective with a small budget (or one in
-  seconds not yet sized) is planned on the full data and chosen for as one without a
-  fidelity (`ladder_has_room`; the study's loop drops the ladder from its plan);
+  seconds not yet sized on `SIZING_MEASUREMENTS` measurements) is planned on the full data
+  and chosen for as one without a fidelity (`ladder_has_room`; the study's loop drops the
+  ladder from its plan);
 - a numeric space (float and int parameters, at least `NUMERIC_SHARE` of them, no
   conditions) with a budget of at most `SMALL_BUDGET` evaluations (a trial limit, or a
   compute limit over the measured CPU of one evaluation), whose full evaluations are
   measured to cost at least `GP_MIN_EVALUATION_CPU`: Optuna's GP (in the sampler process),
   after a short Sobol opening — measured 1.13x plain TPE on HistGB with 16 evaluations,
   1.19x on an MLP; cheaper evaluations (or none measured yet): multivariate TPE;
-- a numeric space whose budget is a limit in CPU or wall seconds while no evaluation is
-  measured yet: multivariate TPE, until its size in evaluations is known (a limit in
-  seconds is sized at the study's measured rate of trials told);
+- a numeric space whose budget is a limit in CPU or wall seconds not sized yet (on fewer
+  than `SIZING_MEASUREMENTS` measured evaluations): multivariate TPE, until its size in
+  evaluations is known (a limit in seconds is sized at the study's measured rate of trials
+  told);
 - a numeric space with a larger (or no) budget, two dimensions or more: CMA-ES after a
   Sobol opening, warm-started at its best point, with IPOP restarts — plain CMA-ES measured
   2.4-11.8x plain TPE on 5-D BBOB functions in long runs, and no better than TPE at 40
@@ -45,7 +47,7 @@ networks agree.
 
 from __future__ import annotations
 
-from hpod.policies.strategy.actions import BUILTIN, SpaceShape, Strategy
+from hpod.policies.strategy.actions import BUILTIN, SIZING_MEASUREMENTS, SpaceShape, Strategy
 
 #: Budgets of at most this many trials are small: the GP's model is worth its CPU there.
 SMALL_BUDGET = 60
@@ -89,6 +91,11 @@ def ladder_has_room(shape: SpaceShape) -> bool:
 def budget_words(shape: SpaceShape) -> str:
     """The budget as a decision's reason names it."""
     if shape.budget_pending:
+        if shape.budget_sized_on and shape.budget_evaluations is not None:
+            return (
+                f"~{shape.budget_evaluations:.0f} evaluations by a budget in seconds, sized on "
+                f"{shape.budget_sized_on} of the {SIZING_MEASUREMENTS} measurements it waits for"
+            )
         if shape.budget_evaluations is None:
             return "a budget in seconds, no evaluation measured yet"
         return (

@@ -140,7 +140,9 @@ class Simulation:
         """What the masks and the rule see: space, declared budget, measured full CPU."""
         measured = sorted(self.full_cpu)
         cpu = measured[len(measured) // 2] if measured else None
-        return SpaceShape.of(self.spec, self.task.fidelity, evaluation_cpu=cpu)
+        return SpaceShape.of(
+            self.spec, self.task.fidelity, evaluation_cpu=cpu, measured=len(measured)
+        )
 
     @property
     def done(self) -> bool:
