@@ -93,9 +93,10 @@ class InFlight:
 
 @dataclass
 class Ready:
-    """Trials asked in the durable write of a result's tell (`StudyRun.on_results`), for the
-    loop to dispatch: their task is counted from the ask on (`task`), so no other ask takes
-    its slot meanwhile. `error`: the ask raised; the loop raises it, as its own ask's."""
+    """Trials asked in the durable write of a result's tell (`StudyRun.on_results`), to
+    dispatch (`StudyRun._dispatch_ready`): their task is counted from the ask on (`task`), so
+    no other ask takes its slot meanwhile. `error`: the ask, the tell or the publish raised;
+    the loop raises it, as it would its own."""
 
     asked: list[AskedTrial]
     task: int
@@ -547,6 +548,20 @@ class StudyRun:
         self.timings.add("sampler", ask_seconds)
         await self._dispatch_asked(asked_trials, ask_seconds, asked_at)
 
+    async def _hand_over(self, ready: Ready) -> None:
+        """Dispatch trials asked with a tell (`_tell`), before the told trials' events: their
+        task is counted at once, in the slot the told trial left (no other ask takes it). An
+        ask or a publish that failed is left for the loop, which fails on it as on its own
+        (`_dispatch_ready`): its restart dispatches a trial asked but never published."""
+        ready.task = self._new_task({asked.number for asked in ready.asked})
+        self.ready.append(ready)
+        if ready.error is None:
+            try:
+                await self._dispatch_ready()
+            except Exception as exc:
+                self.ready.append(Ready([], 0, ready.asked_at, 0.0, exc))
+        self.wake.set()
+
     async def _dispatch_ready(self) -> None:
         """Dispatch the trials asked with a result's tell (`on_results`), whatever the loop's
         state now: they were asked when it allowed one (stopped or paused since, they go out
@@ -949,11 +964,7 @@ class StudyRun:
                 )
             to_publish.append((result, frozen))
         if ready is not None:
-            # Its task is counted now, in the slot the told trial left (no other ask takes
-            # it); the loop dispatches it (`_dispatch_ready`) while the events below go out.
-            ready.task = self._new_task({asked.number for asked in ready.asked})
-            self.ready.append(ready)
-            self.wake.set()
+            await self._hand_over(ready)
         await publish_told_many(self.bus, self.name, to_publish)
         if owed and results:
             numbers = [result.number for result in results]
