@@ -312,3 +312,44 @@ async def test_a_storage_fault_in_a_tell_with_an_ask_is_retried_and_the_budget_s
     assert status["counts"] == {"complete": 5}
     told = [e["trial"] for e in daemon.events if e["event"] == "trial.completed"]
     assert sorted(told) == list(range(5))
+
+
+async def test_a_failed_publish_of_the_trial_asked_with_a_tell_fails_the_loop_not_the_result(
+    daemon: Daemonless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker refuses the task of the trial asked with a tell: the tell is durable and
+    the result acknowledged (`on_message` returns), the loop fails on the publish as it
+    would on its own ask's, and its restart sends the trial again (RUNNING, never marked
+    dispatched); the study ends at exactly its budget."""
+    from hpod.daemon import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "RESTART_INITIAL_SECONDS", 0.05)
+    monkeypatch.setattr(supervisor_module, "RESTART_MAX_SECONDS", 0.2)
+    published: list[int] = []
+    refuse = {"left": 0}
+
+    async def dispatch(message: dict[str, Any], **limits: float) -> None:
+        if refuse["left"] > 0:
+            refuse["left"] -= 1
+            raise ConnectionResetError("broker gone")
+        published.append(message["number"])
+
+    monkeypatch.setattr(daemon.bus, "dispatch", dispatch)
+    await daemon.manager.requests.create(_spec("publish", trials=4))
+    await daemon.until(lambda: published == [0])
+    run = daemon.manager.runs["publish"]
+    await daemon.until(lambda: not run.recovering and not run._deciding.locked())
+    assert run._ask_with_tell([Outcome(0, "complete", [1.0])], owed=False) == 1
+    refuse["left"] = 1
+    await daemon.manager.results.on_message(result_of("publish", run.inflight[0], 1.0))
+    trials = await daemon.store.call(daemon.store.trials, run.spec, None)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    await daemon.until(lambda: daemon.manager.runs.get("publish") not in (None, run))
+    await daemon.until(lambda: published == [0, 1])
+    while "study.completed" not in daemon.event_names("publish"):
+        await daemon.answer("publish")
+        await asyncio.sleep(0.05)
+    status = await daemon.manager.reports.status("publish")
+    assert status["counts"] == {"complete": 4}
+    told = [e["trial"] for e in daemon.events if e["event"] == "trial.completed"]
+    assert sorted(told) == list(range(4))
