@@ -554,8 +554,8 @@ class StudyRun:
         once, in the slot the told trial left (no other ask takes it).
 
         Not published here: the intake handles one result message at a time and waits for
-        this call, so a publish and its confirm here would serialise the results (in paired
-        runs with four trials in flight, 73 and 117 trials/s against 150 and 132 before).
+        this call, so a publish and its confirm here would serialise the results (tried:
+        docs/benchmarks.md, "Fourth pass (issue 16)").
         An ask or a publish that fails fails the loop, as its own would: its restart
         dispatches a trial asked but never published."""
         ready.task = self._new_task({asked.number for asked in ready.asked})
