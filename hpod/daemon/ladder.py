@@ -58,6 +58,16 @@ class LadderWatch:
         if costs:
             policy.seed(costs, HookContext(spec, -1, {}, plan=plan))
 
+    def settled(self, plan: Plan) -> bool:
+        """Whether no verdict can be due at the next check whatever the next tell: one stored
+        already, no policy, or none pending and `plan` without a ladder to judge (the
+        policy's `after_tell` judges only a plan with one)."""
+        policy = self.policy
+        if self.off is not None or policy is None:
+            return True
+        pending = policy.payoff is not None and policy.payoff.verdict == "off"
+        return not pending and len(plan.ladder) < 2
+
     def turned_off(self, told: int) -> dict[str, Any] | None:
         """The verdict to store when the policy has just judged the ladder not to pay (once;
         `told`: the trials told by then), else None."""

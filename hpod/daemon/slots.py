@@ -28,14 +28,14 @@ class TaskSlots:
         #: Called when the throttle is lifted (`RunningStudies` wakes every loop).
         self.freed: Callable[[], None] = lambda: None
 
-    def available(self) -> bool:
-        """Whether one more trial may be dispatched.
+    def available(self, freed: int = 0) -> bool:
+        """Whether one more trial may be dispatched (once `freed` tasks in flight ended).
 
         Under back-pressure at most one task is in flight, all studies together: memory
         stops growing with concurrency, yet no study stalls.
         """
         cap = min(1, self.max_inflight) if self.backpressure else self.max_inflight
-        return self.inflight < cap
+        return self.inflight - freed < cap
 
     def set_backpressure(self, on: bool) -> None:
         """Throttle dispatch (`on`) or lift the throttle and let every study fill up again."""

@@ -109,6 +109,18 @@ class AskedTrial:
     params: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TellAndAsk:
+    """What `StudyStore.tell_and_ask` did: the tells (as `tell_many`'s), the trials asked,
+    the seconds each part took on the Optuna thread, and the ask's error, if it raised."""
+
+    told: list[FrozenTrial | None]
+    asked: list[AskedTrial]
+    tell_seconds: float
+    ask_seconds: float
+    ask_error: Exception | None = None
+
+
 #: What a storage outage raises: the journal's failed write (ENOSPC, EIO) and the broken
 #: backend it leaves, a database connection lost (PostgreSQL restarting), a broker gone.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -730,6 +742,31 @@ class StudyStore:
                         self.storage.set_trial_user_attr(trial_id, COST_ATTR, o.cost)
                 told.append(self.tell(spec, o.number, o.state, o.values, o.error))
         return told
+
+    def tell_and_ask(self, spec: StudySpec, outcomes: list[Outcome], n: int) -> TellAndAsk:
+        """`tell_many`, then ask `n` trials, in one durable write group (one commit, one call
+        on the Optuna thread, where a tell and the next ask took two of each).
+
+        The sampler sees the told trials (the storage applied them in memory first). The
+        group is written when this returns, so both are durable together or, if the commit
+        fails, neither is: the error propagates as a failed tell's does. An ask that raises
+        (a sampler's bug, a database write of the ask refused) does not undo the tell, which
+        is kept and made durable: the error is returned (`ask_error`) for the study's loop to
+        raise, as a failed ask of its own would; a trial it may have created half is
+        RUNNING, never dispatched, and found so by the loop's recovery.
+        """
+        with storage_group(self.storage):
+            started = time.perf_counter()
+            told = self.tell_many(spec, outcomes)
+            asked_at = time.perf_counter()
+            asked: list[AskedTrial] = []
+            ask_error: Exception | None = None
+            try:
+                asked = [self.ask(spec) for _ in range(n)]
+            except Exception as exc:
+                ask_error = exc
+            ended = time.perf_counter()
+        return TellAndAsk(told, asked, asked_at - started, ended - asked_at, ask_error)
 
     def owed_events(self, name: str) -> list[int]:
         """Trial numbers of study `name` whose events may not have been published (see

@@ -91,6 +91,20 @@ class InFlight:
     daemon: float = 0.0
 
 
+@dataclass
+class Ready:
+    """Trials asked in the durable write of a result's tell (`StudyRun.on_results`), to
+    dispatch (`StudyRun._dispatch_ready`): their task is counted from the ask on (`task`), so
+    no other ask takes its slot meanwhile. `error`: the ask or the tell raised; the loop
+    raises it, as it would its own."""
+
+    asked: list[AskedTrial]
+    task: int
+    asked_at: float
+    ask_seconds: float
+    error: Exception | None = None
+
+
 class StudyRun:
     """The loop of one running study."""
 
@@ -140,6 +154,10 @@ class StudyRun:
         self.paused_trials: dict[int, AskedTrial] = {}
         self.external: dict[str, AskedTrial] = {}
         self.told: set[int] = set()
+        #: Trials asked with a tell, not yet dispatched (`Ready`; the loop's `_fill` first).
+        self.ready: list[Ready] = []
+        #: Tells with an ask (`_tell`) under way: the told count they will add.
+        self._telling = 0
         self.n_created = 0
         self.created_at = time.time()
         self.stopping = False
@@ -284,8 +302,13 @@ class StudyRun:
                     await self._prune_paused()
                     break
                 timeout = self._next_deadline()
+                # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` returns the
+                # result of a wait already done when the task is cancelled, dropping the
+                # cancellation (a `wake` set just before a shutdown left the loop running
+                # and the shutdown waiting for it).
                 try:
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.wake.wait()
                 except TimeoutError:
                     await self._expire()
                 self.wake.clear()
@@ -359,7 +382,7 @@ class StudyRun:
         }
 
     def _finished(self) -> bool:
-        if self.inflight:
+        if self.inflight or self.ready:
             return False
         if self.stopping:
             return True
@@ -468,6 +491,7 @@ class StudyRun:
         """Ask and dispatch trials while the budget and the concurrency limits allow."""
         if self.spec.objective is None:
             return
+        await self._dispatch_ready()
         await self._learn_resumable()
         await self._promote()
         while self._may_ask():
@@ -522,6 +546,50 @@ class StudyRun:
         self.n_created += n
         asked_trials, ask_seconds = await self.store.call_timed(self.store.ask_many, self.spec, n)
         self.timings.add("sampler", ask_seconds)
+        await self._dispatch_asked(asked_trials, ask_seconds, asked_at)
+
+    def _hand_over(self, ready: Ready) -> None:
+        """Hand trials asked with a tell (`_tell`) to the loop, which publishes them
+        (`_dispatch_ready`) while the told trials' events go out: their task is counted at
+        once, in the slot the told trial left (no other ask takes it).
+
+        Not published here: the intake handles one result message at a time and waits for
+        this call, so a publish and its confirm here would serialise the results (tried:
+        docs/benchmarks.md, "Fourth pass (issue 16)").
+        An ask or a publish that fails fails the loop, as its own would: its restart
+        dispatches a trial asked but never published."""
+        ready.task = self._new_task({asked.number for asked in ready.asked})
+        self.ready.append(ready)
+        self.wake.set()
+
+    async def _dispatch_ready(self) -> None:
+        """Dispatch the trials asked with a result's tell (`on_results`), whatever the loop's
+        state now: they were asked when it allowed one (stopped or paused since, they go out
+        as a trial asked just before would). An ask that failed there fails the loop here."""
+        while self.ready:
+            ready = self.ready.pop(0)
+            if ready.error is not None:
+                self._release_task(ready.task)
+                raise ready.error
+            await self._dispatch_asked(
+                ready.asked, ready.ask_seconds, ready.asked_at, task=ready.task
+            )
+
+    def _release_task(self, task: int) -> None:
+        """Free a task counted before its trials were dispatched (none of them was)."""
+        if self.tasks.pop(task, None) is not None:
+            self.running.recount()
+            self.running.wake_all()
+
+    async def _dispatch_asked(
+        self,
+        asked_trials: list[AskedTrial],
+        ask_seconds: float,
+        asked_at: float,
+        task: int | None = None,
+    ) -> None:
+        """Run trials just asked through the policies, dispatch them as one task (`task`,
+        when counted already) or tell the skipped ones at once."""
         to_dispatch: list[tuple[AskedTrial, TaskPlanJSON]] = []
         skipped: list[Outcome] = []
         daemon: dict[int, float] = {}
@@ -547,7 +615,11 @@ class StudyRun:
             hook = time.perf_counter() - hook_started
             daemon[asked.number] = ask_seconds / max(1, len(asked_trials)) + hook
         if to_dispatch:
-            await self._dispatch(to_dispatch, attempt=1, asked_at=asked_at, daemon=daemon)
+            await self._dispatch(
+                to_dispatch, attempt=1, asked_at=asked_at, daemon=daemon, task=task
+            )
+        elif task is not None:
+            self._release_task(task)
         if skipped:
             await self.on_results(skipped, owed=True)
 
@@ -590,11 +662,13 @@ class StudyRun:
         attempt: int,
         asked_at: float | None = None,
         daemon: dict[int, float] | None = None,
+        task: int | None = None,
     ) -> None:
         """Send `trials` to the workers as one task (one trial, or a pack of them).
 
         `daemon`: the daemon's seconds already spent on each trial, by number (its share of
-        the ask, its policy hooks); the publish is shared on top."""
+        the ask, its policy hooks); the publish is shared on top. `task`: the task already
+        counted for them (`Ready`), else a new one."""
         trials = self._with_allowances(trials)
         messages = []
         for asked, task_plan in trials:
@@ -611,7 +685,11 @@ class StudyRun:
                     "plan": task_plan,
                 }
             )
-        task = self._new_task({asked.number for asked, _ in trials})
+        numbers = {asked.number for asked, _ in trials}
+        if task is None:
+            task = self._new_task(numbers)
+        else:
+            self.tasks[task] = numbers
         now = time.time()
         flights = [
             InFlight(
@@ -852,18 +930,8 @@ class StudyRun:
             await self._pause(paused)
             results = [r for r in results if r.state != "paused"]
         parts = self._split(results, time.time())
-        outcomes = []
-        for result in results:
-            cost = self._merge_continued(result)
-            flight = self.inflight.get(result.number)
-            if cost is not None:
-                cost.pop("time", None)  # the daemon's measure, never a worker's claim
-            if cost is not None and result.number in parts:
-                cost["time"] = {p: round(v, 6) for p, v in parts[result.number].items()}
-            if cost is not None and flight is not None and flight.task_plan.get("cache"):
-                cost.setdefault("cache", flight.task_plan["cache"])
-            outcomes.append(replace(result, cost=cost))
-        told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
+        outcomes = [self._with_cost(result, parts) for result in results]
+        told, ready = await self._tell(results, outcomes, owed)
         answers: dict[int, bool] = {}
         finished_ids = []
         to_publish: list[tuple[Outcome, FrozenTrial]] = []
@@ -895,6 +963,8 @@ class StudyRun:
                     )
                 )
             to_publish.append((result, frozen))
+        if ready is not None:
+            self._hand_over(ready)
         await publish_told_many(self.bus, self.name, to_publish)
         if owed and results:
             numbers = [result.number for result in results]
@@ -903,6 +973,99 @@ class StudyRun:
             await asyncio.to_thread(self._delete_checkpoints, finished_ids)
         self.wake.set()
         return [answers.get(number, True) for number in given]
+
+    async def _tell(
+        self, results: list[Outcome], outcomes: list[Outcome], owed: bool
+    ) -> tuple[list[FrozenTrial | None], Ready | None]:
+        """Tell `outcomes` in one durable write, with the loop's next ask when it can go in
+        the same write (`_ask_with_tell`: one group commit and one call on the Optuna thread
+        fewer); the trials so asked, if any, as a `Ready` whose task is yet to be counted."""
+        ask = self._ask_with_tell(results, owed)
+        if not ask:
+            told = await self._timed("storage", self.store.tell_many, self.spec, outcomes, owed)
+            return told, None
+        # Counted before the call, as the loop's own ask does: an ask of the loop meanwhile
+        # sees the budget as it will be.
+        self.n_created += ask
+        asked_at = time.perf_counter()
+        self._telling += len(outcomes)
+        try:
+            done = await self.store.call(self.store.tell_and_ask, self.spec, outcomes, ask)
+        except Exception as exc:
+            # The tell failed (its result is retried, as any failed tell's) and whether the
+            # ask is durable is not known for sure (a journal's cut-back may fail too): the
+            # loop fails as on a failed ask of its own, and its restart counts the trials
+            # from storage (dispatching one asked but never published). Until then the
+            # count stays as reserved, so no ask of this loop goes past the budget.
+            self.ready.append(Ready([], 0, asked_at, 0.0, exc))
+            self.wake.set()
+            raise
+        finally:
+            self._telling -= len(outcomes)
+        self.timings.add("storage", done.tell_seconds)
+        self.timings.add("sampler", done.ask_seconds)
+        return done.told, Ready(done.asked, 0, asked_at, done.ask_seconds, done.ask_error)
+
+    def _ask_with_tell(self, results: list[Outcome], owed: bool) -> int:
+        """How many trials to ask in the durable write of these results' tell
+        (`StudyStore.tell_and_ask`): one, when the results are one worker's result of an
+        unbatched task and the loop, once it is told, would ask exactly one trial under the
+        plan in force; else none (told alone, the loop asks as before).
+
+        Between a tell and the next ask the loop may decide (`_fill`): a strategy decision
+        due, the data ladder's verdict, the transfer's judging, the budget, a promotion, a
+        pack's size. The next ask is taken with the tell only when none of them can change
+        with this tell: no decision due at the next count of told trials nor running, no
+        ladder verdict to come, no transfer judging, no compute budget (the trial and time
+        limits do not move with a tell), no continued trials, no batching; and a slot this
+        trial's task frees that no other study waits for (the global cap not reached, or
+        this the only loop). The policies' `after_tell` (the batching average, the cache,
+        the ladder's measurement) runs before the new trial's `before_dispatch`, as before;
+        the sampler reads the storage, where the tell is applied before the ask.
+        """
+        if owed or len(results) != 1 or self.spec.objective is None:
+            return 0
+        if self.stopping or self.paused or self.recovering or self.ready:
+            return 0
+        if self.loop_task is None or self.loop_task.done() or self._deciding.locked():
+            return 0
+        number = results[0].number
+        flight = self.inflight.get(number)
+        if flight is None or self.tasks.get(flight.task) != {number} or number in self.told:
+            return 0
+        plan = self.plan
+        if len(self.tasks) > plan.parallelism or plan.uses("batching"):
+            return 0
+        slots = self.running.slots
+        if not slots.available(freed=1) or not (slots.available() or len(self.running.runs) == 1):
+            return 0
+        if self.promotions is not None or self.paused_trials or self._continuing():
+            return 0
+        if self.resumable is None and len(plan.steps_ladder) >= 2:
+            return 0  # `_learn_resumable` has yet to ask the objective
+        if self.strategy.due(
+            len(self.told) + self._telling + 1
+        ) is not None or not self.ladder.settled(plan):
+            return 0
+        if self.transfer.judging:
+            return 0
+        budget = self.budget
+        if budget.cpu_seconds is not None or budget.full_evaluations is not None:
+            return 0
+        return 1 if self._budget_left(reserve=False) else 0
+
+    def _with_cost(self, result: Outcome, parts: dict[int, dict[str, float]]) -> Outcome:
+        """`result` with the cost to store on its trial: the worker's (a continued trial's
+        tasks summed), the daemon's split of its time (`parts`), its task's cache use."""
+        cost = self._merge_continued(result)
+        flight = self.inflight.get(result.number)
+        if cost is not None:
+            cost.pop("time", None)  # the daemon's measure, never a worker's claim
+        if cost is not None and result.number in parts:
+            cost["time"] = {p: round(v, 6) for p, v in parts[result.number].items()}
+        if cost is not None and flight is not None and flight.task_plan.get("cache"):
+            cost.setdefault("cache", flight.task_plan["cache"])
+        return replace(result, cost=cost)
 
     def _delete_checkpoints(self, trial_ids: list[int]) -> None:
         """Told trials need their checkpoints no more (a continued one's last task deleted

@@ -96,21 +96,35 @@ def test_a_study_published_with_pika_runs_on_celery_workers(
     events.close()
 
 
+#: A mode without batching: each result's tell and the next ask share one durable write
+#: (`StudyRun._ask_with_tell`).
+UNBATCHED_MODES = """
+[unbatched]
+policies = []
+"""
+
+
+@pytest.mark.parametrize("mode", ["balanced", "unbatched"])
 def test_sigkill_of_the_daemon_loses_nothing_and_tells_nothing_twice(
-    rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path
+    rabbitmq: str, start_daemon: DaemonFactory, start_worker, tmp_path, mode: str
 ) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL mid-study, restart: exactly the budget, every trial told exactly once."""
+    """SIGKILL mid-study, restart: exactly the budget, every trial told exactly once; in the
+    packaged default mode (packs) and in one without batching (a tell and the next ask in
+    one write, killed at any point of it)."""
     events = Subscriber(rabbitmq, ("trial.*", "study.*"))
-    daemon = start_daemon("--no-workers", broker_url=rabbitmq, data_dir=tmp_path / "d")
+    modes = tmp_path / "modes.toml"
+    modes.write_text(UNBATCHED_MODES)
+    settings = {"broker_url": rabbitmq, "modes_file": str(modes)}
+    daemon = start_daemon("--no-workers", data_dir=tmp_path / "d", **settings)
     start_worker(daemon.env)
     spec = quadratic_spec(
-        "amqp-crash", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=6
+        "amqp-crash", trials=40, objective_kwargs={"sleep": 0.1}, max_concurrent=6, mode=mode
     )
     assert publish(rabbitmq, {"v": 1, "type": "study.create", "study": spec})["ok"]  # type: ignore[index]
     events.until(lambda e: e["event"] == "trial.completed" and e["trial"] >= 8)
     daemon.kill()
     time.sleep(1.0)  # results keep arriving in hpod.results while the daemon is down
-    restarted = start_daemon("--no-workers", broker_url=rabbitmq, data_dir=tmp_path / "d")
+    restarted = start_daemon("--no-workers", data_dir=tmp_path / "d", **settings)
     events.until(lambda e: e["event"] == "study.completed" and e["study"] == "amqp-crash")
     # Every trial's event went out (a result redelivered after the crash may repeat one:
     # events are at-least-once), and the storage holds each trial told exactly once.
