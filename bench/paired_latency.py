@@ -16,15 +16,11 @@ the run). Read the per-pair ratios new / base and their bootstrap interval.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from paired_throughput import bootstrap_median
+from paired_throughput import bootstrap_median, run_child
 
 #: One run, in a child process whose PYTHONPATH is the checkout under test.
 CHILD = """
@@ -43,18 +39,7 @@ print(json.dumps({"p50": h["result_to_dispatch_p50"], "p99": h["result_to_dispat
 
 def run(checkout: Path, amqp: str, trials: int) -> dict[str, float] | None:
     """One sequential study on `checkout`; None if it failed."""
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(Path(__file__).parent), amqp, str(trials)],
-        env={**os.environ, "PYTHONPATH": str(checkout)},
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return None
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_child(checkout, CHILD, amqp, str(trials))
 
 
 def main() -> None:

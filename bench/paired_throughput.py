@@ -62,11 +62,15 @@ print(json.dumps({"rate": rate, "daemon_cpu": cpu, "worker_cpu": worker / trials
 
 def run(checkout: Path, amqp: str, mode: str, trials: int) -> dict[str, float] | None:
     """One benchmark run of `checkout`; None if it failed (a daemon too slow to start)."""
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    bench = str(Path(__file__).parent)
+    return run_child(checkout, CHILD, amqp, mode, str(trials))
+
+
+def run_child(checkout: Path, child: str, *args: str) -> dict[str, float] | None:
+    """Run the script `child` (bench/ on its path, then `args`) against `checkout`'s hpod;
+    its last line of output as JSON, or None if it failed."""
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, bench, amqp, mode, str(trials)],
-        env=env,
+        [sys.executable, "-c", child, str(Path(__file__).parent), *args],
+        env={**os.environ, "PYTHONPATH": str(checkout)},
         cwd=checkout,  # `python -m hpod` puts its working directory first on sys.path
         capture_output=True,
         text=True,

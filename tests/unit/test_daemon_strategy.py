@@ -269,14 +269,18 @@ async def test_auto_runs_a_small_budget_on_the_full_data_and_sizes_a_budget_in_s
 
         study = optuna.load_study(study_name=s.name, storage=store.storage)
         unit = optuna.distributions.FloatDistribution(-1, 1)
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={"x": 0.1, "y": 0.2},
-                distributions={"x": unit, "y": unit},
-                value=1.0,
-                user_attrs={COST_ATTR: {"cpu": 2.0, "full_cpu": 2.0, "fidelity": "data"}},
+
+        def full_evaluation_of_2_cpu_seconds(x: float) -> None:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"x": x, "y": 0.2},
+                    distributions={"x": unit, "y": unit},
+                    value=1.0,
+                    user_attrs={COST_ATTR: {"cpu": 2.0, "full_cpu": 2.0, "fidelity": "data"}},
+                )
             )
-        )
+
+        full_evaluation_of_2_cpu_seconds(0.1)
         told = LoopView(**{**view.__dict__, "told": 1, "created": 1, "layer": first.layer})
         second = await driver.decide(told, "window")
         assert second.layer.strategy is not None and second.layer.strategy.name == "gp"
@@ -286,14 +290,7 @@ async def test_auto_runs_a_small_budget_on_the_full_data_and_sizes_a_budget_in_s
         assert driver.next_at == 2  # sized on one evaluation: decided again at the next
 
         for n in range(4):
-            study.add_trial(
-                optuna.trial.create_trial(
-                    params={"x": 0.1 * n, "y": 0.2},
-                    distributions={"x": unit, "y": unit},
-                    value=1.0,
-                    user_attrs={COST_ATTR: {"cpu": 2.0, "full_cpu": 2.0, "fidelity": "data"}},
-                )
-            )
+            full_evaluation_of_2_cpu_seconds(0.2 * n)
         sized = LoopView(**{**view.__dict__, "told": 5, "created": 5, "layer": second.layer})
         third = await driver.decide(sized, "window")
         assert third.layer.strategy is not None and third.layer.strategy.name == "gp"
