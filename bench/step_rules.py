@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from hpod.engine import suggest
 from hpod.policies.strategy.suites import Task, training_suite, validation_suite
-from hpod.pruners import AgreementGate, build_pruners, should_prune
+from hpod.pruners import AgreementGate, build_pruners, should_prune, values_at
 
 
 class SpreadPruner(optuna.pruners.BasePruner):
@@ -58,13 +58,7 @@ class SpreadPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None:
             return False
-        others = [
-            t.intermediate_values[step]
-            for t in study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-            if step in t.intermediate_values and t.number != trial.number
-        ]
+        others = values_at(study, trial, step)
         return spread_rule(
             trial.intermediate_values[step],
             others,

@@ -28,6 +28,16 @@ def fidelity_step(fraction: float) -> int:
     return max(1, round(fraction * 100))
 
 
+def values_at(study: optuna.Study, trial: FrozenTrial, step: int) -> list[float]:
+    """The values the study's other finished (complete or pruned) trials reported at `step`:
+    what a trial's value there is judged against."""
+    return [
+        t.intermediate_values[step]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if step in t.intermediate_values and t.number != trial.number
+    ]
+
+
 class ThresholdPruner(BasePruner):
     """Prune a trial clearly worse than the best trial at the same step.
 
@@ -50,14 +60,7 @@ class ThresholdPruner(BasePruner):
         value = trial.intermediate_values[step]
         if math.isnan(value):
             return True
-        others = [
-            t.intermediate_values[step]
-            for t in study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-            if step in t.intermediate_values and t.number != trial.number
-        ]
-        others = [v for v in others if not math.isnan(v)]
+        others = [v for v in values_at(study, trial, step) if not math.isnan(v)]
         if len(others) < self.min_trials:
             return False
         minimize = study.direction == StudyDirection.MINIMIZE

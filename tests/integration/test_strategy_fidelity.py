@@ -106,30 +106,36 @@ def test_a_small_budget_balanced_study_on_a_data_objective_runs_on_the_full_data
         assert [r[0] for r in t.user_attrs[COST_ATTR]["rungs"]] in ([], [1.0]), t.user_attrs
 
 
+def sgd_study(
+    daemon: Daemon, name: str, mode: str, *, passes: int, trials: int, seed: int
+) -> tuple[optuna.Study, dict[str, Any]]:
+    """Run a study of `sgd_classifier` (a step fidelity: its passes) in `mode` to its trial
+    budget; the study and its first strategy decision, which saw the step fidelity."""
+    spec = {
+        "name": name,
+        "objective": "sgd_classifier",
+        "objective_kwargs": {"passes": passes, "n_samples": 1000, "n_informative": 6},
+        "space": {"alpha": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}},
+        "budget": {"trials": trials},
+        "mode": mode,
+        "sampler": {"seed": seed},
+    }
+    assert daemon.request("POST", "/studies", spec)[0] == 201
+    final = daemon.wait_study(name, timeout=300)
+    assert final["n_trials"] == trials, final
+    study = load(daemon, name)
+    first: dict[str, Any] = study.user_attrs["hpod:strategy"][0]
+    assert first["fidelity"] == "epochs", first
+    return study, first
+
+
 def test_a_balanced_study_on_a_step_objective_prunes_its_passes_with_the_step_pruner(
     start_daemon: DaemonFactory,
 ) -> None:
     """sgd_classifier declares a step fidelity (its passes): from the first decision on, the
     plan's pruner is balanced's step pruner (median), not the data ladder's successive
     halving, and the worker runs every trial on full data."""
-    daemon = start_daemon()
-    name = "small-sgd"
-    spec = {
-        "name": name,
-        "objective": "sgd_classifier",
-        "objective_kwargs": {"passes": 4, "n_samples": 1000, "n_informative": 6},
-        "space": {"alpha": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}},
-        "budget": {"trials": 6},
-        "mode": "balanced",
-        "sampler": {"seed": 3},
-    }
-    assert daemon.request("POST", "/studies", spec)[0] == 201
-    final = daemon.wait_study(name, timeout=300)
-    assert final["n_trials"] == 6, final
-
-    study = load(daemon, name)
-    first = study.user_attrs["hpod:strategy"][0]
-    assert first["fidelity"] == "epochs", first
+    study, first = sgd_study(start_daemon(), "small-sgd", "balanced", passes=4, trials=6, seed=3)
     assert first["plan"]["pruner"] == "median", first
     for t in study.get_trials(deepcopy=False):
         assert t.user_attrs[COST_ATTR]["fidelity"] == "epochs"
@@ -143,24 +149,7 @@ def test_a_fast_study_on_a_step_objective_runs_its_percentile_pruner_through_rea
     the task's plan passes the worker's schema (the first held-out run of this rule had
     every trial refused as invalid), every trial completes or is pruned on its passes, and
     none fails."""
-    daemon = start_daemon()
-    name = "fast-sgd"
-    spec = {
-        "name": name,
-        "objective": "sgd_classifier",
-        "objective_kwargs": {"passes": 6, "n_samples": 1000, "n_informative": 6},
-        "space": {"alpha": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}},
-        "budget": {"trials": 12},
-        "mode": "fast",
-        "sampler": {"seed": 5},
-    }
-    assert daemon.request("POST", "/studies", spec)[0] == 201
-    final = daemon.wait_study(name, timeout=300)
-    assert final["n_trials"] == 12, final
-
-    study = load(daemon, name)
-    first = study.user_attrs["hpod:strategy"][0]
-    assert first["fidelity"] == "epochs", first
+    study, first = sgd_study(start_daemon(), "fast-sgd", "fast", passes=6, trials=12, seed=5)
     assert first["plan"]["pruner"] == "percentile", first
     states = {t.state for t in study.get_trials(deepcopy=False)}
     assert states <= {optuna.trial.TrialState.COMPLETE, PRUNED}, states
