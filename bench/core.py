@@ -1,10 +1,13 @@
 """Core benchmark: latency to first dispatch, trials/s through RabbitMQ + Celery, idle memory,
-and wall-clock against plain Optuna for objectives that take time.
+wall-clock against plain Optuna for objectives that take time, result -> next dispatch, and
+the daemon's CPU per trial; a full run ends with issue 16's targets judged on its figures
+(`bench/core_targets.py`), each beside its baseline from the same run.
 
 Each figure is printed next to a baseline measured in the same run on the same machine (plain
 Optuna on the same kind of storage), because shared machines are noisy: read the ratios.
 
     python bench/core.py [--trials 300] [--amqp amqp://guest:guest@127.0.0.1:5672/%2F]
+                                               # everything, and the targets (~12 min)
     python bench/core.py --only wallclock      # just the wall-clock table (~10 min)
     python bench/core.py --only cpu --trials 1000 [--profile /tmp/daemon.json]
                                                # the daemon's CPU per trial (~2 min)
@@ -34,6 +37,7 @@ from typing import Any
 import optuna
 import pika
 import psutil
+from core_targets import Figures, targets_table
 
 SPACE = {
     "x": {"type": "float", "low": -2.0, "high": 2.0},
@@ -259,8 +263,9 @@ def baseline_plain_optuna(
 
 def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """Sample process `pid` with py-spy (the thread holding the GIL, 200 Hz) into `out` (a
-    flame graph SVG, or speedscope JSON when `out` ends in .json) until `stop_profile`."""
-    fmt = "speedscope" if out.suffix == ".json" else "flamegraph"
+    flame graph SVG, speedscope JSON when `out` ends in .json, collapsed stacks when .txt)
+    until `stop_profile`."""
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(out.suffix, "flamegraph")
     spy_bin = str(Path(sys.executable).with_name("py-spy"))
     argv = [spy_bin, "record", "-p", str(pid), "-r", "200", "--gil", "-f", fmt, "-o", str(out)]
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -275,7 +280,12 @@ def stop_profile(spy: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_table(
-    amqp: str, tmp: Path, trials: int, concurrency: int, profile: Path | None = None
+    amqp: str,
+    tmp: Path,
+    trials: int,
+    concurrency: int,
+    profile: Path | None = None,
+    figures: Figures | None = None,
 ) -> str:
     """The daemon's CPU per trial, unbatched, beside plain Optuna's sampler + storage CPU.
 
@@ -312,6 +322,8 @@ def cpu_table(
                 if spy is not None:
                     stop_profile(spy)
             rate, cpu = baseline_plain_optuna(tmp, trials, "journal", sampler)
+            if figures is not None:
+                figures.cpu[sampler] = (h["daemon_cpu"] / trials * 1000, cpu * 1000)
             row = (
                 f"| {sampler} | {h['daemon_cpu'] / trials * 1000:.2f} | {cpu * 1000:.2f} "
                 f"| {h['daemon_cpu'] / trials / cpu:.2f}x | {trials / h['wall']:.0f} "
@@ -388,7 +400,9 @@ def bare_python_memory() -> float:
     return int(out.stdout) / 2**20
 
 
-def overhead_table(amqp: str, tmp: Path, trials: int, concurrency: int) -> str:
+def overhead_table(
+    amqp: str, tmp: Path, trials: int, concurrency: int, figures: Figures | None = None
+) -> str:
     """The overhead table: hpod end to end, batching off and on, next to plain Optuna."""
     runs = [
         ("hpod, RabbitMQ + Celery, batching off, random sampler", "bench-unbatched", "random"),
@@ -400,6 +414,11 @@ def overhead_table(amqp: str, tmp: Path, trials: int, concurrency: int) -> str:
         (label, *bench_throughput(amqp, tmp, trials, concurrency, m, s)) for label, m, s in runs
     ]
     base, base_cpu = baseline_plain_optuna(tmp, trials, "journal")
+    if figures is not None:
+        figures.unbatched = measured[0][1]
+        batched = zip(runs[1:], measured[1:], strict=True)
+        figures.batched = {sampler: m[1] for (_, _, sampler), m in batched}
+        figures.plain_journal = base
     measured += [
         ("plain Optuna in-process, journal file, random sampler", base, base_cpu),
         (
@@ -424,6 +443,8 @@ def overhead_table(amqp: str, tmp: Path, trials: int, concurrency: int) -> str:
     return "\n".join(lines + rate_rows(measured, base))
 
 
+#: Trivial trials per sampler of the daemon-CPU table in a full run (`cpu_table`).
+CPU_TRIALS = 1000
 #: The wall-clock runs: (objective seconds, trials per study). A 1 s objective gets fewer.
 WALLCLOCK_COSTS = ((0.01, 100), (0.1, 60), (1.0, 16))
 
@@ -575,7 +596,9 @@ def warm_daemon(
         stop(daemon)
 
 
-def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -> str:
+def wallclock_table(
+    amqp: str | None, tmp: Path, worker_counts: Sequence[int], figures: Figures | None = None
+) -> str:
     """hpod's wall-clock to run a study against plain Optuna's, in the same run.
 
     For each transport (RabbitMQ + a Celery worker; the embedded default with its local
@@ -599,6 +622,8 @@ def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -
                     for sleep, trials in WALLCLOCK_COSTS:
                         h = hpod_wallclock(env, daemon.pid, sleep, trials, workers, sampler)
                         p = plain_wallclock(tmp, sleep, trials, workers, sampler)
+                        if figures is not None and workers == 1 and sleep == 0.1:
+                            figures.sequential[(transport, sampler)] = h["wall"] / p["wall"]
                         row = (
                             f"| {transport} | {workers} | {sampler} | {sleep * 1000:.0f} ms "
                             f"| {trials} | {h['wall']:.2f} | {p['wall']:.2f} "
@@ -613,7 +638,7 @@ def wallclock_table(amqp: str | None, tmp: Path, worker_counts: Sequence[int]) -
     return "\n".join(lines)
 
 
-def latency_table(amqp: str | None, tmp: Path, trials: int) -> str:
+def latency_table(amqp: str | None, tmp: Path, trials: int, figures: Figures | None = None) -> str:
     """Result -> next dispatch, p50 and p99, of a sequential study (one worker, one trial in
     flight, the trivial objective) on RabbitMQ + Celery and on the embedded default, as the
     daemon measures it (`GET /studies/{name}/doctor`: a worker's result reaching the study
@@ -635,6 +660,8 @@ def latency_table(amqp: str | None, tmp: Path, trials: int) -> str:
             for sampler in ("random", "tpe"):
                 h = hpod_wallclock(env, daemon.pid, 0.0, trials, 1, sampler, url)
                 rate, _cpu = baseline_plain_optuna(tmp, trials, "journal", sampler)
+                if figures is not None and transport == "RabbitMQ":
+                    figures.dispatch_p50[sampler] = (h["result_to_dispatch_p50"], 1 / rate)
                 row = (
                     f"| {transport} | {sampler} | {h['result_to_dispatch_p50'] * 1000:.1f} "
                     f"| {h['result_to_dispatch_p99'] * 1000:.1f} | {1000 / rate:.1f} |"
@@ -714,7 +741,8 @@ def main() -> None:
             f"study request -> first dispatch (RabbitMQ): p50 {p50 * 1000:.1f} ms, "
             f"p90 {p90 * 1000:.1f} ms over {len(lat)} studies"
         )
-        rows = overhead_table(args.amqp, tmp, args.trials, args.concurrency)
+        figures = Figures()
+        rows = overhead_table(args.amqp, tmp, args.trials, args.concurrency, figures)
         print(rows)
         write_section(Path(args.out), "overhead", rows)
         rates = {k: baseline_plain_optuna(tmp, 200, k)[0] for k in ("sqlite", "wal", "journal")}
@@ -723,18 +751,26 @@ def main() -> None:
             + ", ".join(f"{k} {v:.0f} trials/s" for k, v in rates.items())
             + f" (WAL/plain SQLite = {rates['wal'] / rates['sqlite']:.1f})"
         )
-        write_section(Path(args.out), "wallclock", wallclock_table(args.amqp, tmp, counts))
-        write_section(Path(args.out), "latency", latency_table(args.amqp, tmp, 200))
-        print_idle_memory(tmp)
+        wallclock = wallclock_table(args.amqp, tmp, counts, figures)
+        write_section(Path(args.out), "wallclock", wallclock)
+        write_section(Path(args.out), "latency", latency_table(args.amqp, tmp, 200, figures))
+        cpu = cpu_table(args.amqp, tmp, CPU_TRIALS, args.concurrency, figures=figures)
+        write_section(Path(args.out), "cpu", cpu)
+        figures.idle_mb = print_idle_memory(tmp)
+        targets = targets_table(figures)
+        print(targets)
+        write_section(Path(args.out), "targets", targets)
 
 
-def print_idle_memory(tmp: Path) -> None:
+def print_idle_memory(tmp: Path) -> tuple[float, float]:
+    """Print the idle daemon's resident memory beside a bare Python's; both, in MB."""
     rss, torch_loaded = bench_idle_memory(tmp)
     bare = bare_python_memory()
     print(
         f"idle daemon resident memory: {rss:.0f} MB (bare Python: {bare:.0f} MB, "
         f"ratio {rss / bare:.1f}); torch loaded: {torch_loaded}"
     )
+    return rss, bare
 
 
 if __name__ == "__main__":
