@@ -316,11 +316,22 @@ def cpu_table(
                 profile.with_name(f"{profile.stem}-{sampler}{profile.suffix}") if profile else None
             )
             spy = start_profile(daemon.pid, out) if out else None
+            before = process_cpu(daemon.pid, worker.pid)
             try:
                 h = hpod_wallclock(env, daemon.pid, 0.0, trials, concurrency, sampler, amqp)
             finally:
                 if spy is not None:
                     stop_profile(spy)
+            spent = {
+                k: (v - before[k]) / trials * 1000
+                for k, v in process_cpu(daemon.pid, worker.pid).items()
+            }
+            print(
+                f"{sampler}, CPU ms per trial of the same study: daemon user "
+                f"{spent['daemon_user']:.2f} + system {spent['daemon_system']:.2f}, Celery "
+                f"worker processes {spent['workers']:.2f}, RabbitMQ {spent['broker']:.2f}",
+                flush=True,
+            )
             rate, cpu = baseline_plain_optuna(tmp, trials, "journal", sampler)
             if figures is not None:
                 figures.cpu[sampler] = (h["daemon_cpu"] / trials * 1000, cpu * 1000)
@@ -464,6 +475,26 @@ def daemon_cpu(pid: int) -> float:
     """CPU seconds (user + system) of the daemon process itself, not of its children."""
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
+
+
+def process_cpu(daemon_pid: int, worker_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the daemon (user and system apart), of the Celery worker with
+    its child processes, and of RabbitMQ's `beam.smp` (0 where it is not found): where an
+    unbatched trial's CPU goes, process by process (docs/benchmarks.md, "Fifth pass")."""
+    daemon = psutil.Process(daemon_pid).cpu_times()
+    worker = psutil.Process(worker_pid)
+    workers = sum(sum(p.cpu_times()[:2]) for p in [worker, *worker.children(recursive=True)])
+    broker = sum(
+        sum(p.cpu_times()[:2])
+        for p in psutil.process_iter(["name"])
+        if (p.info["name"] or "").startswith("beam")
+    )
+    return {
+        "daemon_user": daemon.user,
+        "daemon_system": daemon.system,
+        "workers": workers,
+        "broker": broker,
+    }
 
 
 def hpod_wallclock(
