@@ -483,9 +483,9 @@ def process_cpu(daemon_pid: int, worker_pid: int) -> dict[str, float]:
     unbatched trial's CPU goes, process by process (docs/benchmarks.md, "Fifth pass")."""
     daemon = psutil.Process(daemon_pid).cpu_times()
     worker = psutil.Process(worker_pid)
-    workers = sum(sum(p.cpu_times()[:2]) for p in [worker, *worker.children(recursive=True)])
+    workers = sum(_cpu_seconds(p) for p in [worker, *worker.children(recursive=True)])
     broker = sum(
-        sum(p.cpu_times()[:2])
+        _cpu_seconds(p)
         for p in psutil.process_iter(["name"])
         if (p.info["name"] or "").startswith("beam")
     )
@@ -495,6 +495,15 @@ def process_cpu(daemon_pid: int, worker_pid: int) -> dict[str, float]:
         "workers": workers,
         "broker": broker,
     }
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds of `process`; 0 if it has ended meanwhile."""
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
 
 
 def hpod_wallclock(
