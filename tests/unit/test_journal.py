@@ -222,6 +222,33 @@ class TestGroup:
         run_trials(again, 1)
         assert [t.number for t in fresh_trials(path)] == [0]
 
+    def test_a_second_writer_without_the_lock_is_refused(self, tmp_path: Path) -> None:
+        """A writer that appends without the journal's lock (plain Optuna's backend, with a
+        symlink lock of its own) while a group is open: the group's log numbers assumed the
+        file stood still, so none of its logs is written, the backend closes, and a new
+        storage reads the file as it is: the other writer's trial after ours."""
+        path = tmp_path / "j.log"
+        storage = grouping_storage(path)
+        study = new_study(storage)
+        run_trials(study, 1)
+        intruder = optuna.load_study(
+            study_name="s",
+            storage=JournalStorage(JournalFileBackend(str(path))),
+            sampler=optuna.samplers.RandomSampler(seed=1),
+        )
+        with (
+            pytest.raises(JournalGroupError, match="not using the same lock"),
+            storage_group(storage),
+        ):
+            run_trials(study, 2)
+            run_trials(intruder, 1, who="intruder")
+        with pytest.raises(JournalGroupError):
+            study.ask()
+        assert [t.user_attrs["who"] for t in fresh_trials(path)] == ["main", "intruder"]
+        again = optuna.load_study(study_name="s", storage=grouping_storage(path))
+        run_trials(again, 1)
+        assert [t.user_attrs["who"] for t in fresh_trials(path)] == ["main", "intruder", "main"]
+
     def test_a_torn_last_line_is_dropped_before_writing(self, tmp_path: Path) -> None:
         """A writer killed mid-write leaves half a line; the next write must not fuse with it."""
         path = tmp_path / "j.log"
