@@ -15,12 +15,10 @@ the run). Read the per-pair ratios new / base and their bootstrap interval.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 from pathlib import Path
 from typing import Any
 
-from paired_throughput import bootstrap_median, run_child
+from paired_throughput import paired_parser, report_ratios, run_child
 
 #: One run, in a child process whose PYTHONPATH is the checkout under test.
 CHILD = """
@@ -43,13 +41,7 @@ def run(checkout: Path, amqp: str, trials: int) -> dict[str, float] | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base", type=Path, required=True)
-    parser.add_argument("--new", type=Path, required=True)
-    parser.add_argument("--pairs", type=int, default=6)
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    args = parser.parse_args()
+    args = paired_parser(pairs=6, trials=200).parse_args()
     runs: dict[tuple[str, int], dict[str, Any] | None] = {}
     for i in range(args.pairs):
         for which in ("base", "new") if i % 2 == 0 else ("new", "base"):
@@ -58,17 +50,11 @@ def main() -> None:
             print(which, i, got, flush=True)
     pairs = [i for i in range(args.pairs) if runs["base", i] and runs["new", i]]
     print(f"## {len(pairs)} complete pairs")
-    for key in ("p50", "p99", "wall", "daemon_cpu"):
-        if not pairs:
-            continue
-        base = [float(runs["base", i][key]) for i in pairs]  # type: ignore[index]
-        new = [float(runs["new", i][key]) for i in pairs]  # type: ignore[index]
-        ratios = [n / b for b, n in zip(base, new, strict=True)]
-        low, high = bootstrap_median(ratios)
-        print(
-            f"{key}: base median {statistics.median(base):.4g}, new median "
-            f"{statistics.median(new):.4g}, new/base per pair {[round(r, 2) for r in ratios]}, "
-            f"median {statistics.median(ratios):.2f} (bootstrap 95 % {low:.2f}-{high:.2f})"
+    if pairs:
+        report_ratios(
+            [runs["base", i] or {} for i in pairs],
+            [runs["new", i] or {} for i in pairs],
+            ("p50", "p99", "wall", "daemon_cpu"),
         )
 
 

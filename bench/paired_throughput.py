@@ -22,6 +22,7 @@ import random
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,38 @@ def bootstrap_median(ratios: list[float], n: int = 10_000) -> tuple[float, float
     return medians[int(0.025 * n)], medians[int(0.975 * n)]
 
 
-def main() -> None:
+def paired_parser(pairs: int, trials: int) -> argparse.ArgumentParser:
+    """The arguments of every paired runner: the two checkouts, the pairs, the trials of a
+    run and the broker (defaults `pairs` and `trials`)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--new", type=Path, required=True)
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--pairs", type=int, default=pairs)
+    parser.add_argument("--trials", type=int, default=trials)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    return parser
+
+
+def report_ratios(
+    base: list[dict[str, Any]], new: list[dict[str, Any]], keys: Sequence[str]
+) -> None:
+    """Print, per figure of `keys`, the medians of the complete pairs' runs, each pair's
+    ratio new / base, and the median ratio with its bootstrap 95 % interval."""
+    for key in keys:
+        b = [float(run[key]) for run in base]
+        n = [float(run[key]) for run in new]
+        ratios = [new_ / base_ for base_, new_ in zip(b, n, strict=True)]
+        low, high = bootstrap_median(ratios)
+        print(
+            f"{key}: base median {statistics.median(b):.4g}, new median "
+            f"{statistics.median(n):.4g}, new/base per pair "
+            f"{[round(r, 2) for r in ratios]}, median {statistics.median(ratios):.2f} "
+            f"(bootstrap 95 % {low:.2f}-{high:.2f})"
+        )
+
+
+def main() -> None:
+    parser = paired_parser(pairs=4, trials=2000)
     parser.add_argument("--only", choices=["batched", "unbatched"], help="only this kind")
     args = parser.parse_args()
     kinds = {
@@ -115,18 +141,11 @@ def main() -> None:
     for kind in kinds:
         pairs = [i for i in range(args.pairs) if runs[kind, "base", i] and runs[kind, "new", i]]
         print(f"## {kind}: {len(pairs)} complete pairs")
-        for key in ("daemon_cpu", "worker_cpu", "rate"):
-            if not pairs:
-                continue
-            base = [float(runs[kind, "base", i][key]) for i in pairs]  # type: ignore[index]
-            new = [float(runs[kind, "new", i][key]) for i in pairs]  # type: ignore[index]
-            ratios = [n / b for b, n in zip(base, new, strict=True)]
-            low, high = bootstrap_median(ratios)
-            print(
-                f"{key}: base median {statistics.median(base):.4g}, new median "
-                f"{statistics.median(new):.4g}, new/base per pair "
-                f"{[round(r, 2) for r in ratios]}, median {statistics.median(ratios):.2f} "
-                f"(bootstrap 95 % {low:.2f}-{high:.2f})"
+        if pairs:
+            report_ratios(
+                [runs[kind, "base", i] or {} for i in pairs],
+                [runs[kind, "new", i] or {} for i in pairs],
+                ("daemon_cpu", "worker_cpu", "rate"),
             )
 
 

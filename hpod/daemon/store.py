@@ -762,7 +762,7 @@ class StudyStore:
             asked: list[AskedTrial] = []
             ask_error: Exception | None = None
             try:
-                asked = [self.ask(spec) for _ in range(n)]
+                asked = self.ask_many(spec, n)  # its group joins this one (same thread)
             except Exception as exc:
                 ask_error = exc
             ended = time.perf_counter()

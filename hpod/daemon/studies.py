@@ -576,7 +576,8 @@ class StudyRun:
             )
 
     def _release_task(self, task: int) -> None:
-        """Free a task counted before its trials were dispatched (none of them was)."""
+        """Free a task's slot: its last trial is told or re-dispatched, or its trials were
+        never dispatched (asked with a tell whose ask failed, or all skipped)."""
         if self.tasks.pop(task, None) is not None:
             self.running.recount()
             self.running.wake_all()
@@ -741,9 +742,7 @@ class StudyRun:
         members = self.tasks[flight.task]
         members.discard(number)
         if not members:
-            del self.tasks[flight.task]
-            self.running.recount()
-            self.running.wake_all()
+            self._release_task(flight.task)
 
     def _next_deadline(self) -> float | None:
         timeouts = [f.deadline for f in self.inflight.values()]
